@@ -1,0 +1,151 @@
+//! The seam between alcove's actors and the thing that runs a guest.
+//!
+//! A backend ([`VmBackend`]) turns a [`GuestSpec`] into a running guest and
+//! hands back three things ([`Launched`]):
+//!
+//! - the host end of the **agent channel**, a connected `SOCK_STREAM` Unix
+//!   socket carrying protocol frames to and from the guest agent (see
+//!   [`console`]); every backend uses the same channel type, so the relay
+//!   does not know which backend it talks to;
+//! - a [`GuestRunner`], which the sandbox process runs on its main thread:
+//!   it drives the guest to its end and then reports the exit through the
+//!   [`ExitObserver`]. For the krun backend it never returns;
+//! - a [`GuestControl`], shared with the Vm actor, to end the guest at once
+//!   and to read its resource usage.
+//!
+//! Backends know nothing of actors, sockets for clients or the database.
+#![warn(missing_docs)]
+
+pub mod console;
+pub mod mock;
+mod spec;
+
+pub use spec::{GuestSpec, MountSpec};
+
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+
+/// Why a backend could not create its guest.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The spec asks for something this backend cannot do.
+    #[error("invalid sandbox configuration: {0}")]
+    InvalidConfig(String),
+    /// The host lacks what the backend needs.
+    #[error("this host cannot run the {backend} backend: {reason}")]
+    Unsupported {
+        /// Backend name.
+        backend: &'static str,
+        /// What is missing.
+        reason: String,
+    },
+    /// A system call or file operation failed while setting up the guest.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other setup failure.
+    #[error("{0}")]
+    Setup(String),
+}
+
+impl BackendError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> BackendError {
+        BackendError::Io { context: context.into(), source }
+    }
+}
+
+/// A guest backend: krun, jail or mock.
+pub trait VmBackend: Send {
+    /// The backend's name as used in configs (`krun`, `jail`, `mock`).
+    fn kind(&self) -> &'static str;
+
+    /// Validates the spec and creates the guest. Every check that can fail
+    /// must happen here, before anything irreversible, so bad input becomes a
+    /// clear error and an InternalError run rather than a half-built guest.
+    fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError>;
+}
+
+/// A guest that has been created.
+pub struct Launched {
+    /// Host end of the agent channel.
+    pub agent_channel: UnixStream,
+    /// Drives the guest to its end on the calling thread.
+    pub runner: Box<dyn GuestRunner>,
+    /// Ends the guest and reads its usage; shared with the Vm actor.
+    pub control: Arc<dyn GuestControl>,
+}
+
+/// Runs a guest to its end.
+pub trait GuestRunner: Send {
+    /// Blocks until the guest has ended, then calls `observer` exactly once.
+    /// Implementations that cannot return (a libkrun VM: `Vm::enter()` ends
+    /// in `_exit`) call `observer` from their exit hook instead.
+    fn run(self: Box<Self>, observer: ExitObserver);
+}
+
+/// Control over a running guest, usable from any thread.
+pub trait GuestControl: Send + Sync {
+    /// Ends the guest now. Idempotent; returns without waiting for the end,
+    /// which is reported by the runner as usual.
+    fn force_stop(&self);
+
+    /// Resource usage of the whole guest, where the backend can see it
+    /// (a jail's cgroup). `None` when the backend cannot measure it; the
+    /// metrics actor then samples the sandbox process instead.
+    fn usage(&self) -> Option<GuestUsage> {
+        None
+    }
+}
+
+/// Resource usage of a guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestUsage {
+    /// CPU time, microseconds, all processes.
+    pub cpu_usec: u64,
+    /// Memory in use, bytes.
+    pub memory_bytes: u64,
+    /// Bytes read from block devices.
+    pub io_read_bytes: u64,
+    /// Bytes written to block devices.
+    pub io_write_bytes: u64,
+}
+
+/// How a guest ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestExit {
+    /// Exit code of the guest's init (a jail's PID 1; a VM's reported code).
+    pub code: i32,
+    /// Set when the guest did not end by itself in an orderly way (killed by
+    /// a signal, VMM error); recorded as the run's detail.
+    pub detail: Option<String>,
+}
+
+/// The exit-observer contract: one synchronous call, from any thread, that
+/// returns only when the outcome is final (reason decided, run row and
+/// sandbox status committed, agent.sock removed) or a bounded budget ran out.
+#[derive(Clone)]
+pub struct ExitObserver(Arc<dyn Fn(GuestExit) + Send + Sync>);
+
+impl ExitObserver {
+    /// Wraps the function that finalises the sandbox.
+    pub fn new(f: impl Fn(GuestExit) + Send + Sync + 'static) -> ExitObserver {
+        ExitObserver(Arc::new(f))
+    }
+
+    /// Reports the exit and blocks until it has been finalised.
+    pub fn guest_exited(&self, exit: GuestExit) {
+        (self.0)(exit)
+    }
+}
+
+impl std::fmt::Debug for ExitObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExitObserver")
+    }
+}

@@ -1,0 +1,1 @@
+//! The mock backend (being written).

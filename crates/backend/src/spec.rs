@@ -1,0 +1,82 @@
+//! What a backend is asked to run.
+
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Everything a backend needs to create one guest. Backend-specific
+/// settings (a krun disk image, a libkrunfw path) live in that backend's own
+/// constructor, not here.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// Sandbox name; the guest's hostname.
+    pub name: String,
+    /// `$ALCOVE_HOME/sandboxes/<name>`: the writable layer (`upper/`) and
+    /// backend scratch space live here and survive a stop.
+    pub sandbox_dir: PathBuf,
+    /// Where the guest console and the agent's stderr go.
+    pub guest_log: PathBuf,
+    /// Root filesystem directory (never modified).
+    pub rootfs: Option<PathBuf>,
+    /// The static agent binary to run as the guest's PID 1.
+    pub agent_binary: Option<PathBuf>,
+    /// CPU limit (jail: CPU quota; krun: vCPUs).
+    pub cpus: Option<u32>,
+    /// Memory limit in MiB.
+    pub memory_mib: Option<u64>,
+    /// Maximum number of processes.
+    pub pids_limit: Option<u64>,
+    /// Extra mounts from the host.
+    pub mounts: Vec<MountSpec>,
+    /// Default environment for commands.
+    pub env: Vec<(String, String)>,
+    /// Default working directory for commands.
+    pub workdir: Option<String>,
+    /// Default user for commands.
+    pub user: Option<String>,
+}
+
+/// A host path made visible in the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountSpec {
+    /// Host path; must exist.
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    /// Mounted read-only.
+    pub readonly: bool,
+}
+
+impl MountSpec {
+    /// Parses `HOST:GUEST[:ro]` (`:rw` is accepted too).
+    pub fn parse(s: &str) -> Result<MountSpec, String> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let (host, guest, readonly) = match parts.as_slice() {
+            [h, g] => (*h, *g, false),
+            [h, g, "ro"] => (*h, *g, true),
+            [h, g, "rw"] => (*h, *g, false),
+            [_, _, other] => return Err(format!("mount option {other:?} in {s:?} is not ro or rw")),
+            _ => return Err(format!("mount {s:?} is not HOST:GUEST[:ro]")),
+        };
+        if host.is_empty() || !guest.starts_with('/') {
+            return Err(format!("mount {s:?} needs a host path and an absolute guest path"));
+        }
+        Ok(MountSpec { host: PathBuf::from(host), guest: guest.to_string(), readonly })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_parse() {
+        assert_eq!(
+            MountSpec::parse("/a:/b:ro"),
+            Ok(MountSpec { host: "/a".into(), guest: "/b".into(), readonly: true })
+        );
+        assert!(!MountSpec::parse("/a:/b").expect("parses").readonly);
+        assert!(MountSpec::parse("/a:b").is_err());
+        assert!(MountSpec::parse("/a").is_err());
+        assert!(MountSpec::parse("/a:/b:xx").is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! How the host tells the agent what guest to set up.
+//!
+//! Not a wire message: the jail backend passes it as JSON on an inherited fd
+//! (`alcove-agent --config-fd N`), the krun backend as a JSON file in the
+//! guest's boot share (`alcove-agent --config /PATH`). Neither way puts its
+//! content (environment values may be secrets) in any process's argv.
+
+use serde::{Deserialize, Serialize};
+
+/// The agent's start-up configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentConfig {
+    /// Hostname to set (the sandbox name).
+    pub hostname: String,
+    /// Which guest the agent runs in.
+    pub mode: AgentMode,
+    /// Default environment of every command (a request's env is added on top).
+    pub env: Vec<(String, String)>,
+    /// Default working directory.
+    pub workdir: Option<String>,
+    /// Default user.
+    pub user: Option<String>,
+    /// How to assemble the root filesystem inside a VM; `None` in a jail,
+    /// where the host has already pivoted into it.
+    pub vm: Option<VmBoot>,
+}
+
+/// Where the agent runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AgentMode {
+    /// PID 1 of a namespace jail; the transport is an inherited socket fd.
+    #[default]
+    Jail,
+    /// PID 1 of a libkrun microVM; the transport is the virtio-console port
+    /// named `agent`, and the exit code goes through the virtio-fs ioctl.
+    Vm,
+}
+
+/// Root filesystem assembly inside a microVM.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmBoot {
+    /// The user's root filesystem, mounted read-only as the overlay's lower.
+    pub root: VmRoot,
+    /// virtio-fs tag of the per-sandbox writable directory (holding `upper/`
+    /// and `work/`); `None` means a tmpfs upper (changes are lost at stop).
+    pub upper_tag: Option<String>,
+    /// Extra virtio-fs shares.
+    pub mounts: Vec<VmMount>,
+    /// Extra disk-image volumes.
+    pub volumes: Vec<VmVolume>,
+}
+
+/// The lower layer of a VM's root.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmRoot {
+    /// A directory shared through virtio-fs under this tag.
+    VirtioFs {
+        /// The share's tag.
+        tag: String,
+    },
+    /// A disk image attached as a virtio-blk device with this id; the agent
+    /// finds it as `/dev/disk/by-id/virtio-<id>` (or by scanning
+    /// /sys/block/*/serial) and mounts it read-only.
+    Block {
+        /// The block device id given to the VMM.
+        device_id: String,
+        /// Filesystem type; probed when absent.
+        fstype: Option<String>,
+    },
+}
+
+/// A virtio-fs share mounted at a guest path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmMount {
+    /// The share's tag.
+    pub tag: String,
+    /// Absolute guest path.
+    pub guest_path: String,
+    /// Mount read-only.
+    pub readonly: bool,
+}
+
+/// A disk-image volume mounted at a guest path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmVolume {
+    /// The block device id given to the VMM.
+    pub device_id: String,
+    /// Absolute guest path.
+    pub guest_path: String,
+    /// Mount read-only.
+    pub readonly: bool,
+}
+
+impl AgentConfig {
+    /// JSON form.
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Parses the JSON form.
+    pub fn from_json(bytes: &[u8]) -> Result<AgentConfig, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
