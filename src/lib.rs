@@ -1,1 +1,21 @@
-//! alcove
+//! alcove: a sandbox runtime. One host process per sandbox boots a guest
+//! (a libkrun microVM, or a Linux-namespace jail where microVMs cannot run),
+//! relays a typed protocol between clients on a Unix socket and the guest
+//! agent, enforces lifecycle policies, samples metrics and records sandboxes,
+//! runs and metrics in SQLite.
+//!
+//! The process is an actor system ([`actors`]) whose messages are in
+//! [`messages`]. It can run standalone (`alcove sandbox --config FILE`, see
+//! [`standalone`]) or embedded in a host program ([`sandbox::start`]).
+#![warn(missing_docs)]
+
+pub mod actors;
+pub mod clock;
+pub mod config;
+pub mod messages;
+pub mod sandbox;
+pub mod standalone;
+
+pub use alcove_store as store;
+pub use config::{BackendKind, Outcome, Policy, SandboxConfig};
+pub use sandbox::{launch, start, GuestDriver, SandboxHandle, SandboxOptions, StartError};

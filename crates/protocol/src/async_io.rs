@@ -18,7 +18,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Fr
         }
         got += n;
     }
-    let header = parse_header(&head).map_err(invalid)?.ok_or_else(|| invalid(FrameError::Truncated(got)))?;
+    let header = parse_header(&head)
+        .map_err(invalid)?
+        .ok_or_else(|| invalid(FrameError::Truncated(got)))?;
     let mut body = vec![0u8; header.body_len()];
     if let Err(e) = r.read_exact(&mut body).await {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -26,7 +28,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Fr
         }
         return Err(e);
     }
-    Ok(Some(Frame { id: header.id, flags: header.flags, body }))
+    Ok(Some(Frame {
+        id: header.id,
+        flags: header.flags,
+        body,
+    }))
 }
 
 /// Writes one frame (header and body) without flushing.

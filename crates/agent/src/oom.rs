@@ -1,0 +1,81 @@
+//! Best-effort detection of OOM kills.
+//!
+//! Method: the agent reads an `oom_kill` counter when a command starts and
+//! again when it ends. A command is reported as OOM-killed when it died of
+//! SIGKILL and the counter grew in between. The counter is taken from, in
+//! order: the agent's memory cgroup (v2 `memory.events`, v1
+//! `memory.oom_control`, located through /proc/self/cgroup under
+//! /sys/fs/cgroup), else the kernel-wide `oom_kill` of /proc/vmstat (exact in
+//! a VM, where the kernel is the sandbox's own; in a jail it can blame a
+//! concurrent OOM kill elsewhere on the host, which is the documented limit
+//! of "best effort").
+
+use std::path::{Path, PathBuf};
+
+/// Reads `oom_kill N` from the text of a cgroup or vmstat file.
+pub fn parse_oom_kill(text: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let mut parts = l.split_whitespace();
+        (parts.next() == Some("oom_kill")).then(|| parts.next()?.parse().ok())?
+    })
+}
+
+/// Candidate counter files for the cgroup memberships in `proc_cgroup`
+/// (the text of /proc/self/cgroup), rooted at `cgroup_root`.
+pub fn counter_files(proc_cgroup: &str, cgroup_root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for line in proc_cgroup.lines() {
+        let mut f = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
+        let rel = path.trim_start_matches('/');
+        if controllers.split(',').any(|c| c == "memory") {
+            out.push(cgroup_root.join("memory").join(rel).join("memory.oom_control"));
+        } else if controllers.is_empty() {
+            out.push(cgroup_root.join(rel).join("memory.events"));
+            out.push(cgroup_root.join("unified").join(rel).join("memory.events"));
+        }
+    }
+    out
+}
+
+/// Finds the file to read the counter from, if any.
+pub fn find_counter() -> Option<PathBuf> {
+    let proc_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    counter_files(&proc_cgroup, Path::new("/sys/fs/cgroup"))
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from("/proc/vmstat")))
+        .find(|p| std::fs::read_to_string(p).ok().as_deref().and_then(parse_oom_kill).is_some())
+}
+
+/// Reads the counter at `path`.
+pub fn read_counter(path: &Path) -> Option<u64> {
+    std::fs::read_to_string(path).ok().as_deref().and_then(parse_oom_kill)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_parse() {
+        assert_eq!(parse_oom_kill("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n"), Some(2));
+        assert_eq!(parse_oom_kill("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n"), Some(7));
+        assert_eq!(parse_oom_kill("nr_free_pages 1\n"), None);
+    }
+
+    #[test]
+    fn cgroup_paths_follow_proc_self_cgroup() {
+        let text = "4:memory:/sbx/one\n3:cpu,cpuacct:/sbx/one\n0::/sbx/one\n";
+        let files = counter_files(text, Path::new("/cg"));
+        assert_eq!(
+            files,
+            vec![
+                PathBuf::from("/cg/memory/sbx/one/memory.oom_control"),
+                PathBuf::from("/cg/sbx/one/memory.events"),
+                PathBuf::from("/cg/unified/sbx/one/memory.events"),
+            ]
+        );
+    }
+}

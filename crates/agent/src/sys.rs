@@ -1,0 +1,290 @@
+//! Thin wrappers over the system calls the agent uses.
+//!
+//! Invariant: every wrapper turns a `-1` return into `io::Error::last_os_error()`
+//! and retries `EINTR` where retrying is correct; no wrapper panics. File
+//! descriptors the agent owns are held in [`Fd`], which closes on drop.
+
+use std::ffi::CStr;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::Duration;
+
+/// An owned file descriptor, closed on drop.
+#[derive(Debug)]
+pub struct Fd(RawFd);
+
+impl Fd {
+    /// Takes ownership of `fd`.
+    pub fn new(fd: RawFd) -> Fd {
+        Fd(fd)
+    }
+
+    /// The raw number.
+    pub fn raw(&self) -> RawFd {
+        self.0
+    }
+
+    /// Gives up ownership without closing.
+    pub fn into_raw(self) -> RawFd {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+}
+
+impl AsRawFd for Fd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own the descriptor and close it once.
+        unsafe {
+            libc::close(self.0);
+        }
+    }
+}
+
+/// Converts a `-1` return into the OS error.
+pub fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A pipe `(read, write)`, both close-on-exec.
+pub fn pipe() -> io::Result<(Fd, Fd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: fds is a valid two-element array.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok((Fd(fds[0]), Fd(fds[1])))
+}
+
+/// Sets or clears `O_NONBLOCK`.
+pub fn set_nonblocking(fd: RawFd, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we hold; bad fds give EBADF.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFL) })?;
+    let new = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+    if new != flags {
+        // SAFETY: as above.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFL, new) })?;
+    }
+    Ok(())
+}
+
+/// Sets `FD_CLOEXEC`.
+pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd we hold.
+    let flags = check(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    check(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
+/// One `read(2)`; `EINTR` is retried.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// One `write(2)`; `EINTR` is retried.
+pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: buf is valid for buf.len() bytes.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Reads until end of file from a blocking fd.
+pub fn read_to_end(fd: RawFd) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = read(fd, &mut buf)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// `poll(2)` over `fds`; `EINTR` counts as a timeout with nothing ready.
+pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
+    let ms = match timeout {
+        None => -1,
+        Some(d) => {
+            // Round up so a 0.4 ms deadline does not spin.
+            let ms = d.as_micros().div_ceil(1000);
+            ms.min(i32::MAX as u128) as libc::c_int
+        }
+    };
+    // SAFETY: fds is a valid slice of pollfd.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            return Ok(0);
+        }
+        return Err(e);
+    }
+    Ok(n as usize)
+}
+
+/// Microseconds on `clock`.
+pub fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000) + (ts.tv_nsec as u64) / 1000
+}
+
+/// Blocks `signals` in the calling thread (and threads it creates later).
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    // SAFETY: sigset operations on a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in signals {
+            libc::sigaddset(&mut set, *s);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        Ok(set)
+    }
+}
+
+/// A non-blocking, close-on-exec signalfd for `set`.
+pub fn signalfd(set: &libc::sigset_t) -> io::Result<Fd> {
+    // SAFETY: set is a valid sigset.
+    let fd = check(unsafe { libc::signalfd(-1, set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })?;
+    Ok(Fd(fd))
+}
+
+/// Drains a signalfd, returning the signal numbers read.
+pub fn read_signals(fd: RawFd) -> io::Result<Vec<u32>> {
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: signalfd_siginfo is plain data.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: info is valid for size bytes.
+        let n = unsafe { libc::read(fd, (&mut info as *mut libc::signalfd_siginfo).cast(), size) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted => continue,
+                io::ErrorKind::WouldBlock => return Ok(out),
+                _ => return Err(e),
+            }
+        }
+        if (n as usize) < size {
+            return Ok(out);
+        }
+        out.push(info.ssi_signo);
+    }
+}
+
+/// Sends `sig` to `pid` (negative: a process group). Errors are returned.
+pub fn kill(pid: libc::pid_t, sig: libc::c_int) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    check(unsafe { libc::kill(pid, sig) }).map(|_| ())
+}
+
+/// A reaped child.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reaped {
+    /// Its pid.
+    pub pid: libc::pid_t,
+    /// Raw wait status.
+    pub status: libc::c_int,
+}
+
+/// Reaps every child that has ended, without blocking.
+pub fn reap_all() -> Vec<Reaped> {
+    let mut out = Vec::new();
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            out.push(Reaped { pid, status });
+            continue;
+        }
+        if pid < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return out;
+    }
+}
+
+/// Decodes a wait status into `(exit code, signal)`.
+pub fn decode_status(status: libc::c_int) -> (Option<i32>, Option<i32>) {
+    if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    }
+}
+
+/// Mounts a filesystem.
+pub fn mount(source: &CStr, target: &CStr, fstype: &CStr, flags: libc::c_ulong, data: Option<&CStr>) -> io::Result<()> {
+    let data_ptr = data.map(|d| d.as_ptr().cast()).unwrap_or(std::ptr::null());
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    check(unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data_ptr) }).map(|_| ())
+}
+
+/// Builds a C string, mapping an interior NUL to `InvalidInput`.
+pub fn cstring(s: &str) -> io::Result<std::ffi::CString> {
+    std::ffi::CString::new(s)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{s:?} contains a NUL byte")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_carry_bytes_and_report_would_block() {
+        let (r, w) = pipe().expect("pipe");
+        set_nonblocking(r.raw(), true).expect("nonblocking");
+        let mut buf = [0u8; 8];
+        let err = read(r.raw(), &mut buf).expect_err("empty pipe");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(write(w.raw(), b"abc").expect("write"), 3);
+        assert_eq!(read(r.raw(), &mut buf).expect("read"), 3);
+        assert_eq!(&buf[..3], b"abc");
+        drop(w);
+        assert_eq!(read(r.raw(), &mut buf).expect("eof"), 0);
+    }
+
+    #[test]
+    fn wait_statuses_decode() {
+        // Exit code 3: status 3 << 8; killed by signal 9: status 9.
+        assert_eq!(decode_status(3 << 8), (Some(3), None));
+        assert_eq!(decode_status(9), (None, Some(9)));
+    }
+}

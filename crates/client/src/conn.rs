@@ -1,0 +1,423 @@
+//! The connection: handshake, frame routing and sending.
+//!
+//! Invariants:
+//! - Session ids are allocated only inside the range granted by the relay,
+//!   never 0, and an id is not reused while its session is open (until the
+//!   guest's TERMINAL frame, or the connection's end). Allocation starts after
+//!   the most recently used id, so a just-closed id is reused last.
+//! - One reader task owns the read half. It routes every session frame to
+//!   that session's unbounded channel and never waits on a consumer, so a
+//!   slow session never stalls another one, and the relay (which credits the
+//!   guest as it hands frames to this socket) keeps every session moving. A
+//!   consumer that stops reading its session's events buffers them in memory.
+//! - `Credit` frames from the agent never reach a session's channel: they
+//!   refill that session's send window ([`Window`]), a semaphore holding at
+//!   most [`INITIAL_WINDOW`] permits, one per wire byte of credited frames.
+//! - One writer task owns the write half and writes whole frames from an
+//!   unbounded queue, so frames never interleave and enqueueing is
+//!   synchronous and cancel-safe. The queue stays bounded in practice: data
+//!   frames wait for window first, control frames are one per caller action.
+//! - When the connection ends (end of stream, a read or write error, or an
+//!   invalid frame) every session channel is closed and every window is
+//!   closed, so every waiter sees [`ClientError::Disconnected`].
+
+use crate::exec::{ExecOptions, ExecSession};
+use crate::ClientError;
+use alcove_protocol::async_io::{read_frame, write_frame};
+use alcove_protocol::handshake::check_ready;
+use alcove_protocol::{
+    Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, INITIAL_WINDOW,
+};
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::io::AsyncReadExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinHandle;
+
+/// A connection to one sandbox's agent.sock. Cheap to clone; every clone and
+/// every session share the connection, which closes when the last of them is
+/// dropped.
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    router: Arc<Router>,
+    out: mpsc::UnboundedSender<Frame>,
+    handshake: Handshake,
+    ready: Ready,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Routing state shared by the reader task and the senders.
+struct Router {
+    state: Mutex<RouterState>,
+    closed: watch::Sender<bool>,
+    range: Handshake,
+}
+
+struct RouterState {
+    open: bool,
+    sessions: HashMap<u32, Slot>,
+    last: u32,
+}
+
+struct Slot {
+    events: mpsc::UnboundedSender<Message>,
+    window: Arc<Window>,
+}
+
+/// Send window of one session in the client → guest direction.
+pub(crate) struct Window {
+    sem: Arc<Semaphore>,
+}
+
+impl Window {
+    fn new() -> Window {
+        Window {
+            sem: Arc::new(Semaphore::new(INITIAL_WINDOW as usize)),
+        }
+    }
+
+    fn credit(&self, bytes: u32) {
+        let room = (INITIAL_WINDOW as usize).saturating_sub(self.sem.available_permits());
+        self.sem.add_permits((bytes as usize).min(room));
+    }
+
+    fn close(&self) {
+        self.sem.close();
+    }
+}
+
+impl Router {
+    fn lock(&self) -> MutexGuard<'_, RouterState> {
+        // A poisoned lock only means a panic elsewhere; the map is still valid.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn allocate(
+        &self,
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Message>, Arc<Window>), ClientError> {
+        let mut st = self.lock();
+        if !st.open {
+            return Err(ClientError::Disconnected);
+        }
+        let (start, end) = (self.range.id_start, self.range.id_end);
+        let size = u64::from(end - start) + 1;
+        let mut candidate = st.last;
+        for _ in 0..size {
+            candidate = if candidate >= end || candidate < start {
+                start
+            } else {
+                candidate + 1
+            };
+            if let Entry::Vacant(slot) = st.sessions.entry(candidate) {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let window = Arc::new(Window::new());
+                slot.insert(Slot {
+                    events: tx,
+                    window: window.clone(),
+                });
+                st.last = candidate;
+                return Ok((candidate, rx, window));
+            }
+        }
+        Err(ClientError::NoFreeIds(size))
+    }
+
+    fn release(&self, id: u32) {
+        if let Some(slot) = self.lock().sessions.remove(&id) {
+            slot.window.close();
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.lock().open
+    }
+
+    fn route(&self, frame: Frame) -> Result<(), ClientError> {
+        if frame.id == CONTROL_ID {
+            // Ready re-sent, heartbeats or anything else on the control id:
+            // nothing for sessions.
+            return Ok(());
+        }
+        let msg = frame
+            .decode_body()
+            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let mut st = self.lock();
+        if let Message::Credit { bytes } = msg {
+            if let Some(slot) = st.sessions.get(&frame.id) {
+                slot.window.credit(bytes);
+            }
+            return Ok(());
+        }
+        if frame.flags.contains(Flags::TERMINAL) || matches!(msg, Message::SessionAborted { .. }) {
+            if let Some(slot) = st.sessions.remove(&frame.id) {
+                slot.window.close();
+                let _ = slot.events.send(msg);
+            }
+        } else if let Some(slot) = st.sessions.get(&frame.id) {
+            // The receiver may be gone (the session handle was dropped);
+            // the id stays reserved until the guest closes the session.
+            let _ = slot.events.send(msg);
+        }
+        Ok(())
+    }
+
+    fn shut(&self) {
+        let mut st = self.lock();
+        st.open = false;
+        for (_, slot) in st.sessions.drain() {
+            slot.window.close();
+        }
+        drop(st);
+        self.closed.send_replace(true);
+    }
+}
+
+/// A session's handle on the connection: its id, its window and the sender.
+pub(crate) struct SessionLink {
+    pub(crate) id: u32,
+    inner: Arc<Inner>,
+    window: Arc<Window>,
+}
+
+impl SessionLink {
+    /// Enqueues a frame that does not use window (requests, EOF, control).
+    pub(crate) fn send(&self, flags: Flags, msg: &Message) -> Result<(), ClientError> {
+        let frame =
+            Frame::message(self.id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
+        self.enqueue(frame)
+    }
+
+    /// Enqueues `frame` if this session is still open. The check and the
+    /// enqueue happen under the router lock, so a frame of a finished session
+    /// can never be queued after the request of a new session reusing its id.
+    fn enqueue(&self, frame: Frame) -> Result<(), ClientError> {
+        let st = self.inner.router.lock();
+        if !st.open {
+            return Err(ClientError::Disconnected);
+        }
+        match st.sessions.get(&self.id) {
+            Some(slot) if Arc::ptr_eq(&slot.window, &self.window) => self
+                .inner
+                .out
+                .send(frame)
+                .map_err(|_| ClientError::Disconnected),
+            _ => Err(ClientError::SessionClosed),
+        }
+    }
+
+    /// Sends a data frame once the window has room for its wire bytes.
+    /// Fails with [`ClientError::SessionClosed`] once the guest has ended the
+    /// session, or [`ClientError::Disconnected`].
+    pub(crate) async fn send_data(&self, msg: &Message) -> Result<(), ClientError> {
+        let frame = Frame::message(self.id, Flags::NONE, msg)
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        // A frame of at most MAX_CHUNK data is far below INITIAL_WINDOW, so it
+        // always fits in a fully credited window.
+        let need = u32::try_from(frame.wire_len())
+            .map_err(|_| ClientError::Encode("frame too large".into()))?;
+        match self.window.sem.acquire_many(need).await {
+            Ok(permit) => permit.forget(),
+            Err(_) => return Err(self.closed_error()),
+        }
+        self.enqueue(frame)
+    }
+
+    /// The error for a closed session: disconnected or ended.
+    pub(crate) fn closed_error(&self) -> ClientError {
+        if self.inner.router.is_open() {
+            ClientError::SessionClosed
+        } else {
+            ClientError::Disconnected
+        }
+    }
+}
+
+impl Inner {
+    fn send(&self, id: u32, flags: Flags, msg: &Message) -> Result<(), ClientError> {
+        let frame =
+            Frame::message(id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let st = self.router.lock();
+        if !st.open {
+            return Err(ClientError::Disconnected);
+        }
+        self.out.send(frame).map_err(|_| ClientError::Disconnected)
+    }
+}
+
+impl Client {
+    /// Connects to the running sandbox `name` of [`crate::paths::alcove_home`].
+    pub async fn connect(name: &str) -> Result<Client, ClientError> {
+        let path = crate::paths::socket_path(&crate::paths::alcove_home(), name)?;
+        match Client::connect_path(&path).await {
+            Err(ClientError::NoListener { path }) => Err(ClientError::NotRunning {
+                name: name.to_string(),
+                path,
+            }),
+            other => other,
+        }
+    }
+
+    /// Connects to the agent socket at `path` and completes the handshake:
+    /// the id range, then the agent's `Ready` of a matching protocol version.
+    pub async fn connect_path(path: &Path) -> Result<Client, ClientError> {
+        let stream = UnixStream::connect(path)
+            .await
+            .map_err(|source| match source.kind() {
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                    ClientError::NoListener {
+                        path: path.to_path_buf(),
+                    }
+                }
+                _ => ClientError::Connect {
+                    path: path.to_path_buf(),
+                    source,
+                },
+            })?;
+        Client::from_stream(stream).await
+    }
+
+    /// Completes the handshake on an already connected stream.
+    pub async fn from_stream(stream: UnixStream) -> Result<Client, ClientError> {
+        let (mut rd, wr) = stream.into_split();
+        let mut range = [0u8; HANDSHAKE_LEN];
+        rd.read_exact(&mut range).await.map_err(handshake_io)?;
+        let handshake = Handshake::decode(range)?;
+        let frame = read_frame(&mut rd)
+            .await
+            .map_err(handshake_io)?
+            .ok_or(ClientError::HandshakeClosed)?;
+        let ready = check_ready(&frame)?;
+
+        let (closed, _) = watch::channel(false);
+        let router = Arc::new(Router {
+            state: Mutex::new(RouterState {
+                open: true,
+                sessions: HashMap::new(),
+                last: handshake.id_end,
+            }),
+            closed,
+            range: handshake,
+        });
+        let (out, out_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(wr, out_rx, router.clone()));
+        let reader = tokio::spawn(read_loop(rd, router.clone()));
+        Ok(Client {
+            inner: Arc::new(Inner {
+                router,
+                out,
+                handshake,
+                ready,
+                reader,
+            }),
+        })
+    }
+
+    /// The agent's `Ready` message received in the handshake.
+    pub fn ready(&self) -> &Ready {
+        &self.inner.ready
+    }
+
+    /// The session id range granted by the relay.
+    pub fn id_range(&self) -> Handshake {
+        self.inner.handshake
+    }
+
+    /// Whether the connection is still up.
+    pub fn is_connected(&self) -> bool {
+        self.inner.router.is_open()
+    }
+
+    /// Waits until the connection has ended.
+    pub async fn closed(&self) {
+        let mut rx = self.inner.router.closed.subscribe();
+        // The sender lives in the router, which this client keeps alive.
+        let _ = rx.wait_for(|closed| *closed).await;
+    }
+
+    /// Marks activity for the sandbox's idle timeout.
+    pub fn touch(&self) -> Result<(), ClientError> {
+        self.inner.send(CONTROL_ID, Flags::NONE, &Message::Touch)
+    }
+
+    /// Asks the sandbox to stop (SIGTERM to every command, `grace_ms`, then
+    /// SIGKILL, sync, power off) and waits until it closes the connection.
+    pub async fn shutdown(&self, grace_ms: u32) -> Result<(), ClientError> {
+        self.inner
+            .send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })?;
+        self.closed().await;
+        Ok(())
+    }
+
+    /// Runs a command; see [`ExecSession`].
+    pub async fn exec(&self, opts: ExecOptions) -> Result<ExecSession, ClientError> {
+        ExecSession::start(self, opts).await
+    }
+
+    /// Opens a session: allocates an id and sends `request` with
+    /// SESSION_START.
+    pub(crate) fn open_session(
+        &self,
+        request: &Message,
+    ) -> Result<(Arc<SessionLink>, mpsc::UnboundedReceiver<Message>), ClientError> {
+        let frame = Frame::message(0, Flags::SESSION_START, request)
+            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let (id, rx, window) = self.inner.router.allocate()?;
+        let link = Arc::new(SessionLink {
+            id,
+            inner: self.inner.clone(),
+            window,
+        });
+        if let Err(e) = link.enqueue(Frame { id, ..frame }) {
+            self.inner.router.release(id);
+            return Err(e);
+        }
+        Ok((link, rx))
+    }
+}
+
+fn handshake_io(e: io::Error) -> ClientError {
+    if e.kind() == io::ErrorKind::UnexpectedEof {
+        ClientError::HandshakeClosed
+    } else {
+        ClientError::Disconnected
+    }
+}
+
+async fn read_loop(mut rd: OwnedReadHalf, router: Arc<Router>) {
+    while let Ok(Some(frame)) = read_frame(&mut rd).await {
+        if router.route(frame).is_err() {
+            break;
+        }
+    }
+    router.shut();
+}
+
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Frame>,
+    router: Arc<Router>,
+) {
+    while let Some(frame) = queue.recv().await {
+        if write_frame(&mut wr, &frame).await.is_err() {
+            router.shut();
+            return;
+        }
+    }
+    // Every sender is gone: the client was dropped. Dropping `wr` shuts the
+    // write direction down, which tells the relay we are done.
+}

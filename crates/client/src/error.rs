@@ -1,0 +1,121 @@
+//! The client's error type.
+//!
+//! Every failure a caller can see is one [`ClientError`] variant with a
+//! one-line, sentence-style message. Errors reported by the guest keep their
+//! typed payload ([`SpawnError`], [`FsError`]) so callers can branch on the
+//! kind (for example to map `not_found` to exit code 127).
+
+use alcove_protocol::{FsError, HandshakeError, SpawnError};
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Why a client operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A sandbox name does not match `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`.
+    #[error("invalid sandbox name {name:?}: {reason}")]
+    InvalidName {
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The runtime directory is so long that socket paths in it would exceed
+    /// the 108-byte `sun_path` limit.
+    #[error("runtime directory {dir} is {len} bytes long; socket paths need it to be at most {max} bytes (set ALCOVE_RUNTIME_DIR to a shorter path)")]
+    RuntimeDirTooLong {
+        /// The directory.
+        dir: PathBuf,
+        /// Its length in bytes.
+        len: usize,
+        /// The longest accepted length.
+        max: usize,
+    },
+    /// The runtime directory could not be created or secured.
+    #[error("cannot prepare runtime directory {dir}: {source}")]
+    RuntimeDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// No sandbox of that name is listening.
+    #[error("no sandbox named {name} is running (socket {} not found)", path.display())]
+    NotRunning {
+        /// The sandbox name.
+        name: String,
+        /// The socket path that was tried.
+        path: PathBuf,
+    },
+    /// Nothing listens on the socket path.
+    #[error("no sandbox is listening on {}", path.display())]
+    NoListener {
+        /// The socket path that was tried.
+        path: PathBuf,
+    },
+    /// Connecting to the socket failed for another reason.
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        /// The socket path.
+        path: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// The relay closed the connection before the handshake completed (it
+    /// may have no free client slot, or the sandbox is stopping).
+    #[error("the sandbox closed the connection during the handshake")]
+    HandshakeClosed,
+    /// The handshake was malformed or the protocol versions differ.
+    #[error("handshake with the sandbox failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The connection to the sandbox was lost (or it sent bytes that are not
+    /// valid frames and was dropped).
+    #[error("the connection to the sandbox was lost")]
+    Disconnected,
+    /// The relay ended the session without a reply from the guest.
+    #[error("the sandbox aborted the session: {0}")]
+    Aborted(String),
+    /// The command could not be started.
+    #[error("could not start the command ({}): {}", .0.kind.as_str(), .0.message)]
+    Spawn(SpawnError),
+    /// A file operation failed in the guest.
+    #[error("file operation failed: {}", .0.message)]
+    Fs(FsError),
+    /// The command ran longer than its timeout and was killed.
+    #[error("the command did not finish within {0:?} and was killed")]
+    Timeout(Duration),
+    /// Every session id granted by the relay is in use.
+    #[error("all {0} session ids granted to this connection are in use")]
+    NoFreeIds(u64),
+    /// The session has already ended, so it takes no more input.
+    #[error("the session has already ended")]
+    SessionClosed,
+    /// Stdin was written on a session opened without `stdin: true`.
+    #[error("the command was started without stdin (set ExecOptions::stdin to stream input)")]
+    StdinNotRequested,
+    /// The guest sent a message that does not belong in this session.
+    #[error("the sandbox sent an unexpected message: {0}")]
+    Unexpected(String),
+    /// A request could not be encoded.
+    #[error("the request could not be encoded: {0}")]
+    Encode(String),
+    /// Reading or writing a local stream (the source or destination of a
+    /// file transfer) failed.
+    #[error("local I/O failed: {0}")]
+    LocalIo(#[source] io::Error),
+}
+
+impl From<ClientError> for io::Error {
+    fn from(e: ClientError) -> io::Error {
+        let kind = match &e {
+            ClientError::Disconnected => io::ErrorKind::ConnectionAborted,
+            ClientError::SessionClosed | ClientError::StdinNotRequested => {
+                io::ErrorKind::BrokenPipe
+            }
+            ClientError::Timeout(_) => io::ErrorKind::TimedOut,
+            _ => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, e)
+    }
+}

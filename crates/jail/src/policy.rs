@@ -1,0 +1,273 @@
+//! The jail's privilege policy: which capabilities survive in the bounding
+//! set and which system calls the seccomp filter refuses.
+//!
+//! Invariants:
+//! - The policy is built on the host before the child is cloned: the child
+//!   only copies prepared data into the kernel (no allocation after `clone`).
+//! - Both seccomp programs are inherited by every process of the jail and
+//!   can never be removed; capabilities outside [`KEPT_CAPABILITIES`] are
+//!   gone from the bounding set for good.
+//!
+//! See the crate documentation for the policy as a whole.
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+use std::collections::BTreeMap;
+
+/// Why the seccomp policy could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// seccompiler refused the rule set.
+    #[error("the seccomp filter could not be compiled: {0}")]
+    Compile(String),
+    /// The host is not x86_64.
+    #[error("the jail's seccomp filter supports only x86_64 hosts, not {0}")]
+    Arch(&'static str),
+}
+
+/// Capability numbers (linux/capability.h).
+#[allow(missing_docs)]
+pub mod caps {
+    pub const CAP_CHOWN: u32 = 0;
+    pub const CAP_DAC_OVERRIDE: u32 = 1;
+    pub const CAP_DAC_READ_SEARCH: u32 = 2;
+    pub const CAP_FOWNER: u32 = 3;
+    pub const CAP_FSETID: u32 = 4;
+    pub const CAP_KILL: u32 = 5;
+    pub const CAP_SETGID: u32 = 6;
+    pub const CAP_SETUID: u32 = 7;
+    pub const CAP_SETPCAP: u32 = 8;
+    pub const CAP_NET_BIND_SERVICE: u32 = 10;
+    pub const CAP_NET_ADMIN: u32 = 12;
+    pub const CAP_NET_RAW: u32 = 13;
+    pub const CAP_SYS_MODULE: u32 = 16;
+    pub const CAP_SYS_CHROOT: u32 = 18;
+    pub const CAP_SYS_ADMIN: u32 = 21;
+    pub const CAP_SYS_BOOT: u32 = 22;
+    pub const CAP_MKNOD: u32 = 27;
+    pub const CAP_AUDIT_WRITE: u32 = 29;
+    pub const CAP_SETFCAP: u32 = 31;
+}
+
+/// Capabilities kept in the bounding set (everything else is dropped).
+///
+/// `CAP_SYS_ADMIN` is in this list only when the backend is told to keep it
+/// ([`crate::JailOptions::keep_sys_admin`]); see [`kept_capabilities`].
+pub const KEPT_CAPABILITIES: &[(u32, &str)] = &[
+    (caps::CAP_CHOWN, "CAP_CHOWN"),
+    (caps::CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"),
+    (caps::CAP_FOWNER, "CAP_FOWNER"),
+    (caps::CAP_FSETID, "CAP_FSETID"),
+    (caps::CAP_KILL, "CAP_KILL"),
+    (caps::CAP_SETGID, "CAP_SETGID"),
+    (caps::CAP_SETUID, "CAP_SETUID"),
+    (caps::CAP_SETPCAP, "CAP_SETPCAP"),
+    (caps::CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"),
+    (caps::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+    (caps::CAP_NET_RAW, "CAP_NET_RAW"),
+    (caps::CAP_SYS_CHROOT, "CAP_SYS_CHROOT"),
+    (caps::CAP_SYS_BOOT, "CAP_SYS_BOOT"),
+    (caps::CAP_AUDIT_WRITE, "CAP_AUDIT_WRITE"),
+    (caps::CAP_SETFCAP, "CAP_SETFCAP"),
+];
+
+/// The capability numbers kept in the bounding set.
+pub fn kept_capabilities(keep_sys_admin: bool) -> Vec<u32> {
+    let mut kept: Vec<u32> = KEPT_CAPABILITIES.iter().map(|(cap, _)| *cap).collect();
+    if keep_sys_admin {
+        kept.push(caps::CAP_SYS_ADMIN);
+    }
+    kept
+}
+
+/// The capability numbers to drop from the bounding set on this kernel.
+pub fn dropped_capabilities(keep_sys_admin: bool) -> Vec<libc::c_int> {
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(40);
+    let kept = kept_capabilities(keep_sys_admin);
+    (0..=last)
+        .filter(|cap| !kept.contains(cap))
+        .map(|cap| cap as libc::c_int)
+        .collect()
+}
+
+/// System calls refused with `EPERM` in every jail.
+pub const DENIED_SYSCALLS: &[(libc::c_long, &str)] = &[
+    (libc::SYS_kexec_load, "kexec_load"),
+    (libc::SYS_kexec_file_load, "kexec_file_load"),
+    (libc::SYS_init_module, "init_module"),
+    (libc::SYS_finit_module, "finit_module"),
+    (libc::SYS_delete_module, "delete_module"),
+    (libc::SYS_bpf, "bpf"),
+    (libc::SYS_perf_event_open, "perf_event_open"),
+    (libc::SYS_add_key, "add_key"),
+    (libc::SYS_keyctl, "keyctl"),
+    (libc::SYS_request_key, "request_key"),
+    (libc::SYS_swapon, "swapon"),
+    (libc::SYS_swapoff, "swapoff"),
+    (libc::SYS_acct, "acct"),
+    (libc::SYS_settimeofday, "settimeofday"),
+    (libc::SYS_clock_settime, "clock_settime"),
+    (libc::SYS_clock_adjtime, "clock_adjtime"),
+    (libc::SYS_adjtimex, "adjtimex"),
+    (libc::SYS_open_by_handle_at, "open_by_handle_at"),
+    (libc::SYS_name_to_handle_at, "name_to_handle_at"),
+    (libc::SYS_userfaultfd, "userfaultfd"),
+    (libc::SYS_iopl, "iopl"),
+    (libc::SYS_ioperm, "ioperm"),
+    (libc::SYS_quotactl, "quotactl"),
+    (libc::SYS_lookup_dcookie, "lookup_dcookie"),
+    (libc::SYS_vhangup, "vhangup"),
+    (libc::SYS_io_uring_setup, "io_uring_setup"),
+    (libc::SYS_io_uring_enter, "io_uring_enter"),
+    (libc::SYS_io_uring_register, "io_uring_register"),
+    (libc::SYS_setns, "setns"),
+    (libc::SYS_unshare, "unshare"),
+];
+
+/// Mount-related system calls, refused with `EPERM` unless `CAP_SYS_ADMIN`
+/// is kept (without it they would fail anyway; the filter makes that
+/// independent of the capability state).
+pub const DENIED_MOUNT_SYSCALLS: &[(libc::c_long, &str)] = &[
+    (libc::SYS_mount, "mount"),
+    (libc::SYS_umount2, "umount2"),
+    (libc::SYS_pivot_root, "pivot_root"),
+    (libc::SYS_open_tree, "open_tree"),
+    (libc::SYS_move_mount, "move_mount"),
+    (libc::SYS_fsopen, "fsopen"),
+    (libc::SYS_fsconfig, "fsconfig"),
+    (libc::SYS_fsmount, "fsmount"),
+    (libc::SYS_fspick, "fspick"),
+    (libc::SYS_mount_setattr, "mount_setattr"),
+];
+
+/// The seccomp programs installed in the jail, in installation order.
+pub struct SeccompPolicy {
+    /// Programs as raw BPF, ready for `seccomp(SECCOMP_SET_MODE_FILTER)`.
+    pub programs: Vec<Vec<libc::sock_filter>>,
+}
+
+/// Builds the jail's seccomp programs.
+///
+/// 1. The main filter (seccompiler): a foreign architecture (i386 `int 0x80`)
+///    kills the process; every syscall of [`DENIED_SYSCALLS`] (and
+///    [`DENIED_MOUNT_SYSCALLS`] unless `keep_sys_admin`) and `clone` with
+///    `CLONE_NEWUSER` return `EPERM`; everything else is allowed.
+/// 2. A small hand-written filter: x32 system calls (numbers with bit 30
+///    set, which would bypass number-based rules) return `EPERM`, and
+///    `clone3` returns `ENOSYS` (its flags live in memory a filter cannot
+///    read, so libc falls back to `clone`, whose flags the main filter sees).
+pub fn seccomp_policy(keep_sys_admin: bool) -> Result<SeccompPolicy, PolicyError> {
+    if std::env::consts::ARCH != "x86_64" {
+        return Err(PolicyError::Arch(std::env::consts::ARCH));
+    }
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for (nr, _) in DENIED_SYSCALLS {
+        rules.insert(*nr, Vec::new());
+    }
+    if !keep_sys_admin {
+        for (nr, _) in DENIED_MOUNT_SYSCALLS {
+            rules.insert(*nr, Vec::new());
+        }
+    }
+    let newuser = libc::CLONE_NEWUSER as u64;
+    let cond = SeccompCondition::new(
+        0,
+        SeccompCmpArgLen::Qword,
+        SeccompCmpOp::MaskedEq(newuser),
+        newuser,
+    )
+    .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let rule = SeccompRule::new(vec![cond]).map_err(|e| PolicyError::Compile(e.to_string()))?;
+    rules.insert(libc::SYS_clone, vec![rule]);
+
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        TargetArch::x86_64,
+    )
+    .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let program: BpfProgram = filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| PolicyError::Compile(e.to_string()))?;
+    let main: Vec<libc::sock_filter> = program
+        .iter()
+        .map(|i| libc::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+
+    Ok(SeccompPolicy {
+        programs: vec![main, x32_and_clone3_program()],
+    })
+}
+
+const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
+const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
+const BPF_RET_K: u16 = 0x06;
+const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
+const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+const X32_SYSCALL_BIT: u32 = 0x4000_0000;
+/// Offset of `nr` in `struct seccomp_data`.
+const SECCOMP_DATA_NR: u32 = 0;
+
+fn stmt(code: u16, k: u32) -> libc::sock_filter {
+    libc::sock_filter {
+        code,
+        jt: 0,
+        jf: 0,
+        k,
+    }
+}
+
+fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code, jt, jf, k }
+}
+
+fn x32_and_clone3_program() -> Vec<libc::sock_filter> {
+    vec![
+        stmt(BPF_LD_W_ABS, SECCOMP_DATA_NR),
+        // x32 syscall numbers → EPERM
+        jump(BPF_JMP_JGE_K, X32_SYSCALL_BIT, 0, 1),
+        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        // clone3 → ENOSYS
+        jump(BPF_JMP_JEQ_K, libc::SYS_clone3 as u32, 0, 1),
+        stmt(BPF_RET_K, SECCOMP_RET_ERRNO | libc::ENOSYS as u32),
+        stmt(BPF_RET_K, SECCOMP_RET_ALLOW),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_partition() {
+        let dropped = dropped_capabilities(false);
+        assert!(dropped.contains(&(caps::CAP_SYS_ADMIN as i32)));
+        assert!(dropped.contains(&(caps::CAP_SYS_MODULE as i32)));
+        assert!(dropped.contains(&(caps::CAP_MKNOD as i32)));
+        assert!(!dropped.contains(&(caps::CAP_SETUID as i32)));
+        assert!(!dropped_capabilities(true).contains(&(caps::CAP_SYS_ADMIN as i32)));
+    }
+
+    #[test]
+    fn seccomp_compiles_with_and_without_mounts() {
+        let strict = seccomp_policy(false).expect("compiles");
+        let lax = seccomp_policy(true).expect("compiles");
+        assert_eq!(strict.programs.len(), 2);
+        assert!(strict.programs[0].len() > lax.programs[0].len());
+        // The hand-written program ends by allowing.
+        let last = strict.programs[1].last().expect("non-empty");
+        assert_eq!(last.k, SECCOMP_RET_ALLOW);
+    }
+}

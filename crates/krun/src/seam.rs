@@ -1,0 +1,128 @@
+//! The recording seam between a [`VmPlan`] and msb_krun's `VmBuilder`.
+//!
+//! [`apply`] is the only code that decides which builder call carries which
+//! plan field; it talks to a [`VmConfigurator`]. [`KrunBuilder`] forwards to
+//! msb_krun, and the tests' recording double captures the calls, so a test
+//! proves every field reaches the builder without creating a VM.
+
+use crate::config::DiskFormat;
+use crate::plan::{DiskPlan, ExecPlan, VmPlan};
+use msb_krun::{ConsolePortBackend, DiskImageFormat, Vm, VmBuilder};
+use std::path::Path;
+
+/// The builder calls alcove makes.
+pub trait VmConfigurator {
+    /// vCPUs and memory.
+    fn machine(&mut self, vcpus: u8, memory_mib: usize);
+    /// The libkrunfw library to load the kernel from.
+    fn krunfw(&mut self, path: &Path);
+    /// The kernel's `init=`.
+    fn init_path(&mut self, path: &str);
+    /// The virtio-fs root (`/dev/root`).
+    fn root_share(&mut self, dir: &Path);
+    /// Another virtio-fs share.
+    fn share(&mut self, tag: &str, dir: &Path);
+    /// A virtio-blk device.
+    fn disk(&mut self, disk: &DiskPlan);
+    /// Where the guest console (hvc0) goes.
+    fn console_output(&mut self, path: &Path);
+    /// A named virtio-console port.
+    fn console_port(&mut self, name: &str, backend: Box<dyn ConsolePortBackend>);
+    /// What init runs.
+    fn exec(&mut self, exec: &ExecPlan);
+    /// The exit hook, called with the VMM's exit code.
+    fn on_exit(&mut self, hook: Box<dyn Fn(i32) + Send + 'static>);
+}
+
+/// Applies a plan: every field becomes a builder call.
+pub fn apply(
+    plan: &VmPlan,
+    agent_port: Box<dyn ConsolePortBackend>,
+    on_exit: Box<dyn Fn(i32) + Send + 'static>,
+    c: &mut dyn VmConfigurator,
+) {
+    c.machine(plan.vcpus, plan.memory_mib);
+    c.krunfw(&plan.krunfw);
+    c.init_path(&plan.init_path);
+    c.root_share(&plan.boot_dir);
+    for s in &plan.shares {
+        c.share(&s.tag, &s.host);
+    }
+    for d in &plan.disks {
+        c.disk(d);
+    }
+    c.console_output(&plan.console_output);
+    c.console_port(&plan.agent_port, agent_port);
+    c.exec(&plan.exec);
+    c.on_exit(on_exit);
+}
+
+/// The real configurator over msb_krun's `VmBuilder`.
+#[derive(Default)]
+pub struct KrunBuilder {
+    builder: VmBuilder,
+}
+
+impl KrunBuilder {
+    /// A fresh builder.
+    pub fn new() -> KrunBuilder {
+        KrunBuilder::default()
+    }
+
+    fn with(&mut self, f: impl FnOnce(VmBuilder) -> VmBuilder) {
+        self.builder = f(std::mem::take(&mut self.builder));
+    }
+
+    /// Builds the VM (no KVM work happens until `Vm::enter`).
+    pub fn build(self) -> msb_krun::Result<Vm> {
+        self.builder.build()
+    }
+}
+
+fn krun_format(f: DiskFormat) -> DiskImageFormat {
+    match f {
+        DiskFormat::Raw => DiskImageFormat::Raw,
+        DiskFormat::Qcow2 => DiskImageFormat::Qcow2,
+        DiskFormat::Vmdk => DiskImageFormat::Vmdk,
+    }
+}
+
+impl VmConfigurator for KrunBuilder {
+    fn machine(&mut self, vcpus: u8, memory_mib: usize) {
+        self.with(|b| b.machine(|m| m.vcpus(vcpus).memory_mib(memory_mib)));
+    }
+    fn krunfw(&mut self, path: &Path) {
+        self.with(|b| b.kernel(|k| k.krunfw_path(path)));
+    }
+    fn init_path(&mut self, path: &str) {
+        self.with(|b| b.kernel(|k| k.init_path(path)));
+    }
+    fn root_share(&mut self, dir: &Path) {
+        self.with(|b| b.fs(|f| f.root(dir)));
+    }
+    fn share(&mut self, tag: &str, dir: &Path) {
+        self.with(|b| b.fs(|f| f.tag(tag).path(dir)));
+    }
+    fn disk(&mut self, d: &DiskPlan) {
+        self.with(|b| {
+            b.disk(|x| {
+                x.path(&d.path)
+                    .id(d.id.clone())
+                    .format(krun_format(d.format))
+                    .read_only(d.read_only)
+            })
+        });
+    }
+    fn console_output(&mut self, path: &Path) {
+        self.with(|b| b.console(|c| c.output(path)));
+    }
+    fn console_port(&mut self, name: &str, backend: Box<dyn ConsolePortBackend>) {
+        self.with(|b| b.console(|c| c.custom(name, backend)));
+    }
+    fn exec(&mut self, e: &ExecPlan) {
+        self.with(|b| b.exec(|x| x.path(&e.path).args(&e.args).workdir(&e.workdir)));
+    }
+    fn on_exit(&mut self, hook: Box<dyn Fn(i32) + Send + 'static>) {
+        self.with(|b| b.on_exit(hook));
+    }
+}

@@ -1,0 +1,5 @@
+fn assert_send<T: Send>() {}
+#[test]
+fn vm_send() {
+    assert_send::<msb_krun::Vm>();
+}

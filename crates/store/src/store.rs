@@ -1,0 +1,596 @@
+//! [`Store`]: the connection, the retry discipline and every query.
+//!
+//! All writes go through `Store::write`, which opens `BEGIN IMMEDIATE`, runs
+//! the body, commits, and on `SQLITE_BUSY`/`SQLITE_LOCKED` (from any of those
+//! steps) rolls back and retries with exponential backoff until
+//! [`StoreOptions::retry_budget`] is spent. The body may therefore run more
+//! than once; it only touches the transaction. Each attempt's SQLite busy
+//! wait is capped by the remaining budget, so a call gives up within about
+//! `retry_budget` however `busy_timeout` is set.
+
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row};
+use rusqlite::{Transaction, TransactionBehavior};
+
+use crate::model::{
+    MetricSample, RunId, RunOutcome, RunRecord, RunStatus, SandboxRecord, SandboxStatus,
+    TerminationReason,
+};
+use crate::schema::{self, Identity, SCHEMA_VERSION};
+use crate::StoreError;
+
+/// Tuning of a [`Store`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// SQLite's own wait for a lock within one attempt.
+    pub busy_timeout: Duration,
+    /// Total time one call may spend retrying before [`StoreError::Busy`].
+    pub retry_budget: Duration,
+    /// Metric rows kept per sandbox (the newest ones). 0 keeps none.
+    pub metric_retention: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            busy_timeout: Duration::from_secs(5),
+            retry_budget: Duration::from_secs(10),
+            metric_retention: 3600,
+        }
+    }
+}
+
+/// alcove's database: one SQLite connection. `Send`, not `Sync`.
+#[derive(Debug)]
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+    opts: StoreOptions,
+}
+
+const SANDBOX_COLUMNS: &str = "id, name, config_json, status, created_at_ms, updated_at_ms";
+const RUN_SELECT: &str = "SELECT r.id, s.name, r.pid, r.status, r.exit_code, r.exit_signal, \
+     r.reason, r.detail, r.started_at_ms, r.terminated_at_ms \
+     FROM run r JOIN sandbox s ON s.id = r.sandbox_id";
+const METRIC_COLUMNS: &str =
+    "at_ms, cpu_usec, memory_bytes, io_read_bytes, io_write_bytes, net_rx_bytes, net_tx_bytes";
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+const MAX_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` with default options.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        Store::open_with(path, StoreOptions::default())
+    }
+
+    /// Opens (creating if needed) the database at `path`, creating its
+    /// directory, checking the file is an alcove database this build
+    /// understands, setting the connection pragmas and migrating the schema.
+    pub fn open_with(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        let open_err = |why: String| StoreError::Open {
+            path: path.to_owned(),
+            why,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_err(format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
+        let store = Store {
+            conn,
+            path: path.to_owned(),
+            opts,
+        };
+        store.init().map_err(|e| store.classify_open_error(e))?;
+        Ok(store)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        self.conn.busy_timeout(self.opts.busy_timeout)?;
+        self.conn.pragma_update(None, "foreign_keys", true)?;
+        // One read transaction: the pragmas and the table count must come from
+        // the same snapshot, or a concurrent first migration looks foreign.
+        let identity = self.read("open the database", |c| schema::inspect(c, &self.path))?;
+        check_version(identity)?;
+        let mode: String = self.retry("switch the database to WAL", |c| {
+            Ok(c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?)
+        })?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Open {
+                path: self.path.clone(),
+                why: format!("SQLite kept journal mode {mode:?} instead of WAL"),
+            });
+        }
+        self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        if identity != Identity::Alcove(SCHEMA_VERSION) {
+            self.write("migrate the database schema", |tx| {
+                // Re-read under the write lock: another process may have migrated.
+                match check_version(schema::inspect(tx, &self.path)?)? {
+                    Identity::Fresh => schema::migrate(tx, 0),
+                    Identity::Alcove(v) => schema::migrate(tx, v),
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Turns low-level failures during open into the documented errors.
+    fn classify_open_error(&self, e: StoreError) -> StoreError {
+        let code = match &e {
+            StoreError::Sqlite(inner) => inner.sqlite_error_code(),
+            _ => None,
+        };
+        match code {
+            Some(ErrorCode::NotADatabase) => StoreError::NotAlcove {
+                path: self.path.clone(),
+                why: "file is not a database".into(),
+            },
+            Some(
+                ErrorCode::CannotOpen
+                | ErrorCode::PermissionDenied
+                | ErrorCode::ReadOnly
+                | ErrorCode::SystemIoFailure,
+            ) => StoreError::Open {
+                path: self.path.clone(),
+                why: e.to_string(),
+            },
+            _ => e,
+        }
+    }
+
+    /// The database path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options this store was opened with.
+    pub fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    // ---- sandboxes ----
+
+    /// Creates a sandbox in state `Stopped`; [`StoreError::DuplicateName`] if
+    /// the name is taken.
+    pub fn create_sandbox(
+        &self,
+        name: &str,
+        config_json: &str,
+    ) -> Result<SandboxRecord, StoreError> {
+        check_config(name, config_json)?;
+        let sql = format!(
+            "INSERT INTO sandbox (name, config_json, status, created_at_ms, updated_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(name) DO NOTHING RETURNING {SANDBOX_COLUMNS}"
+        );
+        self.write("create a sandbox", |tx| {
+            tx.query_row(
+                &sql,
+                params![name, config_json, SandboxStatus::Stopped, now_ms()],
+                sandbox_row,
+            )
+            .optional()?
+            .ok_or_else(|| StoreError::DuplicateName(name.to_owned()))
+        })
+    }
+
+    /// Creates a sandbox (state `Stopped`) or replaces the config of an
+    /// existing one, keeping its status and creation time.
+    pub fn upsert_sandbox(
+        &self,
+        name: &str,
+        config_json: &str,
+    ) -> Result<SandboxRecord, StoreError> {
+        check_config(name, config_json)?;
+        let sql = format!(
+            "INSERT INTO sandbox (name, config_json, status, created_at_ms, updated_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(name) DO UPDATE SET \
+             config_json = excluded.config_json, updated_at_ms = excluded.updated_at_ms \
+             RETURNING {SANDBOX_COLUMNS}"
+        );
+        self.write("save a sandbox", |tx| {
+            Ok(tx.query_row(
+                &sql,
+                params![name, config_json, SandboxStatus::Stopped, now_ms()],
+                sandbox_row,
+            )?)
+        })
+    }
+
+    /// The sandbox named `name`, if any.
+    pub fn sandbox(&self, name: &str) -> Result<Option<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandbox WHERE name = ?1");
+        self.read("read a sandbox", |c| {
+            Ok(c.query_row(&sql, [name], sandbox_row).optional()?)
+        })
+    }
+
+    /// Every sandbox, ordered by name.
+    pub fn sandboxes(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandbox ORDER BY name");
+        self.read("list sandboxes", |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([], sandbox_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Records a new status for a sandbox.
+    pub fn set_sandbox_status(&self, name: &str, status: SandboxStatus) -> Result<(), StoreError> {
+        self.write("set a sandbox status", |tx| {
+            let n = tx.execute(
+                "UPDATE sandbox SET status = ?1, updated_at_ms = ?2 WHERE name = ?3",
+                params![status, now_ms(), name],
+            )?;
+            if n == 0 {
+                return Err(StoreError::NoSuchSandbox(name.to_owned()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Deletes a sandbox with its runs and metrics; false if it did not exist.
+    pub fn delete_sandbox(&self, name: &str) -> Result<bool, StoreError> {
+        self.write("delete a sandbox", |tx| {
+            Ok(tx.execute("DELETE FROM sandbox WHERE name = ?1", [name])? > 0)
+        })
+    }
+
+    // ---- runs ----
+
+    /// Records a new `Running` run of `sandbox` with host pid `pid` and sets
+    /// the sandbox to `Starting`, in one transaction.
+    pub fn start_run(&self, sandbox: &str, pid: u32) -> Result<RunId, StoreError> {
+        self.write("start a run", |tx| {
+            let sid = sandbox_id(tx, sandbox)?;
+            let now = now_ms();
+            tx.execute(
+                "INSERT INTO run (sandbox_id, pid, status, started_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                params![sid, pid, RunStatus::Running, now],
+            )?;
+            let run = RunId(tx.last_insert_rowid());
+            tx.execute(
+                "UPDATE sandbox SET status = ?1, updated_at_ms = ?2 WHERE id = ?3",
+                params![SandboxStatus::Starting, now, sid],
+            )?;
+            Ok(run)
+        })
+    }
+
+    /// Terminates a run with `outcome` and, if it is its sandbox's newest run,
+    /// sets the sandbox to `Crashed` (reason `Crashed`) or `Stopped`, in one
+    /// transaction. [`StoreError::AlreadyFinished`] (changing nothing) if the
+    /// run is already terminated.
+    pub fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<(), StoreError> {
+        self.write("finish a run", |tx| {
+            let found: Option<(RunStatus, i64)> = tx
+                .query_row(
+                    "SELECT status, sandbox_id FROM run WHERE id = ?1",
+                    [run.0],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let (status, sid) = found.ok_or(StoreError::NoSuchRun(run))?;
+            if status == RunStatus::Terminated {
+                return Err(StoreError::AlreadyFinished(run));
+            }
+            let now = now_ms();
+            tx.execute(
+                "UPDATE run SET status = ?1, exit_code = ?2, exit_signal = ?3, reason = ?4, \
+                 detail = ?5, terminated_at_ms = ?6 WHERE id = ?7",
+                params![
+                    RunStatus::Terminated,
+                    outcome.exit_code,
+                    outcome.exit_signal,
+                    outcome.reason,
+                    outcome.detail,
+                    now,
+                    run.0
+                ],
+            )?;
+            let status = if outcome.reason == TerminationReason::Crashed {
+                SandboxStatus::Crashed
+            } else {
+                SandboxStatus::Stopped
+            };
+            // A stale run finished late (e.g. by the reaper) must not override
+            // the state of a newer run.
+            tx.execute(
+                "UPDATE sandbox SET status = ?1, updated_at_ms = ?2 WHERE id = ?3 \
+                 AND NOT EXISTS (SELECT 1 FROM run WHERE sandbox_id = ?3 AND id > ?4)",
+                params![status, now, sid, run.0],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The runs of `sandbox`, newest first.
+    pub fn runs(&self, sandbox: &str) -> Result<Vec<RunRecord>, StoreError> {
+        self.runs_of(sandbox, i64::MAX)
+    }
+
+    /// The newest run of `sandbox`, if it has any.
+    pub fn latest_run(&self, sandbox: &str) -> Result<Option<RunRecord>, StoreError> {
+        Ok(self.runs_of(sandbox, 1)?.into_iter().next())
+    }
+
+    fn runs_of(&self, sandbox: &str, limit: i64) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!("{RUN_SELECT} WHERE r.sandbox_id = ?1 ORDER BY r.id DESC LIMIT ?2");
+        self.read("list runs", |c| {
+            let sid = sandbox_id(c, sandbox)?;
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![sid, limit], run_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    /// Every run still recorded as `Running`, oldest first, across sandboxes.
+    pub fn running_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        let sql = format!("{RUN_SELECT} WHERE r.status = ?1 ORDER BY r.id");
+        self.read("list running runs", |c| {
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map([RunStatus::Running], run_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    // ---- metrics ----
+
+    /// Stores one sample and drops the sandbox's samples beyond the newest
+    /// [`StoreOptions::metric_retention`] (ordered by `at_ms`, then insertion).
+    pub fn insert_metric(&self, sandbox: &str, sample: &MetricSample) -> Result<(), StoreError> {
+        let keep = i64::try_from(self.opts.metric_retention).unwrap_or(i64::MAX);
+        self.write("record a metric sample", |tx| {
+            let sid = sandbox_id(tx, sandbox)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO sandbox_metric (sandbox_id, {METRIC_COLUMNS}) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+                ),
+                params![
+                    sid,
+                    sample.at_ms,
+                    clamp(sample.cpu_usec),
+                    clamp(sample.memory_bytes),
+                    clamp(sample.io_read_bytes),
+                    clamp(sample.io_write_bytes),
+                    clamp(sample.net_rx_bytes),
+                    clamp(sample.net_tx_bytes)
+                ],
+            )?;
+            tx.execute(
+                "DELETE FROM sandbox_metric WHERE sandbox_id = ?1 AND id IN (\
+                 SELECT id FROM sandbox_metric WHERE sandbox_id = ?1 \
+                 ORDER BY at_ms DESC, id DESC LIMIT -1 OFFSET ?2)",
+                params![sid, keep],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The newest `limit` samples of `sandbox`, newest first.
+    pub fn metrics(&self, sandbox: &str, limit: usize) -> Result<Vec<MetricSample>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let sql = format!(
+            "SELECT {METRIC_COLUMNS} FROM sandbox_metric WHERE sandbox_id = ?1 \
+             ORDER BY at_ms DESC, id DESC LIMIT ?2"
+        );
+        self.read("read metrics", |c| {
+            let sid = sandbox_id(c, sandbox)?;
+            let mut stmt = c.prepare_cached(&sql)?;
+            let rows = stmt.query_map(params![sid, limit], |r| {
+                Ok(MetricSample {
+                    at_ms: r.get(0)?,
+                    cpu_usec: r.get(1)?,
+                    memory_bytes: r.get(2)?,
+                    io_read_bytes: r.get(3)?,
+                    io_write_bytes: r.get(4)?,
+                    net_rx_bytes: r.get(5)?,
+                    net_tx_bytes: r.get(6)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    // ---- transactions and retries ----
+
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction, retrying on busy.
+    fn write<T>(
+        &self,
+        what: &str,
+        mut body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.retry(what, |conn| {
+            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let value = body(&tx)?; // dropping `tx` on error rolls back
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Runs `body` in a deferred (read) transaction, retrying on busy.
+    fn read<T>(
+        &self,
+        what: &str,
+        mut body: impl FnMut(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.retry(what, |conn| {
+            let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred)?;
+            let value = body(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        })
+    }
+
+    /// Calls `attempt` until it succeeds, fails with a non-busy error, or the
+    /// retry budget is spent ([`StoreError::Busy`]).
+    fn retry<T>(
+        &self,
+        what: &str,
+        mut attempt: impl FnMut(&Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let deadline = start
+            .checked_add(self.opts.retry_budget)
+            .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+        let mut backoff = FIRST_BACKOFF;
+        let mut current_timeout = self.opts.busy_timeout;
+        let result = loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let per_try = self.opts.busy_timeout.min(remaining);
+            if per_try != current_timeout {
+                self.conn.busy_timeout(per_try)?;
+                current_timeout = per_try;
+            }
+            match attempt(&self.conn) {
+                Err(e) if e.is_busy() => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    if remaining.is_zero() {
+                        break Err(StoreError::Busy {
+                            what: what.to_owned(),
+                        });
+                    }
+                    thread::sleep((backoff + jitter(backoff)).min(remaining));
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                other => break other,
+            }
+        };
+        if current_timeout != self.opts.busy_timeout {
+            if let Err(e) = self.conn.busy_timeout(self.opts.busy_timeout) {
+                if result.is_ok() {
+                    return Err(e.into());
+                }
+            }
+        }
+        result
+    }
+}
+
+/// Refuses schemas newer than this build.
+fn check_version(identity: Identity) -> Result<Identity, StoreError> {
+    match identity {
+        Identity::Alcove(found) if found > SCHEMA_VERSION => Err(StoreError::TooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        other => Ok(other),
+    }
+}
+
+fn check_config(name: &str, config_json: &str) -> Result<(), StoreError> {
+    serde_json::from_str::<serde::de::IgnoredAny>(config_json)
+        .map(|_| ())
+        .map_err(|e| StoreError::InvalidConfig {
+            name: name.to_owned(),
+            why: e.to_string(),
+        })
+}
+
+fn sandbox_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
+    conn.query_row("SELECT id FROM sandbox WHERE name = ?1", [name], |r| {
+        r.get(0)
+    })
+    .optional()?
+    .ok_or_else(|| StoreError::NoSuchSandbox(name.to_owned()))
+}
+
+fn sandbox_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
+    Ok(SandboxRecord {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        config_json: r.get(2)?,
+        status: r.get(3)?,
+        created_at_ms: r.get(4)?,
+        updated_at_ms: r.get(5)?,
+    })
+}
+
+fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: RunId(r.get(0)?),
+        sandbox: r.get(1)?,
+        pid: r.get(2)?,
+        status: r.get(3)?,
+        exit_code: r.get(4)?,
+        exit_signal: r.get(5)?,
+        reason: r.get(6)?,
+        detail: r.get(7)?,
+        started_at_ms: r.get(8)?,
+        terminated_at_ms: r.get(9)?,
+    })
+}
+
+/// Counters are stored as SQLite's signed 64-bit integers.
+fn clamp(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Up to half of `backoff`, from the clock's low bits, so processes that
+/// collided do not retry in lockstep.
+fn jitter(backoff: Duration) -> Duration {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let half = u32::try_from(backoff.as_micros() / 2)
+        .unwrap_or(u32::MAX)
+        .max(1);
+    Duration::from_micros(u64::from(nanos % half))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::sqlite_is_busy;
+
+    #[test]
+    fn store_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Store>();
+    }
+
+    #[test]
+    fn jitter_stays_below_half_the_backoff() {
+        for ms in [1u64, 2, 50, 100] {
+            let b = Duration::from_millis(ms);
+            assert!(jitter(b) <= b / 2);
+        }
+    }
+
+    #[test]
+    fn counters_above_i64_max_saturate() {
+        assert_eq!(clamp(u64::MAX), i64::MAX);
+        assert_eq!(clamp(5), 5);
+    }
+
+    #[test]
+    fn busy_sqlite_errors_are_busy() {
+        let e = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(sqlite_is_busy(&e));
+        assert!(StoreError::from(e).is_busy());
+        let e = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED),
+            None,
+        );
+        assert!(StoreError::Sqlite(e).is_busy());
+        assert!(!StoreError::NoSuchSandbox("x".into()).is_busy());
+    }
+}

@@ -1,0 +1,76 @@
+//! The Db actor: the one SQLite connection of the sandbox process.
+//!
+//! Runs on its own thread (an actix `SyncArbiter` with one thread), because
+//! rusqlite blocks. Every write of the sandbox process goes through it; the
+//! store retries on SQLITE_BUSY within its budget, so an error here means the
+//! database really cannot be written.
+
+use crate::messages::{DbFinishRun, DbInsertMetric, DbSetStatus, DbStartRun};
+use crate::store::{RunId, Store};
+use actix::prelude::*;
+
+/// Owns the store.
+pub struct DbActor {
+    store: Store,
+}
+
+impl DbActor {
+    /// Wraps an open store.
+    pub fn new(store: Store) -> DbActor {
+        DbActor { store }
+    }
+}
+
+impl Actor for DbActor {
+    type Context = SyncContext<Self>;
+}
+
+impl Handler<DbStartRun> for DbActor {
+    type Result = Result<RunId, String>;
+
+    fn handle(&mut self, msg: DbStartRun, _: &mut Self::Context) -> Self::Result {
+        if self
+            .store
+            .sandbox(&msg.sandbox)
+            .map_err(|e| e.to_string())?
+            .is_none()
+        {
+            self.store
+                .upsert_sandbox(&msg.sandbox, &msg.config_json)
+                .map_err(|e| e.to_string())?;
+        }
+        self.store
+            .start_run(&msg.sandbox, msg.pid)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<DbSetStatus> for DbActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: DbSetStatus, _: &mut Self::Context) -> Self::Result {
+        self.store
+            .set_sandbox_status(&msg.sandbox, msg.status)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<DbFinishRun> for DbActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> Self::Result {
+        self.store
+            .finish_run(msg.run, &msg.outcome)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<DbInsertMetric> for DbActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: DbInsertMetric, _: &mut Self::Context) -> Self::Result {
+        self.store
+            .insert_metric(&msg.sandbox, &msg.sample)
+            .map_err(|e| e.to_string())
+    }
+}

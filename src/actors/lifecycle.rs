@@ -1,0 +1,409 @@
+//! The Lifecycle actor: the sandbox's state machine and the one place where
+//! the termination reason is decided.
+//!
+//! States: Starting → Ready → Draining → Exited. The first [`Terminate`] to
+//! arrive fixes the reason (later ones are logged and ignored); only then is
+//! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
+//! cause, its exit code decides: 0 is Completed, anything else Failed.
+//!
+//! Finalisation runs once, in this order: close the relay (agent.sock is
+//! removed, open sessions are aborted), commit the run row and the sandbox
+//! status, publish the [`Outcome`], acknowledge the exit observer, stop the
+//! actor system. The run row is written before anything else is handled
+//! (`ctx.wait`), so a finalisation never races its creation.
+
+use crate::actors::db::DbActor;
+use crate::actors::metrics::Metrics;
+use crate::actors::relay::Relay;
+use crate::actors::vm::VmActor;
+use crate::config::Outcome;
+use crate::messages::{
+    AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun,
+    GuestLaunched, LaunchFailed, StopGuest, Terminate, VmExited,
+};
+use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
+use actix::prelude::*;
+use alcove_backend::GuestControl;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Lifecycle states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Guest booting, agent not ready.
+    Starting,
+    /// Agent ready.
+    Ready,
+    /// A termination reason is fixed; the guest is being stopped.
+    Draining,
+    /// Final: the outcome is committed.
+    Exited,
+}
+
+/// State shared between the actors and the threads outside the actor system
+/// (the embedding handle, the exit observer).
+#[derive(Default)]
+pub struct SharedState {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Inner {
+    ready: bool,
+    outcome: Option<Outcome>,
+    run: Option<RunId>,
+    control: Option<Arc<dyn GuestControl>>,
+}
+
+impl SharedState {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Inner)) {
+        f(&mut self.lock());
+        self.changed.notify_all();
+    }
+
+    /// The run row, once written.
+    pub fn run(&self) -> Option<RunId> {
+        self.lock().run
+    }
+
+    /// The guest's control handle, once launched.
+    pub fn control(&self) -> Option<Arc<dyn GuestControl>> {
+        self.lock().control.clone()
+    }
+
+    /// The final outcome, if the sandbox has ended.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.lock().outcome.clone()
+    }
+
+    /// Records the outcome unless one is already there (used by the exit
+    /// observer's last resort).
+    pub fn set_outcome_if_unset(&self, outcome: Outcome) {
+        self.update(|i| {
+            if i.outcome.is_none() {
+                i.outcome = Some(outcome);
+            }
+        });
+    }
+
+    /// Waits until the agent is ready or the sandbox has ended; true if ready.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        let guard = self.lock();
+        let (guard, _) = self
+            .changed
+            .wait_timeout_while(guard, timeout, |i| !i.ready && i.outcome.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.ready
+    }
+
+    /// Waits for the outcome.
+    pub fn wait_outcome(&self, timeout: Option<Duration>) -> Option<Outcome> {
+        let guard = self.lock();
+        let guard = match timeout {
+            Some(t) => {
+                self.changed
+                    .wait_timeout_while(guard, t, |i| i.outcome.is_none())
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+            None => self
+                .changed
+                .wait_while(guard, |i| i.outcome.is_none())
+                .unwrap_or_else(|p| p.into_inner()),
+        };
+        guard.outcome.clone()
+    }
+}
+
+/// Decides how the sandbox ends.
+pub struct Lifecycle {
+    name: String,
+    config_json: String,
+    pid: u32,
+    state: State,
+    cause: Option<Terminate>,
+    run: Option<RunId>,
+    db: Addr<DbActor>,
+    vm: Option<Addr<VmActor>>,
+    relay: Option<Addr<Relay>>,
+    metrics: Option<Addr<Metrics>>,
+    shared: Arc<SharedState>,
+    finalising: bool,
+}
+
+impl Lifecycle {
+    /// A lifecycle for sandbox `name`; the other actors are attached with
+    /// [`Wire`] once they exist.
+    pub fn new(
+        name: String,
+        config_json: String,
+        pid: u32,
+        db: Addr<DbActor>,
+        shared: Arc<SharedState>,
+    ) -> Lifecycle {
+        Lifecycle {
+            name,
+            config_json,
+            pid,
+            state: State::Starting,
+            cause: None,
+            run: None,
+            db,
+            vm: None,
+            relay: None,
+            metrics: None,
+            shared,
+            finalising: false,
+        }
+    }
+
+    fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>) {
+        let db = self.db.clone();
+        let msg = DbSetStatus {
+            sandbox: self.name.clone(),
+            status,
+        };
+        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(
+            |res, _, ctx: &mut Context<Self>| {
+                if let Some(err) = flatten(res) {
+                    ctx.notify(Terminate::new(
+                        TerminationReason::InternalError,
+                        format!("cannot write the database: {err}"),
+                    ));
+                }
+            },
+        ));
+    }
+
+    /// The one path to the end: fixes the outcome and commits it.
+    fn finalise(
+        &mut self,
+        exit_code: Option<i32>,
+        exit_detail: Option<String>,
+        ack: crossbeam_channel::Sender<()>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.finalising {
+            let _ = ack.send(());
+            return;
+        }
+        self.finalising = true;
+        let cause = self.cause.take().unwrap_or_else(|| match exit_code {
+            Some(0) => Terminate {
+                reason: TerminationReason::Completed,
+                detail: None,
+            },
+            Some(code) => Terminate {
+                reason: TerminationReason::Failed,
+                detail: Some(format!("the guest exited with code {code}")),
+            },
+            None => Terminate::new(
+                TerminationReason::InternalError,
+                "the guest ended without an exit code",
+            ),
+        });
+        let detail = match (cause.detail, exit_detail) {
+            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+            (a, b) => a.or(b),
+        };
+        tracing::info!(reason = %cause.reason, ?exit_code, ?detail, "finalising");
+        let outcome = RunOutcome {
+            reason: cause.reason,
+            exit_code,
+            exit_signal: None,
+            detail: detail.clone(),
+        };
+        let relay = self.relay.clone();
+        let db = self.db.clone();
+        let run = self.run;
+        let fut = async move {
+            if let Some(relay) = relay {
+                let _ = relay.send(CloseRelay).await;
+            }
+            match run {
+                Some(run) => match flatten(db.send(DbFinishRun { run, outcome }).await) {
+                    None => true,
+                    Some(err) => {
+                        tracing::error!(error = %err, "cannot record the end of the run");
+                        false
+                    }
+                },
+                None => false,
+            }
+        };
+        ctx.wait(fut.into_actor(self).map(move |recorded, this, _| {
+            this.state = State::Exited;
+            this.shared.update(|i| {
+                i.outcome = Some(Outcome {
+                    reason: cause.reason,
+                    exit_code,
+                    detail,
+                    recorded,
+                });
+            });
+            let _ = ack.send(());
+            System::current().stop();
+        }));
+    }
+}
+
+/// Collapses a mailbox error and a handler error into one message.
+fn flatten<T>(res: Result<Result<T, String>, MailboxError>) -> Option<String> {
+    match res {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e),
+        Err(e) => Some(format!("the database actor is gone: {e}")),
+    }
+}
+
+impl Actor for Lifecycle {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let db = self.db.clone();
+        let msg = DbStartRun {
+            sandbox: self.name.clone(),
+            config_json: self.config_json.clone(),
+            pid: self.pid,
+        };
+        // Nothing else is handled until the run row exists (or cannot).
+        ctx.wait(async move { db.send(msg).await }.into_actor(self).map(
+            |res, this, ctx| match res {
+                Ok(Ok(run)) => {
+                    this.run = Some(run);
+                    this.shared.update(|i| i.run = Some(run));
+                }
+                Ok(Err(e)) => ctx.notify(Terminate::new(
+                    TerminationReason::InternalError,
+                    format!("cannot write the database: {e}"),
+                )),
+                Err(e) => ctx.notify(Terminate::new(
+                    TerminationReason::InternalError,
+                    format!("the database actor is gone: {e}"),
+                )),
+            },
+        ));
+    }
+}
+
+/// Start-up → Lifecycle: the addresses of the other actors.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Wire {
+    /// The Vm actor.
+    pub vm: Addr<VmActor>,
+    /// The Relay.
+    pub relay: Addr<Relay>,
+    /// The metrics sampler.
+    pub metrics: Addr<Metrics>,
+}
+
+impl Handler<Wire> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: Wire, _: &mut Self::Context) {
+        self.vm = Some(msg.vm);
+        self.relay = Some(msg.relay);
+        self.metrics = Some(msg.metrics);
+    }
+}
+
+impl Handler<GuestLaunched> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: GuestLaunched, _: &mut Self::Context) {
+        self.shared
+            .update(|i| i.control = Some(msg.control.clone()));
+        if let Some(relay) = &self.relay {
+            relay.do_send(AttachGuest {
+                channel: msg.agent_channel,
+            });
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.do_send(AttachControl {
+                control: msg.control.clone(),
+            });
+        }
+        if let Some(vm) = &self.vm {
+            vm.do_send(AttachControl {
+                control: msg.control,
+            });
+        }
+    }
+}
+
+impl Handler<LaunchFailed> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: LaunchFailed, ctx: &mut Self::Context) {
+        if self.cause.is_none() {
+            self.cause = Some(Terminate::new(
+                TerminationReason::InternalError,
+                format!("the guest could not start: {}", msg.error),
+            ));
+        }
+        self.finalise(None, None, msg.ack, ctx);
+    }
+}
+
+impl Handler<AgentReady> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: AgentReady, ctx: &mut Self::Context) {
+        if self.state != State::Starting {
+            return;
+        }
+        tracing::info!(agent = %msg.ready.agent_version, ready_us = msg.ready.boot.ready_us, "agent ready");
+        self.state = State::Ready;
+        // Waiters learn of readiness once the record says Running too.
+        let db = self.db.clone();
+        let msg = DbSetStatus {
+            sandbox: self.name.clone(),
+            status: SandboxStatus::Running,
+        };
+        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(
+            |res, this, ctx: &mut Context<Self>| {
+                if let Some(err) = flatten(res) {
+                    ctx.notify(Terminate::new(
+                        TerminationReason::InternalError,
+                        format!("cannot write the database: {err}"),
+                    ));
+                }
+                this.shared.update(|i| i.ready = true);
+            },
+        ));
+    }
+}
+
+impl Handler<Terminate> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: Terminate, ctx: &mut Self::Context) {
+        if self.state == State::Draining || self.state == State::Exited || self.finalising {
+            tracing::debug!(reason = %msg.reason, "later termination cause ignored");
+            return;
+        }
+        let graceful =
+            self.state == State::Ready && msg.reason != TerminationReason::AgentUnresponsive;
+        tracing::info!(reason = %msg.reason, detail = ?msg.detail, graceful, "terminating");
+        self.cause = Some(msg);
+        self.state = State::Draining;
+        self.set_status(SandboxStatus::Draining, ctx);
+        if let Some(vm) = &self.vm {
+            vm.do_send(StopGuest { graceful });
+        }
+    }
+}
+
+impl Handler<VmExited> for Lifecycle {
+    type Result = ();
+
+    fn handle(&mut self, msg: VmExited, ctx: &mut Self::Context) {
+        self.finalise(Some(msg.exit.code), msg.exit.detail, msg.ack, ctx);
+    }
+}

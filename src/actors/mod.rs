@@ -1,0 +1,9 @@
+//! The actors of the sandbox process. See docs/ARCHITECTURE.md for who owns
+//! what and which messages flow where.
+
+pub mod db;
+pub mod lifecycle;
+pub mod metrics;
+pub mod relay;
+pub mod vm;
+pub mod watchdog;

@@ -1,0 +1,755 @@
+//! The Relay actor: agent.sock, client slots, frame routing, sessions,
+//! flow control and activity.
+//!
+//! Runs on the actor thread. Its I/O runs as local tasks on the same
+//! single-threaded runtime and shares one `RefCell`'d routing table with the
+//! actor, so routing needs no locks:
+//!
+//! - *accept*: takes connections on agent.sock (0600, in a 0700 directory),
+//!   gives each a free slot of [`MAX_CLIENTS`] and a disjoint id range, waits
+//!   for the agent's `Ready`, then writes `[id_start][id_end]` and the cached
+//!   `Ready` frame;
+//! - *client reader* (one per client): checks every frame's id against the
+//!   client's range (a client that leaves it, or sends garbage, is dropped:
+//!   only that client), registers sessions on SESSION_START, handles control
+//!   frames (`Touch`, the SHUTDOWN flag) and forwards the rest to the guest;
+//! - *client writer* (one per client): writes the frames routed to it and
+//!   returns `Credit` to the agent as they leave, so the agent's per-session
+//!   window bounds what is queued for a client, and a client that stops
+//!   reading stalls only its own sessions;
+//! - *guest reader*: routes guest frames by id without decoding them, except
+//!   control frames (`Ready`, `Heartbeat`);
+//! - *guest writer*: the one writer of the agent channel, fed by a bounded
+//!   queue, so client readers wait (backpressure) rather than queue without
+//!   limit.
+//!
+//! Invariants: every guest frame either reaches its client's queue or belongs
+//! to a session whose client is gone (it is then credited back and counted as
+//! discarded); no queue is unbounded — a client queue that fills beyond what
+//! flow control allows means a broken peer, and that client is disconnected
+//! with a log line, never silently truncated.
+
+use crate::actors::lifecycle::Lifecycle;
+use crate::clock::Clock;
+use crate::messages::{
+    Activity, AttachGuest, CloseRelay, GetActivity, SendShutdown, Terminate, Touch,
+};
+use crate::store::TerminationReason;
+use actix::prelude::*;
+use alcove_protocol::async_io::{read_frame, write_frame};
+use alcove_protocol::{Flags, Frame, Handshake, Message, CONTROL_ID, INITIAL_WINDOW};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::Arc;
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, watch};
+
+/// Most clients connected at once.
+pub const MAX_CLIENTS: usize = 128;
+/// Frames queued towards the guest before client readers wait.
+const GUEST_QUEUE: usize = 256;
+/// Frames queued towards one client. Flow control keeps a well-behaved
+/// agent far below this; reaching it means a peer broke the protocol.
+const CLIENT_QUEUE: usize = 4096;
+/// Credit is returned in batches of this many bytes per session.
+const CREDIT_BATCH: u32 = INITIAL_WINDOW / 8;
+
+/// Why agent.sock could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The socket's directory is unusable.
+    #[error("socket directory {path} is unusable: {reason}")]
+    SocketDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Binding failed.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// Creates agent.sock: the directory 0700 (created if missing, refused if
+/// another user owns it), the socket 0600. A stale socket file is replaced.
+pub fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, RelayError> {
+    let dir = path.parent().ok_or_else(|| RelayError::SocketDir {
+        path: path.to_path_buf(),
+        reason: "the socket path has no directory".into(),
+    })?;
+    let dir_err = |reason: String| RelayError::SocketDir {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    if !dir.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| dir_err(e.to_string()))?;
+    }
+    let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(dir_err(format!(
+            "it is owned by uid {}, not by this user",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| dir_err(e.to_string()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(RelayError::Bind {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    }
+    let listener =
+        std::os::unix::net::UnixListener::bind(path).map_err(|source| RelayError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
+        RelayError::Bind {
+            path: path.to_path_buf(),
+            source,
+        }
+    })?;
+    listener
+        .set_nonblocking(true)
+        .map_err(|source| RelayError::Bind {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Ok(listener)
+}
+
+/// The id range of slot `k`: 2^24 ids per client, none of them 0.
+fn slot_range(k: usize) -> Handshake {
+    let start = ((k as u32) + 1) << 24;
+    Handshake {
+        id_start: start,
+        id_end: start + ((1 << 24) - 1),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SessionKind {
+    Exec,
+    Fs,
+}
+
+struct Route {
+    /// `(slot, generation)` of the owning client; `None` once it is gone.
+    owner: Option<(usize, u64)>,
+    kind: SessionKind,
+}
+
+struct ClientSlot {
+    generation: u64,
+    tx: mpsc::Sender<Frame>,
+}
+
+/// State shared by the actor and its tasks.
+struct Core {
+    clock: Arc<dyn Clock>,
+    lifecycle: Addr<Lifecycle>,
+    ready: watch::Sender<Option<Frame>>,
+    ready_at: Option<std::time::Duration>,
+    last_heartbeat: Option<std::time::Duration>,
+    last_activity: std::time::Duration,
+    slots: Vec<Option<ClientSlot>>,
+    next_generation: u64,
+    sessions: HashMap<u32, Route>,
+    guest_tx: Option<mpsc::Sender<Frame>>,
+    closing: watch::Sender<bool>,
+    discarded_frames: u64,
+}
+
+impl Core {
+    fn touch(&mut self) {
+        self.last_activity = self.clock.now();
+    }
+
+    fn live(&self, slot: usize, generation: u64) -> bool {
+        self.slots
+            .get(slot)
+            .and_then(|s| s.as_ref())
+            .is_some_and(|s| s.generation == generation)
+    }
+
+    fn open_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+type Shared = Rc<RefCell<Core>>;
+
+/// Owns agent.sock and routes frames.
+pub struct Relay {
+    core: Shared,
+    listener: Option<std::os::unix::net::UnixListener>,
+    socket_path: PathBuf,
+    closed: bool,
+}
+
+impl Relay {
+    /// A relay for an already bound socket (see [`bind_socket`]).
+    pub fn new(
+        listener: std::os::unix::net::UnixListener,
+        socket_path: PathBuf,
+        clock: Arc<dyn Clock>,
+        lifecycle: Addr<Lifecycle>,
+    ) -> Relay {
+        let now = clock.now();
+        let core = Core {
+            clock,
+            lifecycle,
+            ready: watch::channel(None).0,
+            ready_at: None,
+            last_heartbeat: None,
+            last_activity: now,
+            slots: (0..MAX_CLIENTS).map(|_| None).collect(),
+            next_generation: 0,
+            sessions: HashMap::new(),
+            guest_tx: None,
+            closing: watch::channel(false).0,
+            discarded_frames: 0,
+        };
+        Relay {
+            core: Rc::new(RefCell::new(core)),
+            listener: Some(listener),
+            socket_path,
+            closed: false,
+        }
+    }
+}
+
+impl Actor for Relay {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Self::Context) {
+        let Some(std_listener) = self.listener.take() else {
+            return;
+        };
+        match UnixListener::from_std(std_listener) {
+            Ok(listener) => {
+                actix::spawn(accept_loop(listener, self.core.clone()));
+            }
+            Err(e) => {
+                let core = self.core.borrow();
+                core.lifecycle.do_send(Terminate::new(
+                    TerminationReason::InternalError,
+                    format!("cannot serve {}: {e}", self.socket_path.display()),
+                ));
+            }
+        }
+    }
+}
+
+impl Handler<AttachGuest> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachGuest, _: &mut Self::Context) {
+        let stream = msg
+            .channel
+            .set_nonblocking(true)
+            .and_then(|()| UnixStream::from_std(msg.channel));
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                self.core.borrow().lifecycle.do_send(Terminate::new(
+                    TerminationReason::InternalError,
+                    format!("cannot use the agent channel: {e}"),
+                ));
+                return;
+            }
+        };
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::channel(GUEST_QUEUE);
+        self.core.borrow_mut().guest_tx = Some(tx);
+        actix::spawn(guest_writer(write, rx));
+        actix::spawn(guest_reader(read, self.core.clone()));
+    }
+}
+
+impl Handler<GetActivity> for Relay {
+    type Result = MessageResult<GetActivity>;
+
+    fn handle(&mut self, _: GetActivity, _: &mut Self::Context) -> Self::Result {
+        let core = self.core.borrow();
+        MessageResult(Activity {
+            ready_at: core.ready_at,
+            last_heartbeat: core.last_heartbeat,
+            last_activity: core.last_activity,
+            open_sessions: core.open_sessions(),
+            clients: core.slots.iter().filter(|s| s.is_some()).count(),
+        })
+    }
+}
+
+impl Handler<Touch> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, _: Touch, _: &mut Self::Context) {
+        self.core.borrow_mut().touch();
+    }
+}
+
+impl Handler<SendShutdown> for Relay {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: SendShutdown, _: &mut Self::Context) -> Self::Result {
+        let tx = self.core.borrow().guest_tx.clone();
+        let grace_ms = u32::try_from(msg.grace.as_millis()).unwrap_or(u32::MAX);
+        Box::pin(async move {
+            let Some(tx) = tx else {
+                return false;
+            };
+            let Ok(frame) =
+                Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })
+            else {
+                return false;
+            };
+            tx.send(frame).await.is_ok()
+        })
+    }
+}
+
+impl Handler<CloseRelay> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseRelay, _: &mut Self::Context) {
+        if self.closed {
+            return;
+        }
+        self.closed = true;
+        if let Err(e) = std::fs::remove_file(&self.socket_path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %self.socket_path.display(), error = %e, "cannot remove agent.sock");
+            }
+        }
+        let mut core = self.core.borrow_mut();
+        // Sessions still open get a final frame so their clients do not hang.
+        let open: Vec<(u32, Option<(usize, u64)>)> =
+            core.sessions.drain().map(|(id, r)| (id, r.owner)).collect();
+        for (id, owner) in open {
+            let Some((slot, generation)) = owner else {
+                continue;
+            };
+            if !core.live(slot, generation) {
+                continue;
+            }
+            let reason = "the sandbox stopped before the session ended".to_string();
+            if let (Some(Some(client)), Ok(frame)) = (
+                core.slots.get(slot),
+                Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }),
+            ) {
+                let _ = client.tx.try_send(frame);
+            }
+        }
+        core.closing.send_replace(true);
+        if core.discarded_frames > 0 {
+            tracing::info!(
+                frames = core.discarded_frames,
+                "frames for sessions of disconnected clients were discarded"
+            );
+        }
+    }
+}
+
+async fn accept_loop(listener: UnixListener, core: Shared) {
+    let mut closing = core.borrow().closing.subscribe();
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = closing.wait_for(|c| *c) => return,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept on agent.sock failed");
+                continue;
+            }
+        };
+        let slot = {
+            let mut c = core.borrow_mut();
+            match c.slots.iter().position(|s| s.is_none()) {
+                Some(k) => {
+                    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+                    c.next_generation += 1;
+                    let generation = c.next_generation;
+                    c.slots[k] = Some(ClientSlot { generation, tx });
+                    c.touch();
+                    Some((k, generation, rx))
+                }
+                None => None,
+            }
+        };
+        match slot {
+            Some((k, generation, rx)) => {
+                actix::spawn(serve_client(stream, k, generation, rx, core.clone()));
+            }
+            None => tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use"),
+        }
+    }
+}
+
+async fn serve_client(
+    stream: UnixStream,
+    slot: usize,
+    generation: u64,
+    rx: mpsc::Receiver<Frame>,
+    core: Shared,
+) {
+    let (read, write) = stream.into_split();
+    let range = slot_range(slot);
+    let (mut ready, mut closing) = {
+        let c = core.borrow();
+        (c.ready.subscribe(), c.closing.subscribe())
+    };
+    // Clients that connect before the agent is ready wait here.
+    let ready_frame = tokio::select! {
+        r = ready.wait_for(|f| f.is_some()) => r.ok().and_then(|f| f.clone()),
+        _ = closing.wait_for(|c| *c) => None,
+    };
+    let Some(ready_frame) = ready_frame else {
+        disconnect(
+            &core,
+            slot,
+            generation,
+            "the sandbox stopped before the agent was ready",
+        );
+        return;
+    };
+    let writer = client_writer(write, range, ready_frame, rx, core.clone());
+    let reader = client_reader(read, range, slot, generation, core.clone());
+    let why = tokio::select! {
+        why = writer => why,
+        why = reader => why,
+        _ = closing.wait_for(|c| *c) => "the sandbox stopped".to_string(),
+    };
+    disconnect(&core, slot, generation, &why);
+}
+
+/// Frees the slot and kills the client's open exec sessions.
+fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
+    let mut c = core.borrow_mut();
+    if !c.live(slot, generation) {
+        return;
+    }
+    c.slots[slot] = None;
+    c.touch();
+    let guest_tx = c.guest_tx.clone();
+    let mut killed = 0;
+    for (id, route) in c.sessions.iter_mut() {
+        if route.owner != Some((slot, generation)) {
+            continue;
+        }
+        route.owner = None;
+        if route.kind == SessionKind::Exec {
+            if let (Some(tx), Ok(frame)) = (
+                &guest_tx,
+                Frame::message(
+                    *id,
+                    Flags::NONE,
+                    &Message::ExecSignal {
+                        signal: libc::SIGKILL,
+                    },
+                ),
+            ) {
+                // The guest queue is bounded; if it is full the kill is sent
+                // from a task instead of being lost.
+                if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
+                    let tx = tx.clone();
+                    actix::spawn(async move {
+                        let _ = tx.send(frame).await;
+                    });
+                }
+            }
+            killed += 1;
+        }
+    }
+    tracing::debug!(slot, why, killed_sessions = killed, "client disconnected");
+}
+
+async fn client_writer(
+    write: OwnedWriteHalf,
+    range: Handshake,
+    ready_frame: Frame,
+    mut rx: mpsc::Receiver<Frame>,
+    core: Shared,
+) -> String {
+    let mut w = BufWriter::with_capacity(256 * 1024, write);
+    let hello = async {
+        w.write_all(&range.encode()).await?;
+        write_frame(&mut w, &ready_frame).await?;
+        w.flush().await
+    };
+    if let Err(e) = hello.await {
+        return format!("handshake failed: {e}");
+    }
+    let mut owed: HashMap<u32, u32> = HashMap::new();
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = write_frame(&mut w, &frame).await {
+            return format!("write failed: {e}");
+        }
+        if rx.is_empty() {
+            if let Err(e) = w.flush().await {
+                return format!("write failed: {e}");
+            }
+        }
+        if frame.id == CONTROL_ID {
+            continue;
+        }
+        if frame.flags.contains(Flags::TERMINAL) {
+            owed.remove(&frame.id);
+            continue;
+        }
+        let due = owed.entry(frame.id).or_insert(0);
+        *due = due.saturating_add(frame.wire_len() as u32);
+        if *due >= CREDIT_BATCH {
+            let bytes = std::mem::take(due);
+            credit_guest(&core, frame.id, bytes).await;
+        }
+    }
+    "the relay closed the client".to_string()
+}
+
+async fn credit_guest(core: &Shared, id: u32, bytes: u32) {
+    let tx = core.borrow().guest_tx.clone();
+    if let (Some(tx), Ok(frame)) = (
+        tx,
+        Frame::message(id, Flags::NONE, &Message::Credit { bytes }),
+    ) {
+        let _ = tx.send(frame).await;
+    }
+}
+
+async fn client_reader(
+    mut read: OwnedReadHalf,
+    range: Handshake,
+    slot: usize,
+    generation: u64,
+    core: Shared,
+) -> String {
+    loop {
+        let frame = match read_frame(&mut read).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return "the client closed the connection".to_string(),
+            Err(e) => return format!("dropped: unreadable frame: {e}"),
+        };
+        if !core.borrow().live(slot, generation) {
+            return "the client was dropped".to_string();
+        }
+        core.borrow_mut().touch();
+        if frame.id == CONTROL_ID {
+            if frame.flags.contains(Flags::SHUTDOWN) {
+                let c = core.borrow();
+                c.lifecycle.do_send(Terminate::new(
+                    TerminationReason::ShutdownRequested,
+                    "a client asked the sandbox to stop",
+                ));
+                continue;
+            }
+            match frame.decode_body() {
+                Ok(Message::Touch) => continue,
+                _ => return "dropped: unexpected control frame".to_string(),
+            }
+        }
+        if !range.contains(frame.id) {
+            return format!(
+                "dropped: session id {} is outside the client's range {}..={}",
+                frame.id, range.id_start, range.id_end
+            );
+        }
+        if frame.flags.contains(Flags::SESSION_START) {
+            let kind = match frame.decode_body() {
+                Ok(Message::ExecRequest(_)) => SessionKind::Exec,
+                Ok(Message::FsRequest(_)) => SessionKind::Fs,
+                _ => return format!("dropped: session {} did not start with a request", frame.id),
+            };
+            let mut c = core.borrow_mut();
+            if c.sessions.contains_key(&frame.id) {
+                return format!("dropped: session id {} is already in use", frame.id);
+            }
+            c.sessions.insert(
+                frame.id,
+                Route {
+                    owner: Some((slot, generation)),
+                    kind,
+                },
+            );
+        }
+        let tx = core.borrow().guest_tx.clone();
+        let Some(tx) = tx else {
+            return "dropped: the guest is not attached".to_string();
+        };
+        if tx.send(frame).await.is_err() {
+            return "the guest channel closed".to_string();
+        }
+    }
+}
+
+async fn guest_writer(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+    let mut w = BufWriter::with_capacity(256 * 1024, write);
+    while let Some(frame) = rx.recv().await {
+        if let Err(e) = write_frame(&mut w, &frame).await {
+            tracing::warn!(error = %e, "writing to the agent channel failed");
+            return;
+        }
+        if rx.is_empty() && w.flush().await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn guest_reader(mut read: OwnedReadHalf, core: Shared) {
+    loop {
+        let frame = match read_frame(&mut read).await {
+            Ok(Some(f)) => f,
+            Ok(None) => {
+                tracing::debug!("the agent channel closed");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the agent channel broke framing");
+                let c = core.borrow();
+                c.lifecycle.do_send(Terminate::new(
+                    TerminationReason::AgentUnresponsive,
+                    format!("the agent sent an unreadable frame: {e}"),
+                ));
+                return;
+            }
+        };
+        if frame.id == CONTROL_ID {
+            control_from_guest(&core, frame);
+            continue;
+        }
+        route_from_guest(&core, frame).await;
+    }
+}
+
+fn control_from_guest(core: &Shared, frame: Frame) {
+    match frame.decode_body() {
+        Ok(Message::Ready(ready)) => {
+            let mut c = core.borrow_mut();
+            if c.ready_at.is_some() {
+                return;
+            }
+            let now = c.clock.now();
+            c.ready_at = Some(now);
+            c.last_heartbeat = Some(now);
+            c.last_activity = now;
+            if let Err(e) = alcove_protocol::handshake::check_version(ready.clone()) {
+                c.lifecycle.do_send(Terminate::new(
+                    TerminationReason::InternalError,
+                    e.to_string(),
+                ));
+                return;
+            }
+            c.ready.send_replace(Some(frame));
+            c.lifecycle.do_send(crate::messages::AgentReady { ready });
+        }
+        Ok(Message::Heartbeat { .. }) => {
+            let mut c = core.borrow_mut();
+            c.last_heartbeat = Some(c.clock.now());
+        }
+        Ok(other) => tracing::debug!(?other, "ignored control message from the agent"),
+        Err(e) => tracing::warn!(error = %e, "undecodable control frame from the agent"),
+    }
+}
+
+async fn route_from_guest(core: &Shared, frame: Frame) {
+    let id = frame.id;
+    let terminal = frame.flags.contains(Flags::TERMINAL);
+    let wire = frame.wire_len() as u32;
+    let target = {
+        let mut c = core.borrow_mut();
+        let owner = c.sessions.get(&id).map(|r| r.owner);
+        if terminal && owner.is_some() {
+            c.sessions.remove(&id);
+            c.touch();
+        }
+        match owner {
+            Some(Some((slot, generation))) if c.live(slot, generation) => c.slots[slot]
+                .as_ref()
+                .map(|s| (slot, generation, s.tx.clone())),
+            _ => {
+                c.discarded_frames += 1;
+                None
+            }
+        }
+    };
+    match target {
+        Some((slot, generation, tx)) => {
+            if let Err(e) = tx.try_send(frame) {
+                let why = match e {
+                    mpsc::error::TrySendError::Full(_) => {
+                        "dropped: its queue overflowed the flow-control bound"
+                    }
+                    mpsc::error::TrySendError::Closed(_) => "dropped: its writer stopped",
+                };
+                tracing::warn!(slot, session = id, why, "disconnecting client");
+                disconnect(core, slot, generation, why);
+            }
+        }
+        None if !terminal => {
+            // Nobody will read this frame; credit it so the agent can finish
+            // the (already killed) session instead of waiting forever.
+            credit_guest(core, id, wire).await;
+        }
+        None => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_ranges_are_disjoint_and_skip_the_control_id() {
+        let mut prev_end = 0;
+        for k in 0..MAX_CLIENTS {
+            let r = slot_range(k);
+            assert!(r.id_start > prev_end);
+            assert!(r.id_end > r.id_start);
+            assert!(!r.contains(CONTROL_ID));
+            prev_end = r.id_end;
+        }
+    }
+
+    #[test]
+    fn socket_is_private() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run/x.sock");
+        let _l = bind_socket(&path).expect("binds");
+        let mode = std::fs::metadata(&path).expect("socket").mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let dmode = std::fs::metadata(path.parent().expect("dir"))
+            .expect("dir")
+            .mode()
+            & 0o777;
+        assert_eq!(dmode, 0o700);
+        // A stale socket is replaced.
+        let _l2 = bind_socket(&path).expect("rebinds");
+    }
+}

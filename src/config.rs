@@ -1,0 +1,294 @@
+//! The sandbox's configuration: what the standalone sandbox process reads
+//! from its 0600 config file, and what the embedding API takes.
+
+use crate::store::TerminationReason;
+use alcove_backend::mock::MockScript;
+use alcove_backend::GuestSpec;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid configuration.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde said (names the field).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Which backend runs the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// libkrun microVM.
+    Krun,
+    /// Linux-namespace jail.
+    Jail,
+    /// In-process scripted guest.
+    Mock,
+}
+
+/// Timing policies. Serialised as milliseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Policy {
+    /// End the sandbox after this long without sessions, client frames or touches.
+    #[serde(with = "opt_ms")]
+    pub idle_timeout: Option<Duration>,
+    /// End the sandbox this long after it started.
+    #[serde(with = "opt_ms")]
+    pub max_duration: Option<Duration>,
+    /// The agent must be ready within this long.
+    #[serde(with = "ms")]
+    pub ready_timeout: Duration,
+    /// After ready, a gap between heartbeats longer than this is a lost agent.
+    #[serde(with = "ms")]
+    pub heartbeat_timeout: Duration,
+    /// How long a graceful stop may take before the guest is forced off.
+    #[serde(with = "ms")]
+    pub drain_timeout: Duration,
+    /// Inside the guest: SIGTERM to SIGKILL.
+    #[serde(with = "ms")]
+    pub shutdown_grace: Duration,
+    /// How often the watchdog looks at the clock.
+    #[serde(with = "ms")]
+    pub watchdog_tick: Duration,
+    /// How often metrics are sampled; zero disables sampling.
+    #[serde(with = "ms")]
+    pub metrics_interval: Duration,
+    /// How long the exit observer waits for finalisation.
+    #[serde(with = "ms")]
+    pub exit_budget: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            idle_timeout: None,
+            max_duration: None,
+            ready_timeout: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            watchdog_tick: Duration::from_millis(100),
+            metrics_interval: Duration::from_secs(1),
+            exit_budget: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Policy {
+    /// Refuses values that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.watchdog_tick.is_zero() {
+            return Err(ConfigError::Invalid(
+                "watchdog_tick must be above zero".into(),
+            ));
+        }
+        for (name, v) in [
+            ("idle_timeout", self.idle_timeout),
+            ("max_duration", self.max_duration),
+        ] {
+            if v.is_some_and(|d| d.is_zero()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name} must be above zero when set"
+                )));
+            }
+        }
+        if self.shutdown_grace > self.drain_timeout {
+            return Err(ConfigError::Invalid(
+                "shutdown_grace must not exceed drain_timeout".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Everything the standalone sandbox process needs.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxConfig {
+    /// Sandbox name.
+    pub name: String,
+    /// `$ALCOVE_HOME`.
+    pub home: PathBuf,
+    /// The backend.
+    pub backend: BackendKind,
+    /// The guest to create.
+    #[serde(default)]
+    pub guest: GuestSpec,
+    /// Timing policies.
+    #[serde(default)]
+    pub policy: Policy,
+    /// Script for the mock backend.
+    #[serde(default)]
+    pub mock: MockScript,
+    /// Settings of the krun backend.
+    #[serde(default)]
+    pub krun: serde_json::Value,
+    /// agent.sock; derived from home and name when absent.
+    #[serde(default)]
+    pub socket_path: Option<PathBuf>,
+    /// The database; `home/alcove.db` when absent.
+    #[serde(default)]
+    pub db_path: Option<PathBuf>,
+    /// Exit when this pid dies (an attached `alcove run`).
+    #[serde(default)]
+    pub parent_pid: Option<u32>,
+}
+
+impl SandboxConfig {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<SandboxConfig, ConfigError> {
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let cfg: SandboxConfig = serde_json::from_slice(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        cfg.policy.validate()?;
+        alcove_client::paths::validate_name(&cfg.name)
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(cfg)
+    }
+
+    /// The database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.db_path
+            .clone()
+            .unwrap_or_else(|| self.home.join("alcove.db"))
+    }
+
+    /// `home/sandboxes/<name>`.
+    pub fn sandbox_dir(&self) -> PathBuf {
+        self.home.join("sandboxes").join(&self.name)
+    }
+
+    /// The log directory.
+    pub fn log_dir(&self) -> PathBuf {
+        self.sandbox_dir().join("logs")
+    }
+
+    /// agent.sock.
+    pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
+        match &self.socket_path {
+            Some(p) => Ok(p.clone()),
+            None => alcove_client::paths::socket_path(&self.home, &self.name)
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+        }
+    }
+
+    /// The guest spec with the per-sandbox paths filled in.
+    pub fn guest_spec(&self) -> GuestSpec {
+        let mut spec = self.guest.clone();
+        spec.name = self.name.clone();
+        if spec.sandbox_dir.as_os_str().is_empty() {
+            spec.sandbox_dir = self.sandbox_dir();
+        }
+        if spec.guest_log.as_os_str().is_empty() {
+            spec.guest_log = self.log_dir().join("guest.log");
+        }
+        spec
+    }
+}
+
+/// The final outcome of a sandbox run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// Why it ended.
+    pub reason: TerminationReason,
+    /// The guest's exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Detail line.
+    pub detail: Option<String>,
+    /// Whether the run row and sandbox status were committed.
+    pub recorded: bool,
+}
+
+mod ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+}
+
+mod opt_ms {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_round_trips_in_milliseconds() {
+        let p = Policy {
+            idle_timeout: Some(Duration::from_millis(1500)),
+            ..Policy::default()
+        };
+        let json = serde_json::to_value(p).expect("serialises");
+        assert_eq!(json["idle_timeout"], 1500);
+        assert_eq!(json["max_duration"], serde_json::Value::Null);
+        let back: Policy = serde_json::from_value(json).expect("parses");
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn bad_policies_are_refused() {
+        assert!(Policy {
+            watchdog_tick: Duration::ZERO,
+            ..Policy::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Policy {
+            idle_timeout: Some(Duration::ZERO),
+            ..Policy::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Policy {
+            shutdown_grace: Duration::from_secs(60),
+            ..Policy::default()
+        }
+        .validate()
+        .is_err());
+        assert!(Policy::default().validate().is_ok());
+    }
+}

@@ -1,0 +1,193 @@
+//! The typed messages the actors exchange.
+//!
+//! Who sends what:
+//!
+//! | message | from → to |
+//! |---|---|
+//! | [`GuestLaunched`] | sandbox start-up → Lifecycle (which hands the parts on) |
+//! | [`AttachGuest`] | Lifecycle → Relay |
+//! | [`AttachControl`] | Lifecycle → Vm, Metrics |
+//! | [`LaunchFailed`] | sandbox start-up → Lifecycle |
+//! | [`AgentReady`] | Relay → Lifecycle |
+//! | [`Terminate`] | Watchdog, Relay, signal handler, Db failures, embedding handle → Lifecycle |
+//! | [`VmExited`] | exit observer (any thread) → Lifecycle |
+//! | [`StopGuest`] | Lifecycle → Vm (only after the reason is fixed) |
+//! | [`SendShutdown`] | Vm → Relay |
+//! | [`GetActivity`] | Watchdog → Relay |
+//! | [`Touch`] | embedding handle → Relay |
+//! | [`CloseRelay`] | Lifecycle → Relay |
+//! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetric`] | Lifecycle, Metrics → Db |
+
+use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
+use actix::prelude::*;
+use alcove_backend::{GuestControl, GuestExit};
+use alcove_protocol::Ready;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The backend created the guest; its parts go to the actors that use them.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct GuestLaunched {
+    /// Host end of the agent channel, for the Relay.
+    pub agent_channel: UnixStream,
+    /// Stop and usage handle, for Vm and Metrics.
+    pub control: Arc<dyn GuestControl>,
+}
+
+/// The backend could not create the guest; there will be no [`VmExited`], so
+/// Lifecycle finalises the run itself. `ack` is answered when it has.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LaunchFailed {
+    /// The backend's error, one line.
+    pub error: String,
+    /// Answered once the run is final.
+    pub ack: crossbeam_channel::Sender<()>,
+}
+
+/// The agent sent `Ready`.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "()")]
+pub struct AgentReady {
+    /// The agent's greeting (boot timings, versions).
+    pub ready: Ready,
+}
+
+/// A cause to end the sandbox. Lifecycle keeps the first one it receives.
+#[derive(Message, Clone, Debug, PartialEq, Eq)]
+#[rtype(result = "()")]
+pub struct Terminate {
+    /// The reason recorded if this cause is the first.
+    pub reason: TerminationReason,
+    /// Detail for the run row.
+    pub detail: Option<String>,
+}
+
+impl Terminate {
+    /// A cause with a detail line.
+    pub fn new(reason: TerminationReason, detail: impl Into<String>) -> Terminate {
+        Terminate {
+            reason,
+            detail: Some(detail.into()),
+        }
+    }
+}
+
+/// The guest has ended. Sent by the exit observer, which blocks on `ack`
+/// until Lifecycle has committed the outcome and removed the socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct VmExited {
+    /// How the guest ended.
+    pub exit: GuestExit,
+    /// Answered once the run is final.
+    pub ack: crossbeam_channel::Sender<()>,
+}
+
+/// Lifecycle → Vm: end the guest. `graceful` asks the agent first and waits
+/// `drain_timeout` before forcing.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct StopGuest {
+    /// Ask the agent to shut down first.
+    pub graceful: bool,
+}
+
+/// Vm → Relay: send `Shutdown` to the agent.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "bool")]
+pub struct SendShutdown {
+    /// Grace between SIGTERM and SIGKILL inside the guest.
+    pub grace: Duration,
+}
+
+/// Watchdog → Relay: what has happened lately.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "Activity")]
+pub struct GetActivity;
+
+/// The Relay's view of liveness and use, in [`crate::clock::Clock`] time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// When `Ready` arrived.
+    pub ready_at: Option<Duration>,
+    /// When the last heartbeat arrived.
+    pub last_heartbeat: Option<Duration>,
+    /// Last client frame, touch, or session end.
+    pub last_activity: Duration,
+    /// Sessions open now.
+    pub open_sessions: usize,
+    /// Clients connected now.
+    pub clients: usize,
+}
+
+/// Counts as activity for the idle timeout.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct Touch;
+
+/// Lifecycle → Relay: stop accepting, abort open sessions, close clients and
+/// remove agent.sock. Answered when the socket is gone.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct CloseRelay;
+
+/// Creates the sandbox row if needed and inserts a Running run.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<RunId, String>")]
+pub struct DbStartRun {
+    /// Sandbox name.
+    pub sandbox: String,
+    /// Its configuration, as JSON.
+    pub config_json: String,
+    /// The sandbox process's pid.
+    pub pid: u32,
+}
+
+/// Sets the sandbox status.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<(), String>")]
+pub struct DbSetStatus {
+    /// Sandbox name.
+    pub sandbox: String,
+    /// New status.
+    pub status: SandboxStatus,
+}
+
+/// Terminates the run and sets the sandbox's final status.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<(), String>")]
+pub struct DbFinishRun {
+    /// The run.
+    pub run: RunId,
+    /// Its outcome.
+    pub outcome: RunOutcome,
+}
+
+/// Stores one metric sample.
+#[derive(Message, Clone, Debug)]
+#[rtype(result = "Result<(), String>")]
+pub struct DbInsertMetric {
+    /// Sandbox name.
+    pub sandbox: String,
+    /// The sample.
+    pub sample: crate::store::MetricSample,
+}
+
+/// Lifecycle → Relay: the guest's end of the agent channel is ready to use.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachGuest {
+    /// Host end of the agent channel.
+    pub channel: UnixStream,
+}
+
+/// Lifecycle → Vm and Metrics: the guest control handle.
+#[derive(Message, Clone)]
+#[rtype(result = "()")]
+pub struct AttachControl {
+    /// The handle.
+    pub control: Arc<dyn GuestControl>,
+}

@@ -1,0 +1,427 @@
+//! Starting the actor system: the embedding API, also used by the
+//! standalone sandbox process.
+//!
+//! [`launch`] opens the database, binds agent.sock, starts the actor system
+//! on its own thread (Db on a further thread), lets Lifecycle write the run
+//! row, and asks the backend to create the guest. It returns a
+//! [`SandboxHandle`] to stop, touch and await the sandbox, and a
+//! [`GuestDriver`] that must be run on some thread: the standalone process
+//! runs it on its main thread (a krun guest's driver never returns), an
+//! embedding program usually calls [`GuestDriver::spawn`].
+//!
+//! Threads: the caller's (backend launch, then the driver), `alcove-actors`
+//! (actix System: Lifecycle, Vm, Relay, Watchdog, Metrics), `alcove-db`
+//! (SyncArbiter with the Db actor), plus whatever the backend starts. A panic
+//! on the actor thread forces the guest off, and the exit observer's budget
+//! then finalises the run from the driver's thread, so no failure leaves a
+//! run Running or the process hanging.
+
+use crate::actors::db::DbActor;
+use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
+use crate::actors::metrics::Metrics;
+use crate::actors::relay::{bind_socket, Relay, RelayError};
+use crate::actors::vm::VmActor;
+use crate::actors::watchdog::Watchdog;
+use crate::clock::{Clock, MonotonicClock};
+use crate::config::{Outcome, Policy};
+use crate::messages::{GuestLaunched, LaunchFailed, Terminate, Touch, VmExited};
+use crate::store::{RunOutcome, Store, StoreError, StoreOptions, TerminationReason};
+use actix::prelude::*;
+use alcove_backend::{ExitObserver, GuestExit, GuestRunner, GuestSpec, VmBackend};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// Why a sandbox could not be started at all. Once the run row exists,
+/// failures are outcomes (InternalError), not errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The database cannot be opened or is not alcove's.
+    #[error(transparent)]
+    Database(#[from] StoreError),
+    /// agent.sock cannot be created.
+    #[error(transparent)]
+    Socket(#[from] RelayError),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A thread could not be started.
+    #[error("cannot start the {what} thread: {source}")]
+    Thread {
+        /// Which thread.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The actor system died during start-up.
+    #[error("the actor system stopped during start-up")]
+    ActorsGone,
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct SandboxOptions {
+    /// Sandbox name.
+    pub name: String,
+    /// The configuration stored with the sandbox row (JSON).
+    pub config_json: String,
+    /// The SQLite database.
+    pub db_path: PathBuf,
+    /// Store tuning (busy timeout, retry budget, metric retention).
+    pub store: StoreOptions,
+    /// agent.sock.
+    pub socket_path: PathBuf,
+    /// The guest to create.
+    pub spec: GuestSpec,
+    /// Timing policies.
+    pub policy: Policy,
+    /// The clock the policies use.
+    pub clock: Arc<dyn Clock>,
+    /// Pid recorded in the run row (the process that owns the sandbox).
+    pub pid: u32,
+}
+
+impl SandboxOptions {
+    /// Options with defaults for everything but names and paths.
+    pub fn new(
+        name: impl Into<String>,
+        db_path: impl Into<PathBuf>,
+        socket_path: impl Into<PathBuf>,
+    ) -> SandboxOptions {
+        SandboxOptions {
+            name: name.into(),
+            config_json: "{}".into(),
+            db_path: db_path.into(),
+            store: StoreOptions::default(),
+            socket_path: socket_path.into(),
+            spec: GuestSpec::default(),
+            policy: Policy::default(),
+            clock: Arc::new(MonotonicClock::new()),
+            pid: std::process::id(),
+        }
+    }
+}
+
+/// Control of a running sandbox from outside the actor system.
+pub struct SandboxHandle {
+    lifecycle: Addr<Lifecycle>,
+    relay: Addr<Relay>,
+    shared: Arc<SharedState>,
+    socket_path: PathBuf,
+    actor_thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl SandboxHandle {
+    /// Asks for a graceful stop (reason ShutdownRequested, unless another
+    /// cause came first).
+    pub fn stop(&self) {
+        self.terminate(
+            TerminationReason::ShutdownRequested,
+            "stop requested by the host program",
+        );
+    }
+
+    /// Ends the sandbox with `reason` (first cause wins).
+    pub fn terminate(&self, reason: TerminationReason, detail: &str) {
+        self.lifecycle.do_send(Terminate::new(reason, detail));
+    }
+
+    /// Counts as activity for the idle timeout.
+    pub fn touch(&self) {
+        self.relay.do_send(Touch);
+    }
+
+    /// agent.sock of this sandbox.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// Waits until the agent is ready; false if the sandbox ended first or
+    /// the timeout passed.
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        self.shared.wait_ready(timeout)
+    }
+
+    /// The outcome, if the sandbox has ended.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.shared.outcome()
+    }
+
+    /// Waits for the end and returns the outcome.
+    pub fn wait(&self) -> Outcome {
+        let outcome = self.shared.wait_outcome(None);
+        self.join_actor_thread();
+        outcome.unwrap_or_else(|| lost_outcome("the sandbox ended without an outcome"))
+    }
+
+    /// Waits at most `timeout` for the end.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Outcome> {
+        let outcome = self.shared.wait_outcome(Some(timeout));
+        if outcome.is_some() {
+            self.join_actor_thread();
+        }
+        outcome
+    }
+
+    fn join_actor_thread(&self) {
+        let handle = self
+            .actor_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(h) = handle {
+            let _ = h.join();
+        }
+    }
+}
+
+fn lost_outcome(detail: &str) -> Outcome {
+    Outcome {
+        reason: TerminationReason::InternalError,
+        exit_code: None,
+        detail: Some(detail.into()),
+        recorded: false,
+    }
+}
+
+/// Drives the guest to its end. Must be run exactly once.
+pub struct GuestDriver {
+    runner: Option<Box<dyn GuestRunner>>,
+    observer: ExitObserver,
+}
+
+impl GuestDriver {
+    /// Runs the guest on this thread until it ends and the outcome is final.
+    /// For a krun guest this never returns (the process `_exit`s).
+    pub fn run(self) {
+        if let Some(runner) = self.runner {
+            runner.run(self.observer);
+        }
+    }
+
+    /// Runs the guest on a new thread.
+    pub fn spawn(self) -> Result<JoinHandle<()>, StartError> {
+        std::thread::Builder::new()
+            .name("alcove-guest".into())
+            .spawn(move || self.run())
+            .map_err(|source| StartError::Thread {
+                what: "guest",
+                source,
+            })
+    }
+}
+
+/// Starts a sandbox with `backend`; see the module docs.
+pub fn launch(
+    opts: SandboxOptions,
+    backend: Box<dyn VmBackend>,
+) -> Result<(SandboxHandle, GuestDriver), StartError> {
+    opts.policy.validate()?;
+    let store = Store::open_with(&opts.db_path, opts.store.clone())?;
+    let listener = bind_socket(&opts.socket_path)?;
+    let shared = Arc::new(SharedState::default());
+
+    let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
+    let actor_thread = {
+        let opts = opts.clone();
+        let shared = shared.clone();
+        std::thread::Builder::new()
+            .name("alcove-actors".into())
+            .spawn(move || run_actor_system(opts, store, listener, shared, addr_tx))
+            .map_err(|source| StartError::Thread {
+                what: "actor",
+                source,
+            })?
+    };
+    let (lifecycle, relay) = match addr_rx.recv() {
+        Ok(addrs) => addrs,
+        Err(_) => {
+            let _ = actor_thread.join();
+            let _ = std::fs::remove_file(&opts.socket_path);
+            return Err(StartError::ActorsGone);
+        }
+    };
+    let handle = SandboxHandle {
+        lifecycle: lifecycle.clone(),
+        relay,
+        shared: shared.clone(),
+        socket_path: opts.socket_path.clone(),
+        actor_thread: Mutex::new(Some(actor_thread)),
+    };
+    let observer = exit_observer(&opts, lifecycle.clone(), shared.clone());
+
+    match backend.launch(&opts.spec) {
+        Ok(launched) => {
+            lifecycle.do_send(GuestLaunched {
+                agent_channel: launched.agent_channel,
+                control: launched.control,
+            });
+            Ok((
+                handle,
+                GuestDriver {
+                    runner: Some(launched.runner),
+                    observer,
+                },
+            ))
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the backend could not create the guest");
+            let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+            lifecycle.do_send(LaunchFailed {
+                error: e.to_string(),
+                ack: ack_tx,
+            });
+            if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
+                last_resort(
+                    &opts,
+                    &shared,
+                    None,
+                    "the actor system did not finalise a failed launch in time",
+                );
+            }
+            Ok((
+                handle,
+                GuestDriver {
+                    runner: None,
+                    observer,
+                },
+            ))
+        }
+    }
+}
+
+/// [`launch`] with the guest driven on its own thread.
+pub fn start(
+    opts: SandboxOptions,
+    backend: Box<dyn VmBackend>,
+) -> Result<SandboxHandle, StartError> {
+    let (handle, driver) = launch(opts, backend)?;
+    driver.spawn()?;
+    Ok(handle)
+}
+
+fn run_actor_system(
+    opts: SandboxOptions,
+    store: Store,
+    listener: std::os::unix::net::UnixListener,
+    shared: Arc<SharedState>,
+    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>)>,
+) {
+    let panic_shared = shared.clone();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let system = System::new();
+        system.block_on(async move {
+            let store = Mutex::new(Some(store));
+            let db = SyncArbiter::start(1, move || {
+                // The arbiter calls this once for its one thread.
+                match store.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(s) => DbActor::new(s),
+                    None => unreachable_store(),
+                }
+            });
+            let lifecycle = Lifecycle::new(
+                opts.name.clone(),
+                opts.config_json.clone(),
+                opts.pid,
+                db.clone(),
+                shared.clone(),
+            )
+            .start();
+            let relay = Relay::new(
+                listener,
+                opts.socket_path.clone(),
+                opts.clock.clone(),
+                lifecycle.clone(),
+            )
+            .start();
+            let vm = VmActor::new(opts.policy, relay.clone()).start();
+            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
+            Watchdog::new(
+                opts.policy,
+                opts.clock.clone(),
+                relay.clone(),
+                lifecycle.clone(),
+            )
+            .start();
+            lifecycle.do_send(Wire {
+                vm,
+                relay: relay.clone(),
+                metrics,
+            });
+            let _ = addr_tx.send((lifecycle, relay));
+        });
+        if let Err(e) = system.run() {
+            tracing::error!(error = %e, "the actor system failed");
+        }
+    }));
+    if result.is_err() {
+        tracing::error!("the actor thread panicked; forcing the guest off");
+        if let Some(control) = panic_shared.control() {
+            control.force_stop();
+        }
+    }
+}
+
+/// The store is moved into the arbiter's only thread; a second call would be
+/// a bug in actix's SyncArbiter, which calls the factory once per thread.
+fn unreachable_store() -> DbActor {
+    tracing::error!("the Db actor factory was called twice");
+    std::process::abort()
+}
+
+fn exit_observer(
+    opts: &SandboxOptions,
+    lifecycle: Addr<Lifecycle>,
+    shared: Arc<SharedState>,
+) -> ExitObserver {
+    let opts = opts.clone();
+    ExitObserver::new(move |exit: GuestExit| {
+        let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
+        let code = exit.code;
+        lifecycle.do_send(VmExited { exit, ack: ack_tx });
+        if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
+            last_resort(
+                &opts,
+                &shared,
+                Some(code),
+                "the actor system did not finalise the run in time",
+            );
+        }
+    })
+}
+
+/// Finalises from the calling thread when the actors could not: removes the
+/// socket and writes the run's end with a fresh connection.
+fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i32>, detail: &str) {
+    tracing::error!(detail, "finalising without the actor system");
+    let _ = std::fs::remove_file(&opts.socket_path);
+    let outcome = RunOutcome {
+        reason: TerminationReason::InternalError,
+        exit_code,
+        exit_signal: None,
+        detail: Some(detail.into()),
+    };
+    let recorded = match shared.run() {
+        Some(run) => {
+            let short = StoreOptions {
+                retry_budget: Duration::from_millis(500),
+                ..opts.store.clone()
+            };
+            match Store::open_with(&opts.db_path, short).and_then(|s| s.finish_run(run, &outcome)) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "the last-resort write failed");
+                    false
+                }
+            }
+        }
+        None => false,
+    };
+    shared.set_outcome_if_unset(Outcome {
+        reason: outcome.reason,
+        exit_code,
+        detail: outcome.detail,
+        recorded,
+    });
+}

@@ -1,0 +1,177 @@
+//! The standalone sandbox process: `alcove sandbox --config FILE`.
+//!
+//! Main thread: read the config → check the database → print `{"pid":N}` as
+//! the first stdout line → move logs to `logs/runtime.log` → start the actor
+//! system → create the guest → drive it to its end on this thread (for krun
+//! that never returns) → exit once the run is final.
+//!
+//! SIGTERM and SIGINT take the graceful path with reason Signal. When the
+//! config names a parent pid (an attached `alcove run`), that process's
+//! death stops the sandbox too.
+
+use crate::config::{BackendKind, SandboxConfig};
+use crate::sandbox::{launch, SandboxHandle, SandboxOptions};
+use crate::store::{Store, TerminationReason};
+use alcove_backend::mock::MockBackend;
+use alcove_backend::VmBackend;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Runs the sandbox described by `config_path`; returns the process exit
+/// code. Errors before the run exists are printed as one line on stderr.
+pub fn run(config_path: &Path) -> i32 {
+    match run_inner(config_path) {
+        Ok(code) => code,
+        Err(msg) => {
+            eprintln!("alcove sandbox: {msg}");
+            1
+        }
+    }
+}
+
+fn run_inner(config_path: &Path) -> Result<i32, String> {
+    let cfg = SandboxConfig::load(config_path).map_err(|e| e.to_string())?;
+    let backend = make_backend(&cfg)?;
+    // Refuse a database that cannot be opened before claiming to run.
+    drop(Store::open(&cfg.db_path()).map_err(|e| e.to_string())?);
+
+    let log_dir = cfg.log_dir();
+    std::fs::create_dir_all(&log_dir)
+        .map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{{\"pid\":{}}}", std::process::id())
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        out.flush()
+            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+    }
+    let _log_guard = redirect_logs(&log_dir)?;
+
+    let opts = SandboxOptions {
+        name: cfg.name.clone(),
+        config_json: serde_json::to_string(&cfg).unwrap_or_else(|_| "{}".into()),
+        db_path: cfg.db_path(),
+        store: Default::default(),
+        socket_path: cfg.socket_path().map_err(|e| e.to_string())?,
+        spec: cfg.guest_spec(),
+        policy: cfg.policy,
+        clock: Arc::new(crate::clock::MonotonicClock::new()),
+        pid: std::process::id(),
+    };
+    let (handle, driver) = launch(opts, backend).map_err(|e| e.to_string())?;
+    let handle = Arc::new(handle);
+    watch_signals(handle.clone())?;
+    if let Some(parent) = cfg.parent_pid {
+        watch_parent(handle.clone(), parent);
+    }
+    driver.run();
+    let outcome = handle.wait_timeout(cfg.policy.exit_budget);
+    tracing::info!(?outcome, "sandbox process exiting");
+    Ok(match outcome {
+        Some(o) if o.recorded => 0,
+        _ => 1,
+    })
+}
+
+fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
+    match cfg.backend {
+        BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
+        other => Err(format!(
+            "the {other:?} backend is not available in this build"
+        )),
+    }
+}
+
+/// Sends tracing output to a daily-rotated `runtime.log` (seven kept) and
+/// stderr (panics, stray prints) to `runtime.stderr`; stdout goes to
+/// /dev/null so a reader of the pid line sees end of file.
+fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
+    let appender = tracing_appender::rolling::Builder::new()
+        .rotation(tracing_appender::rolling::Rotation::DAILY)
+        .filename_prefix("runtime")
+        .filename_suffix("log")
+        .max_log_files(7)
+        .build(dir)
+        .map_err(|e| format!("cannot open runtime log in {}: {e}", dir.display()))?;
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init();
+    let stderr_path = dir.join("runtime.stderr");
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&stderr_path)
+        .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
+    let null = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: dup2 onto the standard descriptors with fds we own.
+    unsafe {
+        libc::dup2(stderr.as_raw_fd(), 2);
+        libc::dup2(null.as_raw_fd(), 1);
+    }
+    Ok(guard)
+}
+
+fn watch_signals(handle: Arc<SandboxHandle>) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("alcove-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                tracing::info!(signal = sig, "signal received; stopping gracefully");
+                handle.terminate(
+                    TerminationReason::Signal,
+                    &format!("the sandbox process received signal {sig}"),
+                );
+            }
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the signal thread: {e}"))
+}
+
+fn watch_parent(handle: Arc<SandboxHandle>, parent: u32) {
+    let spawned = std::thread::Builder::new()
+        .name("alcove-parent".into())
+        .spawn(move || {
+            // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+            let fd =
+                unsafe { libc::syscall(libc::SYS_pidfd_open, parent as libc::pid_t, 0) } as i32;
+            if fd >= 0 {
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd; blocks until the process exits.
+                while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+                // SAFETY: fd is ours.
+                unsafe { libc::close(fd) };
+            } else {
+                // SAFETY: kill with signal 0 only checks existence.
+                while unsafe { libc::kill(parent as libc::pid_t, 0) } == 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+            }
+            tracing::info!(parent, "the attached client exited; stopping");
+            handle.terminate(
+                TerminationReason::Signal,
+                &format!("the attached client (pid {parent}) exited"),
+            );
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the parent process");
+    }
+}
