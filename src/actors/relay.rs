@@ -366,6 +366,10 @@ impl Handler<CloseRelay> for Relay {
                 let _ = client.tx.try_send(frame);
             }
         }
+        // Dropping the queues lets each client writer drain and close.
+        for slot in core.slots.iter_mut() {
+            *slot = None;
+        }
         core.closing.send_replace(true);
         if core.discarded_frames > 0 {
             tracing::info!(
@@ -440,12 +444,13 @@ async fn serve_client(
         );
         return;
     };
+    // When the relay closes it drops the client's queue; the writer then
+    // delivers what is queued (final frames of aborted sessions) and ends.
     let writer = client_writer(write, range, ready_frame, rx, core.clone());
     let reader = client_reader(read, range, slot, generation, core.clone());
     let why = tokio::select! {
         why = writer => why,
         why = reader => why,
-        _ = closing.wait_for(|c| *c) => "the sandbox stopped".to_string(),
     };
     disconnect(&core, slot, generation, &why);
 }

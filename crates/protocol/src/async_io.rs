@@ -17,10 +17,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Fr
             return Err(invalid(FrameError::Truncated(got)));
         }
         got += n;
+        // Check the length as soon as it is known, so a bad peer is refused
+        // without waiting for bytes it may never send.
+        if got >= 4 && got < HEADER_LEN {
+            parse_header(&head[..4]).map_err(invalid)?;
+        }
     }
-    let header = parse_header(&head)
-        .map_err(invalid)?
-        .ok_or_else(|| invalid(FrameError::Truncated(got)))?;
+    let header = parse_header(&head).map_err(invalid)?.ok_or_else(|| invalid(FrameError::Truncated(got)))?;
     let mut body = vec![0u8; header.body_len()];
     if let Err(e) = r.read_exact(&mut body).await {
         if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -28,11 +31,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Fr
         }
         return Err(e);
     }
-    Ok(Some(Frame {
-        id: header.id,
-        flags: header.flags,
-        body,
-    }))
+    Ok(Some(Frame { id: header.id, flags: header.flags, body }))
 }
 
 /// Writes one frame (header and body) without flushing.

@@ -35,18 +35,15 @@ impl Compression {
 }
 
 /// Wraps `reader` in the decompressor its first bytes call for.
-pub(crate) fn decompressed<R: Read + Send + 'static>(
-    reader: R,
-) -> io::Result<(Compression, Box<dyn Read + Send>)> {
+pub(crate) fn decompressed<R: Read + Send + 'static>(reader: R) -> io::Result<(Compression, Box<dyn Read + Send>)> {
     let mut buffered = BufReader::with_capacity(64 * 1024, reader);
     let kind = Compression::detect(buffered.fill_buf()?);
     let out: Box<dyn Read + Send> = match kind {
         Compression::None => Box::new(buffered),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
         Compression::Zstd => {
-            let dec = ruzstd::decoding::StreamingDecoder::new(buffered).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidData, format!("bad zstd data: {e}"))
-            })?;
+            let dec = ruzstd::decoding::StreamingDecoder::new(buffered)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad zstd data: {e}")))?;
             Box::new(ZstdReader(dec))
         }
         Compression::Xz => Box::new(xz_reader(buffered)),
@@ -77,11 +74,7 @@ fn xz_reader<R: BufRead + Send + 'static>(mut input: R) -> ChannelReader {
             let _ = tx.send(Err(e));
         }
     });
-    ChannelReader {
-        rx,
-        buf: Vec::new(),
-        pos: 0,
-    }
+    ChannelReader { rx, buf: Vec::new(), pos: 0 }
 }
 
 struct ChannelWriter(SyncSender<io::Result<Vec<u8>>>);
@@ -91,9 +84,7 @@ impl Write for ChannelWriter {
         if buf.is_empty() {
             return Ok(0);
         }
-        self.0
-            .send(Ok(buf.to_vec()))
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader went away"))?;
+        self.0.send(Ok(buf.to_vec())).map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "reader went away"))?;
         Ok(buf.len())
     }
 
@@ -134,10 +125,7 @@ mod tests {
     #[test]
     fn detects_magics() {
         assert_eq!(Compression::detect(&[0x1f, 0x8b, 8]), Compression::Gzip);
-        assert_eq!(
-            Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]),
-            Compression::Zstd
-        );
+        assert_eq!(Compression::detect(&[0x28, 0xb5, 0x2f, 0xfd, 0]), Compression::Zstd);
         assert_eq!(Compression::detect(b"\xfd7zXZ\x00rest"), Compression::Xz);
         assert_eq!(Compression::detect(b"ustar"), Compression::None);
         assert_eq!(Compression::detect(b""), Compression::None);

@@ -27,14 +27,9 @@ pub(crate) struct ArMember {
 /// Lists the members of an `ar` archive (the common format used by `.deb`).
 pub(crate) fn ar_members(file: &mut fs::File) -> Result<Vec<ArMember>, RootfsError> {
     let malformed = |why: &str| RootfsError::UnknownFormat(format!("not a Debian package: {why}"));
-    let len = file
-        .metadata()
-        .ctx(|| "inspecting the package".to_string())?
-        .len();
+    let len = file.metadata().ctx(|| "inspecting the package".to_string())?.len();
     let mut magic = [0u8; 8];
-    file.seek(SeekFrom::Start(0))
-        .and_then(|_| file.read_exact(&mut magic))
-        .map_err(|_| malformed("too short"))?;
+    file.seek(SeekFrom::Start(0)).and_then(|_| file.read_exact(&mut magic)).map_err(|_| malformed("too short"))?;
     if &magic != AR_MAGIC {
         return Err(malformed("no ar header"));
     }
@@ -48,10 +43,7 @@ pub(crate) fn ar_members(file: &mut fs::File) -> Result<Vec<ArMember>, RootfsErr
         if &h[58..60] != b"`\n" {
             return Err(malformed("corrupt member header"));
         }
-        let name = String::from_utf8_lossy(&h[0..16])
-            .trim_end()
-            .trim_end_matches('/')
-            .to_string();
+        let name = String::from_utf8_lossy(&h[0..16]).trim_end().trim_end_matches('/').to_string();
         let size: u64 = std::str::from_utf8(&h[48..58])
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -76,18 +68,11 @@ pub(crate) fn extract_deb(
     match extract_deb_rust(deb, dest) {
         Ok(()) => Ok(()),
         Err(rust_err) => {
-            progress(crate::Progress::Step(format!(
-                "unpacking with dpkg-deb instead ({rust_err})"
-            )));
+            progress(crate::Progress::Step(format!("unpacking with dpkg-deb instead ({rust_err})")));
             // Start over with dpkg-deb if it is installed.
             let _ = crate::fsutil::remove_tree(dest);
             fs::create_dir(dest).ctx(|| format!("creating {}", dest.display()))?;
-            match Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(deb)
-                .arg(dest)
-                .output()
-            {
+            match Command::new("dpkg-deb").arg("-x").arg(deb).arg(dest).output() {
                 Ok(o) if o.status.success() => Ok(()),
                 _ => Err(rust_err),
             }
@@ -102,10 +87,8 @@ fn extract_deb_rust(deb: &Path, dest: &Path) -> Result<(), RootfsError> {
         .iter()
         .find(|m| m.name == "data.tar" || m.name.starts_with("data.tar."))
         .ok_or_else(|| RootfsError::UnknownFormat("the package has no data.tar member".into()))?;
-    file.seek(SeekFrom::Start(data.offset))
-        .ctx(|| "reading the package".to_string())?;
-    let (_, reader) =
-        decompressed(file.take(data.size)).ctx(|| format!("decompressing {}", data.name))?;
+    file.seek(SeekFrom::Start(data.offset)).ctx(|| "reading the package".to_string())?;
+    let (_, reader) = decompressed(file.take(data.size)).ctx(|| format!("decompressing {}", data.name))?;
     let mut ex = Extractor::new(dest);
     ex.extract(reader, false, &mut || {})?;
     ex.finish()
@@ -117,11 +100,7 @@ mod tests {
     use std::io::Write;
 
     fn ar_header(name: &str, size: usize) -> Vec<u8> {
-        let mut h = format!(
-            "{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}",
-            0, 0, 0, "100644"
-        )
-        .into_bytes();
+        let mut h = format!("{name:<16}{:<12}{:<6}{:<6}{:<8}{size:<10}", 0, 0, 0, "100644").into_bytes();
         h.extend_from_slice(b"`\n");
         assert_eq!(h.len(), 60);
         h
@@ -136,8 +115,7 @@ mod tests {
         h.set_size(5);
         h.set_mode(0o755);
         h.set_entry_type(tar::EntryType::Regular);
-        tb.append_data(&mut h, "./bin/hello", &b"hello"[..])
-            .unwrap();
+        tb.append_data(&mut h, "./bin/hello", &b"hello"[..]).unwrap();
         let tarball = tb.into_inner().unwrap();
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
         gz.write_all(&tarball).unwrap();
@@ -157,15 +135,8 @@ mod tests {
         fs::write(&path, &deb).unwrap();
 
         let mut f = fs::File::open(&path).unwrap();
-        let names: Vec<String> = ar_members(&mut f)
-            .unwrap()
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
-        assert_eq!(
-            names,
-            vec!["debian-binary", "control.tar.gz", "data.tar.gz"]
-        );
+        let names: Vec<String> = ar_members(&mut f).unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, vec!["debian-binary", "control.tar.gz", "data.tar.gz"]);
 
         let out = dir.path().join("out");
         fs::create_dir(&out).unwrap();
@@ -179,9 +150,6 @@ mod tests {
         let path = dir.path().join("x.deb");
         fs::write(&path, b"definitely not an ar archive").unwrap();
         let mut f = fs::File::open(&path).unwrap();
-        assert!(matches!(
-            ar_members(&mut f),
-            Err(RootfsError::UnknownFormat(_))
-        ));
+        assert!(matches!(ar_members(&mut f), Err(RootfsError::UnknownFormat(_))));
     }
 }

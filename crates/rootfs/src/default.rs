@@ -19,8 +19,7 @@ use crate::{ImageConfig, Progress};
 pub(crate) const PACKAGE: &str = "busybox-static";
 
 /// `PATH` of the default rootfs.
-pub(crate) const DEFAULT_PATH: &str =
-    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn hint(what: &str) -> RootfsError {
     RootfsError::AptMissing {
@@ -57,33 +56,20 @@ fn apt(args: &[&str], cwd: &Path) -> Result<std::process::Output, RootfsError> {
 }
 
 /// Downloads the package's `.deb` into `dir` and returns its path.
-pub(crate) fn download(
-    dir: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<PathBuf, RootfsError> {
-    progress(Progress::Step(format!(
-        "downloading {PACKAGE} with apt-get"
-    )));
+pub(crate) fn download(dir: &Path, progress: &mut dyn FnMut(Progress)) -> Result<PathBuf, RootfsError> {
+    progress(Progress::Step(format!("downloading {PACKAGE} with apt-get")));
     let mut out = apt(&["download", PACKAGE], dir)?;
     if !out.status.success() && is_root() {
         progress(Progress::Step("updating apt package lists".into()));
         let upd = apt(&["update"], dir)?;
         if !upd.status.success() {
-            return Err(hint(&format!(
-                "`apt-get update` failed: {}",
-                last_line(&upd.stderr)
-            )));
+            return Err(hint(&format!("`apt-get update` failed: {}", last_line(&upd.stderr))));
         }
-        progress(Progress::Step(format!(
-            "downloading {PACKAGE} with apt-get"
-        )));
+        progress(Progress::Step(format!("downloading {PACKAGE} with apt-get")));
         out = apt(&["download", PACKAGE], dir)?;
     }
     if !out.status.success() {
-        return Err(hint(&format!(
-            "`apt-get download {PACKAGE}` failed: {}",
-            last_line(&out.stderr)
-        )));
+        return Err(hint(&format!("`apt-get download {PACKAGE}` failed: {}", last_line(&out.stderr))));
     }
     let mut debs = Vec::new();
     for entry in fs::read_dir(dir).ctx(|| format!("listing {}", dir.display()))? {
@@ -94,19 +80,12 @@ pub(crate) fn download(
         }
     }
     debs.sort();
-    debs.pop().ok_or_else(|| {
-        hint(&format!(
-            "`apt-get download {PACKAGE}` produced no .deb file"
-        ))
-    })
+    debs.pop().ok_or_else(|| hint(&format!("`apt-get download {PACKAGE}` produced no .deb file")))
 }
 
 /// The package version encoded in a `.deb` file name (`busybox-static_1%3a1.35.0-4_amd64.deb`).
 pub(crate) fn version_of(deb: &Path) -> String {
-    let name = deb
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let name = deb.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut parts = name.trim_end_matches(".deb").split('_');
     let _pkg = parts.next();
     parts.next().unwrap_or("unknown").replace("%3a", ":")
@@ -114,20 +93,14 @@ pub(crate) fn version_of(deb: &Path) -> String {
 
 fn mkdir(root: &Path, rel: &str, mode: u32) -> Result<(), RootfsError> {
     let p = root.join(rel);
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(&p)
-        .ctx(|| format!("creating {}", p.display()))?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-        .ctx(|| format!("setting the mode of {}", p.display()))
+    fs::DirBuilder::new().recursive(true).mode(0o755).create(&p).ctx(|| format!("creating {}", p.display()))?;
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).ctx(|| format!("setting the mode of {}", p.display()))
 }
 
 fn write(root: &Path, rel: &str, contents: &str, mode: u32) -> Result<(), RootfsError> {
     let p = root.join(rel);
     fs::write(&p, contents).ctx(|| format!("writing {}", p.display()))?;
-    fs::set_permissions(&p, fs::Permissions::from_mode(mode))
-        .ctx(|| format!("setting the mode of {}", p.display()))
+    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).ctx(|| format!("setting the mode of {}", p.display()))
 }
 
 /// The symlink target, relative to `rel`'s directory, that reaches `bin/busybox`.
@@ -158,10 +131,7 @@ fn applets(busybox: &Path) -> Result<Vec<PathBuf>, RootfsError> {
     } else {
         let short = run("--list")?;
         if !short.status.success() {
-            return Err(RootfsError::io(
-                "listing busybox applets",
-                io::Error::other(last_line(&short.stderr)),
-            ));
+            return Err(RootfsError::io("listing busybox applets", io::Error::other(last_line(&short.stderr))));
         }
         (short.stdout, "bin/")
     };
@@ -181,22 +151,12 @@ fn applets(busybox: &Path) -> Result<Vec<PathBuf>, RootfsError> {
 }
 
 /// Lays out the default tree in `root` from the unpacked package in `pkg`.
-pub(crate) fn lay_out(
-    pkg: &Path,
-    root: &Path,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<ImageConfig, RootfsError> {
-    progress(Progress::Step(
-        "laying out the default root filesystem".into(),
-    ));
+pub(crate) fn lay_out(pkg: &Path, root: &Path, progress: &mut dyn FnMut(Progress)) -> Result<ImageConfig, RootfsError> {
+    progress(Progress::Step("laying out the default root filesystem".into()));
     let src = ["bin/busybox", "usr/bin/busybox"]
         .iter()
         .map(|r| pkg.join(r))
-        .find(|p| {
-            fs::symlink_metadata(p)
-                .map(|m| m.is_file())
-                .unwrap_or(false)
-        })
+        .find(|p| fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false))
         .ok_or_else(|| hint(&format!("the {PACKAGE} package contains no bin/busybox")))?;
 
     for (rel, mode) in [
@@ -245,8 +205,7 @@ pub(crate) fn lay_out(
                 .create(parent)
                 .ctx(|| format!("creating {}", parent.display()))?;
         }
-        std::os::unix::fs::symlink(link_to_busybox(&rel), &path)
-            .ctx(|| format!("linking {}", path.display()))?;
+        std::os::unix::fs::symlink(link_to_busybox(&rel), &path).ctx(|| format!("linking {}", path.display()))?;
     }
 
     write(
@@ -257,25 +216,10 @@ pub(crate) fn lay_out(
          nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
         0o644,
     )?;
-    write(
-        root,
-        "etc/group",
-        "root:x:0:\nalcove:x:1000:\nnogroup:x:65534:\n",
-        0o644,
-    )?;
+    write(root, "etc/group", "root:x:0:\nalcove:x:1000:\nnogroup:x:65534:\n", 0o644)?;
     write(root, "etc/hostname", "alcove\n", 0o644)?;
-    write(
-        root,
-        "etc/hosts",
-        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
-        0o644,
-    )?;
-    write(
-        root,
-        "etc/profile",
-        &format!("export PATH={DEFAULT_PATH}\n"),
-        0o644,
-    )?;
+    write(root, "etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644)?;
+    write(root, "etc/profile", &format!("export PATH={DEFAULT_PATH}\n"), 0o644)?;
 
     Ok(ImageConfig {
         env: vec![("PATH".to_string(), DEFAULT_PATH.to_string())],
@@ -299,30 +243,16 @@ mod tests {
 
     #[test]
     fn busybox_link_targets() {
-        assert_eq!(
-            link_to_busybox(Path::new("bin/ls")),
-            PathBuf::from("busybox")
-        );
-        assert_eq!(
-            link_to_busybox(Path::new("usr/bin/env")),
-            PathBuf::from("../../bin/busybox")
-        );
-        assert_eq!(
-            link_to_busybox(Path::new("sbin/ifconfig")),
-            PathBuf::from("../bin/busybox")
-        );
-        assert_eq!(
-            link_to_busybox(Path::new("linuxrc")),
-            PathBuf::from("bin/busybox")
-        );
+        assert_eq!(link_to_busybox(Path::new("bin/ls")), PathBuf::from("busybox"));
+        assert_eq!(link_to_busybox(Path::new("usr/bin/env")), PathBuf::from("../../bin/busybox"));
+        assert_eq!(link_to_busybox(Path::new("sbin/ifconfig")), PathBuf::from("../bin/busybox"));
+        assert_eq!(link_to_busybox(Path::new("linuxrc")), PathBuf::from("bin/busybox"));
     }
 
     #[test]
     fn versions_from_file_names() {
         assert_eq!(
-            version_of(Path::new(
-                "/x/busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb"
-            )),
+            version_of(Path::new("/x/busybox-static_1%3a1.35.0-4+deb12u1+b1_amd64.deb")),
             "1:1.35.0-4+deb12u1+b1"
         );
     }

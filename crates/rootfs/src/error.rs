@@ -9,7 +9,9 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     /// No imported rootfs has this name, or a given path does not exist.
-    #[error("rootfs {0:?} does not exist (see `alcove rootfs list`, or import one with `alcove rootfs import NAME FILE`)")]
+    #[error(
+        "rootfs {0:?} does not exist (see `alcove rootfs list`, or import one with `alcove rootfs import NAME FILE`)"
+    )]
     NotFound(String),
     /// A rootfs path was given but it is not a directory.
     #[error("rootfs path {} is not a directory", .0.display())]
@@ -62,17 +64,11 @@ pub enum RootfsError {
 impl RootfsError {
     /// Wraps an I/O error with a description of what was being done.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        RootfsError::Io {
-            context: context.into(),
-            source,
-        }
+        RootfsError::Io { context: context.into(), source }
     }
 
     pub(crate) fn hostile(entry: impl Into<String>, why: impl Into<String>) -> Self {
-        RootfsError::Hostile {
-            entry: entry.into(),
-            why: why.into(),
-        }
+        RootfsError::Hostile { entry: entry.into(), why: why.into() }
     }
 }
 

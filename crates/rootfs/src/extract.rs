@@ -69,9 +69,7 @@ fn clean(raw: &[u8], what: &str) -> Result<Rel, String> {
             Component::Normal(n) => out.push(n.to_os_string()),
             Component::CurDir => {}
             Component::ParentDir => return Err(format!("{what} contains a `..` component")),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err(format!("{what} is an absolute path"))
-            }
+            Component::RootDir | Component::Prefix(_) => return Err(format!("{what} is an absolute path")),
         }
     }
     Ok(out)
@@ -88,21 +86,12 @@ fn to_time(secs: u64) -> SystemTime {
 impl Extractor {
     /// An extractor writing into `root`, which must exist and be private to this process.
     pub(crate) fn new(root: &Path) -> Extractor {
-        Extractor {
-            root: root.to_path_buf(),
-            as_root: is_root(),
-            dirs: BTreeMap::new(),
-        }
+        Extractor { root: root.to_path_buf(), as_root: is_root(), dirs: BTreeMap::new() }
     }
 
     /// Checks that every component of `parents` below the root is a real directory, creating
     /// missing ones when `create`. Returns `Ok(false)` when one is missing and not created.
-    fn check_parents(
-        &self,
-        parents: &[OsString],
-        create: bool,
-        entry: &str,
-    ) -> Result<bool, RootfsError> {
+    fn check_parents(&self, parents: &[OsString], create: bool, entry: &str) -> Result<bool, RootfsError> {
         let mut p = self.root.clone();
         for (i, c) in parents.iter().enumerate() {
             p.push(c);
@@ -156,11 +145,7 @@ impl Extractor {
     }
 
     /// First pass over a layer: applies its whiteouts to what lower layers extracted.
-    pub(crate) fn apply_whiteouts<R: Read>(
-        &mut self,
-        layer: R,
-        tick: &mut dyn FnMut(),
-    ) -> Result<(), RootfsError> {
+    pub(crate) fn apply_whiteouts<R: Read>(&mut self, layer: R, tick: &mut dyn FnMut()) -> Result<(), RootfsError> {
         let mut archive = tar::Archive::new(layer);
         for entry in archive.entries().ctx(|| "reading layer".to_string())? {
             let entry = entry.ctx(|| "reading layer entry".to_string())?;
@@ -215,19 +200,12 @@ impl Extractor {
         Ok(())
     }
 
-    fn extract_one<R: Read>(
-        &mut self,
-        entry: &mut tar::Entry<'_, R>,
-        layered: bool,
-    ) -> Result<(), RootfsError> {
+    fn extract_one<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, layered: bool) -> Result<(), RootfsError> {
         use tar::EntryType as T;
         let raw = entry.path_bytes().into_owned();
         let name = lossy(&raw);
         let kind = entry.header().entry_type();
-        if matches!(
-            kind,
-            T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink
-        ) {
+        if matches!(kind, T::XGlobalHeader | T::XHeader | T::GNULongName | T::GNULongLink) {
             return Ok(());
         }
         let rel = clean(&raw, "the path").map_err(|why| RootfsError::hostile(&name, why))?;
@@ -247,17 +225,9 @@ impl Extractor {
         };
         match kind {
             T::Char | T::Block => {
-                return Err(RootfsError::hostile(
-                    &name,
-                    "device nodes are not allowed in a root filesystem",
-                ))
+                return Err(RootfsError::hostile(&name, "device nodes are not allowed in a root filesystem"))
             }
-            T::Fifo => {
-                return Err(RootfsError::hostile(
-                    &name,
-                    "fifos are not allowed in a root filesystem",
-                ))
-            }
+            T::Fifo => return Err(RootfsError::hostile(&name, "fifos are not allowed in a root filesystem")),
             T::Regular | T::Continuous | T::GNUSparse | T::Directory | T::Symlink | T::Link => {}
             other => {
                 return Err(RootfsError::hostile(
@@ -272,10 +242,7 @@ impl Extractor {
                 self.dirs.insert(PathBuf::new(), meta);
                 return Ok(());
             }
-            return Err(RootfsError::hostile(
-                &name,
-                "a non-directory entry names the root",
-            ));
+            return Err(RootfsError::hostile(&name, "a non-directory entry names the root"));
         }
         let (_, parents) = rel.split_last().expect("rel is not empty");
         self.check_parents(parents, true, &name)?;
@@ -293,10 +260,7 @@ impl Extractor {
                 self.dirs.insert(rel_path, meta);
             }
             T::Symlink => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
                 self.check_symlink_target(&name, parents, &target)?;
                 self.clear(&path, false)?;
                 std::os::unix::fs::symlink(OsStr::from_bytes(&target), &path)
@@ -308,22 +272,15 @@ impl Extractor {
                 set_symlink_mtime(&path, meta.mtime);
             }
             T::Link => {
-                let target = entry
-                    .link_name_bytes()
-                    .map(|t| t.into_owned())
-                    .unwrap_or_default();
-                let trel = clean(&target, "the hard link target")
-                    .map_err(|why| RootfsError::hostile(&name, why))?;
+                let target = entry.link_name_bytes().map(|t| t.into_owned()).unwrap_or_default();
+                let trel = clean(&target, "the hard link target").map_err(|why| RootfsError::hostile(&name, why))?;
                 if trel.is_empty() {
                     return Err(RootfsError::hostile(&name, "the hard link target is empty"));
                 }
                 let missing = || {
                     RootfsError::hostile(
                         &name,
-                        format!(
-                            "the hard link target {:?} is not an earlier file of the archive",
-                            lossy(&target)
-                        ),
+                        format!("the hard link target {:?} is not an earlier file of the archive", lossy(&target)),
                     )
                 };
                 if !self.check_parents(&trel[..trel.len() - 1], false, &name)? {
@@ -338,8 +295,7 @@ impl Extractor {
                     return Ok(());
                 }
                 self.clear(&path, false)?;
-                fs::hard_link(&tpath, &path)
-                    .ctx(|| format!("creating hard link {}", path.display()))?;
+                fs::hard_link(&tpath, &path).ctx(|| format!("creating hard link {}", path.display()))?;
             }
             _ => {
                 self.clear(&path, false)?;
@@ -365,20 +321,12 @@ impl Extractor {
         Ok(())
     }
 
-    fn check_symlink_target(
-        &self,
-        name: &str,
-        parents: &[OsString],
-        target: &[u8],
-    ) -> Result<(), RootfsError> {
+    fn check_symlink_target(&self, name: &str, parents: &[OsString], target: &[u8]) -> Result<(), RootfsError> {
         if target.is_empty() {
             return Err(RootfsError::hostile(name, "the symlink target is empty"));
         }
         if target.contains(&0) {
-            return Err(RootfsError::hostile(
-                name,
-                "the symlink target contains a NUL byte",
-            ));
+            return Err(RootfsError::hostile(name, "the symlink target contains a NUL byte"));
         }
         if target[0] == b'/' {
             // Resolved inside the guest; never followed here.
@@ -442,19 +390,11 @@ fn set_symlink_mtime(path: &Path, mtime: u64) {
     let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
         return;
     };
-    let ts = libc::timespec {
-        tv_sec: mtime as libc::time_t,
-        tv_nsec: 0,
-    };
+    let ts = libc::timespec { tv_sec: mtime as libc::time_t, tv_nsec: 0 };
     let times = [ts, ts];
     // SAFETY: valid NUL-terminated path and a two-element timespec array; best effort.
     unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        );
+        libc::utimensat(libc::AT_FDCWD, c.as_ptr(), times.as_ptr(), libc::AT_SYMLINK_NOFOLLOW);
     }
 }
 

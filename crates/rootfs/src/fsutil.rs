@@ -25,10 +25,7 @@ pub(crate) fn make_temp_dir(parent: &Path, what: &str) -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let pid = std::process::id();
     loop {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = parent.join(format!("{TMP_PREFIX}{what}-{pid}-{nanos:x}{n}"));
         match fs::DirBuilder::new().mode(0o700).create(&path) {
@@ -49,15 +46,7 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
     let f = cstr(from)?;
     let t = cstr(to)?;
     // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            f.as_ptr(),
-            libc::AT_FDCWD,
-            t.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
+    let rc = unsafe { libc::renameat2(libc::AT_FDCWD, f.as_ptr(), libc::AT_FDCWD, t.as_ptr(), libc::RENAME_NOREPLACE) };
     if rc == 0 {
         return Ok(true);
     }
@@ -72,9 +61,7 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> io::Result<bool> {
             }
             match fs::rename(from, to) {
                 Ok(()) => Ok(true),
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
-                    Ok(false)
-                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => Ok(false),
                 Err(e) => Err(e),
             }
         }
@@ -158,11 +145,7 @@ impl FileLock {
     /// Opens (creating if needed) `path` and blocks until an exclusive `flock` is held.
     pub(crate) fn acquire(path: &Path) -> io::Result<FileLock> {
         use std::os::fd::AsRawFd;
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)?;
+        let file = fs::OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
         loop {
             // SAFETY: flock on a valid, owned file descriptor.
             let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
@@ -218,8 +201,5 @@ pub(crate) fn prune_stale_temps(store: &Path) {
 
 /// Milliseconds since the Unix epoch.
 pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

@@ -57,17 +57,11 @@ pub(crate) fn open_in(stage: &Path, rel: &str) -> Result<fs::File, RootfsError> 
         match c {
             Component::Normal(n) => parts.push(n.to_os_string()),
             Component::CurDir => {}
-            _ => {
-                return Err(RootfsError::Malformed(format!(
-                    "path {rel:?} in the image metadata leaves the archive"
-                )))
-            }
+            _ => return Err(RootfsError::Malformed(format!("path {rel:?} in the image metadata leaves the archive"))),
         }
     }
     if parts.is_empty() {
-        return Err(RootfsError::Malformed(format!(
-            "empty path {rel:?} in the image metadata"
-        )));
+        return Err(RootfsError::Malformed(format!("empty path {rel:?} in the image metadata")));
     }
     let mut p = stage.to_path_buf();
     for c in &parts[..parts.len() - 1] {
@@ -82,22 +76,13 @@ pub(crate) fn open_in(stage: &Path, rel: &str) -> Result<fs::File, RootfsError> 
         }
     }
     p.push(&parts[parts.len() - 1]);
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&p)
-        .map_err(|e| {
-            RootfsError::Malformed(format!(
-                "{rel:?} is missing from the archive or is a symlink ({e})"
-            ))
+    let file =
+        fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC).open(&p).map_err(|e| {
+            RootfsError::Malformed(format!("{rel:?} is missing from the archive or is a symlink ({e})"))
         })?;
-    let meta = file
-        .metadata()
-        .ctx(|| format!("inspecting {}", p.display()))?;
+    let meta = file.metadata().ctx(|| format!("inspecting {}", p.display()))?;
     if !meta.is_file() {
-        return Err(RootfsError::Malformed(format!(
-            "{rel:?} is not a regular file"
-        )));
+        return Err(RootfsError::Malformed(format!("{rel:?} is not a regular file")));
     }
     Ok(file)
 }
@@ -105,20 +90,15 @@ pub(crate) fn open_in(stage: &Path, rel: &str) -> Result<fs::File, RootfsError> 
 fn read_small(stage: &Path, rel: &str) -> Result<Vec<u8>, RootfsError> {
     let file = open_in(stage, rel)?;
     let mut buf = Vec::new();
-    file.take(MAX_JSON + 1)
-        .read_to_end(&mut buf)
-        .ctx(|| format!("reading {rel}"))?;
+    file.take(MAX_JSON + 1).read_to_end(&mut buf).ctx(|| format!("reading {rel}"))?;
     if buf.len() as u64 > MAX_JSON {
-        return Err(RootfsError::Malformed(format!(
-            "{rel} is larger than 16 MiB"
-        )));
+        return Err(RootfsError::Malformed(format!("{rel} is larger than 16 MiB")));
     }
     Ok(buf)
 }
 
 fn parse_json<T: for<'de> Deserialize<'de>>(rel: &str, buf: &[u8]) -> Result<T, RootfsError> {
-    serde_json::from_slice(buf)
-        .map_err(|e| RootfsError::Malformed(format!("{rel} is not valid: {e}")))
+    serde_json::from_slice(buf).map_err(|e| RootfsError::Malformed(format!("{rel} is not valid: {e}")))
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(stage: &Path, rel: &str) -> Result<T, RootfsError> {
@@ -126,10 +106,7 @@ fn read_json<T: for<'de> Deserialize<'de>>(stage: &Path, rel: &str) -> Result<T,
 }
 
 /// Reads a JSON blob by digest and checks that its content matches the digest.
-fn read_blob_json<T: for<'de> Deserialize<'de>>(
-    stage: &Path,
-    digest: &str,
-) -> Result<T, RootfsError> {
+fn read_blob_json<T: for<'de> Deserialize<'de>>(stage: &Path, digest: &str) -> Result<T, RootfsError> {
     let rel = blob_path(digest)?;
     let buf = read_small(stage, &rel)?;
     let mut hasher = Hasher::for_digest(digest)?;
@@ -150,9 +127,7 @@ impl Hasher {
         match digest.split_once(':').map(|(a, _)| a) {
             Some("sha256") => Ok(Hasher::Sha256(sha2::Sha256::new())),
             Some("sha512") => Ok(Hasher::Sha512(sha2::Sha512::new())),
-            _ => Err(RootfsError::Malformed(format!(
-                "unsupported digest algorithm in {digest:?}"
-            ))),
+            _ => Err(RootfsError::Malformed(format!("unsupported digest algorithm in {digest:?}"))),
         }
     }
 
@@ -201,9 +176,7 @@ fn blob_path(digest: &str) -> Result<String, RootfsError> {
     let bad = || RootfsError::Malformed(format!("invalid digest {digest:?}"));
     let (algo, hex) = digest.split_once(':').ok_or_else(bad)?;
     let algo_ok = !algo.is_empty()
-        && algo
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
+        && algo.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
         && !algo.starts_with('.');
     let hex_ok = hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
     if !algo_ok || !hex_ok {
@@ -213,9 +186,7 @@ fn blob_path(digest: &str) -> Result<String, RootfsError> {
 }
 
 fn is_regular_file(p: &Path) -> bool {
-    fs::symlink_metadata(p)
-        .map(|m| m.is_file())
-        .unwrap_or(false)
+    fs::symlink_metadata(p).map(|m| m.is_file()).unwrap_or(false)
 }
 
 fn is_real_dir(p: &Path) -> bool {
@@ -230,10 +201,7 @@ pub(crate) fn detect(stage: &Path) -> Result<Option<ImagePlan>, RootfsError> {
     if is_regular_file(&stage.join("manifest.json")) {
         let looks_docker = read_json::<serde_json::Value>(stage, "manifest.json")
             .ok()
-            .and_then(|v| {
-                v.as_array()
-                    .map(|a| a.iter().any(|m| m.get("Layers").is_some()))
-            })
+            .and_then(|v| v.as_array().map(|a| a.iter().any(|m| m.get("Layers").is_some())))
             .unwrap_or(false);
         if looks_docker {
             return docker(stage).map(Some);
@@ -304,11 +272,7 @@ fn pick(manifests: &[Descriptor]) -> Option<&Descriptor> {
     let arch = host_arch();
     manifests
         .iter()
-        .find(|d| {
-            d.platform
-                .as_ref()
-                .is_some_and(|p| p.os == "linux" && p.architecture == arch)
-        })
+        .find(|d| d.platform.as_ref().is_some_and(|p| p.os == "linux" && p.architecture == arch))
         .or_else(|| manifests.iter().find(|d| d.platform.is_none()))
 }
 
@@ -319,23 +283,16 @@ fn oci(stage: &Path) -> Result<ImagePlan, RootfsError> {
         if let Some(manifests) = doc.manifests.take() {
             depth += 1;
             if depth > MAX_INDEX_DEPTH {
-                return Err(RootfsError::Malformed(
-                    "image indexes nest too deeply".into(),
-                ));
+                return Err(RootfsError::Malformed("image indexes nest too deeply".into()));
             }
             let chosen = pick(&manifests).ok_or_else(|| {
-                RootfsError::Malformed(format!(
-                    "the image index has no manifest for linux/{}",
-                    host_arch()
-                ))
+                RootfsError::Malformed(format!("the image index has no manifest for linux/{}", host_arch()))
             })?;
             doc = read_blob_json(stage, &chosen.digest)?;
         } else if doc.layers.is_some() {
             break doc;
         } else {
-            return Err(RootfsError::Malformed(
-                "index.json leads to neither an index nor a manifest".into(),
-            ));
+            return Err(RootfsError::Malformed("index.json leads to neither an index nor a manifest".into()));
         }
     };
     let config = match &manifest.config {
@@ -351,11 +308,7 @@ fn oci(stage: &Path) -> Result<ImagePlan, RootfsError> {
         verify_blob(stage, &layer.digest)?;
         layers.push(stage.join(blob_path(&layer.digest)?));
     }
-    Ok(ImagePlan {
-        kind: ImageKind::Oci,
-        layers,
-        config: to_image_config(config),
-    })
+    Ok(ImagePlan { kind: ImageKind::Oci, layers, config: to_image_config(config) })
 }
 
 #[derive(Deserialize)]
@@ -368,21 +321,15 @@ struct DockerManifest {
 
 fn docker(stage: &Path) -> Result<ImagePlan, RootfsError> {
     let manifests: Vec<DockerManifest> = read_json(stage, "manifest.json")?;
-    let first = manifests
-        .into_iter()
-        .next()
-        .ok_or_else(|| RootfsError::Malformed("manifest.json lists no image".into()))?;
+    let first =
+        manifests.into_iter().next().ok_or_else(|| RootfsError::Malformed("manifest.json lists no image".into()))?;
     let config: ConfigFile = read_json(stage, &first.config)?;
     let mut layers = Vec::new();
     for rel in &first.layers {
         drop(open_in(stage, rel)?);
         layers.push(stage.join(rel));
     }
-    Ok(ImagePlan {
-        kind: ImageKind::DockerSave,
-        layers,
-        config: to_image_config(config),
-    })
+    Ok(ImagePlan { kind: ImageKind::DockerSave, layers, config: to_image_config(config) })
 }
 
 fn to_image_config(file: ConfigFile) -> ImageConfig {
@@ -411,10 +358,7 @@ mod tests {
     #[test]
     fn digests_are_validated() {
         let hex = "a".repeat(64);
-        assert_eq!(
-            blob_path(&format!("sha256:{hex}")).unwrap(),
-            format!("blobs/sha256/{hex}")
-        );
+        assert_eq!(blob_path(&format!("sha256:{hex}")).unwrap(), format!("blobs/sha256/{hex}"));
         assert!(blob_path("sha256:../../etc/passwd").is_err());
         assert!(blob_path(&format!("../x:{hex}")).is_err());
         assert!(blob_path(&format!("..:{hex}")).is_err());

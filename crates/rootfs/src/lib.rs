@@ -113,10 +113,7 @@ struct Metadata {
 
 /// Checks a rootfs name against `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`.
 pub fn validate_name(name: &str) -> Result<(), RootfsError> {
-    let invalid = |why: &str| RootfsError::InvalidName {
-        name: name.to_string(),
-        why: why.to_string(),
-    };
+    let invalid = |why: &str| RootfsError::InvalidName { name: name.to_string(), why: why.to_string() };
     let first = name.bytes().next().ok_or_else(|| invalid("it is empty"))?;
     if name.len() > 63 {
         return Err(invalid("it is longer than 63 characters"));
@@ -124,13 +121,8 @@ pub fn validate_name(name: &str) -> Result<(), RootfsError> {
     if !first.is_ascii_alphanumeric() {
         return Err(invalid("it must start with a letter or a digit"));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-    {
-        return Err(invalid(
-            "only letters, digits, '_', '.' and '-' are allowed",
-        ));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-') {
+        return Err(invalid("only letters, digits, '_', '.' and '-' are allowed"));
     }
     Ok(())
 }
@@ -239,34 +231,29 @@ impl ByteTicker<'_> {
         let done = self.count.load(Ordering::Relaxed);
         if done >= self.last + (1 << 20) {
             self.last = done;
-            (self.progress)(Progress::Bytes {
-                done,
-                total: self.total,
-            });
+            (self.progress)(Progress::Bytes { done, total: self.total });
         }
     }
     fn done(&mut self) {
         let done = self.count.load(Ordering::Relaxed);
-        (self.progress)(Progress::Bytes {
-            done,
-            total: self.total,
-        });
+        (self.progress)(Progress::Bytes { done, total: self.total });
     }
 }
 
+/// A decompressed tar stream and how far its (compressed) file has been read.
+struct TarStream {
+    reader: Box<dyn Read + Send>,
+    count: Arc<AtomicU64>,
+    total: u64,
+}
+
 /// Opens `path` as a (possibly compressed) tar stream, counting compressed bytes read.
-fn open_tar(path: &Path) -> Result<(Box<dyn Read + Send>, Arc<AtomicU64>, u64), RootfsError> {
+fn open_tar(path: &Path) -> Result<TarStream, RootfsError> {
     let file = fs::File::open(path).ctx(|| format!("opening {}", path.display()))?;
-    let total = file
-        .metadata()
-        .ctx(|| format!("inspecting {}", path.display()))?
-        .len();
+    let total = file.metadata().ctx(|| format!("inspecting {}", path.display()))?.len();
     let count = Arc::new(AtomicU64::new(0));
-    let (_, mut reader) = compress::decompressed(Counting {
-        inner: file,
-        count: count.clone(),
-    })
-    .ctx(|| format!("reading {}", path.display()))?;
+    let (_, mut reader) = compress::decompressed(Counting { inner: file, count: count.clone() })
+        .ctx(|| format!("reading {}", path.display()))?;
     // Look at the first header to tell a tar from anything else.
     let mut head = vec![0u8; 512];
     let mut got = 0;
@@ -276,10 +263,7 @@ fn open_tar(path: &Path) -> Result<(Box<dyn Read + Send>, Arc<AtomicU64>, u64), 
             Ok(n) => got += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
-                return Err(RootfsError::UnknownFormat(format!(
-                    "{} cannot be read as an archive: {e}",
-                    path.display()
-                )))
+                return Err(RootfsError::UnknownFormat(format!("{} cannot be read as an archive: {e}", path.display())))
             }
         }
     }
@@ -291,7 +275,7 @@ fn open_tar(path: &Path) -> Result<(Box<dyn Read + Send>, Arc<AtomicU64>, u64), 
         )));
     }
     let reader: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(reader));
-    Ok((reader, count, total))
+    Ok(TarStream { reader, count, total })
 }
 
 /// True for a block that is a valid tar header (ustar/GNU magic, or a correct checksum).
@@ -310,13 +294,7 @@ fn looks_like_tar(head: &[u8]) -> bool {
     let sum: u32 = head[..512]
         .iter()
         .enumerate()
-        .map(|(i, &b)| {
-            if (148..156).contains(&i) {
-                b' ' as u32
-            } else {
-                b as u32
-            }
-        })
+        .map(|(i, &b)| if (148..156).contains(&i) { b' ' as u32 } else { b as u32 })
         .sum();
     sum == stored && head[..100].iter().any(|&b| b != 0)
 }
@@ -324,9 +302,7 @@ fn looks_like_tar(head: &[u8]) -> bool {
 impl RootfsStore {
     /// A store rooted at `alcove_home` (rootfs trees live in `alcove_home/rootfs/`).
     pub fn new(alcove_home: impl Into<PathBuf>) -> RootfsStore {
-        RootfsStore {
-            home: alcove_home.into(),
-        }
+        RootfsStore { home: alcove_home.into() }
     }
 
     /// The directory holding every rootfs: `$ALCOVE_HOME/rootfs`.
@@ -362,19 +338,13 @@ impl RootfsStore {
                 return Err(RootfsError::NotADirectory(path.to_path_buf()));
             }
             let root = fs::canonicalize(path).ctx(|| format!("resolving {name_or_path}"))?;
-            return Ok(ResolvedRootfs {
-                root,
-                image: ImageConfig::default(),
-            });
+            return Ok(ResolvedRootfs { root, image: ImageConfig::default() });
         }
         if name_or_path == DEFAULT_NAME {
             return self.ensure_default(&mut |_| {});
         }
         let info = self.info(name_or_path)?;
-        Ok(ResolvedRootfs {
-            root: info.root,
-            image: info.image,
-        })
+        Ok(ResolvedRootfs { root: info.root, image: info.image })
     }
 
     /// The rootfs `name`, if it exists.
@@ -384,21 +354,11 @@ impl RootfsStore {
         let meta_path = dir.join(METADATA_FILE);
         let bytes = match fs::read(&meta_path) {
             Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(RootfsError::NotFound(name.to_string()))
-            }
-            Err(e) => {
-                return Err(RootfsError::io(
-                    format!("reading {}", meta_path.display()),
-                    e,
-                ))
-            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(RootfsError::NotFound(name.to_string())),
+            Err(e) => return Err(RootfsError::io(format!("reading {}", meta_path.display()), e)),
         };
         let meta: Metadata = serde_json::from_slice(&bytes).map_err(|e| {
-            RootfsError::io(
-                format!("reading {}", meta_path.display()),
-                io::Error::new(io::ErrorKind::InvalidData, e),
-            )
+            RootfsError::io(format!("reading {}", meta_path.display()), io::Error::new(io::ErrorKind::InvalidData, e))
         })?;
         Ok(RootfsInfo {
             name: name.to_string(),
@@ -412,32 +372,21 @@ impl RootfsStore {
 
     /// Returns the default rootfs, building it from Debian's `busybox-static` on first use.
     /// Cached (a second call only reads `image.json`) and safe when processes race.
-    pub fn ensure_default(
-        &self,
-        progress: &mut dyn FnMut(Progress),
-    ) -> Result<ResolvedRootfs, RootfsError> {
-        let resolved = |info: RootfsInfo| ResolvedRootfs {
-            root: info.root,
-            image: info.image,
-        };
+    pub fn ensure_default(&self, progress: &mut dyn FnMut(Progress)) -> Result<ResolvedRootfs, RootfsError> {
+        let resolved = |info: RootfsInfo| ResolvedRootfs { root: info.root, image: info.image };
         if let Ok(info) = self.info(DEFAULT_NAME) {
             return Ok(resolved(info));
         }
         let store = self.ensure_store()?;
         let lock_path = store.join(".default.lock");
-        let _lock =
-            FileLock::acquire(&lock_path).ctx(|| format!("locking {}", lock_path.display()))?;
+        let _lock = FileLock::acquire(&lock_path).ctx(|| format!("locking {}", lock_path.display()))?;
         if let Ok(info) = self.info(DEFAULT_NAME) {
             return Ok(resolved(info));
         }
         fsutil::prune_stale_temps(&store);
-        progress(Progress::Step(format!(
-            "building the default rootfs from Debian's {} package",
-            default::PACKAGE
-        )));
+        progress(Progress::Step(format!("building the default rootfs from Debian's {} package", default::PACKAGE)));
         let mut guard = TempGuard(Some(
-            make_temp_dir(&store, "default")
-                .ctx(|| format!("creating a directory in {}", store.display()))?,
+            make_temp_dir(&store, "default").ctx(|| format!("creating a directory in {}", store.display()))?,
         ));
         let tmp = guard.path().to_path_buf();
         let download = tmp.join("download");
@@ -450,21 +399,14 @@ impl RootfsStore {
         let version = default::version_of(&deb);
         progress(Progress::Step(format!(
             "unpacking {}",
-            deb.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
+            deb.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
         )));
         deb::extract_deb(&deb, &pkg, progress)?;
         let image = default::lay_out(&pkg, &root, progress)?;
         default::cleanup(&[&download, &pkg]);
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755))
             .ctx(|| format!("setting the mode of {}", root.display()))?;
-        let info = self.finalize(
-            &mut guard,
-            DEFAULT_NAME,
-            format!("debian:{} {version}", default::PACKAGE),
-            image,
-        );
+        let info = self.finalize(&mut guard, DEFAULT_NAME, format!("debian:{} {version}", default::PACKAGE), image);
         match info {
             Ok(info) => {
                 progress(Progress::Step("default rootfs ready".into()));
@@ -487,13 +429,7 @@ impl RootfsStore {
         let tmp = guard.path().to_path_buf();
         let root = tmp.join("root");
         let size_bytes = tree_size(&root).ctx(|| format!("measuring {}", root.display()))?;
-        let meta = Metadata {
-            name: name.to_string(),
-            source,
-            created_at_ms: now_ms(),
-            size_bytes,
-            image,
-        };
+        let meta = Metadata { name: name.to_string(), source, created_at_ms: now_ms(), size_bytes, image };
         let json = serde_json::to_vec_pretty(&meta)
             .map_err(|e| RootfsError::io("encoding image.json", io::Error::other(e)))?;
         let meta_path = tmp.join(METADATA_FILE);
@@ -501,9 +437,7 @@ impl RootfsStore {
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
             .ctx(|| format!("setting the mode of {}", tmp.display()))?;
         let dest = self.dir_of(name);
-        if !rename_noreplace(&tmp, &dest)
-            .ctx(|| format!("moving the rootfs to {}", dest.display()))?
-        {
+        if !rename_noreplace(&tmp, &dest).ctx(|| format!("moving the rootfs to {}", dest.display()))? {
             return Err(RootfsError::AlreadyExists(name.to_string()));
         }
         guard.disarm();
@@ -535,23 +469,17 @@ impl RootfsStore {
         let store = self.ensure_store()?;
         fsutil::prune_stale_temps(&store);
         let mut guard = TempGuard(Some(
-            make_temp_dir(&store, "import")
-                .ctx(|| format!("creating a directory in {}", store.display()))?,
+            make_temp_dir(&store, "import").ctx(|| format!("creating a directory in {}", store.display()))?,
         ));
         let tmp = guard.path().to_path_buf();
         let unpacked = tmp.join("root");
         fs::create_dir(&unpacked).ctx(|| format!("creating {}", unpacked.display()))?;
 
         progress(Progress::Step(format!("unpacking {}", abs.display())));
-        let (reader, count, total) = open_tar(&abs)?;
+        let TarStream { reader, count, total } = open_tar(&abs)?;
         let mut ex = Extractor::new(&unpacked);
         {
-            let mut ticker = ByteTicker {
-                count,
-                total: Some(total),
-                last: 0,
-                progress,
-            };
+            let mut ticker = ByteTicker { count, total: Some(total), last: 0, progress };
             ex.extract(reader, false, &mut || ticker.tick())?;
             ticker.done();
         }
@@ -566,11 +494,7 @@ impl RootfsStore {
                 let stage = tmp.join("stage");
                 fs::rename(&unpacked, &stage).ctx(|| format!("moving {}", unpacked.display()))?;
                 let plan = image::ImagePlan {
-                    layers: plan
-                        .layers
-                        .iter()
-                        .map(|l| stage.join(l.strip_prefix(&unpacked).unwrap_or(l)))
-                        .collect(),
+                    layers: plan.layers.iter().map(|l| stage.join(l.strip_prefix(&unpacked).unwrap_or(l))).collect(),
                     ..plan
                 };
                 let root = tmp.join("root");
@@ -581,24 +505,15 @@ impl RootfsStore {
                 let n = plan.layers.len();
                 for (i, layer) in plan.layers.iter().enumerate() {
                     progress(Progress::Step(format!("applying layer {}/{n}", i + 1)));
-                    let (reader, _, _) = open_layer(layer)?;
-                    ex.apply_whiteouts(reader, &mut || {})?;
-                    let (reader, count, total) = open_layer(layer)?;
-                    let mut ticker = ByteTicker {
-                        count,
-                        total: Some(total),
-                        last: 0,
-                        progress,
-                    };
+                    ex.apply_whiteouts(open_layer(layer)?.reader, &mut || {})?;
+                    let TarStream { reader, count, total } = open_layer(layer)?;
+                    let mut ticker = ByteTicker { count, total: Some(total), last: 0, progress };
                     ex.extract(reader, true, &mut || ticker.tick())?;
                     ticker.done();
                 }
                 ex.finish()?;
                 remove_tree(&stage).ctx(|| format!("removing {}", stage.display()))?;
-                (
-                    format!("{}:{}", plan.kind.label(), abs.display()),
-                    plan.config,
-                )
+                (format!("{}:{}", plan.kind.label(), abs.display()), plan.config)
             }
         };
         progress(Progress::Step(format!("saving rootfs {name}")));
@@ -639,8 +554,7 @@ impl RootfsStore {
             _ => return Err(RootfsError::NotFound(name.to_string())),
         }
         let store = self.store_dir();
-        let trash = make_temp_dir(&store, "remove")
-            .ctx(|| format!("creating a directory in {}", store.display()))?;
+        let trash = make_temp_dir(&store, "remove").ctx(|| format!("creating a directory in {}", store.display()))?;
         let target = trash.join(name);
         fs::rename(&dir, &target).map_err(|e| {
             let _ = fs::remove_dir(&trash);
@@ -654,13 +568,11 @@ impl RootfsStore {
     }
 }
 
-fn open_layer(path: &Path) -> Result<(Box<dyn Read + Send>, Arc<AtomicU64>, u64), RootfsError> {
+fn open_layer(path: &Path) -> Result<TarStream, RootfsError> {
     open_tar(path).map_err(|e| match e {
         RootfsError::UnknownFormat(_) => RootfsError::Malformed(format!(
             "layer {} is not a tar archive",
-            path.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
+            path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()
         )),
         other => other,
     })
@@ -681,21 +593,8 @@ mod tests {
         for ok in ["a", "A1", "0", "ubuntu-22.04", "x_y.z-w", &"a".repeat(63)] {
             validate_name(ok).unwrap();
         }
-        for bad in [
-            "",
-            ".hidden",
-            "-x",
-            "_x",
-            "a/b",
-            "a b",
-            "é",
-            &"a".repeat(64),
-            "..",
-        ] {
-            assert!(
-                matches!(validate_name(bad), Err(RootfsError::InvalidName { .. })),
-                "{bad:?} accepted"
-            );
+        for bad in ["", ".hidden", "-x", "_x", "a/b", "a b", "é", &"a".repeat(64), ".."] {
+            assert!(matches!(validate_name(bad), Err(RootfsError::InvalidName { .. })), "{bad:?} accepted");
         }
     }
 

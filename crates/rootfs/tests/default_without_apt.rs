@@ -13,10 +13,7 @@ fn missing_apt_gives_a_hint() {
     assert!(matches!(err, RootfsError::AptMissing { .. }), "{err:?}");
     let msg = err.to_string();
     assert!(msg.contains("apt-get"), "{msg}");
-    assert!(
-        msg.contains("alcove rootfs import NAME FILE") && msg.contains("--rootfs PATH"),
-        "{msg}"
-    );
+    assert!(msg.contains("alcove rootfs import NAME FILE") && msg.contains("--rootfs PATH"), "{msg}");
     assert!(!msg.contains('\n'));
     // Nothing half-built is left: only the lock file.
     let left: Vec<String> = std::fs::read_dir(home.path().join("rootfs"))

@@ -60,21 +60,14 @@ fn assert_victim_intact(v: &Path) {
 fn absolute_path() {
     let v = victim();
     let target = format!("{}/pwned", v.path().display());
-    assert_refused(
-        &[E::File("ok", b"fine", 0o644), E::File(&target, b"x", 0o644)],
-        &target,
-        "absolute",
-    );
+    assert_refused(&[E::File("ok", b"fine", 0o644), E::File(&target, b"x", 0o644)], &target, "absolute");
     assert_victim_intact(v.path());
 }
 
 #[test]
 fn dotdot_component() {
     assert_refused(
-        &[
-            E::Dir("a/", 0o755),
-            E::File("a/../../../../tmp/alcove-pwned", b"x", 0o644),
-        ],
+        &[E::Dir("a/", 0o755), E::File("a/../../../../tmp/alcove-pwned", b"x", 0o644)],
         "a/../../../../tmp/alcove-pwned",
         "`..`",
     );
@@ -84,10 +77,7 @@ fn dotdot_component() {
 #[test]
 fn relative_symlink_escape() {
     assert_refused(
-        &[
-            E::Dir("etc/", 0o755),
-            E::Symlink("etc/evil", "../../../../../tmp"),
-        ],
+        &[E::Dir("etc/", 0o755), E::Symlink("etc/evil", "../../../../../tmp")],
         "etc/evil",
         "escapes the root",
     );
@@ -100,10 +90,7 @@ fn write_through_absolute_symlink() {
     let v = victim();
     let link_target = v.path().display().to_string();
     assert_refused(
-        &[
-            E::Symlink("escape", &link_target),
-            E::File("escape/pwned", b"x", 0o644),
-        ],
+        &[E::Symlink("escape", &link_target), E::File("escape/pwned", b"x", 0o644)],
         "escape/pwned",
         "symlink",
     );
@@ -118,64 +105,29 @@ fn overwrite_through_final_symlink_is_a_replacement() {
     let target = format!("{}/precious", v.path().display());
     let home = tempfile::tempdir().unwrap();
     let file = home.path().join("t.tar");
-    fs::write(
-        &file,
-        tar_bytes(&[
-            E::Symlink("f", &target),
-            E::File("f", b"overwritten?", 0o644),
-        ]),
-    )
-    .unwrap();
-    let info = RootfsStore::new(home.path())
-        .import("ok", &file, &mut |_| {})
-        .unwrap();
+    fs::write(&file, tar_bytes(&[E::Symlink("f", &target), E::File("f", b"overwritten?", 0o644)])).unwrap();
+    let info = RootfsStore::new(home.path()).import("ok", &file, &mut |_| {}).unwrap();
     assert_eq!(fs::read(info.root.join("f")).unwrap(), b"overwritten?");
-    assert!(!fs::symlink_metadata(info.root.join("f"))
-        .unwrap()
-        .file_type()
-        .is_symlink());
+    assert!(!fs::symlink_metadata(info.root.join("f")).unwrap().file_type().is_symlink());
     assert_victim_intact(v.path());
 }
 
 #[test]
 fn hardlink_escape() {
-    assert_refused(
-        &[E::Hardlink("passwd", "../../../../etc/passwd")],
-        "passwd",
-        "`..`",
-    );
-    assert_refused(
-        &[E::Hardlink("passwd", "/etc/passwd")],
-        "passwd",
-        "absolute",
-    );
+    assert_refused(&[E::Hardlink("passwd", "../../../../etc/passwd")], "passwd", "`..`");
+    assert_refused(&[E::Hardlink("passwd", "/etc/passwd")], "passwd", "absolute");
     // Through an (allowed) absolute symlink to a host directory.
     let v = victim();
     let dir = v.path().display().to_string();
-    assert_refused(
-        &[
-            E::Symlink("hostdir", &dir),
-            E::Hardlink("stolen", "hostdir/precious"),
-        ],
-        "stolen",
-        "symlink",
-    );
+    assert_refused(&[E::Symlink("hostdir", &dir), E::Hardlink("stolen", "hostdir/precious")], "stolen", "symlink");
     assert_victim_intact(v.path());
     // To something that is not in the archive.
-    assert_refused(
-        &[E::Hardlink("ghost", "not/there")],
-        "ghost",
-        "not an earlier file",
-    );
+    assert_refused(&[E::Hardlink("ghost", "not/there")], "ghost", "not an earlier file");
 }
 
 #[test]
 fn device_nodes_and_fifos() {
-    assert_refused(
-        &[E::Dir("dev/", 0o755), E::Char("dev/mem")],
-        "dev/mem",
-        "device",
-    );
+    assert_refused(&[E::Dir("dev/", 0o755), E::Char("dev/mem")], "dev/mem", "device");
     assert_refused(&[E::Block("sda")], "sda", "device");
     assert_refused(&[E::Fifo("pipe")], "pipe", "fifo");
 }
@@ -186,34 +138,15 @@ fn whiteout_escape_in_layer() {
     // A whiteout with `..` is refused before anything is deleted.
     let home = tempfile::tempdir().unwrap();
     let oci = home.path().join("oci.tar");
-    write_oci_archive(
-        &oci,
-        &[
-            layer1(),
-            tar_bytes(&[E::File("../../.wh.precious", b"", 0o644)]),
-        ],
-    );
-    let err = RootfsStore::new(home.path())
-        .import("evil", &oci, &mut |_| {})
-        .unwrap_err();
+    write_oci_archive(&oci, &[layer1(), tar_bytes(&[E::File("../../.wh.precious", b"", 0o644)])]);
+    let err = RootfsStore::new(home.path()).import("evil", &oci, &mut |_| {}).unwrap_err();
     assert!(matches!(err, RootfsError::Hostile { .. }), "{err}");
     // A whiteout through an absolute symlink in a lower layer is refused too.
     let oci2 = home.path().join("oci2.tar");
     let lower = tar_bytes(&[E::Symlink("host", &v.path().display().to_string())]);
-    write_oci_archive(
-        &oci2,
-        &[
-            lower,
-            tar_bytes(&[E::File("host/.wh.precious", b"", 0o644)]),
-        ],
-    );
-    let err = RootfsStore::new(home.path())
-        .import("evil", &oci2, &mut |_| {})
-        .unwrap_err();
-    assert!(
-        matches!(err, RootfsError::Hostile { ref entry, .. } if entry == "host/.wh.precious"),
-        "{err}"
-    );
+    write_oci_archive(&oci2, &[lower, tar_bytes(&[E::File("host/.wh.precious", b"", 0o644)])]);
+    let err = RootfsStore::new(home.path()).import("evil", &oci2, &mut |_| {}).unwrap_err();
+    assert!(matches!(err, RootfsError::Hostile { ref entry, .. } if entry == "host/.wh.precious"), "{err}");
     assert!(listing(&home.path().join("rootfs")).is_empty());
     assert_victim_intact(v.path());
 }
@@ -227,10 +160,7 @@ fn outer_archive_symlinked_blob_is_not_read() {
         r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{digest}","size":1}}]}}"#
     );
     let mut b = tar::Builder::new(Vec::new());
-    for (p, d) in [
-        ("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#),
-        ("index.json", index.as_str()),
-    ] {
+    for (p, d) in [("oci-layout", r#"{"imageLayoutVersion":"1.0.0"}"#), ("index.json", index.as_str())] {
         let mut h = tar::Header::new_ustar();
         h.set_size(d.len() as u64);
         h.set_mode(0o644);
@@ -239,13 +169,10 @@ fn outer_archive_symlinked_blob_is_not_read() {
     let mut h = tar::Header::new_ustar();
     h.set_entry_type(tar::EntryType::Symlink);
     h.set_size(0);
-    b.append_link(&mut h, format!("blobs/sha256/{digest}"), "/etc/passwd")
-        .unwrap();
+    b.append_link(&mut h, format!("blobs/sha256/{digest}"), "/etc/passwd").unwrap();
     let file = home.path().join("x.tar");
     fs::write(&file, b.into_inner().unwrap()).unwrap();
-    let err = RootfsStore::new(home.path())
-        .import("x", &file, &mut |_| {})
-        .unwrap_err();
+    let err = RootfsStore::new(home.path()).import("x", &file, &mut |_| {}).unwrap_err();
     assert!(matches!(err, RootfsError::Malformed(_)), "{err}");
     assert!(err.to_string().contains("symlink"), "{err}");
     assert!(listing(&home.path().join("rootfs")).is_empty());

@@ -29,37 +29,18 @@ fn rootfs_tar() -> Vec<u8> {
 
 fn check_rootfs_tree(root: &Path) {
     assert_eq!(fs::read(root.join("etc/hostname")).unwrap(), b"box\n");
-    let mode = |p: &str| {
-        fs::symlink_metadata(root.join(p))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777
-    };
+    let mode = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
     assert_eq!(mode("etc/shadow"), 0o600);
     assert_eq!(mode("bin/busybox"), 0o755);
     assert_eq!(mode("tmp"), 0o1777);
     assert_eq!(mode("ro"), 0o555);
     assert_eq!(mode("ro/inside"), 0o444);
-    assert_eq!(
-        fs::read_link(root.join("bin/sh")).unwrap(),
-        Path::new("busybox")
-    );
-    assert_eq!(
-        fs::read_link(root.join("bin/abs")).unwrap(),
-        Path::new("/bin/busybox")
-    );
+    assert_eq!(fs::read_link(root.join("bin/sh")).unwrap(), Path::new("busybox"));
+    assert_eq!(fs::read_link(root.join("bin/abs")).unwrap(), Path::new("/bin/busybox"));
     let a = fs::metadata(root.join("bin/busybox")).unwrap();
     let b = fs::metadata(root.join("bin/hard")).unwrap();
-    assert_eq!(
-        (a.dev(), a.ino()),
-        (b.dev(), b.ino()),
-        "hard link preserved"
-    );
-    assert_eq!(
-        fs::read(root.join("usr/bin/implied-parents")).unwrap(),
-        b"y"
-    );
+    assert_eq!((a.dev(), a.ino()), (b.dev(), b.ino()), "hard link preserved");
+    assert_eq!(fs::read(root.join("usr/bin/implied-parents")).unwrap(), b"y");
     assert_eq!(a.mtime(), 1_700_000_000);
     alcove_rootfs::require_shell(root).unwrap();
 }
@@ -81,10 +62,7 @@ fn plain_tar_import() {
             }
         })
         .unwrap();
-    assert!(
-        !steps.is_empty() && bytes_seen,
-        "progress reported: {steps:?}"
-    );
+    assert!(!steps.is_empty() && bytes_seen, "progress reported: {steps:?}");
     assert_eq!(info.name, "plain");
     assert_eq!(info.root, home.path().join("rootfs/plain/root"));
     assert!(info.source.starts_with("tar:") && info.source.ends_with("root.tar"));
@@ -117,54 +95,25 @@ fn check_layered(root: &Path) {
     assert_eq!(fs::read(root.join("etc/os-release")).unwrap(), b"ID=test\n");
     assert_eq!(fs::read(root.join("bin/sh")).unwrap(), b"#!fake shell");
     // Whiteouts.
-    assert!(
-        fs::symlink_metadata(root.join("etc/doomed")).is_err(),
-        "whited-out file removed"
-    );
-    assert!(
-        fs::symlink_metadata(root.join("gone-dir")).is_err(),
-        "whited-out dir removed"
-    );
-    assert!(
-        fs::symlink_metadata(root.join("etc/.wh.doomed")).is_err(),
-        "marker not extracted"
-    );
+    assert!(fs::symlink_metadata(root.join("etc/doomed")).is_err(), "whited-out file removed");
+    assert!(fs::symlink_metadata(root.join("gone-dir")).is_err(), "whited-out dir removed");
+    assert!(fs::symlink_metadata(root.join("etc/.wh.doomed")).is_err(), "marker not extracted");
     assert!(fs::symlink_metadata(root.join(".wh.gone-dir")).is_err());
     // Opaque dir: lower contents gone, same-layer content kept, marker not extracted.
     assert_eq!(listing(&root.join("opaque")), vec!["upper"]);
-    assert_eq!(
-        fs::metadata(root.join("opaque/upper"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o600
-    );
+    assert_eq!(fs::metadata(root.join("opaque/upper")).unwrap().permissions().mode() & 0o7777, 0o600);
     // Replacement in the upper layer, with its setuid mode.
     assert_eq!(fs::read(root.join("replaced")).unwrap(), b"new");
-    assert_eq!(
-        fs::metadata(root.join("replaced"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o7777,
-        0o4755
-    );
+    assert_eq!(fs::metadata(root.join("replaced")).unwrap().permissions().mode() & 0o7777, 0o4755);
     assert_eq!(fs::read(root.join("etc/added")).unwrap(), b"added");
-    assert_eq!(
-        fs::read_link(root.join("bin/busybox-link")).unwrap(),
-        Path::new("/bin/sh")
-    );
+    assert_eq!(fs::read_link(root.join("bin/busybox-link")).unwrap(), Path::new("/bin/sh"));
     // No staging leftovers in the root.
     assert!(!root.join("blobs").exists() && !root.join("index.json").exists());
 }
 
 fn expected_config() -> ImageConfig {
     ImageConfig {
-        env: vec![
-            ("PATH".into(), "/usr/bin:/bin".into()),
-            ("GREETING".into(), "hello=world".into()),
-        ],
+        env: vec![("PATH".into(), "/usr/bin:/bin".into()), ("GREETING".into(), "hello=world".into())],
         cmd: vec!["/bin/app".into(), "--serve".into()],
         entrypoint: vec!["/entry.sh".into()],
         workdir: Some("/srv".into()),
@@ -226,20 +175,14 @@ fn oci_archive_gzip_outer_and_bad_digest() {
             data[600] ^= 0xff;
             corrupted = true;
         }
-        files.push((
-            format!("blobs/sha256/{}", e.file_name().to_string_lossy()),
-            data,
-        ));
+        files.push((format!("blobs/sha256/{}", e.file_name().to_string_lossy()), data));
     }
     assert!(corrupted);
     let bad = home.path().join("bad.tar");
     fs::write(&bad, outer_tar(&files)).unwrap();
     let err = store.import("bad", &bad, &mut |_| {}).unwrap_err();
     assert!(matches!(err, RootfsError::Malformed(_)), "{err}");
-    assert!(
-        err.to_string().contains("does not match its digest"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("does not match its digest"), "{err}");
     assert_eq!(listing(&home.path().join("rootfs")), vec!["ocigz"]);
 }
 
@@ -250,11 +193,7 @@ fn docker_save_import() {
     write_docker_archive(&file, &[layer1(), layer2()]);
     let store = RootfsStore::new(home.path());
     let info = store.import("dock", &file, &mut |_| {}).unwrap();
-    assert!(
-        info.source.starts_with("docker-archive:"),
-        "{}",
-        info.source
-    );
+    assert!(info.source.starts_with("docker-archive:"), "{}", info.source);
     assert_eq!(info.image, expected_config());
     check_layered(&info.root);
 }
@@ -270,13 +209,8 @@ fn unknown_format_and_missing_file() {
     assert!(!err.to_string().contains('\n'));
     let gz = home.path().join("notes.gz");
     fs::write(&gz, gzip(b"plain text inside gzip")).unwrap();
-    assert!(matches!(
-        store.import("x", &gz, &mut |_| {}),
-        Err(RootfsError::UnknownFormat(_))
-    ));
-    let err = store
-        .import("x", &home.path().join("missing.tar"), &mut |_| {})
-        .unwrap_err();
+    assert!(matches!(store.import("x", &gz, &mut |_| {}), Err(RootfsError::UnknownFormat(_))));
+    let err = store.import("x", &home.path().join("missing.tar"), &mut |_| {}).unwrap_err();
     assert!(matches!(err, RootfsError::Io { .. }), "{err}");
     assert!(err.to_string().contains("missing.tar"), "{err}");
     assert!(listing(&home.path().join("rootfs")).is_empty());
@@ -288,17 +222,11 @@ fn duplicate_list_remove() {
     let file = home.path().join("root.tar");
     fs::write(&file, rootfs_tar()).unwrap();
     let store = RootfsStore::new(home.path());
-    assert!(
-        store.list().unwrap().is_empty(),
-        "no store dir yet is an empty list"
-    );
+    assert!(store.list().unwrap().is_empty(), "no store dir yet is an empty list");
     store.import("b-second", &file, &mut |_| {}).unwrap();
     store.import("a-first", &file, &mut |_| {}).unwrap();
     let err = store.import("a-first", &file, &mut |_| {}).unwrap_err();
-    assert!(
-        matches!(err, RootfsError::AlreadyExists(ref n) if n == "a-first"),
-        "{err}"
-    );
+    assert!(matches!(err, RootfsError::AlreadyExists(ref n) if n == "a-first"), "{err}");
 
     // A stray directory without metadata and a temp dir are not listed.
     fs::create_dir_all(home.path().join("rootfs/half")).unwrap();
@@ -309,20 +237,11 @@ fn duplicate_list_remove() {
     let names: Vec<String> = store.list().unwrap().into_iter().map(|i| i.name).collect();
     assert_eq!(names, vec!["b-second"]);
     assert!(!home.path().join("rootfs/a-first").exists());
-    assert!(matches!(
-        store.remove("a-first"),
-        Err(RootfsError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.resolve("a-first"),
-        Err(RootfsError::NotFound(_))
-    ));
+    assert!(matches!(store.remove("a-first"), Err(RootfsError::NotFound(_))));
+    assert!(matches!(store.resolve("a-first"), Err(RootfsError::NotFound(_))));
     // The name is free again.
     store.import("a-first", &file, &mut |_| {}).unwrap();
-    assert_eq!(
-        listing(&home.path().join("rootfs")),
-        vec!["a-first", "b-second", "half"]
-    );
+    assert_eq!(listing(&home.path().join("rootfs")), vec!["a-first", "b-second", "half"]);
 }
 
 #[test]
@@ -331,29 +250,13 @@ fn name_validation() {
     let file = home.path().join("root.tar");
     fs::write(&file, rootfs_tar()).unwrap();
     let store = RootfsStore::new(home.path());
-    for bad in [
-        "",
-        "-rf",
-        "..",
-        "a/b",
-        "with space",
-        "x".repeat(64).as_str(),
-        "ünï",
-    ] {
+    for bad in ["", "-rf", "..", "a/b", "with space", "x".repeat(64).as_str(), "ünï"] {
         let err = store.import(bad, &file, &mut |_| {}).unwrap_err();
-        assert!(
-            matches!(err, RootfsError::InvalidName { .. }),
-            "{bad:?}: {err}"
-        );
-        assert!(matches!(
-            store.remove(bad),
-            Err(RootfsError::InvalidName { .. }) | Err(RootfsError::NotFound(_))
-        ));
+        assert!(matches!(err, RootfsError::InvalidName { .. }), "{bad:?}: {err}");
+        assert!(matches!(store.remove(bad), Err(RootfsError::InvalidName { .. }) | Err(RootfsError::NotFound(_))));
     }
     store.import(&"x".repeat(63), &file, &mut |_| {}).unwrap();
-    store
-        .import("Ubuntu_22.04-lts", &file, &mut |_| {})
-        .unwrap();
+    store.import("Ubuntu_22.04-lts", &file, &mut |_| {}).unwrap();
 }
 
 #[test]
@@ -368,39 +271,18 @@ fn resolve_paths() {
 
     let file = home.path().join("afile");
     fs::write(&file, b"x").unwrap();
-    assert!(matches!(
-        store.resolve(file.to_str().unwrap()),
-        Err(RootfsError::NotADirectory(_))
-    ));
-    assert!(matches!(
-        store.resolve(home.path().join("nope").to_str().unwrap()),
-        Err(RootfsError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.resolve("./definitely-not-here"),
-        Err(RootfsError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.resolve("nosuchname"),
-        Err(RootfsError::NotFound(_))
-    ));
-    assert!(matches!(
-        store.resolve("bad name"),
-        Err(RootfsError::InvalidName { .. })
-    ));
+    assert!(matches!(store.resolve(file.to_str().unwrap()), Err(RootfsError::NotADirectory(_))));
+    assert!(matches!(store.resolve(home.path().join("nope").to_str().unwrap()), Err(RootfsError::NotFound(_))));
+    assert!(matches!(store.resolve("./definitely-not-here"), Err(RootfsError::NotFound(_))));
+    assert!(matches!(store.resolve("nosuchname"), Err(RootfsError::NotFound(_))));
+    assert!(matches!(store.resolve("bad name"), Err(RootfsError::InvalidName { .. })));
 
     // require_shell: missing, dangling, and an absolute symlink resolved inside the root.
-    assert!(matches!(
-        alcove_rootfs::require_shell(&dir),
-        Err(RootfsError::NoShell(_))
-    ));
+    assert!(matches!(alcove_rootfs::require_shell(&dir), Err(RootfsError::NoShell(_))));
     fs::create_dir_all(dir.join("bin")).unwrap();
     std::os::unix::fs::symlink("/bin/busybox", dir.join("bin/sh")).unwrap();
     assert!(
-        matches!(
-            alcove_rootfs::require_shell(&dir),
-            Err(RootfsError::NoShell(_))
-        ),
+        matches!(alcove_rootfs::require_shell(&dir), Err(RootfsError::NoShell(_))),
         "an absolute link must resolve inside the root, not to the host's /bin/busybox"
     );
     fs::write(dir.join("bin/busybox"), b"x").unwrap();

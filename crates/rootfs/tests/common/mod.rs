@@ -20,13 +20,7 @@ pub enum E<'a> {
     Fifo(&'a str),
 }
 
-fn header(
-    kind: tar::EntryType,
-    path: &str,
-    link: Option<&str>,
-    size: u64,
-    mode: u32,
-) -> tar::Header {
+fn header(kind: tar::EntryType, path: &str, link: Option<&str>, size: u64, mode: u32) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_size(size);
@@ -72,10 +66,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A file-level archive: (path, content) pairs, directories implied.
@@ -136,10 +127,7 @@ pub fn write_oci_archive(out: &Path, layers: &[Vec<u8>]) {
             (l.clone(), "application/vnd.oci.image.layer.v1.tar")
         };
         let d = sha256_hex(&blob);
-        layer_descs.push(format!(
-            r#"{{"mediaType":"{mt}","digest":"sha256:{d}","size":{}}}"#,
-            blob.len()
-        ));
+        layer_descs.push(format!(r#"{{"mediaType":"{mt}","digest":"sha256:{d}","size":{}}}"#, blob.len()));
         files.push((format!("blobs/sha256/{d}"), blob));
     }
     let config = CONFIG_JSON.as_bytes().to_vec();
@@ -158,10 +146,7 @@ pub fn write_oci_archive(out: &Path, layers: &[Vec<u8>]) {
         manifest.len()
     )
     .into_bytes();
-    files.push((
-        "oci-layout".into(),
-        br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(),
-    ));
+    files.push(("oci-layout".into(), br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
     files.push(("index.json".into(), index));
     std::fs::write(out, outer_tar(&files)).unwrap();
 }
@@ -178,24 +163,16 @@ pub fn write_docker_archive(out: &Path, layers: &[Vec<u8>]) {
     let config = CONFIG_JSON.as_bytes().to_vec();
     let cname = format!("{}.json", sha256_hex(&config));
     files.push((cname.clone(), config));
-    let manifest = format!(
-        r#"[{{"Config":"{cname}","RepoTags":["test:latest"],"Layers":[{}]}}]"#,
-        names.join(",")
-    );
+    let manifest = format!(r#"[{{"Config":"{cname}","RepoTags":["test:latest"],"Layers":[{}]}}]"#, names.join(","));
     files.push(("manifest.json".into(), manifest.into_bytes()));
-    files.push((
-        "repositories".into(),
-        br#"{"test":{"latest":"x"}}"#.to_vec(),
-    ));
+    files.push(("repositories".into(), br#"{"test":{"latest":"x"}}"#.to_vec()));
     std::fs::write(out, outer_tar(&files)).unwrap();
 }
 
 /// Names of everything directly under `dir` (sorted), for "nothing left behind" checks.
 pub fn listing(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect(),
+        Ok(rd) => rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect(),
         Err(_) => Vec::new(),
     };
     v.sort();

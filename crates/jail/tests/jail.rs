@@ -1,0 +1,500 @@
+//! End-to-end tests of the jail backend with a busybox init (root required).
+//!
+//! Each test builds a tiny rootfs holding the host's static busybox, runs a
+//! shell script as the jail's PID 1 (`JailOptions::init_argv`), and reads
+//! what the script reports on fd 3 (the agent channel) from the host end.
+
+use alcove_backend::{BackendError, ExitObserver, GuestControl, GuestExit, GuestSpec, MountSpec, VmBackend};
+use alcove_jail::{Jail, JailBackend, JailOptions};
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BUSYBOX: &str = "/bin/busybox";
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the jail tests must run as root");
+    assert!(
+        Path::new(BUSYBOX).exists(),
+        "{BUSYBOX} is missing: install the static busybox (apt-get install busybox-static)"
+    );
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    /// A base rootfs with busybox and its applets, plus a sandbox dir.
+    fn new() -> Fixture {
+        require_root();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("rootfs");
+        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+            std::fs::create_dir_all(root.join(d)).expect("mkdir");
+        }
+        std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copy busybox");
+        let list = std::process::Command::new(BUSYBOX).arg("--list").output().expect("busybox --list");
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" {
+                let _ = symlink("busybox", root.join("bin").join(applet));
+            }
+        }
+        std::fs::write(root.join("etc/base.txt"), "from the base\n").expect("write");
+        Fixture { dir }
+    }
+
+    fn rootfs(&self) -> PathBuf {
+        self.dir.path().join("rootfs")
+    }
+
+    fn sandbox_dir(&self) -> PathBuf {
+        self.dir.path().join("sandbox")
+    }
+
+    fn spec(&self, name: &str) -> GuestSpec {
+        GuestSpec {
+            name: name.to_string(),
+            sandbox_dir: self.sandbox_dir(),
+            guest_log: self.sandbox_dir().join("logs/guest.log"),
+            rootfs: Some(self.rootfs()),
+            agent_binary: Some(PathBuf::from(BUSYBOX)),
+            ..GuestSpec::default()
+        }
+    }
+
+    fn guest_log(&self) -> String {
+        std::fs::read_to_string(self.sandbox_dir().join("logs/guest.log")).unwrap_or_default()
+    }
+}
+
+fn backend(script: &str) -> JailBackend {
+    JailBackend::new(JailOptions {
+        init_argv: Some(vec!["sh".into(), "-c".into(), script.into()]),
+        ..JailOptions::default()
+    })
+}
+
+/// Collects everything the guest writes on fd 3 until EOF.
+fn collect(jail: &Jail) -> std::thread::JoinHandle<String> {
+    let mut channel = jail.agent_channel.try_clone().expect("clone channel");
+    std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = channel.read_to_string(&mut out);
+        out
+    })
+}
+
+/// Runs `script` as PID 1 to its end: (exit, fd-3 output).
+fn run(spec: &GuestSpec, script: &str) -> (GuestExit, String) {
+    let jail = backend(script).spawn(spec).expect("jail starts");
+    let reader = collect(&jail);
+    let Jail { agent_channel, runner, control: _control } = jail;
+    drop(agent_channel);
+    let exit = runner.wait();
+    (exit, reader.join().expect("reader"))
+}
+
+fn line<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= line in guest output:\n{out}"))
+}
+
+fn host_mounts_mention(path: &Path) -> bool {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo.contains(path.to_str().expect("utf8"))
+}
+
+#[test]
+fn isolation_basics() {
+    let fx = Fixture::new();
+    let spec = fx.spec("iso-basics");
+    let script = r#"
+        echo "pid=$$" >&3
+        echo "hostname=$(hostname)" >&3
+        echo "procs=$(ls /proc | grep -c '^[0-9][0-9]*$')" >&3
+        echo "net=$(ls /sys/class/net | tr '\n' ' ')" >&3
+        echo "loflags=$(cat /sys/class/net/lo/flags)" >&3
+        echo "config=$(cat <&4)" >&3
+        echo "agent=$(ls -l /.alcove/agent | cut -c1-10)" >&3
+        echo "nnp=$(grep NoNewPrivs /proc/self/status | tr -d ' \t' | cut -d: -f2)" >&3
+        echo "seccomp=$(grep '^Seccomp:' /proc/self/status | tr -d ' \t' | cut -d: -f2)" >&3
+        echo "capbnd=$(grep CapBnd /proc/self/status | tr -d ' \t' | cut -d: -f2)" >&3
+        echo "root=$(ls / | tr '\n' ' ')" >&3
+        if touch /.alcove/x 2>/dev/null; then echo "alcove_rw=yes" >&3; else echo "alcove_rw=no" >&3; fi
+        if mount -t tmpfs none /mnt 2>/dev/null; then echo "mount=yes" >&3; else echo "mount=no" >&3; fi
+        if unshare -U true 2>/dev/null; then echo "userns=yes" >&3; else echo "userns=no" >&3; fi
+        if mknod /tmp/sda b 8 0 2>/dev/null; then echo "mknod=yes" >&3; else echo "mknod=no" >&3; fi
+        if echo 1 > /proc/sys/kernel/sysrq 2>/dev/null; then echo "procsys=rw" >&3; else echo "procsys=ro" >&3; fi
+        echo "stderr goes to the log" >&2
+        exit 0
+    "#;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit, GuestExit { code: 0, detail: None }, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "pid"), "1");
+    assert_eq!(line(&out, "hostname"), "iso-basics");
+    // PID 1 (sh) and the `ls` of the command substitution, at most a pipeline.
+    let procs: u32 = line(&out, "procs").parse().expect("number");
+    assert!((1..=4).contains(&procs), "saw {procs} processes:\n{out}");
+    assert_eq!(line(&out, "net").trim(), "lo");
+    let flags = u32::from_str_radix(line(&out, "loflags").trim_start_matches("0x"), 16).expect("hex");
+    assert_eq!(flags & 1, 1, "lo is not up");
+    let config = alcove_protocol::agent_config::AgentConfig::from_json(line(&out, "config").as_bytes()).expect("json");
+    assert_eq!(config.hostname, "iso-basics");
+    assert_eq!(config.mode, alcove_protocol::agent_config::AgentMode::Jail);
+    assert!(line(&out, "agent").starts_with("-r"), "{out}");
+    assert_eq!(line(&out, "nnp"), "1");
+    assert_eq!(line(&out, "seccomp"), "2");
+    let capbnd = u64::from_str_radix(line(&out, "capbnd"), 16).expect("hex");
+    let expected: u64 = alcove_jail::policy::kept_capabilities(false).iter().map(|c| 1u64 << c).sum();
+    assert_eq!(capbnd, expected, "bounding set {capbnd:#x}");
+    let root: Vec<&str> = line(&out, "root").split_whitespace().collect();
+    for entry in ["bin", "etc", "proc", "dev", ".alcove"] {
+        // ls without -a hides .alcove; check the visible ones.
+        if !entry.starts_with('.') {
+            assert!(root.contains(&entry), "{entry} missing from {root:?}");
+        }
+    }
+    assert!(!root.contains(&"work") && !root.contains(&"home") || Path::new("/work").exists());
+    assert_eq!(line(&out, "alcove_rw"), "no");
+    assert_eq!(line(&out, "mount"), "no");
+    assert_eq!(line(&out, "userns"), "no");
+    assert_eq!(line(&out, "mknod"), "no");
+    assert_eq!(line(&out, "procsys"), "ro");
+    assert!(fx.guest_log().contains("stderr goes to the log"), "log: {}", fx.guest_log());
+}
+
+#[test]
+fn writes_land_in_upper_and_persist_across_restart() {
+    let fx = Fixture::new();
+    let spec = fx.spec("overlay");
+    let script = r#"
+        echo changed > /etc/base.txt
+        echo new > /created.txt
+        mkdir -p /var/data && echo deep > /var/data/f
+        echo done=1 >&3
+    "#;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "done"), "1");
+    // The base rootfs is untouched.
+    assert_eq!(std::fs::read_to_string(fx.rootfs().join("etc/base.txt")).expect("read"), "from the base\n");
+    assert!(!fx.rootfs().join("created.txt").exists());
+    assert!(!fx.rootfs().join(".alcove").exists(), "the jail wrote into the base rootfs");
+    // The writes are in upper/.
+    let upper = fx.sandbox_dir().join("upper");
+    assert_eq!(std::fs::read_to_string(upper.join("etc/base.txt")).expect("read"), "changed\n");
+    assert_eq!(std::fs::read_to_string(upper.join("created.txt")).expect("read"), "new\n");
+    assert_eq!(std::fs::read_to_string(upper.join("var/data/f")).expect("read"), "deep\n");
+
+    // A second start over the same sandbox dir sees them.
+    let (exit, out) = run(&spec, r#"echo "base=$(cat /etc/base.txt)" >&3; echo "new=$(cat /created.txt)" >&3"#);
+    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(line(&out, "base"), "changed");
+    assert_eq!(line(&out, "new"), "new");
+}
+
+#[test]
+fn host_paths_outside_mounts_are_unreachable() {
+    let fx = Fixture::new();
+    let secret = fx.dir.path().join("secret.txt");
+    std::fs::write(&secret, "host secret").expect("write");
+    let spec = fx.spec("no-escape");
+    let script = format!(
+        r#"
+        if cat {secret} 2>/dev/null; then echo "secret=visible" >&3; else echo "secret=hidden" >&3; fi
+        if ls /proc/1/root{secret} >/dev/null 2>&1; then echo "via_proc=visible" >&3; else echo "via_proc=hidden" >&3; fi
+        echo "cgroup_fs=$(ls /sys/fs/cgroup 2>/dev/null | wc -l)" >&3
+        echo "mounts=$(grep -c . /proc/self/mounts)" >&3
+        grep -q "{base}" /proc/self/mountinfo && echo "leak=yes" >&3 || echo "leak=no" >&3
+        "#,
+        secret = secret.display(),
+        base = fx.dir.path().join("rootfs").display()
+    );
+    let (exit, out) = run(&spec, &script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "secret"), "hidden");
+    assert_eq!(line(&out, "via_proc"), "hidden");
+}
+
+#[test]
+fn extra_mounts_read_only_and_read_write() {
+    let fx = Fixture::new();
+    let rw = fx.dir.path().join("rw-vol");
+    let ro = fx.dir.path().join("ro-vol");
+    let file = fx.dir.path().join("single.conf");
+    std::fs::create_dir_all(&rw).expect("mkdir");
+    std::fs::create_dir_all(&ro).expect("mkdir");
+    std::fs::write(ro.join("inside.txt"), "read me").expect("write");
+    std::fs::write(&file, "one file").expect("write");
+    let mut spec = fx.spec("mounts");
+    spec.mounts = vec![
+        MountSpec { host: rw.clone(), guest: "/data".into(), readonly: false },
+        MountSpec { host: ro.clone(), guest: "/srv/ro".into(), readonly: true },
+        MountSpec { host: file.clone(), guest: "/etc/single.conf".into(), readonly: true },
+    ];
+    let script = r#"
+        echo from-guest > /data/written.txt && echo "rw=ok" >&3
+        echo "ro_read=$(cat /srv/ro/inside.txt)" >&3
+        if echo x > /srv/ro/new.txt 2>/dev/null; then echo "ro_write=yes" >&3; else echo "ro_write=no" >&3; fi
+        echo "file=$(cat /etc/single.conf)" >&3
+        if echo x > /etc/single.conf 2>/dev/null; then echo "file_write=yes" >&3; else echo "file_write=no" >&3; fi
+    "#;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "rw"), "ok");
+    assert_eq!(std::fs::read_to_string(rw.join("written.txt")).expect("host sees it"), "from-guest\n");
+    assert_eq!(line(&out, "ro_read"), "read me");
+    assert_eq!(line(&out, "ro_write"), "no");
+    assert!(!ro.join("new.txt").exists());
+    assert_eq!(line(&out, "file"), "one file");
+    assert_eq!(line(&out, "file_write"), "no");
+    assert_eq!(std::fs::read_to_string(&file).expect("read"), "one file");
+}
+
+#[test]
+fn dev_nodes_work() {
+    let fx = Fixture::new();
+    let spec = fx.spec("devs");
+    let script = r#"
+        echo discard > /dev/null && echo "null=ok" >&3
+        echo "zero=$(head -c 4096 /dev/zero | wc -c)" >&3
+        echo "urandom=$(head -c 32 /dev/urandom | wc -c)" >&3
+        echo "random=$(head -c 8 /dev/random | wc -c)" >&3
+        if echo x > /dev/full 2>/dev/null; then echo "full=wrote" >&3; else echo "full=enospc" >&3; fi
+        echo "ptmx=$(readlink /dev/ptmx)" >&3
+        echo "fd=$(readlink /dev/fd)" >&3
+        [ -c /dev/pts/ptmx ] && echo "pts=ok" >&3
+        [ -d /dev/shm ] && echo "shm=ok" >&3
+        echo "devs=$(ls /dev | tr '\n' ' ')" >&3
+    "#;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "null"), "ok");
+    assert_eq!(line(&out, "zero").trim(), "4096");
+    assert_eq!(line(&out, "urandom").trim(), "32");
+    assert_eq!(line(&out, "random").trim(), "8");
+    assert_eq!(line(&out, "full"), "enospc");
+    assert_eq!(line(&out, "ptmx"), "pts/ptmx");
+    assert_eq!(line(&out, "fd"), "/proc/self/fd");
+    assert_eq!(line(&out, "pts"), "ok");
+    assert_eq!(line(&out, "shm"), "ok");
+    let devs: Vec<&str> = line(&out, "devs").split_whitespace().collect();
+    assert!(!devs.iter().any(|d| d.starts_with("sd") || d.starts_with("vd") || *d == "mem" || *d == "kmsg"), "{devs:?}");
+}
+
+#[test]
+fn memory_limit_oom_kills_the_hog_and_pid1_survives() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("oom");
+    spec.memory_mib = Some(32);
+    let script = r#"
+        dd if=/dev/zero of=/dev/null bs=96M count=1 2>/dev/null
+        echo "dd=$?" >&3
+        echo "pid1=alive" >&3
+    "#;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "dd"), "137", "the hog was not SIGKILLed:\n{out}");
+    assert_eq!(line(&out, "pid1"), "alive");
+}
+
+#[test]
+fn pids_limit_caps_process_count() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("pids");
+    spec.pids_limit = Some(10);
+    let script = r#"
+        i=0
+        while [ $i -lt 30 ]; do sleep 30 & i=$((i+1)); done 2>/dev/null
+        echo "procs=$(ls /proc | grep -c '^[0-9][0-9]*$')" >&3
+    "#;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    let procs: u32 = line(&out, "procs").parse().expect("number");
+    assert!(procs <= 10 && procs >= 5, "{procs} processes with a limit of 10");
+}
+
+#[test]
+fn nothing_is_left_after_exit_and_exit_codes_reach_the_observer() {
+    let fx = Fixture::new();
+    let spec = fx.spec("cleanup");
+    let backend = backend("sleep 30 & sleep 30 & echo up >&3; exit 7");
+    let launched = Box::new(backend.clone()).launch(&spec).expect("launch");
+    // The same run through the concrete API, to see the cgroup paths.
+    let jail = backend.spawn(&fx.spec("cleanup")).map(Some).unwrap_or(None);
+    let paths = jail.as_ref().map(|j| j.control.cgroup_paths()).unwrap_or_default();
+    assert!(!paths.is_empty(), "the jail has no cgroup");
+    for p in &paths {
+        assert!(p.exists(), "{} missing while running", p.display());
+    }
+
+    let seen: Arc<Mutex<Vec<GuestExit>>> = Arc::default();
+    let observer = {
+        let seen = seen.clone();
+        ExitObserver::new(move |exit| seen.lock().expect("lock").push(exit))
+    };
+    launched.runner.run(observer);
+    assert_eq!(*seen.lock().expect("lock"), vec![GuestExit { code: 7, detail: None }]);
+
+    let jail = jail.expect("second jail");
+    let exit = jail.runner.wait();
+    assert_eq!(exit.code, 7);
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    assert!(!fx.sandbox_dir().join("merged").exists(), "merged/ left behind");
+    assert!(!host_mounts_mention(&fx.sandbox_dir()), "a mount leaked to the host");
+}
+
+#[test]
+fn force_stop_kills_everything_promptly() {
+    let fx = Fixture::new();
+    let spec = fx.spec("force");
+    let jail = backend("sleep 1000 & sleep 1000 & echo ready >&3; wait").spawn(&spec).expect("starts");
+    let mut reader = BufReader::new(jail.agent_channel.try_clone().expect("clone"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("read");
+    assert_eq!(first.trim(), "ready");
+    let paths = jail.control.cgroup_paths();
+    let procs_file = paths.iter().map(|p| p.join("cgroup.procs")).find(|p| p.exists()).expect("procs file");
+    let pids: Vec<i32> = std::fs::read_to_string(&procs_file)
+        .expect("read")
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 3, "PID 1 and two sleeps: {pids:?}");
+
+    let usage = jail.control.usage().expect("usage from the cgroup");
+    assert!(usage.memory_bytes > 0, "{usage:?}");
+
+    let started = Instant::now();
+    jail.control.force_stop();
+    jail.control.force_stop(); // idempotent
+    let control = jail.control.clone();
+    let exit = jail.runner.wait();
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert_eq!(exit, GuestExit { code: 137, detail: Some("killed by signal 9".into()) });
+    for pid in pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived");
+    }
+    for p in &paths {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    assert!(control.usage().is_none());
+    control.force_stop(); // after the end: harmless
+}
+
+#[test]
+fn usage_counts_cpu() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("usage");
+    spec.cpus = Some(1);
+    let jail = backend("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done; echo busy-done >&3; sleep 100")
+        .spawn(&spec)
+        .expect("starts");
+    let mut reader = BufReader::new(jail.agent_channel.try_clone().expect("clone"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("read");
+    assert_eq!(first.trim(), "busy-done");
+    let usage = jail.control.usage().expect("usage");
+    assert!(usage.cpu_usec > 1000, "{usage:?}");
+    assert!(usage.memory_bytes > 0, "{usage:?}");
+    let quota_file = jail
+        .control
+        .cgroup_paths()
+        .into_iter()
+        .map(|p| p.join("cpu.cfs_quota_us"))
+        .find(|p| p.exists())
+        .expect("cpu cgroup");
+    assert_eq!(std::fs::read_to_string(quota_file).expect("read").trim(), "100000");
+    jail.control.force_stop();
+    assert_eq!(jail.runner.wait().code, 137);
+}
+
+#[test]
+fn dropping_the_runner_kills_the_jail() {
+    let fx = Fixture::new();
+    let jail = backend("echo up >&3; sleep 1000").spawn(&fx.spec("dropped")).expect("starts");
+    let pid = jail.control.pid();
+    let mut reader = BufReader::new(jail.agent_channel.try_clone().expect("clone"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("read");
+    drop(jail.runner);
+    assert!(!Path::new(&format!("/proc/{pid}")).exists());
+}
+
+fn expect_invalid(spec: &GuestSpec, needle: &str) {
+    let err = backend("exit 0").spawn(spec).err().unwrap_or_else(|| panic!("{spec:?} was accepted"));
+    assert!(matches!(err, BackendError::InvalidConfig(_)), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(needle), "{msg:?} lacks {needle:?}");
+    assert!(!msg.contains('\n'), "{msg:?} is not one line");
+    assert!(!spec.sandbox_dir.join("upper").exists(), "something was created before validation failed");
+}
+
+#[test]
+fn bad_input_is_refused_before_anything_runs() {
+    let fx = Fixture::new();
+    let mut spec = fx.spec("bad");
+    spec.rootfs = Some(fx.dir.path().join("missing"));
+    expect_invalid(&spec, "rootfs");
+
+    let mut spec = fx.spec("bad");
+    let file = fx.dir.path().join("plain-file");
+    std::fs::write(&file, "x").expect("write");
+    spec.rootfs = Some(file.clone());
+    expect_invalid(&spec, "is not a directory");
+
+    let mut spec = fx.spec("bad");
+    spec.agent_binary = Some(fx.dir.path().join("no-agent"));
+    expect_invalid(&spec, "agent binary");
+
+    let mut spec = fx.spec("bad");
+    spec.mounts = vec![MountSpec { host: fx.dir.path().join("nope"), guest: "/x".into(), readonly: false }];
+    expect_invalid(&spec, "mount host path");
+
+    let mut spec = fx.spec("bad");
+    spec.mounts = vec![MountSpec { host: fx.rootfs(), guest: "relative".into(), readonly: false }];
+    expect_invalid(&spec, "not absolute");
+
+    let mut spec = fx.spec("bad");
+    spec.mounts = vec![MountSpec { host: fx.rootfs(), guest: "/proc/x".into(), readonly: false }];
+    expect_invalid(&spec, "/proc");
+
+    let mut spec = fx.spec("bad");
+    spec.cpus = Some(10_000);
+    expect_invalid(&spec, "exceeds");
+
+    let mut spec = fx.spec("bad");
+    spec.cpus = Some(0);
+    expect_invalid(&spec, "cpus");
+
+    let mut spec = fx.spec("bad");
+    spec.memory_mib = Some(1);
+    expect_invalid(&spec, "memory");
+
+    let mut spec = fx.spec("bad");
+    spec.pids_limit = Some(1);
+    expect_invalid(&spec, "pids");
+
+    let mut spec = fx.spec("bad name/with slash");
+    spec.name = "bad name/with slash".into();
+    expect_invalid(&spec, "sandbox name");
+}
+
+#[test]
+fn setup_failure_is_reported_and_cleaned_up() {
+    let fx = Fixture::new();
+    // /dev in the rootfs is a file: the jail cannot mount its /dev there.
+    std::fs::remove_dir(fx.rootfs().join("dev")).expect("rmdir");
+    std::fs::write(fx.rootfs().join("dev"), "not a dir").expect("write");
+    let err = backend("exit 0").spawn(&fx.spec("broken")).err().expect("fails");
+    let msg = err.to_string();
+    assert!(msg.contains("/dev"), "{msg}");
+    assert!(!host_mounts_mention(&fx.sandbox_dir()));
+}

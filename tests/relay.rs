@@ -1,0 +1,202 @@
+//! The relay through real sockets: handshake and id ranges, 128 clients,
+//! misbehaving clients dropped alone, session kill on disconnect, flow
+//! control, and a slow client that stalls nobody else.
+
+mod common;
+
+use alcove::store::TerminationReason;
+use alcove_backend::mock::MockEvent;
+use alcove_protocol::{Flags, Frame, Message, CONTROL_ID, INITIAL_WINDOW, PROTOCOL_VERSION};
+use common::*;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+fn ready_env() -> Env {
+    let env = start(script(), policy());
+    assert!(env.handle.wait_ready(WAIT));
+    env
+}
+
+#[test]
+fn handshake_gives_a_range_and_the_agents_ready() {
+    let env = ready_env();
+    let client = RawClient::connect(&env.socket());
+    assert!(client.range.id_start > CONTROL_ID && client.range.id_end > client.range.id_start);
+    assert!(matches!(client.ready, Message::Ready(ref r) if r.protocol_version == PROTOCOL_VERSION));
+    let mode = std::fs::metadata(env.socket()).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let dir_mode = std::fs::metadata(env.socket().parent().expect("dir")).expect("dir").permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+}
+
+#[test]
+fn clients_that_connect_before_ready_wait_for_it() {
+    let env = start(alcove_backend::mock::MockScript { ready_after_ms: Some(300), ..script() }, policy());
+    let t = Instant::now();
+    let mut client = RawClient::connect(&env.socket());
+    assert!(t.elapsed() >= Duration::from_millis(250), "handshake before the agent was ready");
+    let id = client.range.id_start;
+    client.exec(id, &["echo", "late"], false);
+    assert_eq!(client.collect(id).0, b"late\n");
+}
+
+#[test]
+fn one_hundred_twenty_eight_clients_at_once_with_disjoint_ranges() {
+    let env = ready_env();
+    let mut clients: Vec<RawClient> = (0..128).map(|_| RawClient::connect(&env.socket())).collect();
+    let mut ranges: Vec<_> = clients.iter().map(|c| (c.range.id_start, c.range.id_end)).collect();
+    ranges.sort();
+    for w in ranges.windows(2) {
+        assert!(w[0].1 < w[1].0, "ranges overlap: {w:?}");
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = c.range.id_start + 1;
+        c.exec(id, &["echo", &format!("client {i}")], false);
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let id = c.range.id_start + 1;
+        assert_eq!(c.collect(id).0, format!("client {i}\n").into_bytes());
+    }
+    // The 129th is refused; the others are unaffected.
+    let mut extra = UnixStream::connect(env.socket()).expect("connects");
+    extra.set_read_timeout(Some(WAIT)).expect("timeout");
+    let mut buf = [0u8; 8];
+    assert!(matches!(std::io::Read::read(&mut extra, &mut buf), Ok(0) | Err(_)), "a 129th client got a handshake");
+    let id = clients[5].range.id_start + 2;
+    clients[5].exec(id, &["echo", "still"], false);
+    assert_eq!(clients[5].collect(id).0, b"still\n");
+    // A freed slot is reused.
+    drop(clients.pop());
+    std::thread::sleep(Duration::from_millis(50));
+    let mut again = RawClient::connect(&env.socket());
+    let id = again.range.id_start;
+    again.exec(id, &["echo", "reused"], false);
+    assert_eq!(again.collect(id).0, b"reused\n");
+}
+
+#[test]
+fn an_id_outside_the_range_drops_only_that_client() {
+    let env = ready_env();
+    let mut good = RawClient::connect(&env.socket());
+    let mut bad = RawClient::connect(&env.socket());
+    let stolen = good.range.id_start;
+    bad.exec(stolen, &["echo", "hijack"], false);
+    assert!(bad.closed(), "a client using another's ids was not dropped");
+    let id = good.range.id_start;
+    good.exec(id, &["echo", "fine"], false);
+    assert_eq!(good.collect(id).0, b"fine\n");
+    assert!(env.handle.outcome().is_none(), "the sandbox must survive a bad client");
+}
+
+#[test]
+fn garbage_drops_only_that_client() {
+    let env = ready_env();
+    let mut good = RawClient::connect(&env.socket());
+    for garbage in [&[0xffu8, 0xff, 0xff, 0xff, 1, 2, 3, 4, 5][..], &[0, 0, 0, 1, 9][..]] {
+        let mut bad = RawClient::connect(&env.socket());
+        bad.stream.write_all(garbage).expect("writes");
+        assert!(bad.closed(), "a client sending garbage was not dropped");
+    }
+    // A well-framed frame whose body is not a message also drops the client.
+    let mut bad = RawClient::connect(&env.socket());
+    let id = bad.range.id_start;
+    Frame::new(id, Flags::SESSION_START, vec![0xde, 0xad]).write_to(&mut bad.stream).expect("writes");
+    assert!(bad.closed());
+    let id = good.range.id_start;
+    good.exec(id, &["echo", "ok"], false);
+    assert_eq!(good.collect(id).0, b"ok\n");
+}
+
+#[test]
+fn disconnecting_kills_the_clients_open_sessions() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    let id = client.range.id_start;
+    client.exec(id, &["sleep", "600000"], false);
+    assert!(matches!(client.recv(), Some((_, _, Message::ExecStarted { .. }))));
+    drop(client);
+    let deadline = Instant::now() + WAIT;
+    while !env.log.contains(&MockEvent::Signalled { id, signal: libc::SIGKILL }) {
+        assert!(Instant::now() < deadline, "the session was not killed: {:?}", env.log.events());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn stdin_reaches_the_command_and_eof_ends_it() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    let id = client.range.id_start;
+    client.exec(id, &["cat"], true);
+    client.send(id, Flags::NONE, &Message::ExecStdin { data: b"hello ".to_vec() });
+    client.send(id, Flags::NONE, &Message::ExecStdin { data: b"world".to_vec() });
+    client.send(id, Flags::NONE, &Message::ExecStdinEof);
+    let mut out = Vec::new();
+    loop {
+        match client.recv().expect("frame") {
+            (_, _, Message::ExecStdout { data }) => out.extend(data),
+            (_, flags, Message::ExecExited(s)) => {
+                assert!(flags.contains(Flags::TERMINAL));
+                assert_eq!(s.code, Some(0));
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(out, b"hello world");
+}
+
+#[test]
+fn large_output_flows_through_credit_without_loss() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    let id = client.range.id_start;
+    let total = 8 * INITIAL_WINDOW as usize;
+    client.exec(id, &["stream", &total.to_string()], false);
+    let (out, end) = client.collect(id);
+    assert_eq!(out.len(), total);
+    assert!(matches!(end, Message::ExecExited(s) if s.code == Some(0)));
+}
+
+#[test]
+fn a_slow_client_stalls_only_itself() {
+    let env = ready_env();
+    // This client starts a big stream and then reads nothing.
+    let mut slow = RawClient::connect(&env.socket());
+    let slow_id = slow.range.id_start;
+    let total = 16 * INITIAL_WINDOW as usize;
+    slow.exec(slow_id, &["stream", &total.to_string()], false);
+    std::thread::sleep(Duration::from_millis(200));
+    // Others keep working, promptly.
+    let mut fast = RawClient::connect(&env.socket());
+    for n in 0..20 {
+        let id = fast.range.id_start + n;
+        let t = Instant::now();
+        fast.exec(id, &["echo", "quick"], false);
+        assert_eq!(fast.collect(id).0, b"quick\n");
+        assert!(t.elapsed() < Duration::from_secs(2), "a fast client waited {:?} behind a slow one", t.elapsed());
+    }
+    // The slow client was held back, not fed without bound and not dropped:
+    // it can still read its whole stream, byte for byte.
+    let (out, _) = slow.collect(slow_id);
+    assert_eq!(out.len(), total);
+}
+
+#[test]
+fn open_sessions_are_aborted_when_the_sandbox_stops() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    let id = client.range.id_start;
+    client.exec(id, &["sleep", "600000"], false);
+    assert!(matches!(client.recv(), Some((_, _, Message::ExecStarted { .. }))));
+    env.handle.stop();
+    // Either the guest answers the SIGTERM of its shutdown, or the relay
+    // aborts the session; the client never hangs.
+    let (fid, flags, msg) = client.recv().expect("a final frame");
+    assert_eq!(fid, id);
+    assert!(flags.contains(Flags::TERMINAL), "{msg:?}");
+    assert_eq!(env.handle.wait_timeout(WAIT).expect("ends").reason, TerminationReason::ShutdownRequested);
+    assert!(client.closed());
+}
