@@ -24,9 +24,7 @@ pub struct MonotonicClock {
 impl MonotonicClock {
     /// A clock whose origin is now.
     pub fn new() -> MonotonicClock {
-        MonotonicClock {
-            origin: Instant::now(),
-        }
+        MonotonicClock { origin: Instant::now() }
     }
 }
 

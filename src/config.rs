@@ -97,24 +97,15 @@ impl Policy {
     /// Refuses values that cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.watchdog_tick.is_zero() {
-            return Err(ConfigError::Invalid(
-                "watchdog_tick must be above zero".into(),
-            ));
+            return Err(ConfigError::Invalid("watchdog_tick must be above zero".into()));
         }
-        for (name, v) in [
-            ("idle_timeout", self.idle_timeout),
-            ("max_duration", self.max_duration),
-        ] {
+        for (name, v) in [("idle_timeout", self.idle_timeout), ("max_duration", self.max_duration)] {
             if v.is_some_and(|d| d.is_zero()) {
-                return Err(ConfigError::Invalid(format!(
-                    "{name} must be above zero when set"
-                )));
+                return Err(ConfigError::Invalid(format!("{name} must be above zero when set")));
             }
         }
         if self.shutdown_grace > self.drain_timeout {
-            return Err(ConfigError::Invalid(
-                "shutdown_grace must not exceed drain_timeout".into(),
-            ));
+            return Err(ConfigError::Invalid("shutdown_grace must not exceed drain_timeout".into()));
         }
         Ok(())
     }
@@ -156,25 +147,17 @@ pub struct SandboxConfig {
 impl SandboxConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<SandboxConfig, ConfigError> {
-        let text = std::fs::read(path).map_err(|source| ConfigError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let cfg: SandboxConfig = serde_json::from_slice(&text).map_err(|e| ConfigError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let cfg: SandboxConfig = serde_json::from_slice(&text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
         cfg.policy.validate()?;
-        alcove_client::paths::validate_name(&cfg.name)
-            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        alcove_client::paths::validate_name(&cfg.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(cfg)
     }
 
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
-        self.db_path
-            .clone()
-            .unwrap_or_else(|| self.home.join("alcove.db"))
+        self.db_path.clone().unwrap_or_else(|| self.home.join("alcove.db"))
     }
 
     /// `home/sandboxes/<name>`.
@@ -258,10 +241,7 @@ mod tests {
 
     #[test]
     fn policy_round_trips_in_milliseconds() {
-        let p = Policy {
-            idle_timeout: Some(Duration::from_millis(1500)),
-            ..Policy::default()
-        };
+        let p = Policy { idle_timeout: Some(Duration::from_millis(1500)), ..Policy::default() };
         let json = serde_json::to_value(p).expect("serialises");
         assert_eq!(json["idle_timeout"], 1500);
         assert_eq!(json["max_duration"], serde_json::Value::Null);
@@ -271,24 +251,9 @@ mod tests {
 
     #[test]
     fn bad_policies_are_refused() {
-        assert!(Policy {
-            watchdog_tick: Duration::ZERO,
-            ..Policy::default()
-        }
-        .validate()
-        .is_err());
-        assert!(Policy {
-            idle_timeout: Some(Duration::ZERO),
-            ..Policy::default()
-        }
-        .validate()
-        .is_err());
-        assert!(Policy {
-            shutdown_grace: Duration::from_secs(60),
-            ..Policy::default()
-        }
-        .validate()
-        .is_err());
+        assert!(Policy { watchdog_tick: Duration::ZERO, ..Policy::default() }.validate().is_err());
+        assert!(Policy { idle_timeout: Some(Duration::ZERO), ..Policy::default() }.validate().is_err());
+        assert!(Policy { shutdown_grace: Duration::from_secs(60), ..Policy::default() }.validate().is_err());
         assert!(Policy::default().validate().is_ok());
     }
 }

@@ -63,15 +63,20 @@ pub struct Terminate {
     pub reason: TerminationReason,
     /// Detail for the run row.
     pub detail: Option<String>,
+    /// Skip the graceful shutdown and force the guest off at once.
+    pub force: bool,
 }
 
 impl Terminate {
-    /// A cause with a detail line.
+    /// A cause with a detail line, stopped gracefully where possible.
     pub fn new(reason: TerminationReason, detail: impl Into<String>) -> Terminate {
-        Terminate {
-            reason,
-            detail: Some(detail.into()),
-        }
+        Terminate { reason, detail: Some(detail.into()), force: false }
+    }
+
+    /// The same cause, but forcing the guest off at once.
+    pub fn forced(mut self) -> Terminate {
+        self.force = true;
+        self
     }
 }
 

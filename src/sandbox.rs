@@ -116,15 +116,18 @@ impl SandboxHandle {
     /// Asks for a graceful stop (reason ShutdownRequested, unless another
     /// cause came first).
     pub fn stop(&self) {
-        self.terminate(
-            TerminationReason::ShutdownRequested,
-            "stop requested by the host program",
-        );
+        self.terminate(TerminationReason::ShutdownRequested, "stop requested by the host program");
     }
 
     /// Ends the sandbox with `reason` (first cause wins).
     pub fn terminate(&self, reason: TerminationReason, detail: &str) {
         self.lifecycle.do_send(Terminate::new(reason, detail));
+    }
+
+    /// Ends the sandbox with `reason`, forcing the guest off without a
+    /// graceful shutdown (first cause wins).
+    pub fn kill(&self, reason: TerminationReason, detail: &str) {
+        self.lifecycle.do_send(Terminate::new(reason, detail).forced());
     }
 
     /// Counts as activity for the idle timeout.
@@ -165,11 +168,7 @@ impl SandboxHandle {
     }
 
     fn join_actor_thread(&self) {
-        let handle = self
-            .actor_thread
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        let handle = self.actor_thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(h) = handle {
             let _ = h.join();
         }
@@ -177,12 +176,7 @@ impl SandboxHandle {
 }
 
 fn lost_outcome(detail: &str) -> Outcome {
-    Outcome {
-        reason: TerminationReason::InternalError,
-        exit_code: None,
-        detail: Some(detail.into()),
-        recorded: false,
-    }
+    Outcome { reason: TerminationReason::InternalError, exit_code: None, detail: Some(detail.into()), recorded: false }
 }
 
 /// Drives the guest to its end. Must be run exactly once.
@@ -205,18 +199,12 @@ impl GuestDriver {
         std::thread::Builder::new()
             .name("alcove-guest".into())
             .spawn(move || self.run())
-            .map_err(|source| StartError::Thread {
-                what: "guest",
-                source,
-            })
+            .map_err(|source| StartError::Thread { what: "guest", source })
     }
 }
 
 /// Starts a sandbox with `backend`; see the module docs.
-pub fn launch(
-    opts: SandboxOptions,
-    backend: Box<dyn VmBackend>,
-) -> Result<(SandboxHandle, GuestDriver), StartError> {
+pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
     opts.policy.validate()?;
     let store = Store::open_with(&opts.db_path, opts.store.clone())?;
     let listener = bind_socket(&opts.socket_path)?;
@@ -229,10 +217,7 @@ pub fn launch(
         std::thread::Builder::new()
             .name("alcove-actors".into())
             .spawn(move || run_actor_system(opts, store, listener, shared, addr_tx))
-            .map_err(|source| StartError::Thread {
-                what: "actor",
-                source,
-            })?
+            .map_err(|source| StartError::Thread { what: "actor", source })?
     };
     let (lifecycle, relay) = match addr_rx.recv() {
         Ok(addrs) => addrs,
@@ -253,49 +238,23 @@ pub fn launch(
 
     match backend.launch(&opts.spec) {
         Ok(launched) => {
-            lifecycle.do_send(GuestLaunched {
-                agent_channel: launched.agent_channel,
-                control: launched.control,
-            });
-            Ok((
-                handle,
-                GuestDriver {
-                    runner: Some(launched.runner),
-                    observer,
-                },
-            ))
+            lifecycle.do_send(GuestLaunched { agent_channel: launched.agent_channel, control: launched.control });
+            Ok((handle, GuestDriver { runner: Some(launched.runner), observer }))
         }
         Err(e) => {
             tracing::error!(error = %e, "the backend could not create the guest");
             let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-            lifecycle.do_send(LaunchFailed {
-                error: e.to_string(),
-                ack: ack_tx,
-            });
+            lifecycle.do_send(LaunchFailed { error: e.to_string(), ack: ack_tx });
             if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
-                last_resort(
-                    &opts,
-                    &shared,
-                    None,
-                    "the actor system did not finalise a failed launch in time",
-                );
+                last_resort(&opts, &shared, None, "the actor system did not finalise a failed launch in time");
             }
-            Ok((
-                handle,
-                GuestDriver {
-                    runner: None,
-                    observer,
-                },
-            ))
+            Ok((handle, GuestDriver { runner: None, observer }))
         }
     }
 }
 
 /// [`launch`] with the guest driven on its own thread.
-pub fn start(
-    opts: SandboxOptions,
-    backend: Box<dyn VmBackend>,
-) -> Result<SandboxHandle, StartError> {
+pub fn start(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<SandboxHandle, StartError> {
     let (handle, driver) = launch(opts, backend)?;
     driver.spawn()?;
     Ok(handle)
@@ -320,35 +279,14 @@ fn run_actor_system(
                     None => unreachable_store(),
                 }
             });
-            let lifecycle = Lifecycle::new(
-                opts.name.clone(),
-                opts.config_json.clone(),
-                opts.pid,
-                db.clone(),
-                shared.clone(),
-            )
-            .start();
-            let relay = Relay::new(
-                listener,
-                opts.socket_path.clone(),
-                opts.clock.clone(),
-                lifecycle.clone(),
-            )
-            .start();
+            let lifecycle =
+                Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, db.clone(), shared.clone())
+                    .start();
+            let relay = Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone()).start();
             let vm = VmActor::new(opts.policy, relay.clone()).start();
             let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
-            Watchdog::new(
-                opts.policy,
-                opts.clock.clone(),
-                relay.clone(),
-                lifecycle.clone(),
-            )
-            .start();
-            lifecycle.do_send(Wire {
-                vm,
-                relay: relay.clone(),
-                metrics,
-            });
+            Watchdog::new(opts.policy, opts.clock.clone(), relay.clone(), lifecycle.clone()).start();
+            lifecycle.do_send(Wire { vm, relay: relay.clone(), metrics });
             let _ = addr_tx.send((lifecycle, relay));
         });
         if let Err(e) = system.run() {
@@ -370,23 +308,14 @@ fn unreachable_store() -> DbActor {
     std::process::abort()
 }
 
-fn exit_observer(
-    opts: &SandboxOptions,
-    lifecycle: Addr<Lifecycle>,
-    shared: Arc<SharedState>,
-) -> ExitObserver {
+fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<SharedState>) -> ExitObserver {
     let opts = opts.clone();
     ExitObserver::new(move |exit: GuestExit| {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
         let code = exit.code;
         lifecycle.do_send(VmExited { exit, ack: ack_tx });
         if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
-            last_resort(
-                &opts,
-                &shared,
-                Some(code),
-                "the actor system did not finalise the run in time",
-            );
+            last_resort(&opts, &shared, Some(code), "the actor system did not finalise the run in time");
         }
     })
 }
@@ -404,10 +333,7 @@ fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i3
     };
     let recorded = match shared.run() {
         Some(run) => {
-            let short = StoreOptions {
-                retry_budget: Duration::from_millis(500),
-                ..opts.store.clone()
-            };
+            let short = StoreOptions { retry_budget: Duration::from_millis(500), ..opts.store.clone() };
             match Store::open_with(&opts.db_path, short).and_then(|s| s.finish_run(run, &outcome)) {
                 Ok(()) => true,
                 Err(e) => {
@@ -418,10 +344,5 @@ fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i3
         }
         None => false,
     };
-    shared.set_outcome_if_unset(Outcome {
-        reason: outcome.reason,
-        exit_code,
-        detail: outcome.detail,
-        recorded,
-    });
+    shared.set_outcome_if_unset(Outcome { reason: outcome.reason, exit_code, detail: outcome.detail, recorded });
 }

@@ -5,7 +5,9 @@
 //! system → create the guest → drive it to its end on this thread (for krun
 //! that never returns) → exit once the run is final.
 //!
-//! SIGTERM and SIGINT take the graceful path with reason Signal. When the
+//! SIGTERM and SIGINT take the graceful path with reason Signal; SIGUSR1
+//! (`alcove kill`) forces the guest off at once, also with reason Signal.
+//! When the
 //! config names a parent pid (an attached `alcove run`), that process's
 //! death stops the sandbox too.
 
@@ -37,14 +39,11 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     drop(Store::open(&cfg.db_path()).map_err(|e| e.to_string())?);
 
     let log_dir = cfg.log_dir();
-    std::fs::create_dir_all(&log_dir)
-        .map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
+    std::fs::create_dir_all(&log_dir).map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
     {
         let mut out = std::io::stdout().lock();
-        writeln!(out, "{{\"pid\":{}}}", std::process::id())
-            .map_err(|e| format!("cannot write to stdout: {e}"))?;
-        out.flush()
-            .map_err(|e| format!("cannot write to stdout: {e}"))?;
+        writeln!(out, "{{\"pid\":{}}}", std::process::id()).map_err(|e| format!("cannot write to stdout: {e}"))?;
+        out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     let _log_guard = redirect_logs(&log_dir)?;
 
@@ -77,9 +76,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
 fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
     match cfg.backend {
         BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        other => Err(format!(
-            "the {other:?} backend is not available in this build"
-        )),
+        other => Err(format!("the {other:?} backend is not available in this build")),
     }
 }
 
@@ -95,23 +92,16 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
         .build(dir)
         .map_err(|e| format!("cannot open runtime log in {}: {e}", dir.display()))?;
     let (writer, guard) = tracing_appender::non_blocking(appender);
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(false)
-        .try_init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(false).try_init();
     let stderr_path = dir.join("runtime.stderr");
     let stderr = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&stderr_path)
         .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
-    let null = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| format!("cannot open /dev/null: {e}"))?;
+    let null =
+        std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     use std::os::fd::AsRawFd;
     // SAFETY: dup2 onto the standard descriptors with fds we own.
     unsafe {
@@ -122,20 +112,21 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
 }
 
 fn watch_signals(handle: Arc<SandboxHandle>) -> Result<(), String> {
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("alcove-signals".into())
         .spawn(move || {
             for sig in signals.forever() {
-                tracing::info!(signal = sig, "signal received; stopping gracefully");
-                handle.terminate(
-                    TerminationReason::Signal,
-                    &format!("the sandbox process received signal {sig}"),
-                );
+                let detail = format!("the sandbox process received signal {sig}");
+                if sig == SIGUSR1 {
+                    tracing::info!(signal = sig, "kill requested; forcing the guest off");
+                    handle.kill(TerminationReason::Signal, &detail);
+                } else {
+                    tracing::info!(signal = sig, "signal received; stopping gracefully");
+                    handle.terminate(TerminationReason::Signal, &detail);
+                }
             }
         })
         .map(|_| ())
@@ -143,34 +134,24 @@ fn watch_signals(handle: Arc<SandboxHandle>) -> Result<(), String> {
 }
 
 fn watch_parent(handle: Arc<SandboxHandle>, parent: u32) {
-    let spawned = std::thread::Builder::new()
-        .name("alcove-parent".into())
-        .spawn(move || {
-            // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-            let fd =
-                unsafe { libc::syscall(libc::SYS_pidfd_open, parent as libc::pid_t, 0) } as i32;
-            if fd >= 0 {
-                let mut pfd = libc::pollfd {
-                    fd,
-                    events: libc::POLLIN,
-                    revents: 0,
-                };
-                // SAFETY: one valid pollfd; blocks until the process exits.
-                while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
-                // SAFETY: fd is ours.
-                unsafe { libc::close(fd) };
-            } else {
-                // SAFETY: kill with signal 0 only checks existence.
-                while unsafe { libc::kill(parent as libc::pid_t, 0) } == 0 {
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                }
+    let spawned = std::thread::Builder::new().name("alcove-parent".into()).spawn(move || {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent as libc::pid_t, 0) } as i32;
+        if fd >= 0 {
+            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd; blocks until the process exits.
+            while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
+            // SAFETY: fd is ours.
+            unsafe { libc::close(fd) };
+        } else {
+            // SAFETY: kill with signal 0 only checks existence.
+            while unsafe { libc::kill(parent as libc::pid_t, 0) } == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(200));
             }
-            tracing::info!(parent, "the attached client exited; stopping");
-            handle.terminate(
-                TerminationReason::Signal,
-                &format!("the attached client (pid {parent}) exited"),
-            );
-        });
+        }
+        tracing::info!(parent, "the attached client exited; stopping");
+        handle.terminate(TerminationReason::Signal, &format!("the attached client (pid {parent}) exited"));
+    });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot watch the parent process");
     }

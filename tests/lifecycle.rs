@@ -13,14 +13,7 @@ use std::time::Duration;
 
 #[test]
 fn guest_exit_zero_is_completed() {
-    let env = start(
-        MockScript {
-            crash_after_ms: Some(50),
-            crash_code: 0,
-            ..script()
-        },
-        policy(),
-    );
+    let env = start(MockScript { crash_after_ms: Some(50), crash_code: 0, ..script() }, policy());
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::Completed);
     assert_eq!(outcome.exit_code, Some(0));
@@ -30,14 +23,7 @@ fn guest_exit_zero_is_completed() {
 
 #[test]
 fn guest_exit_nonzero_is_failed_with_its_code() {
-    let env = start(
-        MockScript {
-            crash_after_ms: Some(50),
-            crash_code: 3,
-            ..script()
-        },
-        policy(),
-    );
+    let env = start(MockScript { crash_after_ms: Some(50), crash_code: 3, ..script() }, policy());
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::Failed);
     assert_eq!(outcome.exit_code, Some(3));
@@ -46,64 +32,34 @@ fn guest_exit_nonzero_is_failed_with_its_code() {
 
 #[test]
 fn idle_sandbox_times_out() {
-    let env = start(
-        script(),
-        Policy {
-            idle_timeout: Some(Duration::from_secs(300)),
-            ..policy()
-        },
-    );
+    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(300)), ..policy() });
     assert!(env.handle.wait_ready(WAIT));
     assert_eq!(env.sandbox().status, SandboxStatus::Running);
     env.clock.advance(Duration::from_secs(299));
-    assert!(
-        env.handle
-            .wait_timeout(Duration::from_millis(100))
-            .is_none(),
-        "ended before the idle timeout"
-    );
+    assert!(env.handle.wait_timeout(Duration::from_millis(100)).is_none(), "ended before the idle timeout");
     env.clock.advance(Duration::from_secs(2));
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::IdleTimeout);
     env.assert_final(&outcome);
-    assert!(
-        env.log.contains(&MockEvent::ShutdownReceived),
-        "idle stop is graceful"
-    );
+    assert!(env.log.contains(&MockEvent::ShutdownReceived), "idle stop is graceful");
 }
 
 #[test]
 fn a_long_command_without_input_is_not_idle() {
-    let env = start(
-        script(),
-        Policy {
-            idle_timeout: Some(Duration::from_secs(60)),
-            ..policy()
-        },
-    );
+    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(60)), ..policy() });
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     let id = client.range.id_start;
     client.exec(id, &["sleep", "600000"], false);
-    assert!(matches!(
-        client.recv(),
-        Some((_, _, Message::ExecStarted { .. }))
-    ));
+    assert!(matches!(client.recv(), Some((_, _, Message::ExecStarted { .. }))));
     env.clock.advance(Duration::from_secs(3600));
-    assert!(
-        env.handle
-            .wait_timeout(Duration::from_millis(200))
-            .is_none(),
-        "a running session was called idle"
-    );
+    assert!(env.handle.wait_timeout(Duration::from_millis(200)).is_none(), "a running session was called idle");
     // Once the command ends the idle clock starts from that moment.
     client.send(id, Flags::NONE, &Message::ExecSignal { signal: 15 });
     let (_, end) = client.collect(id);
     assert!(matches!(end, Message::ExecExited(s) if s.signal == Some(15)));
     assert!(
-        env.handle
-            .wait_timeout(Duration::from_millis(100))
-            .is_none(),
+        env.handle.wait_timeout(Duration::from_millis(100)).is_none(),
         "idle counted from before the session ended"
     );
     env.clock.advance(Duration::from_secs(61));
@@ -114,13 +70,7 @@ fn a_long_command_without_input_is_not_idle() {
 
 #[test]
 fn touch_resets_the_idle_clock() {
-    let env = start(
-        script(),
-        Policy {
-            idle_timeout: Some(Duration::from_secs(60)),
-            ..policy()
-        },
-    );
+    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(60)), ..policy() });
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     for _ in 0..3 {
@@ -135,21 +85,12 @@ fn touch_resets_the_idle_clock() {
     std::thread::sleep(Duration::from_millis(30));
     assert!(env.handle.outcome().is_none(), "touched sandbox timed out");
     env.clock.advance(Duration::from_secs(61));
-    assert_eq!(
-        env.handle.wait_timeout(WAIT).expect("ends").reason,
-        TerminationReason::IdleTimeout
-    );
+    assert_eq!(env.handle.wait_timeout(WAIT).expect("ends").reason, TerminationReason::IdleTimeout);
 }
 
 #[test]
 fn max_duration_ends_even_a_busy_sandbox() {
-    let env = start(
-        script(),
-        Policy {
-            max_duration: Some(Duration::from_secs(30)),
-            ..policy()
-        },
-    );
+    let env = start(script(), Policy { max_duration: Some(Duration::from_secs(30)), ..policy() });
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     client.exec(client.range.id_start, &["sleep", "600000"], false);
@@ -164,27 +105,14 @@ fn shutdown_flag_from_a_client_stops_gracefully() {
     let env = start(script(), policy());
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
-    client.send(
-        CONTROL_ID,
-        Flags::SHUTDOWN,
-        &Message::Shutdown { grace_ms: 100 },
-    );
+    client.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: 100 });
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::ShutdownRequested);
     env.assert_final(&outcome);
     let events = env.log.events();
-    let shutdown = events
-        .iter()
-        .position(|e| *e == MockEvent::ShutdownReceived)
-        .expect("guest got Shutdown");
-    let exit = events
-        .iter()
-        .position(|e| matches!(e, MockEvent::Exited(_)))
-        .expect("guest exited");
-    assert!(
-        shutdown < exit,
-        "Shutdown must reach the guest before it exits: {events:?}"
-    );
+    let shutdown = events.iter().position(|e| *e == MockEvent::ShutdownReceived).expect("guest got Shutdown");
+    let exit = events.iter().position(|e| matches!(e, MockEvent::Exited(_))).expect("guest exited");
+    assert!(shutdown < exit, "Shutdown must reach the guest before it exits: {events:?}");
     assert!(!events.contains(&MockEvent::ForceStopped));
 }
 
@@ -201,36 +129,20 @@ fn signal_takes_the_graceful_path() {
 
 #[test]
 fn first_cause_wins() {
-    let env = start(
-        MockScript {
-            hang_on_shutdown: true,
-            ..script()
-        },
-        policy(),
-    );
+    let env = start(MockScript { hang_on_shutdown: true, ..script() }, policy());
     assert!(env.handle.wait_ready(WAIT));
     env.handle.terminate(TerminationReason::Signal, "first");
     env.handle.stop();
-    env.handle
-        .terminate(TerminationReason::MaxDurationExceeded, "third");
+    env.handle.terminate(TerminationReason::MaxDurationExceeded, "third");
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::Signal);
-    assert_eq!(
-        outcome.detail.as_deref().map(|d| d.starts_with("first")),
-        Some(true)
-    );
+    assert_eq!(outcome.detail.as_deref().map(|d| d.starts_with("first")), Some(true));
     env.assert_final(&outcome);
 }
 
 #[test]
 fn a_guest_that_hangs_on_shutdown_is_forced_after_the_drain_timeout() {
-    let env = start(
-        MockScript {
-            hang_on_shutdown: true,
-            ..script()
-        },
-        policy(),
-    );
+    let env = start(MockScript { hang_on_shutdown: true, ..script() }, policy());
     assert!(env.handle.wait_ready(WAIT));
     env.handle.stop();
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
@@ -238,54 +150,30 @@ fn a_guest_that_hangs_on_shutdown_is_forced_after_the_drain_timeout() {
     assert_eq!(outcome.exit_code, Some(137));
     env.assert_final(&outcome);
     let events = env.log.events();
-    assert!(
-        events.contains(&MockEvent::ShutdownReceived) && events.contains(&MockEvent::ForceStopped),
-        "{events:?}"
-    );
+    assert!(events.contains(&MockEvent::ShutdownReceived) && events.contains(&MockEvent::ForceStopped), "{events:?}");
 }
 
 #[test]
 fn an_agent_that_is_never_ready_is_unresponsive() {
     let env = start(
-        MockScript {
-            ready_after_ms: None,
-            ..script()
-        },
-        Policy {
-            ready_timeout: Duration::from_secs(30),
-            ..policy()
-        },
+        MockScript { ready_after_ms: None, ..script() },
+        Policy { ready_timeout: Duration::from_secs(30), ..policy() },
     );
     assert!(!env.handle.wait_ready(Duration::from_millis(50)));
     assert_eq!(env.sandbox().status, SandboxStatus::Starting);
     env.clock.advance(Duration::from_secs(31));
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::AgentUnresponsive);
-    assert!(
-        outcome
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("not ready")),
-        "{outcome:?}"
-    );
+    assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("not ready")), "{outcome:?}");
     env.assert_final(&outcome);
-    assert!(
-        env.log.contains(&MockEvent::ForceStopped),
-        "an agent that never answered is forced off"
-    );
+    assert!(env.log.contains(&MockEvent::ForceStopped), "an agent that never answered is forced off");
 }
 
 #[test]
 fn lost_heartbeats_are_unresponsive() {
     let env = start(
-        MockScript {
-            heartbeats_stop_after: Some(2),
-            ..script()
-        },
-        Policy {
-            heartbeat_timeout: Duration::from_secs(10),
-            ..policy()
-        },
+        MockScript { heartbeats_stop_after: Some(2), ..script() },
+        Policy { heartbeat_timeout: Duration::from_secs(10), ..policy() },
     );
     assert!(env.handle.wait_ready(WAIT));
     // Let the two real heartbeats arrive; then the agent falls silent.
@@ -293,60 +181,30 @@ fn lost_heartbeats_are_unresponsive() {
     env.clock.advance(Duration::from_secs(11));
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::AgentUnresponsive);
-    assert!(
-        outcome
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("heartbeat")),
-        "{outcome:?}"
-    );
+    assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("heartbeat")), "{outcome:?}");
     env.assert_final(&outcome);
 }
 
 #[test]
 fn heartbeats_keep_a_sandbox_alive() {
-    let env = start(
-        script(),
-        Policy {
-            heartbeat_timeout: Duration::from_secs(10),
-            ..policy()
-        },
-    );
+    let env = start(script(), Policy { heartbeat_timeout: Duration::from_secs(10), ..policy() });
     assert!(env.handle.wait_ready(WAIT));
     for _ in 0..5 {
         env.clock.advance(Duration::from_secs(5));
         // A real heartbeat (every 20 ms) lands before the next advance.
         std::thread::sleep(Duration::from_millis(80));
-        assert!(
-            env.handle.outcome().is_none(),
-            "a beating agent was called unresponsive"
-        );
+        assert!(env.handle.outcome().is_none(), "a beating agent was called unresponsive");
     }
     env.handle.stop();
-    assert_eq!(
-        env.handle.wait_timeout(WAIT).expect("ends").reason,
-        TerminationReason::ShutdownRequested
-    );
+    assert_eq!(env.handle.wait_timeout(WAIT).expect("ends").reason, TerminationReason::ShutdownRequested);
 }
 
 #[test]
 fn a_backend_that_fails_to_start_is_an_internal_error() {
-    let env = start(
-        MockScript {
-            fail_launch: Some("no such rootfs /nope".into()),
-            ..script()
-        },
-        policy(),
-    );
+    let env = start(MockScript { fail_launch: Some("no such rootfs /nope".into()), ..script() }, policy());
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::InternalError);
-    assert!(
-        outcome
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("no such rootfs /nope")),
-        "{outcome:?}"
-    );
+    assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("no such rootfs /nope")), "{outcome:?}");
     env.assert_final(&outcome);
     assert_eq!(env.sandbox().status, SandboxStatus::Stopped);
 }
@@ -367,24 +225,10 @@ fn a_database_that_cannot_be_written_is_an_internal_error() {
     let handle = alcove::start(opts.clone(), Box::new(backend)).expect("starts");
     let outcome = handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::InternalError);
-    assert!(
-        outcome
-            .detail
-            .as_deref()
-            .is_some_and(|d| d.contains("database")),
-        "{outcome:?}"
-    );
-    assert!(
-        !outcome.recorded,
-        "nothing could be recorded while the database was locked"
-    );
+    assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("database")), "{outcome:?}");
+    assert!(!outcome.recorded, "nothing could be recorded while the database was locked");
     assert!(!opts.socket_path.exists());
-    assert!(
-        log.events()
-            .iter()
-            .any(|e| matches!(e, MockEvent::Exited(_))),
-        "the guest was stopped"
-    );
+    assert!(log.events().iter().any(|e| matches!(e, MockEvent::Exited(_))), "the guest was stopped");
     blocker.execute_batch("ROLLBACK").expect("unlocks");
     // No run row was written, so none can be left Running.
     let store = alcove::store::Store::open(&opts.db_path).expect("opens");

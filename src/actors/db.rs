@@ -29,19 +29,10 @@ impl Handler<DbStartRun> for DbActor {
     type Result = Result<RunId, String>;
 
     fn handle(&mut self, msg: DbStartRun, _: &mut Self::Context) -> Self::Result {
-        if self
-            .store
-            .sandbox(&msg.sandbox)
-            .map_err(|e| e.to_string())?
-            .is_none()
-        {
-            self.store
-                .upsert_sandbox(&msg.sandbox, &msg.config_json)
-                .map_err(|e| e.to_string())?;
+        if self.store.sandbox(&msg.sandbox).map_err(|e| e.to_string())?.is_none() {
+            self.store.upsert_sandbox(&msg.sandbox, &msg.config_json).map_err(|e| e.to_string())?;
         }
-        self.store
-            .start_run(&msg.sandbox, msg.pid)
-            .map_err(|e| e.to_string())
+        self.store.start_run(&msg.sandbox, msg.pid).map_err(|e| e.to_string())
     }
 }
 
@@ -49,9 +40,7 @@ impl Handler<DbSetStatus> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbSetStatus, _: &mut Self::Context) -> Self::Result {
-        self.store
-            .set_sandbox_status(&msg.sandbox, msg.status)
-            .map_err(|e| e.to_string())
+        self.store.set_sandbox_status(&msg.sandbox, msg.status).map_err(|e| e.to_string())
     }
 }
 
@@ -59,9 +48,7 @@ impl Handler<DbFinishRun> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> Self::Result {
-        self.store
-            .finish_run(msg.run, &msg.outcome)
-            .map_err(|e| e.to_string())
+        self.store.finish_run(msg.run, &msg.outcome).map_err(|e| e.to_string())
     }
 }
 
@@ -69,8 +56,6 @@ impl Handler<DbInsertMetric> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbInsertMetric, _: &mut Self::Context) -> Self::Result {
-        self.store
-            .insert_metric(&msg.sandbox, &msg.sample)
-            .map_err(|e| e.to_string())
+        self.store.insert_metric(&msg.sandbox, &msg.sample).map_err(|e| e.to_string())
     }
 }

@@ -18,8 +18,8 @@ use crate::actors::relay::Relay;
 use crate::actors::vm::VmActor;
 use crate::config::Outcome;
 use crate::messages::{
-    AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun,
-    GuestLaunched, LaunchFailed, StopGuest, Terminate, VmExited,
+    AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
+    LaunchFailed, StopGuest, Terminate, VmExited,
 };
 use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
 use actix::prelude::*;
@@ -106,15 +106,9 @@ impl SharedState {
         let guard = self.lock();
         let guard = match timeout {
             Some(t) => {
-                self.changed
-                    .wait_timeout_while(guard, t, |i| i.outcome.is_none())
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0
+                self.changed.wait_timeout_while(guard, t, |i| i.outcome.is_none()).unwrap_or_else(|p| p.into_inner()).0
             }
-            None => self
-                .changed
-                .wait_while(guard, |i| i.outcome.is_none())
-                .unwrap_or_else(|p| p.into_inner()),
+            None => self.changed.wait_while(guard, |i| i.outcome.is_none()).unwrap_or_else(|p| p.into_inner()),
         };
         guard.outcome.clone()
     }
@@ -139,13 +133,7 @@ pub struct Lifecycle {
 impl Lifecycle {
     /// A lifecycle for sandbox `name`; the other actors are attached with
     /// [`Wire`] once they exist.
-    pub fn new(
-        name: String,
-        config_json: String,
-        pid: u32,
-        db: Addr<DbActor>,
-        shared: Arc<SharedState>,
-    ) -> Lifecycle {
+    pub fn new(name: String, config_json: String, pid: u32, db: Addr<DbActor>, shared: Arc<SharedState>) -> Lifecycle {
         Lifecycle {
             name,
             config_json,
@@ -164,20 +152,15 @@ impl Lifecycle {
 
     fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>) {
         let db = self.db.clone();
-        let msg = DbSetStatus {
-            sandbox: self.name.clone(),
-            status,
-        };
-        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(
-            |res, _, ctx: &mut Context<Self>| {
-                if let Some(err) = flatten(res) {
-                    ctx.notify(Terminate::new(
-                        TerminationReason::InternalError,
-                        format!("cannot write the database: {err}"),
-                    ));
-                }
-            },
-        ));
+        let msg = DbSetStatus { sandbox: self.name.clone(), status };
+        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, _, ctx: &mut Context<Self>| {
+            if let Some(err) = flatten(res) {
+                ctx.notify(Terminate::new(
+                    TerminationReason::InternalError,
+                    format!("cannot write the database: {err}"),
+                ));
+            }
+        }));
     }
 
     /// The one path to the end: fixes the outcome and commits it.
@@ -194,30 +177,19 @@ impl Lifecycle {
         }
         self.finalising = true;
         let cause = self.cause.take().unwrap_or_else(|| match exit_code {
-            Some(0) => Terminate {
-                reason: TerminationReason::Completed,
-                detail: None,
-            },
+            Some(0) => Terminate { reason: TerminationReason::Completed, detail: None, force: false },
             Some(code) => Terminate {
                 reason: TerminationReason::Failed,
                 detail: Some(format!("the guest exited with code {code}")),
             },
-            None => Terminate::new(
-                TerminationReason::InternalError,
-                "the guest ended without an exit code",
-            ),
+            None => Terminate::new(TerminationReason::InternalError, "the guest ended without an exit code"),
         });
         let detail = match (cause.detail, exit_detail) {
             (Some(a), Some(b)) => Some(format!("{a}; {b}")),
             (a, b) => a.or(b),
         };
         tracing::info!(reason = %cause.reason, ?exit_code, ?detail, "finalising");
-        let outcome = RunOutcome {
-            reason: cause.reason,
-            exit_code,
-            exit_signal: None,
-            detail: detail.clone(),
-        };
+        let outcome = RunOutcome { reason: cause.reason, exit_code, exit_signal: None, detail: detail.clone() };
         let relay = self.relay.clone();
         let db = self.db.clone();
         let run = self.run;
@@ -239,12 +211,7 @@ impl Lifecycle {
         ctx.wait(fut.into_actor(self).map(move |recorded, this, _| {
             this.state = State::Exited;
             this.shared.update(|i| {
-                i.outcome = Some(Outcome {
-                    reason: cause.reason,
-                    exit_code,
-                    detail,
-                    recorded,
-                });
+                i.outcome = Some(Outcome { reason: cause.reason, exit_code, detail, recorded });
             });
             let _ = ack.send(());
             System::current().stop();
@@ -266,28 +233,20 @@ impl Actor for Lifecycle {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let db = self.db.clone();
-        let msg = DbStartRun {
-            sandbox: self.name.clone(),
-            config_json: self.config_json.clone(),
-            pid: self.pid,
-        };
+        let msg = DbStartRun { sandbox: self.name.clone(), config_json: self.config_json.clone(), pid: self.pid };
         // Nothing else is handled until the run row exists (or cannot).
-        ctx.wait(async move { db.send(msg).await }.into_actor(self).map(
-            |res, this, ctx| match res {
-                Ok(Ok(run)) => {
-                    this.run = Some(run);
-                    this.shared.update(|i| i.run = Some(run));
-                }
-                Ok(Err(e)) => ctx.notify(Terminate::new(
-                    TerminationReason::InternalError,
-                    format!("cannot write the database: {e}"),
-                )),
-                Err(e) => ctx.notify(Terminate::new(
-                    TerminationReason::InternalError,
-                    format!("the database actor is gone: {e}"),
-                )),
-            },
-        ));
+        ctx.wait(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx| match res {
+            Ok(Ok(run)) => {
+                this.run = Some(run);
+                this.shared.update(|i| i.run = Some(run));
+            }
+            Ok(Err(e)) => {
+                ctx.notify(Terminate::new(TerminationReason::InternalError, format!("cannot write the database: {e}")))
+            }
+            Err(e) => {
+                ctx.notify(Terminate::new(TerminationReason::InternalError, format!("the database actor is gone: {e}")))
+            }
+        }));
     }
 }
 
@@ -317,22 +276,15 @@ impl Handler<GuestLaunched> for Lifecycle {
     type Result = ();
 
     fn handle(&mut self, msg: GuestLaunched, _: &mut Self::Context) {
-        self.shared
-            .update(|i| i.control = Some(msg.control.clone()));
+        self.shared.update(|i| i.control = Some(msg.control.clone()));
         if let Some(relay) = &self.relay {
-            relay.do_send(AttachGuest {
-                channel: msg.agent_channel,
-            });
+            relay.do_send(AttachGuest { channel: msg.agent_channel });
         }
         if let Some(metrics) = &self.metrics {
-            metrics.do_send(AttachControl {
-                control: msg.control.clone(),
-            });
+            metrics.do_send(AttachControl { control: msg.control.clone() });
         }
         if let Some(vm) = &self.vm {
-            vm.do_send(AttachControl {
-                control: msg.control,
-            });
+            vm.do_send(AttachControl { control: msg.control });
         }
     }
 }
@@ -362,21 +314,16 @@ impl Handler<AgentReady> for Lifecycle {
         self.state = State::Ready;
         // Waiters learn of readiness once the record says Running too.
         let db = self.db.clone();
-        let msg = DbSetStatus {
-            sandbox: self.name.clone(),
-            status: SandboxStatus::Running,
-        };
-        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(
-            |res, this, ctx: &mut Context<Self>| {
-                if let Some(err) = flatten(res) {
-                    ctx.notify(Terminate::new(
-                        TerminationReason::InternalError,
-                        format!("cannot write the database: {err}"),
-                    ));
-                }
-                this.shared.update(|i| i.ready = true);
-            },
-        ));
+        let msg = DbSetStatus { sandbox: self.name.clone(), status: SandboxStatus::Running };
+        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx: &mut Context<Self>| {
+            if let Some(err) = flatten(res) {
+                ctx.notify(Terminate::new(
+                    TerminationReason::InternalError,
+                    format!("cannot write the database: {err}"),
+                ));
+            }
+            this.shared.update(|i| i.ready = true);
+        }));
     }
 }
 
@@ -388,8 +335,7 @@ impl Handler<Terminate> for Lifecycle {
             tracing::debug!(reason = %msg.reason, "later termination cause ignored");
             return;
         }
-        let graceful =
-            self.state == State::Ready && msg.reason != TerminationReason::AgentUnresponsive;
+        let graceful = self.state == State::Ready && msg.reason != TerminationReason::AgentUnresponsive && !msg.force;
         tracing::info!(reason = %msg.reason, detail = ?msg.detail, graceful, "terminating");
         self.cause = Some(msg);
         self.state = State::Draining;

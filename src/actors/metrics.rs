@@ -23,20 +23,11 @@ pub struct Metrics {
 impl Metrics {
     /// A sampler for `sandbox`.
     pub fn new(sandbox: String, interval: Duration, db: Addr<DbActor>) -> Metrics {
-        Metrics {
-            sandbox,
-            interval,
-            db,
-            control: None,
-        }
+        Metrics { sandbox, interval, db, control: None }
     }
 
     fn sample(&self) -> MetricSample {
-        let usage = self
-            .control
-            .as_ref()
-            .and_then(|c| c.usage())
-            .unwrap_or_else(process_usage);
+        let usage = self.control.as_ref().and_then(|c| c.usage()).unwrap_or_else(process_usage);
         MetricSample {
             at_ms: now_ms(),
             cpu_usec: usage.cpu_usec,
@@ -58,10 +49,7 @@ impl Actor for Metrics {
         }
         ctx.run_interval(self.interval, |this, _| {
             let sample = this.sample();
-            this.db.do_send(DbInsertMetric {
-                sandbox: this.sandbox.clone(),
-                sample,
-            });
+            this.db.do_send(DbInsertMetric { sandbox: this.sandbox.clone(), sample });
         });
     }
 }
@@ -75,10 +63,7 @@ impl Handler<AttachControl> for Metrics {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Usage of this process from /proc/self; zeros where a file is unreadable.
@@ -90,10 +75,7 @@ pub fn process_usage() -> GuestUsage {
         if let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) {
             let fields: Vec<&str> = rest.split_whitespace().collect();
             let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-                + fields
-                    .get(12)
-                    .and_then(|v| v.parse::<u64>().ok())
-                    .unwrap_or(0);
+                + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             // SAFETY: sysconf has no preconditions.
             let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
             usage.cpu_usec = ticks * 1_000_000 / hz;
@@ -109,10 +91,7 @@ pub fn process_usage() -> GuestUsage {
     }
     if let Ok(io) = std::fs::read_to_string("/proc/self/io") {
         for line in io.lines() {
-            let value = |p: &str| {
-                line.strip_prefix(p)
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-            };
+            let value = |p: &str| line.strip_prefix(p).and_then(|v| v.trim().parse::<u64>().ok());
             if let Some(v) = value("read_bytes:") {
                 usage.io_read_bytes = v;
             }

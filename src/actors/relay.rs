@@ -31,9 +31,7 @@
 
 use crate::actors::lifecycle::Lifecycle;
 use crate::clock::Clock;
-use crate::messages::{
-    Activity, AttachGuest, CloseRelay, GetActivity, SendShutdown, Terminate, Touch,
-};
+use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, SendShutdown, Terminate, Touch};
 use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::{read_frame, write_frame};
@@ -88,67 +86,36 @@ pub fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, Rela
         path: path.to_path_buf(),
         reason: "the socket path has no directory".into(),
     })?;
-    let dir_err = |reason: String| RelayError::SocketDir {
-        path: dir.to_path_buf(),
-        reason,
-    };
+    let dir_err = |reason: String| RelayError::SocketDir { path: dir.to_path_buf(), reason };
     if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|e| dir_err(e.to_string()))?;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|e| dir_err(e.to_string()))?;
     }
     let meta = std::fs::metadata(dir).map_err(|e| dir_err(e.to_string()))?;
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     if meta.uid() != euid {
-        return Err(dir_err(format!(
-            "it is owned by uid {}, not by this user",
-            meta.uid()
-        )));
+        return Err(dir_err(format!("it is owned by uid {}, not by this user", meta.uid())));
     }
     if meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| dir_err(e.to_string()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| dir_err(e.to_string()))?;
     }
     match std::fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(RelayError::Bind {
-                path: path.to_path_buf(),
-                source,
-            })
-        }
+        Err(source) => return Err(RelayError::Bind { path: path.to_path_buf(), source }),
     }
-    let listener =
-        std::os::unix::net::UnixListener::bind(path).map_err(|source| RelayError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(|source| {
-        RelayError::Bind {
-            path: path.to_path_buf(),
-            source,
-        }
-    })?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| RelayError::Bind {
-            path: path.to_path_buf(),
-            source,
-        })?;
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|source| RelayError::Bind { path: path.to_path_buf(), source })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|source| RelayError::Bind { path: path.to_path_buf(), source })?;
+    listener.set_nonblocking(true).map_err(|source| RelayError::Bind { path: path.to_path_buf(), source })?;
     Ok(listener)
 }
 
 /// The id range of slot `k`: 2^24 ids per client, none of them 0.
 fn slot_range(k: usize) -> Handshake {
     let start = ((k as u32) + 1) << 24;
-    Handshake {
-        id_start: start,
-        id_end: start + ((1 << 24) - 1),
-    }
+    Handshake { id_start: start, id_end: start + ((1 << 24) - 1) }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -190,10 +157,7 @@ impl Core {
     }
 
     fn live(&self, slot: usize, generation: u64) -> bool {
-        self.slots
-            .get(slot)
-            .and_then(|s| s.as_ref())
-            .is_some_and(|s| s.generation == generation)
+        self.slots.get(slot).and_then(|s| s.as_ref()).is_some_and(|s| s.generation == generation)
     }
 
     fn open_sessions(&self) -> usize {
@@ -234,12 +198,7 @@ impl Relay {
             closing: watch::channel(false).0,
             discarded_frames: 0,
         };
-        Relay {
-            core: Rc::new(RefCell::new(core)),
-            listener: Some(listener),
-            socket_path,
-            closed: false,
-        }
+        Relay { core: Rc::new(RefCell::new(core)), listener: Some(listener), socket_path, closed: false }
     }
 }
 
@@ -269,10 +228,7 @@ impl Handler<AttachGuest> for Relay {
     type Result = ();
 
     fn handle(&mut self, msg: AttachGuest, _: &mut Self::Context) {
-        let stream = msg
-            .channel
-            .set_nonblocking(true)
-            .and_then(|()| UnixStream::from_std(msg.channel));
+        let stream = msg.channel.set_nonblocking(true).and_then(|()| UnixStream::from_std(msg.channel));
         let stream = match stream {
             Ok(s) => s,
             Err(e) => {
@@ -324,9 +280,7 @@ impl Handler<SendShutdown> for Relay {
             let Some(tx) = tx else {
                 return false;
             };
-            let Ok(frame) =
-                Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })
-            else {
+            let Ok(frame) = Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms }) else {
                 return false;
             };
             tx.send(frame).await.is_ok()
@@ -349,8 +303,7 @@ impl Handler<CloseRelay> for Relay {
         }
         let mut core = self.core.borrow_mut();
         // Sessions still open get a final frame so their clients do not hang.
-        let open: Vec<(u32, Option<(usize, u64)>)> =
-            core.sessions.drain().map(|(id, r)| (id, r.owner)).collect();
+        let open: Vec<(u32, Option<(usize, u64)>)> = core.sessions.drain().map(|(id, r)| (id, r.owner)).collect();
         for (id, owner) in open {
             let Some((slot, generation)) = owner else {
                 continue;
@@ -359,10 +312,9 @@ impl Handler<CloseRelay> for Relay {
                 continue;
             }
             let reason = "the sandbox stopped before the session ended".to_string();
-            if let (Some(Some(client)), Ok(frame)) = (
-                core.slots.get(slot),
-                Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }),
-            ) {
+            if let (Some(Some(client)), Ok(frame)) =
+                (core.slots.get(slot), Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }))
+            {
                 let _ = client.tx.try_send(frame);
             }
         }
@@ -417,13 +369,7 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
     }
 }
 
-async fn serve_client(
-    stream: UnixStream,
-    slot: usize,
-    generation: u64,
-    rx: mpsc::Receiver<Frame>,
-    core: Shared,
-) {
+async fn serve_client(stream: UnixStream, slot: usize, generation: u64, rx: mpsc::Receiver<Frame>, core: Shared) {
     let (read, write) = stream.into_split();
     let range = slot_range(slot);
     let (mut ready, mut closing) = {
@@ -436,12 +382,7 @@ async fn serve_client(
         _ = closing.wait_for(|c| *c) => None,
     };
     let Some(ready_frame) = ready_frame else {
-        disconnect(
-            &core,
-            slot,
-            generation,
-            "the sandbox stopped before the agent was ready",
-        );
+        disconnect(&core, slot, generation, "the sandbox stopped before the agent was ready");
         return;
     };
     // When the relay closes it drops the client's queue; the writer then
@@ -471,16 +412,9 @@ fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
         }
         route.owner = None;
         if route.kind == SessionKind::Exec {
-            if let (Some(tx), Ok(frame)) = (
-                &guest_tx,
-                Frame::message(
-                    *id,
-                    Flags::NONE,
-                    &Message::ExecSignal {
-                        signal: libc::SIGKILL,
-                    },
-                ),
-            ) {
+            if let (Some(tx), Ok(frame)) =
+                (&guest_tx, Frame::message(*id, Flags::NONE, &Message::ExecSignal { signal: libc::SIGKILL }))
+            {
                 // The guest queue is bounded; if it is full the kill is sent
                 // from a task instead of being lost.
                 if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
@@ -541,10 +475,7 @@ async fn client_writer(
 
 async fn credit_guest(core: &Shared, id: u32, bytes: u32) {
     let tx = core.borrow().guest_tx.clone();
-    if let (Some(tx), Ok(frame)) = (
-        tx,
-        Frame::message(id, Flags::NONE, &Message::Credit { bytes }),
-    ) {
+    if let (Some(tx), Ok(frame)) = (tx, Frame::message(id, Flags::NONE, &Message::Credit { bytes })) {
         let _ = tx.send(frame).await;
     }
 }
@@ -596,13 +527,7 @@ async fn client_reader(
             if c.sessions.contains_key(&frame.id) {
                 return format!("dropped: session id {} is already in use", frame.id);
             }
-            c.sessions.insert(
-                frame.id,
-                Route {
-                    owner: Some((slot, generation)),
-                    kind,
-                },
-            );
+            c.sessions.insert(frame.id, Route { owner: Some((slot, generation)), kind });
         }
         let tx = core.borrow().guest_tx.clone();
         let Some(tx) = tx else {
@@ -665,10 +590,7 @@ fn control_from_guest(core: &Shared, frame: Frame) {
             c.last_heartbeat = Some(now);
             c.last_activity = now;
             if let Err(e) = alcove_protocol::handshake::check_version(ready.clone()) {
-                c.lifecycle.do_send(Terminate::new(
-                    TerminationReason::InternalError,
-                    e.to_string(),
-                ));
+                c.lifecycle.do_send(Terminate::new(TerminationReason::InternalError, e.to_string()));
                 return;
             }
             c.ready.send_replace(Some(frame));
@@ -695,9 +617,9 @@ async fn route_from_guest(core: &Shared, frame: Frame) {
             c.touch();
         }
         match owner {
-            Some(Some((slot, generation))) if c.live(slot, generation) => c.slots[slot]
-                .as_ref()
-                .map(|s| (slot, generation, s.tx.clone())),
+            Some(Some((slot, generation))) if c.live(slot, generation) => {
+                c.slots[slot].as_ref().map(|s| (slot, generation, s.tx.clone()))
+            }
             _ => {
                 c.discarded_frames += 1;
                 None
@@ -708,9 +630,7 @@ async fn route_from_guest(core: &Shared, frame: Frame) {
         Some((slot, generation, tx)) => {
             if let Err(e) = tx.try_send(frame) {
                 let why = match e {
-                    mpsc::error::TrySendError::Full(_) => {
-                        "dropped: its queue overflowed the flow-control bound"
-                    }
+                    mpsc::error::TrySendError::Full(_) => "dropped: its queue overflowed the flow-control bound",
                     mpsc::error::TrySendError::Closed(_) => "dropped: its writer stopped",
                 };
                 tracing::warn!(slot, session = id, why, "disconnecting client");
@@ -749,10 +669,7 @@ mod tests {
         let _l = bind_socket(&path).expect("binds");
         let mode = std::fs::metadata(&path).expect("socket").mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let dmode = std::fs::metadata(path.parent().expect("dir"))
-            .expect("dir")
-            .mode()
-            & 0o777;
+        let dmode = std::fs::metadata(path.parent().expect("dir")).expect("dir").mode() & 0o777;
         assert_eq!(dmode, 0o700);
         // A stale socket is replaced.
         let _l2 = bind_socket(&path).expect("rebinds");

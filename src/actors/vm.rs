@@ -27,13 +27,7 @@ pub struct VmActor {
 impl VmActor {
     /// A Vm actor that will get its control handle later.
     pub fn new(policy: Policy, relay: Addr<Relay>) -> VmActor {
-        VmActor {
-            policy,
-            relay,
-            control: None,
-            pending: None,
-            stopping: false,
-        }
+        VmActor { policy, relay, control: None, pending: None, stopping: false }
     }
 
     fn force(&self) {
@@ -59,24 +53,22 @@ impl VmActor {
         let drain = self.policy.drain_timeout;
         let relay = self.relay.clone();
         let grace = self.policy.shutdown_grace;
-        ctx.spawn(
-            async move { relay.send(SendShutdown { grace }).await.unwrap_or(false) }
-                .into_actor(self)
-                .map(move |sent, this, ctx| {
-                    if !sent {
-                        tracing::warn!("could not send Shutdown to the agent");
-                        this.force();
-                        return;
-                    }
-                    ctx.run_later(drain, move |this, _| {
-                        tracing::warn!(
-                            drain_ms = drain.as_millis() as u64,
-                            "the guest did not stop within the drain timeout"
-                        );
-                        this.force();
-                    });
-                }),
-        );
+        ctx.spawn(async move { relay.send(SendShutdown { grace }).await.unwrap_or(false) }.into_actor(self).map(
+            move |sent, this, ctx| {
+                if !sent {
+                    tracing::warn!("could not send Shutdown to the agent");
+                    this.force();
+                    return;
+                }
+                ctx.run_later(drain, move |this, _| {
+                    tracing::warn!(
+                        drain_ms = drain.as_millis() as u64,
+                        "the guest did not stop within the drain timeout"
+                    );
+                    this.force();
+                });
+            },
+        ));
     }
 }
 

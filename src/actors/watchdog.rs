@@ -35,52 +35,29 @@ pub struct Watchdog {
 
 impl Watchdog {
     /// A watchdog whose start time is the clock's now.
-    pub fn new(
-        policy: Policy,
-        clock: Arc<dyn Clock>,
-        relay: Addr<Relay>,
-        lifecycle: Addr<Lifecycle>,
-    ) -> Watchdog {
+    pub fn new(policy: Policy, clock: Arc<dyn Clock>, relay: Addr<Relay>, lifecycle: Addr<Lifecycle>) -> Watchdog {
         let started_at = clock.now();
-        Watchdog {
-            policy,
-            clock,
-            started_at,
-            relay,
-            lifecycle,
-            fired: false,
-        }
+        Watchdog { policy, clock, started_at, relay, lifecycle, fired: false }
     }
 }
 
 /// The rules, as a pure function of the policy, the start time, the relay's
 /// activity and the clock.
-fn rules_for(
-    policy: &Policy,
-    started_at: Duration,
-    a: &Activity,
-    now: Duration,
-) -> Option<Terminate> {
+fn rules_for(policy: &Policy, started_at: Duration, a: &Activity, now: Duration) -> Option<Terminate> {
     {
         let since_start = now.saturating_sub(started_at);
         let secs = |d: Duration| d.as_secs_f64();
         if a.ready_at.is_none() && since_start >= policy.ready_timeout {
             return Some(Terminate::new(
                 TerminationReason::AgentUnresponsive,
-                format!(
-                    "the agent was not ready within {:.1}s",
-                    secs(policy.ready_timeout)
-                ),
+                format!("the agent was not ready within {:.1}s", secs(policy.ready_timeout)),
             ));
         }
         if let Some(max) = policy.max_duration {
             if since_start >= max {
                 return Some(Terminate::new(
                     TerminationReason::MaxDurationExceeded,
-                    format!(
-                        "the sandbox reached its maximum duration of {:.1}s",
-                        secs(max)
-                    ),
+                    format!("the sandbox reached its maximum duration of {:.1}s", secs(max)),
                 ));
             }
         }
@@ -98,10 +75,7 @@ fn rules_for(
         if now.saturating_sub(last_beat) >= policy.heartbeat_timeout {
             return Some(Terminate::new(
                 TerminationReason::AgentUnresponsive,
-                format!(
-                    "no heartbeat from the agent for {:.1}s",
-                    secs(policy.heartbeat_timeout)
-                ),
+                format!("no heartbeat from the agent for {:.1}s", secs(policy.heartbeat_timeout)),
             ));
         }
         None
@@ -141,9 +115,7 @@ mod tests {
     use super::*;
 
     fn rules(policy: Policy) -> impl Fn(&Activity, u64) -> Option<TerminationReason> {
-        move |a, now_s| {
-            rules_for(&policy, Duration::ZERO, a, Duration::from_secs(now_s)).map(|t| t.reason)
-        }
+        move |a, now_s| rules_for(&policy, Duration::ZERO, a, Duration::from_secs(now_s)).map(|t| t.reason)
     }
 
     fn ready(at: u64) -> Activity {
@@ -157,15 +129,9 @@ mod tests {
 
     #[test]
     fn never_ready_is_unresponsive_after_the_ready_timeout() {
-        let check = rules(Policy {
-            ready_timeout: Duration::from_secs(30),
-            ..Policy::default()
-        });
+        let check = rules(Policy { ready_timeout: Duration::from_secs(30), ..Policy::default() });
         assert_eq!(check(&Activity::default(), 29), None);
-        assert_eq!(
-            check(&Activity::default(), 30),
-            Some(TerminationReason::AgentUnresponsive)
-        );
+        assert_eq!(check(&Activity::default(), 30), Some(TerminationReason::AgentUnresponsive));
     }
 
     #[test]
@@ -191,18 +157,12 @@ mod tests {
             ..Policy::default()
         });
         assert_eq!(check(&ready(1), 9), None);
-        assert_eq!(
-            check(&ready(1), 10),
-            Some(TerminationReason::MaxDurationExceeded)
-        );
+        assert_eq!(check(&ready(1), 10), Some(TerminationReason::MaxDurationExceeded));
     }
 
     #[test]
     fn heartbeat_loss_is_unresponsive() {
-        let check = rules(Policy {
-            heartbeat_timeout: Duration::from_secs(10),
-            ..Policy::default()
-        });
+        let check = rules(Policy { heartbeat_timeout: Duration::from_secs(10), ..Policy::default() });
         let mut a = ready(1);
         a.last_heartbeat = Some(Duration::from_secs(20));
         assert_eq!(check(&a, 29), None);

@@ -38,18 +38,11 @@ pub fn policy() -> Policy {
 
 /// A script that is ready at once and beats every 20 ms.
 pub fn script() -> MockScript {
-    MockScript {
-        heartbeat_interval_ms: 20,
-        ..MockScript::default()
-    }
+    MockScript { heartbeat_interval_ms: 20, ..MockScript::default() }
 }
 
 pub fn options(dir: &tempfile::TempDir, policy: Policy, clock: &ManualClock) -> SandboxOptions {
-    let mut opts = SandboxOptions::new(
-        "box1",
-        dir.path().join("alcove.db"),
-        dir.path().join("run/box1.sock"),
-    );
+    let mut opts = SandboxOptions::new("box1", dir.path().join("alcove.db"), dir.path().join("run/box1.sock"));
     opts.policy = policy;
     opts.clock = Arc::new(clock.clone());
     opts
@@ -63,13 +56,7 @@ pub fn start(script: MockScript, policy: Policy) -> Env {
     let opts = options(&dir, policy, &clock);
     let db = opts.db_path.clone();
     let handle = alcove::start(opts, Box::new(backend)).expect("sandbox starts");
-    Env {
-        dir,
-        handle,
-        log,
-        clock,
-        db,
-    }
+    Env { dir, handle, log, clock, db }
 }
 
 impl Env {
@@ -82,17 +69,11 @@ impl Env {
     }
 
     pub fn sandbox(&self) -> SandboxRecord {
-        self.store()
-            .sandbox("box1")
-            .expect("query")
-            .expect("sandbox row")
+        self.store().sandbox("box1").expect("query").expect("sandbox row")
     }
 
     pub fn last_run(&self) -> RunRecord {
-        self.store()
-            .latest_run("box1")
-            .expect("query")
-            .expect("run row")
+        self.store().latest_run("box1").expect("query").expect("run row")
     }
 
     /// Asserts what every finished sandbox must show: the run is final and
@@ -121,23 +102,12 @@ impl RawClient {
         let mut hs = [0u8; HANDSHAKE_LEN];
         stream.read_exact(&mut hs).expect("handshake");
         let range = Handshake::decode(hs).expect("valid range");
-        let ready = Frame::read_from(&mut stream)
-            .expect("read")
-            .expect("ready frame")
-            .decode_body()
-            .expect("decodes");
-        RawClient {
-            stream,
-            range,
-            ready,
-        }
+        let ready = Frame::read_from(&mut stream).expect("read").expect("ready frame").decode_body().expect("decodes");
+        RawClient { stream, range, ready }
     }
 
     pub fn send(&mut self, id: u32, flags: Flags, msg: &Message) {
-        Frame::message(id, flags, msg)
-            .expect("encodes")
-            .write_to(&mut self.stream)
-            .expect("writes");
+        Frame::message(id, flags, msg).expect("encodes").write_to(&mut self.stream).expect("writes");
     }
 
     pub fn recv(&mut self) -> Option<(u32, Flags, Message)> {
@@ -147,11 +117,7 @@ impl RawClient {
     }
 
     pub fn exec(&mut self, id: u32, argv: &[&str], stdin: bool) {
-        let req = ExecRequest {
-            argv: argv.iter().map(|s| s.to_string()).collect(),
-            stdin,
-            ..ExecRequest::default()
-        };
+        let req = ExecRequest { argv: argv.iter().map(|s| s.to_string()).collect(), stdin, ..ExecRequest::default() };
         self.send(id, Flags::SESSION_START, &Message::ExecRequest(req));
     }
 

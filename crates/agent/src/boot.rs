@@ -10,7 +10,7 @@
 
 use crate::cli::{self, Command, ConfigSource, Options};
 use crate::mounts;
-use crate::server::{Outcome, Server, ServerConfig};
+use crate::server::{Server, ServerConfig};
 use crate::spawn::Defaults;
 use crate::sys::{self, Fd};
 use crate::vm;
@@ -175,7 +175,6 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         vm::report_exit_code(root, 0);
         vm::power_off();
     }
-    let _ = Outcome::Shutdown;
     0
 }
 
@@ -213,20 +212,21 @@ fn vm_setup(config: &AgentConfig) -> Result<Fd, String> {
 /// reported to the VMM before powering off).
 fn fatal(msg: &str, opts: &Options, boot_root: Option<&Fd>) -> i32 {
     log!("fatal: {msg}");
-    if !opts.no_pid1 {
-        if let Some(root) = boot_root.map(Ok).unwrap_or_else(|| vm::open_boot_root().map_err(|_| ())).ok() {
-            // Only meaningful on a libkrun root; elsewhere the ioctl fails harmlessly.
-            if is_vm_guest() {
-                vm::report_exit_code(root_ref(&root), 1);
-                vm::power_off();
+    if !opts.no_pid1 && (boot_root.is_some() || is_vm_guest()) {
+        let opened;
+        let root = match boot_root {
+            Some(r) => Some(r),
+            None => {
+                opened = vm::open_boot_root().ok();
+                opened.as_ref()
             }
+        };
+        if let Some(r) = root {
+            vm::report_exit_code(r, 1);
         }
+        vm::power_off();
     }
     1
-}
-
-fn root_ref<T: AsRef<Fd>>(r: &T) -> &Fd {
-    r.as_ref()
 }
 
 /// Whether we run inside a VM (the boot root is virtio-fs).

@@ -54,11 +54,7 @@ pub enum CgroupError {
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> CgroupError + 'a {
-    move |source| CgroupError::Io {
-        what,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| CgroupError::Io { what, path: path.to_path_buf(), source }
 }
 
 /// A controller the jail uses.
@@ -128,8 +124,7 @@ pub struct Hierarchy {
 /// The cgroup hierarchies of this host, as seen by the calling process.
 pub fn hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
     let mountinfo_path = Path::new("/proc/self/mountinfo");
-    let mountinfo =
-        fs::read_to_string(mountinfo_path).map_err(io_err("reading", mountinfo_path))?;
+    let mountinfo = fs::read_to_string(mountinfo_path).map_err(io_err("reading", mountinfo_path))?;
     let cgroup_path = Path::new("/proc/self/cgroup");
     let own = fs::read_to_string(cgroup_path).map_err(io_err("reading", cgroup_path))?;
     Ok(parse_hierarchies(&mountinfo, &own, |mount| {
@@ -137,11 +132,7 @@ pub fn hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
     }))
 }
 
-fn parse_hierarchies(
-    mountinfo: &str,
-    own: &str,
-    v2_controllers: impl Fn(&Path) -> String,
-) -> Vec<Hierarchy> {
+fn parse_hierarchies(mountinfo: &str, own: &str, v2_controllers: impl Fn(&Path) -> String) -> Vec<Hierarchy> {
     let mut out: Vec<Hierarchy> = Vec::new();
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -173,38 +164,16 @@ fn parse_hierarchies(
                     .filter_map(|l| {
                         let mut parts = l.splitn(3, ':');
                         let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-                        ctrls
-                            .split(',')
-                            .any(|c| controllers.iter().any(|x| x == c))
-                            .then(|| path.to_string())
+                        ctrls.split(',').any(|c| controllers.iter().any(|x| x == c)).then(|| path.to_string())
                     })
                     .next()
                     .unwrap_or_else(|| "/".to_string());
-                out.push(Hierarchy {
-                    mount,
-                    mount_root: mount_root.to_string(),
-                    v2: false,
-                    controllers,
-                    own_path,
-                });
+                out.push(Hierarchy { mount, mount_root: mount_root.to_string(), v2: false, controllers, own_path });
             }
             "cgroup2" => {
-                let controllers: Vec<String> = v2_controllers(&mount)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect();
-                let own_path = own
-                    .lines()
-                    .find_map(|l| l.strip_prefix("0::"))
-                    .unwrap_or("/")
-                    .to_string();
-                out.push(Hierarchy {
-                    mount,
-                    mount_root: mount_root.to_string(),
-                    v2: true,
-                    controllers,
-                    own_path,
-                });
+                let controllers: Vec<String> = v2_controllers(&mount).split_whitespace().map(str::to_string).collect();
+                let own_path = own.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").to_string();
+                out.push(Hierarchy { mount, mount_root: mount_root.to_string(), v2: true, controllers, own_path });
             }
             _ => {}
         }
@@ -219,9 +188,7 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
-            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4])
-                .ok()
-                .and_then(|o| u8::from_str_radix(o, 8).ok())
+            if let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 4]).ok().and_then(|o| u8::from_str_radix(o, 8).ok())
             {
                 out.push(v);
                 i += 4;
@@ -281,11 +248,7 @@ impl Cgroup {
     /// Creates the jail's cgroup in every hierarchy that has a controller it
     /// uses and writes `limits`. A limit whose controller is missing is an
     /// error; a missing usage-only controller is not.
-    pub fn create(
-        name: &str,
-        parent: Option<&str>,
-        limits: &Limits,
-    ) -> Result<Cgroup, CgroupError> {
+    pub fn create(name: &str, parent: Option<&str>, limits: &Limits) -> Result<Cgroup, CgroupError> {
         Self::create_in(&hierarchies()?, name, parent, limits)
     }
 
@@ -295,11 +258,7 @@ impl Cgroup {
         parent: Option<&str>,
         limits: &Limits,
     ) -> Result<Cgroup, CgroupError> {
-        let leaf = format!(
-            "{name}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let leaf = format!("{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
         // Which hierarchy serves each controller: v1 first (a controller on
         // a v1 hierarchy is never available on v2 anyway).
         let mut plan: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
@@ -309,9 +268,7 @@ impl Cgroup {
                 .find(|h| !h.v2 && h.controllers.iter().any(|c| c == controller.v1_name()))
                 .or_else(|| {
                     let v2 = controller.v2_name()?;
-                    hierarchies
-                        .iter()
-                        .find(|h| h.v2 && h.controllers.iter().any(|c| c == v2))
+                    hierarchies.iter().find(|h| h.v2 && h.controllers.iter().any(|c| c == v2))
                 });
             if let Some(h) = found {
                 match plan.iter_mut().find(|(p, _)| p.mount == h.mount) {
@@ -334,18 +291,12 @@ impl Cgroup {
             }
         }
 
-        let mut cgroup = Cgroup {
-            dirs: Vec::new(),
-            destroyed: Mutex::new(false),
-        };
+        let mut cgroup = Cgroup { dirs: Vec::new(), destroyed: Mutex::new(false) };
         for (h, controllers) in plan {
             let rel_parent = match parent {
                 Some(p) => p.trim_matches('/').to_string(),
                 None => {
-                    let own = h
-                        .own_path
-                        .strip_prefix(h.mount_root.trim_end_matches('/'))
-                        .unwrap_or(&h.own_path);
+                    let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
                     let own = own.trim_matches('/');
                     if own.is_empty() {
                         "alcove".to_string()
@@ -361,11 +312,7 @@ impl Cgroup {
             }
             make_leaf(&parent_dir, &path)?;
             // Registered at once so a later failure cleans it up.
-            cgroup.dirs.push(Dir {
-                path,
-                v2: h.v2,
-                controllers,
-            });
+            cgroup.dirs.push(Dir { path, v2: h.v2, controllers });
         }
         if let Err(e) = cgroup.apply(limits) {
             cgroup.destroy();
@@ -408,15 +355,9 @@ impl Cgroup {
         if let (Some(cpus), Some(dir)) = (limits.cpus, self.dir_for(Controller::Cpu)) {
             let quota = u64::from(cpus) * CPU_PERIOD_US;
             if dir.v2 {
-                write(
-                    &dir.path.join("cpu.max"),
-                    &format!("{quota} {CPU_PERIOD_US}"),
-                )?;
+                write(&dir.path.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
             } else {
-                write(
-                    &dir.path.join("cpu.cfs_period_us"),
-                    &CPU_PERIOD_US.to_string(),
-                )?;
+                write(&dir.path.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
                 write(&dir.path.join("cpu.cfs_quota_us"), &quota.to_string())?;
             }
         }
@@ -514,30 +455,19 @@ impl Cgroup {
     pub fn usage(&self) -> Option<alcove_backend::GuestUsage> {
         let mut usage = alcove_backend::GuestUsage::default();
         let mut any = false;
-        if let Some(dir) = self
-            .dir_for(Controller::Cpuacct)
-            .or_else(|| self.dir_for(Controller::Cpu))
-        {
+        if let Some(dir) = self.dir_for(Controller::Cpuacct).or_else(|| self.dir_for(Controller::Cpu)) {
             if dir.v2 {
-                if let Some(v) =
-                    read(&dir.path.join("cpu.stat")).and_then(|t| keyed(&t, "usage_usec"))
-                {
+                if let Some(v) = read(&dir.path.join("cpu.stat")).and_then(|t| keyed(&t, "usage_usec")) {
                     usage.cpu_usec = v;
                     any = true;
                 }
-            } else if let Some(ns) =
-                read(&dir.path.join("cpuacct.usage")).and_then(|t| t.trim().parse::<u64>().ok())
-            {
+            } else if let Some(ns) = read(&dir.path.join("cpuacct.usage")).and_then(|t| t.trim().parse::<u64>().ok()) {
                 usage.cpu_usec = ns / 1000;
                 any = true;
             }
         }
         if let Some(dir) = self.dir_for(Controller::Memory) {
-            let file = if dir.v2 {
-                "memory.current"
-            } else {
-                "memory.usage_in_bytes"
-            };
+            let file = if dir.v2 { "memory.current" } else { "memory.usage_in_bytes" };
             if let Some(v) = read(&dir.path.join(file)).and_then(|t| t.trim().parse::<u64>().ok()) {
                 usage.memory_bytes = v;
                 any = true;
@@ -577,29 +507,15 @@ fn make_leaf(parent_dir: &Path, path: &Path) -> Result<(), CgroupError> {
         match fs::create_dir(path) {
             Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 5 => attempts += 1,
-            Err(e) => {
-                return Err(CgroupError::Io {
-                    what: "creating cgroup",
-                    path: path.to_path_buf(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(CgroupError::Io { what: "creating cgroup", path: path.to_path_buf(), source: e }),
         }
     }
 }
 
-fn enable_v2_controllers(
-    mount: &Path,
-    rel_parent: &str,
-    controllers: &[Controller],
-) -> Result<(), CgroupError> {
+fn enable_v2_controllers(mount: &Path, rel_parent: &str, controllers: &[Controller]) -> Result<(), CgroupError> {
     let mut names: Vec<&str> = controllers.iter().filter_map(|c| c.v2_name()).collect();
     names.dedup();
-    let line = names
-        .iter()
-        .map(|n| format!("+{n}"))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let line = names.iter().map(|n| format!("+{n}")).collect::<Vec<_>>().join(" ");
     if line.is_empty() {
         return Ok(());
     }
@@ -614,10 +530,7 @@ fn enable_v2_controllers(
         fs::create_dir_all(&level).map_err(io_err("creating cgroup", &level))?;
         let control = level.join("cgroup.subtree_control");
         let current = fs::read_to_string(&control).unwrap_or_default();
-        if names
-            .iter()
-            .all(|n| current.split_whitespace().any(|c| c == *n))
-        {
+        if names.iter().all(|n| current.split_whitespace().any(|c| c == *n)) {
             continue;
         }
         write(&control, &line)?;
@@ -683,8 +596,7 @@ mod tests {
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 ";
-    const OWN: &str =
-        "9:name=systemd:/\n8:pids:/\n4:memory:/outer/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n";
+    const OWN: &str = "9:name=systemd:/\n8:pids:/\n4:memory:/outer/abc\n2:cpuacct:/\n1:cpu:/\n0::/\n";
 
     #[test]
     fn parses_mixed_hierarchies() {
@@ -700,10 +612,7 @@ mod tests {
                 "/sys/fs/cgroup/unified"
             ]
         );
-        let mem = hs
-            .iter()
-            .find(|h| h.controllers == ["memory"])
-            .expect("memory");
+        let mem = hs.iter().find(|h| h.controllers == ["memory"]).expect("memory");
         assert_eq!(mem.own_path, "/outer/abc");
         let v2 = hs.iter().find(|h| h.v2).expect("v2");
         assert_eq!(v2.controllers, ["hugetlb"]);
@@ -712,9 +621,7 @@ mod tests {
     #[test]
     fn v2_only_host_uses_the_unified_mount() {
         let mi = "41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
-        let hs = parse_hierarchies(mi, "0::/user.slice/x\n", |_| {
-            "cpu io memory pids\n".to_string()
-        });
+        let hs = parse_hierarchies(mi, "0::/user.slice/x\n", |_| "cpu io memory pids\n".to_string());
         assert_eq!(hs.len(), 1);
         assert!(hs[0].v2);
         assert_eq!(hs[0].own_path, "/user.slice/x");
@@ -724,25 +631,15 @@ mod tests {
     #[test]
     fn missing_controller_for_a_limit_is_an_error() {
         let hs = parse_hierarchies(MOUNTINFO, OWN, |_| "hugetlb\n".to_string());
-        let only_cpu: Vec<Hierarchy> = hs
-            .into_iter()
-            .filter(|h| h.controllers == ["cpu"])
-            .collect();
+        let only_cpu: Vec<Hierarchy> = hs.into_iter().filter(|h| h.controllers == ["cpu"]).collect();
         let err = Cgroup::create_in(
             &only_cpu,
             "x",
             Some("nowhere"),
-            &Limits {
-                memory_bytes: Some(1 << 20),
-                ..Limits::default()
-            },
+            &Limits { memory_bytes: Some(1 << 20), ..Limits::default() },
         )
         .expect_err("no memory controller");
-        assert!(
-            err.to_string()
-                .contains("memory cgroup controller is not available"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("memory cgroup controller is not available"), "{err}");
     }
 
     #[test]
@@ -751,10 +648,7 @@ mod tests {
         assert_eq!(parse_blkio(blkio), (4097, 8192));
         let io = "8:0 rbytes=100 wbytes=200 rios=1 wios=2\n8:16 rbytes=1 wbytes=2\n";
         assert_eq!(parse_io_stat(io), (101, 202));
-        assert_eq!(
-            keyed("usage_usec 123\nuser_usec 100\n", "usage_usec"),
-            Some(123)
-        );
+        assert_eq!(keyed("usage_usec 123\nuser_usec 100\n", "usage_usec"), Some(123));
         assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
     }
 }

@@ -139,17 +139,8 @@ impl Step {
 
     /// What the child was doing, for the error message.
     pub fn describe(self, item: u32, plan_items: &[String], sys_items: &[&str]) -> String {
-        let item_name = |list: &[String]| {
-            list.get(item as usize)
-                .cloned()
-                .unwrap_or_else(|| format!("#{item}"))
-        };
-        let sys_name = || {
-            sys_items
-                .get(item as usize)
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("#{item}"))
-        };
+        let item_name = |list: &[String]| list.get(item as usize).cloned().unwrap_or_else(|| format!("#{item}"));
+        let sys_name = || sys_items.get(item as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("#{item}"));
         match self {
             Step::Relocate => "arranging file descriptors".into(),
             Step::WaitGo => "waiting for the host".into(),
@@ -190,22 +181,9 @@ pub(crate) const SYSTEM_DIRS: [&CStr; 5] = [c"dev", c"proc", c"sys", c"tmp", c".
 pub(crate) const SYSTEM_DIR_NAMES: [&str; 5] = ["dev", "proc", "sys", "tmp", ".alcove"];
 
 const DEVICES: [&CStr; 6] = [c"null", c"zero", c"full", c"random", c"urandom", c"tty"];
-const HOST_DEVICES: [&CStr; 6] = [
-    c"/dev/null",
-    c"/dev/zero",
-    c"/dev/full",
-    c"/dev/random",
-    c"/dev/urandom",
-    c"/dev/tty",
-];
-const JAIL_DEVICES: [&CStr; 6] = [
-    c"dev/null",
-    c"dev/zero",
-    c"dev/full",
-    c"dev/random",
-    c"dev/urandom",
-    c"dev/tty",
-];
+const HOST_DEVICES: [&CStr; 6] =
+    [c"/dev/null", c"/dev/zero", c"/dev/full", c"/dev/random", c"/dev/urandom", c"/dev/tty"];
+const JAIL_DEVICES: [&CStr; 6] = [c"dev/null", c"dev/zero", c"dev/full", c"dev/random", c"dev/urandom", c"dev/tty"];
 const DEV_LINKS: [(&CStr, &CStr); 5] = [
     (c"/proc/self/fd", c"dev/fd"),
     (c"/proc/self/fd/0", c"dev/stdin"),
@@ -214,20 +192,9 @@ const DEV_LINKS: [(&CStr, &CStr); 5] = [
     (c"pts/ptmx", c"dev/ptmx"),
 ];
 /// /proc entries made read-only (bound onto themselves).
-const PROC_READONLY: [&CStr; 5] = [
-    c"proc/sys",
-    c"proc/sysrq-trigger",
-    c"proc/irq",
-    c"proc/bus",
-    c"proc/fs",
-];
+const PROC_READONLY: [&CStr; 5] = [c"proc/sys", c"proc/sysrq-trigger", c"proc/irq", c"proc/bus", c"proc/fs"];
 /// /proc entries hidden behind /dev/null.
-const PROC_MASKED: [&CStr; 4] = [
-    c"proc/kcore",
-    c"proc/keys",
-    c"proc/timer_list",
-    c"proc/latency_stats",
-];
+const PROC_MASKED: [&CStr; 4] = [c"proc/kcore", c"proc/keys", c"proc/timer_list", c"proc/latency_stats"];
 
 const OPEN_TREE_CLONE: c_uint = 1;
 const AT_RECURSIVE: c_uint = 0x8000;
@@ -328,11 +295,7 @@ unsafe fn ensure_dir(path: &CStr) -> Result<(), c_int> {
 unsafe fn ensure_file(path: &CStr, mode: libc::mode_t) -> Result<(), c_int> {
     let mut st: libc::stat = std::mem::zeroed();
     if libc::lstat(path.as_ptr(), &mut st) == 0 {
-        return if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
-            Err(libc::EISDIR)
-        } else {
-            Ok(())
-        };
+        return if st.st_mode & libc::S_IFMT == libc::S_IFDIR { Err(libc::EISDIR) } else { Ok(()) };
     }
     let fd = libc::open(
         path.as_ptr(),
@@ -359,71 +322,29 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         // No way to report: the error pipe itself is unusable.
         libc::_exit(126);
     }
-    let channel = check!(
-        err,
-        Step::Relocate,
-        0,
-        libc::fcntl(plan.fd_channel, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE)
-    );
-    let config = check!(
-        err,
-        Step::Relocate,
-        1,
-        libc::fcntl(plan.fd_config, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE)
-    );
-    let log = check!(
-        err,
-        Step::Relocate,
-        2,
-        libc::fcntl(plan.fd_log, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE)
-    );
-    let devnull = check!(
-        err,
-        Step::Relocate,
-        3,
-        libc::fcntl(plan.fd_null, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE)
-    );
-    let sync = check!(
-        err,
-        Step::Relocate,
-        4,
-        libc::fcntl(plan.fd_sync_r, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE)
-    );
+    let channel = check!(err, Step::Relocate, 0, libc::fcntl(plan.fd_channel, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
+    let config = check!(err, Step::Relocate, 1, libc::fcntl(plan.fd_config, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
+    let log = check!(err, Step::Relocate, 2, libc::fcntl(plan.fd_log, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
+    let devnull = check!(err, Step::Relocate, 3, libc::fcntl(plan.fd_null, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
+    let sync = check!(err, Step::Relocate, 4, libc::fcntl(plan.fd_sync_r, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
     for fd in plan.close_fds.iter() {
         libc::close(*fd);
     }
-    for fd in [
-        plan.fd_err_w,
-        plan.fd_channel,
-        plan.fd_config,
-        plan.fd_log,
-        plan.fd_null,
-        plan.fd_sync_r,
-    ] {
+    for fd in [plan.fd_err_w, plan.fd_channel, plan.fd_config, plan.fd_log, plan.fd_null, plan.fd_sync_r] {
         libc::close(fd);
     }
 
     // --- signals: nothing inherited from the sandbox process -------------
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
-    check!(
-        err,
-        Step::Signals,
-        0,
-        libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut())
-    );
+    check!(err, Step::Signals, 0, libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut()));
     for sig in 1..libc::SIGRTMAX() {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }
     }
     // The jail dies with the thread that launched it.
-    check!(
-        err,
-        Step::Signals,
-        1,
-        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0)
-    );
+    check!(err, Step::Signals, 1, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0));
 
     // --- wait for the host: maps written, cgroup joined ------------------
     let mut go = 0u8;
@@ -441,35 +362,13 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     libc::close(sync);
 
     // --- mount namespace ---------------------------------------------------
-    check!(
-        err,
-        Step::MakePrivate,
-        0,
-        mount(
-            null(),
-            c"/",
-            null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            null()
-        )
-    );
-    check!(
-        err,
-        Step::Hostname,
-        0,
-        libc::sethostname(plan.hostname.as_ptr(), plan.hostname.as_bytes().len())
-    );
+    check!(err, Step::MakePrivate, 0, mount(null(), c"/", null(), libc::MS_REC | libc::MS_PRIVATE, null()));
+    check!(err, Step::Hostname, 0, libc::sethostname(plan.hostname.as_ptr(), plan.hostname.as_bytes().len()));
     check!(
         err,
         Step::Overlay,
         0,
-        mount(
-            c"overlay".as_ptr(),
-            &plan.merged,
-            c"overlay".as_ptr(),
-            0,
-            plan.overlay_opts.as_ptr()
-        )
+        mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), 0, plan.overlay_opts.as_ptr())
     );
     check!(err, Step::EnterRoot, 0, libc::chdir(plan.merged.as_ptr()));
     // From here on, relative paths are inside the new root.
@@ -496,26 +395,10 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         if let Err(e) = ensure_file(JAIL_DEVICES[i], 0o666) {
             fail(err, Step::DevNode, i as u32, e);
         }
-        check!(
-            err,
-            Step::DevNode,
-            i,
-            mount(
-                HOST_DEVICES[i].as_ptr(),
-                JAIL_DEVICES[i],
-                null(),
-                libc::MS_BIND,
-                null()
-            )
-        );
+        check!(err, Step::DevNode, i, mount(HOST_DEVICES[i].as_ptr(), JAIL_DEVICES[i], null(), libc::MS_BIND, null()));
     }
     for (target, link) in DEV_LINKS {
-        check!(
-            err,
-            Step::DevLink,
-            0,
-            libc::symlink(target.as_ptr(), link.as_ptr())
-        );
+        check!(err, Step::DevLink, 0, libc::symlink(target.as_ptr(), link.as_ptr()));
     }
     for dir in [c"dev/pts", c"dev/shm"] {
         if let Err(e) = ensure_dir(dir) {
@@ -538,38 +421,14 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         err,
         Step::DevShm,
         0,
-        mount(
-            c"shm".as_ptr(),
-            c"dev/shm",
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=1777".as_ptr()
-        )
+        mount(c"shm".as_ptr(), c"dev/shm", c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777".as_ptr())
     );
 
     // /proc of the new pid namespace, with the host-wide knobs read-only or hidden.
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
-    check!(
-        err,
-        Step::Proc,
-        0,
-        mount(
-            c"proc".as_ptr(),
-            c"proc",
-            c"proc".as_ptr(),
-            proc_flags,
-            null()
-        )
-    );
+    check!(err, Step::Proc, 0, mount(c"proc".as_ptr(), c"proc", c"proc".as_ptr(), proc_flags, null()));
     for (i, path) in PROC_READONLY.iter().enumerate() {
-        if mount(
-            path.as_ptr(),
-            path,
-            null(),
-            libc::MS_BIND | libc::MS_REC,
-            null(),
-        ) < 0
-        {
+        if mount(path.as_ptr(), path, null(), libc::MS_BIND | libc::MS_REC, null()) < 0 {
             if errno() == libc::ENOENT {
                 continue;
             }
@@ -579,50 +438,25 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
             err,
             Step::ProcMask,
             i,
-            mount(
-                null(),
-                path,
-                null(),
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | proc_flags,
-                null()
-            )
+            mount(null(), path, null(), libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | proc_flags, null())
         );
     }
     for (i, path) in PROC_MASKED.iter().enumerate() {
-        if mount(c"dev/null".as_ptr(), path, null(), libc::MS_BIND, null()) < 0
-            && errno() != libc::ENOENT
-        {
-            fail(
-                err,
-                Step::ProcMask,
-                (PROC_READONLY.len() + i) as u32,
-                errno(),
-            );
+        if mount(c"dev/null".as_ptr(), path, null(), libc::MS_BIND, null()) < 0 && errno() != libc::ENOENT {
+            fail(err, Step::ProcMask, (PROC_READONLY.len() + i) as u32, errno());
         }
     }
     check!(
         err,
         Step::Sys,
         0,
-        mount(
-            c"sysfs".as_ptr(),
-            c"sys",
-            c"sysfs".as_ptr(),
-            libc::MS_RDONLY | proc_flags,
-            null()
-        )
+        mount(c"sysfs".as_ptr(), c"sys", c"sysfs".as_ptr(), libc::MS_RDONLY | proc_flags, null())
     );
     check!(
         err,
         Step::Tmp,
         0,
-        mount(
-            c"tmpfs".as_ptr(),
-            c"tmp",
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=1777".as_ptr()
-        )
+        mount(c"tmpfs".as_ptr(), c"tmp", c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777".as_ptr())
     );
 
     // /.alcove/agent: the host's agent binary, read-only, on a read-only tmpfs.
@@ -641,24 +475,9 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     if let Err(e) = ensure_file(c".alcove/agent", 0o755) {
         fail(err, Step::AgentDir, 1, e);
     }
-    let agent_fd = check!(
-        err,
-        Step::AgentBind,
-        0,
-        open_tree(plan.agent_source.as_ptr(), 0)
-    );
-    check!(
-        err,
-        Step::AgentBind,
-        1,
-        set_attrs(agent_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, false)
-    );
-    check!(
-        err,
-        Step::AgentBind,
-        2,
-        move_mount(agent_fd, c".alcove/agent")
-    );
+    let agent_fd = check!(err, Step::AgentBind, 0, open_tree(plan.agent_source.as_ptr(), 0));
+    check!(err, Step::AgentBind, 1, set_attrs(agent_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, false));
+    check!(err, Step::AgentBind, 2, move_mount(agent_fd, c".alcove/agent"));
     libc::close(agent_fd);
     check!(
         err,
@@ -678,35 +497,15 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     // (and any symlinks in them) resolve inside the jail only.
     for i in 0..plan.volumes.len() {
         let v = &plan.volumes[i];
-        let fd = check!(
-            err,
-            Step::VolumeOpen,
-            i,
-            open_tree(v.source.as_ptr(), AT_RECURSIVE)
-        );
+        let fd = check!(err, Step::VolumeOpen, i, open_tree(v.source.as_ptr(), AT_RECURSIVE));
         if v.readonly {
-            check!(
-                err,
-                Step::VolumeOpen,
-                i,
-                set_attrs(fd, MOUNT_ATTR_RDONLY, true)
-            );
+            check!(err, Step::VolumeOpen, i, set_attrs(fd, MOUNT_ATTR_RDONLY, true));
         }
         plan.volume_fds[i] = fd;
     }
 
-    check!(
-        err,
-        Step::PivotRoot,
-        0,
-        libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int
-    );
-    check!(
-        err,
-        Step::PivotRoot,
-        1,
-        libc::umount2(c".".as_ptr(), libc::MNT_DETACH)
-    );
+    check!(err, Step::PivotRoot, 0, libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int);
+    check!(err, Step::PivotRoot, 1, libc::umount2(c".".as_ptr(), libc::MNT_DETACH));
     check!(err, Step::PivotRoot, 2, libc::chdir(c"/".as_ptr()));
 
     for i in 0..plan.volumes.len() {
@@ -721,12 +520,7 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
                 fail(err, Step::VolumeTarget, i as u32, e);
             }
         }
-        check!(
-            err,
-            Step::VolumeMount,
-            i,
-            move_mount(plan.volume_fds[i], &v.target)
-        );
+        check!(err, Step::VolumeMount, i, move_mount(plan.volume_fds[i], &v.target));
         libc::close(plan.volume_fds[i]);
     }
 
@@ -737,9 +531,7 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
 
     // --- privileges ----------------------------------------------------------
     for cap in plan.drop_caps.iter() {
-        if libc::prctl(libc::PR_CAPBSET_DROP, *cap as c_ulong, 0, 0, 0) < 0
-            && errno() != libc::EINVAL
-        {
+        if libc::prctl(libc::PR_CAPBSET_DROP, *cap as c_ulong, 0, 0, 0) < 0 && errno() != libc::EINVAL {
             fail(err, Step::Capabilities, *cap as u32, errno());
         }
     }
@@ -747,49 +539,18 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         err,
         Step::Capabilities,
         100,
-        libc::prctl(
-            libc::PR_CAP_AMBIENT,
-            libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong,
-            0,
-            0,
-            0
-        )
+        libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as c_ulong, 0, 0, 0)
     );
-    let mut header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let mut data = [CapData {
-        effective: 0,
-        permitted: 0,
-        inheritable: 0,
-    }; 2];
-    check!(
-        err,
-        Step::Capabilities,
-        101,
-        libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) as c_int
-    );
+    let mut header = CapHeader { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut data = [CapData { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    check!(err, Step::Capabilities, 101, libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) as c_int);
     for d in data.iter_mut() {
         d.inheritable = 0;
     }
-    check!(
-        err,
-        Step::Capabilities,
-        102,
-        libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as c_int
-    );
-    check!(
-        err,
-        Step::NoNewPrivs,
-        0,
-        libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
-    );
+    check!(err, Step::Capabilities, 102, libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) as c_int);
+    check!(err, Step::NoNewPrivs, 0, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
     for (i, program) in plan.seccomp.iter().enumerate() {
-        let prog = libc::sock_fprog {
-            len: program.len() as u16,
-            filter: program.as_ptr() as *mut libc::sock_filter,
-        };
+        let prog = libc::sock_fprog { len: program.len() as u16, filter: program.as_ptr() as *mut libc::sock_filter };
         check!(
             err,
             Step::Seccomp,
@@ -813,49 +574,25 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         err,
         Step::Fds,
         5,
-        libc::syscall(
-            libc::SYS_close_range,
-            5 as c_uint,
-            c_uint::MAX,
-            CLOSE_RANGE_CLOEXEC
-        ) as c_int
+        libc::syscall(libc::SYS_close_range, 5 as c_uint, c_uint::MAX, CLOSE_RANGE_CLOEXEC) as c_int
     );
 
-    libc::execve(
-        AGENT_PATH_C.as_ptr(),
-        plan.argv.as_ptr(),
-        plan.envp.as_ptr(),
-    );
+    libc::execve(AGENT_PATH_C.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
     fail(err, Step::Exec, 0, errno())
 }
 
 unsafe fn open_tree(path: *const c_char, extra: c_uint) -> c_int {
-    libc::syscall(
-        libc::SYS_open_tree,
-        libc::AT_FDCWD,
-        path,
-        OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint | extra,
-    ) as c_int
+    libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path, OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint | extra)
+        as c_int
 }
 
 unsafe fn move_mount(fd: c_int, target: &CStr) -> c_int {
-    libc::syscall(
-        libc::SYS_move_mount,
-        fd,
-        c"".as_ptr(),
-        libc::AT_FDCWD,
-        target.as_ptr(),
-        MOVE_MOUNT_F_EMPTY_PATH,
-    ) as c_int
+    libc::syscall(libc::SYS_move_mount, fd, c"".as_ptr(), libc::AT_FDCWD, target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
+        as c_int
 }
 
 unsafe fn set_attrs(fd: c_int, attrs: u64, recursive: bool) -> c_int {
-    let attr = MountAttr {
-        attr_set: attrs,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
+    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
     let flags = libc::AT_EMPTY_PATH as c_uint | if recursive { AT_RECURSIVE } else { 0 };
     libc::syscall(
         libc::SYS_mount_setattr,
@@ -898,20 +635,11 @@ unsafe fn loopback_up() -> Result<(), c_int> {
 /// # Safety
 /// `plan` must be fully prepared; the caller must not rely on anything
 /// after this call in the child (it never returns there).
-pub(crate) unsafe fn clone_child(
-    flags: c_long,
-    plan: &mut ChildPlan,
-) -> Result<libc::pid_t, std::io::Error> {
+pub(crate) unsafe fn clone_child(flags: c_long, plan: &mut ChildPlan) -> Result<libc::pid_t, std::io::Error> {
     // A raw clone with no new stack behaves like fork: the child continues
     // here on a copy of our stack.
-    let rc = libc::syscall(
-        libc::SYS_clone,
-        (flags | libc::SIGCHLD as c_long) as c_ulong,
-        0usize,
-        0usize,
-        0usize,
-        0usize,
-    );
+    let rc =
+        libc::syscall(libc::SYS_clone, (flags | libc::SIGCHLD as c_long) as c_ulong, 0usize, 0usize, 0usize, 0usize);
     if rc < 0 {
         return Err(std::io::Error::last_os_error());
     }

@@ -109,8 +109,7 @@ mod child;
 pub mod policy;
 
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, GuestUsage,
-    Launched, VmBackend,
+    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, GuestUsage, Launched, VmBackend,
 };
 use alcove_protocol::agent_config::{AgentConfig, AgentMode};
 use cgroup::{Cgroup, Limits};
@@ -217,9 +216,7 @@ fn host_cpus() -> u32 {
 
 fn overlay_safe(what: &str, p: &Path) -> Result<(), BackendError> {
     let s = p.as_os_str().as_bytes();
-    if s.iter()
-        .any(|b| matches!(b, b',' | b':' | b'\\' | b'\n' | 0))
-    {
+    if s.iter().any(|b| matches!(b, b',' | b':' | b'\\' | b'\n' | 0)) {
         return Err(invalid(format!(
             "{what} path {} contains ',', ':' or '\\', which overlayfs options cannot carry",
             p.display()
@@ -231,17 +228,10 @@ fn overlay_safe(what: &str, p: &Path) -> Result<(), BackendError> {
 fn validate(spec: &GuestSpec) -> Result<Checked, BackendError> {
     let name = &spec.name;
     if name.is_empty() || name.len() > 64 {
-        return Err(invalid(format!(
-            "sandbox name {name:?} must be 1 to 64 bytes long (it becomes the hostname)"
-        )));
+        return Err(invalid(format!("sandbox name {name:?} must be 1 to 64 bytes long (it becomes the hostname)")));
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-    {
-        return Err(invalid(format!(
-            "sandbox name {name:?} may contain only letters, digits, '-', '_' and '.'"
-        )));
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+        return Err(invalid(format!("sandbox name {name:?} may contain only letters, digits, '-', '_' and '.'")));
     }
     if spec.sandbox_dir.as_os_str().is_empty() {
         return Err(invalid("the sandbox directory is not set"));
@@ -249,60 +239,34 @@ fn validate(spec: &GuestSpec) -> Result<Checked, BackendError> {
     if spec.guest_log.as_os_str().is_empty() {
         return Err(invalid("the guest log path is not set"));
     }
-    let rootfs = spec
-        .rootfs
-        .as_ref()
-        .ok_or_else(|| invalid("the jail backend needs a root filesystem directory"))?;
-    let meta = fs::metadata(rootfs)
-        .map_err(|e| invalid(format!("rootfs {} is not usable: {e}", rootfs.display())))?;
+    let rootfs = spec.rootfs.as_ref().ok_or_else(|| invalid("the jail backend needs a root filesystem directory"))?;
+    let meta = fs::metadata(rootfs).map_err(|e| invalid(format!("rootfs {} is not usable: {e}", rootfs.display())))?;
     if !meta.is_dir() {
-        return Err(invalid(format!(
-            "rootfs {} is not a directory",
-            rootfs.display()
-        )));
+        return Err(invalid(format!("rootfs {} is not a directory", rootfs.display())));
     }
-    let rootfs = fs::canonicalize(rootfs)
-        .map_err(|e| invalid(format!("rootfs {}: {e}", rootfs.display())))?;
+    let rootfs = fs::canonicalize(rootfs).map_err(|e| invalid(format!("rootfs {}: {e}", rootfs.display())))?;
     overlay_safe("rootfs", &rootfs)?;
     overlay_safe("sandbox directory", &spec.sandbox_dir)?;
 
-    let agent = spec
-        .agent_binary
-        .as_ref()
-        .ok_or_else(|| invalid("no agent binary given"))?;
-    let meta = fs::metadata(agent).map_err(|e| {
-        invalid(format!(
-            "agent binary {} is not usable: {e}",
-            agent.display()
-        ))
-    })?;
+    let agent = spec.agent_binary.as_ref().ok_or_else(|| invalid("no agent binary given"))?;
+    let meta =
+        fs::metadata(agent).map_err(|e| invalid(format!("agent binary {} is not usable: {e}", agent.display())))?;
     if !meta.is_file() {
-        return Err(invalid(format!(
-            "agent binary {} is not a regular file",
-            agent.display()
-        )));
+        return Err(invalid(format!("agent binary {} is not a regular file", agent.display())));
     }
     if meta.permissions().mode() & 0o111 == 0 {
-        return Err(invalid(format!(
-            "agent binary {} is not executable",
-            agent.display()
-        )));
+        return Err(invalid(format!("agent binary {} is not executable", agent.display())));
     }
-    let agent = fs::canonicalize(agent)
-        .map_err(|e| invalid(format!("agent binary {}: {e}", agent.display())))?;
+    let agent = fs::canonicalize(agent).map_err(|e| invalid(format!("agent binary {}: {e}", agent.display())))?;
 
     let mut volumes = Vec::new();
     for m in &spec.mounts {
         let guest = m.guest.as_str();
         if !guest.starts_with('/') {
-            return Err(invalid(format!(
-                "mount guest path {guest:?} is not absolute"
-            )));
+            return Err(invalid(format!("mount guest path {guest:?} is not absolute")));
         }
         if guest.split('/').any(|c| c == ".." || c == ".") || guest.contains('\0') {
-            return Err(invalid(format!(
-                "mount guest path {guest:?} must not contain '.' or '..' components"
-            )));
+            return Err(invalid(format!("mount guest path {guest:?} must not contain '.' or '..' components")));
         }
         let norm = guest.trim_end_matches('/');
         if norm.is_empty() {
@@ -310,67 +274,41 @@ fn validate(spec: &GuestSpec) -> Result<Checked, BackendError> {
         }
         for reserved in ["/proc", "/sys", "/dev", "/.alcove"] {
             if norm == reserved || norm.starts_with(&format!("{reserved}/")) {
-                return Err(invalid(format!(
-                    "mount guest path {guest:?} is under {reserved}, which the jail manages"
-                )));
+                return Err(invalid(format!("mount guest path {guest:?} is under {reserved}, which the jail manages")));
             }
         }
-        let meta = fs::metadata(&m.host).map_err(|e| {
-            invalid(format!(
-                "mount host path {} is not usable: {e}",
-                m.host.display()
-            ))
-        })?;
-        let host = fs::canonicalize(&m.host)
-            .map_err(|e| invalid(format!("mount host path {}: {e}", m.host.display())))?;
+        let meta = fs::metadata(&m.host)
+            .map_err(|e| invalid(format!("mount host path {} is not usable: {e}", m.host.display())))?;
+        let host =
+            fs::canonicalize(&m.host).map_err(|e| invalid(format!("mount host path {}: {e}", m.host.display())))?;
         volumes.push((host, norm.to_string(), meta.is_dir(), m.readonly));
     }
 
     let memory_bytes = match spec.memory_mib {
         None => None,
         Some(m) if m < MIN_MEMORY_MIB => {
-            return Err(invalid(format!(
-                "memory limit {m} MiB is below the minimum of {MIN_MEMORY_MIB} MiB"
-            )))
+            return Err(invalid(format!("memory limit {m} MiB is below the minimum of {MIN_MEMORY_MIB} MiB")))
         }
-        Some(m) if m > (1 << 30) => {
-            return Err(invalid(format!("memory limit {m} MiB is not a sane value")))
-        }
+        Some(m) if m > (1 << 30) => return Err(invalid(format!("memory limit {m} MiB is not a sane value"))),
         Some(m) => Some(m * 1024 * 1024),
     };
     let cpus = match spec.cpus {
         None => None,
         Some(0) => return Err(invalid("cpus must be at least 1")),
         Some(c) if c > host_cpus() => {
-            return Err(invalid(format!(
-                "cpus {c} exceeds the {} CPUs of this host",
-                host_cpus()
-            )))
+            return Err(invalid(format!("cpus {c} exceeds the {} CPUs of this host", host_cpus())))
         }
         Some(c) => Some(c),
     };
     let pids = match spec.pids_limit {
         None => DEFAULT_PIDS_LIMIT,
         Some(p) if p < MIN_PIDS_LIMIT => {
-            return Err(invalid(format!(
-                "pids limit {p} is below the minimum of {MIN_PIDS_LIMIT}"
-            )))
+            return Err(invalid(format!("pids limit {p} is below the minimum of {MIN_PIDS_LIMIT}")))
         }
-        Some(p) if p > 4_194_304 => {
-            return Err(invalid(format!("pids limit {p} is not a sane value")))
-        }
+        Some(p) if p > 4_194_304 => return Err(invalid(format!("pids limit {p} is not a sane value"))),
         Some(p) => p,
     };
-    Ok(Checked {
-        rootfs,
-        agent,
-        volumes,
-        limits: Limits {
-            memory_bytes,
-            cpus,
-            pids: Some(pids),
-        },
-    })
+    Ok(Checked { rootfs, agent, volumes, limits: Limits { memory_bytes, cpus, pids: Some(pids) } })
 }
 
 fn cstring(what: &str, bytes: &[u8]) -> Result<CString, BackendError> {
@@ -381,10 +319,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), BackendError> {
     let mut fds = [0; 2];
     // SAFETY: pipe2 writes two fds into the array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
-        return Err(BackendError::io(
-            "creating a pipe",
-            std::io::Error::last_os_error(),
-        ));
+        return Err(BackendError::io("creating a pipe", std::io::Error::last_os_error()));
     }
     // SAFETY: both fds are fresh and owned by us.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -422,11 +357,7 @@ impl VmBackend for JailBackend {
 
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError> {
         let jail = self.spawn(spec)?;
-        Ok(Launched {
-            agent_channel: jail.agent_channel,
-            runner: Box::new(jail.runner),
-            control: jail.control,
-        })
+        Ok(Launched { agent_channel: jail.agent_channel, runner: Box::new(jail.runner), control: jail.control })
     }
 }
 
@@ -440,8 +371,8 @@ impl JailBackend {
             UserNamespace::Never => false,
             UserNamespace::Auto => !is_root(),
         };
-        let policy = policy::seccomp_policy(self.options.keep_sys_admin)
-            .map_err(|e| BackendError::Setup(e.to_string()))?;
+        let policy =
+            policy::seccomp_policy(self.options.keep_sys_admin).map_err(|e| BackendError::Setup(e.to_string()))?;
         let drop_caps = policy::dropped_capabilities(self.options.keep_sys_admin);
 
         // ---- host-side preparation (all reversible or harmless) ----
@@ -449,8 +380,7 @@ impl JailBackend {
         let work = spec.sandbox_dir.join("work");
         let merged = spec.sandbox_dir.join("merged");
         for dir in [&upper, &work, &merged] {
-            fs::create_dir_all(dir)
-                .map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
+            fs::create_dir_all(dir).map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
         }
         if let Some(parent) = spec.guest_log.parent() {
             if !parent.as_os_str().is_empty() {
@@ -463,14 +393,8 @@ impl JailBackend {
             .append(true)
             .mode(0o600)
             .open(&spec.guest_log)
-            .map_err(|e| {
-                BackendError::io(
-                    format!("opening the guest log {}", spec.guest_log.display()),
-                    e,
-                )
-            })?;
-        let devnull =
-            File::open("/dev/null").map_err(|e| BackendError::io("opening /dev/null", e))?;
+            .map_err(|e| BackendError::io(format!("opening the guest log {}", spec.guest_log.display()), e))?;
+        let devnull = File::open("/dev/null").map_err(|e| BackendError::io("opening /dev/null", e))?;
 
         let config = AgentConfig {
             hostname: spec.name.clone(),
@@ -484,26 +408,15 @@ impl JailBackend {
         let (config_r, config_w) = pipe()?;
         if config.len() > 60 * 1024 {
             // SAFETY: fcntl on our own pipe fd.
-            let rc = unsafe {
-                libc::fcntl(
-                    config_w.as_raw_fd(),
-                    libc::F_SETPIPE_SZ,
-                    config.len() as libc::c_int,
-                )
-            };
+            let rc = unsafe { libc::fcntl(config_w.as_raw_fd(), libc::F_SETPIPE_SZ, config.len() as libc::c_int) };
             if rc < 0 || (rc as usize) < config.len() {
-                return Err(invalid(format!(
-                    "the agent configuration ({} bytes) is too large",
-                    config.len()
-                )));
+                return Err(invalid(format!("the agent configuration ({} bytes) is too large", config.len())));
             }
         }
-        File::from(config_w)
-            .write_all(&config)
-            .map_err(|e| BackendError::io("writing the agent configuration", e))?;
+        File::from(config_w).write_all(&config).map_err(|e| BackendError::io("writing the agent configuration", e))?;
 
-        let (host_channel, guest_channel) = alcove_backend::console::channel()
-            .map_err(|e| BackendError::io("creating the agent channel", e))?;
+        let (host_channel, guest_channel) =
+            alcove_backend::console::channel().map_err(|e| BackendError::io("creating the agent channel", e))?;
         let (sync_r, sync_w) = pipe()?;
         let (err_r, err_w) = pipe()?;
 
@@ -543,16 +456,12 @@ impl JailBackend {
             .init_argv
             .clone()
             .unwrap_or_else(|| vec!["alcove-agent".into(), "--config-fd".into(), "4".into()]);
-        let argv_storage = argv_strings
-            .iter()
-            .map(|a| cstring("init argument", a.as_bytes()))
-            .collect::<Result<Vec<_>, _>>()?;
+        let argv_storage =
+            argv_strings.iter().map(|a| cstring("init argument", a.as_bytes())).collect::<Result<Vec<_>, _>>()?;
         let mut argv: Vec<*const libc::c_char> = argv_storage.iter().map(|a| a.as_ptr()).collect();
         argv.push(std::ptr::null());
-        let envp_storage = vec![
-            c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
-            c"HOME=/".to_owned(),
-        ];
+        let envp_storage =
+            vec![c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(), c"HOME=/".to_owned()];
         let mut envp: Vec<*const libc::c_char> = envp_storage.iter().map(|a| a.as_ptr()).collect();
         envp.push(std::ptr::null());
         let n_volumes = volumes.len();
@@ -576,37 +485,22 @@ impl JailBackend {
             fd_null: devnull.as_raw_fd(),
             fd_err_w: err_w.as_raw_fd(),
             fd_sync_r: sync_r.as_raw_fd(),
-            close_fds: vec![
-                host_channel.as_raw_fd(),
-                sync_w.as_raw_fd(),
-                err_r.as_raw_fd(),
-            ],
+            close_fds: vec![host_channel.as_raw_fd(), sync_w.as_raw_fd(), err_r.as_raw_fd()],
         };
         let _ = (&plan.argv_storage, &plan.envp_storage, plan.userns);
 
         // ---- cgroup (limits in place before the child can run) ----
-        let cgroup = match Cgroup::create(
-            &spec.name,
-            self.options.cgroup_parent.as_deref(),
-            &checked.limits,
-        ) {
+        let cgroup = match Cgroup::create(&spec.name, self.options.cgroup_parent.as_deref(), &checked.limits) {
             Ok(c) => Some(c),
             Err(e) if userns && !is_root() => {
                 tracing::warn!(error = %e, "jail runs without cgroup limits (no access to the cgroup tree)");
                 None
             }
-            Err(e) => {
-                return Err(BackendError::Setup(format!(
-                    "setting up the jail's cgroup: {e}"
-                )))
-            }
+            Err(e) => return Err(BackendError::Setup(format!("setting up the jail's cgroup: {e}"))),
         };
 
-        let mut flags = libc::CLONE_NEWPID
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET;
+        let mut flags =
+            libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
         if userns {
             flags |= libc::CLONE_NEWUSER;
         }
@@ -626,9 +520,7 @@ impl JailBackend {
             unsafe {
                 libc::kill(pid, libc::SIGKILL);
                 let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) < 0
-                    && *libc::__errno_location() == libc::EINTR
-                {}
+                while libc::waitpid(pid, &mut status, 0) < 0 && *libc::__errno_location() == libc::EINTR {}
             }
             if let Some(c) = cgroup {
                 c.destroy();
@@ -640,10 +532,7 @@ impl JailBackend {
         let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) } as libc::c_int;
         if pidfd < 0 {
             let e = std::io::Error::last_os_error();
-            return Err(abort(
-                BackendError::io("opening a pidfd for the jail", e),
-                &cgroup,
-            ));
+            return Err(abort(BackendError::io("opening a pidfd for the jail", e), &cgroup));
         }
         // SAFETY: fresh fd owned by us.
         let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
@@ -655,10 +544,7 @@ impl JailBackend {
         }
         if let Some(c) = &cgroup {
             if let Err(e) = c.add(pid) {
-                return Err(abort(
-                    BackendError::Setup(format!("placing the jail in its cgroup: {e}")),
-                    &cgroup,
-                ));
+                return Err(abort(BackendError::Setup(format!("placing the jail in its cgroup: {e}")), &cgroup));
             }
         }
         if let Err(e) = fs::write(format!("/proc/{pid}/oom_score_adj"), "-1000") {
@@ -674,10 +560,7 @@ impl JailBackend {
         // Wait for exec (EOF) or a failure report.
         let mut report = Vec::new();
         if let Err(e) = File::from(err_r).read_to_end(&mut report) {
-            return Err(abort(
-                BackendError::io("waiting for the jail to start", e),
-                &cgroup,
-            ));
+            return Err(abort(BackendError::io("waiting for the jail to start", e), &cgroup));
         }
         if !report.is_empty() {
             let msg = describe_failure(&report, &volume_names);
@@ -685,19 +568,10 @@ impl JailBackend {
         }
         drop(plan);
 
-        let shared = Arc::new(Shared {
-            pid,
-            pidfd,
-            cgroup,
-            merged,
-            done: AtomicBool::new(false),
-        });
+        let shared = Arc::new(Shared { pid, pidfd, cgroup, merged, done: AtomicBool::new(false) });
         Ok(Jail {
             agent_channel: host_channel,
-            runner: JailRunner {
-                shared: shared.clone(),
-                ran: false,
-            },
+            runner: JailRunner { shared: shared.clone(), ran: false },
             control: Arc::new(JailControl { shared }),
         })
     }
@@ -707,16 +581,12 @@ fn describe_failure(report: &[u8], volume_names: &[String]) -> String {
     if report.len() < 12 {
         return "the jail's first process failed during set-up".into();
     }
-    let word =
-        |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
+    let word = |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
     let (step, item, errno) = (word(0), word(4), word(8) as i32);
     let what = Step::from_u32(step)
         .map(|s| s.describe(item, volume_names, &child::SYSTEM_DIR_NAMES))
         .unwrap_or_else(|| format!("step {step}"));
-    format!(
-        "jail set-up failed while {what}: {}",
-        std::io::Error::from_raw_os_error(errno)
-    )
+    format!("jail set-up failed while {what}: {}", std::io::Error::from_raw_os_error(errno))
 }
 
 fn write_id_maps(pid: libc::pid_t) -> Result<(), BackendError> {
@@ -778,10 +648,7 @@ impl Shared {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            break GuestExit {
-                code: 255,
-                detail: Some(format!("waiting for the jail's PID 1 failed: {e}")),
-            };
+            break GuestExit { code: 255, detail: Some(format!("waiting for the jail's PID 1 failed: {e}")) };
         };
         self.done.store(true, Ordering::SeqCst);
         self.cleanup();
@@ -799,21 +666,12 @@ impl Shared {
 
 fn decode_status(status: libc::c_int) -> GuestExit {
     if libc::WIFEXITED(status) {
-        GuestExit {
-            code: libc::WEXITSTATUS(status),
-            detail: None,
-        }
+        GuestExit { code: libc::WEXITSTATUS(status), detail: None }
     } else if libc::WIFSIGNALED(status) {
         let sig = libc::WTERMSIG(status);
-        GuestExit {
-            code: 128 + sig,
-            detail: Some(format!("killed by signal {sig}")),
-        }
+        GuestExit { code: 128 + sig, detail: Some(format!("killed by signal {sig}")) }
     } else {
-        GuestExit {
-            code: 255,
-            detail: Some(format!("unexpected wait status {status:#x}")),
-        }
+        GuestExit { code: 255, detail: Some(format!("unexpected wait status {status:#x}")) }
     }
 }
 
@@ -861,11 +719,7 @@ impl JailControl {
 
     /// The jail's cgroup directories (empty without cgroups).
     pub fn cgroup_paths(&self) -> Vec<PathBuf> {
-        self.shared
-            .cgroup
-            .as_ref()
-            .map(|c| c.paths())
-            .unwrap_or_default()
+        self.shared.cgroup.as_ref().map(|c| c.paths()).unwrap_or_default()
     }
 }
 
@@ -894,19 +748,7 @@ mod tests {
 
     #[test]
     fn decodes_wait_status() {
-        assert_eq!(
-            decode_status(3 << 8),
-            GuestExit {
-                code: 3,
-                detail: None
-            }
-        );
-        assert_eq!(
-            decode_status(9),
-            GuestExit {
-                code: 137,
-                detail: Some("killed by signal 9".into())
-            }
-        );
+        assert_eq!(decode_status(3 << 8), GuestExit { code: 3, detail: None });
+        assert_eq!(decode_status(9), GuestExit { code: 137, detail: Some("killed by signal 9".into()) });
     }
 }

@@ -11,8 +11,7 @@
 //! See the crate documentation for the policy as a whole.
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 use std::collections::BTreeMap;
 
@@ -89,10 +88,7 @@ pub fn dropped_capabilities(keep_sys_admin: bool) -> Vec<libc::c_int> {
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
     let kept = kept_capabilities(keep_sys_admin);
-    (0..=last)
-        .filter(|cap| !kept.contains(cap))
-        .map(|cap| cap as libc::c_int)
-        .collect()
+    (0..=last).filter(|cap| !kept.contains(cap)).map(|cap| cap as libc::c_int).collect()
 }
 
 /// System calls refused with `EPERM` in every jail.
@@ -175,39 +171,20 @@ pub fn seccomp_policy(keep_sys_admin: bool) -> Result<SeccompPolicy, PolicyError
         }
     }
     let newuser = libc::CLONE_NEWUSER as u64;
-    let cond = SeccompCondition::new(
-        0,
-        SeccompCmpArgLen::Qword,
-        SeccompCmpOp::MaskedEq(newuser),
-        newuser,
-    )
-    .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let cond = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(newuser), newuser)
+        .map_err(|e| PolicyError::Compile(e.to_string()))?;
     let rule = SeccompRule::new(vec![cond]).map_err(|e| PolicyError::Compile(e.to_string()))?;
     rules.insert(libc::SYS_clone, vec![rule]);
 
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        TargetArch::x86_64,
-    )
-    .map_err(|e| PolicyError::Compile(e.to_string()))?;
-    let program: BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| PolicyError::Compile(e.to_string()))?;
-    let main: Vec<libc::sock_filter> = program
-        .iter()
-        .map(|i| libc::sock_filter {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), TargetArch::x86_64)
+            .map_err(|e| PolicyError::Compile(e.to_string()))?;
+    let program: BpfProgram =
+        filter.try_into().map_err(|e: seccompiler::BackendError| PolicyError::Compile(e.to_string()))?;
+    let main: Vec<libc::sock_filter> =
+        program.iter().map(|i| libc::sock_filter { code: i.code, jt: i.jt, jf: i.jf, k: i.k }).collect();
 
-    Ok(SeccompPolicy {
-        programs: vec![main, x32_and_clone3_program()],
-    })
+    Ok(SeccompPolicy { programs: vec![main, x32_and_clone3_program()] })
 }
 
 const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
@@ -221,12 +198,7 @@ const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 const SECCOMP_DATA_NR: u32 = 0;
 
 fn stmt(code: u16, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code,
-        jt: 0,
-        jf: 0,
-        k,
-    }
+    libc::sock_filter { code, jt: 0, jf: 0, k }
 }
 
 fn jump(code: u16, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
