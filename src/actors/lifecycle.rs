@@ -178,10 +178,7 @@ impl Lifecycle {
         self.finalising = true;
         let cause = self.cause.take().unwrap_or_else(|| match exit_code {
             Some(0) => Terminate { reason: TerminationReason::Completed, detail: None, force: false },
-            Some(code) => Terminate {
-                reason: TerminationReason::Failed,
-                detail: Some(format!("the guest exited with code {code}")),
-            },
+            Some(code) => Terminate::new(TerminationReason::Failed, format!("the guest exited with code {code}")),
             None => Terminate::new(TerminationReason::InternalError, "the guest ended without an exit code"),
         });
         let detail = match (cause.detail, exit_detail) {

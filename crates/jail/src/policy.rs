@@ -187,7 +187,8 @@ pub fn seccomp_policy(keep_sys_admin: bool) -> Result<SeccompPolicy, PolicyError
     Ok(SeccompPolicy { programs: vec![main, x32_and_clone3_program()] })
 }
 
-const BPF_LD_W_ABS: u16 = 0x00 | 0x00 | 0x20;
+/// BPF_LD | BPF_W | BPF_ABS.
+const BPF_LD_W_ABS: u16 = 0x20;
 const BPF_JMP_JEQ_K: u16 = 0x05 | 0x10;
 const BPF_JMP_JGE_K: u16 = 0x05 | 0x30;
 const BPF_RET_K: u16 = 0x06;
