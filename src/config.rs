@@ -132,7 +132,7 @@ pub struct SandboxConfig {
     pub mock: MockScript,
     /// Settings of the krun backend.
     #[serde(default)]
-    pub krun: serde_json::Value,
+    pub krun: alcove_krun::KrunConfig,
     /// agent.sock; derived from home and name when absent.
     #[serde(default)]
     pub socket_path: Option<PathBuf>,

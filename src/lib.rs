@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod messages;

@@ -15,7 +15,7 @@ use crate::config::{BackendKind, SandboxConfig};
 use crate::sandbox::{launch, SandboxHandle, SandboxOptions};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::mock::MockBackend;
-use alcove_backend::VmBackend;
+use alcove_backend::{GuestSpec, VmBackend};
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -35,6 +35,7 @@ pub fn run(config_path: &Path) -> i32 {
 fn run_inner(config_path: &Path) -> Result<i32, String> {
     let cfg = SandboxConfig::load(config_path).map_err(|e| e.to_string())?;
     let backend = make_backend(&cfg)?;
+    let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
     drop(Store::open(&cfg.db_path()).map_err(|e| e.to_string())?);
 
@@ -53,7 +54,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         db_path: cfg.db_path(),
         store: Default::default(),
         socket_path: cfg.socket_path().map_err(|e| e.to_string())?,
-        spec: cfg.guest_spec(),
+        spec,
         policy: cfg.policy,
         clock: Arc::new(crate::clock::MonotonicClock::new()),
         pid: std::process::id(),
@@ -76,8 +77,30 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
 fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
     match cfg.backend {
         BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        other => Err(format!("the {other:?} backend is not available in this build")),
+        BackendKind::Jail => Ok(Box::new(alcove_jail::JailBackend::new(alcove_jail::JailOptions::default()))),
+        BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
     }
+}
+
+/// Fills in what a real guest needs and the config may leave out: the static
+/// agent (embedded in this binary) and the default rootfs.
+fn complete_spec(cfg: &SandboxConfig) -> Result<GuestSpec, String> {
+    let mut spec = cfg.guest_spec();
+    if cfg.backend == BackendKind::Mock {
+        return Ok(spec);
+    }
+    if spec.agent_binary.is_none() {
+        let path = match std::env::var_os(alcove_agent_bin::AGENT_BIN_ENV) {
+            Some(_) => alcove_agent_bin::agent_path(),
+            None => alcove_agent_bin::install_into(&cfg.home.join("bin")),
+        };
+        spec.agent_binary = Some(path.map_err(|e| e.to_string())?);
+    }
+    if spec.rootfs.is_none() {
+        let store = alcove_rootfs::RootfsStore::new(cfg.home.clone());
+        spec.rootfs = Some(store.resolve(alcove_rootfs::DEFAULT_NAME).map_err(|e| e.to_string())?.root);
+    }
+    Ok(spec)
 }
 
 /// Sends tracing output to a daily-rotated `runtime.log` (seven kept) and

@@ -63,7 +63,8 @@ fn read_config(src: &ConfigSource) -> Result<AgentConfig, String> {
     let bytes = match src {
         ConfigSource::Fd(fd) => {
             let fd = Fd::new(*fd);
-            sys::read_to_end(fd.raw()).map_err(|e| format!("cannot read the configuration from fd {}: {e}", fd.raw()))?
+            sys::read_to_end(fd.raw())
+                .map_err(|e| format!("cannot read the configuration from fd {}: {e}", fd.raw()))?
         }
         ConfigSource::Path(p) => std::fs::read(p).map_err(|e| format!("cannot read the configuration {p}: {e}"))?,
     };
@@ -105,6 +106,9 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         libc::umask(0);
     }
     ensure_stdio();
+    // Inherited descriptors (the channel, the config pipe, anything the
+    // launcher left open) must never reach commands.
+    sys::cloexec_from(3);
     let config = match read_config(&opts.config) {
         Ok(c) => c,
         Err(e) => return fatal(&e, &opts, None),
@@ -133,12 +137,14 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         }
     }
     let mounts_done = sys::clock_us(libc::CLOCK_BOOTTIME);
-    let chan = match opts.channel_fd {
-        Some(fd) => Ok(Fd::new(fd)),
-        None => match config.mode {
-            AgentMode::Jail => Ok(Fd::new(JAIL_CHANNEL_FD)),
-            AgentMode::Vm => vm::open_agent_port().map_err(|e| format!("cannot open the agent channel: {e}")),
-        },
+    let mut channel_is_port = opts.channel_is_port;
+    let chan = match (opts.channel_fd, config.mode) {
+        (Some(fd), _) => open_fd_channel(fd),
+        (None, AgentMode::Jail) => open_fd_channel(JAIL_CHANNEL_FD),
+        (None, AgentMode::Vm) => {
+            channel_is_port = true;
+            vm::open_agent_port().map_err(|e| format!("cannot open the agent channel: {e}"))
+        }
     };
     let chan = match chan {
         Ok(c) => c,
@@ -160,13 +166,15 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         user: config.user.clone(),
         hostname: config.hostname.clone(),
     };
-    let server_cfg = ServerConfig { defaults, root: PathBuf::from("/"), pid1, heartbeat: Duration::from_secs(1) };
+    let server_cfg =
+        ServerConfig { defaults, root: PathBuf::from("/"), pid1, heartbeat: Duration::from_secs(1), channel_is_port };
     let server = match Server::new(server_cfg, chan, sigfd) {
         Ok(s) => s,
         Err(e) => return fatal(&format!("cannot start serving: {e}"), &opts, boot_root.as_ref()),
     };
     let ready_us = sys::clock_us(libc::CLOCK_BOOTTIME);
-    let timings = BootTimings { agent_start_us: t0 - base, mounts_done_us: mounts_done - base, ready_us: ready_us - base };
+    let timings =
+        BootTimings { agent_start_us: t0 - base, mounts_done_us: mounts_done - base, ready_us: ready_us - base };
     let outcome = server.run(timings);
     log!("stopping ({outcome:?}); syncing");
     // SAFETY: sync has no preconditions.
@@ -176,6 +184,15 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         vm::power_off();
     }
     0
+}
+
+/// Takes an inherited channel fd, checking that it is open.
+fn open_fd_channel(fd: i32) -> Result<Fd, String> {
+    // SAFETY: F_GETFD on any number is harmless.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(format!("the agent channel fd {fd} is not open ({})", std::io::Error::last_os_error()));
+    }
+    Ok(Fd::new(fd))
 }
 
 fn jail_setup(config: &AgentConfig) {
@@ -203,6 +220,7 @@ fn vm_setup(config: &AgentConfig) -> Result<Fd, String> {
     let root = vm::open_boot_root().map_err(|e| format!("cannot open the boot root: {e}"))?;
     vm::assemble_root(boot).map_err(|e| format!("cannot assemble the root filesystem: {e}"))?;
     mounts::run_best_effort(&mounts::base_plan(&mounts::mounted_points(), true));
+    vm::console_stdio();
     mounts::setup_ptmx();
     mounts::set_hostname(&config.hostname);
     Ok(root)
@@ -227,6 +245,22 @@ fn fatal(msg: &str, opts: &Options, boot_root: Option<&Fd>) -> i32 {
         vm::power_off();
     }
     1
+}
+
+/// What the agent does after an internal panic: in a VM as PID 1 it reports
+/// exit code 70 and powers off (returning from init would panic the guest
+/// kernel); otherwise it returns 70 for the process exit.
+pub fn after_panic() -> i32 {
+    const INTERNAL_ERROR: i32 = 70;
+    log!("fatal: internal error (panic); stopping the guest");
+    // SAFETY: getpid has no preconditions.
+    if unsafe { libc::getpid() } == 1 && is_vm_guest() {
+        if let Ok(root) = vm::open_boot_root() {
+            vm::report_exit_code(&root, INTERNAL_ERROR);
+        }
+        vm::power_off();
+    }
+    INTERNAL_ERROR
 }
 
 /// Whether we run inside a VM (the boot root is virtio-fs).

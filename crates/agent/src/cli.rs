@@ -1,15 +1,17 @@
 //! Command-line parsing.
 //!
 //! ```text
-//! alcove-agent --config-fd N   [--channel-fd N] [--no-pid1]   (jail)
-//! alcove-agent --config PATH   [--channel-fd N] [--no-pid1]   (vm)
+//! alcove-agent --config-fd N   [--channel-fd N] [--no-pid1] [--channel-is-port]   (jail)
+//! alcove-agent --config PATH   [--channel-fd N] [--no-pid1] [--channel-is-port]   (vm)
 //! alcove-agent --version | --help
 //! ```
 //! Exactly one of `--config-fd` and `--config` is required. The channel is fd
 //! 3 in a jail, the virtio-console port named `agent` in a VM, or the fd given
 //! by `--channel-fd`. `--no-pid1` runs as an ordinary process (tests): no
 //! mounts, no hostname, no pivot; the agent becomes a child subreaper so it
-//! still reaps orphans.
+//! still reaps orphans. `--channel-is-port` treats end of file on the channel
+//! as "host not connected yet" (how a virtio-console port reports it)
+//! instead of "host gone"; it is implied when the channel is the VM's port.
 
 /// Where the configuration comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct Options {
     pub channel_fd: Option<i32>,
     /// Not PID 1 (tests).
     pub no_pid1: bool,
+    /// Treat the channel as a virtio-console port (EOF = not connected yet),
+    /// whatever the mode; implied in VM mode without `--channel-fd`.
+    pub channel_is_port: bool,
 }
 
 /// What the command line asks for.
@@ -43,7 +48,8 @@ pub enum Command {
 }
 
 /// Usage text.
-pub const USAGE: &str = "usage: alcove-agent (--config-fd N | --config PATH) [--channel-fd N] [--no-pid1]\n       alcove-agent --version";
+pub const USAGE: &str =
+    "usage: alcove-agent (--config-fd N | --config PATH) [--channel-fd N] [--no-pid1] [--channel-is-port]\n       alcove-agent --version";
 
 /// Why the command line was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -73,6 +79,7 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
     let mut config = None;
     let mut channel_fd = None;
     let mut no_pid1 = false;
+    let mut channel_is_port = false;
     while let Some(a) = it.next() {
         match a.as_str() {
             "--version" | "-V" => return Ok(Command::Version),
@@ -92,11 +99,12 @@ pub fn parse<I: IntoIterator<Item = String>>(args: I) -> Result<Command, CliErro
             }
             "--channel-fd" => channel_fd = Some(fd_value(&a, it.next())?),
             "--no-pid1" => no_pid1 = true,
+            "--channel-is-port" => channel_is_port = true,
             _ => return Err(CliError::Unknown(a)),
         }
     }
     let config = config.ok_or(CliError::NoConfig)?;
-    Ok(Command::Run(Options { config, channel_fd, no_pid1 }))
+    Ok(Command::Run(Options { config, channel_fd, no_pid1, channel_is_port }))
 }
 
 #[cfg(test)]
@@ -111,11 +119,21 @@ mod tests {
     fn jail_and_vm_forms_parse() {
         assert_eq!(
             parse(args("--config-fd 4")),
-            Ok(Command::Run(Options { config: ConfigSource::Fd(4), channel_fd: None, no_pid1: false }))
+            Ok(Command::Run(Options {
+                config: ConfigSource::Fd(4),
+                channel_fd: None,
+                no_pid1: false,
+                channel_is_port: false
+            }))
         );
         assert_eq!(
-            parse(args("--config /.alcove/agent.json --channel-fd 7 --no-pid1")),
-            Ok(Command::Run(Options { config: ConfigSource::Path("/.alcove/agent.json".into()), channel_fd: Some(7), no_pid1: true }))
+            parse(args("--config /.alcove/agent.json --channel-fd 7 --no-pid1 --channel-is-port")),
+            Ok(Command::Run(Options {
+                config: ConfigSource::Path("/.alcove/agent.json".into()),
+                channel_fd: Some(7),
+                no_pid1: true,
+                channel_is_port: true
+            }))
         );
         assert_eq!(parse(args("--version")), Ok(Command::Version));
     }

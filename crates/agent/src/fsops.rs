@@ -71,7 +71,8 @@ pub fn stat_path(path: &Path) -> io::Result<FileStat> {
     } else {
         FileKind::Other
     };
-    let link_target = if ft.is_symlink() { fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned()) } else { None };
+    let link_target =
+        if ft.is_symlink() { fs::read_link(path).ok().map(|t| t.to_string_lossy().into_owned()) } else { None };
     Ok(FileStat { kind, size: md.len(), mode: md.mode(), uid: md.uid(), gid: md.gid(), mtime: md.mtime(), link_target })
 }
 
@@ -87,12 +88,15 @@ pub fn run_oneshot(req: &FsRequest) -> Result<FsReply, FsError> {
         FsRequest::Remove { path, recursive } => remove(&check_path(path)?, *recursive),
         FsRequest::Rename { from, to } => {
             let (f, t) = (check_path(from)?, check_path(to)?);
-            fs::rename(&f, &t)
-                .map(|_| FsReply::Done { bytes: 0 })
-                .map_err(|e| FsError { kind: kind_of(&e), message: format!("rename {} to {}: {e}", f.display(), t.display()) })
+            fs::rename(&f, &t).map(|_| FsReply::Done { bytes: 0 }).map_err(|e| FsError {
+                kind: kind_of(&e),
+                message: format!("rename {} to {}: {e}", f.display(), t.display()),
+            })
         }
         FsRequest::Copy { from, to } => copy(&check_path(from)?, &check_path(to)?),
-        FsRequest::Read { .. } | FsRequest::Write { .. } => Err(invalid("read and write are streamed, not one-shot".into())),
+        FsRequest::Read { .. } | FsRequest::Write { .. } => {
+            Err(invalid("read and write are streamed, not one-shot".into()))
+        }
     }
 }
 
@@ -125,7 +129,10 @@ fn mkdir(p: &Path, parents: bool, mode: u32) -> Result<FsReply, FsError> {
     // nothing else; make sure the result is a directory.
     match fs::metadata(p) {
         Ok(md) if md.is_dir() => Ok(FsReply::Done { bytes: 0 }),
-        Ok(_) => Err(FsError { kind: FsErrorKind::AlreadyExists, message: format!("mkdir {}: a non-directory exists there", p.display()) }),
+        Ok(_) => Err(FsError {
+            kind: FsErrorKind::AlreadyExists,
+            message: format!("mkdir {}: a non-directory exists there", p.display()),
+        }),
         Err(e) => Err(fs_err("mkdir", p, &e)),
     }
 }
@@ -170,9 +177,15 @@ fn copy_entry(from: &Path, to: &Path, md: &fs::Metadata) -> Result<u64, FsError>
         std::os::unix::fs::symlink(&target, to).map_err(|e| fs_err("symlink", to, &e))?;
         Ok(0)
     } else if md.is_file() {
-        fs::copy(from, to).map_err(|e| FsError { kind: kind_of(&e), message: format!("copy {} to {}: {e}", from.display(), to.display()) })
+        fs::copy(from, to).map_err(|e| FsError {
+            kind: kind_of(&e),
+            message: format!("copy {} to {}: {e}", from.display(), to.display()),
+        })
     } else {
-        Err(FsError { kind: FsErrorKind::Other, message: format!("copy {}: not a regular file, directory or symlink", from.display()) })
+        Err(FsError {
+            kind: FsErrorKind::Other,
+            message: format!("copy {}: not a regular file, directory or symlink", from.display()),
+        })
     }
 }
 
@@ -212,7 +225,10 @@ impl ReadStream {
         let file = fs::File::open(&p).map_err(|e| fs_err("read", &p, &e))?;
         let md = file.metadata().map_err(|e| fs_err("read", &p, &e))?;
         if md.is_dir() {
-            return Err(FsError { kind: FsErrorKind::IsADirectory, message: format!("read {}: is a directory", p.display()) });
+            return Err(FsError {
+                kind: FsErrorKind::IsADirectory,
+                message: format!("read {}: is a directory", p.display()),
+            });
         }
         Ok(ReadStream { file, path: p, bytes: 0, eof: false })
     }
@@ -261,7 +277,10 @@ impl WriteStream {
         };
         let existing = match fs::metadata(&dest) {
             Ok(md) if md.is_dir() => {
-                return Err(FsError { kind: FsErrorKind::IsADirectory, message: format!("write {}: is a directory", dest.display()) })
+                return Err(FsError {
+                    kind: FsErrorKind::IsADirectory,
+                    message: format!("write {}: is a directory", dest.display()),
+                })
             }
             Ok(md) => Some(md),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -357,22 +376,33 @@ mod tests {
     fn mkdir_list_stat_remove() {
         let d = tempfile::tempdir().expect("tempdir");
         let deep = p(d.path(), "a/b/c");
-        assert_eq!(run_oneshot(&FsRequest::Mkdir { path: deep.clone(), parents: false, mode: 0o755 }).expect_err("no parents").kind, FsErrorKind::NotFound);
+        assert_eq!(
+            run_oneshot(&FsRequest::Mkdir { path: deep.clone(), parents: false, mode: 0o755 })
+                .expect_err("no parents")
+                .kind,
+            FsErrorKind::NotFound
+        );
         run_oneshot(&FsRequest::Mkdir { path: deep.clone(), parents: true, mode: 0o750 }).expect("mkdir -p");
         run_oneshot(&FsRequest::Mkdir { path: deep.clone(), parents: true, mode: 0o750 }).expect("mkdir -p twice");
         assert_eq!(
-            run_oneshot(&FsRequest::Mkdir { path: deep.clone(), parents: false, mode: 0o750 }).expect_err("exists").kind,
+            run_oneshot(&FsRequest::Mkdir { path: deep.clone(), parents: false, mode: 0o750 })
+                .expect_err("exists")
+                .kind,
             FsErrorKind::AlreadyExists
         );
         fs::write(d.path().join("a/z.txt"), b"12345").expect("write");
         std::os::unix::fs::symlink("z.txt", d.path().join("a/link")).expect("symlink");
-        let FsReply::List(entries) = run_oneshot(&FsRequest::List { path: p(d.path(), "a") }).expect("list") else { panic!("not a list") };
+        let FsReply::List(entries) = run_oneshot(&FsRequest::List { path: p(d.path(), "a") }).expect("list") else {
+            panic!("not a list")
+        };
         let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, vec!["b", "link", "z.txt"]);
         assert_eq!(entries[1].stat.kind, FileKind::Symlink);
         assert_eq!(entries[1].stat.link_target.as_deref(), Some("z.txt"));
         assert_eq!((entries[2].stat.kind, entries[2].stat.size), (FileKind::File, 5));
-        let FsReply::Stat(st) = run_oneshot(&FsRequest::Stat { path: deep.clone() }).expect("stat") else { panic!("not a stat") };
+        let FsReply::Stat(st) = run_oneshot(&FsRequest::Stat { path: deep.clone() }).expect("stat") else {
+            panic!("not a stat")
+        };
         assert_eq!((st.kind, st.mode & 0o777), (FileKind::Dir, 0o750));
         let e = run_oneshot(&FsRequest::Remove { path: p(d.path(), "a"), recursive: false }).expect_err("not empty");
         assert_eq!(e.kind, FsErrorKind::DirectoryNotEmpty);
@@ -393,9 +423,11 @@ mod tests {
         assert_eq!(r, FsReply::Done { bytes: 7 });
         assert_eq!(fs::read(d.path().join("dst/sub/two")).expect("read"), b"2222");
         assert_eq!(fs::read_link(d.path().join("dst/ln")).expect("link"), Path::new("one"));
-        let again = run_oneshot(&FsRequest::Copy { from: p(d.path(), "src"), to: p(d.path(), "dst") }).expect_err("exists");
+        let again =
+            run_oneshot(&FsRequest::Copy { from: p(d.path(), "src"), to: p(d.path(), "dst") }).expect_err("exists");
         assert_eq!(again.kind, FsErrorKind::AlreadyExists);
-        let into = run_oneshot(&FsRequest::Copy { from: p(d.path(), "src"), to: p(d.path(), "src/sub/x") }).expect_err("into itself");
+        let into = run_oneshot(&FsRequest::Copy { from: p(d.path(), "src"), to: p(d.path(), "src/sub/x") })
+            .expect_err("into itself");
         assert_eq!(into.kind, FsErrorKind::InvalidInput);
         run_oneshot(&FsRequest::Copy { from: p(d.path(), "src/one"), to: p(d.path(), "copy1") }).expect("file copy");
         run_oneshot(&FsRequest::Rename { from: p(d.path(), "copy1"), to: p(d.path(), "renamed") }).expect("rename");
@@ -425,7 +457,10 @@ mod tests {
         w.finish().expect("finish");
         assert_eq!(fs::metadata(d.path().join("f")).expect("md").mode() & 0o777, 0o640);
         assert_eq!(WriteStream::create(&p(d.path(), ""), 0o600).expect_err("dir").kind, FsErrorKind::IsADirectory);
-        assert_eq!(WriteStream::create(&p(d.path(), "no/such"), 0o600).expect_err("no parent").kind, FsErrorKind::NotFound);
+        assert_eq!(
+            WriteStream::create(&p(d.path(), "no/such"), 0o600).expect_err("no parent").kind,
+            FsErrorKind::NotFound
+        );
     }
 
     #[test]

@@ -2,5 +2,10 @@
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    std::process::exit(alcove_agent::boot::main_with_args(args));
+    let code = match std::panic::catch_unwind(move || alcove_agent::boot::main_with_args(args)) {
+        Ok(code) => code,
+        // The panic message is already on stderr (the guest log).
+        Err(_) => alcove_agent::boot::after_panic(),
+    };
+    std::process::exit(code);
 }

@@ -102,7 +102,13 @@ pub enum Step {
 }
 
 fn mount(source: &str, target: &str, fstype: &str, flags: u64, data: Option<&str>) -> Step {
-    Step::Mount { source: source.into(), target: target.into(), fstype: fstype.into(), flags, data: data.map(str::to_string) }
+    Step::Mount {
+        source: source.into(),
+        target: target.into(),
+        fstype: fstype.into(),
+        flags,
+        data: data.map(str::to_string),
+    }
 }
 
 /// Parses /proc/self/mountinfo into the set of mount points.
@@ -148,7 +154,10 @@ pub fn base_plan(mounted: &HashSet<String>, vm: bool) -> Vec<Step> {
     if vm {
         add("/dev", mount("devtmpfs", "/dev", "devtmpfs", NOSUID, Some("mode=0755")));
     }
-    add("/dev/pts", mount("devpts", "/dev/pts", "devpts", NOSUID | NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")));
+    add(
+        "/dev/pts",
+        mount("devpts", "/dev/pts", "devpts", NOSUID | NOEXEC, Some("newinstance,ptmxmode=0666,mode=0620")),
+    );
     add("/dev/shm", mount("shm", "/dev/shm", "tmpfs", NOSUID | NODEV, Some("mode=1777")));
     add("/tmp", mount("tmpfs", "/tmp", "tmpfs", NOSUID | NODEV, Some("mode=1777")));
     plan
@@ -351,9 +360,21 @@ pub fn pivot_into(new_root: &str) -> Result<(), MountError> {
     Ok(())
 }
 
-/// Sets the hostname (logged on failure).
+/// The current hostname.
+pub fn hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: buf is valid for its length.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return None;
+    }
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    Some(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+/// Sets the hostname unless it is already right (a jail sets it before
+/// dropping CAP_SYS_ADMIN); a failure is logged.
 pub fn set_hostname(name: &str) {
-    if name.is_empty() {
+    if name.is_empty() || hostname().as_deref() == Some(name) {
         return;
     }
     // SAFETY: name is valid for name.len() bytes.
@@ -367,6 +388,14 @@ pub fn set_hostname(name: &str) {
 mod tests {
     use super::*;
     use alcove_protocol::agent_config::{VmMount, VmVolume};
+
+    #[test]
+    fn setting_the_current_hostname_is_a_no_op() {
+        let current = hostname().expect("hostname");
+        // Works even without CAP_SYS_ADMIN because nothing changes.
+        set_hostname(&current);
+        assert_eq!(hostname().as_deref(), Some(current.as_str()));
+    }
 
     #[test]
     fn mountinfo_parses_with_escapes() {
@@ -403,7 +432,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(vm_targets, vec!["/proc:proc", "/sys:sysfs", "/dev:devtmpfs", "/dev/pts:devpts", "/dev/shm:tmpfs", "/tmp:tmpfs"]);
+        assert_eq!(
+            vm_targets,
+            vec!["/proc:proc", "/sys:sysfs", "/dev:devtmpfs", "/dev/pts:devpts", "/dev/shm:tmpfs", "/tmp:tmpfs"]
+        );
     }
 
     #[test]
@@ -422,12 +454,19 @@ mod tests {
             fstype: Some("ext4".into()),
             readonly: true
         }));
-        let upper_idx = plan.iter().position(|s| matches!(s, Step::Mount { source, fstype, .. } if source == "upper" && fstype == "virtiofs")).expect("upper share");
-        let overlay_idx = plan.iter().position(|s| matches!(s, Step::Mount { fstype, .. } if fstype == "overlay")).expect("overlay");
+        let upper_idx = plan
+            .iter()
+            .position(|s| matches!(s, Step::Mount { source, fstype, .. } if source == "upper" && fstype == "virtiofs"))
+            .expect("upper share");
+        let overlay_idx =
+            plan.iter().position(|s| matches!(s, Step::Mount { fstype, .. } if fstype == "overlay")).expect("overlay");
         assert!(upper_idx < overlay_idx, "the upper share is mounted before the overlay");
         let Step::Mount { data: Some(opts), target, .. } = &plan[overlay_idx] else { unreachable!() };
         assert_eq!(target, "/.alcove/stage/root");
-        assert_eq!(opts, "lowerdir=/.alcove/stage/lower,upperdir=/.alcove/stage/rw/upper,workdir=/.alcove/stage/rw/work");
+        assert_eq!(
+            opts,
+            "lowerdir=/.alcove/stage/lower,upperdir=/.alcove/stage/rw/upper,workdir=/.alcove/stage/rw/work"
+        );
         let data_idx = plan
             .iter()
             .position(|s| matches!(s, Step::Mount { source, target, flags: f, .. } if source == "data" && target == "/.alcove/stage/root/data" && f & flags::RDONLY != 0))
@@ -443,7 +482,12 @@ mod tests {
 
     #[test]
     fn vm_plan_with_tmpfs_upper_and_virtiofs_root() {
-        let boot = VmBoot { root: VmRoot::VirtioFs { tag: "rootfs".into() }, upper_tag: None, mounts: vec![], volumes: vec![] };
+        let boot = VmBoot {
+            root: VmRoot::VirtioFs { tag: "rootfs".into() },
+            upper_tag: None,
+            mounts: vec![],
+            volumes: vec![],
+        };
         let plan = vm_root_plan(&boot, &Stage::new("/s")).expect("plan");
         assert!(plan.contains(&mount("rootfs", "/s/lower", "virtiofs", flags::RDONLY, None)));
         // Without an upper share, upper/ and work/ live on the staging tmpfs.

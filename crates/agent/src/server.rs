@@ -23,8 +23,8 @@ use crate::oom;
 use crate::spawn::{self, ChildIo, Defaults};
 use crate::sys::{self, Fd};
 use alcove_protocol::{
-    BootTimings, ExecRequest, ExitStatus, Flags, Frame, FrameDecoder, FsError, FsErrorKind, FsReply, FsRequest, Message, Ready,
-    SpawnError, SpawnErrorKind, CONTROL_ID, HEADER_LEN, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
+    BootTimings, ExecRequest, ExitStatus, Flags, Frame, FrameDecoder, FsError, FsErrorKind, FsReply, FsRequest,
+    Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID, HEADER_LEN, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -41,7 +41,8 @@ const MIN_CHUNK: usize = 512;
 /// How long output is still collected after a command exits when its pipes
 /// stay open (a background child holds them).
 const DRAIN_GRACE: Duration = Duration::from_millis(100);
-/// After that, a pipe that keeps producing is abandoned this much later.
+/// After that, a pipe that keeps producing (while the client keeps up) is
+/// abandoned this much later; waiting for credit never counts.
 const DRAIN_CAP: Duration = Duration::from_secs(2);
 /// Grace used when the agent must shut down on its own (lost framing, SIGTERM).
 pub const DEFAULT_GRACE_MS: u32 = 2000;
@@ -77,7 +78,14 @@ pub struct ServerConfig {
     pub pid1: bool,
     /// Heartbeat period.
     pub heartbeat: Duration,
+    /// The channel is a virtio-console port: end of file (and POLLHUP) means
+    /// the host side is not connected yet or right now, not that it is gone
+    /// for good; the agent backs off and retries instead of exiting.
+    pub channel_is_port: bool,
 }
+
+/// Back-off while a virtio-console port's host side is not connected.
+const PORT_RETRY: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StreamKind {
@@ -116,7 +124,8 @@ struct ExecSession {
     tty: Option<Fd>,
     exit: Option<(Option<i32>, Option<i32>)>,
     exited_at: Option<Instant>,
-    oom_before: Option<u64>,
+    /// The OOM counter file and its value when the command started.
+    oom: Option<(PathBuf, u64)>,
 }
 
 #[derive(Debug)]
@@ -172,7 +181,11 @@ pub struct Server {
     next_heartbeat: Instant,
     shutdown: Option<ShutdownState>,
     host_gone: bool,
-    oom_counter: Option<PathBuf>,
+    rbuf: Vec<u8>,
+    /// Port mode: the channel is left out of poll until then.
+    chan_retry_at: Option<Instant>,
+    /// Work is pending that no fd will announce: poll without waiting.
+    busy: bool,
 }
 
 fn encode(id: u32, flags: Flags, msg: &Message) -> Frame {
@@ -186,7 +199,10 @@ fn encode(id: u32, flags: Flags, msg: &Message) -> Frame {
                     kind: FsErrorKind::Other,
                     message: format!("the reply does not fit in one frame: {e}"),
                 })),
-                _ => Message::ExecFailed(SpawnError { kind: SpawnErrorKind::Other, message: format!("reply too large: {e}") }),
+                _ => Message::ExecFailed(SpawnError {
+                    kind: SpawnErrorKind::Other,
+                    message: format!("reply too large: {e}"),
+                }),
             };
             Frame::message(id, flags, &fallback).unwrap_or_else(|_| Frame::new(id, flags, Vec::new()))
         }
@@ -224,15 +240,21 @@ impl Server {
             next_heartbeat,
             shutdown: None,
             host_gone: false,
-            oom_counter: oom::find_counter(),
+            rbuf: vec![0u8; 64 * 1024],
+            chan_retry_at: None,
+            busy: false,
         })
     }
 
     /// Sends `Ready` and serves until shutdown or until the host is gone.
     pub fn run(mut self, boot: BootTimings) -> Outcome {
-        let ready = Message::Ready(Ready { protocol_version: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").to_string(), boot });
+        let ready = Message::Ready(Ready {
+            protocol_version: PROTOCOL_VERSION,
+            agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            boot,
+        });
         self.push_frame(&encode(CONTROL_ID, Flags::NONE, &ready));
-        log!("ready (protocol {PROTOCOL_VERSION}); oom counter: {:?}", self.oom_counter);
+        log!("ready (protocol {PROTOCOL_VERSION}); OOM counter: {:?}", oom::find_counter());
         loop {
             if self.host_gone {
                 self.kill_everything(libc::SIGKILL);
@@ -262,17 +284,29 @@ impl Server {
             fds.push(libc::pollfd { fd, events, revents: 0 });
             targets.push(t);
         };
-        let mut chan_events = 0;
-        if !self.framing_lost {
-            chan_events |= libc::POLLIN;
+        let mut timeout = self.next_heartbeat.saturating_duration_since(now);
+        if std::mem::take(&mut self.busy) {
+            timeout = Duration::ZERO;
         }
-        if self.out_pos < self.out.len() {
-            chan_events |= libc::POLLOUT;
+        if self.chan_retry_at.is_some_and(|t| now >= t) {
+            self.chan_retry_at = None;
         }
-        add(self.chan.raw(), chan_events, Target::Chan, &mut fds);
+        match self.chan_retry_at {
+            // A disconnected port reports POLLHUP constantly: leave it out.
+            Some(t) => timeout = timeout.min(t.saturating_duration_since(now)),
+            None => {
+                let mut chan_events = 0;
+                if !self.framing_lost {
+                    chan_events |= libc::POLLIN;
+                }
+                if self.out_pos < self.out.len() {
+                    chan_events |= libc::POLLOUT;
+                }
+                add(self.chan.raw(), chan_events, Target::Chan, &mut fds);
+            }
+        }
         add(self.sigfd.raw(), libc::POLLIN, Target::Signal, &mut fds);
         add(self.wake_r.raw(), libc::POLLIN, Target::Wake, &mut fds);
-        let mut timeout = self.next_heartbeat.saturating_duration_since(now);
         for (&id, s) in &self.sessions {
             match &s.kind {
                 Kind::Exec(e) => {
@@ -287,9 +321,12 @@ impl Server {
                             add(fd.raw(), libc::POLLOUT, Target::Stdin(id), &mut fds);
                         }
                     }
+                    // Wake when the drain grace ends; after it, open streams
+                    // are read (and closed when empty) on every iteration,
+                    // and data or credit wakes the loop.
                     if let Some(t) = e.exited_at {
-                        if e.streams.iter().any(|s| s.fd.is_some()) {
-                            timeout = timeout.min((t + DRAIN_GRACE).saturating_duration_since(now).max(Duration::from_millis(10)));
+                        if now < t + DRAIN_GRACE && e.streams.iter().any(|s| s.fd.is_some()) {
+                            timeout = timeout.min(t + DRAIN_GRACE - now);
                         }
                     }
                 }
@@ -324,8 +361,15 @@ impl Server {
                     if pfd.revents & libc::POLLOUT != 0 {
                         self.flush();
                     }
-                    if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 && !self.framing_lost {
-                        self.read_channel();
+                    if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
+                        if !self.framing_lost {
+                            self.read_channel();
+                        } else if self.cfg.channel_is_port {
+                            self.chan_retry_at = Some(Instant::now() + PORT_RETRY);
+                        } else if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                            // Not reading any more, and the peer hung up.
+                            self.host_gone = true;
+                        }
                     }
                 }
                 Target::Signal => self.handle_signals(),
@@ -417,17 +461,27 @@ impl Server {
     // ----- inbound -----
 
     fn read_channel(&mut self) {
-        let mut buf = vec![0u8; 64 * 1024];
         for _ in 0..16 {
-            match sys::read(self.chan.raw(), &mut buf) {
+            match sys::read(self.chan.raw(), &mut self.rbuf) {
+                Ok(0) if self.cfg.channel_is_port => {
+                    if self.decoder.pending() != 0 {
+                        // A reconnecting host starts a fresh stream.
+                        log!("the host side of the port disconnected inside a frame; dropping the partial frame");
+                        self.decoder = FrameDecoder::new();
+                    }
+                    self.chan_retry_at = Some(Instant::now() + PORT_RETRY);
+                    return;
+                }
                 Ok(0) => {
                     self.host_gone = true;
                     return;
                 }
-                Ok(n) => self.decoder.extend(&buf[..n]),
+                Ok(n) => self.decoder.extend(&self.rbuf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    log!("reading the channel failed: {e}");
+                    if e.raw_os_error() != Some(libc::ECONNRESET) {
+                        log!("reading the channel failed: {e}");
+                    }
                     self.host_gone = true;
                     return;
                 }
@@ -476,7 +530,10 @@ impl Server {
             Err(e) => {
                 log!("malformed frame on session {id}: {e}");
                 if f.flags.contains(Flags::SESSION_START) && !self.sessions.contains_key(&id) {
-                    let m = Message::ExecFailed(SpawnError { kind: SpawnErrorKind::InvalidRequest, message: format!("malformed request: {e}") });
+                    let m = Message::ExecFailed(SpawnError {
+                        kind: SpawnErrorKind::InvalidRequest,
+                        message: format!("malformed request: {e}"),
+                    });
                     self.push_frame(&encode(id, Flags::TERMINAL, &m));
                 } else {
                     self.abort_session(id, &format!("malformed frame: {e}"));
@@ -495,7 +552,10 @@ impl Server {
                 other => {
                     let m = Message::ExecFailed(SpawnError {
                         kind: SpawnErrorKind::InvalidRequest,
-                        message: format!("a session must start with ExecRequest or FsRequest, not {}", msg_name(&other)),
+                        message: format!(
+                            "a session must start with ExecRequest or FsRequest, not {}",
+                            msg_name(&other)
+                        ),
                     });
                     self.push_frame(&encode(id, Flags::TERMINAL, &m));
                 }
@@ -576,19 +636,26 @@ impl Server {
 
     fn start_exec(&mut self, id: u32, req: ExecRequest) {
         if self.shutdown.is_some() {
-            return self.refuse_exec(id, SpawnError { kind: SpawnErrorKind::ShuttingDown, message: "the sandbox is shutting down".into() });
+            return self.refuse_exec(
+                id,
+                SpawnError { kind: SpawnErrorKind::ShuttingDown, message: "the sandbox is shutting down".into() },
+            );
         }
         if self.sessions.len() >= MAX_SESSIONS {
             return self.refuse_exec(
                 id,
-                SpawnError { kind: SpawnErrorKind::ResourceSetupFailed, message: format!("too many open sessions ({MAX_SESSIONS})") },
+                SpawnError {
+                    kind: SpawnErrorKind::ResourceSetupFailed,
+                    message: format!("too many open sessions ({MAX_SESSIONS})"),
+                },
             );
         }
         let prepared = match spawn::prepare(&req, &self.cfg.defaults, &self.cfg.root) {
             Ok(p) => p,
             Err(e) => return self.refuse_exec(id, e),
         };
-        let oom_before = self.oom_counter.as_deref().and_then(oom::read_counter);
+        // Looked up per command: the host may move the agent between cgroups.
+        let oom = oom::find_counter().and_then(|p| oom::read_counter(&p).map(|n| (p, n)));
         let child = match spawn::spawn(&prepared) {
             Ok(c) => c,
             Err(e) => return self.refuse_exec(id, e),
@@ -596,8 +663,17 @@ impl Server {
         let pid = child.pid;
         let (streams, stdin, tty) = match child.io {
             ChildIo::Pipes { stdin, stdout, stderr } => (
-                vec![OutStream { fd: Some(stdout), kind: StreamKind::Stdout }, OutStream { fd: Some(stderr), kind: StreamKind::Stderr }],
-                stdin.map(|fd| StdinSink { fd: Some(fd), queue: VecDeque::new(), queued_bytes: 0, eof_requested: false, pty: false }),
+                vec![
+                    OutStream { fd: Some(stdout), kind: StreamKind::Stdout },
+                    OutStream { fd: Some(stderr), kind: StreamKind::Stderr },
+                ],
+                stdin.map(|fd| StdinSink {
+                    fd: Some(fd),
+                    queue: VecDeque::new(),
+                    queued_bytes: 0,
+                    eof_requested: false,
+                    pty: false,
+                }),
                 None,
             ),
             ChildIo::Pty { master } => {
@@ -611,19 +687,34 @@ impl Server {
                     self.pids.insert(pid, 0);
                     return self.refuse_exec(
                         id,
-                        SpawnError { kind: SpawnErrorKind::ResourceSetupFailed, message: "cannot duplicate the terminal".into() },
+                        SpawnError {
+                            kind: SpawnErrorKind::ResourceSetupFailed,
+                            message: "cannot duplicate the terminal".into(),
+                        },
                     );
                 };
                 (
                     vec![OutStream { fd: Some(master), kind: StreamKind::Stdout }],
-                    Some(StdinSink { fd: Some(w), queue: VecDeque::new(), queued_bytes: 0, eof_requested: false, pty: true }),
+                    Some(StdinSink {
+                        fd: Some(w),
+                        queue: VecDeque::new(),
+                        queued_bytes: 0,
+                        eof_requested: false,
+                        pty: true,
+                    }),
                     Some(t),
                 )
             }
         };
-        log!("session {id}: started pid {pid}: {:?}", req.argv);
+        let mut shown = format!("{:?}", req.argv);
+        if shown.len() > 200 {
+            let cut = (0..=200).rev().find(|i| shown.is_char_boundary(*i)).unwrap_or(0);
+            shown.truncate(cut);
+            shown.push_str("...");
+        }
+        log!("session {id}: started pid {pid}: {shown}");
         self.pids.insert(pid, id);
-        let exec = ExecSession { pid, streams, stdin, tty, exit: None, exited_at: None, oom_before };
+        let exec = ExecSession { pid, streams, stdin, tty, exit: None, exited_at: None, oom };
         self.new_session(id, Kind::Exec(Box::new(exec)));
         self.send_on(id, Flags::NONE, &Message::ExecStarted { pid: pid as u32 });
     }
@@ -665,6 +756,7 @@ impl Server {
                     sink.eof_requested = true;
                     if sink.pty {
                         // The terminal's EOF character (VEOF, ^D by default).
+                        sink.queued_bytes += 1;
                         sink.queue.push_back(StdinChunk { data: vec![0x04], written: 0, credit: 0 });
                     } else if sink.queue.is_empty() {
                         sink.fd = None;
@@ -684,7 +776,7 @@ impl Server {
                             front.written += n;
                             if front.written == front.data.len() {
                                 credits += u64::from(front.credit);
-                                sink.queued_bytes -= front.data.len();
+                                sink.queued_bytes = sink.queued_bytes.saturating_sub(front.data.len());
                                 sink.queue.pop_front();
                             }
                         }
@@ -842,7 +934,10 @@ impl Server {
         if frame.wire_len() > INITIAL_WINDOW as usize {
             let err = FsError {
                 kind: FsErrorKind::Other,
-                message: format!("the reply ({} bytes) exceeds the session window; list a smaller directory", frame.wire_len()),
+                message: format!(
+                    "the reply ({} bytes) exceeds the session window; list a smaller directory",
+                    frame.wire_len()
+                ),
             };
             frame = encode(id, Flags::TERMINAL, &Message::FsResponse(Err(err)));
         }
@@ -899,14 +994,18 @@ impl Server {
             let mut drain_streams = Vec::new();
             let mut read_chunk = false;
             if let Some(s) = self.sessions.get_mut(&id) {
+                // Waiting for credit is the client's pace, never a reason to give up.
+                let can_send = s.window >= (DATA_OVERHEAD + MIN_CHUNK) as i64;
                 match &mut s.kind {
                     Kind::Exec(e) => {
                         if let Some(t) = e.exited_at {
                             if now >= t + DRAIN_GRACE {
                                 for (i, st) in e.streams.iter_mut().enumerate() {
                                     if st.fd.is_some() {
-                                        if now >= t + DRAIN_GRACE + DRAIN_CAP {
-                                            log!("session {id}: output still open {DRAIN_CAP:?} after exit; closing it");
+                                        if can_send && now >= t + DRAIN_GRACE + DRAIN_CAP {
+                                            log!(
+                                                "session {id}: output still open {DRAIN_CAP:?} after exit; closing it"
+                                            );
                                             st.fd = None;
                                         } else {
                                             drain_streams.push(i);
@@ -921,7 +1020,10 @@ impl Server {
                 }
             }
             for i in drain_streams {
-                self.pump_stream(id, i, true);
+                // Data after the grace: look again right away until empty.
+                if self.pump_stream(id, i, true) {
+                    self.busy = true;
+                }
             }
             if read_chunk {
                 self.pump_file(id);
@@ -956,10 +1058,9 @@ impl Server {
             return;
         }
         let oom_killed = signal == Some(libc::SIGKILL)
-            && match (e.oom_before, self.oom_counter.as_deref().and_then(oom::read_counter)) {
-                (Some(before), Some(after)) => after > before,
-                _ => false,
-            };
+            && e.oom
+                .as_ref()
+                .is_some_and(|(path, before)| oom::read_counter(path).is_some_and(|after| after > *before));
         let status = ExitStatus { code, signal, oom_killed };
         log!("session {id}: pid {} ended: {status:?}", e.pid);
         s.kind = Kind::Closing;
@@ -1018,7 +1119,10 @@ impl Server {
             return;
         }
         log!("shutdown requested (grace {grace_ms} ms, {} sessions)", self.sessions.len());
-        self.shutdown = Some(ShutdownState { kill_at: Instant::now() + Duration::from_millis(u64::from(grace_ms)), killed_at: None });
+        self.shutdown = Some(ShutdownState {
+            kill_at: Instant::now() + Duration::from_millis(u64::from(grace_ms)),
+            killed_at: None,
+        });
         self.kill_everything(libc::SIGTERM);
     }
 

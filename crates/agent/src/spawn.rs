@@ -106,7 +106,10 @@ pub fn classify(stage: Stage, errno: i32, prepared: &Prepared) -> SpawnError {
         Stage::Chdir => err(SpawnErrorKind::BadCwd, format!("working directory {}: {os}", prepared.cwd_text)),
         Stage::Groups | Stage::Gid | Stage::Uid => err(
             SpawnErrorKind::UserSetupFailed,
-            format!("cannot switch to user {} (uid {}, gid {}): {os}", prepared.identity.name, prepared.identity.uid, prepared.identity.gid),
+            format!(
+                "cannot switch to user {} (uid {}, gid {}): {os}",
+                prepared.identity.name, prepared.identity.uid, prepared.identity.gid
+            ),
         ),
         Stage::Rlimit => err(SpawnErrorKind::ResourceSetupFailed, format!("cannot apply resource limits: {os}")),
         Stage::Setsid | Stage::Tty | Stage::Stdio => {
@@ -277,6 +280,11 @@ pub fn prepare(req: &ExecRequest, defaults: &Defaults, root: &Path) -> Result<Pr
             users::resolve(&uid.to_string(), root).unwrap_or_else(|_| Identity::root())
         }
     };
+    if let Some(c) = req.cwd.as_deref() {
+        if !c.starts_with('/') {
+            return Err(err(SpawnErrorKind::BadCwd, format!("working directory {c:?} is not an absolute path")));
+        }
+    }
     let env = build_env(defaults, &identity, req);
     let cwd_text = match req.cwd.as_deref().or(defaults.workdir.as_deref()) {
         Some(c) => c.to_string(),
@@ -284,12 +292,11 @@ pub fn prepare(req: &ExecRequest, defaults: &Defaults, root: &Path) -> Result<Pr
         None => "/".to_string(),
     };
     let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str()).unwrap_or(DEFAULT_PATH);
-    let candidates = exec_candidates(argv0, path)
-        .iter()
-        .map(|c| cstr(c, "program path"))
-        .collect::<Result<Vec<_>, _>>()?;
+    let candidates =
+        exec_candidates(argv0, path).iter().map(|c| cstr(c, "program path")).collect::<Result<Vec<_>, _>>()?;
     let argv = req.argv.iter().map(|a| cstr(a, "argument")).collect::<Result<Vec<_>, _>>()?;
-    let envp = env.iter().map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry")).collect::<Result<Vec<_>, _>>()?;
+    let envp =
+        env.iter().map(|(k, v)| cstr(&format!("{k}={v}"), "environment entry")).collect::<Result<Vec<_>, _>>()?;
     Ok(Prepared {
         argv0: argv0.clone(),
         cwd: cstr(&cwd_text, "working directory")?,
@@ -348,9 +355,8 @@ pub fn open_pty(size: TtySize) -> io::Result<(Fd, Fd)> {
         return Err(io::Error::from_raw_os_error(rc));
     }
     // SAFETY: ptsname_r wrote a NUL-terminated path.
-    let slave = Fd::new(sys::check(unsafe {
-        libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC)
-    })?);
+    let slave =
+        Fd::new(sys::check(unsafe { libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) })?);
     set_winsize(master.raw(), size)?;
     Ok((master, slave))
 }
@@ -373,9 +379,15 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
         Some(size) => {
             let (master, slave) = open_pty(size).map_err(|e| setup_failed("terminal", e))?;
             // SAFETY: dup of a valid fd.
-            let s1 = Fd::new(sys::check(unsafe { libc::fcntl(slave.raw(), libc::F_DUPFD_CLOEXEC, 3) }).map_err(|e| setup_failed("terminal", e))?);
+            let s1 = Fd::new(
+                sys::check(unsafe { libc::fcntl(slave.raw(), libc::F_DUPFD_CLOEXEC, 3) })
+                    .map_err(|e| setup_failed("terminal", e))?,
+            );
             // SAFETY: as above.
-            let s2 = Fd::new(sys::check(unsafe { libc::fcntl(slave.raw(), libc::F_DUPFD_CLOEXEC, 3) }).map_err(|e| setup_failed("terminal", e))?);
+            let s2 = Fd::new(
+                sys::check(unsafe { libc::fcntl(slave.raw(), libc::F_DUPFD_CLOEXEC, 3) })
+                    .map_err(|e| setup_failed("terminal", e))?,
+            );
             sys::set_nonblocking(master.raw(), true).map_err(|e| setup_failed("terminal", e))?;
             (ChildIo::Pty { master }, [slave, s1, s2])
         }
@@ -604,14 +616,16 @@ mod tests {
         let ok = check_rlimits(&[Rlimit { resource: "nofile".into(), soft: 100, hard: 200 }], hard).expect("valid");
         assert_eq!(ok[0].0, libc::RLIMIT_NOFILE);
         assert_eq!((ok[0].1.rlim_cur, ok[0].1.rlim_max), (100, 200));
-        let e = check_rlimits(&[Rlimit { resource: "nofile".into(), soft: 100, hard: 30_000 }], hard).expect_err("above hard");
+        let e = check_rlimits(&[Rlimit { resource: "nofile".into(), soft: 100, hard: 30_000 }], hard)
+            .expect_err("above hard");
         assert_eq!(e.kind, SpawnErrorKind::ResourceSetupFailed);
         assert!(e.message.contains("30000") && e.message.contains("20000"), "{}", e.message);
         let e = check_rlimits(&[Rlimit { resource: "bogus".into(), soft: 1, hard: 1 }], hard).expect_err("unknown");
         assert_eq!(e.kind, SpawnErrorKind::InvalidRequest);
         let e = check_rlimits(&[Rlimit { resource: "cpu".into(), soft: 5, hard: 1 }], hard).expect_err("soft > hard");
         assert_eq!(e.kind, SpawnErrorKind::InvalidRequest);
-        let inf = check_rlimits(&[Rlimit { resource: "core".into(), soft: u64::MAX, hard: u64::MAX }], |_| u64::MAX).expect("inf");
+        let inf = check_rlimits(&[Rlimit { resource: "core".into(), soft: u64::MAX, hard: u64::MAX }], |_| u64::MAX)
+            .expect("inf");
         assert_eq!(inf[0].1.rlim_max, libc::RLIM_INFINITY);
     }
 
@@ -633,7 +647,8 @@ mod tests {
         let d = Defaults::default();
         let root = Path::new("/");
         assert_eq!(prepare(&ExecRequest::default(), &d, root).expect_err("empty").kind, SpawnErrorKind::InvalidRequest);
-        let bad_env = ExecRequest { argv: vec!["x".into()], env: vec![("A=B".into(), "1".into())], ..ExecRequest::default() };
+        let bad_env =
+            ExecRequest { argv: vec!["x".into()], env: vec![("A=B".into(), "1".into())], ..ExecRequest::default() };
         assert_eq!(prepare(&bad_env, &d, root).expect_err("bad env").kind, SpawnErrorKind::InvalidRequest);
         let nul = ExecRequest { argv: vec!["x".into(), "a\0b".into()], ..ExecRequest::default() };
         assert_eq!(prepare(&nul, &d, root).expect_err("nul").kind, SpawnErrorKind::InvalidRequest);

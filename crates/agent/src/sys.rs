@@ -85,6 +85,26 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Marks every descriptor from `first` up close-on-exec, so nothing the
+/// agent inherited leaks into commands.
+pub fn cloexec_from(first: RawFd) {
+    // SAFETY: close_range only changes descriptor flags.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_close_range, first as libc::c_uint, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
+    };
+    if rc == 0 {
+        return;
+    }
+    // Older kernels: walk /proc/self/fd (collect first: the walk opens an fd).
+    let fds: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(rd) => rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).filter(|fd| *fd >= first).collect(),
+        Err(_) => return,
+    };
+    for fd in fds {
+        let _ = set_cloexec(fd);
+    }
+}
+
 /// One `read(2)`; `EINTR` is retried.
 pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     loop {

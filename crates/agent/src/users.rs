@@ -133,14 +133,18 @@ pub fn resolve_in(spec: &str, passwd: &str, group: &str) -> Result<Identity, Use
     if let Some(g) = group_part {
         id.gid = match g.parse::<u32>() {
             Ok(gid) => gid,
-            Err(_) => groups.iter().find(|e| e.name == g).map(|e| e.gid).ok_or_else(|| UserError::NoSuchGroup(g.to_string()))?,
+            Err(_) => groups
+                .iter()
+                .find(|e| e.name == g)
+                .map(|e| e.gid)
+                .ok_or_else(|| UserError::NoSuchGroup(g.to_string()))?,
         };
         // An explicit group replaces the supplementary list, as `docker run -u u:g` does.
         id.groups = vec![id.gid];
     } else {
         let mut list = vec![id.gid];
         for g in &groups {
-            if g.members.iter().any(|m| *m == id.name) && !list.contains(&g.gid) {
+            if g.members.contains(&id.name) && !list.contains(&g.gid) {
                 list.push(g.gid);
             }
         }

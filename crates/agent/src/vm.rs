@@ -30,7 +30,8 @@ pub const STAGE_DIR: &str = "/.alcove/stage";
 /// `<sys>/class/virtio-ports/<vportNpM>/name` holds the name and the device
 /// is `<dev>/<vportNpM>`.
 pub fn find_port(name: &str, sys: &Path, dev: &Path) -> Option<PathBuf> {
-    let mut entries: Vec<_> = std::fs::read_dir(sys.join("class/virtio-ports")).ok()?.flatten().map(|e| e.file_name()).collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(sys.join("class/virtio-ports")).ok()?.flatten().map(|e| e.file_name()).collect();
     entries.sort();
     entries.into_iter().find_map(|port| {
         let n = std::fs::read_to_string(sys.join("class/virtio-ports").join(&port).join("name")).ok()?;
@@ -68,7 +69,9 @@ pub fn assemble_root(boot: &VmBoot) -> Result<(), MountError> {
     let early: Vec<_> = early
         .into_iter()
         .filter(|s| match s {
-            mounts::Step::Mount { target, .. } | mounts::Step::Mkdir(target) => ["/proc", "/sys", "/dev"].contains(&target.as_str()),
+            mounts::Step::Mount { target, .. } | mounts::Step::Mkdir(target) => {
+                ["/proc", "/sys", "/dev"].contains(&target.as_str())
+            }
             mounts::Step::MountBlock { .. } => false,
         })
         .collect();
@@ -77,6 +80,27 @@ pub fn assemble_root(boot: &VmBoot) -> Result<(), MountError> {
     let plan = mounts::vm_root_plan(boot, &stage)?;
     mounts::run_all(&plan)?;
     mounts::pivot_into(&stage.root)
+}
+
+/// Points stdout/stderr at /dev/console when they are not usable (init
+/// started without a console in the boot root), so the guest log is not lost.
+pub fn console_stdio() {
+    // SAFETY: fstat on fd 2 into a local struct.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let ok = unsafe { libc::fstat(2, &mut st) } == 0 && (st.st_mode & libc::S_IFMT) != libc::S_IFDIR;
+    if ok {
+        return;
+    }
+    // SAFETY: opening a constant path and dup2 onto the standard fds.
+    unsafe {
+        let fd = libc::open(c"/dev/console".as_ptr(), libc::O_WRONLY | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if fd >= 0 {
+            libc::dup2(fd, 1);
+            libc::dup2(fd, 2);
+            libc::close(fd);
+        }
+    }
 }
 
 /// Reports `code` to libkrun through the boot root's virtio-fs.

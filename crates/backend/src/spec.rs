@@ -7,6 +7,7 @@ use std::path::PathBuf;
 /// settings (a krun disk image, a libkrunfw path) live in that backend's own
 /// constructor, not here.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct GuestSpec {
     /// Sandbox name; the guest's hostname.
     pub name: String,

@@ -86,10 +86,7 @@ pub enum KrunfwError {
 
 impl KrunfwError {
     fn io(context: impl Into<String>, source: io::Error) -> KrunfwError {
-        KrunfwError::Io {
-            context: context.into(),
-            source,
-        }
+        KrunfwError::Io { context: context.into(), source }
     }
 }
 
@@ -98,9 +95,7 @@ pub fn alcove_home() -> PathBuf {
     if let Some(h) = std::env::var_os("ALCOVE_HOME").filter(|h| !h.is_empty()) {
         return PathBuf::from(h);
     }
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).unwrap_or_else(|| "/root".into());
     PathBuf::from(home).join(".alcove")
 }
 
@@ -115,13 +110,7 @@ pub fn home_krunfw_path(home: &Path) -> PathBuf {
 pub fn locate_libkrunfw(explicit: Option<&Path>) -> Result<PathBuf, KrunfwError> {
     let ldconfig = ldconfig_candidates();
     let dirs: Vec<PathBuf> = SYSTEM_LIB_DIRS.iter().map(PathBuf::from).collect();
-    locate_with(
-        explicit,
-        std::env::var_os(ENV_LIBKRUNFW),
-        &alcove_home(),
-        &ldconfig,
-        &dirs,
-    )
+    locate_with(explicit, std::env::var_os(ENV_LIBKRUNFW), &alcove_home(), &ldconfig, &dirs)
 }
 
 /// [`locate_libkrunfw`] with every input given: the testable core.
@@ -136,10 +125,7 @@ pub fn locate_with(
         return if p.exists() {
             Ok(p.to_path_buf())
         } else {
-            Err(KrunfwError::NotFound(format!(
-                "the configured path {} does not exist",
-                p.display()
-            )))
+            Err(KrunfwError::NotFound(format!("the configured path {} does not exist", p.display())))
         };
     }
     if let Some(v) = env_value.filter(|v| !v.is_empty()) {
@@ -147,10 +133,7 @@ pub fn locate_with(
         return if p.exists() {
             Ok(p)
         } else {
-            Err(KrunfwError::NotFound(format!(
-                "{ENV_LIBKRUNFW}={} does not exist",
-                p.display()
-            )))
+            Err(KrunfwError::NotFound(format!("{ENV_LIBKRUNFW}={} does not exist", p.display())))
         };
     }
     let mut searched = Vec::new();
@@ -184,10 +167,7 @@ fn ldconfig_candidates() -> Vec<PathBuf> {
         if let Ok(out) = Command::new(exe).arg("-p").output() {
             if out.status.success() {
                 let text = String::from_utf8_lossy(&out.stdout);
-                return parse::ldconfig_krunfw(&text)
-                    .into_iter()
-                    .map(PathBuf::from)
-                    .collect();
+                return parse::ldconfig_krunfw(&text).into_iter().map(PathBuf::from).collect();
             }
         }
     }
@@ -215,25 +195,17 @@ const MAX_TABLE: u64 = 64 << 20;
 /// Checks that `path` is an x86_64 ELF shared object exporting
 /// `krunfw_get_kernel`, without loading it.
 pub fn validate_libkrunfw(path: &Path) -> Result<KrunfwInfo, KrunfwError> {
-    let not_krunfw = |reason: &str| KrunfwError::NotKrunfw {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    };
+    let not_krunfw = |reason: &str| KrunfwError::NotKrunfw { path: path.to_path_buf(), reason: reason.to_string() };
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => {
-            KrunfwError::NotFound(format!("{} does not exist", path.display()))
-        }
+        io::ErrorKind::NotFound => KrunfwError::NotFound(format!("{} does not exist", path.display())),
         _ => KrunfwError::io(format!("cannot read {}", path.display()), e),
     })?;
     if !meta.is_file() {
         return Err(not_krunfw("it is not a regular file"));
     }
-    let mut f = File::open(path)
-        .map_err(|e| KrunfwError::io(format!("cannot open {}", path.display()), e))?;
+    let mut f = File::open(path).map_err(|e| KrunfwError::io(format!("cannot open {}", path.display()), e))?;
     let mut hdr = [0u8; 64];
-    if read_full(&mut f, &mut hdr)
-        .map_err(|e| KrunfwError::io(format!("cannot read {}", path.display()), e))?
-        < 64
+    if read_full(&mut f, &mut hdr).map_err(|e| KrunfwError::io(format!("cannot read {}", path.display()), e))? < 64
         || &hdr[..4] != b"\x7fELF"
     {
         return Err(not_krunfw("it is not an ELF file"));
@@ -241,11 +213,7 @@ pub fn validate_libkrunfw(path: &Path) -> Result<KrunfwInfo, KrunfwError> {
     let machine = u16::from_le_bytes([hdr[18], hdr[19]]);
     if hdr[4] != 2 || hdr[5] != 1 || machine != EM_X86_64 {
         let class = if hdr[4] == 2 { "64-bit" } else { "32-bit" };
-        let endian = if hdr[5] == 1 {
-            "little-endian"
-        } else {
-            "big-endian"
-        };
+        let endian = if hdr[5] == 1 { "little-endian" } else { "big-endian" };
         return Err(KrunfwError::WrongArchitecture {
             path: path.to_path_buf(),
             found: format!("{class} {endian} ELF, {}", machine_name(machine)),
@@ -259,20 +227,14 @@ pub fn validate_libkrunfw(path: &Path) -> Result<KrunfwInfo, KrunfwError> {
         .map_err(|e| KrunfwError::io(format!("cannot read the symbols of {}", path.display()), e))?
         .ok_or_else(|| not_krunfw("it has no dynamic symbol table"))?;
     if !symbols.iter().any(|s| s == KRUNFW_KERNEL_SYMBOL) {
-        return Err(not_krunfw(&format!(
-            "it does not export {KRUNFW_KERNEL_SYMBOL}"
-        )));
+        return Err(not_krunfw(&format!("it does not export {KRUNFW_KERNEL_SYMBOL}")));
     }
     let resolved = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let version = resolved
         .file_name()
         .and_then(|n| n.to_str())
         .and_then(parse::krunfw_version_from_name)
-        .or_else(|| {
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .and_then(parse::krunfw_version_from_name)
-        });
+        .or_else(|| path.file_name().and_then(|n| n.to_str()).and_then(parse::krunfw_version_from_name));
     Ok(KrunfwInfo {
         path: path.to_path_buf(),
         resolved,
@@ -305,18 +267,12 @@ fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 
 fn read_at(f: &mut File, off: u64, len: u64) -> io::Result<Vec<u8>> {
     if len > MAX_TABLE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "ELF table is implausibly large",
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "ELF table is implausibly large"));
     }
     f.seek(SeekFrom::Start(off))?;
     let mut buf = vec![0u8; len as usize];
     if read_full(f, &mut buf)? != buf.len() {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            "ELF table lies past the end of the file",
-        ));
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "ELF table lies past the end of the file"));
     }
     Ok(buf)
 }
@@ -360,10 +316,7 @@ fn dynamic_symbols(f: &mut File, hdr: &[u8; 64]) -> io::Result<Option<Vec<String
         if shndx == 0 || name_off >= strs.len() {
             continue;
         }
-        let end = strs[name_off..]
-            .iter()
-            .position(|&b| b == 0)
-            .map_or(strs.len(), |p| name_off + p);
+        let end = strs[name_off..].iter().position(|&b| b == 0).map_or(strs.len(), |p| name_off + p);
         names.push(String::from_utf8_lossy(&strs[name_off..end]).into_owned());
     }
     Ok(Some(names))
@@ -375,10 +328,7 @@ pub fn kernel_banner(path: &Path) -> Option<String> {
     let data = fs::read(path).ok()?;
     let needle = b"Linux version ";
     let start = data.windows(needle.len()).position(|w| w == needle)?;
-    let end = data[start..]
-        .iter()
-        .position(|&b| b == 0 || b == b'\n')
-        .map_or(data.len(), |p| start + p);
+    let end = data[start..].iter().position(|&b| b == 0 || b == b'\n').map_or(data.len(), |p| start + p);
     let banner = String::from_utf8_lossy(&data[start..end]).into_owned();
     Some(banner.split(" (").next().unwrap_or(&banner).to_string())
 }
@@ -387,56 +337,45 @@ pub fn kernel_banner(path: &Path) -> Option<String> {
 /// pinned microsandbox wheel with pip, extracts the library from it and puts
 /// it at `home/lib/libkrunfw.so.5` (a symlink to `libkrunfw.so.5.6.1`).
 /// `progress` receives one-line status messages.
-pub fn install_libkrunfw(
-    home: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<PathBuf, KrunfwError> {
+pub fn install_libkrunfw(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<PathBuf, KrunfwError> {
     let target = home_krunfw_path(home);
     if target.exists() && validate_libkrunfw(&target).is_ok() {
-        progress(&format!(
-            "libkrunfw already installed at {}",
-            target.display()
-        ));
+        progress(&format!("libkrunfw already installed at {}", target.display()));
         return Ok(target);
     }
     let lib_dir = home.join("lib");
-    fs::create_dir_all(&lib_dir)
-        .map_err(|e| KrunfwError::io(format!("cannot create {}", lib_dir.display()), e))?;
-    let tmp = lib_dir.join(format!(".download-{}", std::process::id()));
+    fs::create_dir_all(&lib_dir).map_err(|e| KrunfwError::io(format!("cannot create {}", lib_dir.display()), e))?;
+    let tmp = lib_dir.join(format!(".download-{}", unique_suffix()));
     let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp)
-        .map_err(|e| KrunfwError::io(format!("cannot create {}", tmp.display()), e))?;
+    fs::create_dir_all(&tmp).map_err(|e| KrunfwError::io(format!("cannot create {}", tmp.display()), e))?;
     let result = download_and_extract(&tmp, &lib_dir, progress);
     let _ = fs::remove_dir_all(&tmp);
     result?;
-    progress(&format!(
-        "libkrunfw {WHEEL_KRUNFW_VERSION} installed at {}",
-        target.display()
-    ));
+    progress(&format!("libkrunfw {WHEEL_KRUNFW_VERSION} installed at {}", target.display()));
     Ok(target)
 }
 
-fn download_and_extract(
-    tmp: &Path,
-    lib_dir: &Path,
-    progress: &mut dyn FnMut(&str),
-) -> Result<(), KrunfwError> {
-    progress(&format!(
-        "downloading {MICROSANDBOX_PACKAGE}=={MICROSANDBOX_VERSION} with pip"
-    ));
+fn download_and_extract(tmp: &Path, lib_dir: &Path, progress: &mut dyn FnMut(&str)) -> Result<(), KrunfwError> {
+    progress(&format!("downloading {MICROSANDBOX_PACKAGE}=={MICROSANDBOX_VERSION} with pip"));
     let wheel = pip_download(tmp)?;
     progress(&format!("extracting {WHEEL_KRUNFW_MEMBER}"));
     let versioned = lib_dir.join(format!("libkrunfw.so.{WHEEL_KRUNFW_VERSION}"));
     extract_member(&wheel, WHEEL_KRUNFW_MEMBER, &versioned)?;
     validate_libkrunfw(&versioned)?;
-    let link_tmp = lib_dir.join(format!(".{KRUNFW_SONAME}.{}", std::process::id()));
+    let link_tmp = lib_dir.join(format!(".{KRUNFW_SONAME}.{}", unique_suffix()));
     let _ = fs::remove_file(&link_tmp);
     std::os::unix::fs::symlink(format!("libkrunfw.so.{WHEEL_KRUNFW_VERSION}"), &link_tmp)
         .map_err(|e| KrunfwError::io(format!("cannot create {}", link_tmp.display()), e))?;
     let target = lib_dir.join(KRUNFW_SONAME);
-    fs::rename(&link_tmp, &target)
-        .map_err(|e| KrunfwError::io(format!("cannot replace {}", target.display()), e))?;
+    fs::rename(&link_tmp, &target).map_err(|e| KrunfwError::io(format!("cannot replace {}", target.display()), e))?;
     Ok(())
+}
+
+/// A name suffix no other installer (process or thread) uses at the same time.
+fn unique_suffix() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
 }
 
 /// Runs `pip download` for the pinned wheel into `dir`; returns the wheel.
@@ -455,8 +394,7 @@ fn pip_download(dir: &Path) -> Result<PathBuf, KrunfwError> {
         spec.as_str(),
         "-d",
     ];
-    let candidates: [(&str, &[&str]); 3] =
-        [("pip3", &[]), ("pip", &[]), ("python3", &["-m", "pip"])];
+    let candidates: [(&str, &[&str]); 3] = [("pip3", &[]), ("pip", &[]), ("python3", &["-m", "pip"])];
     let mut last_err = String::from("no pip found (tried pip3, pip, python3 -m pip)");
     for (exe, pre) in candidates {
         let out = Command::new(exe).args(pre).args(args).arg(dir).output();
@@ -469,18 +407,11 @@ fn pip_download(dir: &Path) -> Result<PathBuf, KrunfwError> {
                     .filter_map(|e| e.ok())
                     .map(|e| e.path())
                     .find(|p| p.extension().is_some_and(|x| x == "whl"));
-                return wheel.ok_or_else(|| {
-                    KrunfwError::Install(format!("{exe} download produced no wheel"))
-                });
+                return wheel.ok_or_else(|| KrunfwError::Install(format!("{exe} download produced no wheel")));
             }
             Ok(o) => {
                 let stderr = String::from_utf8_lossy(&o.stderr);
-                let line = stderr
-                    .lines()
-                    .rev()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("")
-                    .trim();
+                let line = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
                 last_err = format!("{exe} download {spec} failed ({}): {line}", o.status);
             }
         }
@@ -490,21 +421,17 @@ fn pip_download(dir: &Path) -> Result<PathBuf, KrunfwError> {
 
 /// Extracts one member of a zip archive to `dest` atomically (0755).
 pub fn extract_member(zip_path: &Path, member: &str, dest: &Path) -> Result<(), KrunfwError> {
-    let file = File::open(zip_path)
-        .map_err(|e| KrunfwError::io(format!("cannot open {}", zip_path.display()), e))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| {
-        KrunfwError::Install(format!("{} is not a valid wheel: {e}", zip_path.display()))
-    })?;
-    let mut entry = archive.by_name(member).map_err(|e| {
-        KrunfwError::Install(format!("{} has no {member}: {e}", zip_path.display()))
-    })?;
+    let file = File::open(zip_path).map_err(|e| KrunfwError::io(format!("cannot open {}", zip_path.display()), e))?;
+    let mut archive = zip::ZipArchive::new(file)
+        .map_err(|e| KrunfwError::Install(format!("{} is not a valid wheel: {e}", zip_path.display())))?;
+    let mut entry = archive
+        .by_name(member)
+        .map_err(|e| KrunfwError::Install(format!("{} has no {member}: {e}", zip_path.display())))?;
     let dir = dest.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
-        dest.file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("extract"),
-        std::process::id()
+        dest.file_name().and_then(|n| n.to_str()).unwrap_or("extract"),
+        unique_suffix()
     ));
     let write = |entry: &mut dyn Read| -> io::Result<()> {
         let mut out = File::create(&tmp)?;
@@ -547,21 +474,12 @@ mod tests {
         let got = |ex: Option<&Path>, ev: Option<&Path>| {
             locate_with(ex, ev.map(|p| p.as_os_str().to_owned()), &home, &lds, &dirs)
         };
-        assert_eq!(
-            got(Some(&explicit), Some(&env)).expect("explicit"),
-            explicit
-        );
+        assert_eq!(got(Some(&explicit), Some(&env)).expect("explicit"), explicit);
         assert_eq!(got(None, Some(&env)).expect("env"), env);
-        assert_eq!(
-            got(None, None).expect("home"),
-            home.join("lib/libkrunfw.so.5")
-        );
+        assert_eq!(got(None, None).expect("home"), home.join("lib/libkrunfw.so.5"));
         fs::remove_file(home.join("lib/libkrunfw.so.5")).expect("rm");
         assert_eq!(got(None, None).expect("ldconfig"), ld);
-        assert_eq!(
-            locate_with(None, None, &home, &[], &dirs).expect("sys"),
-            sys.join("libkrunfw.so.5")
-        );
+        assert_eq!(locate_with(None, None, &home, &[], &dirs).expect("sys"), sys.join("libkrunfw.so.5"));
         let err = locate_with(None, None, &home, &[], &[]).expect_err("none");
         assert!(matches!(err, KrunfwError::NotFound(_)));
         assert!(err.to_string().contains("ALCOVE_LIBKRUNFW"), "{err}");
@@ -575,14 +493,7 @@ mod tests {
         let missing = t.path().join("missing.so");
         let err = locate_with(Some(&missing), None, &home, &[], &[]).expect_err("explicit missing");
         assert!(err.to_string().contains("missing.so"), "{err}");
-        let err = locate_with(
-            None,
-            Some(missing.clone().into_os_string()),
-            &home,
-            &[],
-            &[],
-        )
-        .expect_err("env missing");
+        let err = locate_with(None, Some(missing.clone().into_os_string()), &home, &[], &[]).expect_err("env missing");
         assert!(err.to_string().contains("ALCOVE_LIBKRUNFW"), "{err}");
     }
 
@@ -599,24 +510,14 @@ mod tests {
     #[test]
     fn validate_rejects_missing_and_directories() {
         let t = tempfile::tempdir().expect("tempdir");
-        assert!(matches!(
-            validate_libkrunfw(&t.path().join("nope")),
-            Err(KrunfwError::NotFound(_))
-        ));
-        assert!(matches!(
-            validate_libkrunfw(t.path()),
-            Err(KrunfwError::NotKrunfw { .. })
-        ));
+        assert!(matches!(validate_libkrunfw(&t.path().join("nope")), Err(KrunfwError::NotFound(_))));
+        assert!(matches!(validate_libkrunfw(t.path()), Err(KrunfwError::NotKrunfw { .. })));
     }
 
     #[test]
     fn validate_rejects_an_x86_64_elf_without_the_krunfw_symbol() {
         let err = validate_libkrunfw(Path::new("/bin/ls")).expect_err("ls");
-        assert!(
-            err.to_string()
-                .contains("does not export krunfw_get_kernel"),
-            "unexpected error: {err}"
-        );
+        assert!(err.to_string().contains("does not export krunfw_get_kernel"), "unexpected error: {err}");
     }
 
     #[test]
@@ -631,10 +532,7 @@ mod tests {
         hdr[18..20].copy_from_slice(&183u16.to_le_bytes());
         fs::write(&p, hdr).expect("write");
         let err = validate_libkrunfw(&p).expect_err("aarch64");
-        assert!(
-            matches!(err, KrunfwError::WrongArchitecture { .. }),
-            "{err}"
-        );
+        assert!(matches!(err, KrunfwError::WrongArchitecture { .. }), "{err}");
         assert!(err.to_string().contains("aarch64"), "{err}");
     }
 
@@ -650,9 +548,7 @@ mod tests {
         let mut f = File::open(libc).expect("open");
         let mut hdr = [0u8; 64];
         read_full(&mut f, &mut hdr).expect("read");
-        let syms = dynamic_symbols(&mut f, &hdr)
-            .expect("parse")
-            .expect("dynsym");
+        let syms = dynamic_symbols(&mut f, &hdr).expect("parse").expect("dynsym");
         assert!(syms.iter().any(|s| s == "malloc"));
         assert!(!syms.iter().any(|s| s == KRUNFW_KERNEL_SYMBOL));
     }
@@ -664,8 +560,7 @@ mod tests {
         {
             let f = File::create(&zpath).expect("create");
             let mut w = zip::ZipWriter::new(f);
-            let opts = zip::write::SimpleFileOptions::default()
-                .compression_method(zip::CompressionMethod::Deflated);
+            let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
             w.start_file("a/b/lib.so", opts).expect("start");
             w.write_all(b"payload bytes").expect("write");
             w.finish().expect("finish");
@@ -673,16 +568,9 @@ mod tests {
         let dest = t.path().join("out.so");
         extract_member(&zpath, "a/b/lib.so", &dest).expect("extract");
         assert_eq!(fs::read(&dest).expect("read"), b"payload bytes");
-        assert_eq!(
-            fs::metadata(&dest).expect("meta").permissions().mode() & 0o777,
-            0o755
-        );
+        assert_eq!(fs::metadata(&dest).expect("meta").permissions().mode() & 0o777, 0o755);
         let err = extract_member(&zpath, "missing", &t.path().join("x")).expect_err("missing");
         assert!(err.to_string().contains("has no missing"), "{err}");
-        assert_eq!(
-            fs::read_dir(t.path()).expect("ls").count(),
-            2,
-            "no temporary file left"
-        );
+        assert_eq!(fs::read_dir(t.path()).expect("ls").count(), 2, "no temporary file left");
     }
 }

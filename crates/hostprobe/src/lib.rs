@@ -15,9 +15,7 @@
 pub mod krunfw;
 pub mod parse;
 
-pub use krunfw::{
-    alcove_home, install_libkrunfw, locate_libkrunfw, validate_libkrunfw, KrunfwError, KrunfwInfo,
-};
+pub use krunfw::{alcove_home, install_libkrunfw, locate_libkrunfw, validate_libkrunfw, KrunfwError, KrunfwInfo};
 
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -162,36 +160,19 @@ pub fn probe_with_krunfw(explicit: Option<&Path>) -> HostReport {
     let v2_mount = parse::cgroup_v2_mount(&mounts);
     let v2_controllers = v2_mount
         .as_ref()
-        .map(|m| {
-            read(&format!("{m}/cgroup.controllers"))
-                .split_whitespace()
-                .map(str::to_string)
-                .collect()
-        })
+        .map(|m| read(&format!("{m}/cgroup.controllers")).split_whitespace().map(str::to_string).collect())
         .unwrap_or_default();
     let status = read("/proc/self/status");
     let seccomp_mode = parse::status_field(&status, "Seccomp").and_then(|v| v.parse().ok());
     HostReport {
         kvm: probe_kvm(&read("/proc/modules")),
-        cpu: CpuReport {
-            vmx: has("vmx"),
-            svm: has("svm"),
-            hypervisor: has("hypervisor"),
-            count: host_cpus(),
-        },
+        cpu: CpuReport { vmx: has("vmx"), svm: has("svm"), hypervisor: has("hypervisor"), count: host_cpus() },
         memory_mib: parse::mem_total_mib(&read("/proc/meminfo")),
         libkrunfw: probe_krunfw(explicit),
-        cgroups: CgroupReport {
-            v1: parse::cgroup_v1_controllers(&mounts, &known),
-            v2_mount,
-            v2_controllers,
-        },
+        cgroups: CgroupReport { v1: parse::cgroup_v1_controllers(&mounts, &known), v2_mount, v2_controllers },
         namespaces: probe_namespaces(),
         overlayfs: parse::has_filesystem(&read("/proc/filesystems"), "overlay"),
-        seccomp: SeccompReport {
-            supported: seccomp_mode.is_some(),
-            mode: seccomp_mode,
-        },
+        seccomp: SeccompReport { supported: seccomp_mode.is_some(), mode: seccomp_mode },
         // SAFETY: geteuid has no preconditions.
         root: unsafe { libc::geteuid() } == 0,
     }
@@ -204,9 +185,7 @@ pub fn host_cpus() -> usize {
     if n > 0 {
         n as usize
     } else {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
     }
 }
 
@@ -216,10 +195,7 @@ pub fn host_memory_mib() -> Option<u64> {
 }
 
 fn probe_kvm(proc_modules: &str) -> KvmReport {
-    let mut modules: Vec<String> = parse::modules(proc_modules)
-        .into_iter()
-        .filter(|m| m.starts_with("kvm_"))
-        .collect();
+    let mut modules: Vec<String> = parse::modules(proc_modules).into_iter().filter(|m| m.starts_with("kvm_")).collect();
     for m in ["kvm_intel", "kvm_amd", "kvm_pvm"] {
         if Path::new("/sys/module").join(m).exists() && !modules.iter().any(|x| x == m) {
             modules.push(m.to_string());
@@ -228,35 +204,20 @@ fn probe_kvm(proc_modules: &str) -> KvmReport {
     let pvm = modules.iter().any(|m| m == "kvm_pvm");
     let present = Path::new("/dev/kvm").exists();
     let (accessible, error) = if present {
-        match fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/kvm")
-        {
+        match fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") {
             Ok(_) => (true, None),
             Err(e) => (false, Some(format!("cannot open /dev/kvm read-write: {e}"))),
         }
     } else {
         (false, Some("/dev/kvm does not exist".to_string()))
     };
-    KvmReport {
-        present,
-        accessible,
-        error,
-        modules,
-        pvm,
-    }
+    KvmReport { present, accessible, error, modules, pvm }
 }
 
 fn probe_krunfw(explicit: Option<&Path>) -> KrunfwReport {
     let path = match locate_libkrunfw(explicit) {
         Ok(p) => p,
-        Err(e) => {
-            return KrunfwReport {
-                error: Some(e.to_string()),
-                ..Default::default()
-            }
-        }
+        Err(e) => return KrunfwReport { error: Some(e.to_string()), ..Default::default() },
     };
     match validate_libkrunfw(&path) {
         Ok(info) => KrunfwReport {
@@ -265,32 +226,19 @@ fn probe_krunfw(explicit: Option<&Path>) -> KrunfwReport {
             path: Some(path),
             error: None,
         },
-        Err(e) => KrunfwReport {
-            path: Some(path),
-            error: Some(e.to_string()),
-            ..Default::default()
-        },
+        Err(e) => KrunfwReport { path: Some(path), error: Some(e.to_string()), ..Default::default() },
     }
 }
 
 fn probe_namespaces() -> NamespaceReport {
     let mut kinds: Vec<String> = fs::read_dir("/proc/self/ns")
-        .map(|d| {
-            d.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|d| d.filter_map(|e| e.ok()).filter_map(|e| e.file_name().into_string().ok()).collect())
         .unwrap_or_default();
     kinds.sort();
-    let num = |p: &str| {
-        fs::read_to_string(p)
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-    };
+    let num = |p: &str| fs::read_to_string(p).ok().and_then(|s| s.trim().parse::<u64>().ok());
     NamespaceReport {
         kinds,
-        unprivileged_userns_clone: num("/proc/sys/kernel/unprivileged_userns_clone")
-            .map(|v| v != 0),
+        unprivileged_userns_clone: num("/proc/sys/kernel/unprivileged_userns_clone").map(|v| v != 0),
         max_user_namespaces: num("/proc/sys/user/max_user_namespaces"),
     }
 }
@@ -304,17 +252,10 @@ impl HostReport {
     /// The backend `--backend auto` uses here, and why.
     pub fn auto_backend(&self) -> (Backend, String) {
         if !self.kvm.present {
-            return (
-                Backend::Jail,
-                "/dev/kvm does not exist: microVMs cannot run here".into(),
-            );
+            return (Backend::Jail, "/dev/kvm does not exist: microVMs cannot run here".into());
         }
         if !self.kvm.accessible {
-            let why = self
-                .kvm
-                .error
-                .clone()
-                .unwrap_or_else(|| "/dev/kvm is not accessible".into());
+            let why = self.kvm.error.clone().unwrap_or_else(|| "/dev/kvm is not accessible".into());
             return (Backend::Jail, format!("{why}: microVMs cannot run here"));
         }
         if !self.hardware_virt() {
@@ -328,18 +269,10 @@ impl HostReport {
             return (Backend::Jail, reason);
         }
         if !self.libkrunfw.usable() {
-            let why = self
-                .libkrunfw
-                .error
-                .clone()
-                .unwrap_or_else(|| "libkrunfw not found".into());
+            let why = self.libkrunfw.error.clone().unwrap_or_else(|| "libkrunfw not found".into());
             return (Backend::Jail, format!("no usable libkrunfw ({why})"));
         }
-        let version = self
-            .libkrunfw
-            .version
-            .as_deref()
-            .unwrap_or("unknown version");
+        let version = self.libkrunfw.version.as_deref().unwrap_or("unknown version");
         (
             Backend::Krun,
             format!(
@@ -356,22 +289,11 @@ impl HostReport {
         let kvm = if self.kvm.accessible {
             "usable".to_string()
         } else {
-            self.kvm
-                .error
-                .clone()
-                .unwrap_or_else(|| "not usable".into())
+            self.kvm.error.clone().unwrap_or_else(|| "not usable".into())
         };
         let _ = writeln!(s, "/dev/kvm           {kvm}");
-        let modules = if self.kvm.modules.is_empty() {
-            "none".to_string()
-        } else {
-            self.kvm.modules.join(", ")
-        };
-        let pvm = if self.kvm.pvm {
-            " (kvm_pvm: software virtualisation)"
-        } else {
-            ""
-        };
+        let modules = if self.kvm.modules.is_empty() { "none".to_string() } else { self.kvm.modules.join(", ") };
+        let pvm = if self.kvm.pvm { " (kvm_pvm: software virtualisation)" } else { "" };
         let _ = writeln!(s, "kvm modules        {modules}{pvm}");
         let _ = writeln!(
             s,
@@ -381,9 +303,7 @@ impl HostReport {
             yes(self.cpu.svm),
             yes(self.cpu.hypervisor)
         );
-        let mem = self
-            .memory_mib
-            .map_or("unknown".to_string(), |m| format!("{m} MiB"));
+        let mem = self.memory_mib.map_or("unknown".to_string(), |m| format!("{m} MiB"));
         let _ = writeln!(s, "memory             {mem}");
         match (&self.libkrunfw.path, &self.libkrunfw.error) {
             (Some(p), None) => {
@@ -403,42 +323,23 @@ impl HostReport {
             }
         }
         let v1: Vec<&str> = self.cgroups.v1.iter().map(|(c, _)| c.as_str()).collect();
-        let _ = writeln!(
-            s,
-            "cgroup v1          {}",
-            if v1.is_empty() {
-                "none".to_string()
-            } else {
-                v1.join(", ")
-            }
-        );
+        let _ = writeln!(s, "cgroup v1          {}", if v1.is_empty() { "none".to_string() } else { v1.join(", ") });
         let v2 = match &self.cgroups.v2_mount {
             Some(m) if self.cgroups.v2_controllers.is_empty() => format!("{m} (no controllers)"),
             Some(m) => format!("{m} ({})", self.cgroups.v2_controllers.join(", ")),
             None => "not mounted".to_string(),
         };
         let _ = writeln!(s, "cgroup v2          {v2}");
-        let userns = match (
-            self.namespaces.unprivileged_userns_clone,
-            self.namespaces.max_user_namespaces,
-        ) {
+        let userns = match (self.namespaces.unprivileged_userns_clone, self.namespaces.max_user_namespaces) {
             (Some(false), _) | (_, Some(0)) => "unprivileged user namespaces disabled",
             _ => "unprivileged user namespaces allowed",
         };
-        let _ = writeln!(
-            s,
-            "namespaces         {} ({userns})",
-            self.namespaces.kinds.join(", ")
-        );
+        let _ = writeln!(s, "namespaces         {} ({userns})", self.namespaces.kinds.join(", "));
         let _ = writeln!(s, "overlayfs          {}", yes(self.overlayfs));
         let _ = writeln!(
             s,
             "seccomp            {}",
-            if self.seccomp.supported {
-                "supported"
-            } else {
-                "not reported by the kernel"
-            }
+            if self.seccomp.supported { "supported" } else { "not reported by the kernel" }
         );
         let _ = writeln!(s, "running as root    {}", yes(self.root));
         let (backend, reason) = self.auto_backend();
@@ -460,12 +361,7 @@ mod tests {
                 modules: vec!["kvm_intel".into()],
                 pvm: false,
             },
-            cpu: CpuReport {
-                vmx: true,
-                svm: false,
-                hypervisor: false,
-                count: 8,
-            },
+            cpu: CpuReport { vmx: true, svm: false, hypervisor: false, count: 8 },
             libkrunfw: KrunfwReport {
                 path: Some("/x/libkrunfw.so.5".into()),
                 version: Some("5.6.1".into()),
@@ -484,11 +380,7 @@ mod tests {
         assert!(why.contains("vmx") && why.contains("5.6.1"), "{why}");
 
         let mut svm = capable();
-        svm.cpu = CpuReport {
-            vmx: false,
-            svm: true,
-            ..svm.cpu
-        };
+        svm.cpu = CpuReport { vmx: false, svm: true, ..svm.cpu };
         assert_eq!(svm.auto_backend().0, Backend::Krun);
 
         let mut no_dev = capable();
@@ -518,10 +410,7 @@ mod tests {
         assert!(why.contains("no vmx/svm"), "{why}");
 
         let mut nofw = capable();
-        nofw.libkrunfw = KrunfwReport {
-            error: Some("libkrunfw not found: looked".into()),
-            ..Default::default()
-        };
+        nofw.libkrunfw = KrunfwReport { error: Some("libkrunfw not found: looked".into()), ..Default::default() };
         let (b, why) = nofw.auto_backend();
         assert_eq!(b, Backend::Jail);
         assert!(why.contains("libkrunfw"), "{why}");

@@ -18,18 +18,12 @@ pub fn cpu_flags(cpuinfo: &str) -> Vec<String> {
 
 /// Module names listed in `/proc/modules` (first column of each line).
 pub fn modules(proc_modules: &str) -> Vec<String> {
-    proc_modules
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    proc_modules.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 /// Whether `/proc/filesystems` lists `name` (with or without `nodev`).
 pub fn has_filesystem(proc_filesystems: &str, name: &str) -> bool {
-    proc_filesystems
-        .lines()
-        .any(|l| l.split_whitespace().last() == Some(name))
+    proc_filesystems.lines().any(|l| l.split_whitespace().last() == Some(name))
 }
 
 /// One line of `/proc/self/mounts`.
@@ -52,17 +46,8 @@ pub fn mounts(proc_mounts: &str) -> Vec<Mount> {
             let _source = f.next()?;
             let target = unescape_mount_path(f.next()?);
             let fstype = f.next()?.to_string();
-            let options = f
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .map(str::to_string)
-                .collect();
-            Some(Mount {
-                target,
-                fstype,
-                options,
-            })
+            let options = f.next().unwrap_or("").split(',').map(str::to_string).collect();
+            Some(Mount { target, fstype, options })
         })
         .collect()
 }
@@ -75,9 +60,7 @@ fn unescape_mount_path(s: &str) -> String {
         if bytes[i] == b'\\' && i + 4 <= bytes.len() {
             let oct = &bytes[i + 1..i + 4];
             if oct.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                let v = oct
-                    .iter()
-                    .fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+                let v = oct.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
                 if let Ok(v) = u8::try_from(v) {
                     out.push(v);
                     i += 4;
@@ -123,10 +106,7 @@ pub fn cgroup_v1_controllers(mounts: &[Mount], known: &[String]) -> Vec<(String,
 
 /// The first cgroup2 mount point.
 pub fn cgroup_v2_mount(mounts: &[Mount]) -> Option<String> {
-    mounts
-        .iter()
-        .find(|m| m.fstype == "cgroup2")
-        .map(|m| m.target.clone())
+    mounts.iter().find(|m| m.fstype == "cgroup2").map(|m| m.target.clone())
 }
 
 /// A `Key:` field of `/proc/self/status`, trimmed.
@@ -161,11 +141,7 @@ pub fn ldconfig_krunfw(ldconfig_p: &str) -> Vec<String> {
 pub fn krunfw_version_from_name(name: &str) -> Option<String> {
     let rest = name.strip_prefix("libkrunfw.so.")?;
     let parts: Vec<&str> = rest.split('.').collect();
-    if parts.len() >= 2
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-    {
+    if parts.len() >= 2 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
         Some(rest.to_string())
     } else {
         None
@@ -195,9 +171,7 @@ processor\t: 1\nflags\t\t: fpu vme\n";
 
     #[test]
     fn modules_lists_first_columns() {
-        let m = modules(
-            "kvm_pvm 94208 0 - Live 0x0000000000000000\nkvm 1130496 1 kvm_pvm, Live 0x0\n\n",
-        );
+        let m = modules("kvm_pvm 94208 0 - Live 0x0000000000000000\nkvm 1130496 1 kvm_pvm, Live 0x0\n\n");
         assert_eq!(m, vec!["kvm_pvm".to_string(), "kvm".to_string()]);
     }
 
@@ -230,17 +204,11 @@ memory\t4\t27\t1\nhugetlb\t0\t1\t1\nrdma\t0\t1\t0\n",
             v1,
             vec![
                 ("cpu".to_string(), "/sys/fs/cgroup/cpu".to_string()),
-                (
-                    "cpuacct".to_string(),
-                    "/sys/fs/cgroup/cpu,cpuacct".to_string()
-                ),
+                ("cpuacct".to_string(), "/sys/fs/cgroup/cpu,cpuacct".to_string()),
                 ("memory".to_string(), "/sys/fs/cgroup/memory".to_string()),
             ]
         );
-        assert_eq!(
-            cgroup_v2_mount(&mt).as_deref(),
-            Some("/sys/fs/cgroup/unified")
-        );
+        assert_eq!(cgroup_v2_mount(&mt).as_deref(), Some("/sys/fs/cgroup/unified"));
         assert_eq!(cgroup_v2_mount(&mt[..2]), None);
     }
 
@@ -255,10 +223,7 @@ memory\t4\t27\t1\nhugetlb\t0\t1\t1\nrdma\t0\t1\t0\n",
         let st = "Name:\tcat\nSeccomp:\t2\nSeccomp_filters:\t1\n";
         assert_eq!(status_field(st, "Seccomp"), Some("2"));
         assert_eq!(status_field(st, "NoSuch"), None);
-        assert_eq!(
-            mem_total_mib("MemTotal:       24684084 kB\nMemFree: 1 kB\n"),
-            Some(24105)
-        );
+        assert_eq!(mem_total_mib("MemTotal:       24684084 kB\nMemFree: 1 kB\n"), Some(24105));
         assert_eq!(mem_total_mib("MemFree: 1 kB\n"), None);
     }
 
@@ -268,18 +233,12 @@ memory\t4\t27\t1\nhugetlb\t0\t1\t1\nrdma\t0\t1\t0\n",
 \tlibkrunfw.so.5 (libc6,x86-64) => /usr/lib64/libkrunfw.so.5\n\
 \tlibkrunfw.so.5 (libc6) => /usr/lib/i386/libkrunfw.so.5\n\
 \tlibkrun.so.1 (libc6,x86-64) => /usr/lib64/libkrun.so.1\n";
-        assert_eq!(
-            ldconfig_krunfw(out),
-            vec!["/usr/lib64/libkrunfw.so.5".to_string()]
-        );
+        assert_eq!(ldconfig_krunfw(out), vec!["/usr/lib64/libkrunfw.so.5".to_string()]);
     }
 
     #[test]
     fn versions_from_file_names() {
-        assert_eq!(
-            krunfw_version_from_name("libkrunfw.so.5.6.1").as_deref(),
-            Some("5.6.1")
-        );
+        assert_eq!(krunfw_version_from_name("libkrunfw.so.5.6.1").as_deref(), Some("5.6.1"));
         assert_eq!(krunfw_version_from_name("libkrunfw.so.5"), None);
         assert_eq!(krunfw_version_from_name("libkrunfw.so.5.x"), None);
         assert_eq!(krunfw_version_from_name("libfoo.so.5.6.1"), None);

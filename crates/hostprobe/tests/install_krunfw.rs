@@ -2,9 +2,7 @@
 //! `$ALCOVE_HOME` and checks it. Needs PyPI; when pip cannot fetch the wheel
 //! the test says so and passes without checking (the only skip).
 
-use alcove_hostprobe::krunfw::{
-    install_libkrunfw, validate_libkrunfw, KrunfwError, WHEEL_KRUNFW_VERSION,
-};
+use alcove_hostprobe::krunfw::{install_libkrunfw, validate_libkrunfw, KrunfwError, WHEEL_KRUNFW_VERSION};
 use std::path::Path;
 
 #[test]
@@ -24,9 +22,7 @@ fn install_from_the_wheel_and_validate() {
     let info = validate_libkrunfw(&installed).expect("the installed library is valid");
     assert_eq!(info.version.as_deref(), Some(WHEEL_KRUNFW_VERSION));
     assert!(info.has_version_symbol);
-    assert!(info
-        .resolved
-        .ends_with(format!("libkrunfw.so.{WHEEL_KRUNFW_VERSION}")));
+    assert!(info.resolved.ends_with(format!("libkrunfw.so.{WHEEL_KRUNFW_VERSION}")));
     let banner = alcove_hostprobe::krunfw::kernel_banner(&installed).expect("kernel banner");
     assert!(banner.starts_with("Linux version "), "{banner}");
     // Only the library and its soname link are left behind.
@@ -35,20 +31,11 @@ fn install_from_the_wheel_and_validate() {
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(
-        names,
-        vec![
-            "libkrunfw.so.5".to_string(),
-            format!("libkrunfw.so.{WHEEL_KRUNFW_VERSION}")
-        ]
-    );
+    assert_eq!(names, vec!["libkrunfw.so.5".to_string(), format!("libkrunfw.so.{WHEEL_KRUNFW_VERSION}")]);
     // A second call finds it and does not download again.
     let mut again = Vec::new();
     let p = install_libkrunfw(home.path(), &mut |m| again.push(m.to_string())).expect("reinstall");
     assert_eq!(p, installed);
-    assert!(
-        again.iter().all(|m| !m.contains("downloading")),
-        "{again:?}"
-    );
+    assert!(again.iter().all(|m| !m.contains("downloading")), "{again:?}");
     assert!(Path::new(&p).exists());
 }

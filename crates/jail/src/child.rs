@@ -36,7 +36,6 @@ pub(crate) struct VolumePlan {
 
 /// Everything the child needs, prepared before `clone`.
 pub(crate) struct ChildPlan {
-    pub userns: bool,
     pub hostname: CString,
     pub merged: CString,
     pub overlay_opts: CString,
@@ -44,8 +43,12 @@ pub(crate) struct ChildPlan {
     pub volumes: Vec<VolumePlan>,
     /// Filled by the child with the detached mount of each volume.
     pub volume_fds: Vec<c_int>,
+    /// Owns the strings `argv` points into.
+    #[allow(dead_code)]
     pub argv_storage: Vec<CString>,
     pub argv: Vec<*const c_char>,
+    /// Owns the strings `envp` points into.
+    #[allow(dead_code)]
     pub envp_storage: Vec<CString>,
     pub envp: Vec<*const c_char>,
     pub seccomp: Vec<Vec<libc::sock_filter>>,
@@ -338,7 +341,7 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     check!(err, Step::Signals, 0, libc::sigprocmask(libc::SIG_SETMASK, &set, ptr::null_mut()));
-    for sig in 1..libc::SIGRTMAX() {
+    for sig in 1..=libc::SIGRTMAX() {
         if sig != libc::SIGKILL && sig != libc::SIGSTOP {
             libc::signal(sig, libc::SIG_DFL);
         }

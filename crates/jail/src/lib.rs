@@ -2,6 +2,15 @@
 //! namespaces, in an overlay of the sandbox's root filesystem, under cgroup
 //! limits, a seccomp filter and a reduced capability set.
 //!
+//! # API
+//!
+//! [`JailBackend::new`] with [`JailOptions`]; [`VmBackend::launch`] (type
+//! erased) or [`JailBackend::spawn`] (concrete [`Jail`]: the agent channel,
+//! a [`JailRunner`] whose [`JailRunner::wait`] reaps PID 1 and cleans up,
+//! and a [`JailControl`] with `force_stop`, `usage`, `pid` and
+//! `cgroup_paths`). [`JailOptions::init_argv`] runs any init program in
+//! place of the agent (tests use busybox).
+//!
 //! # What `launch` builds
 //!
 //! 1. **Validation** (before anything irreversible, as one-line
@@ -382,6 +391,11 @@ impl JailBackend {
         for dir in [&upper, &work, &merged] {
             fs::create_dir_all(dir).map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
         }
+        // Absolute paths for the overlay options and the child's chdir.
+        let absolute =
+            |p: &Path| fs::canonicalize(p).map_err(|e| BackendError::io(format!("resolving {}", p.display()), e));
+        let (upper, work, merged) = (absolute(&upper)?, absolute(&work)?, absolute(&merged)?);
+        overlay_safe("sandbox directory", &merged)?;
         if let Some(parent) = spec.guest_log.parent() {
             if !parent.as_os_str().is_empty() {
                 fs::create_dir_all(parent)
@@ -466,7 +480,6 @@ impl JailBackend {
         envp.push(std::ptr::null());
         let n_volumes = volumes.len();
         let mut plan = ChildPlan {
-            userns,
             hostname: cstring("sandbox name", spec.name.as_bytes())?,
             merged: cstring("sandbox directory", merged.as_os_str().as_bytes())?,
             overlay_opts: cstring("overlay options", &opts)?,
@@ -487,7 +500,6 @@ impl JailBackend {
             fd_sync_r: sync_r.as_raw_fd(),
             close_fds: vec![host_channel.as_raw_fd(), sync_w.as_raw_fd(), err_r.as_raw_fd()],
         };
-        let _ = (&plan.argv_storage, &plan.envp_storage, plan.userns);
 
         // ---- cgroup (limits in place before the child can run) ----
         let cgroup = match Cgroup::create(&spec.name, self.options.cgroup_parent.as_deref(), &checked.limits) {
@@ -525,6 +537,7 @@ impl JailBackend {
             if let Some(c) = cgroup {
                 c.destroy();
             }
+            let _ = fs::remove_dir(&merged);
             msg
         };
 

@@ -233,6 +233,67 @@ mod tests {
         assert!(!dropped_capabilities(true).contains(&(caps::CAP_SYS_ADMIN as i32)));
     }
 
+    /// Installs the programs in a forked child and checks what the kernel
+    /// answers. Root (or no_new_privs) is needed to install a filter; the
+    /// child sets no_new_privs itself.
+    #[test]
+    fn seccomp_programs_deny_what_they_say() {
+        let policy = seccomp_policy(false).expect("compiles");
+        // SAFETY: the child makes only raw system calls and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            unsafe {
+                let mut bits = 0;
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(100);
+                }
+                for program in &policy.programs {
+                    let prog = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) != 0 {
+                        libc::_exit(101);
+                    }
+                }
+                let errno = || *libc::__errno_location();
+                // keyctl(KEYCTL_GET_KEYRING_ID, ...) → EPERM
+                if libc::syscall(libc::SYS_keyctl, 0, -3, 0) == -1 && errno() == libc::EPERM {
+                    bits |= 1;
+                }
+                // clone3 → ENOSYS
+                if libc::syscall(libc::SYS_clone3, 0, 0) == -1 && errno() == libc::ENOSYS {
+                    bits |= 2;
+                }
+                // x32 getpid → EPERM
+                if libc::syscall(0x4000_0000 | libc::SYS_getpid) == -1 && errno() == libc::EPERM {
+                    bits |= 4;
+                }
+                // unshare(CLONE_NEWUSER) → EPERM
+                if libc::unshare(libc::CLONE_NEWUSER) == -1 && errno() == libc::EPERM {
+                    bits |= 8;
+                }
+                // mount → EPERM (strict policy)
+                if libc::mount(c"none".as_ptr(), c"/".as_ptr(), c"tmpfs".as_ptr(), 0, std::ptr::null()) == -1
+                    && errno() == libc::EPERM
+                {
+                    bits |= 16;
+                }
+                // getpid still works.
+                if libc::getpid() > 0 {
+                    bits |= 32;
+                }
+                libc::_exit(bits);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 63, "bits: {:#b}", libc::WEXITSTATUS(status));
+    }
+
     #[test]
     fn seccomp_compiles_with_and_without_mounts() {
         let strict = seccomp_policy(false).expect("compiles");

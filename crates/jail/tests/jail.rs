@@ -5,71 +5,15 @@
 //! what the script reports on fd 3 (the agent channel) from the host end.
 
 use alcove_backend::{BackendError, ExitObserver, GuestControl, GuestExit, GuestSpec, MountSpec, VmBackend};
-use alcove_jail::{Jail, JailBackend, JailOptions};
+use alcove_jail::{Jail, JailBackend, JailOptions, UserNamespace};
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const BUSYBOX: &str = "/bin/busybox";
+mod common;
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the jail tests must run as root");
-    assert!(
-        Path::new(BUSYBOX).exists(),
-        "{BUSYBOX} is missing: install the static busybox (apt-get install busybox-static)"
-    );
-}
-
-struct Fixture {
-    dir: tempfile::TempDir,
-}
-
-impl Fixture {
-    /// A base rootfs with busybox and its applets, plus a sandbox dir.
-    fn new() -> Fixture {
-        require_root();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let root = dir.path().join("rootfs");
-        for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
-            std::fs::create_dir_all(root.join(d)).expect("mkdir");
-        }
-        std::fs::copy(BUSYBOX, root.join("bin/busybox")).expect("copy busybox");
-        let list = std::process::Command::new(BUSYBOX).arg("--list").output().expect("busybox --list");
-        for applet in String::from_utf8_lossy(&list.stdout).lines() {
-            if applet != "busybox" {
-                let _ = symlink("busybox", root.join("bin").join(applet));
-            }
-        }
-        std::fs::write(root.join("etc/base.txt"), "from the base\n").expect("write");
-        Fixture { dir }
-    }
-
-    fn rootfs(&self) -> PathBuf {
-        self.dir.path().join("rootfs")
-    }
-
-    fn sandbox_dir(&self) -> PathBuf {
-        self.dir.path().join("sandbox")
-    }
-
-    fn spec(&self, name: &str) -> GuestSpec {
-        GuestSpec {
-            name: name.to_string(),
-            sandbox_dir: self.sandbox_dir(),
-            guest_log: self.sandbox_dir().join("logs/guest.log"),
-            rootfs: Some(self.rootfs()),
-            agent_binary: Some(PathBuf::from(BUSYBOX)),
-            ..GuestSpec::default()
-        }
-    }
-
-    fn guest_log(&self) -> String {
-        std::fs::read_to_string(self.sandbox_dir().join("logs/guest.log")).unwrap_or_default()
-    }
-}
+use common::{Fixture, BUSYBOX};
 
 fn backend(script: &str) -> JailBackend {
     JailBackend::new(JailOptions {
@@ -203,16 +147,14 @@ fn host_paths_outside_mounts_are_unreachable() {
         if cat {secret} 2>/dev/null; then echo "secret=visible" >&3; else echo "secret=hidden" >&3; fi
         if ls /proc/1/root{secret} >/dev/null 2>&1; then echo "via_proc=visible" >&3; else echo "via_proc=hidden" >&3; fi
         echo "cgroup_fs=$(ls /sys/fs/cgroup 2>/dev/null | wc -l)" >&3
-        echo "mounts=$(grep -c . /proc/self/mounts)" >&3
-        grep -q "{base}" /proc/self/mountinfo && echo "leak=yes" >&3 || echo "leak=no" >&3
         "#,
         secret = secret.display(),
-        base = fx.dir.path().join("rootfs").display()
     );
     let (exit, out) = run(&spec, &script);
     assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "secret"), "hidden");
     assert_eq!(line(&out, "via_proc"), "hidden");
+    assert_eq!(line(&out, "cgroup_fs").trim(), "0", "the host's cgroup tree is visible");
 }
 
 #[test]
@@ -505,5 +447,120 @@ fn setup_failure_is_reported_and_cleaned_up() {
     let err = backend("exit 0").spawn(&fx.spec("broken")).err().expect("fails");
     let msg = err.to_string();
     assert!(msg.contains("/dev"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
     assert!(!host_mounts_mention(&fx.sandbox_dir()));
+    assert!(!fx.sandbox_dir().join("merged").exists(), "merged/ left behind");
+}
+
+#[test]
+fn user_namespace_mode_runs_the_same_jail() {
+    let fx = Fixture::new();
+    let spec = fx.spec("userns");
+    let backend = JailBackend::new(JailOptions {
+        user_namespace: UserNamespace::Always,
+        init_argv: Some(vec![
+            "sh".into(),
+            "-c".into(),
+            r#"
+            echo "pid=$$" >&3
+            echo "hostname=$(hostname)" >&3
+            echo "uidmap=$(cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //')" >&3
+            echo "net=$(ls /sys/class/net | tr '\n' ' ')" >&3
+            echo written > /in-userns.txt && echo "write=ok" >&3
+            "#
+            .into(),
+        ]),
+        ..JailOptions::default()
+    });
+    let jail = backend.spawn(&spec).expect("starts in a user namespace");
+    let reader = collect(&jail);
+    let Jail { agent_channel, runner, control: _c } = jail;
+    drop(agent_channel);
+    let exit = runner.wait();
+    let out = reader.join().expect("reader");
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "pid"), "1");
+    assert_eq!(line(&out, "hostname"), "userns");
+    assert_eq!(line(&out, "uidmap"), "0 0 1");
+    assert_eq!(line(&out, "net").trim(), "lo");
+    assert_eq!(line(&out, "write"), "ok");
+    assert!(fx.sandbox_dir().join("upper/in-userns.txt").exists());
+}
+
+const ROOTLESS_ENV: &str = "ALCOVE_JAIL_ROOTLESS_FIXTURE";
+
+/// Runs the ignored `rootless_child` test of this binary as uid/gid 65534.
+#[test]
+fn rootless_mode_works_for_an_unprivileged_caller() {
+    use std::os::unix::fs::chown;
+    use std::os::unix::process::CommandExt;
+    let fx = Fixture::new();
+    let sandbox = fx.sandbox_dir();
+    std::fs::create_dir_all(&sandbox).expect("mkdir");
+    for p in [fx.dir.path(), sandbox.as_path()] {
+        chown(p, Some(65534), Some(65534)).expect("chown");
+    }
+    let exe = std::env::current_exe().expect("test binary");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", "rootless_child", "--ignored", "--nocapture", "--test-threads=1"])
+        .env(ROOTLESS_ENV, fx.dir.path());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().expect("run the unprivileged half");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "unprivileged run failed:\n{text}");
+    assert!(text.contains("1 passed"), "the unprivileged half did not run:\n{text}");
+    assert_eq!(
+        std::fs::read_to_string(sandbox.join("upper/rootless.txt")).expect("written through the overlay"),
+        "rootless\n"
+    );
+}
+
+/// The unprivileged half of `rootless_mode_works_for_an_unprivileged_caller`.
+#[test]
+#[ignore = "run by rootless_mode_works_for_an_unprivileged_caller as uid 65534"]
+fn rootless_child() {
+    let dir = PathBuf::from(std::env::var(ROOTLESS_ENV).expect("run through the rootless test"));
+    // SAFETY: geteuid has no preconditions.
+    assert_ne!(unsafe { libc::geteuid() }, 0);
+    let sandbox = dir.join("sandbox");
+    let spec = GuestSpec {
+        name: "rootless".into(),
+        sandbox_dir: sandbox.clone(),
+        guest_log: sandbox.join("guest.log"),
+        rootfs: Some(dir.join("rootfs")),
+        agent_binary: Some(PathBuf::from(BUSYBOX)),
+        memory_mib: Some(64),
+        ..GuestSpec::default()
+    };
+    let script = r#"
+        echo "pid=$$" >&3
+        echo "uid=$(id -u)" >&3
+        echo "hostname=$(hostname)" >&3
+        echo "net=$(ls /sys/class/net | tr '\n' ' ')" >&3
+        echo rootless > /rootless.txt && echo "write=ok" >&3
+    "#;
+    let jail = backend(script).spawn(&spec).expect("an unprivileged jail starts");
+    let reader = collect(&jail);
+    let Jail { agent_channel, runner, control } = jail;
+    drop(agent_channel);
+    assert!(control.cgroup_paths().is_empty(), "no cgroup is expected without privileges");
+    let exit = runner.wait();
+    let out = reader.join().expect("reader");
+    assert_eq!(exit.code, 0, "{out}\n{}", std::fs::read_to_string(sandbox.join("guest.log")).unwrap_or_default());
+    assert_eq!(line(&out, "pid"), "1");
+    assert_eq!(line(&out, "uid"), "0");
+    assert_eq!(line(&out, "hostname"), "rootless");
+    assert_eq!(line(&out, "net").trim(), "lo");
+    assert_eq!(line(&out, "write"), "ok");
 }

@@ -150,18 +150,10 @@ mod tests {
                 "volumes":[{"id":"data","path":"/d.raw","guest_path":"/data","readonly":true}]}"#,
         )
         .expect("full");
-        assert_eq!(
-            c.root,
-            KrunRoot::Disk {
-                path: "/r.qcow2".into(),
-                format: Some("qcow2".into()),
-                fstype: None
-            }
-        );
+        assert_eq!(c.root, KrunRoot::Disk { path: "/r.qcow2".into(), format: Some("qcow2".into()), fstype: None });
         assert_eq!(c.volumes[0].id, "data");
         assert!(c.volumes[0].readonly);
-        let back: KrunConfig =
-            serde_json::from_str(&serde_json::to_string(&c).expect("ser")).expect("de");
+        let back: KrunConfig = serde_json::from_str(&serde_json::to_string(&c).expect("ser")).expect("de");
         assert_eq!(back, c);
         assert!(serde_json::from_str::<KrunConfig>(r#"{"rooot":{}}"#).is_err());
     }

@@ -44,8 +44,7 @@ pub use config::{DiskFormat, KrunConfig, KrunRoot, KrunVolume};
 pub use plan::{HostLimits, VmPlan};
 
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched,
-    VmBackend,
+    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend,
 };
 use msb_krun::{ExitHandle, Vm};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
@@ -99,26 +98,19 @@ impl ExitState {
     }
 
     fn guest_reported(&self) -> bool {
-        self.guest_code
-            .get()
-            .is_some_and(|c| c.load(Ordering::SeqCst) != i32::MAX)
+        self.guest_code.get().is_some_and(|c| c.load(Ordering::SeqCst) != i32::MAX)
     }
 }
 
 /// Interprets msb_krun's exit code (see the crate docs).
 pub fn interpret_exit(vmm_code: i32, guest_reported: bool, forced: bool) -> GuestExit {
     if guest_reported {
-        return GuestExit {
-            code: vmm_code,
-            detail: None,
-        };
+        return GuestExit { code: vmm_code, detail: None };
     }
     if forced {
         return GuestExit {
             code: vmm_code,
-            detail: Some(
-                "the host stopped the microVM before the guest reported an exit code".into(),
-            ),
+            detail: Some("the host stopped the microVM before the guest reported an exit code".into()),
         };
     }
     if vmm_code != 0 {
@@ -148,40 +140,22 @@ impl VmBackend for KrunBackend {
         let host = self.host.unwrap_or_else(HostLimits::current);
         let plan = plan::plan(&self.config, spec, &host)?;
         plan::write_boot_share(&plan)?;
-        let (host_end, guest_end) = alcove_backend::console::channel()
-            .map_err(|e| BackendError::io("cannot create the agent channel", e))?;
+        let (host_end, guest_end) =
+            alcove_backend::console::channel().map_err(|e| BackendError::io("cannot create the agent channel", e))?;
 
         let state = Arc::new(ExitState::default());
         let hook_state = Arc::clone(&state);
         let hook = Box::new(move |code: i32| {
-            let exit = interpret_exit(
-                code,
-                hook_state.guest_reported(),
-                hook_state.forced.load(Ordering::SeqCst),
-            );
+            let exit = interpret_exit(code, hook_state.guest_reported(), hook_state.forced.load(Ordering::SeqCst));
             tracing::info!(code, reported = exit.code, detail = ?exit.detail, "microVM exited");
             hook_state.report(exit);
         });
         let mut builder = seam::KrunBuilder::new();
-        seam::apply(
-            &plan,
-            Box::new(port::AgentPort::new(guest_end)),
-            hook,
-            &mut builder,
-        );
-        let vm = builder
-            .build()
-            .map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
+        seam::apply(&plan, Box::new(port::AgentPort::new(guest_end)), hook, &mut builder);
+        let vm = builder.build().map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
         let _ = state.guest_code.set(vm.exit_code());
-        let control = Arc::new(KrunControl {
-            exit: vm.exit_handle(),
-            state: Arc::clone(&state),
-        });
-        Ok(Launched {
-            agent_channel: host_end,
-            runner: Box::new(KrunRunner { vm, state }),
-            control,
-        })
+        let control = Arc::new(KrunControl { exit: vm.exit_handle(), state: Arc::clone(&state) });
+        Ok(Launched { agent_channel: host_end, runner: Box::new(KrunRunner { vm, state }), control })
     }
 }
 
@@ -205,10 +179,7 @@ impl GuestRunner for KrunRunner {
             Err(e) => e,
         };
         tracing::error!(error = %err, "the microVM could not start");
-        state.report(GuestExit {
-            code: 1,
-            detail: Some(format!("the microVM could not start: {err}")),
-        });
+        state.report(GuestExit { code: 1, detail: Some(format!("the microVM could not start: {err}")) });
     }
 }
 

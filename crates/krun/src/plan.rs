@@ -138,23 +138,16 @@ fn invalid(msg: String) -> BackendError {
 
 /// Finds and validates libkrunfw (the configured path first).
 pub fn resolve_krunfw(config: &KrunConfig) -> Result<PathBuf, BackendError> {
-    let unsupported = |e: alcove_hostprobe::KrunfwError| BackendError::Unsupported {
-        backend: "krun",
-        reason: e.to_string(),
-    };
-    let path =
-        alcove_hostprobe::locate_libkrunfw(config.libkrunfw.as_deref()).map_err(unsupported)?;
+    let unsupported =
+        |e: alcove_hostprobe::KrunfwError| BackendError::Unsupported { backend: "krun", reason: e.to_string() };
+    let path = alcove_hostprobe::locate_libkrunfw(config.libkrunfw.as_deref()).map_err(unsupported)?;
     alcove_hostprobe::validate_libkrunfw(&path).map_err(unsupported)?;
     Ok(path)
 }
 
 /// Checks everything and returns the plan: libkrunfw first, then
 /// [`plan_with_krunfw`].
-pub fn plan(
-    config: &KrunConfig,
-    spec: &GuestSpec,
-    host: &HostLimits,
-) -> Result<VmPlan, BackendError> {
+pub fn plan(config: &KrunConfig, spec: &GuestSpec, host: &HostLimits) -> Result<VmPlan, BackendError> {
     let krunfw = resolve_krunfw(config)?;
     plan_with_krunfw(config, spec, host, krunfw)
 }
@@ -169,26 +162,12 @@ pub fn plan_with_krunfw(
     // Disks: formats known, images present and of the declared format.
     let mut disks = Vec::new();
     let root = match &config.root {
-        KrunRoot::Disk {
-            path,
-            format,
-            fstype,
-        } => {
+        KrunRoot::Disk { path, format, fstype } => {
             let format = check_disk("root disk", path, format.as_deref())?;
-            disks.push(DiskPlan {
-                id: ROOT_DISK_ID.into(),
-                path: path.clone(),
-                format,
-                read_only: true,
-            });
-            VmRoot::Block {
-                device_id: ROOT_DISK_ID.into(),
-                fstype: fstype.clone(),
-            }
+            disks.push(DiskPlan { id: ROOT_DISK_ID.into(), path: path.clone(), format, read_only: true });
+            VmRoot::Block { device_id: ROOT_DISK_ID.into(), fstype: fstype.clone() }
         }
-        KrunRoot::Directory { .. } => VmRoot::VirtioFs {
-            tag: ROOTFS_TAG.into(),
-        },
+        KrunRoot::Directory { .. } => VmRoot::VirtioFs { tag: ROOTFS_TAG.into() },
     };
     let mut volumes = Vec::new();
     for v in &config.volumes {
@@ -200,17 +179,8 @@ pub fn plan_with_krunfw(
                 v.id
             )));
         }
-        disks.push(DiskPlan {
-            id: v.id.clone(),
-            path: v.path.clone(),
-            format,
-            read_only: v.readonly,
-        });
-        volumes.push(VmVolume {
-            device_id: v.id.clone(),
-            guest_path: v.guest_path.clone(),
-            readonly: v.readonly,
-        });
+        disks.push(DiskPlan { id: v.id.clone(), path: v.path.clone(), format, read_only: v.readonly });
+        volumes.push(VmVolume { device_id: v.id.clone(), guest_path: v.guest_path.clone(), readonly: v.readonly });
     }
 
     // Machine size.
@@ -219,25 +189,17 @@ pub fn plan_with_krunfw(
         return Err(invalid("cpus must be at least 1".into()));
     }
     if cpus as usize > host.cpus {
-        return Err(invalid(format!(
-            "{cpus} vCPUs requested but this host has {} CPUs",
-            host.cpus
-        )));
+        return Err(invalid(format!("{cpus} vCPUs requested but this host has {} CPUs", host.cpus)));
     }
-    let vcpus = u8::try_from(cpus)
-        .map_err(|_| invalid(format!("{cpus} vCPUs is more than libkrun's limit of 255")))?;
+    let vcpus = u8::try_from(cpus).map_err(|_| invalid(format!("{cpus} vCPUs is more than libkrun's limit of 255")))?;
     let memory = spec.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
     if memory == 0 {
         return Err(invalid("memory must be at least 1 MiB".into()));
     }
     if memory > host.memory_mib {
-        return Err(invalid(format!(
-            "{memory} MiB of memory requested but this host has {} MiB",
-            host.memory_mib
-        )));
+        return Err(invalid(format!("{memory} MiB of memory requested but this host has {} MiB", host.memory_mib)));
     }
-    let memory_mib = usize::try_from(memory)
-        .map_err(|_| invalid(format!("{memory} MiB does not fit this host")))?;
+    let memory_mib = usize::try_from(memory).map_err(|_| invalid(format!("{memory} MiB does not fit this host")))?;
 
     // Shares: the root directory, the writable layer, the mounts.
     let mut shares = Vec::new();
@@ -245,32 +207,18 @@ pub fn plan_with_krunfw(
         let dir = path
             .clone()
             .or_else(|| spec.rootfs.clone())
-            .ok_or_else(|| {
-                invalid("no root filesystem: set the sandbox rootfs or a krun root disk".into())
-            })?;
+            .ok_or_else(|| invalid("no root filesystem: set the sandbox rootfs or a krun root disk".into()))?;
         if !dir.is_dir() {
-            return Err(invalid(format!(
-                "root filesystem {} is not a directory",
-                dir.display()
-            )));
+            return Err(invalid(format!("root filesystem {} is not a directory", dir.display())));
         }
-        shares.push(SharePlan {
-            tag: ROOTFS_TAG.into(),
-            host: dir,
-        });
+        shares.push(SharePlan { tag: ROOTFS_TAG.into(), host: dir });
     }
     let upper_dir = spec.sandbox_dir.join(UPPER_DIR);
-    shares.push(SharePlan {
-        tag: UPPER_TAG.into(),
-        host: upper_dir.clone(),
-    });
+    shares.push(SharePlan { tag: UPPER_TAG.into(), host: upper_dir.clone() });
     let mut mounts = Vec::new();
     for (i, m) in spec.mounts.iter().enumerate() {
         if !m.guest.starts_with('/') {
-            return Err(invalid(format!(
-                "mount target {:?} is not an absolute path",
-                m.guest
-            )));
+            return Err(invalid(format!("mount target {:?} is not an absolute path", m.guest)));
         }
         if !m.host.is_dir() {
             return Err(invalid(format!(
@@ -279,26 +227,17 @@ pub fn plan_with_krunfw(
             )));
         }
         let tag = format!("mnt{i}");
-        shares.push(SharePlan {
-            tag: tag.clone(),
-            host: m.host.clone(),
-        });
-        mounts.push(VmMount {
-            tag,
-            guest_path: m.guest.clone(),
-            readonly: m.readonly,
-        });
+        shares.push(SharePlan { tag: tag.clone(), host: m.host.clone() });
+        mounts.push(VmMount { tag, guest_path: m.guest.clone(), readonly: m.readonly });
     }
 
     // The agent.
-    let agent_source = spec.agent_binary.clone().ok_or_else(|| {
-        invalid("no agent binary given: the krun backend needs the static alcove-agent".into())
-    })?;
+    let agent_source = spec
+        .agent_binary
+        .clone()
+        .ok_or_else(|| invalid("no agent binary given: the krun backend needs the static alcove-agent".into()))?;
     if !agent_source.is_file() {
-        return Err(invalid(format!(
-            "agent binary {} does not exist",
-            agent_source.display()
-        )));
+        return Err(invalid(format!("agent binary {} does not exist", agent_source.display())));
     }
     if spec.sandbox_dir.as_os_str().is_empty() {
         return Err(invalid("the sandbox directory is not set".into()));
@@ -310,12 +249,7 @@ pub fn plan_with_krunfw(
         env: spec.env.clone(),
         workdir: spec.workdir.clone(),
         user: spec.user.clone(),
-        vm: Some(VmBoot {
-            root,
-            upper_tag: Some(UPPER_TAG.into()),
-            mounts,
-            volumes,
-        }),
+        vm: Some(VmBoot { root, upper_tag: Some(UPPER_TAG.into()), mounts, volumes }),
     };
     Ok(VmPlan {
         vcpus,
@@ -339,9 +273,7 @@ pub fn plan_with_krunfw(
 }
 
 fn check_volume(v: &KrunVolume, earlier: &[DiskPlan]) -> Result<(), BackendError> {
-    let ok_chars =
-        v.id.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok_chars = v.id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if v.id.is_empty() || v.id.len() > MAX_DISK_ID || !ok_chars {
         return Err(invalid(format!(
             "volume id {:?} must be 1 to {MAX_DISK_ID} characters of letters, digits, '-' or '_'",
@@ -349,16 +281,10 @@ fn check_volume(v: &KrunVolume, earlier: &[DiskPlan]) -> Result<(), BackendError
         )));
     }
     if earlier.iter().any(|d| d.id == v.id) {
-        return Err(invalid(format!(
-            "volume id {:?} is used twice (\"root\" is reserved)",
-            v.id
-        )));
+        return Err(invalid(format!("volume id {:?} is used twice (\"root\" is reserved)", v.id)));
     }
     if !v.guest_path.starts_with('/') {
-        return Err(invalid(format!(
-            "volume {:?}: guest path {:?} is not absolute",
-            v.id, v.guest_path
-        )));
+        return Err(invalid(format!("volume {:?}: guest path {:?} is not absolute", v.id, v.guest_path)));
     }
     Ok(())
 }
@@ -367,51 +293,33 @@ fn check_volume(v: &KrunVolume, earlier: &[DiskPlan]) -> Result<(), BackendError
 /// its header agrees with the format. Returns the format to attach with.
 fn check_disk(what: &str, path: &Path, declared: Option<&str>) -> Result<DiskFormat, BackendError> {
     let declared = match declared {
-        Some(s) => Some(DiskFormat::parse(s).ok_or_else(|| {
-            invalid(format!(
-                "{what}: unknown disk format {s:?} (expected raw, qcow2 or vmdk)"
-            ))
-        })?),
+        Some(s) => Some(
+            DiskFormat::parse(s)
+                .ok_or_else(|| invalid(format!("{what}: unknown disk format {s:?} (expected raw, qcow2 or vmdk)")))?,
+        ),
         None => None,
     };
-    let meta = fs::metadata(path).map_err(|e| {
-        invalid(format!(
-            "{what}: disk image {} cannot be read: {e}",
-            path.display()
-        ))
-    })?;
+    let meta = fs::metadata(path)
+        .map_err(|e| invalid(format!("{what}: disk image {} cannot be read: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(invalid(format!(
-            "{what}: disk image {} is not a file",
-            path.display()
-        )));
+        return Err(invalid(format!("{what}: disk image {} is not a file", path.display())));
     }
     let mut head = [0u8; 32];
     let n = File::open(path)
         .and_then(|mut f| f.read(&mut head))
-        .map_err(|e| {
-            invalid(format!(
-                "{what}: disk image {} cannot be read: {e}",
-                path.display()
-            ))
-        })?;
+        .map_err(|e| invalid(format!("{what}: disk image {} cannot be read: {e}", path.display())))?;
     let sniffed = DiskFormat::sniff(&head[..n]);
     match declared {
         None => Ok(sniffed),
         Some(d) if d == sniffed => Ok(d),
-        Some(d) => Err(invalid(format!(
-            "{what}: {} is declared {d} but its header says {sniffed}",
-            path.display()
-        ))),
+        Some(d) => Err(invalid(format!("{what}: {} is declared {d} but its header says {sniffed}", path.display()))),
     }
 }
 
 /// Writes the trampoline (agent copy, `.alcove/agent.json`, mount points)
 /// and creates the writable layer directory and the guest log's directory.
 pub fn write_boot_share(plan: &VmPlan) -> Result<(), BackendError> {
-    let io = |what: &str, p: &Path, e: std::io::Error| {
-        BackendError::io(format!("{what} {}", p.display()), e)
-    };
+    let io = |what: &str, p: &Path, e: std::io::Error| BackendError::io(format!("{what} {}", p.display()), e);
     let boot = &plan.boot_dir;
     let mut dirs = fs::DirBuilder::new();
     dirs.recursive(true).mode(0o755);
@@ -420,21 +328,13 @@ pub fn write_boot_share(plan: &VmPlan) -> Result<(), BackendError> {
         dirs.create(&p).map_err(|e| io("cannot create", &p, e))?;
     }
     let alcove = boot.join(".alcove");
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&alcove)
-        .map_err(|e| io("cannot create", &alcove, e))?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(&alcove).map_err(|e| io("cannot create", &alcove, e))?;
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o755)
         .create(&plan.upper_dir)
         .map_err(|e| io("cannot create", &plan.upper_dir, e))?;
-    if let Some(parent) = plan
-        .console_output
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-    {
+    if let Some(parent) = plan.console_output.parent().filter(|p| !p.as_os_str().is_empty()) {
         fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
     }
 
@@ -442,8 +342,7 @@ pub fn write_boot_share(plan: &VmPlan) -> Result<(), BackendError> {
     let agent = boot.join(AGENT_GUEST_PATH.trim_start_matches('/'));
     let agent_tmp = boot.join(".alcove-agent.tmp");
     let _ = fs::remove_file(&agent_tmp);
-    fs::copy(&plan.agent_source, &agent_tmp)
-        .map_err(|e| io("cannot copy the agent to", &agent_tmp, e))?;
+    fs::copy(&plan.agent_source, &agent_tmp).map_err(|e| io("cannot copy the agent to", &agent_tmp, e))?;
     fs::set_permissions(&agent_tmp, fs::Permissions::from_mode(0o755))
         .map_err(|e| io("cannot chmod", &agent_tmp, e))?;
     fs::rename(&agent_tmp, &agent).map_err(|e| io("cannot install", &agent, e))?;

@@ -45,14 +45,8 @@ impl ConsolePortBackend for AgentPort {
         loop {
             // SAFETY: buf is valid for writes of buf.len() bytes; the fd is
             // owned by self.sock for the duration of the call.
-            let n = unsafe {
-                libc::recv(
-                    self.sock.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
             if n >= 0 {
                 // n == 0 is end-of-file: the host end is closed.
                 return Ok(n as usize);
@@ -99,11 +93,7 @@ impl ConsolePortBackend for AgentPort {
     }
 
     fn wait_until_writable(&self) {
-        let mut pfd = libc::pollfd {
-            fd: self.sock.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
         loop {
             // SAFETY: pfd is a valid pollfd array of length 1.
             let r = unsafe { libc::poll(&mut pfd, 1, -1) };
@@ -177,10 +167,7 @@ mod tests {
         });
         let t = Instant::now();
         port.wait_until_writable();
-        assert!(
-            t.elapsed() >= Duration::from_millis(40),
-            "wait returned before the host read"
-        );
+        assert!(t.elapsed() >= Duration::from_millis(40), "wait returned before the host read");
         assert!(port.write(&chunk).expect("writable again") > 0);
         drop(reader.join().expect("reader"));
     }

@@ -105,12 +105,7 @@ impl VmConfigurator for KrunBuilder {
     }
     fn disk(&mut self, d: &DiskPlan) {
         self.with(|b| {
-            b.disk(|x| {
-                x.path(&d.path)
-                    .id(d.id.clone())
-                    .format(krun_format(d.format))
-                    .read_only(d.read_only)
-            })
+            b.disk(|x| x.path(&d.path).id(d.id.clone()).format(krun_format(d.format)).read_only(d.read_only))
         });
     }
     fn console_output(&mut self, path: &Path) {

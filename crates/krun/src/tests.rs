@@ -3,9 +3,7 @@
 //! the exit hook's interpretation.
 
 use super::*;
-use crate::plan::{
-    plan_with_krunfw, write_boot_share, DiskPlan, ExecPlan, AGENT_GUEST_PATH, BOOT_DIR, UPPER_DIR,
-};
+use crate::plan::{plan_with_krunfw, write_boot_share, DiskPlan, ExecPlan, AGENT_GUEST_PATH, BOOT_DIR, UPPER_DIR};
 use crate::seam::{apply, VmConfigurator};
 use alcove_backend::MountSpec;
 use alcove_protocol::agent_config::{AgentConfig, AgentMode, VmBoot, VmMount, VmRoot, VmVolume};

@@ -40,6 +40,8 @@ fn has_hw_virt() -> bool {
 /// The real libkrunfw, installed under the target dir; `None` (with a
 /// printed reason) when pip cannot fetch it.
 fn real_krunfw() -> Option<PathBuf> {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = INSTALL.lock().unwrap_or_else(|p| p.into_inner());
     let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("alcove-home");
     match alcove_hostprobe::install_libkrunfw(&home, &mut |m| println!("libkrunfw: {m}")) {
         Ok(p) => Some(p),
@@ -301,12 +303,7 @@ fn child_main(mode: &str) {
         _ => _keep = Some(channel),
     }
     launched.runner.run(ExitObserver::new(move |e| {
-        println!(
-            "OBSERVER code={} after_ms={} detail={:?}",
-            e.code,
-            start.elapsed().as_millis(),
-            e.detail
-        );
+        println!("OBSERVER code={} after_ms={} detail={:?}", e.code, start.elapsed().as_millis(), e.detail);
         let _ = std::io::stdout().flush();
     }));
     println!("RUNNER RETURNED");

@@ -1,0 +1,304 @@
+//! The lifecycle commands: run, create, exec, stop, start, kill, rm, touch,
+//! and the hidden supervisor of `run -d`.
+
+use super::args::{CreateArgs, ExecArgs, NamesArgs, RmArgs, RunArgs, SandboxOpts, StopArgs, SuperviseArgs};
+use super::error::{CliError, CliResult};
+use super::launch::{self, Started};
+use super::output::Progress;
+use super::session::{run_attached, Attach};
+use super::state::{CliMeta, Ctx};
+use alcove_client::{Client, ExecOptions};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Grace given to commands when `run` stops its sandbox after the command ended.
+const RUN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Creates the sandbox row and starts it; returns the ready client.
+async fn create_and_start(
+    ctx: &Ctx,
+    name: &str,
+    opts: &SandboxOpts,
+    parent_pid: Option<u32>,
+    meta: CliMeta,
+) -> CliResult<(Client, Started)> {
+    alcove_client::paths::validate_name(name)?;
+    // The socket path must be usable before anything is created.
+    ctx.socket_path(name)?;
+    if ctx.store.sandbox(name)?.is_some() {
+        return Err(CliError::msg(format!("a sandbox named {name:?} already exists")));
+    }
+    let cfg = launch::build_config(ctx, name, opts, parent_pid)?;
+    let json = serde_json::to_string(&cfg).map_err(|e| CliError::msg(e.to_string()))?;
+    ctx.store.create_sandbox(name, &json)?;
+    let result = async {
+        ctx.write_meta(name, &meta)?;
+        let mut started = launch::spawn(ctx, &cfg)?;
+        let progress = Progress::start(format!("starting sandbox {name}"));
+        let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;
+        progress.finish();
+        Ok::<_, CliError>((client?, started))
+    }
+    .await;
+    if result.is_err() {
+        // Leave no half-created sandbox behind (the error line says why).
+        let _ = launch::kill(ctx, name).await;
+        let _ = ctx.remove(name);
+    }
+    result
+}
+
+fn exec_options(argv: Vec<String>) -> ExecOptions {
+    ExecOptions::new(argv)
+}
+
+/// `alcove run`.
+pub async fn run(args: RunArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let named = args.name.is_some();
+    let name = args.name.clone().unwrap_or_else(launch::generated_name);
+    if args.detach {
+        if args.interactive || args.tty {
+            return Err(CliError::msg("-d cannot be combined with -i or -t"));
+        }
+        let meta = CliMeta {
+            auto_remove: args.opts.rm,
+            rootfs: args.opts.rootfs.clone(),
+            backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
+            detached_command: Some(args.command.clone()),
+            interactive: false,
+        };
+        let (_client, _started) = create_and_start(&ctx, &name, &args.opts, None, meta).await?;
+        spawn_supervisor(&ctx, &name)?;
+        println!("{name}");
+        return Ok(0);
+    }
+    let remove_after = !named || args.opts.rm;
+    let meta = CliMeta {
+        auto_remove: remove_after,
+        rootfs: args.opts.rootfs.clone(),
+        backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
+        detached_command: None,
+        interactive: args.interactive,
+    };
+    let (client, mut started) = create_and_start(&ctx, &name, &args.opts, Some(std::process::id()), meta).await?;
+    let attach = Attach { stdin: args.interactive, tty: args.tty, output: None };
+    let result = run_attached(&client, exec_options(args.command), attach).await;
+    finish_run(&ctx, &name, client, &mut started, remove_after).await?;
+    result
+}
+
+/// Stops the sandbox after an attached run and removes it if asked.
+async fn finish_run(ctx: &Ctx, name: &str, client: Client, started: &mut Started, remove: bool) -> CliResult<()> {
+    let grace = u32::try_from(RUN_STOP_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(RUN_STOP_TIMEOUT + Duration::from_secs(2), client.shutdown(grace)).await;
+    drop(client);
+    if !launch::wait_final_async(ctx, name, RUN_STOP_TIMEOUT).await? {
+        launch::kill(ctx, name).await?;
+    }
+    let _ = started.child.wait();
+    if remove {
+        ctx.remove(name)?;
+    }
+    Ok(())
+}
+
+/// Starts `alcove __supervise NAME` in its own session, detached.
+fn spawn_supervisor(ctx: &Ctx, name: &str) -> CliResult<()> {
+    let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("cannot find the alcove executable: {e}")))?;
+    let log = ctx.sandbox_dir(name).join("logs").join("supervisor.err");
+    let err = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .map_err(|e| CliError::msg(format!("cannot open {}: {e}", log.display())))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("__supervise").arg(name).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(err));
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the supervisor of {name}: {e}")))?;
+    Ok(())
+}
+
+/// `alcove __supervise NAME`: runs the detached command of `run -d` with its
+/// output in `logs/command.log`, then stops the sandbox (and removes it with
+/// `--rm`), as docker stops a container whose command ended.
+pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
+    let ctx = Ctx::open_quiet()?;
+    let meta = ctx.meta(&args.name);
+    let Some(argv) = meta.detached_command.clone() else {
+        return Err(CliError::msg(format!("sandbox {} has no detached command", args.name)));
+    };
+    let log_path = ctx.sandbox_dir(&args.name).join("logs").join("command.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| CliError::msg(format!("cannot open {}: {e}", log_path.display())))?;
+    let client = launch::connect(&ctx, &args.name).await?;
+    let attach = Attach { stdin: false, tty: false, output: Some(log) };
+    let code = match run_attached(&client, exec_options(argv), attach).await {
+        Ok(c) => c,
+        Err(e) => e.exit_code(),
+    };
+    if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log_path) {
+        use std::io::Write;
+        let _ = writeln!(f, "[alcove] the command exited with code {code}");
+    }
+    drop(client);
+    launch::stop(&ctx, &args.name, RUN_STOP_TIMEOUT).await?;
+    if meta.auto_remove {
+        ctx.remove(&args.name)?;
+    }
+    Ok(code)
+}
+
+/// `alcove create NAME`.
+pub async fn create(args: CreateArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let opts = args.opts;
+    let meta = CliMeta {
+        auto_remove: opts.rm,
+        rootfs: opts.rootfs.clone(),
+        backend_requested: format!("{:?}", opts.backend).to_lowercase(),
+        detached_command: None,
+        interactive: false,
+    };
+    let (_client, _started) = create_and_start(&ctx, &args.name, &opts, None, meta).await?;
+    println!("{}", args.name);
+    Ok(0)
+}
+
+/// `alcove exec`.
+pub async fn exec(args: ExecArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let client = launch::connect(&ctx, &args.name).await?;
+    let mut opts = exec_options(args.command);
+    opts.env = args.env;
+    opts.cwd = args.workdir;
+    opts.user = args.user;
+    opts.timeout = args.timeout;
+    let attach = Attach { stdin: args.interactive, tty: args.tty, output: None };
+    match run_attached(&client, opts, attach).await {
+        Err(CliError::Failed(m)) if args.timeout.is_some() && m.contains("did not finish within") => {
+            super::output::error_line(&m);
+            Ok(128 + libc::SIGKILL)
+        }
+        other => other,
+    }
+}
+
+/// Runs `f` for each name, reporting each failure on its own line; exit 125
+/// if any failed.
+async fn for_each<F, Fut>(names: &[String], mut f: F) -> CliResult<i32>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = CliResult<()>>,
+{
+    let mut failed = false;
+    for name in names {
+        match f(name.clone()).await {
+            Ok(()) => println!("{name}"),
+            Err(e) => {
+                super::output::error_line(&e.to_string());
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed { super::error::EXIT_ALCOVE } else { 0 })
+}
+
+/// `alcove stop`.
+pub async fn stop(args: StopArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let ctx = &ctx;
+    for_each(&args.names, |name| async move {
+        ctx.sandbox(&name)?;
+        launch::stop(ctx, &name, args.timeout).await?;
+        if ctx.meta(&name).auto_remove {
+            ctx.remove(&name)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `alcove start`.
+pub async fn start(args: NamesArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let ctx = &ctx;
+    for_each(&args.names, |name| async move {
+        ctx.sandbox(&name)?;
+        if launch::is_running(ctx, &name)? {
+            return Ok(());
+        }
+        if !launch::has_config(ctx, &name) {
+            return Err(CliError::msg(format!("sandbox {name} has no config file; remove it and create it again")));
+        }
+        let mut cfg = ctx.load_config(&name)?;
+        // A restarted sandbox lives on its own, whoever started it first.
+        cfg.parent_pid = None;
+        let mut started = launch::spawn(ctx, &cfg)?;
+        let progress = Progress::start(format!("starting sandbox {name}"));
+        let ready = launch::wait_ready(ctx, &name, &mut started, cfg.policy.ready_timeout).await;
+        progress.finish();
+        ready.map(drop)
+    })
+    .await
+}
+
+/// `alcove kill`.
+pub async fn kill(args: NamesArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let ctx = &ctx;
+    for_each(&args.names, |name| async move {
+        ctx.sandbox(&name)?;
+        if !launch::kill(ctx, &name).await? {
+            return Err(CliError::msg(format!("sandbox {name} is not running")));
+        }
+        if ctx.meta(&name).auto_remove {
+            ctx.remove(&name)?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// `alcove rm`.
+pub async fn rm(args: RmArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let ctx = &ctx;
+    for_each(&args.names, |name| async move {
+        ctx.sandbox(&name)?;
+        if launch::is_running(ctx, &name)? {
+            if !args.force {
+                return Err(CliError::msg(format!(
+                    "sandbox {name} is running; stop it first or use `alcove rm -f {name}`"
+                )));
+            }
+            launch::kill(ctx, &name).await?;
+        }
+        ctx.remove(&name)
+    })
+    .await
+}
+
+/// `alcove touch`.
+pub async fn touch(args: NamesArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let ctx = &ctx;
+    for_each(&args.names, |name| async move {
+        let client = launch::connect(ctx, &name).await?;
+        client.touch()?;
+        // A round trip makes sure the touch was read before the connection closes.
+        client.stat("/").await?;
+        Ok(())
+    })
+    .await
+}

@@ -1,0 +1,216 @@
+//! `alcove cp SRC DST`: files and directory trees between the host and a
+//! running sandbox, `NAME:/path` naming the sandbox side.
+//!
+//! As with `cp -r` and docker: when the destination is an existing
+//! directory, the source is copied into it under its own name; otherwise the
+//! destination is the new path. File contents are streamed in chunks through
+//! the client (never fully in memory); permission bits are kept; symlinks
+//! are recreated on the host, and skipped with a warning towards the guest
+//! (the protocol has no symlink creation).
+
+use super::args::CpArgs;
+use super::error::{CliError, CliResult};
+use super::launch;
+use super::state::Ctx;
+use alcove_client::{Client, ClientError, FileKind, FsErrorKind};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// One side of a copy.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A host path.
+    Host(PathBuf),
+    /// `NAME:/path`.
+    Guest {
+        /// The sandbox.
+        name: String,
+        /// The absolute guest path.
+        path: String,
+    },
+}
+
+/// Parses `NAME:/path` or a host path. A host path with a `:` can be given
+/// as `./a:b`.
+pub fn parse_endpoint(s: &str) -> CliResult<Endpoint> {
+    if let Some((name, path)) = s.split_once(':') {
+        if !name.is_empty() && !name.contains('/') {
+            alcove_client::paths::validate_name(name)?;
+            if !path.starts_with('/') {
+                return Err(CliError::msg(format!("{s:?}: the path in the sandbox must be absolute")));
+            }
+            return Ok(Endpoint::Guest { name: name.to_string(), path: path.to_string() });
+        }
+    }
+    if s.is_empty() {
+        return Err(CliError::msg("an empty path was given"));
+    }
+    Ok(Endpoint::Host(PathBuf::from(s)))
+}
+
+fn base_name(p: &str) -> Option<&str> {
+    p.trim_end_matches('/').rsplit('/').next().filter(|s| !s.is_empty() && *s != "." && *s != "..")
+}
+
+fn join_guest(dir: &str, name: &str) -> String {
+    format!("{}/{name}", dir.trim_end_matches('/'))
+}
+
+/// `alcove cp`.
+pub async fn cp(args: CpArgs) -> CliResult<i32> {
+    let src = parse_endpoint(&args.src)?;
+    let dst = parse_endpoint(&args.dst)?;
+    let ctx = Ctx::open()?;
+    match (src, dst) {
+        (Endpoint::Host(_), Endpoint::Host(_)) => {
+            Err(CliError::msg("one of SRC and DST must be in a sandbox (NAME:/path)"))
+        }
+        (Endpoint::Guest { .. }, Endpoint::Guest { .. }) => {
+            Err(CliError::msg("copying between two sandboxes is not supported; copy through the host"))
+        }
+        (Endpoint::Host(local), Endpoint::Guest { name, path }) => {
+            let client = launch::connect(&ctx, &name).await?;
+            to_guest(&client, &local, &path).await?;
+            Ok(0)
+        }
+        (Endpoint::Guest { name, path }, Endpoint::Host(local)) => {
+            let client = launch::connect(&ctx, &name).await?;
+            from_guest(&client, &path, &local).await?;
+            Ok(0)
+        }
+    }
+}
+
+async fn guest_kind(client: &Client, path: &str) -> CliResult<Option<FileKind>> {
+    match client.stat(path).await {
+        Ok(st) => Ok(Some(st.kind)),
+        Err(ClientError::Fs(e)) if e.kind == FsErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn to_guest(client: &Client, local: &Path, guest: &str) -> CliResult<()> {
+    let meta = std::fs::symlink_metadata(local).map_err(|e| CliError::msg(format!("{}: {e}", local.display())))?;
+    let target = match guest_kind(client, guest).await? {
+        Some(FileKind::Dir) => {
+            let base = local
+                .file_name()
+                .and_then(|n| n.to_str())
+                .ok_or_else(|| CliError::msg(format!("{} has no usable file name", local.display())))?;
+            join_guest(guest, base)
+        }
+        _ if guest.ends_with('/') && !meta.is_dir() => {
+            return Err(CliError::msg(format!("directory {guest} does not exist in the sandbox")));
+        }
+        _ => guest.to_string(),
+    };
+    upload(client, local, &target).await
+}
+
+async fn upload(client: &Client, local: &Path, guest: &str) -> CliResult<()> {
+    let meta = std::fs::symlink_metadata(local).map_err(|e| CliError::msg(format!("{}: {e}", local.display())))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if meta.file_type().is_symlink() {
+        super::output::error_line(&format!("skipping symlink {} (not supported towards a sandbox)", local.display()));
+        return Ok(());
+    }
+    if meta.is_dir() {
+        match client.mkdir(guest, false).await {
+            Ok(()) => {}
+            Err(ClientError::Fs(e)) if e.kind == FsErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut entries: Vec<_> = std::fs::read_dir(local)
+            .map_err(|e| CliError::msg(format!("{}: {e}", local.display())))?
+            .filter_map(Result::ok)
+            .collect();
+        entries.sort_by_key(|e| e.file_name());
+        for e in entries {
+            let Some(n) = e.file_name().to_str().map(str::to_string) else {
+                return Err(CliError::msg(format!("{}: file name is not UTF-8", e.path().display())));
+            };
+            Box::pin(upload(client, &e.path(), &join_guest(guest, &n))).await?;
+        }
+        return Ok(());
+    }
+    if !meta.is_file() {
+        super::output::error_line(&format!("skipping {} (not a regular file)", local.display()));
+        return Ok(());
+    }
+    let mut f = tokio::fs::File::open(local).await.map_err(|e| CliError::msg(format!("{}: {e}", local.display())))?;
+    client.write_file_from(guest, mode, &mut f).await?;
+    Ok(())
+}
+
+async fn from_guest(client: &Client, guest: &str, local: &Path) -> CliResult<()> {
+    let st = client.stat(guest).await?;
+    let target = if local.is_dir() {
+        let base = base_name(guest).ok_or_else(|| CliError::msg(format!("{guest} has no usable file name")))?;
+        local.join(base)
+    } else {
+        local.to_path_buf()
+    };
+    download(client, guest, st.kind, st.mode, st.link_target, &target).await
+}
+
+async fn download(
+    client: &Client,
+    guest: &str,
+    kind: FileKind,
+    mode: u32,
+    link: Option<String>,
+    local: &Path,
+) -> CliResult<()> {
+    let err = |e: std::io::Error| CliError::msg(format!("{}: {e}", local.display()));
+    match kind {
+        FileKind::Dir => {
+            match std::fs::create_dir(local) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && local.is_dir() => {}
+                Err(e) => return Err(err(e)),
+            }
+            for entry in client.list(guest).await? {
+                let child = join_guest(guest, &entry.name);
+                Box::pin(download(client, &child, entry.stat.kind, entry.stat.mode, entry.stat.link_target, &local.join(&entry.name)))
+                    .await?;
+            }
+            std::fs::set_permissions(local, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
+            Ok(())
+        }
+        FileKind::File => {
+            let mut f = tokio::fs::File::create(local).await.map_err(err)?;
+            client.read_file_to(guest, &mut f).await?;
+            drop(f);
+            std::fs::set_permissions(local, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
+            Ok(())
+        }
+        FileKind::Symlink => {
+            let target = link.ok_or_else(|| CliError::msg(format!("{guest}: symlink without a target")))?;
+            let _ = std::fs::remove_file(local);
+            std::os::unix::fs::symlink(target, local).map_err(err)
+        }
+        FileKind::Other => {
+            super::output::error_line(&format!("skipping {guest} (not a regular file, directory or symlink)"));
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_told_apart() {
+        assert_eq!(
+            parse_endpoint("box:/etc/hosts").expect("guest"),
+            Endpoint::Guest { name: "box".into(), path: "/etc/hosts".into() }
+        );
+        assert_eq!(parse_endpoint("./a:b").expect("host"), Endpoint::Host("./a:b".into()));
+        assert_eq!(parse_endpoint("/tmp/x").expect("host"), Endpoint::Host("/tmp/x".into()));
+        assert!(parse_endpoint("box:relative").is_err());
+        assert!(parse_endpoint("-bad:/x").is_err());
+        assert_eq!(base_name("/a/b/"), Some("b"));
+        assert_eq!(base_name("/"), None);
+    }
+}

@@ -1,0 +1,364 @@
+//! Starting and stopping sandbox processes.
+//!
+//! Start: the [`SandboxConfig`] goes to `sandboxes/NAME/config.json` (0600;
+//! secrets and env values only there, never in argv), then
+//! `alcove sandbox --config FILE` is spawned in its own session with stdin on
+//! /dev/null, stdout piped (its first line is `{"pid":N}`, then the pipe
+//! closes) and stderr in `logs/startup.err`. The sandbox is ready once a
+//! client handshake on its socket succeeds (the relay answers only after the
+//! agent's `Ready`). If the process exits first, the run row's detail or the
+//! last line of `startup.err` is reported as one line.
+//!
+//! Stop: `Shutdown` through the socket (SIGTERM when that fails), a wait of
+//! up to the timeout for the run to be final, then SIGUSR1 (forced stop),
+//! then SIGKILL and a recorded `Signal` outcome as the last resort.
+
+use super::args::{BackendArg, SandboxOpts};
+use super::error::{one_line, CliError, CliResult};
+use super::output::Progress;
+use super::state::{run_alive, signal, Ctx};
+use crate::config::{BackendKind, Policy, SandboxConfig};
+use alcove_backend::{GuestSpec, MountSpec};
+use alcove_client::Client;
+use alcove_store::{RunOutcome, RunStatus, TerminationReason};
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Extra time, beyond the sandbox's own ready timeout, the CLI waits for
+/// readiness before giving up.
+const READY_SLACK: Duration = Duration::from_secs(15);
+
+/// Picks the backend for `--backend`.
+pub fn resolve_backend(arg: BackendArg) -> BackendKind {
+    match arg {
+        BackendArg::Jail => BackendKind::Jail,
+        BackendArg::Krun => BackendKind::Krun,
+        BackendArg::Mock => BackendKind::Mock,
+        BackendArg::Auto => match alcove_hostprobe::probe().auto_backend().0 {
+            alcove_hostprobe::Backend::Krun => BackendKind::Krun,
+            alcove_hostprobe::Backend::Jail => BackendKind::Jail,
+        },
+    }
+}
+
+/// Builds the config of a new sandbox from the command-line options:
+/// resolves the rootfs (building the default one if needed, with a progress
+/// display) and checks volumes.
+pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Option<u32>) -> CliResult<SandboxConfig> {
+    let backend = resolve_backend(opts.backend);
+    let mut mounts = Vec::new();
+    for v in &opts.volume {
+        let mut m = MountSpec::parse(v).map_err(CliError::msg)?;
+        m.host = std::fs::canonicalize(&m.host)
+            .map_err(|e| CliError::msg(format!("volume {v:?}: host path {}: {e}", m.host.display())))?;
+        mounts.push(m);
+    }
+    if let Some(w) = &opts.workdir {
+        if !w.starts_with('/') {
+            return Err(CliError::msg(format!("--workdir {w:?} must be an absolute path")));
+        }
+    }
+    let mut env = Vec::new();
+    let mut rootfs = None;
+    if backend != BackendKind::Mock {
+        let store = alcove_rootfs::RootfsStore::new(ctx.home.clone());
+        let progress = Progress::start(format!("resolving rootfs {}", opts.rootfs));
+        let resolved = if opts.rootfs == alcove_rootfs::DEFAULT_NAME {
+            store.ensure_default(&mut |p| {
+                if let alcove_rootfs::Progress::Step(s) = p {
+                    progress.set(s);
+                }
+            })?
+        } else {
+            store.resolve(&opts.rootfs)?
+        };
+        progress.finish();
+        alcove_rootfs::require_shell(&resolved.root).or_else(|e| {
+            // A rootfs without a shell can still run programs given by path.
+            if matches!(e, alcove_rootfs::RootfsError::NoShell(_)) {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+        env.extend(resolved.image.env.clone());
+        rootfs = Some(resolved.root);
+    }
+    env.extend(opts.env.iter().cloned());
+    let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
+    policy.validate().map_err(|e| CliError::msg(e.to_string()))?;
+    Ok(SandboxConfig {
+        name: name.to_string(),
+        home: ctx.home.clone(),
+        backend,
+        guest: GuestSpec {
+            name: name.to_string(),
+            rootfs,
+            cpus: opts.cpus,
+            memory_mib: opts.memory,
+            mounts,
+            env,
+            workdir: opts.workdir.clone(),
+            user: opts.user.clone(),
+            ..GuestSpec::default()
+        },
+        policy,
+        mock: Default::default(),
+        krun: Default::default(),
+        socket_path: None,
+        db_path: None,
+        parent_pid,
+    })
+}
+
+/// A sandbox process just started.
+pub struct Started {
+    /// Its pid.
+    pub pid: u32,
+    /// The child handle (for an attached `run`, to reap it).
+    pub child: Child,
+}
+
+/// Writes the config and spawns the sandbox process; returns once it has
+/// printed its pid.
+pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
+    let config_path = ctx.write_config(cfg)?;
+    let log_dir = ctx.sandbox_dir(&cfg.name).join("logs");
+    let startup_err = log_dir.join("startup.err");
+    let err_file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&startup_err)
+        .map_err(|e| CliError::msg(format!("cannot create {}: {e}", startup_err.display())))?;
+    let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("cannot find the alcove executable: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("sandbox").arg("--config").arg(&config_path);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(err_file));
+    // SAFETY: setsid is async-signal-safe; nothing else runs in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the sandbox process: {e}")))?;
+    let stdout = child.stdout.take().ok_or_else(|| CliError::msg("the sandbox process has no stdout"))?;
+    let mut line = String::new();
+    let read = BufReader::new(stdout).read_line(&mut line);
+    let pid = match read {
+        Ok(n) if n > 0 => parse_pid_line(&line),
+        _ => None,
+    };
+    match pid {
+        Some(pid) => Ok(Started { pid, child }),
+        None => {
+            let status = child.wait().ok();
+            Err(CliError::msg(format!(
+                "the sandbox process failed to start: {}",
+                startup_error(ctx, &cfg.name).unwrap_or_else(|| match status {
+                    Some(s) => format!("it exited ({s}) without a message"),
+                    None => "it exited without a message".into(),
+                })
+            )))
+        }
+    }
+}
+
+fn parse_pid_line(line: &str) -> Option<u32> {
+    let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+    v.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+/// The last non-empty line of `logs/startup.err`, without the
+/// `alcove sandbox:` prefix.
+fn startup_error(ctx: &Ctx, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(ctx.sandbox_dir(name).join("logs").join("startup.err")).ok()?;
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+    Some(one_line(line.strip_prefix("alcove sandbox: ").unwrap_or(line)))
+}
+
+/// Waits until the sandbox `name` (process `started`) accepts clients and
+/// returns a connected client. Fails with one line if the process ends first.
+pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_timeout: Duration) -> CliResult<Client> {
+    let socket = ctx.socket_path(name)?;
+    let deadline = Instant::now() + ready_timeout + READY_SLACK;
+    let mut delay = Duration::from_millis(5);
+    loop {
+        if let Ok(Some(_)) = started.child.try_wait() {
+            return Err(start_failure(ctx, name));
+        }
+        match Client::connect_path(&socket).await {
+            Ok(client) => return Ok(client),
+            Err(alcove_client::ClientError::NoListener { .. } | alcove_client::ClientError::HandshakeClosed) => {}
+            Err(alcove_client::ClientError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                return Err(CliError::msg(format!("cannot connect to {}: {source}", socket.display())));
+            }
+            Err(alcove_client::ClientError::Connect { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if Instant::now() >= deadline {
+            return Err(CliError::msg(format!(
+                "sandbox {name} did not become ready within {}s",
+                (ready_timeout + READY_SLACK).as_secs()
+            )));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Describes why a sandbox process ended before it was ready.
+fn start_failure(ctx: &Ctx, name: &str) -> CliError {
+    let _ = ctx.reap();
+    let run = ctx.store.latest_run(name).ok().flatten();
+    let from_run = run.as_ref().and_then(|r| {
+        let reason = r.reason.map(|x| x.to_string()).unwrap_or_default();
+        r.detail.as_ref().map(|d| format!("{reason}: {d}"))
+    });
+    let msg = from_run.or_else(|| startup_error(ctx, name)).unwrap_or_else(|| "it exited without a message".into());
+    CliError::msg(format!("sandbox {name} failed to start: {}", one_line(&msg)))
+}
+
+/// Connects to a running sandbox, with a clear error when it is not running.
+pub async fn connect(ctx: &Ctx, name: &str) -> CliResult<Client> {
+    ctx.sandbox(name)?;
+    if ctx.running_run(name)?.is_none() {
+        return Err(CliError::msg(format!("sandbox {name} is not running (start it with `alcove start {name}`)")));
+    }
+    let socket = ctx.socket_path(name)?;
+    // A sandbox still starting accepts the connection once its agent is ready.
+    match Client::connect_path(&socket).await {
+        Ok(c) => Ok(c),
+        Err(alcove_client::ClientError::NoListener { .. } | alcove_client::ClientError::HandshakeClosed) => {
+            Err(CliError::msg(format!("sandbox {name} is not accepting connections (it may be stopping)")))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Stops the sandbox `name` if it is running: graceful `Shutdown` (or
+/// SIGTERM), up to `timeout` for the run to end, then forced (SIGUSR1), then
+/// SIGKILL as the last resort. Returns whether a run was stopped.
+pub async fn stop(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
+    let Some(run) = ctx.running_run(name)? else { return Ok(false) };
+    let grace_ms = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+    let socket = ctx.socket_path(name)?;
+    let asked = match tokio::time::timeout(Duration::from_secs(2), Client::connect_path(&socket)).await {
+        Ok(Ok(client)) => {
+            // Shutdown waits for the connection to close; the store tells when it is over.
+            tokio::spawn(async move {
+                let _ = client.shutdown(grace_ms).await;
+            });
+            true
+        }
+        _ => false,
+    };
+    if !asked {
+        signal(run.pid, libc::SIGTERM);
+    }
+    // The guest gets `timeout` to end its commands; the host needs a little more to sync and record.
+    let budget = timeout + Duration::from_secs(3);
+    if wait_final_async(ctx, name, budget).await? {
+        return Ok(true);
+    }
+    force(ctx, name, run.pid, run.id, run.started_at_ms).await?;
+    Ok(true)
+}
+
+/// Forces a running sandbox off: SIGUSR1, a short wait, then SIGKILL with a
+/// recorded outcome.
+pub async fn kill(ctx: &Ctx, name: &str) -> CliResult<bool> {
+    let Some(run) = ctx.running_run(name)? else { return Ok(false) };
+    force(ctx, name, run.pid, run.id, run.started_at_ms).await?;
+    Ok(true)
+}
+
+async fn force(ctx: &Ctx, name: &str, pid: u32, run: alcove_store::RunId, started: i64) -> CliResult<()> {
+    if run_alive(pid, started) {
+        signal(pid, libc::SIGUSR1);
+    }
+    if wait_final_async(ctx, name, Duration::from_secs(5)).await? {
+        return Ok(());
+    }
+    if run_alive(pid, started) {
+        signal(pid, libc::SIGKILL);
+    }
+    let outcome = RunOutcome {
+        reason: TerminationReason::Signal,
+        exit_code: None,
+        exit_signal: Some(libc::SIGKILL),
+        detail: Some("the sandbox process did not stop when asked and was killed".into()),
+    };
+    match ctx.store.finish_run(run, &outcome) {
+        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if let Ok(sock) = ctx.socket_path(name) {
+        let _ = std::fs::remove_file(sock);
+    }
+    Ok(())
+}
+
+/// [`Ctx::wait_final`] without blocking the async runtime.
+pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ctx.wait_final(name, Duration::ZERO)? {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Whether the newest run of `name` is running.
+pub fn is_running(ctx: &Ctx, name: &str) -> CliResult<bool> {
+    Ok(ctx.store.latest_run(name)?.is_some_and(|r| r.status == RunStatus::Running))
+}
+
+/// A generated sandbox name: `run-` and 8 hex digits.
+pub fn generated_name() -> String {
+    let mut buf = [0u8; 4];
+    let ok = std::fs::File::open("/dev/urandom").and_then(|mut f| std::io::Read::read_exact(&mut f, &mut buf)).is_ok();
+    let n = if ok {
+        u32::from_le_bytes(buf)
+    } else {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        t ^ std::process::id().rotate_left(16)
+    };
+    format!("run-{n:08x}")
+}
+
+/// The config file of `name` exists.
+pub fn has_config(ctx: &Ctx, name: &str) -> bool {
+    Path::new(&ctx.config_path(name)).is_file()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pid_line_is_parsed_strictly() {
+        assert_eq!(parse_pid_line("{\"pid\":42}\n"), Some(42));
+        assert_eq!(parse_pid_line("pid 42"), None);
+        assert_eq!(parse_pid_line("{\"pid\":-1}"), None);
+    }
+
+    #[test]
+    fn generated_names_are_valid() {
+        let n = generated_name();
+        alcove_client::paths::validate_name(&n).expect("valid");
+        assert_eq!(n.len(), 12);
+    }
+}

@@ -1,0 +1,106 @@
+//! The `alcove` command-line interface.
+//!
+//! Docker-like habits: `run`, `create`, `exec`, `stop`, `start`, `kill`,
+//! `rm`, `touch`, `ps`, `inspect`, `logs`, `metrics`, `cp`, `doctor`,
+//! `rootfs`. The CLI talks to sandboxes only through `alcove-client` and to
+//! records only through `alcove-store`; it never reaches into actors.
+//!
+//! Invariants:
+//! - Every failure is printed as one line on stderr (`alcove: …`) and exits
+//!   125, except a command's own exit code (passed through) and spawn
+//!   failures (126 cannot invoke, 127 not found).
+//! - Every command that reads sandbox state reaps first (see [`state`]).
+//! - Sandbox configuration (env values included) reaches the sandbox process
+//!   only through its 0600 config file, never through argv.
+//! - The terminal is restored on every exit path of `-t` sessions: the raw
+//!   mode guard is dropped before [`main`] returns, and no code path calls
+//!   `process::exit` while it is held.
+
+pub mod args;
+pub mod commands;
+pub mod cp;
+pub mod error;
+pub mod launch;
+pub mod misc;
+pub mod output;
+pub mod session;
+pub mod show;
+pub mod state;
+
+use args::{Cli, Command};
+use clap::Parser;
+use error::{CliError, EXIT_ALCOVE};
+
+/// Runs the CLI with this process's arguments; returns the exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_failure(e),
+    };
+    if let Command::Sandbox(a) = cli.command {
+        // The sandbox process: no runtime of ours, it builds its own threads.
+        return crate::standalone::run(&a.config);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            output::error_line(&format!("cannot start the async runtime: {e}"));
+            return EXIT_ALCOVE;
+        }
+    };
+    let result = runtime.block_on(dispatch(cli.command));
+    // Blocking readers (stdin) must not hold the exit.
+    runtime.shutdown_background();
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            output::error_line(&e.to_string());
+            e.exit_code()
+        }
+    }
+}
+
+async fn dispatch(cmd: Command) -> Result<i32, CliError> {
+    match cmd {
+        Command::Run(a) => commands::run(a).await,
+        Command::Create(a) => commands::create(a).await,
+        Command::Exec(a) => commands::exec(a).await,
+        Command::Stop(a) => commands::stop(a).await,
+        Command::Start(a) => commands::start(a).await,
+        Command::Kill(a) => commands::kill(a).await,
+        Command::Rm(a) => commands::rm(a).await,
+        Command::Touch(a) => commands::touch(a).await,
+        Command::Ps(a) => show::ps(a),
+        Command::Inspect(a) => show::inspect(a),
+        Command::Logs(a) => show::logs(a).await,
+        Command::Metrics(a) => show::metrics(a),
+        Command::Cp(a) => cp::cp(a).await,
+        Command::Doctor(a) => misc::doctor(a),
+        Command::Rootfs(c) => misc::rootfs(c),
+        Command::Supervise(a) => commands::supervise(a).await,
+        Command::Sandbox(_) => Err(CliError::msg("the sandbox process cannot run inside the CLI runtime")),
+    }
+}
+
+/// Prints a clap error: help and version as clap renders them (exit 0),
+/// anything else as one line (exit 125).
+fn clap_failure(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            0
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand | ErrorKind::MissingSubcommand => {
+            let _ = e.print();
+            EXIT_ALCOVE
+        }
+        _ => {
+            let rendered = e.render().to_string();
+            let first = rendered.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            output::error_line(&format!("{first} (see `alcove --help`)"));
+            EXIT_ALCOVE
+        }
+    }
+}

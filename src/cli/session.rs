@@ -1,0 +1,222 @@
+//! Running one command in a sandbox with the local terminal attached.
+//!
+//! - Output chunks are written to stdout/stderr as they arrive.
+//! - With `-i`, stdin is read on a dedicated thread (so a blocked read never
+//!   holds up the exit) and streamed with EOF at its end.
+//! - With `-t`, the local terminal (if stdin is one) is put in raw mode for
+//!   the session, so Ctrl-C and Ctrl-\ reach the sandboxed process as bytes
+//!   on its PTY; the window size is sent at start and on every SIGWINCH. The
+//!   [`RawTerminal`] guard restores the terminal when dropped, which happens
+//!   on every return path, on unwinding, and before the signal-triggered
+//!   exit paths below.
+//! - Without a terminal, SIGINT, SIGTERM, SIGHUP and SIGQUIT received by the
+//!   CLI are forwarded to the command; the third SIGINT gives up (exit 130).
+//!
+//! The exit code follows docker: the command's code, 128+N for a signal,
+//! 126/127 for spawn failures, 125 for alcove failures.
+
+use super::error::{CliError, CliResult};
+use alcove_client::{Client, ExecEvent, ExecOptions, TtySize};
+use std::io::{IsTerminal, Read, Write};
+use std::os::fd::AsRawFd;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+/// What to attach.
+pub struct Attach {
+    /// Stream stdin.
+    pub stdin: bool,
+    /// Use a PTY.
+    pub tty: bool,
+    /// Where output goes (None = this process's stdout/stderr).
+    pub output: Option<std::fs::File>,
+}
+
+/// The local terminal in raw mode; restored on drop.
+pub struct RawTerminal {
+    fd: i32,
+    saved: libc::termios,
+}
+
+impl RawTerminal {
+    /// Puts `fd` in raw mode if it is a terminal.
+    pub fn enable(fd: i32) -> Option<RawTerminal> {
+        // SAFETY: isatty and tcgetattr only read the fd's state into the termios we own.
+        unsafe {
+            if libc::isatty(fd) != 1 {
+                return None;
+            }
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(fd, &mut saved) != 0 {
+                return None;
+            }
+            let mut raw = saved;
+            libc::cfmakeraw(&mut raw);
+            if libc::tcsetattr(fd, libc::TCSANOW, &raw) != 0 {
+                return None;
+            }
+            Some(RawTerminal { fd, saved })
+        }
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the attributes saved from the same fd.
+        unsafe {
+            libc::tcsetattr(self.fd, libc::TCSADRAIN, &self.saved);
+        }
+    }
+}
+
+/// The size of the terminal on `fd`, if it is one.
+pub fn terminal_size(fd: i32) -> Option<TtySize> {
+    // SAFETY: TIOCGWINSZ fills the winsize we own.
+    unsafe {
+        let mut ws: libc::winsize = std::mem::zeroed();
+        if libc::ioctl(fd, libc::TIOCGWINSZ, &mut ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0 {
+            Some(TtySize { rows: ws.ws_row, cols: ws.ws_col })
+        } else {
+            None
+        }
+    }
+}
+
+/// The best known size of the local terminal (stdin, stdout or stderr), or 24x80.
+fn local_size() -> TtySize {
+    [0, 1, 2].into_iter().find_map(terminal_size).unwrap_or(TtySize { rows: 24, cols: 80 })
+}
+
+/// Runs `opts` on `client` with the local terminal attached; returns the
+/// exit code to leave with.
+pub async fn run_attached(client: &Client, mut opts: ExecOptions, attach: Attach) -> CliResult<i32> {
+    opts.stdin = attach.stdin;
+    if attach.tty {
+        opts.tty = Some(local_size());
+    }
+    let raw = if attach.tty && attach.output.is_none() && std::io::stdin().is_terminal() {
+        RawTerminal::enable(std::io::stdin().as_raw_fd())
+    } else {
+        None
+    };
+    let result = drive(client, opts, &attach, raw.is_some()).await;
+    drop(raw);
+    result
+}
+
+async fn drive(client: &Client, opts: ExecOptions, attach: &Attach, raw: bool) -> CliResult<i32> {
+    let session = client.exec(opts).await?;
+    let (input, mut output) = session.split();
+
+    let mut stdin_rx = if attach.stdin { Some(spawn_stdin_reader()) } else { None };
+    let mut winch = if attach.tty { signal(SignalKind::window_change()).ok() } else { None };
+    let mut sigint = signal(SignalKind::interrupt()).map_err(sig_err)?;
+    let mut sigterm = signal(SignalKind::terminate()).map_err(sig_err)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(sig_err)?;
+    let mut sigquit = signal(SignalKind::quit()).map_err(sig_err)?;
+    let mut interrupts = 0;
+
+    let mut out_file = attach.output.as_ref().and_then(|f| f.try_clone().ok());
+    let write_out = |file: &mut Option<std::fs::File>, data: &[u8], err: bool| {
+        if let Some(f) = file.as_mut() {
+            let _ = f.write_all(data);
+        } else if err {
+            let mut e = std::io::stderr().lock();
+            let _ = e.write_all(data);
+            let _ = e.flush();
+        } else {
+            let mut o = std::io::stdout().lock();
+            let _ = o.write_all(data);
+            let _ = o.flush();
+        }
+    };
+
+    loop {
+        tokio::select! {
+            ev = output.next_event() => match ev {
+                None => return Err(CliError::msg("the session ended without an exit status")),
+                Some(Err(e)) => return Err(e.into()),
+                Some(Ok(ExecEvent::Started { .. })) => {}
+                Some(Ok(ExecEvent::Stdout(d))) => write_out(&mut out_file, &d, false),
+                Some(Ok(ExecEvent::Stderr(d))) => write_out(&mut out_file, &d, true),
+                Some(Ok(ExecEvent::Exited(status))) => {
+                    return Ok(match (status.code, status.signal) {
+                        (Some(c), _) => c,
+                        (None, Some(s)) => 128 + s,
+                        (None, None) => super::error::EXIT_ALCOVE,
+                    });
+                }
+            },
+            chunk = recv_opt(&mut stdin_rx) => match chunk {
+                Some(data) => {
+                    if input.write_stdin(&data).await.is_err() {
+                        stdin_rx = None;
+                    }
+                }
+                None => {
+                    let _ = input.close_stdin();
+                    stdin_rx = None;
+                }
+            },
+            _ = recv_sig(&mut winch) => {
+                let s = local_size();
+                let _ = input.resize(s.rows, s.cols);
+            }
+            _ = sigint.recv() => {
+                interrupts += 1;
+                if interrupts >= 3 && !raw {
+                    return Ok(130);
+                }
+                let _ = input.signal(libc::SIGINT);
+            }
+            _ = sigterm.recv() => { let _ = input.signal(libc::SIGTERM); }
+            _ = sighup.recv() => { let _ = input.signal(libc::SIGHUP); }
+            _ = sigquit.recv() => { let _ = input.signal(libc::SIGQUIT); }
+        }
+    }
+}
+
+fn sig_err(e: std::io::Error) -> CliError {
+    CliError::msg(format!("cannot install signal handlers: {e}"))
+}
+
+async fn recv_opt(rx: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_sig(s: &mut Option<tokio::signal::unix::Signal>) -> Option<()> {
+    match s {
+        Some(s) => s.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reads stdin on its own thread; the channel closes at EOF or on error.
+fn spawn_stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel(8);
+    let spawned = std::thread::Builder::new().name("alcove-stdin".into()).spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+    });
+    if spawned.is_err() {
+        // No reader: the command sees EOF at once.
+        let (_tx, rx) = mpsc::channel(1);
+        return rx;
+    }
+    rx
+}
