@@ -33,6 +33,8 @@ pub fn run(config_path: &Path) -> i32 {
 }
 
 fn run_inner(config_path: &Path) -> Result<i32, String> {
+    // Before any thread exists, so that every thread inherits the mask.
+    block_signals()?;
     let cfg = SandboxConfig::load(config_path).map_err(|e| e.to_string())?;
     let backend = make_backend(&cfg)?;
     let spec = complete_spec(&cfg)?;
@@ -134,16 +136,50 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
     Ok(guard)
 }
 
+/// The signals the sandbox process handles itself.
+const HANDLED: [libc::c_int; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGUSR1];
+
+fn handled_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in HANDLED {
+            libc::sigaddset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Blocks the handled signals in this thread, and so in every thread started
+/// after it. They are then only ever taken by `sigwait` in the signal
+/// thread: no handler runs, including the ones libkrun installs for SIGTERM
+/// and SIGUSR1 when the VM is built (those would end the VMM without asking
+/// Lifecycle, which alone decides how the sandbox ends). Children (the jail,
+/// the agent's commands) reset their masks before exec.
+fn block_signals() -> Result<(), String> {
+    let set = handled_set();
+    // SAFETY: a valid set; the old mask is not needed.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if rc != 0 {
+        return Err(format!("cannot block signals: {}", std::io::Error::from_raw_os_error(rc)));
+    }
+    Ok(())
+}
+
 fn watch_signals(handle: Arc<SandboxHandle>) -> Result<(), String> {
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
-    let mut signals =
-        signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGUSR1]).map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()
         .name("alcove-signals".into())
         .spawn(move || {
-            for sig in signals.forever() {
+            let set = handled_set();
+            loop {
+                let mut sig: libc::c_int = 0;
+                // SAFETY: a valid set and out-pointer.
+                if unsafe { libc::sigwait(&set, &mut sig) } != 0 {
+                    continue;
+                }
                 let detail = format!("the sandbox process received signal {sig}");
-                if sig == SIGUSR1 {
+                if sig == libc::SIGUSR1 {
                     tracing::info!(signal = sig, "kill requested; forcing the guest off");
                     handle.kill(TerminationReason::Signal, &detail);
                 } else {

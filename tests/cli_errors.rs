@@ -1,0 +1,127 @@
+//! Bad input gives exit 125 and one clear line, and changes nothing.
+
+mod cli_support;
+
+use cli_support::Alcove;
+
+#[test]
+fn unknown_sandboxes_are_reported_by_every_command() {
+    let a = Alcove::new();
+    for args in [
+        &["exec", "ghost", "--", "true"][..],
+        &["stop", "ghost"],
+        &["start", "ghost"],
+        &["kill", "ghost"],
+        &["rm", "ghost"],
+        &["touch", "ghost"],
+        &["inspect", "ghost"],
+        &["logs", "ghost"],
+        &["metrics", "ghost"],
+        &["cp", "ghost:/etc/hostname", "/tmp/alcv-never-written"],
+    ] {
+        a.run(args).assert_error("ghost");
+    }
+    assert!(!std::path::Path::new("/tmp/alcv-never-written").exists());
+}
+
+#[test]
+fn bad_names_and_flag_values_are_refused_before_anything_starts() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    let too_long = "a".repeat(64);
+    for name in ["-bad", ".hidden", "a/b", "sp ace", "ünï", too_long.as_str()] {
+        let out = a.run(&["create", "--rootfs", &rootfs, "--", name]);
+        assert_eq!(out.code, 125, "{name}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{name}: {out:?}");
+        let out = a.run(&["run", "--rootfs", &rootfs, "--name", name, "--", "true"]);
+        assert_eq!(out.code, 125, "{name}: {out:?}");
+        assert_eq!(out.stderr.lines().count(), 1, "{name}: {out:?}");
+    }
+    a.run(&["create", "--rootfs", &rootfs, "a/b"]).assert_error("invalid sandbox name");
+
+    for (args, needle) in [
+        (&["run", "--cpus", "0", "--", "true"][..], "--cpus"),
+        (&["run", "--cpus", "many", "--", "true"], "--cpus"),
+        (&["run", "--memory", "-5", "--", "true"], "--memory"),
+        (&["run", "--idle-timeout", "0", "--", "true"], "--idle-timeout"),
+        (&["run", "--max-duration", "soon", "--", "true"], "--max-duration"),
+        (&["run", "--backend", "qemu", "--", "true"], "--backend"),
+        (&["run", "-e", "=value", "--", "true"], "--env"),
+        (&["run", "-v", "/nonexistent-alcv:/mnt", "--", "true"], "/nonexistent-alcv"),
+        (&["run", "-v", "/tmp:relative", "--", "true"], "absolute"),
+        (&["run", "-w", "relative/dir", "--", "true"], "absolute"),
+        (&["run", "--no-such-flag", "--", "true"], "--no-such-flag"),
+        (&["exec", "--timeout", "x", "box", "--", "true"], "--timeout"),
+        (&["stop", "--timeout", "-1", "box"], "--timeout"),
+        (&["logs", "--source", "kernel", "box"], "--source"),
+        (&["run", "-d", "-i", "--", "cat"], "-d"),
+        (&["cp", "/tmp/a", "/tmp/b"], "NAME:/path"),
+        (&["cp", "box:relative", "/tmp/b"], "absolute"),
+    ] {
+        a.run(args).assert_error(needle);
+    }
+    // Missing rootfs, by name and by path.
+    a.run(&["run", "--rootfs", "nosuch", "--", "true"]).assert_error("nosuch");
+    a.run(&["create", "x", "--rootfs", "/nonexistent/rootfs"]).assert_error("/nonexistent/rootfs");
+    a.run(&["rootfs", "rm", "nosuch"]).assert_error("nosuch");
+    a.run(&["rootfs", "import", "bad", "/nonexistent.tar"]).assert_error("/nonexistent.tar");
+    // None of it left a sandbox behind.
+    assert!(a.ps().is_empty(), "{:?}", a.ps());
+}
+
+#[test]
+fn duplicate_names_are_refused_and_long_names_work() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    a.ok(&["create", "dup", "--rootfs", &rootfs]);
+    a.run(&["create", "dup", "--rootfs", &rootfs]).assert_error("already exists");
+    a.run(&["run", "--name", "dup", "--rootfs", &rootfs, "--", "true"]).assert_error("already exists");
+    // The first one is untouched.
+    assert_eq!(a.status("dup"), "Running");
+    assert_eq!(a.ok(&["exec", "dup", "--", "echo", "still"]), "still\n");
+    a.run(&["rm", "dup"]).assert_error("is running");
+
+    // The longest valid name works; its socket path stays short.
+    let long = format!("L{}", "x".repeat(62));
+    a.ok(&["create", &long, "--rootfs", &rootfs]);
+    assert_eq!(a.ok(&["exec", &long, "--", "hostname"]), format!("{long}\n"));
+    let socket = a.inspect(&long)["socket"].as_str().expect("socket").to_string();
+    assert!(socket.len() < 108, "{socket}");
+    a.ok(&["rm", "-f", &long, "dup"]);
+    assert!(a.ps().is_empty());
+}
+
+#[test]
+fn help_doctor_and_rootfs_listing_work() {
+    let a = Alcove::new();
+    let help = a.ok(&["--help"]);
+    for cmd in ["run", "create", "exec", "stop", "start", "kill", "rm", "touch", "ps", "inspect", "logs", "metrics", "cp", "doctor", "rootfs"] {
+        assert!(help.contains(cmd), "help lacks {cmd}");
+    }
+    let doc: serde_json::Value = serde_json::from_str(&a.ok(&["doctor", "--json"])).expect("doctor JSON");
+    assert!(["jail", "krun"].contains(&doc["auto_backend"]["backend"].as_str().unwrap_or("")), "{doc}");
+    assert!(a.ok(&["doctor"]).contains("--backend auto uses"));
+
+    // rootfs import / ls / rm with a small tarball.
+    let tmp = tempfile::tempdir_in("/tmp").expect("tmp");
+    let tar = tmp.path().join("root.tar");
+    let src = cli_support::shared_rootfs();
+    let status = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(src)
+        .arg(".")
+        .status()
+        .expect("tar");
+    assert!(status.success());
+    let out = a.ok(&["rootfs", "import", "mini", tar.to_str().expect("utf8")]);
+    assert!(out.starts_with("mini "), "{out}");
+    let ls: serde_json::Value = serde_json::from_str(&a.ok(&["rootfs", "ls", "--json"])).expect("ls JSON");
+    assert!(ls.as_array().is_some_and(|l| l.iter().any(|r| r["name"] == "mini")), "{ls}");
+    assert!(a.ok(&["rootfs", "ls"]).contains("mini"));
+    // An imported rootfs runs by name.
+    assert_eq!(a.ok(&["run", "--rootfs", "mini", "--", "echo", "imported"]), "imported\n");
+    a.ok(&["rootfs", "rm", "mini"]);
+    assert!(!a.ok(&["rootfs", "ls"]).contains("mini"));
+}

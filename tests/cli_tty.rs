@@ -1,0 +1,62 @@
+//! `alcove run -it` driven through a pseudo-terminal: the prompt appears, a
+//! command runs, a resize reaches the guest, Ctrl-C goes to the sandboxed
+//! process (not to alcove), the exit code comes back and the terminal is
+//! restored afterwards.
+
+mod cli_support;
+
+use cli_support::{bin, Alcove};
+use expectrl::{Eof, Regex, Session};
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn an_interactive_session_through_a_pty() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    // A host shell runs alcove, then prints its exit code and the terminal
+    // mode, so the test can see that the terminal was restored.
+    let script = format!("{} run -it --name tty --rootfs {rootfs} -- sh; echo \"rc=$?\"; stty -a", bin());
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(script)
+        .env("ALCOVE_HOME", &a.home)
+        .env("ALCOVE_RUNTIME_DIR", &a.runtime)
+        .env("NO_COLOR", "1")
+        .env("TERM", "dumb");
+    let mut s = Session::spawn(cmd).expect("spawn in a pty");
+    s.set_expect_timeout(Some(Duration::from_secs(30)));
+
+    // Prompt, then a command.
+    s.expect(Regex(r"# ")).expect("the guest shell's prompt");
+    s.send_line("echo $((6 * 7))").expect("send");
+    s.expect("42").expect("the command's output");
+    s.expect(Regex(r"# ")).expect("prompt again");
+
+    // The guest sees the terminal size, and a resize.
+    s.send_line("stty size").expect("send");
+    s.expect(Regex(r"\d+ \d+")).expect("initial size");
+    s.get_process_mut().set_window_size(100, 40).expect("resize");
+    std::thread::sleep(Duration::from_millis(300));
+    s.send_line("stty size").expect("send");
+    s.expect("40 100").expect("the new size reached the guest");
+
+    // Ctrl-C interrupts the sandboxed command, not alcove.
+    s.send_line("sleep 30; echo after-sleep").expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    s.send("\x03").expect("send ^C");
+    s.expect(Regex(r"# ")).expect("prompt after ^C");
+    s.send_line("echo still-here").expect("send");
+    s.expect("still-here").expect("the session survived ^C");
+
+    // Leaving with a code; the host terminal is cooked again afterwards.
+    s.send_line("exit 5").expect("send");
+    s.expect("rc=5").expect("alcove's exit code");
+    let m = s.expect(Eof).expect("the host shell ends");
+    let stty = String::from_utf8_lossy(m.before()).to_string();
+    assert!(stty.contains(" icanon") && stty.contains(" echo"), "the terminal was left raw: {stty}");
+    assert!(!stty.contains("-icanon"), "the terminal was left raw: {stty}");
+
+    // The named sandbox is kept, stopped.
+    assert_eq!(a.status("tty"), "Stopped");
+}
