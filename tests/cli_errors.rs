@@ -95,7 +95,10 @@ fn duplicate_names_are_refused_and_long_names_work() {
 fn help_doctor_and_rootfs_listing_work() {
     let a = Alcove::new();
     let help = a.ok(&["--help"]);
-    for cmd in ["run", "create", "exec", "stop", "start", "kill", "rm", "touch", "ps", "inspect", "logs", "metrics", "cp", "doctor", "rootfs"] {
+    for cmd in [
+        "run", "create", "exec", "stop", "start", "kill", "rm", "touch", "ps", "inspect", "logs", "metrics", "cp",
+        "doctor", "rootfs",
+    ] {
         assert!(help.contains(cmd), "help lacks {cmd}");
     }
     let doc: serde_json::Value = serde_json::from_str(&a.ok(&["doctor", "--json"])).expect("doctor JSON");
@@ -106,14 +109,8 @@ fn help_doctor_and_rootfs_listing_work() {
     let tmp = tempfile::tempdir_in("/tmp").expect("tmp");
     let tar = tmp.path().join("root.tar");
     let src = cli_support::shared_rootfs();
-    let status = std::process::Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(src)
-        .arg(".")
-        .status()
-        .expect("tar");
+    let status =
+        std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(src).arg(".").status().expect("tar");
     assert!(status.success());
     let out = a.ok(&["rootfs", "import", "mini", tar.to_str().expect("utf8")]);
     assert!(out.starts_with("mini "), "{out}");

@@ -95,12 +95,24 @@ fn create_exec_cp_stop_start_kill_rm() {
     assert!(m["latest"]["memory_bytes"].as_u64().unwrap_or(0) > 0, "{m}");
     assert!(a.ok(&["metrics", "box"]).contains("MEMORY"));
 
+    // logs -f follows until the sandbox stops.
+    let follower = a
+        .cmd(&["logs", "-f", "--source", "runtime", "box"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn logs -f");
+
     // touch works on a running sandbox.
     assert_eq!(a.ok(&["touch", "box"]), "box\n");
 
     // rm refuses a running sandbox; kill forces it off; rm removes it.
     a.run(&["rm", "box"]).assert_error("is running");
     assert_eq!(a.ok(&["kill", "box"]), "box\n");
+    let followed = follower.wait_with_output().expect("logs -f ends when the sandbox stops");
+    assert!(followed.status.success(), "{followed:?}");
+    let text = String::from_utf8_lossy(&followed.stdout);
+    assert!(text.contains("agent ready") && text.contains("finalising"), "{text}");
     let e = a.ps_entry("box").expect("listed");
     assert_eq!((e["status"].as_str(), e["last_run"]["reason"].as_str()), (Some("Stopped"), Some("Signal")));
     a.ok(&["rm", "box"]);
@@ -161,5 +173,43 @@ fn policies_and_the_reaper_show_in_ps_and_inspect() {
     a.ok(&["stop", "--timeout", "2", "idle", "crash", "touched"]);
     for n in ["idle", "crash", "touched"] {
         assert_eq!(a.status(n), "Stopped", "{n}");
+    }
+}
+
+#[test]
+fn stop_forces_commands_that_ignore_sigterm_after_the_timeout() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "stubborn",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        "trap '' TERM; echo ready > /tmp/ready; while :; do sleep 1; done",
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.run(&["exec", "stubborn", "--", "cat", "/tmp/ready"]).code != 0 {
+        assert!(Instant::now() < deadline, "the detached command never started");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let started = Instant::now();
+    assert_eq!(a.ok(&["stop", "--timeout", "1", "stubborn"]), "stubborn\n");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(900) && took < Duration::from_secs(8), "stop took {took:?}");
+    let e = a.ps_entry("stubborn").expect("listed");
+    assert_eq!(e["status"], "Stopped", "{e}");
+    // The detached command's output went to its log.
+    let log = std::fs::read_to_string(a.home.join("sandboxes/stubborn/logs/command.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut log = log;
+    while !log.contains("exited with code") {
+        assert!(Instant::now() < deadline, "supervisor never recorded the end: {log:?}");
+        std::thread::sleep(Duration::from_millis(100));
+        log = std::fs::read_to_string(a.home.join("sandboxes/stubborn/logs/command.log")).unwrap_or_default();
     }
 }

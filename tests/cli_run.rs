@@ -53,9 +53,25 @@ fn run_applies_env_workdir_user_volumes_and_limits() {
     std::fs::write(vol.path().join("in.txt"), "from the host\n").expect("write");
     let ro = format!("{}:/mnt/ro:ro", vol.path().display());
     let out = a.run(&[
-        "run", "--rootfs", &rootfs, "-e", "GREETING=hello world", "-w", "/tmp", "-u", "1000", "--cpus", "1",
-        "--memory", "256", "-v", &ro, "--",
-        "sh", "-c", "echo \"$GREETING\"; pwd; id -u; cat /mnt/ro/in.txt; echo x > /mnt/ro/new 2>/dev/null || echo read-only",
+        "run",
+        "--rootfs",
+        &rootfs,
+        "-e",
+        "GREETING=hello world",
+        "-w",
+        "/tmp",
+        "-u",
+        "1000",
+        "--cpus",
+        "1",
+        "--memory",
+        "256",
+        "-v",
+        &ro,
+        "--",
+        "sh",
+        "-c",
+        "echo \"$GREETING\"; pwd; id -u; cat /mnt/ro/in.txt; echo x > /mnt/ro/new 2>/dev/null || echo read-only",
     ]);
     assert_eq!(out.code, 0, "{out:?}");
     assert_eq!(out.stdout, "hello world\n/tmp\n1000\nfrom the host\nread-only\n");
@@ -96,7 +112,18 @@ fn detached_runs_outlive_the_cli_and_attached_runs_die_with_it() {
     let a = Alcove::new();
     let rootfs = a.rootfs_arg();
     // run -d: prints the name, the command runs in the background.
-    let out = a.ok(&["run", "-d", "--name", "bg", "--rootfs", &rootfs, "--", "sh", "-c", "echo started > /tmp/mark; exec sleep 60"]);
+    let out = a.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "bg",
+        "--rootfs",
+        &rootfs,
+        "--",
+        "sh",
+        "-c",
+        "echo started > /tmp/mark; exec sleep 60",
+    ]);
     assert_eq!(out, "bg\n");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -132,4 +159,31 @@ fn detached_runs_outlive_the_cli_and_attached_runs_die_with_it() {
     assert_eq!(e["last_run"]["reason"], "Signal", "{e}");
     assert!(e["last_run"]["detail"].as_str().unwrap_or("").contains("attached client"), "{e}");
     a.ok(&["stop", "bg"]);
+}
+
+#[test]
+fn a_sandbox_ending_under_a_command_is_explained_and_backends_fail_clearly() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    // The max duration ends the sandbox under a running command: the
+    // command's own code (SIGTERM) comes back, with one line saying why.
+    let started = Instant::now();
+    let out = a.run(&["run", "--rootfs", &rootfs, "--max-duration", "1", "--", "sleep", "30"]);
+    assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    assert_eq!(out.code, 128 + 15, "{out:?}");
+    assert_eq!(out.stderr.lines().count(), 1, "{out:?}");
+    assert!(out.stderr.contains("MaxDurationExceeded"), "{out:?}");
+
+    // krun works only where microVMs boot; elsewhere it fails with one line.
+    let (auto, _) = alcove_hostprobe::probe().auto_backend();
+    let out = a.run(&["run", "--backend", "krun", "--rootfs", &rootfs, "--", "true"]);
+    if auto == alcove_hostprobe::Backend::Krun {
+        assert_eq!(out.code, 0, "{out:?}");
+    } else {
+        out.assert_error("failed to start");
+    }
+    // Nothing is left behind by the failure.
+    assert!(a.ps().is_empty(), "{:?}", a.ps());
+    // `auto` works here whatever it picks.
+    assert_eq!(a.ok(&["run", "--backend", "auto", "--rootfs", &rootfs, "--", "echo", "auto"]), "auto\n");
 }

@@ -33,6 +33,14 @@ fn an_interactive_session_through_a_pty() {
     s.expect("42").expect("the command's output");
     s.expect(Regex(r"# ")).expect("prompt again");
 
+    // The host terminal is raw: typed text is echoed once, by the guest's
+    // terminal (a cooked host terminal would echo it a second time).
+    s.send_line("echo marker-$((1 + 1))").expect("send");
+    let m = s.expect("marker-2").expect("the command's output");
+    let typed = String::from_utf8_lossy(m.before()).matches("marker-$((1 + 1))").count();
+    assert_eq!(typed, 1, "input echoed {typed} times: {:?}", String::from_utf8_lossy(m.before()));
+    s.expect(Regex(r"# ")).expect("prompt again");
+
     // The guest sees the terminal size, and a resize.
     s.send_line("stty size").expect("send");
     s.expect(Regex(r"\d+ \d+")).expect("initial size");
@@ -48,12 +56,20 @@ fn an_interactive_session_through_a_pty() {
     s.expect(Regex(r"# ")).expect("prompt after ^C");
     s.send_line("echo still-here").expect("send");
     s.expect("still-here").expect("the session survived ^C");
+    s.expect(Regex(r"# ")).expect("prompt again");
+    // Ctrl-\ too.
+    s.send_line("sleep 30; echo after-sleep").expect("send");
+    std::thread::sleep(Duration::from_millis(500));
+    s.send("\x1c").expect("send ^\\");
+    s.expect(Regex(r"# ")).expect("prompt after ^\\");
+    s.send_line("echo survived-quit").expect("send");
+    s.expect("survived-quit").expect("the session survived ^\\");
 
     // Leaving with a code; the host terminal is cooked again afterwards.
     s.send_line("exit 5").expect("send");
     s.expect("rc=5").expect("alcove's exit code");
     let m = s.expect(Eof).expect("the host shell ends");
-    let stty = String::from_utf8_lossy(m.before()).to_string();
+    let stty = String::from_utf8_lossy(m.get(0).unwrap_or_default()).to_string();
     assert!(stty.contains(" icanon") && stty.contains(" echo"), "the terminal was left raw: {stty}");
     assert!(!stty.contains("-icanon"), "the terminal was left raw: {stty}");
 

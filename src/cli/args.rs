@@ -86,16 +86,16 @@ pub struct SandboxOpts {
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendArg,
     /// CPU limit.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub cpus: Option<u32>,
     /// Memory limit in MiB.
-    #[arg(long, value_name = "MIB", value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
+    #[arg(long, value_name = "MIB", allow_hyphen_values = true, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
     pub memory: Option<u64>,
     /// Stop after this many seconds without activity.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_secs)]
     pub idle_timeout: Option<Duration>,
     /// Stop this many seconds after start.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_secs)]
     pub max_duration: Option<Duration>,
     /// Environment variable for commands (`K=V`, or `K` to copy it from here).
     #[arg(short = 'e', long = "env", value_name = "K=V", value_parser = parse_env)]
@@ -164,7 +164,7 @@ pub struct ExecArgs {
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
     /// Kill the command after this many seconds.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_secs)]
     pub timeout: Option<Duration>,
     /// The sandbox.
     #[arg(value_name = "NAME")]
@@ -178,7 +178,7 @@ pub struct ExecArgs {
 #[derive(Debug, Args)]
 pub struct StopArgs {
     /// Seconds to wait for a graceful stop before forcing it.
-    #[arg(short = 't', long, value_name = "SECS", value_parser = parse_secs_or_zero, default_value = "10")]
+    #[arg(short = 't', long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_secs_or_zero, default_value = "10")]
     pub timeout: Duration,
     /// The sandboxes.
     #[arg(required = true, value_name = "NAME")]

@@ -8,6 +8,7 @@ use super::output::Progress;
 use super::session::{run_attached, Attach};
 use super::state::{CliMeta, Ctx};
 use alcove_client::{Client, ExecOptions};
+use alcove_store::TerminationReason;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -85,12 +86,42 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
     let (client, mut started) = create_and_start(&ctx, &name, &args.opts, Some(std::process::id()), meta).await?;
     let attach = Attach { stdin: args.interactive, tty: args.tty, output: None };
     let result = run_attached(&client, exec_options(args.command), attach).await;
-    finish_run(&ctx, &name, client, &mut started, remove_after).await?;
-    result
+    let last = finish_run(&ctx, &name, client, &mut started, remove_after).await?;
+    if let (Ok(_), Some(run)) = (&result, &last) {
+        // The sandbox ended on its own (a policy, a crash) rather than by our stop: say why.
+        let ours = matches!(run.reason, None | Some(TerminationReason::ShutdownRequested));
+        if !ours {
+            let reason = run.reason.map(|r| r.to_string()).unwrap_or_default();
+            let detail = run.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            super::output::error_line(&format!("sandbox {name} stopped while the command was running: {reason}{detail}"));
+        }
+    }
+    result.map_err(|e| explain_lost(e, &name, last.as_ref()))
 }
 
-/// Stops the sandbox after an attached run and removes it if asked.
-async fn finish_run(ctx: &Ctx, name: &str, client: Client, started: &mut Started, remove: bool) -> CliResult<()> {
+/// A lost connection during a command usually means the sandbox ended
+/// (a timeout, a crash, `alcove stop`): say so, with the recorded reason.
+fn explain_lost(e: CliError, name: &str, last: Option<&alcove_store::RunRecord>) -> CliError {
+    let lost = matches!(&e, CliError::Failed(m) if m.contains("connection to the sandbox was lost") || m.contains("aborted the session"));
+    match last {
+        Some(run) if lost && run.status == alcove_store::RunStatus::Terminated => {
+            let reason = run.reason.map(|r| r.to_string()).unwrap_or_else(|| "unknown reason".into());
+            let detail = run.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
+            CliError::msg(format!("sandbox {name} stopped while the command was running: {reason}{detail}"))
+        }
+        _ => e,
+    }
+}
+
+/// Stops the sandbox after an attached run and removes it if asked; returns
+/// the final run record.
+async fn finish_run(
+    ctx: &Ctx,
+    name: &str,
+    client: Client,
+    started: &mut Started,
+    remove: bool,
+) -> CliResult<Option<alcove_store::RunRecord>> {
     let grace = u32::try_from(RUN_STOP_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(RUN_STOP_TIMEOUT + Duration::from_secs(2), client.shutdown(grace)).await;
     drop(client);
@@ -98,10 +129,11 @@ async fn finish_run(ctx: &Ctx, name: &str, client: Client, started: &mut Started
         launch::kill(ctx, name).await?;
     }
     let _ = started.child.wait();
+    let last = ctx.store.latest_run(name).ok().flatten();
     if remove {
         ctx.remove(name)?;
     }
-    Ok(())
+    Ok(last)
 }
 
 /// Starts `alcove __supervise NAME` in its own session, detached.
@@ -190,7 +222,13 @@ pub async fn exec(args: ExecArgs) -> CliResult<i32> {
             super::output::error_line(&m);
             Ok(128 + libc::SIGKILL)
         }
-        other => other,
+        Err(e) => {
+            drop(client);
+            let _ = launch::wait_final_async(&ctx, &args.name, Duration::from_secs(3)).await;
+            let last = ctx.store.latest_run(&args.name).ok().flatten();
+            Err(explain_lost(e, &args.name, last.as_ref()))
+        }
+        ok => ok,
     }
 }
 

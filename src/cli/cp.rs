@@ -171,8 +171,15 @@ async fn download(
             }
             for entry in client.list(guest).await? {
                 let child = join_guest(guest, &entry.name);
-                Box::pin(download(client, &child, entry.stat.kind, entry.stat.mode, entry.stat.link_target, &local.join(&entry.name)))
-                    .await?;
+                Box::pin(download(
+                    client,
+                    &child,
+                    entry.stat.kind,
+                    entry.stat.mode,
+                    entry.stat.link_target,
+                    &local.join(&entry.name),
+                ))
+                .await?;
             }
             std::fs::set_permissions(local, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
             Ok(())

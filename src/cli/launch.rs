@@ -190,12 +190,21 @@ pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_time
     let deadline = Instant::now() + ready_timeout + READY_SLACK;
     let mut delay = Duration::from_millis(5);
     loop {
-        if let Ok(Some(_)) = started.child.try_wait() {
-            return Err(start_failure(ctx, name));
+        if let Ok(Some(status)) = started.child.try_wait() {
+            return Err(start_failure(ctx, name, status));
         }
         match Client::connect_path(&socket).await {
-            Ok(client) => return Ok(client),
-            Err(alcove_client::ClientError::NoListener { .. } | alcove_client::ClientError::HandshakeClosed) => {}
+            Ok(client) => {
+                settle_status(ctx, name).await;
+                return Ok(client);
+            }
+            // Not listening yet, or closed during the handshake (the
+            // sandbox is ending): look at the process again.
+            Err(
+                alcove_client::ClientError::NoListener { .. }
+                | alcove_client::ClientError::HandshakeClosed
+                | alcove_client::ClientError::Disconnected,
+            ) => {}
             Err(alcove_client::ClientError::Connect { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
@@ -215,16 +224,40 @@ pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_time
     }
 }
 
+/// The relay answers as soon as the agent is ready; the Running status is
+/// written by the sandbox's Db actor just after. Waits (briefly) for it so
+/// that a `ps` right after `create` shows what `create` promised.
+async fn settle_status(ctx: &Ctx, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match ctx.store.sandbox(name) {
+            Ok(Some(sb)) if sb.status != alcove_store::SandboxStatus::Starting => return,
+            Ok(Some(_)) => {}
+            _ => return,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Describes why a sandbox process ended before it was ready.
-fn start_failure(ctx: &Ctx, name: &str) -> CliError {
-    let _ = ctx.reap();
+fn start_failure(ctx: &Ctx, name: &str, status: std::process::ExitStatus) -> CliError {
+    // No reaping here: it could remove a `--rm` sandbox before its run is read.
     let run = ctx.store.latest_run(name).ok().flatten();
     let from_run = run.as_ref().and_then(|r| {
         let reason = r.reason.map(|x| x.to_string()).unwrap_or_default();
         r.detail.as_ref().map(|d| format!("{reason}: {d}"))
     });
-    let msg = from_run.or_else(|| startup_error(ctx, name)).unwrap_or_else(|| "it exited without a message".into());
+    let msg = from_run
+        .or_else(|| startup_error(ctx, name))
+        .or_else(|| runtime_stderr_tail(ctx, name))
+        .unwrap_or_else(|| format!("the sandbox process exited ({status}) without a message"));
     CliError::msg(format!("sandbox {name} failed to start: {}", one_line(&msg)))
+}
+
+/// The last line of `logs/runtime.stderr` (panics, stray prints).
+fn runtime_stderr_tail(ctx: &Ctx, name: &str) -> Option<String> {
+    let text = std::fs::read_to_string(ctx.sandbox_dir(name).join("logs").join("runtime.stderr")).ok()?;
+    text.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(one_line)
 }
 
 /// Connects to a running sandbox, with a clear error when it is not running.
@@ -333,7 +366,8 @@ pub fn generated_name() -> String {
     let n = if ok {
         u32::from_le_bytes(buf)
     } else {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+        let t =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
         t ^ std::process::id().rotate_left(16)
     };
     format!("run-{n:08x}")

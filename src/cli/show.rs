@@ -82,7 +82,9 @@ pub fn ps(args: PsArgs) -> CliResult<i32> {
         let status = sb.status.to_string();
         let sgr = status_sgr(&status);
         let last_run = match last {
-            Some(r) if r.status == RunStatus::Running => format!("up {}", human_duration_ms(super::output::now_ms() - r.started_at_ms)),
+            Some(r) if r.status == RunStatus::Running => {
+                format!("up {}", human_duration_ms(super::output::now_ms() - r.started_at_ms))
+            }
             Some(r) => run_end(r),
             None => "-".into(),
         };
@@ -200,9 +202,8 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
 /// The log files of a source, oldest first.
 fn log_files(ctx: &Ctx, name: &str, source: LogSource) -> Vec<PathBuf> {
     let dir = ctx.sandbox_dir(name).join("logs");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
     let want = |p: &PathBuf| {
         let f = p.file_name().and_then(|f| f.to_str()).unwrap_or("");
         match source {
@@ -340,7 +341,18 @@ pub fn metrics(args: MetricsArgs) -> CliResult<i32> {
         println!("no metrics recorded for {} yet", sb.name);
         return Ok(0);
     };
-    let mut t = Table::new(&["NAME", "STATUS", "CPU %", "MEMORY", "CPU TIME", "DISK READ", "DISK WRITE", "NET RX", "NET TX", "SAMPLED"]);
+    let mut t = Table::new(&[
+        "NAME",
+        "STATUS",
+        "CPU %",
+        "MEMORY",
+        "CPU TIME",
+        "DISK READ",
+        "DISK WRITE",
+        "NET RX",
+        "NET TX",
+        "SAMPLED",
+    ]);
     t.row(vec![
         sb.name.clone(),
         sb.status.to_string(),
@@ -362,7 +374,15 @@ mod tests {
     use super::*;
 
     fn sample(at_ms: i64, cpu_usec: u64) -> MetricSample {
-        MetricSample { at_ms, cpu_usec, memory_bytes: 0, io_read_bytes: 0, io_write_bytes: 0, net_rx_bytes: 0, net_tx_bytes: 0 }
+        MetricSample {
+            at_ms,
+            cpu_usec,
+            memory_bytes: 0,
+            io_read_bytes: 0,
+            io_write_bytes: 0,
+            net_rx_bytes: 0,
+            net_tx_bytes: 0,
+        }
     }
 
     #[test]

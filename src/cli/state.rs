@@ -144,7 +144,10 @@ impl Ctx {
                 reason: TerminationReason::Crashed,
                 exit_code: None,
                 exit_signal: None,
-                detail: Some(format!("the sandbox process (pid {}) is gone without recording how the run ended", run.pid)),
+                detail: Some(format!(
+                    "the sandbox process (pid {}) is gone without recording how the run ended",
+                    run.pid
+                )),
             };
             match self.store.finish_run(run.id, &outcome) {
                 Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_)) => {}
@@ -174,7 +177,9 @@ impl Ctx {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CliError::msg(format!("removed sandbox {name} but not its directory {}: {e}", dir.display()))),
+            Err(e) => {
+                Err(CliError::msg(format!("removed sandbox {name} but not its directory {}: {e}", dir.display())))
+            }
         }
     }
 
@@ -282,10 +287,7 @@ mod tests {
 
     #[test]
     fn zombies_count_as_dead() {
-        let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "exit 0"])
-            .spawn()
-            .expect("spawn sh");
+        let mut child = std::process::Command::new("/bin/sh").args(["-c", "exit 0"]).spawn().expect("spawn sh");
         let pid = child.id();
         // Wait until it has exited but leave it unreaped.
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -19,7 +19,7 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<Fr
         got += n;
         // Check the length as soon as it is known, so a bad peer is refused
         // without waiting for bytes it may never send.
-        if got >= 4 && got < HEADER_LEN {
+        if (4..HEADER_LEN).contains(&got) {
             parse_header(&head[..4]).map_err(invalid)?;
         }
     }
