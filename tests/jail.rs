@@ -335,7 +335,8 @@ async fn thirty_two_concurrent_execs_return_their_own_output() {
     let runs = (0..32).map(|i| {
         let c = c.clone();
         async move {
-            let o = c.exec_output(sh(&format!("i={i}; seq 1 $((i * 100)) | wc -l; echo done-$i >&2"))).await.expect("exec");
+            let o =
+                c.exec_output(sh(&format!("i={i}; seq 1 $((i * 100)) | wc -l; echo done-$i >&2"))).await.expect("exec");
             (i, o)
         }
     });
@@ -392,10 +393,9 @@ async fn bad_input_is_finalised_or_fails_with_its_kind() {
     let missing = tempfile::tempdir().expect("tempdir");
     let file = missing.path().join("a-file");
     std::fs::write(&file, b"x").expect("written");
-    for (name, rootfs, needle) in [
-        ("bad-rootfs1", missing.path().join("nope"), "rootfs"),
-        ("bad-rootfs2", file.clone(), "not a directory"),
-    ] {
+    for (name, rootfs, needle) in
+        [("bad-rootfs1", missing.path().join("nope"), "rootfs"), ("bad-rootfs2", file.clone(), "not a directory")]
+    {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(dir.path(), name, serde_json::json!({ "guest": { "rootfs": rootfs } }));
         let mut child = spawn_process(dir.path(), &cfg);

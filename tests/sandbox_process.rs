@@ -142,11 +142,8 @@ fn a_dead_parent_takes_the_sandbox_with_it() {
 }
 
 fn run_bad(config: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args(["sandbox", "--config"])
-        .arg(config)
-        .output()
-        .expect("runs");
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_alcove")).args(["sandbox", "--config"]).arg(config).output().expect("runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (out.status.code().unwrap_or(-1), stderr)
 }

@@ -93,7 +93,9 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
         if !ours {
             let reason = run.reason.map(|r| r.to_string()).unwrap_or_default();
             let detail = run.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
-            super::output::error_line(&format!("sandbox {name} stopped while the command was running: {reason}{detail}"));
+            super::output::error_line(&format!(
+                "sandbox {name} stopped while the command was running: {reason}{detail}"
+            ));
         }
     }
     result.map_err(|e| explain_lost(e, &name, last.as_ref()))

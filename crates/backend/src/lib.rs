@@ -56,10 +56,7 @@ pub enum BackendError {
 impl BackendError {
     /// Wraps an I/O error with what was being done.
     pub fn io(context: impl Into<String>, source: std::io::Error) -> BackendError {
-        BackendError::Io {
-            context: context.into(),
-            source,
-        }
+        BackendError::Io { context: context.into(), source }
     }
 }
 

@@ -21,13 +21,10 @@
 //! running command. Frames to the host are written under one mutex, so each
 //! frame is written whole.
 
-use crate::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched,
-    VmBackend,
-};
+use crate::{BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend};
 use alcove_protocol::{
-    BootTimings, ExecRequest, ExitStatus, Flags, Frame, Message, Ready, SpawnError, SpawnErrorKind,
-    CONTROL_ID, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
+    BootTimings, ExecRequest, ExitStatus, Flags, Frame, Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID,
+    INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -132,10 +129,7 @@ pub struct MockBackend {
 impl MockBackend {
     /// A mock guest following `script`.
     pub fn new(script: MockScript) -> MockBackend {
-        MockBackend {
-            script,
-            log: MockLog::default(),
-        }
+        MockBackend { script, log: MockLog::default() }
     }
 
     /// The event log, to keep before the backend is moved into the sandbox.
@@ -153,27 +147,14 @@ impl VmBackend for MockBackend {
         if let Some(msg) = &self.script.fail_launch {
             return Err(BackendError::Setup(msg.clone()));
         }
-        let (host, guest) = crate::console::channel()
-            .map_err(|e| BackendError::io("creating the agent channel", e))?;
+        let (host, guest) = crate::console::channel().map_err(|e| BackendError::io("creating the agent channel", e))?;
         let (exit_tx, exit_rx) = mpsc::channel();
-        let guest = Arc::new(Guest::new(
-            guest,
-            self.script.clone(),
-            self.log.clone(),
-            exit_tx.clone(),
-        )?);
+        let guest = Arc::new(Guest::new(guest, self.script.clone(), self.log.clone(), exit_tx.clone())?);
         guest.start()?;
         Ok(Launched {
             agent_channel: host,
-            runner: Box::new(MockRunner {
-                exit_rx,
-                log: self.log.clone(),
-            }),
-            control: Arc::new(MockControl {
-                exit_tx: Mutex::new(exit_tx),
-                guest,
-                log: self.log,
-            }),
+            runner: Box::new(MockRunner { exit_rx, log: self.log.clone() }),
+            control: Arc::new(MockControl { exit_tx: Mutex::new(exit_tx), guest, log: self.log }),
         })
     }
 }
@@ -237,9 +218,7 @@ impl Guest {
         log: MockLog,
         exit_tx: mpsc::Sender<i32>,
     ) -> Result<Guest, BackendError> {
-        let reader = stream
-            .try_clone()
-            .map_err(|e| BackendError::io("cloning the agent channel", e))?;
+        let reader = stream.try_clone().map_err(|e| BackendError::io("cloning the agent channel", e))?;
         Ok(Guest {
             writer: Mutex::new(stream),
             reader: Mutex::new(Some(reader)),
@@ -307,11 +286,7 @@ impl Guest {
         let ready = Ready {
             protocol_version: PROTOCOL_VERSION,
             agent_version: format!("mock-{}", env!("CARGO_PKG_VERSION")),
-            boot: BootTimings {
-                agent_start_us: 0,
-                mounts_done_us: 0,
-                ready_us: after * 1000,
-            },
+            boot: BootTimings { agent_start_us: 0, mounts_done_us: 0, ready_us: after * 1000 },
         };
         if !self.send(CONTROL_ID, Flags::NONE, &Message::Ready(ready)) {
             return;
@@ -323,20 +298,11 @@ impl Guest {
                 return;
             }
             let active_sessions = lock(&self.sessions).len() as u32;
-            if !self.send(
-                CONTROL_ID,
-                Flags::NONE,
-                &Message::Heartbeat {
-                    seq,
-                    active_sessions,
-                },
-            ) {
+            if !self.send(CONTROL_ID, Flags::NONE, &Message::Heartbeat { seq, active_sessions }) {
                 return;
             }
             seq += 1;
-            thread::sleep(Duration::from_millis(
-                self.script.heartbeat_interval_ms.max(1),
-            ));
+            thread::sleep(Duration::from_millis(self.script.heartbeat_interval_ms.max(1)));
         }
     }
 
@@ -404,26 +370,15 @@ impl Guest {
             return;
         };
         if !["echo", "cat", "stderr", "exit", "sleep", "stream"].contains(&program.as_str()) {
-            self.fail(
-                id,
-                SpawnErrorKind::NotFound,
-                &format!("{program}: command not found"),
-            );
+            self.fail(id, SpawnErrorKind::NotFound, &format!("{program}: command not found"));
             return;
         }
         let (stdin_tx, stdin_rx) = mpsc::channel();
         let (signal_tx, signal_rx) = mpsc::channel();
-        let window = Arc::new(Window {
-            available: Mutex::new(i64::from(INITIAL_WINDOW)),
-            changed: Condvar::new(),
-        });
+        let window = Arc::new(Window { available: Mutex::new(i64::from(INITIAL_WINDOW)), changed: Condvar::new() });
         lock(&self.sessions).insert(
             id,
-            Session {
-                stdin: req.stdin.then_some(stdin_tx),
-                signal: signal_tx,
-                window: Arc::clone(&window),
-            },
+            Session { stdin: req.stdin.then_some(stdin_tx), signal: signal_tx, window: Arc::clone(&window) },
         );
         self.log.push(MockEvent::ExecStarted(req.argv.clone()));
         self.send(id, Flags::NONE, &Message::ExecStarted { pid: 1000 + id });
@@ -435,23 +390,12 @@ impl Guest {
         };
         if spawn("mock-guest-exec", run).is_err() {
             lock(&self.sessions).remove(&id);
-            self.fail(
-                id,
-                SpawnErrorKind::ResourceSetupFailed,
-                "cannot start a thread",
-            );
+            self.fail(id, SpawnErrorKind::ResourceSetupFailed, "cannot start a thread");
         }
     }
 
     fn fail(&self, id: u32, kind: SpawnErrorKind, message: &str) {
-        self.send(
-            id,
-            Flags::TERMINAL,
-            &Message::ExecFailed(SpawnError {
-                kind,
-                message: message.to_string(),
-            }),
-        );
+        self.send(id, Flags::TERMINAL, &Message::ExecFailed(SpawnError { kind, message: message.to_string() }));
     }
 
     /// Sends output, waiting for window like the real agent.
@@ -465,10 +409,8 @@ impl Guest {
             if self.halted() {
                 return false;
             }
-            let (guard, _) = window
-                .changed
-                .wait_timeout(avail, Duration::from_millis(50))
-                .unwrap_or_else(|p| p.into_inner());
+            let (guard, _) =
+                window.changed.wait_timeout(avail, Duration::from_millis(50)).unwrap_or_else(|p| p.into_inner());
             avail = guard;
         }
         *avail -= cost;
@@ -484,43 +426,23 @@ impl Guest {
         signals: &mpsc::Receiver<i32>,
         window: &Window,
     ) -> ExitStatus {
-        let exited = |code| ExitStatus {
-            code: Some(code),
-            signal: None,
-            oom_killed: false,
-        };
+        let exited = |code| ExitStatus { code: Some(code), signal: None, oom_killed: false };
         let args = &argv[1..];
         match argv[0].as_str() {
             "echo" => {
                 let line = format!("{}\n", args.join(" "));
-                self.output(
-                    id,
-                    window,
-                    Message::ExecStdout {
-                        data: line.into_bytes(),
-                    },
-                );
+                self.output(id, window, Message::ExecStdout { data: line.into_bytes() });
                 exited(0)
             }
             "stderr" => {
                 let line = format!("{}\n", args.join(" "));
-                self.output(
-                    id,
-                    window,
-                    Message::ExecStderr {
-                        data: line.into_bytes(),
-                    },
-                );
+                self.output(id, window, Message::ExecStderr { data: line.into_bytes() });
                 exited(0)
             }
             "exit" => exited(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
             "cat" => loop {
                 if let Ok(sig) = signals.try_recv() {
-                    return ExitStatus {
-                        code: None,
-                        signal: Some(sig),
-                        oom_killed: false,
-                    };
+                    return ExitStatus { code: None, signal: Some(sig), oom_killed: false };
                 }
                 match stdin.recv_timeout(Duration::from_millis(20)) {
                     Ok(Some(data)) => {
@@ -534,11 +456,7 @@ impl Guest {
             "sleep" => {
                 let ms = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
                 match signals.recv_timeout(Duration::from_millis(ms)) {
-                    Ok(sig) => ExitStatus {
-                        code: None,
-                        signal: Some(sig),
-                        oom_killed: false,
-                    },
+                    Ok(sig) => ExitStatus { code: None, signal: Some(sig), oom_killed: false },
                     Err(_) => exited(0),
                 }
             }
@@ -546,20 +464,10 @@ impl Guest {
                 let mut left: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
                 while left > 0 {
                     if let Ok(sig) = signals.try_recv() {
-                        return ExitStatus {
-                            code: None,
-                            signal: Some(sig),
-                            oom_killed: false,
-                        };
+                        return ExitStatus { code: None, signal: Some(sig), oom_killed: false };
                     }
                     let n = left.min(MAX_CHUNK);
-                    if !self.output(
-                        id,
-                        window,
-                        Message::ExecStdout {
-                            data: vec![b'x'; n],
-                        },
-                    ) {
+                    if !self.output(id, window, Message::ExecStdout { data: vec![b'x'; n] }) {
                         return exited(1);
                     }
                     left -= n;
@@ -586,12 +494,7 @@ mod tests {
     fn launch(script: MockScript) -> (Launched, MockLog) {
         let backend = MockBackend::new(script);
         let log = backend.log();
-        (
-            Box::new(backend)
-                .launch(&GuestSpec::default())
-                .expect("mock launches"),
-            log,
-        )
+        (Box::new(backend).launch(&GuestSpec::default()).expect("mock launches"), log)
     }
 
     fn read(stream: &mut UnixStream) -> (u32, Flags, Message) {
@@ -601,109 +504,55 @@ mod tests {
     }
 
     fn send(stream: &mut UnixStream, id: u32, flags: Flags, msg: &Message) {
-        Frame::message(id, flags, msg)
-            .expect("encodes")
-            .write_to(stream)
-            .expect("writes");
+        Frame::message(id, flags, msg).expect("encodes").write_to(stream).expect("writes");
     }
 
     #[test]
     fn ready_then_echo_then_shutdown() {
-        let (mut l, log) = launch(MockScript {
-            heartbeat_interval_ms: 10_000,
-            ..MockScript::default()
-        });
+        let (mut l, log) = launch(MockScript { heartbeat_interval_ms: 10_000, ..MockScript::default() });
         let ch = &mut l.agent_channel;
         assert!(matches!(read(ch).2, Message::Ready(r) if r.protocol_version == PROTOCOL_VERSION));
         assert!(matches!(read(ch).2, Message::Heartbeat { seq: 0, .. }));
-        let req = ExecRequest {
-            argv: vec!["echo".into(), "hi".into()],
-            ..ExecRequest::default()
-        };
+        let req = ExecRequest { argv: vec!["echo".into(), "hi".into()], ..ExecRequest::default() };
         send(ch, 7, Flags::SESSION_START, &Message::ExecRequest(req));
-        assert_eq!(
-            read(ch),
-            (7, Flags::NONE, Message::ExecStarted { pid: 1007 })
-        );
-        assert_eq!(
-            read(ch),
-            (
-                7,
-                Flags::NONE,
-                Message::ExecStdout {
-                    data: b"hi\n".to_vec()
-                }
-            )
-        );
+        assert_eq!(read(ch), (7, Flags::NONE, Message::ExecStarted { pid: 1007 }));
+        assert_eq!(read(ch), (7, Flags::NONE, Message::ExecStdout { data: b"hi\n".to_vec() }));
         let (id, flags, msg) = read(ch);
         assert_eq!((id, flags), (7, Flags::TERMINAL));
-        assert!(matches!(
-            msg,
-            Message::ExecExited(ExitStatus { code: Some(0), .. })
-        ));
-        send(
-            ch,
-            CONTROL_ID,
-            Flags::SHUTDOWN,
-            &Message::Shutdown { grace_ms: 10 },
-        );
+        assert!(matches!(msg, Message::ExecExited(ExitStatus { code: Some(0), .. })));
+        send(ch, CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: 10 });
         let (tx, rx) = mpsc::channel();
-        l.runner.run(ExitObserver::new(move |e| {
-            tx.send(e.code).expect("test alive")
-        }));
+        l.runner.run(ExitObserver::new(move |e| tx.send(e.code).expect("test alive")));
         assert_eq!(rx.recv().expect("exit reported"), 0);
         let events = log.events();
-        let shutdown = events
-            .iter()
-            .position(|e| *e == MockEvent::ShutdownReceived)
-            .expect("shutdown seen");
-        let exited = events
-            .iter()
-            .position(|e| *e == MockEvent::Exited(0))
-            .expect("exit seen");
+        let shutdown = events.iter().position(|e| *e == MockEvent::ShutdownReceived).expect("shutdown seen");
+        let exited = events.iter().position(|e| *e == MockEvent::Exited(0)).expect("exit seen");
         assert!(shutdown < exited);
     }
 
     #[test]
     fn stream_stops_at_the_window_until_credit() {
-        let (mut l, _log) = launch(MockScript {
-            heartbeat_interval_ms: 10_000,
-            ..MockScript::default()
-        });
+        let (mut l, _log) = launch(MockScript { heartbeat_interval_ms: 10_000, ..MockScript::default() });
         let ch = &mut l.agent_channel;
         read(ch);
         read(ch);
         let total = 3 * INITIAL_WINDOW as usize;
-        let req = ExecRequest {
-            argv: vec!["stream".into(), total.to_string()],
-            ..ExecRequest::default()
-        };
+        let req = ExecRequest { argv: vec!["stream".into(), total.to_string()], ..ExecRequest::default() };
         send(ch, 9, Flags::SESSION_START, &Message::ExecRequest(req));
         read(ch);
         let mut got = 0usize;
         let mut wire = 0usize;
-        ch.set_read_timeout(Some(Duration::from_millis(300)))
-            .expect("timeout set");
+        ch.set_read_timeout(Some(Duration::from_millis(300))).expect("timeout set");
         while let Ok(Some(f)) = Frame::read_from(ch) {
             wire += f.wire_len();
             if let Ok(Message::ExecStdout { data }) = f.decode_body() {
                 got += data.len();
             }
         }
-        assert!(
-            wire <= INITIAL_WINDOW as usize,
-            "sent {wire} bytes past the window"
-        );
+        assert!(wire <= INITIAL_WINDOW as usize, "sent {wire} bytes past the window");
         assert!(got > 0 && got < total);
         ch.set_read_timeout(None).expect("timeout cleared");
-        send(
-            ch,
-            9,
-            Flags::NONE,
-            &Message::Credit {
-                bytes: 4 * INITIAL_WINDOW,
-            },
-        );
+        send(ch, 9, Flags::NONE, &Message::Credit { bytes: 4 * INITIAL_WINDOW });
         loop {
             let (_, flags, msg) = read(ch);
             match msg {
@@ -720,14 +569,8 @@ mod tests {
 
     #[test]
     fn launch_failure_is_an_error() {
-        let backend = MockBackend::new(MockScript {
-            fail_launch: Some("boom".into()),
-            ..MockScript::default()
-        });
-        let err = Box::new(backend)
-            .launch(&GuestSpec::default())
-            .err()
-            .expect("fails");
+        let backend = MockBackend::new(MockScript { fail_launch: Some("boom".into()), ..MockScript::default() });
+        let err = Box::new(backend).launch(&GuestSpec::default()).err().expect("fails");
         assert_eq!(err.to_string(), "boom");
     }
 }

@@ -55,21 +55,13 @@ impl MountSpec {
             [h, g] => (*h, *g, false),
             [h, g, "ro"] => (*h, *g, true),
             [h, g, "rw"] => (*h, *g, false),
-            [_, _, other] => {
-                return Err(format!("mount option {other:?} in {s:?} is not ro or rw"))
-            }
+            [_, _, other] => return Err(format!("mount option {other:?} in {s:?} is not ro or rw")),
             _ => return Err(format!("mount {s:?} is not HOST:GUEST[:ro]")),
         };
         if host.is_empty() || !guest.starts_with('/') {
-            return Err(format!(
-                "mount {s:?} needs a host path and an absolute guest path"
-            ));
+            return Err(format!("mount {s:?} needs a host path and an absolute guest path"));
         }
-        Ok(MountSpec {
-            host: PathBuf::from(host),
-            guest: guest.to_string(),
-            readonly,
-        })
+        Ok(MountSpec { host: PathBuf::from(host), guest: guest.to_string(), readonly })
     }
 }
 
@@ -81,11 +73,7 @@ mod tests {
     fn mounts_parse() {
         assert_eq!(
             MountSpec::parse("/a:/b:ro"),
-            Ok(MountSpec {
-                host: "/a".into(),
-                guest: "/b".into(),
-                readonly: true
-            })
+            Ok(MountSpec { host: "/a".into(), guest: "/b".into(), readonly: true })
         );
         assert!(!MountSpec::parse("/a:/b").expect("parses").readonly);
         assert!(MountSpec::parse("/a:b").is_err());

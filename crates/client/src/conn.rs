@@ -25,9 +25,7 @@ use crate::exec::{ExecOptions, ExecSession};
 use crate::ClientError;
 use alcove_protocol::async_io::{read_frame, write_frame};
 use alcove_protocol::handshake::check_ready;
-use alcove_protocol::{
-    Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, INITIAL_WINDOW,
-};
+use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, INITIAL_WINDOW};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
@@ -86,9 +84,7 @@ pub(crate) struct Window {
 
 impl Window {
     fn new() -> Window {
-        Window {
-            sem: Arc::new(Semaphore::new(INITIAL_WINDOW as usize)),
-        }
+        Window { sem: Arc::new(Semaphore::new(INITIAL_WINDOW as usize)) }
     }
 
     fn credit(&self, bytes: u32) {
@@ -107,9 +103,7 @@ impl Router {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn allocate(
-        &self,
-    ) -> Result<(u32, mpsc::UnboundedReceiver<Message>, Arc<Window>), ClientError> {
+    fn allocate(&self) -> Result<(u32, mpsc::UnboundedReceiver<Message>, Arc<Window>), ClientError> {
         let mut st = self.lock();
         if !st.open {
             return Err(ClientError::Disconnected);
@@ -118,18 +112,11 @@ impl Router {
         let size = u64::from(end - start) + 1;
         let mut candidate = st.last;
         for _ in 0..size {
-            candidate = if candidate >= end || candidate < start {
-                start
-            } else {
-                candidate + 1
-            };
+            candidate = if candidate >= end || candidate < start { start } else { candidate + 1 };
             if let Entry::Vacant(slot) = st.sessions.entry(candidate) {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let window = Arc::new(Window::new());
-                slot.insert(Slot {
-                    events: tx,
-                    window: window.clone(),
-                });
+                slot.insert(Slot { events: tx, window: window.clone() });
                 st.last = candidate;
                 return Ok((candidate, rx, window));
             }
@@ -153,9 +140,7 @@ impl Router {
             // nothing for sessions.
             return Ok(());
         }
-        let msg = frame
-            .decode_body()
-            .map_err(|e| ClientError::Unexpected(e.to_string()))?;
+        let msg = frame.decode_body().map_err(|e| ClientError::Unexpected(e.to_string()))?;
         let mut st = self.lock();
         if let Message::Credit { bytes } = msg {
             if let Some(slot) = st.sessions.get(&frame.id) {
@@ -197,8 +182,7 @@ pub(crate) struct SessionLink {
 impl SessionLink {
     /// Enqueues a frame that does not use window (requests, EOF, control).
     pub(crate) fn send(&self, flags: Flags, msg: &Message) -> Result<(), ClientError> {
-        let frame =
-            Frame::message(self.id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let frame = Frame::message(self.id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
         self.enqueue(frame)
     }
 
@@ -211,11 +195,9 @@ impl SessionLink {
             return Err(ClientError::Disconnected);
         }
         match st.sessions.get(&self.id) {
-            Some(slot) if Arc::ptr_eq(&slot.window, &self.window) => self
-                .inner
-                .out
-                .send(frame)
-                .map_err(|_| ClientError::Disconnected),
+            Some(slot) if Arc::ptr_eq(&slot.window, &self.window) => {
+                self.inner.out.send(frame).map_err(|_| ClientError::Disconnected)
+            }
             _ => Err(ClientError::SessionClosed),
         }
     }
@@ -224,12 +206,10 @@ impl SessionLink {
     /// Fails with [`ClientError::SessionClosed`] once the guest has ended the
     /// session, or [`ClientError::Disconnected`].
     pub(crate) async fn send_data(&self, msg: &Message) -> Result<(), ClientError> {
-        let frame = Frame::message(self.id, Flags::NONE, msg)
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let frame = Frame::message(self.id, Flags::NONE, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
         // A frame of at most MAX_CHUNK data is far below INITIAL_WINDOW, so it
         // always fits in a fully credited window.
-        let need = u32::try_from(frame.wire_len())
-            .map_err(|_| ClientError::Encode("frame too large".into()))?;
+        let need = u32::try_from(frame.wire_len()).map_err(|_| ClientError::Encode("frame too large".into()))?;
         match self.window.sem.acquire_many(need).await {
             Ok(permit) => permit.forget(),
             Err(_) => return Err(self.closed_error()),
@@ -249,8 +229,7 @@ impl SessionLink {
 
 impl Inner {
     fn send(&self, id: u32, flags: Flags, msg: &Message) -> Result<(), ClientError> {
-        let frame =
-            Frame::message(id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
+        let frame = Frame::message(id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
         let st = self.router.lock();
         if !st.open {
             return Err(ClientError::Disconnected);
@@ -264,10 +243,7 @@ impl Client {
     pub async fn connect(name: &str) -> Result<Client, ClientError> {
         let path = crate::paths::socket_path(&crate::paths::alcove_home(), name)?;
         match Client::connect_path(&path).await {
-            Err(ClientError::NoListener { path }) => Err(ClientError::NotRunning {
-                name: name.to_string(),
-                path,
-            }),
+            Err(ClientError::NoListener { path }) => Err(ClientError::NotRunning { name: name.to_string(), path }),
             other => other,
         }
     }
@@ -275,19 +251,12 @@ impl Client {
     /// Connects to the agent socket at `path` and completes the handshake:
     /// the id range, then the agent's `Ready` of a matching protocol version.
     pub async fn connect_path(path: &Path) -> Result<Client, ClientError> {
-        let stream = UnixStream::connect(path)
-            .await
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                    ClientError::NoListener {
-                        path: path.to_path_buf(),
-                    }
-                }
-                _ => ClientError::Connect {
-                    path: path.to_path_buf(),
-                    source,
-                },
-            })?;
+        let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NoListener { path: path.to_path_buf() }
+            }
+            _ => ClientError::Connect { path: path.to_path_buf(), source },
+        })?;
         Client::from_stream(stream).await
     }
 
@@ -297,34 +266,19 @@ impl Client {
         let mut range = [0u8; HANDSHAKE_LEN];
         rd.read_exact(&mut range).await.map_err(handshake_io)?;
         let handshake = Handshake::decode(range)?;
-        let frame = read_frame(&mut rd)
-            .await
-            .map_err(handshake_io)?
-            .ok_or(ClientError::HandshakeClosed)?;
+        let frame = read_frame(&mut rd).await.map_err(handshake_io)?.ok_or(ClientError::HandshakeClosed)?;
         let ready = check_ready(&frame)?;
 
         let (closed, _) = watch::channel(false);
         let router = Arc::new(Router {
-            state: Mutex::new(RouterState {
-                open: true,
-                sessions: HashMap::new(),
-                last: handshake.id_end,
-            }),
+            state: Mutex::new(RouterState { open: true, sessions: HashMap::new(), last: handshake.id_end }),
             closed,
             range: handshake,
         });
         let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, out_rx, router.clone()));
         let reader = tokio::spawn(read_loop(rd, router.clone()));
-        Ok(Client {
-            inner: Arc::new(Inner {
-                router,
-                out,
-                handshake,
-                ready,
-                reader,
-            }),
-        })
+        Ok(Client { inner: Arc::new(Inner { router, out, handshake, ready, reader }) })
     }
 
     /// The agent's `Ready` message received in the handshake.
@@ -357,8 +311,7 @@ impl Client {
     /// Asks the sandbox to stop (SIGTERM to every command, `grace_ms`, then
     /// SIGKILL, sync, power off) and waits until it closes the connection.
     pub async fn shutdown(&self, grace_ms: u32) -> Result<(), ClientError> {
-        self.inner
-            .send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })?;
+        self.inner.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })?;
         self.closed().await;
         Ok(())
     }
@@ -374,14 +327,9 @@ impl Client {
         &self,
         request: &Message,
     ) -> Result<(Arc<SessionLink>, mpsc::UnboundedReceiver<Message>), ClientError> {
-        let frame = Frame::message(0, Flags::SESSION_START, request)
-            .map_err(|e| ClientError::Encode(e.to_string()))?;
+        let frame = Frame::message(0, Flags::SESSION_START, request).map_err(|e| ClientError::Encode(e.to_string()))?;
         let (id, rx, window) = self.inner.router.allocate()?;
-        let link = Arc::new(SessionLink {
-            id,
-            inner: self.inner.clone(),
-            window,
-        });
+        let link = Arc::new(SessionLink { id, inner: self.inner.clone(), window });
         if let Err(e) = link.enqueue(Frame { id, ..frame }) {
             self.inner.router.release(id);
             return Err(e);
@@ -407,11 +355,7 @@ async fn read_loop(mut rd: OwnedReadHalf, router: Arc<Router>) {
     router.shut();
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut queue: mpsc::UnboundedReceiver<Frame>,
-    router: Arc<Router>,
-) {
+async fn write_loop(mut wr: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Frame>, router: Arc<Router>) {
     while let Some(frame) = queue.recv().await {
         if write_frame(&mut wr, &frame).await.is_err() {
             router.shut();

@@ -110,9 +110,7 @@ impl From<ClientError> for io::Error {
     fn from(e: ClientError) -> io::Error {
         let kind = match &e {
             ClientError::Disconnected => io::ErrorKind::ConnectionAborted,
-            ClientError::SessionClosed | ClientError::StdinNotRequested => {
-                io::ErrorKind::BrokenPipe
-            }
+            ClientError::SessionClosed | ClientError::StdinNotRequested => io::ErrorKind::BrokenPipe,
             ClientError::Timeout(_) => io::ErrorKind::TimedOut,
             _ => io::ErrorKind::Other,
         };

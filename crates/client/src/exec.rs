@@ -68,10 +68,7 @@ impl ExecOptions {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        ExecOptions {
-            argv: argv.into_iter().map(Into::into).collect(),
-            ..ExecOptions::default()
-        }
+        ExecOptions { argv: argv.into_iter().map(Into::into).collect(), ..ExecOptions::default() }
     }
 
     fn request(&self) -> ExecRequest {
@@ -124,10 +121,7 @@ pub struct ExecSession {
 }
 
 impl ExecSession {
-    pub(crate) async fn start(
-        client: &Client,
-        opts: ExecOptions,
-    ) -> Result<ExecSession, ClientError> {
+    pub(crate) async fn start(client: &Client, opts: ExecOptions) -> Result<ExecSession, ClientError> {
         let (link, rx) = client.open_session(&Message::ExecRequest(opts.request()))?;
         let mut output = ExecOutput {
             rx,
@@ -140,26 +134,13 @@ impl ExecSession {
         let pid = match output.next_event().await {
             Some(Ok(ExecEvent::Started { pid })) => pid,
             Some(Ok(other)) => {
-                return Err(ClientError::Unexpected(format!(
-                    "{other:?} before the command was reported started"
-                )))
+                return Err(ClientError::Unexpected(format!("{other:?} before the command was reported started")))
             }
             Some(Err(e)) => return Err(e),
-            None => {
-                return Err(ClientError::Unexpected(
-                    "the session ended before the command started".into(),
-                ))
-            }
+            None => return Err(ClientError::Unexpected("the session ended before the command started".into())),
         };
         output.first = Some(ExecEvent::Started { pid });
-        Ok(ExecSession {
-            input: ExecInput {
-                link,
-                stdin: opts.stdin,
-            },
-            output,
-            pid,
-        })
+        Ok(ExecSession { input: ExecInput { link, stdin: opts.stdin }, output, pid })
     }
 
     /// The session id on the connection.
@@ -225,9 +206,7 @@ impl ExecSession {
                 return Ok(status);
             }
         }
-        Err(ClientError::Unexpected(
-            "the session ended without an exit status".into(),
-        ))
+        Err(ClientError::Unexpected("the session ended without an exit status".into()))
     }
 }
 
@@ -260,11 +239,7 @@ impl ExecInput {
             return Err(ClientError::StdinNotRequested);
         }
         for chunk in data.chunks(MAX_CHUNK) {
-            self.link
-                .send_data(&Message::ExecStdin {
-                    data: chunk.to_vec(),
-                })
-                .await?;
+            self.link.send_data(&Message::ExecStdin { data: chunk.to_vec() }).await?;
         }
         Ok(())
     }
@@ -279,8 +254,7 @@ impl ExecInput {
 
     /// Resizes the command's terminal.
     pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ClientError> {
-        self.link
-            .send(Flags::NONE, &Message::ExecResize(TtySize { rows, cols }))
+        self.link.send(Flags::NONE, &Message::ExecResize(TtySize { rows, cols }))
     }
 
     /// Sends a signal (Linux numbering) to the command's process group.
@@ -290,10 +264,7 @@ impl ExecInput {
 
     /// An [`AsyncWrite`] feeding stdin; shutting it down closes stdin.
     pub fn writer(&self) -> StdinWriter {
-        StdinWriter {
-            input: self.clone(),
-            pending: None,
-        }
+        StdinWriter { input: self.clone(), pending: None }
     }
 }
 
@@ -325,11 +296,7 @@ impl StdinWriter {
 }
 
 impl AsyncWrite for StdinWriter {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         if this.pending.is_none() {
             if buf.is_empty() {
@@ -394,25 +361,15 @@ impl ExecOutput {
                 ExecEvent::Started { .. } => {}
                 ExecEvent::Stdout(d) => stdout.extend_from_slice(&d),
                 ExecEvent::Stderr(d) => stderr.extend_from_slice(&d),
-                ExecEvent::Exited(status) => {
-                    return Ok(Output {
-                        stdout,
-                        stderr,
-                        status,
-                    })
-                }
+                ExecEvent::Exited(status) => return Ok(Output { stdout, stderr, status }),
             }
         }
-        Err(ClientError::Unexpected(
-            "the session ended without an exit status".into(),
-        ))
+        Err(ClientError::Unexpected("the session ended without an exit status".into()))
     }
 
     fn timed_out(&mut self) -> Poll<Option<Result<ExecEvent, ClientError>>> {
         self.phase = Phase::Done;
-        Poll::Ready(Some(Err(ClientError::Timeout(
-            self.timeout.unwrap_or_default(),
-        ))))
+        Poll::Ready(Some(Err(ClientError::Timeout(self.timeout.unwrap_or_default()))))
     }
 
     fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<ExecEvent, ClientError>>> {
@@ -444,9 +401,7 @@ impl ExecOutput {
                     }
                     // The session may have ended meanwhile; then there is
                     // nothing to kill and the error is moot.
-                    let _ = self
-                        .link
-                        .send(Flags::NONE, &Message::ExecSignal { signal: SIGKILL });
+                    let _ = self.link.send(Flags::NONE, &Message::ExecSignal { signal: SIGKILL });
                     self.deadline = Some(Box::pin(tokio::time::sleep(KILL_GRACE)));
                     self.phase = Phase::Killing;
                 }
@@ -458,10 +413,7 @@ impl ExecOutput {
                             Poll::Pending => break,
                         }
                     }
-                    let grace_over = self
-                        .deadline
-                        .as_mut()
-                        .is_none_or(|d| d.as_mut().poll(cx).is_ready());
+                    let grace_over = self.deadline.as_mut().is_none_or(|d| d.as_mut().poll(cx).is_ready());
                     if grace_over {
                         return self.timed_out();
                     }
@@ -485,10 +437,7 @@ impl ExecOutput {
                 Err(ClientError::Unexpected(name.chars().take(80).collect()))
             }
         };
-        if !matches!(
-            item,
-            Ok(ExecEvent::Started { .. } | ExecEvent::Stdout(_) | ExecEvent::Stderr(_))
-        ) {
+        if !matches!(item, Ok(ExecEvent::Started { .. } | ExecEvent::Stdout(_) | ExecEvent::Stderr(_))) {
             self.phase = Phase::Done;
         }
         Some(item)
@@ -504,10 +453,7 @@ impl Stream for ExecOutput {
 }
 
 fn is_final(msg: &Message) -> bool {
-    matches!(
-        msg,
-        Message::ExecExited(_) | Message::ExecFailed(_) | Message::SessionAborted { .. }
-    )
+    matches!(msg, Message::ExecExited(_) | Message::ExecFailed(_) | Message::SessionAborted { .. })
 }
 
 impl Client {
@@ -525,11 +471,7 @@ impl Client {
     /// Runs a command with `input` as its stdin (then EOF) and collects its
     /// output. Input and output flow concurrently, so a command may print
     /// while it reads.
-    pub async fn exec_output_with_input(
-        &self,
-        mut opts: ExecOptions,
-        input: &[u8],
-    ) -> Result<Output, ClientError> {
+    pub async fn exec_output_with_input(&self, mut opts: ExecOptions, input: &[u8]) -> Result<Output, ClientError> {
         opts.stdin = true;
         let (stdin, output) = self.exec(opts).await?.split();
         let feed = async {

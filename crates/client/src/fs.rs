@@ -49,9 +49,7 @@ fn unexpected(msg: &Message) -> ClientError {
 fn bytes_done(reply: FsReply) -> Result<u64, ClientError> {
     match reply {
         FsReply::Done { bytes } => Ok(bytes),
-        other => Err(ClientError::Unexpected(
-            format!("{other:?}").chars().take(80).collect(),
-        )),
+        other => Err(ClientError::Unexpected(format!("{other:?}").chars().take(80).collect())),
     }
 }
 
@@ -78,15 +76,11 @@ impl Client {
     where
         W: AsyncWrite + Unpin + ?Sized,
     {
-        let mut s = self.fs_session(FsRequest::Read {
-            path: path.to_string(),
-        })?;
+        let mut s = self.fs_session(FsRequest::Read { path: path.to_string() })?;
         loop {
             match s.rx.recv().await {
                 None => return Err(ClientError::Disconnected),
-                Some(Message::FsData { data }) => {
-                    dest.write_all(&data).await.map_err(ClientError::LocalIo)?
-                }
+                Some(Message::FsData { data }) => dest.write_all(&data).await.map_err(ClientError::LocalIo)?,
                 Some(other) => {
                     let bytes = bytes_done(final_message(other)?)?;
                     dest.flush().await.map_err(ClientError::LocalIo)?;
@@ -110,19 +104,11 @@ impl Client {
     /// A local read error is returned as [`ClientError::LocalIo`]; the
     /// protocol has no way to cancel the write, so the guest's session stays
     /// open (without `FsEnd`) until the connection closes.
-    pub async fn write_file_from<R>(
-        &self,
-        path: &str,
-        mode: u32,
-        src: &mut R,
-    ) -> Result<u64, ClientError>
+    pub async fn write_file_from<R>(&self, path: &str, mode: u32, src: &mut R) -> Result<u64, ClientError>
     where
         R: AsyncRead + Unpin + ?Sized,
     {
-        let mut s = self.fs_session(FsRequest::Write {
-            path: path.to_string(),
-            mode,
-        })?;
+        let mut s = self.fs_session(FsRequest::Write { path: path.to_string(), mode })?;
         let mut buf = vec![0u8; MAX_CHUNK];
         loop {
             let n = src.read(&mut buf).await.map_err(ClientError::LocalIo)?;
@@ -132,13 +118,7 @@ impl Client {
                     Err(e) => return Err(e),
                 }
             }
-            match s
-                .link
-                .send_data(&Message::FsData {
-                    data: buf[..n].to_vec(),
-                })
-                .await
-            {
+            match s.link.send_data(&Message::FsData { data: buf[..n].to_vec() }).await {
                 Ok(()) => {}
                 // The guest already answered (an early error): read it.
                 Err(ClientError::SessionClosed) => break,
@@ -150,74 +130,40 @@ impl Client {
 
     /// Metadata of a guest path (a final symlink is not followed).
     pub async fn stat(&self, path: &str) -> Result<FileStat, ClientError> {
-        match self
-            .fs_simple(FsRequest::Stat {
-                path: path.to_string(),
-            })
-            .await?
-        {
+        match self.fs_simple(FsRequest::Stat { path: path.to_string() }).await? {
             FsReply::Stat(st) => Ok(st),
-            other => Err(ClientError::Unexpected(
-                format!("{other:?}").chars().take(80).collect(),
-            )),
+            other => Err(ClientError::Unexpected(format!("{other:?}").chars().take(80).collect())),
         }
     }
 
     /// Entries of a guest directory, sorted by name.
     pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
-        match self
-            .fs_simple(FsRequest::List {
-                path: path.to_string(),
-            })
-            .await?
-        {
+        match self.fs_simple(FsRequest::List { path: path.to_string() }).await? {
             FsReply::List(entries) => Ok(entries),
-            other => Err(ClientError::Unexpected(
-                format!("{other:?}").chars().take(80).collect(),
-            )),
+            other => Err(ClientError::Unexpected(format!("{other:?}").chars().take(80).collect())),
         }
     }
 
     /// Creates a guest directory (mode [`DEFAULT_DIR_MODE`]), with its
     /// missing parents when `parents` is set.
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<(), ClientError> {
-        let req = FsRequest::Mkdir {
-            path: path.to_string(),
-            parents,
-            mode: DEFAULT_DIR_MODE,
-        };
+        let req = FsRequest::Mkdir { path: path.to_string(), parents, mode: DEFAULT_DIR_MODE };
         bytes_done(self.fs_simple(req).await?).map(drop)
     }
 
     /// Removes a guest file or directory (with its content when `recursive`).
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ClientError> {
-        bytes_done(
-            self.fs_simple(FsRequest::Remove {
-                path: path.to_string(),
-                recursive,
-            })
-            .await?,
-        )
-        .map(drop)
+        bytes_done(self.fs_simple(FsRequest::Remove { path: path.to_string(), recursive }).await?).map(drop)
     }
 
     /// Renames a guest path.
     pub async fn rename(&self, from: &str, to: &str) -> Result<(), ClientError> {
-        let req = FsRequest::Rename {
-            from: from.to_string(),
-            to: to.to_string(),
-        };
+        let req = FsRequest::Rename { from: from.to_string(), to: to.to_string() };
         bytes_done(self.fs_simple(req).await?).map(drop)
     }
 
     /// Copies a guest file or directory tree; returns the bytes copied.
     pub async fn copy(&self, from: &str, to: &str) -> Result<u64, ClientError> {
-        bytes_done(
-            self.fs_simple(FsRequest::Copy {
-                from: from.to_string(),
-                to: to.to_string(),
-            })
-            .await?,
-        )
+        bytes_done(self.fs_simple(FsRequest::Copy { from: from.to_string(), to: to.to_string() }).await?)
     }
 }

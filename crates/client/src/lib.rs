@@ -39,6 +39,5 @@ pub use exec::{ExecEvent, ExecInput, ExecOptions, ExecOutput, ExecSession, Outpu
 
 pub use alcove_protocol as protocol;
 pub use alcove_protocol::{
-    DirEntry, ExitStatus, FileKind, FileStat, FsError, FsErrorKind, Ready, Rlimit, SpawnError,
-    SpawnErrorKind, TtySize,
+    DirEntry, ExitStatus, FileKind, FileStat, FsError, FsErrorKind, Ready, Rlimit, SpawnError, SpawnErrorKind, TtySize,
 };

@@ -28,9 +28,7 @@ pub const MAX_RUNTIME_DIR_LEN: usize = SUN_PATH_LEN - 1 - 1 - SOCKET_FILE_LEN;
 pub const MAX_NAME_LEN: usize = 63;
 
 fn env_path(var: &str) -> Option<PathBuf> {
-    std::env::var_os(var)
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    std::env::var_os(var).filter(|v| !v.is_empty()).map(PathBuf::from)
 }
 
 /// alcove's home: `$ALCOVE_HOME`, else `~/.alcove`.
@@ -39,9 +37,7 @@ pub fn alcove_home() -> PathBuf {
         return home;
     }
     #[allow(deprecated)]
-    let user_home = env_path("HOME")
-        .or_else(std::env::home_dir)
-        .unwrap_or_else(|| PathBuf::from("/"));
+    let user_home = env_path("HOME").or_else(std::env::home_dir).unwrap_or_else(|| PathBuf::from("/"));
     user_home.join(".alcove")
 }
 
@@ -74,10 +70,7 @@ pub fn ensure_runtime_dir() -> Result<PathBuf, ClientError> {
 /// Creates `dir` with mode 0700 (parents with default permissions).
 pub fn ensure_dir(dir: &Path) -> Result<(), ClientError> {
     check_runtime_dir_len(dir)?;
-    let err = |source| ClientError::RuntimeDir {
-        dir: dir.to_path_buf(),
-        source,
-    };
+    let err = |source| ClientError::RuntimeDir { dir: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(err)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
     Ok(())
@@ -86,23 +79,14 @@ pub fn ensure_dir(dir: &Path) -> Result<(), ClientError> {
 fn check_runtime_dir_len(dir: &Path) -> Result<(), ClientError> {
     let len = dir.as_os_str().len();
     if len > MAX_RUNTIME_DIR_LEN {
-        return Err(ClientError::RuntimeDirTooLong {
-            dir: dir.to_path_buf(),
-            len,
-            max: MAX_RUNTIME_DIR_LEN,
-        });
+        return Err(ClientError::RuntimeDirTooLong { dir: dir.to_path_buf(), len, max: MAX_RUNTIME_DIR_LEN });
     }
     Ok(())
 }
 
 /// Checks a sandbox name: `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`.
 pub fn validate_name(name: &str) -> Result<(), ClientError> {
-    let bad = |reason| {
-        Err(ClientError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
+    let bad = |reason| Err(ClientError::InvalidName { name: name.to_string(), reason });
     let Some(first) = name.chars().next() else {
         return bad("it is empty");
     };
@@ -112,10 +96,7 @@ pub fn validate_name(name: &str) -> Result<(), ClientError> {
     if !first.is_ascii_alphanumeric() {
         return bad("it must start with a letter or a digit");
     }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-    {
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) {
         return bad("only letters, digits, '_', '.' and '-' are allowed");
     }
     Ok(())
@@ -148,9 +129,7 @@ fn canonical(p: &Path) -> PathBuf {
     if p.is_absolute() {
         return p.to_path_buf();
     }
-    std::env::current_dir()
-        .map(|cwd| cwd.join(p))
-        .unwrap_or_else(|_| p.to_path_buf())
+    std::env::current_dir().map(|cwd| cwd.join(p)).unwrap_or_else(|_| p.to_path_buf())
 }
 
 /// 64-bit FNV-1a.
@@ -197,23 +176,9 @@ mod tests {
         for ok in ["a", "Z9", "0", "my-box_1.2", &"x".repeat(63)] {
             assert!(validate_name(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "-a",
-            ".a",
-            "_a",
-            "a b",
-            "a/b",
-            "é",
-            &"x".repeat(64),
-            "a\0",
-        ] {
+        for bad in ["", "-a", ".a", "_a", "a b", "a/b", "é", &"x".repeat(64), "a\0"] {
             let err = validate_name(bad).expect_err(bad);
-            assert!(
-                err.to_string()
-                    .starts_with(&format!("invalid sandbox name {bad:?}: ")),
-                "{err}"
-            );
+            assert!(err.to_string().starts_with(&format!("invalid sandbox name {bad:?}: ")), "{err}");
         }
     }
 }

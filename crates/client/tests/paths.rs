@@ -3,8 +3,8 @@
 //! thread races with it.
 
 use alcove_client::paths::{
-    alcove_home, ensure_runtime_dir, runtime_dir, socket_path, socket_path_in, validate_name,
-    MAX_RUNTIME_DIR_LEN, SUN_PATH_LEN,
+    alcove_home, ensure_runtime_dir, runtime_dir, socket_path, socket_path_in, validate_name, MAX_RUNTIME_DIR_LEN,
+    SUN_PATH_LEN,
 };
 use alcove_client::{Client, ClientError};
 use std::os::unix::fs::PermissionsExt;
@@ -29,20 +29,10 @@ fn socket_paths_always_fit_in_sun_path() {
     let run = dir_of_len(tmp.path(), MAX_RUNTIME_DIR_LEN);
     std::fs::create_dir(&run).expect("mkdir");
     let sock = socket_path_in(&run, &home, &longest_name).expect("fits");
-    assert_eq!(
-        sock.as_os_str().len(),
-        SUN_PATH_LEN - 1,
-        "{}",
-        sock.display()
-    );
+    assert_eq!(sock.as_os_str().len(), SUN_PATH_LEN - 1, "{}", sock.display());
     assert_eq!(sock.parent(), Some(run.as_path()));
     let name = sock.file_name().and_then(|n| n.to_str()).expect("utf8");
-    assert!(
-        name.len() == 21
-            && name.ends_with(".sock")
-            && name[..16].chars().all(|c| c.is_ascii_hexdigit()),
-        "{name}"
-    );
+    assert!(name.len() == 21 && name.ends_with(".sock") && name[..16].chars().all(|c| c.is_ascii_hexdigit()), "{name}");
     std::os::unix::net::UnixListener::bind(&sock).expect("a path of 107 bytes binds");
 
     // The name does not change the length.
@@ -52,25 +42,12 @@ fn socket_paths_always_fit_in_sun_path() {
     // One byte more is refused with a clear error.
     let too_long = dir_of_len(tmp.path(), MAX_RUNTIME_DIR_LEN + 1);
     let err = socket_path_in(&too_long, &home, "a").expect_err("too long");
-    assert!(
-        matches!(&err, ClientError::RuntimeDirTooLong { len, .. } if *len == MAX_RUNTIME_DIR_LEN + 1),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string()
-            .contains("set ALCOVE_RUNTIME_DIR to a shorter path"),
-        "{err}"
-    );
+    assert!(matches!(&err, ClientError::RuntimeDirTooLong { len, .. } if *len == MAX_RUNTIME_DIR_LEN + 1), "{err:?}");
+    assert!(err.to_string().contains("set ALCOVE_RUNTIME_DIR to a shorter path"), "{err}");
 
     // Invalid names never reach the filesystem.
     for bad in ["", "-x", "a/b", &"n".repeat(64)] {
-        assert!(
-            matches!(
-                socket_path_in(&run, &home, bad),
-                Err(ClientError::InvalidName { .. })
-            ),
-            "{bad:?}"
-        );
+        assert!(matches!(socket_path_in(&run, &home, bad), Err(ClientError::InvalidName { .. })), "{bad:?}");
     }
 }
 
@@ -105,39 +82,19 @@ async fn environment_selects_home_and_runtime_dir() {
 
     // The directory is created 0700, also when it existed with other bits.
     assert_eq!(ensure_runtime_dir().expect("created"), run);
-    let mode = std::fs::metadata(&run)
-        .expect("exists")
-        .permissions()
-        .mode()
-        & 0o777;
+    let mode = std::fs::metadata(&run).expect("exists").permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
     std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     ensure_runtime_dir().expect("secured");
-    assert_eq!(
-        std::fs::metadata(&run)
-            .expect("exists")
-            .permissions()
-            .mode()
-            & 0o777,
-        0o700
-    );
+    assert_eq!(std::fs::metadata(&run).expect("exists").permissions().mode() & 0o777, 0o700);
 
     // connect(name) looks in the runtime dir and names the sandbox when
     // nothing is there.
     let sock = socket_path(&home, "web-1").expect("valid");
     assert_eq!(sock.parent(), Some(run.as_path()));
     let err = Client::connect("web-1").await.err().expect("not running");
-    assert!(
-        matches!(&err, ClientError::NotRunning { name, path } if name == "web-1" && *path == sock),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "no sandbox named web-1 is running (socket {} not found)",
-            sock.display()
-        )
-    );
+    assert!(matches!(&err, ClientError::NotRunning { name, path } if name == "web-1" && *path == sock), "{err:?}");
+    assert_eq!(err.to_string(), format!("no sandbox named web-1 is running (socket {} not found)", sock.display()));
     let err = Client::connect("bad name").await.err().expect("invalid");
     assert_eq!(
         err.to_string(),
@@ -147,14 +104,8 @@ async fn environment_selects_home_and_runtime_dir() {
     // A runtime dir too long for socket paths is refused before use.
     let long = dir_of_len(tmp.path(), MAX_RUNTIME_DIR_LEN + 10);
     std::env::set_var("ALCOVE_RUNTIME_DIR", &long);
-    assert!(matches!(
-        ensure_runtime_dir(),
-        Err(ClientError::RuntimeDirTooLong { .. })
-    ));
-    assert!(matches!(
-        Client::connect("web-1").await,
-        Err(ClientError::RuntimeDirTooLong { .. })
-    ));
+    assert!(matches!(ensure_runtime_dir(), Err(ClientError::RuntimeDirTooLong { .. })));
+    assert!(matches!(Client::connect("web-1").await, Err(ClientError::RuntimeDirTooLong { .. })));
     assert!(!long.exists());
 
     // Defaults.

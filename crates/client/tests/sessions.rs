@@ -6,9 +6,9 @@
 
 use alcove_client::protocol::async_io::{read_frame, write_frame};
 use alcove_client::protocol::{
-    BootTimings, DirEntry, ExecRequest, ExitStatus, FileKind, FileStat, Flags, Frame, FsError,
-    FsErrorKind, FsReply, FsRequest, Handshake, HandshakeError, Message, Ready, SpawnError,
-    SpawnErrorKind, TtySize, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
+    BootTimings, DirEntry, ExecRequest, ExitStatus, FileKind, FileStat, Flags, Frame, FsError, FsErrorKind, FsReply,
+    FsRequest, Handshake, HandshakeError, Message, Ready, SpawnError, SpawnErrorKind, TtySize, INITIAL_WINDOW,
+    MAX_CHUNK, PROTOCOL_VERSION,
 };
 use alcove_client::{Client, ClientError, ExecEvent, ExecOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -62,10 +62,7 @@ struct FakeConfig {
 
 impl Default for FakeConfig {
     fn default() -> Self {
-        FakeConfig {
-            range: (100, 131),
-            version: PROTOCOL_VERSION,
-        }
+        FakeConfig { range: (100, 131), version: PROTOCOL_VERSION }
     }
 }
 
@@ -82,11 +79,7 @@ impl Fake {
                 tokio::spawn(serve(sock, cfg, st.clone()));
             }
         });
-        Fake {
-            path,
-            stats,
-            _dir: dir,
-        }
+        Fake { path, stats, _dir: dir }
     }
 
     async fn client(&self) -> Client {
@@ -99,31 +92,15 @@ impl Fake {
 
     fn assert_clean(&self) {
         let s = self.stats();
-        assert!(
-            s.out_of_range.is_empty(),
-            "ids out of range: {:?}",
-            s.out_of_range
-        );
-        assert!(
-            s.reused_open.is_empty(),
-            "ids reused while open: {:?}",
-            s.reused_open
-        );
+        assert!(s.out_of_range.is_empty(), "ids out of range: {:?}", s.out_of_range);
+        assert!(s.reused_open.is_empty(), "ids reused while open: {:?}", s.reused_open);
         assert_eq!(s.oversized_chunks, 0, "chunks above MAX_CHUNK");
-        assert!(
-            s.max_in_flight <= INITIAL_WINDOW as usize,
-            "window exceeded: {}",
-            s.max_in_flight
-        );
+        assert!(s.max_in_flight <= INITIAL_WINDOW as usize, "window exceeded: {}", s.max_in_flight);
     }
 }
 
 fn ready(version: u32) -> Message {
-    Message::Ready(Ready {
-        protocol_version: version,
-        agent_version: "fake-9.9".into(),
-        boot: BootTimings::default(),
-    })
+    Message::Ready(Ready { protocol_version: version, agent_version: "fake-9.9".into(), boot: BootTimings::default() })
 }
 
 fn frame(id: u32, flags: Flags, msg: &Message) -> Frame {
@@ -154,10 +131,7 @@ impl Sess {
     }
 
     async fn next(&mut self) -> Option<Message> {
-        self.rx
-            .recv()
-            .await
-            .map(|f| f.decode_body().expect("client frame decodes"))
+        self.rx.recv().await.map(|f| f.decode_body().expect("client frame decodes"))
     }
 
     /// Accounts for one data frame of the client; returns its wire length.
@@ -173,10 +147,7 @@ impl Sess {
 
 async fn serve(sock: UnixStream, cfg: FakeConfig, stats: Shared) {
     let (mut rd, mut wr) = sock.into_split();
-    let range = Handshake {
-        id_start: cfg.range.0,
-        id_end: cfg.range.1,
-    };
+    let range = Handshake { id_start: cfg.range.0, id_end: cfg.range.1 };
     // Raw bytes: the fake may hand out ranges the client must refuse.
     let mut raw = Vec::new();
     raw.extend_from_slice(&cfg.range.0.to_be_bytes());
@@ -184,10 +155,7 @@ async fn serve(sock: UnixStream, cfg: FakeConfig, stats: Shared) {
     if wr.write_all(&raw).await.is_err() {
         return;
     }
-    if write_frame(&mut wr, &frame(0, Flags::NONE, &ready(cfg.version)))
-        .await
-        .is_err()
-    {
+    if write_frame(&mut wr, &frame(0, Flags::NONE, &ready(cfg.version))).await.is_err() {
         return;
     }
     let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
@@ -262,86 +230,44 @@ async fn run_session(s: Sess, request: Message) {
 }
 
 fn exited(code: i32) -> Message {
-    Message::ExecExited(ExitStatus {
-        code: Some(code),
-        signal: None,
-        oom_killed: false,
-    })
+    Message::ExecExited(ExitStatus { code: Some(code), signal: None, oom_killed: false })
 }
 
 fn signalled(signal: i32) -> Message {
-    Message::ExecExited(ExitStatus {
-        code: None,
-        signal: Some(signal),
-        oom_killed: false,
-    })
+    Message::ExecExited(ExitStatus { code: None, signal: Some(signal), oom_killed: false })
 }
 
 fn spawn_failed(kind: SpawnErrorKind, message: &str) -> Message {
-    Message::ExecFailed(SpawnError {
-        kind,
-        message: message.into(),
-    })
+    Message::ExecFailed(SpawnError { kind, message: message.into() })
 }
 
 async fn run_exec(mut s: Sess, req: ExecRequest) {
     let argv: Vec<&str> = req.argv.iter().map(String::as_str).collect();
     match argv.as_slice() {
-        ["notfound", ..] => {
-            return s.finish(spawn_failed(
-                SpawnErrorKind::NotFound,
-                "notfound: command not found",
-            ))
-        }
-        ["denied", ..] => {
-            return s.finish(spawn_failed(
-                SpawnErrorKind::PermissionDenied,
-                "denied: permission denied",
-            ))
-        }
-        ["badcwd", ..] => {
-            return s.finish(spawn_failed(
-                SpawnErrorKind::BadCwd,
-                "/nope: no such directory",
-            ))
-        }
-        ["abort", ..] => {
-            return s.finish(Message::SessionAborted {
-                reason: "the sandbox is stopping".into(),
-            })
-        }
+        ["notfound", ..] => return s.finish(spawn_failed(SpawnErrorKind::NotFound, "notfound: command not found")),
+        ["denied", ..] => return s.finish(spawn_failed(SpawnErrorKind::PermissionDenied, "denied: permission denied")),
+        ["badcwd", ..] => return s.finish(spawn_failed(SpawnErrorKind::BadCwd, "/nope: no such directory")),
+        ["abort", ..] => return s.finish(Message::SessionAborted { reason: "the sandbox is stopping".into() }),
         _ => {}
     }
     s.send(Message::ExecStarted { pid: 4242 });
     match argv.as_slice() {
         ["echo", rest @ ..] => {
-            s.send(Message::ExecStdout {
-                data: format!("{}\n", rest.join(" ")).into_bytes(),
-            });
+            s.send(Message::ExecStdout { data: format!("{}\n", rest.join(" ")).into_bytes() });
             s.finish(exited(0));
         }
         ["split"] => {
-            s.send(Message::ExecStdout {
-                data: b"out1".to_vec(),
-            });
-            s.send(Message::ExecStderr {
-                data: b"err1".to_vec(),
-            });
-            s.send(Message::ExecStdout {
-                data: b"out2".to_vec(),
-            });
+            s.send(Message::ExecStdout { data: b"out1".to_vec() });
+            s.send(Message::ExecStderr { data: b"err1".to_vec() });
+            s.send(Message::ExecStdout { data: b"out2".to_vec() });
             s.finish(exited(3));
         }
         ["killed"] => s.finish(signalled(9)),
         ["ticks", tag, n] => {
             let n: i32 = n.parse().expect("count");
             for i in 0..n {
-                s.send(Message::ExecStdout {
-                    data: format!("{tag}:{i}\n").into_bytes(),
-                });
-                s.send(Message::ExecStderr {
-                    data: format!("{tag}!{i}\n").into_bytes(),
-                });
+                s.send(Message::ExecStdout { data: format!("{tag}:{i}\n").into_bytes() });
+                s.send(Message::ExecStderr { data: format!("{tag}!{i}\n").into_bytes() });
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
             s.finish(exited(n));
@@ -377,16 +303,11 @@ async fn run_exec(mut s: Sess, req: ExecRequest) {
             }
         }
         ["vanish"] => {
-            s.send(Message::ExecStdout {
-                data: b"partial".to_vec(),
-            });
+            s.send(Message::ExecStdout { data: b"partial".to_vec() });
             tokio::time::sleep(Duration::from_millis(20)).await;
             let _ = s.kill_conn.send(());
         }
-        other => s.finish(spawn_failed(
-            SpawnErrorKind::NotFound,
-            &format!("{other:?}: unknown to the fake"),
-        )),
+        other => s.finish(spawn_failed(SpawnErrorKind::NotFound, &format!("{other:?}: unknown to the fake"))),
     }
 }
 
@@ -453,15 +374,7 @@ fn parent(p: &str) -> String {
 }
 
 fn file_stat(kind: FileKind, size: u64) -> FileStat {
-    FileStat {
-        kind,
-        size,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        mtime: 0,
-        link_target: None,
-    }
+    FileStat { kind, size, mode: 0o644, uid: 0, gid: 0, mtime: 0, link_target: None }
 }
 
 async fn run_fs(mut s: Sess, req: FsRequest) {
@@ -469,10 +382,7 @@ async fn run_fs(mut s: Sess, req: FsRequest) {
         FsRequest::Write { path, mode: _ } => {
             if path.starts_with("/ro/") {
                 // Refuse at once, before reading any content.
-                return s.finish(fs_err(
-                    FsErrorKind::PermissionDenied,
-                    format!("{path}: read-only file system"),
-                ));
+                return s.finish(fs_err(FsErrorKind::PermissionDenied, format!("{path}: read-only file system")));
             }
             let mut content = Vec::new();
             let mut in_flight = 0;
@@ -497,10 +407,7 @@ async fn run_fs(mut s: Sess, req: FsRequest) {
         FsRequest::Read { path } => {
             let content = s.stats.lock().unwrap().files.get(&path).cloned();
             let Some(content) = content else {
-                return s.finish(fs_err(
-                    FsErrorKind::NotFound,
-                    format!("{path}: no such file"),
-                ));
+                return s.finish(fs_err(FsErrorKind::NotFound, format!("{path}: no such file")));
             };
             for c in content.chunks(MAX_CHUNK) {
                 s.send(Message::FsData { data: c.to_vec() });
@@ -514,10 +421,7 @@ async fn run_fs(mut s: Sess, req: FsRequest) {
             } else if st.dirs.contains(&path) {
                 Message::FsResponse(Ok(FsReply::Stat(file_stat(FileKind::Dir, 0))))
             } else {
-                fs_err(
-                    FsErrorKind::NotFound,
-                    format!("{path}: no such file or directory"),
-                )
+                fs_err(FsErrorKind::NotFound, format!("{path}: no such file or directory"))
             };
             drop(st);
             s.finish(reply);
@@ -532,32 +436,20 @@ async fn run_fs(mut s: Sess, req: FsRequest) {
                     name: p.rsplit('/').next().unwrap_or("").into(),
                     stat: file_stat(FileKind::File, c.len() as u64),
                 })
-                .chain(
-                    st.dirs
-                        .iter()
-                        .filter(|d| d.as_str() != "/" && parent(d) == path)
-                        .map(|d| DirEntry {
-                            name: d.rsplit('/').next().unwrap_or("").into(),
-                            stat: file_stat(FileKind::Dir, 0),
-                        }),
-                )
+                .chain(st.dirs.iter().filter(|d| d.as_str() != "/" && parent(d) == path).map(|d| DirEntry {
+                    name: d.rsplit('/').next().unwrap_or("").into(),
+                    stat: file_stat(FileKind::Dir, 0),
+                }))
                 .collect();
             entries.sort_by(|a, b| a.name.cmp(&b.name));
             drop(st);
             s.finish(Message::FsResponse(Ok(FsReply::List(entries))));
         }
-        FsRequest::Mkdir {
-            path,
-            parents,
-            mode,
-        } => {
+        FsRequest::Mkdir { path, parents, mode } => {
             assert_eq!(mode, 0o755);
             let mut st = s.stats.lock().unwrap();
             let reply = if !parents && !st.dirs.contains(&parent(&path)) {
-                fs_err(
-                    FsErrorKind::NotFound,
-                    format!("{}: no such directory", parent(&path)),
-                )
+                fs_err(FsErrorKind::NotFound, format!("{}: no such directory", parent(&path)))
             } else {
                 let mut p = path.clone();
                 while p != "/" {
@@ -571,23 +463,13 @@ async fn run_fs(mut s: Sess, req: FsRequest) {
         }
         FsRequest::Remove { path, recursive } => {
             let mut st = s.stats.lock().unwrap();
-            let has_children = st
-                .files
-                .keys()
-                .chain(st.dirs.iter())
-                .any(|p| p.starts_with(&format!("{path}/")));
+            let has_children = st.files.keys().chain(st.dirs.iter()).any(|p| p.starts_with(&format!("{path}/")));
             let reply = if st.files.remove(&path).is_some() {
                 done(0)
             } else if !st.dirs.contains(&path) {
-                fs_err(
-                    FsErrorKind::NotFound,
-                    format!("{path}: no such file or directory"),
-                )
+                fs_err(FsErrorKind::NotFound, format!("{path}: no such file or directory"))
             } else if has_children && !recursive {
-                fs_err(
-                    FsErrorKind::DirectoryNotEmpty,
-                    format!("{path}: directory not empty"),
-                )
+                fs_err(FsErrorKind::DirectoryNotEmpty, format!("{path}: directory not empty"))
             } else {
                 let prefix = format!("{path}/");
                 st.files.retain(|p, _| !p.starts_with(&prefix));
@@ -643,9 +525,7 @@ fn pattern(len: usize, seed: u32) -> Vec<u8> {
 /// Every test body runs under this bound so a flow-control bug shows up as a
 /// failure, not a hang.
 async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(30), f)
-        .await
-        .expect("test finished in time")
+    tokio::time::timeout(Duration::from_secs(30), f).await.expect("test finished in time")
 }
 
 fn opts(argv: &[&str]) -> ExecOptions {
@@ -658,52 +538,33 @@ async fn handshake_yields_ready_and_range() {
     let client = fake.client().await;
     assert_eq!(client.ready().agent_version, "fake-9.9");
     assert_eq!(client.ready().protocol_version, PROTOCOL_VERSION);
-    assert_eq!(
-        client.id_range(),
-        Handshake {
-            id_start: 100,
-            id_end: 131
-        }
-    );
+    assert_eq!(client.id_range(), Handshake { id_start: 100, id_end: 131 });
     assert!(client.is_connected());
 }
 
 #[tokio::test]
 async fn other_protocol_versions_are_refused() {
-    let fake = Fake::start(FakeConfig {
-        version: PROTOCOL_VERSION + 1,
-        ..FakeConfig::default()
-    })
-    .await;
-    let err = Client::connect_path(&fake.path)
-        .await
-        .err()
-        .expect("refused");
+    let fake = Fake::start(FakeConfig { version: PROTOCOL_VERSION + 1, ..FakeConfig::default() }).await;
+    let err = Client::connect_path(&fake.path).await.err().expect("refused");
     assert!(
         matches!(err, ClientError::Handshake(HandshakeError::VersionMismatch { theirs, ours }) if theirs == PROTOCOL_VERSION + 1 && ours == PROTOCOL_VERSION),
         "{err:?}"
     );
     assert_eq!(
         err.to_string(),
-        format!("handshake with the sandbox failed: the sandbox speaks protocol version {}, this build speaks {}", PROTOCOL_VERSION + 1, PROTOCOL_VERSION)
+        format!(
+            "handshake with the sandbox failed: the sandbox speaks protocol version {}, this build speaks {}",
+            PROTOCOL_VERSION + 1,
+            PROTOCOL_VERSION
+        )
     );
 }
 
 #[tokio::test]
 async fn bad_ranges_closed_handshakes_and_missing_sockets_are_errors() {
-    let fake = Fake::start(FakeConfig {
-        range: (0, 5),
-        ..FakeConfig::default()
-    })
-    .await;
-    let err = Client::connect_path(&fake.path)
-        .await
-        .err()
-        .expect("refused");
-    assert!(
-        matches!(err, ClientError::Handshake(HandshakeError::BadRange(0, 5))),
-        "{err:?}"
-    );
+    let fake = Fake::start(FakeConfig { range: (0, 5), ..FakeConfig::default() }).await;
+    let err = Client::connect_path(&fake.path).await.err().expect("refused");
+    assert!(matches!(err, ClientError::Handshake(HandshakeError::BadRange(0, 5))), "{err:?}");
 
     // A relay that closes right after accepting (no free client slot).
     let dir = tempfile::tempdir().expect("tempdir");
@@ -719,14 +580,8 @@ async fn bad_ranges_closed_handshakes_and_missing_sockets_are_errors() {
 
     let missing = dir.path().join("missing.sock");
     let err = Client::connect_path(&missing).await.err().expect("refused");
-    assert!(
-        matches!(&err, ClientError::NoListener { path } if *path == missing),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        format!("no sandbox is listening on {}", missing.display())
-    );
+    assert!(matches!(&err, ClientError::NoListener { path } if *path == missing), "{err:?}");
+    assert_eq!(err.to_string(), format!("no sandbox is listening on {}", missing.display()));
 }
 
 #[tokio::test]
@@ -738,39 +593,19 @@ async fn exec_collects_stdout_stderr_and_exit_status() {
         let out = client.exec_output(opts(&["split"])).await.expect("runs");
         assert_eq!(out.stdout, b"out1out2");
         assert_eq!(out.stderr, b"err1");
-        assert_eq!(
-            out.status,
-            ExitStatus {
-                code: Some(3),
-                signal: None,
-                oom_killed: false
-            }
-        );
+        assert_eq!(out.status, ExitStatus { code: Some(3), signal: None, oom_killed: false });
 
-        let out = client
-            .exec_output(opts(&["echo", "hello", "world"]))
-            .await
-            .expect("runs");
+        let out = client.exec_output(opts(&["echo", "hello", "world"])).await.expect("runs");
         assert_eq!(out.stdout, b"hello world\n");
         assert!(out.stderr.is_empty());
         assert_eq!(out.status.code, Some(0));
 
         let out = client.exec_output(opts(&["killed"])).await.expect("runs");
-        assert_eq!(
-            out.status,
-            ExitStatus {
-                code: None,
-                signal: Some(9),
-                oom_killed: false
-            }
-        );
+        assert_eq!(out.status, ExitStatus { code: None, signal: Some(9), oom_killed: false });
 
         // Multi-chunk output arrives whole and in order.
         let n = 3 * MAX_CHUNK + 1000;
-        let out = client
-            .exec_output(opts(&["bigout", &n.to_string()]))
-            .await
-            .expect("runs");
+        let out = client.exec_output(opts(&["bigout", &n.to_string()])).await.expect("runs");
         assert_eq!(out.stdout, pattern(n, 7));
 
         // The request carries every option.
@@ -779,11 +614,7 @@ async fn exec_collects_stdout_stderr_and_exit_status() {
         o.cwd = Some("/work".into());
         o.user = Some("nobody".into());
         o.tty = Some(TtySize { rows: 24, cols: 80 });
-        o.rlimits = vec![alcove_client::Rlimit {
-            resource: "nofile".into(),
-            soft: 64,
-            hard: 128,
-        }];
+        o.rlimits = vec![alcove_client::Rlimit { resource: "nofile".into(), soft: 64, hard: 128 }];
         client.exec_output(o.clone()).await.expect("runs");
         let last = fake.stats().requests.last().cloned().expect("recorded");
         assert_eq!(
@@ -821,11 +652,7 @@ async fn events_stream_in_order_starting_with_the_pid() {
                 ExecEvent::Stdout(b"out1".to_vec()),
                 ExecEvent::Stderr(b"err1".to_vec()),
                 ExecEvent::Stdout(b"out2".to_vec()),
-                ExecEvent::Exited(ExitStatus {
-                    code: Some(3),
-                    signal: None,
-                    oom_killed: false
-                }),
+                ExecEvent::Exited(ExitStatus { code: Some(3), signal: None, oom_killed: false }),
             ]
         );
         assert!(session.next_event().await.is_none(), "nothing after Exited");
@@ -836,17 +663,10 @@ async fn events_stream_in_order_starting_with_the_pid() {
 #[tokio::test]
 async fn ids_stay_in_the_granted_range_and_are_recycled() {
     bounded(async {
-        let fake = Fake::start(FakeConfig {
-            range: (100, 103),
-            ..FakeConfig::default()
-        })
-        .await;
+        let fake = Fake::start(FakeConfig { range: (100, 103), ..FakeConfig::default() }).await;
         let client = fake.client().await;
         for i in 0..10 {
-            let out = client
-                .exec_output(opts(&["echo", &i.to_string()]))
-                .await
-                .expect("runs");
+            let out = client.exec_output(opts(&["echo", &i.to_string()])).await.expect("runs");
             assert_eq!(out.stdout, format!("{i}\n").into_bytes());
         }
         // Four open sessions use the whole range; a fifth is refused.
@@ -854,16 +674,9 @@ async fn ids_stay_in_the_granted_range_and_are_recycled() {
         for _ in 0..4 {
             open.push(client.exec(opts(&["sleep"])).await.expect("starts"));
         }
-        let err = client
-            .exec(opts(&["sleep"]))
-            .await
-            .err()
-            .expect("no id left");
+        let err = client.exec(opts(&["sleep"])).await.err().expect("no id left");
         assert!(matches!(err, ClientError::NoFreeIds(4)), "{err:?}");
-        assert_eq!(
-            err.to_string(),
-            "all 4 session ids granted to this connection are in use"
-        );
+        assert_eq!(err.to_string(), "all 4 session ids granted to this connection are in use");
         let ids: BTreeSet<u32> = open.iter().map(|s| s.id()).collect();
         assert_eq!(ids, (100..=103).collect());
         // Ending one frees its id.
@@ -891,41 +704,18 @@ async fn stdin_beyond_the_window_waits_for_credit() {
         let fake = Fake::start(FakeConfig::default()).await;
         let client = fake.client().await;
         let input = pattern(3 * INITIAL_WINDOW as usize + 12_345, 3);
-        let out = client
-            .exec_output_with_input(opts(&["cat", "withhold"]), &input)
-            .await
-            .expect("runs");
+        let out = client.exec_output_with_input(opts(&["cat", "withhold"]), &input).await.expect("runs");
         assert_eq!(out.status.code, Some(0));
-        assert!(
-            out.stdout == input,
-            "stdin arrived intact ({} of {} bytes)",
-            out.stdout.len(),
-            input.len()
-        );
+        assert!(out.stdout == input, "stdin arrived intact ({} of {} bytes)", out.stdout.len(), input.len());
         let s = fake.stats();
         // The fake granted no credit until the window was full, so a client
         // that did not wait would have exceeded it; one that waited too early
         // would have hung (and hit `bounded`).
+        assert!(s.max_in_flight <= INITIAL_WINDOW as usize, "{} in flight", s.max_in_flight);
+        assert!(s.max_in_flight + MAX_DATA_FRAME > INITIAL_WINDOW as usize, "window used: {}", s.max_in_flight);
+        assert!(s.stalls.len() >= 3, "the client waited for credit {} times", s.stalls.len());
         assert!(
-            s.max_in_flight <= INITIAL_WINDOW as usize,
-            "{} in flight",
-            s.max_in_flight
-        );
-        assert!(
-            s.max_in_flight + MAX_DATA_FRAME > INITIAL_WINDOW as usize,
-            "window used: {}",
-            s.max_in_flight
-        );
-        assert!(
-            s.stalls.len() >= 3,
-            "the client waited for credit {} times",
-            s.stalls.len()
-        );
-        assert!(
-            s.stalls
-                .iter()
-                .all(|b| *b <= INITIAL_WINDOW as usize
-                    && b + MAX_DATA_FRAME > INITIAL_WINDOW as usize),
+            s.stalls.iter().all(|b| *b <= INITIAL_WINDOW as usize && b + MAX_DATA_FRAME > INITIAL_WINDOW as usize),
             "{:?}",
             s.stalls
         );
@@ -950,9 +740,7 @@ async fn stdin_writer_pumps_concurrently_with_output() {
             let input = input.clone();
             tokio::spawn(async move {
                 let mut src = &input[..];
-                let n = tokio::io::copy(&mut src, &mut writer)
-                    .await
-                    .expect("copied");
+                let n = tokio::io::copy(&mut src, &mut writer).await.expect("copied");
                 writer.shutdown().await.expect("stdin closed");
                 n
             })
@@ -996,21 +784,12 @@ async fn spawn_failures_keep_their_kind() {
                 other => panic!("{cmd}: {other:?}"),
             }
             assert!(
-                err.to_string().starts_with(&format!(
-                    "could not start the command ({}): ",
-                    kind.as_str()
-                )),
+                err.to_string().starts_with(&format!("could not start the command ({}): ", kind.as_str())),
                 "{err}"
             );
         }
-        let err = client
-            .exec_output(opts(&["notfound"]))
-            .await
-            .expect_err("fails");
-        assert_eq!(
-            err.to_string(),
-            "could not start the command (not_found): notfound: command not found"
-        );
+        let err = client.exec_output(opts(&["notfound"])).await.expect_err("fails");
+        assert_eq!(err.to_string(), "could not start the command (not_found): notfound: command not found");
         // The failed sessions released their ids.
         client.exec_output(opts(&["echo"])).await.expect("runs");
         fake.assert_clean();
@@ -1028,26 +807,14 @@ async fn timeouts_kill_the_command() {
         let t0 = Instant::now();
         let err = client.exec_output(o).await.expect_err("times out");
         let took = t0.elapsed();
-        assert!(
-            matches!(err, ClientError::Timeout(d) if d == Duration::from_millis(150)),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "the command did not finish within 150ms and was killed"
-        );
-        assert!(
-            took >= Duration::from_millis(150) && took < Duration::from_secs(2),
-            "{took:?}"
-        );
+        assert!(matches!(err, ClientError::Timeout(d) if d == Duration::from_millis(150)), "{err:?}");
+        assert_eq!(err.to_string(), "the command did not finish within 150ms and was killed");
+        assert!(took >= Duration::from_millis(150) && took < Duration::from_secs(2), "{took:?}");
         assert_eq!(fake.stats().signals, vec![9]);
         // A command that ends in time is not affected.
         let mut o = opts(&["echo", "quick"]);
         o.timeout = Some(Duration::from_secs(5));
-        assert_eq!(
-            client.exec_output(o).await.expect("runs").stdout,
-            b"quick\n"
-        );
+        assert_eq!(client.exec_output(o).await.expect("runs").stdout, b"quick\n");
     })
     .await
 }
@@ -1064,10 +831,7 @@ async fn timeouts_give_up_after_the_kill_grace_when_the_guest_is_silent() {
         let took = t0.elapsed();
         assert!(matches!(err, ClientError::Timeout(_)), "{err:?}");
         let grace = alcove_client::exec::KILL_GRACE;
-        assert!(
-            took >= grace && took < grace + Duration::from_secs(1),
-            "{took:?}"
-        );
+        assert!(took >= grace && took < grace + Duration::from_secs(1), "{took:?}");
         assert_eq!(fake.stats().signals, vec![9]);
     })
     .await
@@ -1086,13 +850,7 @@ async fn signals_and_resizes_reach_the_session() {
         let input = session.input();
         assert_eq!(session.wait().await.expect("ends").signal, Some(9));
         assert_eq!(fake.stats().signals, vec![15, 9]);
-        assert_eq!(
-            fake.stats().resizes,
-            vec![TtySize {
-                rows: 40,
-                cols: 120
-            }]
-        );
+        assert_eq!(fake.stats().resizes, vec![TtySize { rows: 40, cols: 120 }]);
         // A finished session takes no more input.
         let err = input.signal(2).expect_err("closed");
         assert!(matches!(err, ClientError::SessionClosed), "{err:?} on {id}");
@@ -1106,35 +864,20 @@ async fn file_content_round_trips_in_many_chunks() {
         let fake = Fake::start(FakeConfig::default()).await;
         let client = fake.client().await;
         let content = pattern(2 * INITIAL_WINDOW as usize + 5 * MAX_CHUNK + 123, 5);
-        let n = client
-            .write_file("/data.bin", 0o600, &content)
-            .await
-            .expect("written");
+        let n = client.write_file("/data.bin", 0o600, &content).await.expect("written");
         assert_eq!(n, content.len() as u64);
-        assert!(
-            fake.stats().files.get("/data.bin") == Some(&content),
-            "the fake holds the content"
-        );
+        assert!(fake.stats().files.get("/data.bin") == Some(&content), "the fake holds the content");
         assert!(client.read_file("/data.bin").await.expect("read") == content);
 
         let mut sink = Vec::new();
-        let n = client
-            .read_file_to("/data.bin", &mut sink)
-            .await
-            .expect("streamed");
+        let n = client.read_file_to("/data.bin", &mut sink).await.expect("streamed");
         assert_eq!(n, content.len() as u64);
         assert!(sink == content);
 
         // From an AsyncRead source.
         let mut src = &content[..1000];
-        client
-            .write_file_from("/small", 0o644, &mut src)
-            .await
-            .expect("written");
-        assert_eq!(
-            client.read_file("/small").await.expect("read"),
-            &content[..1000]
-        );
+        client.write_file_from("/small", 0o644, &mut src).await.expect("written");
+        assert_eq!(client.read_file("/small").await.expect("read"), &content[..1000]);
         fake.assert_clean();
     })
     .await
@@ -1147,65 +890,30 @@ async fn file_operations_map_replies_and_errors() {
         let client = fake.client().await;
         client.mkdir("/a/b", true).await.expect("mkdir -p");
         let err = client.mkdir("/x/y", false).await.expect_err("no parent");
-        assert!(
-            matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::NotFound),
-            "{err:?}"
-        );
-        client
-            .write_file("/a/b/f", 0o644, b"hello")
-            .await
-            .expect("written");
+        assert!(matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::NotFound), "{err:?}");
+        client.write_file("/a/b/f", 0o644, b"hello").await.expect("written");
         assert_eq!(client.copy("/a/b/f", "/a/b/g").await.expect("copied"), 5);
         client.rename("/a/b/g", "/a/h").await.expect("renamed");
         let st = client.stat("/a/b/f").await.expect("stat");
         assert_eq!((st.kind, st.size), (FileKind::File, 5));
         assert_eq!(client.stat("/a").await.expect("stat").kind, FileKind::Dir);
-        let names: Vec<(String, FileKind)> = client
-            .list("/a")
-            .await
-            .expect("list")
-            .into_iter()
-            .map(|e| (e.name, e.stat.kind))
-            .collect();
-        assert_eq!(
-            names,
-            vec![
-                ("b".to_string(), FileKind::Dir),
-                ("h".to_string(), FileKind::File)
-            ]
-        );
+        let names: Vec<(String, FileKind)> =
+            client.list("/a").await.expect("list").into_iter().map(|e| (e.name, e.stat.kind)).collect();
+        assert_eq!(names, vec![("b".to_string(), FileKind::Dir), ("h".to_string(), FileKind::File)]);
 
         let err = client.remove("/a", false).await.expect_err("not empty");
-        assert!(
-            matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::DirectoryNotEmpty),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "file operation failed: /a: directory not empty"
-        );
+        assert!(matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::DirectoryNotEmpty), "{err:?}");
+        assert_eq!(err.to_string(), "file operation failed: /a: directory not empty");
         client.remove("/a", true).await.expect("removed");
         let err = client.read_file("/a/h").await.expect_err("gone");
-        assert!(
-            matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::NotFound),
-            "{err:?}"
-        );
+        assert!(matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::NotFound), "{err:?}");
         let err = client.stat("/a").await.expect_err("gone");
-        assert!(
-            matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::NotFound),
-            "{err:?}"
-        );
+        assert!(matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::NotFound), "{err:?}");
 
         // An early refusal ends a large write without waiting for credit.
         let big = pattern(3 * INITIAL_WINDOW as usize, 1);
-        let err = client
-            .write_file("/ro/file", 0o644, &big)
-            .await
-            .expect_err("refused");
-        assert!(
-            matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::PermissionDenied),
-            "{err:?}"
-        );
+        let err = client.write_file("/ro/file", 0o644, &big).await.expect_err("refused");
+        assert!(matches!(&err, ClientError::Fs(e) if e.kind == FsErrorKind::PermissionDenied), "{err:?}");
         fake.assert_clean();
     })
     .await
@@ -1221,10 +929,7 @@ async fn concurrent_sessions_share_one_connection() {
             let client = client.clone();
             tasks.spawn(async move {
                 let n = 5 + t % 7;
-                let out = client
-                    .exec_output(opts(&["ticks", &format!("s{t}"), &n.to_string()]))
-                    .await
-                    .expect("runs");
+                let out = client.exec_output(opts(&["ticks", &format!("s{t}"), &n.to_string()])).await.expect("runs");
                 (t, n, out)
             });
         }
@@ -1234,10 +939,7 @@ async fn concurrent_sessions_share_one_connection() {
             let client = client.clone();
             let content = content.clone();
             tokio::spawn(async move {
-                client
-                    .write_file("/c", 0o644, &content)
-                    .await
-                    .expect("written");
+                client.write_file("/c", 0o644, &content).await.expect("written");
                 client.read_file("/c").await.expect("read")
             })
         };
@@ -1264,27 +966,14 @@ async fn losing_the_connection_fails_open_sessions() {
         let fake = Fake::start(FakeConfig::default()).await;
         let client = fake.client().await;
         let mut session = client.exec(opts(&["vanish"])).await.expect("starts");
-        assert_eq!(
-            session.next_event().await.expect("event").expect("ok"),
-            ExecEvent::Started { pid: 4242 }
-        );
-        assert_eq!(
-            session.next_event().await.expect("event").expect("ok"),
-            ExecEvent::Stdout(b"partial".to_vec())
-        );
-        let err = session
-            .next_event()
-            .await
-            .expect("event")
-            .expect_err("disconnected");
+        assert_eq!(session.next_event().await.expect("event").expect("ok"), ExecEvent::Started { pid: 4242 });
+        assert_eq!(session.next_event().await.expect("event").expect("ok"), ExecEvent::Stdout(b"partial".to_vec()));
+        let err = session.next_event().await.expect("event").expect_err("disconnected");
         assert!(matches!(err, ClientError::Disconnected), "{err:?}");
         assert_eq!(err.to_string(), "the connection to the sandbox was lost");
         client.closed().await;
         assert!(!client.is_connected());
-        let err = client
-            .exec_output(opts(&["echo"]))
-            .await
-            .expect_err("disconnected");
+        let err = client.exec_output(opts(&["echo"])).await.expect_err("disconnected");
         assert!(matches!(err, ClientError::Disconnected), "{err:?}");
         assert!(matches!(client.touch(), Err(ClientError::Disconnected)));
 
@@ -1294,15 +983,9 @@ async fn losing_the_connection_fails_open_sessions() {
         o.stdin = true;
         let (input, output) = client.exec(o).await.expect("starts").split();
         let collect = tokio::spawn(output.collect());
-        let err = input
-            .write_stdin(&pattern(2 * INITIAL_WINDOW as usize, 2))
-            .await
-            .expect_err("disconnected");
+        let err = input.write_stdin(&pattern(2 * INITIAL_WINDOW as usize, 2)).await.expect_err("disconnected");
         assert!(matches!(err, ClientError::Disconnected), "{err:?}");
-        assert!(matches!(
-            collect.await.expect("joins"),
-            Err(ClientError::Disconnected)
-        ));
+        assert!(matches!(collect.await.expect("joins"), Err(ClientError::Disconnected)));
         assert_eq!(fake.stats().stalls.len(), 1);
         fake.assert_clean();
     })
@@ -1314,18 +997,9 @@ async fn aborted_sessions_report_the_reason() {
     bounded(async {
         let fake = Fake::start(FakeConfig::default()).await;
         let client = fake.client().await;
-        let err = client
-            .exec_output(opts(&["abort"]))
-            .await
-            .expect_err("aborted");
-        assert!(
-            matches!(&err, ClientError::Aborted(r) if r == "the sandbox is stopping"),
-            "{err:?}"
-        );
-        assert_eq!(
-            err.to_string(),
-            "the sandbox aborted the session: the sandbox is stopping"
-        );
+        let err = client.exec_output(opts(&["abort"])).await.expect_err("aborted");
+        assert!(matches!(&err, ClientError::Aborted(r) if r == "the sandbox is stopping"), "{err:?}");
+        assert_eq!(err.to_string(), "the sandbox aborted the session: the sandbox is stopping");
         assert!(client.is_connected());
     })
     .await

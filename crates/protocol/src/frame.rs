@@ -142,14 +142,7 @@ impl Frame {
             return Ok(None);
         }
         let body = buf[HEADER_LEN..total].to_vec();
-        Ok(Some((
-            Frame {
-                id: header.id,
-                flags: header.flags,
-                body,
-            },
-            total,
-        )))
+        Ok(Some((Frame { id: header.id, flags: header.flags, body }, total)))
     }
 
     /// Reads one frame from a blocking reader. `Ok(None)` at a clean end of
@@ -163,19 +156,13 @@ impl Frame {
         if got < HEADER_LEN {
             return Err(invalid(FrameError::Truncated(got)));
         }
-        let header = parse_header(&head)
-            .map_err(invalid)?
-            .ok_or_else(|| invalid(FrameError::Truncated(got)))?;
+        let header = parse_header(&head).map_err(invalid)?.ok_or_else(|| invalid(FrameError::Truncated(got)))?;
         let mut body = vec![0u8; header.body_len()];
         let got_body = read_full(r, &mut body)?;
         if got_body < body.len() {
             return Err(invalid(FrameError::Truncated(HEADER_LEN + got_body)));
         }
-        Ok(Some(Frame {
-            id: header.id,
-            flags: header.flags,
-            body,
-        }))
+        Ok(Some(Frame { id: header.id, flags: header.flags, body }))
     }
 
     /// Writes the frame to a blocking writer in one `write_all`.
@@ -226,9 +213,7 @@ pub fn parse_header(buf: &[u8]) -> Result<Option<Header>, FrameError> {
 
 fn check_body_len(body_len: usize) -> Result<u32, FrameError> {
     if body_len > MAX_BODY_LEN {
-        return Err(FrameError::TooLarge(
-            u32::try_from(body_len + 5).unwrap_or(u32::MAX),
-        ));
+        return Err(FrameError::TooLarge(u32::try_from(body_len + 5).unwrap_or(u32::MAX)));
     }
     // Cannot overflow: MAX_BODY_LEN + 5 fits in u32.
     Ok((body_len + 5) as u32)
@@ -302,30 +287,20 @@ mod tests {
 
     #[test]
     fn header_layout_is_big_endian() {
-        let f = Frame::new(
-            0x01020304,
-            Flags::TERMINAL | Flags::SHUTDOWN,
-            vec![0xaa, 0xbb],
-        );
+        let f = Frame::new(0x01020304, Flags::TERMINAL | Flags::SHUTDOWN, vec![0xaa, 0xbb]);
         let bytes = f.encode().expect("encodes");
         assert_eq!(bytes, vec![0, 0, 0, 7, 1, 2, 3, 4, 0b101, 0xaa, 0xbb]);
     }
 
     #[test]
     fn short_length_is_rejected() {
-        assert_eq!(
-            Frame::decode(&[0, 0, 0, 4, 0, 0, 0, 0, 0]),
-            Err(FrameError::TooShort(4))
-        );
+        assert_eq!(Frame::decode(&[0, 0, 0, 4, 0, 0, 0, 0, 0]), Err(FrameError::TooShort(4)));
     }
 
     #[test]
     fn oversized_length_is_rejected_before_the_body_arrives() {
         let len = (MAX_FRAME_LEN as u32 + 1).to_be_bytes();
-        assert_eq!(
-            Frame::decode(&len),
-            Err(FrameError::TooLarge(MAX_FRAME_LEN as u32 + 1))
-        );
+        assert_eq!(Frame::decode(&len), Err(FrameError::TooLarge(MAX_FRAME_LEN as u32 + 1)));
     }
 
     #[test]
@@ -333,25 +308,17 @@ mod tests {
         let f = Frame::new(1, Flags::NONE, vec![0; MAX_BODY_LEN + 1]);
         assert!(matches!(f.encode(), Err(FrameError::TooLarge(_))));
         let f = Frame::new(1, Flags::NONE, vec![0; MAX_BODY_LEN]);
-        assert_eq!(
-            f.encode().expect("largest body fits").len(),
-            HEADER_LEN + MAX_BODY_LEN
-        );
+        assert_eq!(f.encode().expect("largest body fits").len(), HEADER_LEN + MAX_BODY_LEN);
     }
 
     #[test]
     fn unknown_flags_are_rejected() {
-        assert_eq!(
-            Frame::decode(&[0, 0, 0, 5, 0, 0, 0, 1, 0x80]),
-            Err(FrameError::UnknownFlags(0x80))
-        );
+        assert_eq!(Frame::decode(&[0, 0, 0, 5, 0, 0, 0, 1, 0x80]), Err(FrameError::UnknownFlags(0x80)));
     }
 
     #[test]
     fn partial_input_asks_for_more() {
-        let bytes = Frame::new(9, Flags::NONE, b"hello".to_vec())
-            .encode()
-            .expect("encodes");
+        let bytes = Frame::new(9, Flags::NONE, b"hello".to_vec()).encode().expect("encodes");
         for cut in 0..bytes.len() {
             assert_eq!(Frame::decode(&bytes[..cut]), Ok(None), "cut at {cut}");
         }
@@ -359,9 +326,7 @@ mod tests {
 
     #[test]
     fn blocking_reader_reports_truncation() {
-        let bytes = Frame::new(9, Flags::NONE, b"hello".to_vec())
-            .encode()
-            .expect("encodes");
+        let bytes = Frame::new(9, Flags::NONE, b"hello".to_vec()).encode().expect("encodes");
         let mut cut = &bytes[..bytes.len() - 1];
         let err = Frame::read_from(&mut cut).expect_err("truncated");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
@@ -370,11 +335,7 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
-        (
-            any::<u32>(),
-            0u8..8,
-            proptest::collection::vec(any::<u8>(), 0..2048),
-        )
+        (any::<u32>(), 0u8..8, proptest::collection::vec(any::<u8>(), 0..2048))
             .prop_map(|(id, bits, body)| Frame::new(id, Flags(bits), body))
     }
 

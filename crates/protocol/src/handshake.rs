@@ -76,10 +76,7 @@ pub fn check_ready(frame: &Frame) -> Result<Ready, HandshakeError> {
 /// Refuses a `Ready` of another protocol version.
 pub fn check_version(ready: Ready) -> Result<Ready, HandshakeError> {
     if ready.protocol_version != PROTOCOL_VERSION {
-        return Err(HandshakeError::VersionMismatch {
-            theirs: ready.protocol_version,
-            ours: PROTOCOL_VERSION,
-        });
+        return Err(HandshakeError::VersionMismatch { theirs: ready.protocol_version, ours: PROTOCOL_VERSION });
     }
     Ok(ready)
 }
@@ -92,41 +89,23 @@ mod tests {
 
     #[test]
     fn range_round_trips_and_is_validated() {
-        let h = Handshake {
-            id_start: 16,
-            id_end: 31,
-        };
+        let h = Handshake { id_start: 16, id_end: 31 };
         assert_eq!(Handshake::decode(h.encode()), Ok(h));
         assert!(h.contains(16) && h.contains(31) && !h.contains(32) && !h.contains(0));
         assert_eq!(
-            Handshake::decode(
-                Handshake {
-                    id_start: 0,
-                    id_end: 5
-                }
-                .encode()
-            ),
+            Handshake::decode(Handshake { id_start: 0, id_end: 5 }.encode()),
             Err(HandshakeError::BadRange(0, 5))
         );
         assert_eq!(
-            Handshake::decode(
-                Handshake {
-                    id_start: 9,
-                    id_end: 5
-                }
-                .encode()
-            ),
+            Handshake::decode(Handshake { id_start: 9, id_end: 5 }.encode()),
             Err(HandshakeError::BadRange(9, 5))
         );
     }
 
     #[test]
     fn other_versions_are_refused_clearly() {
-        let ready = Ready {
-            protocol_version: PROTOCOL_VERSION + 1,
-            agent_version: "x".into(),
-            boot: BootTimings::default(),
-        };
+        let ready =
+            Ready { protocol_version: PROTOCOL_VERSION + 1, agent_version: "x".into(), boot: BootTimings::default() };
         let frame = Frame::message(0, Flags::NONE, &Message::Ready(ready)).expect("encodes");
         let err = check_ready(&frame).expect_err("refused");
         assert_eq!(

@@ -80,10 +80,7 @@ impl StoreError {
 
 /// True when a rusqlite error is `SQLITE_BUSY` or `SQLITE_LOCKED` (any extended code).
 pub(crate) fn sqlite_is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -34,8 +34,8 @@ mod store;
 
 pub use error::StoreError;
 pub use model::{
-    MetricSample, ParseEnumError, RunId, RunOutcome, RunRecord, RunStatus, SandboxRecord,
-    SandboxStatus, TerminationReason,
+    MetricSample, ParseEnumError, RunId, RunOutcome, RunRecord, RunStatus, SandboxRecord, SandboxStatus,
+    TerminationReason,
 };
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::{Store, StoreOptions};

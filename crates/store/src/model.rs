@@ -249,10 +249,7 @@ mod tests {
         assert_eq!(SandboxStatus::ALL.len(), 5);
         assert_eq!(RunStatus::ALL.len(), 2);
         assert_eq!(TerminationReason::ALL.len(), 10);
-        assert_eq!(
-            TerminationReason::MaxDurationExceeded.as_str(),
-            "MaxDurationExceeded"
-        );
+        assert_eq!(TerminationReason::MaxDurationExceeded.as_str(), "MaxDurationExceeded");
         assert_eq!(RunStatus::Running.as_str(), "Running");
     }
 
@@ -260,10 +257,7 @@ mod tests {
     fn parse_error_names_the_kind_and_the_choices() {
         let err = "running".parse::<RunStatus>().expect_err("case matters");
         assert_eq!(err.kind, "run status");
-        assert_eq!(
-            err.to_string(),
-            "unknown run status \"running\" (expected one of: Running, Terminated)"
-        );
+        assert_eq!(err.to_string(), "unknown run status \"running\" (expected one of: Running, Terminated)");
         assert!("".parse::<TerminationReason>().is_err());
         assert!("Stopped ".parse::<SandboxStatus>().is_err());
     }

@@ -116,31 +116,22 @@ pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Identity, StoreE
         [],
         |r| r.get(0),
     )?;
-    let not_alcove = |why: String| StoreError::NotAlcove {
-        path: path.to_owned(),
-        why,
-    };
+    let not_alcove = |why: String| StoreError::NotAlcove { path: path.to_owned(), why };
     if app_id != 0 && app_id != APPLICATION_ID {
-        return Err(not_alcove(format!(
-            "its application_id is {app_id:#010x}, not alcove's {APPLICATION_ID:#010x}"
-        )));
+        return Err(not_alcove(format!("its application_id is {app_id:#010x}, not alcove's {APPLICATION_ID:#010x}")));
     }
     if version == 0 {
         if tables > 0 {
-            return Err(not_alcove(format!(
-                "it holds {tables} table(s) but no alcove schema version"
-            )));
+            return Err(not_alcove(format!("it holds {tables} table(s) but no alcove schema version")));
         }
         return Ok(Identity::Fresh);
     }
     if app_id == 0 {
-        return Err(not_alcove(format!(
-            "it has schema version {version} but not alcove's application_id"
-        )));
+        return Err(not_alcove(format!("it has schema version {version} but not alcove's application_id")));
     }
     // user_version is a signed 32-bit header field; a negative one is not ours.
-    let version = u32::try_from(version)
-        .map_err(|_| not_alcove(format!("its schema version {version} is negative")))?;
+    let version =
+        u32::try_from(version).map_err(|_| not_alcove(format!("its schema version {version} is negative")))?;
     Ok(Identity::Alcove(version))
 }
 
@@ -151,10 +142,7 @@ pub(crate) fn migrate(conn: &Connection, from: u32) -> Result<(), StoreError> {
     for (i, step) in MIGRATIONS.iter().enumerate().skip(start) {
         conn.execute_batch(step)?;
         // PRAGMA values cannot be bound parameters; these are integers we own.
-        conn.execute_batch(&format!(
-            "PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};",
-            i + 1
-        ))?;
+        conn.execute_batch(&format!("PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};", i + 1))?;
     }
     Ok(())
 }
@@ -166,15 +154,9 @@ mod tests {
     #[test]
     fn migrations_build_the_current_schema_from_scratch() {
         let conn = Connection::open_in_memory().expect("memory db");
-        assert_eq!(
-            inspect(&conn, Path::new(":memory:")).ok(),
-            Some(Identity::Fresh)
-        );
+        assert_eq!(inspect(&conn, Path::new(":memory:")).ok(), Some(Identity::Fresh));
         migrate(&conn, 0).expect("migrate");
-        assert_eq!(
-            inspect(&conn, Path::new(":memory:")).ok(),
-            Some(Identity::Alcove(SCHEMA_VERSION))
-        );
+        assert_eq!(inspect(&conn, Path::new(":memory:")).ok(), Some(Identity::Alcove(SCHEMA_VERSION)));
         let mut names: Vec<String> = conn
             .prepare("SELECT name FROM sqlite_master WHERE name NOT LIKE 'sqlite%' ORDER BY name")
             .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -182,14 +164,7 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            [
-                "run",
-                "run_by_sandbox",
-                "run_running",
-                "sandbox",
-                "sandbox_metric",
-                "sandbox_metric_newest"
-            ]
+            ["run", "run_by_sandbox", "run_running", "sandbox", "sandbox_metric", "sandbox_metric_newest"]
         );
         // Migrating an up-to-date database is a no-op.
         migrate(&conn, SCHEMA_VERSION).expect("no-op migrate");

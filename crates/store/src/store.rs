@@ -16,8 +16,7 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row}
 use rusqlite::{Transaction, TransactionBehavior};
 
 use crate::model::{
-    MetricSample, RunId, RunOutcome, RunRecord, RunStatus, SandboxRecord, SandboxStatus,
-    TerminationReason,
+    MetricSample, RunId, RunOutcome, RunRecord, RunStatus, SandboxRecord, SandboxStatus, TerminationReason,
 };
 use crate::schema::{self, Identity, SCHEMA_VERSION};
 use crate::StoreError;
@@ -55,8 +54,7 @@ const SANDBOX_COLUMNS: &str = "id, name, config_json, status, created_at_ms, upd
 const RUN_SELECT: &str = "SELECT r.id, s.name, r.pid, r.status, r.exit_code, r.exit_signal, \
      r.reason, r.detail, r.started_at_ms, r.terminated_at_ms \
      FROM run r JOIN sandbox s ON s.id = r.sandbox_id";
-const METRIC_COLUMNS: &str =
-    "at_ms, cpu_usec, memory_bytes, io_read_bytes, io_write_bytes, net_rx_bytes, net_tx_bytes";
+const METRIC_COLUMNS: &str = "at_ms, cpu_usec, memory_bytes, io_read_bytes, io_write_bytes, net_rx_bytes, net_tx_bytes";
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
@@ -71,23 +69,14 @@ impl Store {
     /// directory, checking the file is an alcove database this build
     /// understands, setting the connection pragmas and migrating the schema.
     pub fn open_with(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        let open_err = |why: String| StoreError::Open {
-            path: path.to_owned(),
-            why,
-        };
+        let open_err = |why: String| StoreError::Open { path: path.to_owned(), why };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(format!("cannot create directory {}: {e}", dir.display())))?;
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;
-        let store = Store {
-            conn,
-            path: path.to_owned(),
-            opts,
-        };
+        let store = Store { conn, path: path.to_owned(), opts };
         store.init().map_err(|e| store.classify_open_error(e))?;
         Ok(store)
     }
@@ -99,9 +88,8 @@ impl Store {
         // the same snapshot, or a concurrent first migration looks foreign.
         let identity = self.read("open the database", |c| schema::inspect(c, &self.path))?;
         check_version(identity)?;
-        let mode: String = self.retry("switch the database to WAL", |c| {
-            Ok(c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?)
-        })?;
+        let mode: String = self
+            .retry("switch the database to WAL", |c| Ok(c.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Open {
                 path: self.path.clone(),
@@ -128,19 +116,12 @@ impl Store {
             _ => None,
         };
         match code {
-            Some(ErrorCode::NotADatabase) => StoreError::NotAlcove {
-                path: self.path.clone(),
-                why: "file is not a database".into(),
-            },
+            Some(ErrorCode::NotADatabase) => {
+                StoreError::NotAlcove { path: self.path.clone(), why: "file is not a database".into() }
+            }
             Some(
-                ErrorCode::CannotOpen
-                | ErrorCode::PermissionDenied
-                | ErrorCode::ReadOnly
-                | ErrorCode::SystemIoFailure,
-            ) => StoreError::Open {
-                path: self.path.clone(),
-                why: e.to_string(),
-            },
+                ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly | ErrorCode::SystemIoFailure,
+            ) => StoreError::Open { path: self.path.clone(), why: e.to_string() },
             _ => e,
         }
     }
@@ -159,34 +140,22 @@ impl Store {
 
     /// Creates a sandbox in state `Stopped`; [`StoreError::DuplicateName`] if
     /// the name is taken.
-    pub fn create_sandbox(
-        &self,
-        name: &str,
-        config_json: &str,
-    ) -> Result<SandboxRecord, StoreError> {
+    pub fn create_sandbox(&self, name: &str, config_json: &str) -> Result<SandboxRecord, StoreError> {
         check_config(name, config_json)?;
         let sql = format!(
             "INSERT INTO sandbox (name, config_json, status, created_at_ms, updated_at_ms) \
              VALUES (?1, ?2, ?3, ?4, ?4) ON CONFLICT(name) DO NOTHING RETURNING {SANDBOX_COLUMNS}"
         );
         self.write("create a sandbox", |tx| {
-            tx.query_row(
-                &sql,
-                params![name, config_json, SandboxStatus::Stopped, now_ms()],
-                sandbox_row,
-            )
-            .optional()?
-            .ok_or_else(|| StoreError::DuplicateName(name.to_owned()))
+            tx.query_row(&sql, params![name, config_json, SandboxStatus::Stopped, now_ms()], sandbox_row)
+                .optional()?
+                .ok_or_else(|| StoreError::DuplicateName(name.to_owned()))
         })
     }
 
     /// Creates a sandbox (state `Stopped`) or replaces the config of an
     /// existing one, keeping its status and creation time.
-    pub fn upsert_sandbox(
-        &self,
-        name: &str,
-        config_json: &str,
-    ) -> Result<SandboxRecord, StoreError> {
+    pub fn upsert_sandbox(&self, name: &str, config_json: &str) -> Result<SandboxRecord, StoreError> {
         check_config(name, config_json)?;
         let sql = format!(
             "INSERT INTO sandbox (name, config_json, status, created_at_ms, updated_at_ms) \
@@ -195,20 +164,14 @@ impl Store {
              RETURNING {SANDBOX_COLUMNS}"
         );
         self.write("save a sandbox", |tx| {
-            Ok(tx.query_row(
-                &sql,
-                params![name, config_json, SandboxStatus::Stopped, now_ms()],
-                sandbox_row,
-            )?)
+            Ok(tx.query_row(&sql, params![name, config_json, SandboxStatus::Stopped, now_ms()], sandbox_row)?)
         })
     }
 
     /// The sandbox named `name`, if any.
     pub fn sandbox(&self, name: &str) -> Result<Option<SandboxRecord>, StoreError> {
         let sql = format!("SELECT {SANDBOX_COLUMNS} FROM sandbox WHERE name = ?1");
-        self.read("read a sandbox", |c| {
-            Ok(c.query_row(&sql, [name], sandbox_row).optional()?)
-        })
+        self.read("read a sandbox", |c| Ok(c.query_row(&sql, [name], sandbox_row).optional()?))
     }
 
     /// Every sandbox, ordered by name.
@@ -237,9 +200,7 @@ impl Store {
 
     /// Deletes a sandbox with its runs and metrics; false if it did not exist.
     pub fn delete_sandbox(&self, name: &str) -> Result<bool, StoreError> {
-        self.write("delete a sandbox", |tx| {
-            Ok(tx.execute("DELETE FROM sandbox WHERE name = ?1", [name])? > 0)
-        })
+        self.write("delete a sandbox", |tx| Ok(tx.execute("DELETE FROM sandbox WHERE name = ?1", [name])? > 0))
     }
 
     // ---- runs ----
@@ -270,11 +231,7 @@ impl Store {
     pub fn finish_run(&self, run: RunId, outcome: &RunOutcome) -> Result<(), StoreError> {
         self.write("finish a run", |tx| {
             let found: Option<(RunStatus, i64)> = tx
-                .query_row(
-                    "SELECT status, sandbox_id FROM run WHERE id = ?1",
-                    [run.0],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
+                .query_row("SELECT status, sandbox_id FROM run WHERE id = ?1", [run.0], |r| Ok((r.get(0)?, r.get(1)?)))
                 .optional()?;
             let (status, sid) = found.ok_or(StoreError::NoSuchRun(run))?;
             if status == RunStatus::Terminated {
@@ -416,11 +373,7 @@ impl Store {
     }
 
     /// Runs `body` in a deferred (read) transaction, retrying on busy.
-    fn read<T>(
-        &self,
-        what: &str,
-        mut body: impl FnMut(&Connection) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, what: &str, mut body: impl FnMut(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
         self.retry(what, |conn| {
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Deferred)?;
             let value = body(&tx)?;
@@ -437,9 +390,8 @@ impl Store {
         mut attempt: impl FnMut(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let deadline = start
-            .checked_add(self.opts.retry_budget)
-            .unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+        let deadline =
+            start.checked_add(self.opts.retry_budget).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
         let mut backoff = FIRST_BACKOFF;
         let mut current_timeout = self.opts.busy_timeout;
         let result = loop {
@@ -453,9 +405,7 @@ impl Store {
                 Err(e) if e.is_busy() => {
                     let remaining = deadline.saturating_duration_since(Instant::now());
                     if remaining.is_zero() {
-                        break Err(StoreError::Busy {
-                            what: what.to_owned(),
-                        });
+                        break Err(StoreError::Busy { what: what.to_owned() });
                     }
                     thread::sleep((backoff + jitter(backoff)).min(remaining));
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -477,10 +427,9 @@ impl Store {
 /// Refuses schemas newer than this build.
 fn check_version(identity: Identity) -> Result<Identity, StoreError> {
     match identity {
-        Identity::Alcove(found) if found > SCHEMA_VERSION => Err(StoreError::TooNew {
-            found,
-            supported: SCHEMA_VERSION,
-        }),
+        Identity::Alcove(found) if found > SCHEMA_VERSION => {
+            Err(StoreError::TooNew { found, supported: SCHEMA_VERSION })
+        }
         other => Ok(other),
     }
 }
@@ -488,18 +437,13 @@ fn check_version(identity: Identity) -> Result<Identity, StoreError> {
 fn check_config(name: &str, config_json: &str) -> Result<(), StoreError> {
     serde_json::from_str::<serde::de::IgnoredAny>(config_json)
         .map(|_| ())
-        .map_err(|e| StoreError::InvalidConfig {
-            name: name.to_owned(),
-            why: e.to_string(),
-        })
+        .map_err(|e| StoreError::InvalidConfig { name: name.to_owned(), why: e.to_string() })
 }
 
 fn sandbox_id(conn: &Connection, name: &str) -> Result<i64, StoreError> {
-    conn.query_row("SELECT id FROM sandbox WHERE name = ?1", [name], |r| {
-        r.get(0)
-    })
-    .optional()?
-    .ok_or_else(|| StoreError::NoSuchSandbox(name.to_owned()))
+    conn.query_row("SELECT id FROM sandbox WHERE name = ?1", [name], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NoSuchSandbox(name.to_owned()))
 }
 
 fn sandbox_row(r: &Row<'_>) -> rusqlite::Result<SandboxRecord> {
@@ -534,22 +478,14 @@ fn clamp(v: u64) -> i64 {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)).unwrap_or(0)
 }
 
 /// Up to half of `backoff`, from the clock's low bits, so processes that
 /// collided do not retry in lockstep.
 fn jitter(backoff: Duration) -> Duration {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let half = u32::try_from(backoff.as_micros() / 2)
-        .unwrap_or(u32::MAX)
-        .max(1);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let half = u32::try_from(backoff.as_micros() / 2).unwrap_or(u32::MAX).max(1);
     Duration::from_micros(u64::from(nanos % half))
 }
 
@@ -580,16 +516,10 @@ mod tests {
 
     #[test]
     fn busy_sqlite_errors_are_busy() {
-        let e = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
-            None,
-        );
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY), None);
         assert!(sqlite_is_busy(&e));
         assert!(StoreError::from(e).is_busy());
-        let e = rusqlite::Error::SqliteFailure(
-            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED),
-            None,
-        );
+        let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_LOCKED), None);
         assert!(StoreError::Sqlite(e).is_busy());
         assert!(!StoreError::NoSuchSandbox("x".into()).is_busy());
     }

@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use alcove_store::{
-    MetricSample, RunId, RunOutcome, RunStatus, SandboxStatus, Store, StoreError, StoreOptions,
-    TerminationReason, APPLICATION_ID, SCHEMA_VERSION,
+    MetricSample, RunId, RunOutcome, RunStatus, SandboxStatus, Store, StoreError, StoreOptions, TerminationReason,
+    APPLICATION_ID, SCHEMA_VERSION,
 };
 use rusqlite::Connection;
 use tempfile::TempDir;
@@ -34,12 +34,7 @@ fn sample(at_ms: i64) -> MetricSample {
 }
 
 fn outcome(reason: TerminationReason) -> RunOutcome {
-    RunOutcome {
-        reason,
-        exit_code: Some(3),
-        exit_signal: None,
-        detail: Some(format!("ended: {reason}")),
-    }
+    RunOutcome { reason, exit_code: Some(3), exit_signal: None, detail: Some(format!("ended: {reason}")) }
 }
 
 // ---- open / identity ----
@@ -53,15 +48,9 @@ fn open_creates_directory_and_an_identified_wal_database() {
     drop(store);
 
     let raw = Connection::open(&path).expect("raw open");
-    let app: i32 = raw
-        .query_row("PRAGMA application_id", [], |r| r.get(0))
-        .expect("app id");
-    let version: u32 = raw
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .expect("version");
-    let mode: String = raw
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .expect("mode");
+    let app: i32 = raw.query_row("PRAGMA application_id", [], |r| r.get(0)).expect("app id");
+    let version: u32 = raw.query_row("PRAGMA user_version", [], |r| r.get(0)).expect("version");
+    let mode: String = raw.query_row("PRAGMA journal_mode", [], |r| r.get(0)).expect("mode");
     assert_eq!(app, APPLICATION_ID);
     assert_eq!(version, SCHEMA_VERSION);
     assert_eq!(mode, "wal");
@@ -111,13 +100,7 @@ fn non_database_file_is_refused_untouched() {
     std::fs::write(&path, &junk).expect("write junk");
     let err = Store::open(&path).expect_err("junk accepted");
     assert!(matches!(err, StoreError::NotAlcove { .. }), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        format!(
-            "{} is not an alcove database: file is not a database",
-            path.display()
-        )
-    );
+    assert_eq!(err.to_string(), format!("{} is not an alcove database: file is not a database", path.display()));
     assert_eq!(std::fs::read_to_string(&path).expect("reread"), junk);
 }
 
@@ -128,38 +111,27 @@ fn foreign_databases_are_refused() {
     // Someone else's unversioned schema.
     let tables = dir.path().join("tables.db");
     let raw = Connection::open(&tables).expect("raw");
-    raw.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT);")
-        .expect("foreign table");
+    raw.execute_batch("CREATE TABLE photos (id INTEGER PRIMARY KEY, path TEXT);").expect("foreign table");
     drop(raw);
     let err = Store::open(&tables).expect_err("foreign tables accepted");
-    assert!(
-        matches!(&err, StoreError::NotAlcove { why, .. } if why.contains("table")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::NotAlcove { why, .. } if why.contains("table")), "{err:?}");
     // Nothing of ours was added.
     let raw = Connection::open(&tables).expect("raw");
-    let n: i64 = raw
-        .query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0))
-        .expect("count");
+    let n: i64 = raw.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).expect("count");
     assert_eq!(n, 1);
 
     // Another application's id, even without tables.
     let other_app = dir.path().join("other_app.db");
     let raw = Connection::open(&other_app).expect("raw");
-    raw.execute_batch("PRAGMA application_id = 305419896;")
-        .expect("set app id");
+    raw.execute_batch("PRAGMA application_id = 305419896;").expect("set app id");
     drop(raw);
     let err = Store::open(&other_app).expect_err("foreign app id accepted");
-    assert!(
-        matches!(&err, StoreError::NotAlcove { why, .. } if why.contains("0x12345678")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::NotAlcove { why, .. } if why.contains("0x12345678")), "{err:?}");
 
     // A versioned schema without our id.
     let versioned = dir.path().join("versioned.db");
     let raw = Connection::open(&versioned).expect("raw");
-    raw.execute_batch("PRAGMA user_version = 3;")
-        .expect("set version");
+    raw.execute_batch("PRAGMA user_version = 3;").expect("set version");
     drop(raw);
     let err = Store::open(&versioned).expect_err("unidentified versioned db accepted");
     assert!(matches!(err, StoreError::NotAlcove { .. }), "{err:?}");
@@ -171,8 +143,7 @@ fn newer_schema_is_refused() {
     let path = db_path(&dir);
     drop(Store::open(&path).expect("create"));
     let raw = Connection::open(&path).expect("raw");
-    raw.execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1))
-        .expect("bump version");
+    raw.execute_batch(&format!("PRAGMA user_version = {};", SCHEMA_VERSION + 1)).expect("bump version");
     drop(raw);
     let err = Store::open(&path).expect_err("newer schema accepted");
     match err {
@@ -191,10 +162,7 @@ fn unopenable_paths_are_refused() {
     std::fs::write(&file, b"x").expect("write");
     let under_file = file.join("sub/alcove.db");
     let err = Store::open(&under_file).expect_err("directory under a file");
-    assert!(
-        matches!(&err, StoreError::Open { why, .. } if why.contains("cannot create directory")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::Open { why, .. } if why.contains("cannot create directory")), "{err:?}");
 
     let err = Store::open(dir.path()).expect_err("a directory is not a database file");
     assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
@@ -208,9 +176,7 @@ fn sandbox_round_trips() {
     let store = Store::open(&db_path(&dir)).expect("open");
     assert_eq!(store.sandbox("web").expect("read"), None);
 
-    let created = store
-        .create_sandbox("web", r#"{"image":"alpine","memory_mb":256}"#)
-        .expect("create");
+    let created = store.create_sandbox("web", r#"{"image":"alpine","memory_mb":256}"#).expect("create");
     assert_eq!(created.name, "web");
     assert_eq!(created.status, SandboxStatus::Stopped);
     assert_eq!(created.created_at_ms, created.updated_at_ms);
@@ -218,32 +184,19 @@ fn sandbox_round_trips() {
     assert_eq!(store.sandbox("web").expect("read"), Some(created.clone()));
 
     let err = store.create_sandbox("web", "{}").expect_err("duplicate");
-    assert!(
-        matches!(&err, StoreError::DuplicateName(n) if n == "web"),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::DuplicateName(n) if n == "web"), "{err:?}");
     assert_eq!(err.to_string(), "a sandbox named \"web\" already exists");
     assert_eq!(store.sandbox("web").expect("read"), Some(created.clone()));
 
-    let err = store
-        .create_sandbox("bad", "{not json")
-        .expect_err("bad json");
+    let err = store.create_sandbox("bad", "{not json").expect_err("bad json");
     assert!(matches!(err, StoreError::InvalidConfig { .. }), "{err:?}");
     assert_eq!(store.sandbox("bad").expect("read"), None);
 
-    store
-        .set_sandbox_status("web", SandboxStatus::Running)
-        .expect("status");
-    let replaced = store
-        .upsert_sandbox("web", r#"{"image":"debian"}"#)
-        .expect("upsert existing");
+    store.set_sandbox_status("web", SandboxStatus::Running).expect("status");
+    let replaced = store.upsert_sandbox("web", r#"{"image":"debian"}"#).expect("upsert existing");
     assert_eq!(replaced.id, created.id);
     assert_eq!(replaced.config_json, r#"{"image":"debian"}"#);
-    assert_eq!(
-        replaced.status,
-        SandboxStatus::Running,
-        "upsert keeps status"
-    );
+    assert_eq!(replaced.status, SandboxStatus::Running, "upsert keeps status");
     assert_eq!(replaced.created_at_ms, created.created_at_ms);
     assert!(replaced.updated_at_ms >= created.updated_at_ms);
 
@@ -251,28 +204,15 @@ fn sandbox_round_trips() {
     assert_eq!(fresh.status, SandboxStatus::Stopped);
     assert_ne!(fresh.id, created.id);
 
-    let names: Vec<String> = store
-        .sandboxes()
-        .expect("list")
-        .into_iter()
-        .map(|s| s.name)
-        .collect();
+    let names: Vec<String> = store.sandboxes().expect("list").into_iter().map(|s| s.name).collect();
     assert_eq!(names, ["api", "web"]);
 
     for &status in SandboxStatus::ALL {
         store.set_sandbox_status("api", status).expect("set status");
-        assert_eq!(
-            store.sandbox("api").expect("read").map(|s| s.status),
-            Some(status)
-        );
+        assert_eq!(store.sandbox("api").expect("read").map(|s| s.status), Some(status));
     }
-    let err = store
-        .set_sandbox_status("ghost", SandboxStatus::Running)
-        .expect_err("ghost");
-    assert!(
-        matches!(&err, StoreError::NoSuchSandbox(n) if n == "ghost"),
-        "{err:?}"
-    );
+    let err = store.set_sandbox_status("ghost", SandboxStatus::Running).expect_err("ghost");
+    assert!(matches!(&err, StoreError::NoSuchSandbox(n) if n == "ghost"), "{err:?}");
 
     assert!(store.delete_sandbox("api").expect("delete"));
     assert!(!store.delete_sandbox("api").expect("delete again"));
@@ -292,9 +232,7 @@ fn delete_cascades_to_runs_and_metrics() {
     store.create_sandbox("doomed", "{}").expect("create");
     store.create_sandbox("kept", "{}").expect("create");
     let run = store.start_run("doomed", 100).expect("run");
-    store
-        .finish_run(run, &outcome(TerminationReason::Completed))
-        .expect("finish");
+    store.finish_run(run, &outcome(TerminationReason::Completed)).expect("finish");
     store.start_run("doomed", 101).expect("run 2");
     store.start_run("kept", 200).expect("kept run");
     for t in 0..5 {
@@ -304,19 +242,12 @@ fn delete_cascades_to_runs_and_metrics() {
     assert!(store.delete_sandbox("doomed").expect("delete"));
 
     let raw = Connection::open(&path).expect("raw");
-    let runs: i64 = raw
-        .query_row("SELECT count(*) FROM run", [], |r| r.get(0))
-        .expect("runs");
-    let metrics: i64 = raw
-        .query_row("SELECT count(*) FROM sandbox_metric", [], |r| r.get(0))
-        .expect("metrics");
+    let runs: i64 = raw.query_row("SELECT count(*) FROM run", [], |r| r.get(0)).expect("runs");
+    let metrics: i64 = raw.query_row("SELECT count(*) FROM sandbox_metric", [], |r| r.get(0)).expect("metrics");
     assert_eq!(runs, 1);
     assert_eq!(metrics, 5);
     assert_eq!(store.running_runs().expect("running").len(), 1);
-    assert!(matches!(
-        store.runs("doomed"),
-        Err(StoreError::NoSuchSandbox(_))
-    ));
+    assert!(matches!(store.runs("doomed"), Err(StoreError::NoSuchSandbox(_))));
 
     // Run ids are not reused after the cascade.
     store.create_sandbox("doomed", "{}").expect("recreate");
@@ -333,35 +264,19 @@ fn run_lifecycle() {
     store.create_sandbox("box", "{}").expect("create");
     assert_eq!(store.latest_run("box").expect("latest"), None);
     assert!(store.runs("box").expect("runs").is_empty());
-    assert!(matches!(
-        store.start_run("ghost", 1),
-        Err(StoreError::NoSuchSandbox(_))
-    ));
+    assert!(matches!(store.start_run("ghost", 1), Err(StoreError::NoSuchSandbox(_))));
 
     let first = store.start_run("box", 4242).expect("start");
-    assert_eq!(
-        store.sandbox("box").expect("read").map(|s| s.status),
-        Some(SandboxStatus::Starting)
-    );
+    assert_eq!(store.sandbox("box").expect("read").map(|s| s.status), Some(SandboxStatus::Starting));
     let rec = store.latest_run("box").expect("latest").expect("a run");
     assert_eq!(rec.id, first);
     assert_eq!(rec.sandbox, "box");
     assert_eq!(rec.pid, 4242);
     assert_eq!(rec.status, RunStatus::Running);
-    assert_eq!(
-        (
-            rec.reason,
-            rec.exit_code,
-            rec.exit_signal,
-            rec.terminated_at_ms
-        ),
-        (None, None, None, None)
-    );
+    assert_eq!((rec.reason, rec.exit_code, rec.exit_signal, rec.terminated_at_ms), (None, None, None, None));
     assert_eq!(store.running_runs().expect("running"), vec![rec.clone()]);
 
-    store
-        .set_sandbox_status("box", SandboxStatus::Running)
-        .expect("running");
+    store.set_sandbox_status("box", SandboxStatus::Running).expect("running");
     let done = RunOutcome {
         reason: TerminationReason::Signal,
         exit_code: None,
@@ -377,51 +292,25 @@ fn run_lifecycle() {
     assert_eq!(rec.detail.as_deref(), Some("killed"));
     let ended = rec.terminated_at_ms.expect("terminated_at");
     assert!(ended >= rec.started_at_ms);
-    assert_eq!(
-        store.sandbox("box").expect("read").map(|s| s.status),
-        Some(SandboxStatus::Stopped)
-    );
+    assert_eq!(store.sandbox("box").expect("read").map(|s| s.status), Some(SandboxStatus::Stopped));
     assert!(store.running_runs().expect("running").is_empty());
 
     // Finishing twice is refused and changes nothing.
     let before = store.sandbox("box").expect("read");
-    let err = store
-        .finish_run(first, &outcome(TerminationReason::Crashed))
-        .expect_err("twice");
-    assert!(
-        matches!(err, StoreError::AlreadyFinished(id) if id == first),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        format!("run {} has already finished", first.0)
-    );
+    let err = store.finish_run(first, &outcome(TerminationReason::Crashed)).expect_err("twice");
+    assert!(matches!(err, StoreError::AlreadyFinished(id) if id == first), "{err:?}");
+    assert_eq!(err.to_string(), format!("run {} has already finished", first.0));
     assert_eq!(store.latest_run("box").expect("latest"), Some(rec.clone()));
     assert_eq!(store.sandbox("box").expect("read"), before);
 
-    let err = store
-        .finish_run(RunId(999_999), &done)
-        .expect_err("no such run");
-    assert!(
-        matches!(err, StoreError::NoSuchRun(RunId(999_999))),
-        "{err:?}"
-    );
+    let err = store.finish_run(RunId(999_999), &done).expect_err("no such run");
+    assert!(matches!(err, StoreError::NoSuchRun(RunId(999_999))), "{err:?}");
 
     // A crash marks the sandbox Crashed; runs come newest first.
     let second = store.start_run("box", 5000).expect("start 2");
-    store
-        .finish_run(second, &outcome(TerminationReason::Crashed))
-        .expect("finish 2");
-    assert_eq!(
-        store.sandbox("box").expect("read").map(|s| s.status),
-        Some(SandboxStatus::Crashed)
-    );
-    let ids: Vec<RunId> = store
-        .runs("box")
-        .expect("runs")
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    store.finish_run(second, &outcome(TerminationReason::Crashed)).expect("finish 2");
+    assert_eq!(store.sandbox("box").expect("read").map(|s| s.status), Some(SandboxStatus::Crashed));
+    let ids: Vec<RunId> = store.runs("box").expect("runs").iter().map(|r| r.id).collect();
     assert_eq!(ids, [second, first]);
 
     let json = serde_json::to_value(&rec).expect("json");
@@ -441,20 +330,10 @@ fn every_reason_is_stored_and_read_back() {
         let rec = store.latest_run("box").expect("latest").expect("run");
         assert_eq!(rec.reason, Some(reason));
         assert_eq!(rec.exit_code, Some(3));
-        let want = if reason == TerminationReason::Crashed {
-            SandboxStatus::Crashed
-        } else {
-            SandboxStatus::Stopped
-        };
-        assert_eq!(
-            store.sandbox("box").expect("read").map(|s| s.status),
-            Some(want)
-        );
+        let want = if reason == TerminationReason::Crashed { SandboxStatus::Crashed } else { SandboxStatus::Stopped };
+        assert_eq!(store.sandbox("box").expect("read").map(|s| s.status), Some(want));
     }
-    assert_eq!(
-        store.runs("box").expect("runs").len(),
-        TerminationReason::ALL.len()
-    );
+    assert_eq!(store.runs("box").expect("runs").len(), TerminationReason::ALL.len());
 }
 
 #[test]
@@ -464,22 +343,10 @@ fn late_finish_of_a_stale_run_keeps_the_newer_runs_status() {
     store.create_sandbox("box", "{}").expect("create");
     let stale = store.start_run("box", 10).expect("stale");
     let current = store.start_run("box", 11).expect("current");
-    store
-        .set_sandbox_status("box", SandboxStatus::Running)
-        .expect("running");
-    store
-        .finish_run(stale, &outcome(TerminationReason::Crashed))
-        .expect("reap stale");
-    assert_eq!(
-        store.sandbox("box").expect("read").map(|s| s.status),
-        Some(SandboxStatus::Running)
-    );
-    let running: Vec<RunId> = store
-        .running_runs()
-        .expect("running")
-        .iter()
-        .map(|r| r.id)
-        .collect();
+    store.set_sandbox_status("box", SandboxStatus::Running).expect("running");
+    store.finish_run(stale, &outcome(TerminationReason::Crashed)).expect("reap stale");
+    assert_eq!(store.sandbox("box").expect("read").map(|s| s.status), Some(SandboxStatus::Running));
+    let running: Vec<RunId> = store.running_runs().expect("running").iter().map(|r| r.id).collect();
     assert_eq!(running, [current]);
 }
 
@@ -491,15 +358,9 @@ fn corrupt_stored_text_is_reported() {
     store.create_sandbox("box", "{}").expect("create");
     // Bypass the CHECK constraint the way a hand edit might.
     let raw = Connection::open(&path).expect("raw");
-    raw.execute_batch(
-        "PRAGMA ignore_check_constraints = ON; UPDATE sandbox SET status = 'Melted';",
-    )
-    .expect("corrupt");
+    raw.execute_batch("PRAGMA ignore_check_constraints = ON; UPDATE sandbox SET status = 'Melted';").expect("corrupt");
     let err = store.sandbox("box").expect_err("corrupt status read");
-    assert!(
-        matches!(&err, StoreError::Corrupt(what) if what.contains("Melted")),
-        "{err:?}"
-    );
+    assert!(matches!(&err, StoreError::Corrupt(what) if what.contains("Melted")), "{err:?}");
 }
 
 // ---- metrics ----
@@ -507,10 +368,7 @@ fn corrupt_stored_text_is_reported() {
 #[test]
 fn retention_keeps_exactly_the_newest_samples() {
     let dir = tmp();
-    let opts = StoreOptions {
-        metric_retention: 5,
-        ..StoreOptions::default()
-    };
+    let opts = StoreOptions { metric_retention: 5, ..StoreOptions::default() };
     let store = Store::open_with(&db_path(&dir), opts).expect("open");
     store.create_sandbox("a", "{}").expect("create");
     store.create_sandbox("b", "{}").expect("create");
@@ -522,32 +380,19 @@ fn retention_keeps_exactly_the_newest_samples() {
         store.insert_metric("b", &sample(t)).expect("metric b");
     }
     let a = store.metrics("a", 100).expect("metrics a");
-    assert_eq!(
-        a.iter().map(|m| m.at_ms).collect::<Vec<_>>(),
-        [12, 11, 10, 9, 8]
-    );
+    assert_eq!(a.iter().map(|m| m.at_ms).collect::<Vec<_>>(), [12, 11, 10, 9, 8]);
     assert_eq!(a[0], sample(12));
     assert_eq!(store.metrics("a", 2).expect("limited").len(), 2);
-    assert_eq!(
-        store.metrics("b", 100).expect("metrics b").len(),
-        3,
-        "other sandbox untouched"
-    );
+    assert_eq!(store.metrics("b", 100).expect("metrics b").len(), 3, "other sandbox untouched");
 
     // A late sample older than everything kept is dropped immediately.
     store.insert_metric("a", &sample(0)).expect("old metric");
     let a = store.metrics("a", 100).expect("metrics a");
-    assert_eq!(
-        a.iter().map(|m| m.at_ms).collect::<Vec<_>>(),
-        [12, 11, 10, 9, 8]
-    );
+    assert_eq!(a.iter().map(|m| m.at_ms).collect::<Vec<_>>(), [12, 11, 10, 9, 8]);
 
     let err = store.insert_metric("ghost", &sample(1)).expect_err("ghost");
     assert!(matches!(err, StoreError::NoSuchSandbox(_)), "{err:?}");
-    assert!(matches!(
-        store.metrics("ghost", 1),
-        Err(StoreError::NoSuchSandbox(_))
-    ));
+    assert!(matches!(store.metrics("ghost", 1), Err(StoreError::NoSuchSandbox(_))));
 }
 
 #[test]
@@ -570,8 +415,7 @@ fn hold_exclusive_lock(path: &Path, hold: Duration) -> thread::JoinHandle<()> {
     let path = path.to_owned();
     let handle = thread::spawn(move || {
         let raw = Connection::open(&path).expect("raw");
-        raw.execute_batch("BEGIN EXCLUSIVE; UPDATE sandbox SET updated_at_ms = updated_at_ms;")
-            .expect("lock");
+        raw.execute_batch("BEGIN EXCLUSIVE; UPDATE sandbox SET updated_at_ms = updated_at_ms;").expect("lock");
         locked_tx.send(()).expect("signal");
         thread::sleep(hold);
         raw.execute_batch("COMMIT").expect("unlock");
@@ -592,15 +436,10 @@ fn writer_waits_for_a_lock_released_within_the_budget() {
     let store = Store::open_with(&path, opts).expect("open");
     let holder = hold_exclusive_lock(&path, Duration::from_millis(300));
     let start = Instant::now();
-    store
-        .create_sandbox("patient", "{}")
-        .expect("write after the lock is released");
+    store.create_sandbox("patient", "{}").expect("write after the lock is released");
     let waited = start.elapsed();
     holder.join().expect("holder");
-    assert!(
-        waited >= Duration::from_millis(200),
-        "did not wait: {waited:?}"
-    );
+    assert!(waited >= Duration::from_millis(200), "did not wait: {waited:?}");
     assert!(store.sandbox("patient").expect("read").is_some());
 }
 
@@ -617,29 +456,16 @@ fn writer_gives_up_with_busy_when_the_lock_outlives_the_budget() {
     let store = Store::open_with(&path, opts).expect("open");
     let holder = hold_exclusive_lock(&path, Duration::from_millis(1200));
     let start = Instant::now();
-    let err = store
-        .create_sandbox("impatient", "{}")
-        .expect_err("lock held past the budget");
+    let err = store.create_sandbox("impatient", "{}").expect_err("lock held past the budget");
     let waited = start.elapsed();
     assert!(err.is_busy(), "{err:?}");
-    assert!(
-        matches!(&err, StoreError::Busy { what } if what == "create a sandbox"),
-        "{err:?}"
-    );
-    assert!(
-        waited >= Duration::from_millis(140),
-        "gave up too early: {waited:?}"
-    );
-    assert!(
-        waited < Duration::from_millis(1000),
-        "overran the budget: {waited:?}"
-    );
+    assert!(matches!(&err, StoreError::Busy { what } if what == "create a sandbox"), "{err:?}");
+    assert!(waited >= Duration::from_millis(140), "gave up too early: {waited:?}");
+    assert!(waited < Duration::from_millis(1000), "overran the budget: {waited:?}");
     holder.join().expect("holder");
     // Nothing was written, and the store works again once the lock is gone.
     assert_eq!(store.sandbox("impatient").expect("read"), None);
-    store
-        .create_sandbox("impatient", "{}")
-        .expect("write after unlock");
+    store.create_sandbox("impatient", "{}").expect("write after unlock");
 }
 
 // ---- several processes ----
@@ -664,10 +490,7 @@ fn workload(path: &Path, tag: i64) -> Result<(), StoreError> {
 fn check_workload(store: &Store, tag: i64) {
     for i in 0..WRITES_PER_WRITER {
         let name = format!("w{tag}-{i}");
-        let sb = store
-            .sandbox(&name)
-            .expect("read")
-            .unwrap_or_else(|| panic!("{name} missing"));
+        let sb = store.sandbox(&name).expect("read").unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(sb.status, SandboxStatus::Stopped);
         let runs = store.runs(&name).expect("runs");
         assert_eq!(runs.len(), 1, "{name}");
@@ -675,16 +498,8 @@ fn check_workload(store: &Store, tag: i64) {
         assert_eq!(i64::from(runs[0].pid), tag * 100_000 + i);
     }
     let shared = store.metrics("shared", 100_000).expect("metrics");
-    let mine: Vec<i64> = shared
-        .iter()
-        .map(|m| m.at_ms)
-        .filter(|t| t / 1_000_000 == tag)
-        .collect();
-    assert_eq!(
-        mine.len() as i64,
-        WRITES_PER_WRITER,
-        "metrics of writer {tag}"
-    );
+    let mine: Vec<i64> = shared.iter().map(|m| m.at_ms).filter(|t| t / 1_000_000 == tag).collect();
+    assert_eq!(mine.len() as i64, WRITES_PER_WRITER, "metrics of writer {tag}");
 }
 
 /// In the parent: a single-writer run of the workload. In a child spawned by
@@ -699,10 +514,7 @@ fn writer_workload() {
     }
     let dir = tmp();
     let path = db_path(&dir);
-    Store::open(&path)
-        .expect("open")
-        .create_sandbox("shared", "{}")
-        .expect("shared");
+    Store::open(&path).expect("open").create_sandbox("shared", "{}").expect("shared");
     workload(&path, 7).expect("workload");
     check_workload(&Store::open(&path).expect("open"), 7);
 }
@@ -711,21 +523,13 @@ fn writer_workload() {
 fn two_processes_write_concurrently() {
     let dir = tmp();
     let path = db_path(&dir);
-    Store::open(&path)
-        .expect("open")
-        .create_sandbox("shared", "{}")
-        .expect("shared");
+    Store::open(&path).expect("open").create_sandbox("shared", "{}").expect("shared");
     let exe = std::env::current_exe().expect("test binary");
     let mut running: Vec<_> = [1i64, 2]
         .iter()
         .map(|tag| {
             let child = Command::new(&exe)
-                .args([
-                    "--exact",
-                    "writer_workload",
-                    "--test-threads=1",
-                    "--nocapture",
-                ])
+                .args(["--exact", "writer_workload", "--test-threads=1", "--nocapture"])
                 .env(CHILD_ENV, format!("{tag}:{}", path.display()))
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
@@ -749,9 +553,6 @@ fn two_processes_write_concurrently() {
     for tag in [1, 2, 3] {
         check_workload(&store, tag);
     }
-    assert_eq!(
-        store.sandboxes().expect("list").len() as i64,
-        3 * WRITES_PER_WRITER + 1
-    );
+    assert_eq!(store.sandboxes().expect("list").len() as i64, 3 * WRITES_PER_WRITER + 1);
     assert!(store.running_runs().expect("running").is_empty());
 }
