@@ -6,25 +6,19 @@
 use alcove::store::{RunStatus, SandboxStatus, Store, TerminationReason};
 use alcove_client::protocol::{FsErrorKind, SpawnErrorKind, TtySize};
 use alcove_client::{Client, ClientError, ExecEvent, ExecOptions};
-use std::io::{BufRead, BufReader};
+#[path = "common/process.rs"]
+mod process;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The default rootfs, built once per test binary in a shared cache.
 fn rootfs() -> PathBuf {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(unsafe { libc::geteuid() }, 0, "the jail end-to-end tests need root");
-        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rootfs-cache");
-        let store = alcove_rootfs::RootfsStore::new(home);
-        store.ensure_default(&mut |_| {}).expect("default rootfs builds").root
-    })
-    .clone()
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the jail end-to-end tests need root");
+    process::default_rootfs()
 }
 
 struct Sandbox {
@@ -62,21 +56,8 @@ fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
     }
 }
 
-/// Spawns `alcove sandbox --config FILE` and reads its pid line.
 fn spawn_process(dir: &Path, cfg: &serde_json::Value) -> Child {
-    let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_vec(cfg).expect("json")).expect("config written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args(["sandbox", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid line");
-    assert!(line.starts_with("{\"pid\":"), "first line {line:?}");
-    child
+    process::spawn_sandbox(dir, cfg)
 }
 
 impl Sandbox {
@@ -113,14 +94,7 @@ impl Sandbox {
     }
 
     fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "the sandbox process did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        process::wait_exit(&mut self.child, WAIT)
     }
 
     /// Stops gracefully through the protocol and checks the records.

@@ -4,8 +4,10 @@
 //! boot, are finalised correctly. Tests that need a booting microVM live in
 //! crates/krun/tests/boot.rs and switch on by themselves where vmx/svm exist.
 
+#[path = "common/process.rs"]
+mod process;
+
 use alcove::store::{RunStatus, SandboxStatus, Store, TerminationReason};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -33,12 +35,7 @@ fn krunfw() -> Option<PathBuf> {
 }
 
 fn rootfs() -> PathBuf {
-    static ROOT: OnceLock<PathBuf> = OnceLock::new();
-    ROOT.get_or_init(|| {
-        let home = Path::new(env!("CARGO_TARGET_TMPDIR")).join("rootfs-cache");
-        alcove_rootfs::RootfsStore::new(home).ensure_default(&mut |_| {}).expect("default rootfs").root
-    })
-    .clone()
+    process::default_rootfs()
 }
 
 struct Run {
@@ -60,32 +57,14 @@ fn start(name: &str) -> Run {
         "guest": { "rootfs": rootfs(), "memory_mib": 256, "cpus": 1 },
         "policy": { "metrics_interval": 0 }
     });
-    let path = dir.path().join("config.json");
-    std::fs::write(&path, serde_json::to_vec(&cfg).expect("json")).expect("written");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args(["sandbox", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawns");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("pid line");
-    assert!(line.starts_with("{\"pid\":"), "{line:?}");
+    let child = process::spawn_sandbox(dir.path(), &cfg);
     let db = dir.path().join("home/alcove.db");
     Run { _dir: dir, db, socket, child }
 }
 
 impl Run {
     fn wait_within(&mut self, bound: Duration) {
-        let t = Instant::now();
-        while self.child.try_wait().expect("wait").is_none() {
-            if t.elapsed() > bound {
-                let _ = self.child.kill();
-                panic!("the krun sandbox process did not finish within {bound:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        process::wait_exit(&mut self.child, bound);
     }
 
     fn final_run(&self, name: &str) -> alcove::store::RunRecord {

@@ -1,10 +1,12 @@
 //! The standalone sandbox process (`alcove sandbox --config FILE`) as a real
 //! process: the pid line, log files, signals, and bad input.
 
+#[path = "common/process.rs"]
+mod process;
+
 use alcove::store::{RunStatus, SandboxStatus, Store, TerminationReason};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -37,18 +39,8 @@ fn write_config(dir: &Path, extra: serde_json::Value) -> PathBuf {
 fn spawn(extra: serde_json::Value) -> Proc {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = write_config(dir.path(), extra);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_alcove"))
-        .args(["sandbox", "--config"])
-        .arg(&config)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawns");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("reads pid line");
-    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("first line is JSON");
-    let pid = v["pid"].as_u64().expect("pid field") as u32;
-    assert_eq!(pid, child.id());
+    let child = process::spawn_sandbox_file(&config);
+    let pid = child.id();
     Proc { dir, child, pid }
 }
 
@@ -70,14 +62,7 @@ impl Proc {
     }
 
     fn wait_exit(&mut self) -> i32 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "the sandbox process did not exit");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        process::wait_exit(&mut self.child, WAIT)
     }
 }
 
