@@ -88,6 +88,10 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         rootfs = Some(resolved.root);
     }
     env.extend(opts.env.iter().cloned());
+    let krun = match backend {
+        BackendKind::Krun => alcove_krun::KrunConfig { libkrunfw: Some(ensure_libkrunfw(ctx)?), ..Default::default() },
+        _ => Default::default(),
+    };
     let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
     policy.validate().map_err(|e| CliError::msg(e.to_string()))?;
     Ok(SandboxConfig {
@@ -107,11 +111,29 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         },
         policy,
         mock: Default::default(),
-        krun: Default::default(),
+        krun,
         socket_path: None,
         db_path: None,
         parent_pid,
     })
+}
+
+/// The guest kernel library for krun: found where `alcove_hostprobe`
+/// looks, or installed on first use (like the default rootfs) from the
+/// pinned PyPI wheel into `$ALCOVE_HOME/lib`, with a progress line.
+fn ensure_libkrunfw(ctx: &Ctx) -> CliResult<std::path::PathBuf> {
+    let path = match alcove_hostprobe::locate_libkrunfw(None) {
+        Ok(p) => p,
+        Err(alcove_hostprobe::KrunfwError::NotFound(_)) => {
+            let progress = Progress::start("installing libkrunfw (the krun guest kernel)".to_string());
+            let installed = alcove_hostprobe::install_libkrunfw(&ctx.home, &mut |m| progress.set(m));
+            progress.finish();
+            installed.map_err(|e| CliError::msg(e.to_string()))?
+        }
+        Err(e) => return Err(CliError::msg(e.to_string())),
+    };
+    alcove_hostprobe::validate_libkrunfw(&path).map_err(|e| CliError::msg(e.to_string()))?;
+    Ok(path)
 }
 
 /// A sandbox process just started.

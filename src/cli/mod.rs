@@ -41,6 +41,7 @@ pub fn main() -> i32 {
         // The sandbox process: no runtime of ours, it builds its own threads.
         return crate::standalone::run(&a.config);
     }
+    install_panic_hook();
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -48,7 +49,16 @@ pub fn main() -> i32 {
             return EXIT_ALCOVE;
         }
     };
-    let result = runtime.block_on(dispatch(cli.command));
+    let command = cli.command;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(dispatch(command))));
+    let result = match result {
+        Ok(r) => r,
+        // The hook has printed the line.
+        Err(_) => {
+            runtime.shutdown_background();
+            return EXIT_ALCOVE;
+        }
+    };
     // Blocking readers (stdin) must not hold the exit.
     runtime.shutdown_background();
     match result {
@@ -80,6 +90,21 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Supervise(a) => commands::supervise(a).await,
         Command::Sandbox(_) => Err(CliError::msg("the sandbox process cannot run inside the CLI runtime")),
     }
+}
+
+/// A bug must still look like every other failure: one line, no backtrace.
+/// (Unwinding still runs, so a raw terminal is restored by its guard.)
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        output::error_line(&format!("internal error: {}{at}", error::one_line(&what)));
+    }));
 }
 
 /// Prints a clap error: help and version as clap renders them (exit 0),
