@@ -9,6 +9,7 @@
 //! | [`AttachControl`] | Lifecycle → Vm, Metrics |
 //! | [`LaunchFailed`] | sandbox start-up → Lifecycle |
 //! | [`AgentReady`] | Relay → Lifecycle |
+//! | [`OpenToClients`] | Lifecycle → Relay (once Running is recorded) |
 //! | [`Terminate`] | Watchdog, Relay, signal handler, Db failures, embedding handle → Lifecycle |
 //! | [`VmExited`] | exit observer (any thread) → Lifecycle |
 //! | [`StopGuest`] | Lifecycle → Vm (only after the reason is fixed) |
@@ -188,6 +189,13 @@ pub struct AttachGuest {
     /// Host end of the agent channel.
     pub channel: UnixStream,
 }
+
+/// Lifecycle → Relay: the sandbox is recorded Running; clients waiting for
+/// the agent may now get their handshake. Holding them until then means a
+/// client that has connected never sees the sandbox as still Starting.
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct OpenToClients;
 
 /// Lifecycle → Vm and Metrics: the guest control handle.
 #[derive(Message, Clone)]

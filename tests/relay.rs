@@ -37,6 +37,8 @@ fn clients_that_connect_before_ready_wait_for_it() {
     let t = Instant::now();
     let mut client = RawClient::connect(&env.socket());
     assert!(t.elapsed() >= Duration::from_millis(250), "handshake before the agent was ready");
+    // A client that got its handshake never sees the sandbox as Starting.
+    assert_eq!(env.sandbox().status, alcove::store::SandboxStatus::Running);
     let id = client.range.id_start;
     client.exec(id, &["echo", "late"], false);
     assert_eq!(client.collect(id).0, b"late\n");

@@ -19,7 +19,7 @@ use crate::actors::vm::VmActor;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
-    LaunchFailed, StopGuest, Terminate, VmExited,
+    LaunchFailed, OpenToClients, StopGuest, Terminate, VmExited,
 };
 use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
 use actix::prelude::*;
@@ -318,6 +318,9 @@ impl Handler<AgentReady> for Lifecycle {
                     TerminationReason::InternalError,
                     format!("cannot write the database: {err}"),
                 ));
+            }
+            if let Some(relay) = &this.relay {
+                relay.do_send(OpenToClients);
             }
             this.shared.update(|i| i.ready = true);
         }));

@@ -7,7 +7,8 @@
 //!
 //! - *accept*: takes connections on agent.sock (0600, in a 0700 directory),
 //!   gives each a free slot of [`MAX_CLIENTS`] and a disjoint id range, waits
-//!   for the agent's `Ready`, then writes `[id_start][id_end]` and the cached
+//!   for the agent's `Ready` (released by Lifecycle once the sandbox is
+//!   recorded Running), then writes `[id_start][id_end]` and the cached
 //!   `Ready` frame;
 //! - *client reader* (one per client): checks every frame's id against the
 //!   client's range (a client that leaves it, or sends garbage, is dropped:
@@ -31,7 +32,7 @@
 
 use crate::actors::lifecycle::Lifecycle;
 use crate::clock::Clock;
-use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, SendShutdown, Terminate, Touch};
+use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch};
 use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::{read_frame, write_frame};
@@ -140,6 +141,8 @@ struct Core {
     clock: Arc<dyn Clock>,
     lifecycle: Addr<Lifecycle>,
     ready: watch::Sender<Option<Frame>>,
+    /// The agent's `Ready`, until clients may have it.
+    pending_ready: Option<Frame>,
     ready_at: Option<std::time::Duration>,
     last_heartbeat: Option<std::time::Duration>,
     last_activity: std::time::Duration,
@@ -188,6 +191,7 @@ impl Relay {
             clock,
             lifecycle,
             ready: watch::channel(None).0,
+            pending_ready: None,
             ready_at: None,
             last_heartbeat: None,
             last_activity: now,
@@ -244,6 +248,17 @@ impl Handler<AttachGuest> for Relay {
         self.core.borrow_mut().guest_tx = Some(tx);
         actix::spawn(guest_writer(write, rx));
         actix::spawn(guest_reader(read, self.core.clone()));
+    }
+}
+
+impl Handler<OpenToClients> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, _: OpenToClients, _: &mut Self::Context) {
+        let mut core = self.core.borrow_mut();
+        if let Some(frame) = core.pending_ready.take() {
+            core.ready.send_replace(Some(frame));
+        }
     }
 }
 
@@ -593,7 +608,8 @@ fn control_from_guest(core: &Shared, frame: Frame) {
                 c.lifecycle.do_send(Terminate::new(TerminationReason::InternalError, e.to_string()));
                 return;
             }
-            c.ready.send_replace(Some(frame));
+            // Clients get this frame once Lifecycle has recorded Running.
+            c.pending_ready = Some(frame);
             c.lifecycle.do_send(crate::messages::AgentReady { ready });
         }
         Ok(Message::Heartbeat { .. }) => {
