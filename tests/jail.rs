@@ -406,3 +406,21 @@ async fn bad_input_is_finalised_or_fails_with_its_kind() {
     }
     sb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oom_kill_in_one_sandbox_is_not_blamed_on_another() {
+    let quiet = Sandbox::start("e2e-quiet", serde_json::json!({}));
+    let hungry = Sandbox::start("e2e-hungry", serde_json::json!({ "guest": { "memory_mib": 64 } }));
+    let (qc, hc) = (quiet.client().await, hungry.client().await);
+    // The quiet sandbox's command is SIGKILLed by itself while, in between,
+    // the other sandbox has an OOM kill: host-wide counters would blame it.
+    let victim = tokio::spawn(async move { qc.exec_output(sh("sleep 1.5; kill -9 $$")).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let o = hc.exec_output(sh("dd if=/dev/zero of=/dev/null bs=200M count=1")).await.expect("dd runs");
+    assert!(o.status.oom_killed, "the real OOM kill was not reported: {:?}", o.status);
+    let v = victim.await.expect("task").expect("exec");
+    assert_eq!(v.status.signal, Some(libc::SIGKILL));
+    assert!(!v.status.oom_killed, "an OOM kill in another sandbox was blamed on this one");
+    hungry.stop().await;
+    quiet.stop().await;
+}

@@ -6,9 +6,11 @@
 //! order: the agent's memory cgroup (v2 `memory.events`, v1
 //! `memory.oom_control`, located through /proc/self/cgroup under
 //! /sys/fs/cgroup), else the kernel-wide `oom_kill` of /proc/vmstat (exact in
-//! a VM, where the kernel is the sandbox's own; in a jail it can blame a
-//! concurrent OOM kill elsewhere on the host, which is the documented limit
-//! of "best effort").
+//! a VM, where the kernel is the sandbox's own). The jail backend shows the
+//! jail's own memory cgroup read-only at that path, so in a jail the count
+//! is the jail's alone; /proc/vmstat there is only a fallback for jails
+//! without a memory cgroup (rootless), where it can blame a concurrent OOM
+//! kill elsewhere on the host.
 
 use std::path::{Path, PathBuf};
 

@@ -216,6 +216,10 @@ pub struct Limits {
 #[derive(Debug)]
 struct Dir {
     path: PathBuf,
+    /// The path as /proc/self/cgroup shows it (relative to the hierarchy's
+    /// root), without the leading `/`.
+    shown: PathBuf,
+    /// Whether this is the cgroup2 hierarchy.
     v2: bool,
     controllers: Vec<Controller>,
 }
@@ -312,7 +316,8 @@ impl Cgroup {
             }
             make_leaf(&parent_dir, &path)?;
             // Registered at once so a later failure cleans it up.
-            cgroup.dirs.push(Dir { path, v2: h.v2, controllers });
+            let shown = Path::new(h.mount_root.trim_start_matches('/')).join(&rel_parent).join(&leaf);
+            cgroup.dirs.push(Dir { path, shown, v2: h.v2, controllers });
         }
         if let Err(e) = cgroup.apply(limits) {
             cgroup.destroy();
@@ -323,6 +328,15 @@ impl Cgroup {
 
     fn dir_for(&self, c: Controller) -> Option<&Dir> {
         self.dirs.iter().find(|d| d.controllers.contains(&c))
+    }
+
+    /// The host directory of the memory controller's cgroup and the path,
+    /// relative to /sys/fs/cgroup, at which a process inside finds it by
+    /// reading /proc/self/cgroup: `memory/<path>` on v1, `<path>` on v2.
+    pub fn memory_view(&self) -> Option<(PathBuf, PathBuf)> {
+        let dir = self.dir_for(Controller::Memory)?;
+        let shown = if dir.v2 { dir.shown.clone() } else { Path::new("memory").join(&dir.shown) };
+        Some((dir.path.clone(), shown))
     }
 
     /// The directories of this cgroup, one per hierarchy used.

@@ -34,6 +34,17 @@ pub(crate) struct VolumePlan {
     pub readonly: bool,
 }
 
+/// The jail's own memory cgroup, shown read-only at the path the agent
+/// derives from /proc/self/cgroup, so that it counts OOM kills of this jail
+/// only (never a kill elsewhere on the host).
+pub(crate) struct CgroupView {
+    /// The host directory of the jail's memory cgroup.
+    pub source: CString,
+    /// Directories to create in the tmpfs at `sys/fs/cgroup`, outermost
+    /// first; the last one is the mount point.
+    pub mkdirs: Vec<CString>,
+}
+
 /// Everything the child needs, prepared before `clone`.
 pub(crate) struct ChildPlan {
     pub hostname: CString,
@@ -41,6 +52,8 @@ pub(crate) struct ChildPlan {
     pub overlay_opts: CString,
     pub agent_source: CString,
     pub volumes: Vec<VolumePlan>,
+    /// Set when the jail has a memory cgroup.
+    pub cgroup_view: Option<CgroupView>,
     /// Filled by the child with the detached mount of each volume.
     pub volume_fds: Vec<c_int>,
     /// Owns the strings `argv` points into.
@@ -88,6 +101,7 @@ pub(crate) enum Step {
     Proc,
     ProcMask,
     Sys,
+    CgroupView,
     Tmp,
     AgentDir,
     AgentBind,
@@ -104,7 +118,7 @@ pub(crate) enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 29] = [
+    const ALL: [Step; 30] = [
         Step::Relocate,
         Step::WaitGo,
         Step::Signals,
@@ -121,6 +135,7 @@ impl Step {
         Step::Proc,
         Step::ProcMask,
         Step::Sys,
+        Step::CgroupView,
         Step::Tmp,
         Step::AgentDir,
         Step::AgentBind,
@@ -161,6 +176,7 @@ impl Step {
             Step::Proc => "mounting /proc".into(),
             Step::ProcMask => "masking sensitive /proc entries".into(),
             Step::Sys => "mounting /sys read-only".into(),
+            Step::CgroupView => "showing the jail's memory cgroup read-only under /sys/fs/cgroup".into(),
             Step::Tmp => "mounting /tmp".into(),
             Step::AgentDir => "mounting /.alcove".into(),
             Step::AgentBind => "bind-mounting the agent binary".into(),
@@ -455,6 +471,31 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         0,
         mount(c"sysfs".as_ptr(), c"sys", c"sysfs".as_ptr(), libc::MS_RDONLY | proc_flags, null())
     );
+    if let Some(view) = &plan.cgroup_view {
+        check!(
+            err,
+            Step::CgroupView,
+            0,
+            mount(c"cgroup".as_ptr(), c"sys/fs/cgroup", c"tmpfs".as_ptr(), proc_flags, c"mode=755,size=16k".as_ptr())
+        );
+        for dir in view.mkdirs.iter() {
+            if libc::mkdir(dir.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+                fail(err, Step::CgroupView, 1, errno());
+            }
+        }
+        if let Some(target) = view.mkdirs.last() {
+            let fd = check!(err, Step::CgroupView, 2, open_tree(view.source.as_ptr(), 0));
+            check!(err, Step::CgroupView, 3, set_attrs(fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, false));
+            check!(err, Step::CgroupView, 4, move_mount(fd, target));
+            libc::close(fd);
+        }
+        check!(
+            err,
+            Step::CgroupView,
+            5,
+            mount(null(), c"sys/fs/cgroup", null(), libc::MS_REMOUNT | libc::MS_RDONLY | proc_flags, null())
+        );
+    }
     check!(
         err,
         Step::Tmp,

@@ -485,6 +485,7 @@ impl JailBackend {
             overlay_opts: cstring("overlay options", &opts)?,
             agent_source: cstring("agent binary path", checked.agent.as_os_str().as_bytes())?,
             volumes,
+            cgroup_view: None,
             volume_fds: vec![-1; n_volumes],
             argv_storage,
             argv,
@@ -510,6 +511,9 @@ impl JailBackend {
             }
             Err(e) => return Err(BackendError::Setup(format!("setting up the jail's cgroup: {e}"))),
         };
+        if let Some((source, shown)) = cgroup.as_ref().and_then(|c| c.memory_view()) {
+            plan.cgroup_view = Some(cgroup_view_plan(&source, &shown)?);
+        }
 
         let mut flags =
             libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
@@ -747,6 +751,21 @@ impl GuestControl for JailControl {
         }
         self.shared.cgroup.as_ref()?.usage()
     }
+}
+
+/// Plans the read-only view of the jail's memory cgroup: `shown` is the path
+/// under `/sys/fs/cgroup` at which the agent looks (see `alcove-agent`'s
+/// oom module), relative, e.g. `memory/user.slice/alcove/box-1-0`.
+fn cgroup_view_plan(source: &Path, shown: &Path) -> Result<child::CgroupView, BackendError> {
+    let mut mkdirs = Vec::new();
+    let mut dir = PathBuf::from("sys/fs/cgroup");
+    for part in shown.components() {
+        if let std::path::Component::Normal(p) = part {
+            dir.push(p);
+            mkdirs.push(cstring("cgroup view", dir.as_os_str().as_bytes())?);
+        }
+    }
+    Ok(child::CgroupView { source: cstring("memory cgroup path", source.as_os_str().as_bytes())?, mkdirs })
 }
 
 #[cfg(test)]

@@ -146,7 +146,10 @@ fn host_paths_outside_mounts_are_unreachable() {
         r#"
         if cat {secret} 2>/dev/null; then echo "secret=visible" >&3; else echo "secret=hidden" >&3; fi
         if ls /proc/1/root{secret} >/dev/null 2>&1; then echo "via_proc=visible" >&3; else echo "via_proc=hidden" >&3; fi
-        echo "cgroup_fs=$(ls /sys/fs/cgroup 2>/dev/null | wc -l)" >&3
+        echo "cgroup_fs=$(ls /sys/fs/cgroup 2>/dev/null | tr '\n' ' ')" >&3
+        echo "cgroup_leaves=$(find /sys/fs/cgroup -name cgroup.procs | wc -l)" >&3
+        echo "cgroup_procs=$(cat $(find /sys/fs/cgroup -name cgroup.procs) | wc -l)" >&3
+        if echo 1 > $(find /sys/fs/cgroup -name memory.limit_in_bytes) 2>/dev/null; then echo "cgroup_rw=yes" >&3; else echo "cgroup_rw=no" >&3; fi
         "#,
         secret = secret.display(),
     );
@@ -154,7 +157,13 @@ fn host_paths_outside_mounts_are_unreachable() {
     assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "secret"), "hidden");
     assert_eq!(line(&out, "via_proc"), "hidden");
-    assert_eq!(line(&out, "cgroup_fs").trim(), "0", "the host's cgroup tree is visible");
+    // Only the jail's own memory cgroup is shown (for its OOM counter), read-only:
+    // one cgroup, holding exactly the jail's processes, and no other hierarchy.
+    assert_eq!(line(&out, "cgroup_fs").trim(), "memory", "the host's cgroup tree is visible");
+    assert_eq!(line(&out, "cgroup_leaves").trim(), "1", "other cgroups are visible");
+    let procs: usize = line(&out, "cgroup_procs").trim().parse().expect("a count");
+    assert!((1..10).contains(&procs), "{procs} processes in the visible cgroup");
+    assert_eq!(line(&out, "cgroup_rw"), "no", "the cgroup view is writable");
 }
 
 #[test]
