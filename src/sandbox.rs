@@ -272,11 +272,13 @@ fn run_actor_system(
         let system = System::new();
         system.block_on(async move {
             let store = Mutex::new(Some(store));
+            let (db_path, store_options) = (opts.db_path.clone(), opts.store.clone());
             let db = SyncArbiter::start(1, move || {
-                // The arbiter calls this once for its one thread.
+                // The first call gets the connection opened (and checked) by
+                // `launch`; should actix ever call again, a new one is opened.
                 match store.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(s) => DbActor::new(s),
-                    None => unreachable_store(),
+                    Some(s) => DbActor::new(Ok(s)),
+                    None => DbActor::new(Store::open_with(&db_path, store_options.clone()).map_err(|e| e.to_string())),
                 }
             });
             let lifecycle =
@@ -299,13 +301,6 @@ fn run_actor_system(
             control.force_stop();
         }
     }
-}
-
-/// The store is moved into the arbiter's only thread; a second call would be
-/// a bug in actix's SyncArbiter, which calls the factory once per thread.
-fn unreachable_store() -> DbActor {
-    tracing::error!("the Db actor factory was called twice");
-    std::process::abort()
 }
 
 fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<SharedState>) -> ExitObserver {

@@ -11,13 +11,18 @@ use actix::prelude::*;
 
 /// Owns the store.
 pub struct DbActor {
-    store: Store,
+    store: Result<Store, String>,
 }
 
 impl DbActor {
-    /// Wraps an open store.
-    pub fn new(store: Store) -> DbActor {
+    /// Wraps an open store, or the reason it could not be opened (every
+    /// message is then answered with that error).
+    pub fn new(store: Result<Store, String>) -> DbActor {
         DbActor { store }
+    }
+
+    fn store(&self) -> Result<&Store, String> {
+        self.store.as_ref().map_err(Clone::clone)
     }
 }
 
@@ -29,10 +34,10 @@ impl Handler<DbStartRun> for DbActor {
     type Result = Result<RunId, String>;
 
     fn handle(&mut self, msg: DbStartRun, _: &mut Self::Context) -> Self::Result {
-        if self.store.sandbox(&msg.sandbox).map_err(|e| e.to_string())?.is_none() {
-            self.store.upsert_sandbox(&msg.sandbox, &msg.config_json).map_err(|e| e.to_string())?;
+        if self.store()?.sandbox(&msg.sandbox).map_err(|e| e.to_string())?.is_none() {
+            self.store()?.upsert_sandbox(&msg.sandbox, &msg.config_json).map_err(|e| e.to_string())?;
         }
-        self.store.start_run(&msg.sandbox, msg.pid).map_err(|e| e.to_string())
+        self.store()?.start_run(&msg.sandbox, msg.pid).map_err(|e| e.to_string())
     }
 }
 
@@ -40,7 +45,7 @@ impl Handler<DbSetStatus> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbSetStatus, _: &mut Self::Context) -> Self::Result {
-        self.store.set_sandbox_status(&msg.sandbox, msg.status).map_err(|e| e.to_string())
+        self.store()?.set_sandbox_status(&msg.sandbox, msg.status).map_err(|e| e.to_string())
     }
 }
 
@@ -48,7 +53,7 @@ impl Handler<DbFinishRun> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> Self::Result {
-        self.store.finish_run(msg.run, &msg.outcome).map_err(|e| e.to_string())
+        self.store()?.finish_run(msg.run, &msg.outcome).map_err(|e| e.to_string())
     }
 }
 
@@ -56,6 +61,6 @@ impl Handler<DbInsertMetric> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbInsertMetric, _: &mut Self::Context) -> Self::Result {
-        self.store.insert_metric(&msg.sandbox, &msg.sample).map_err(|e| e.to_string())
+        self.store()?.insert_metric(&msg.sandbox, &msg.sample).map_err(|e| e.to_string())
     }
 }

@@ -44,42 +44,40 @@ impl Watchdog {
 /// The rules, as a pure function of the policy, the start time, the relay's
 /// activity and the clock.
 fn rules_for(policy: &Policy, started_at: Duration, a: &Activity, now: Duration) -> Option<Terminate> {
-    {
-        let since_start = now.saturating_sub(started_at);
-        let secs = |d: Duration| d.as_secs_f64();
-        if a.ready_at.is_none() && since_start >= policy.ready_timeout {
-            return Some(Terminate::new(
-                TerminationReason::AgentUnresponsive,
-                format!("the agent was not ready within {:.1}s", secs(policy.ready_timeout)),
-            ));
-        }
-        if let Some(max) = policy.max_duration {
-            if since_start >= max {
-                return Some(Terminate::new(
-                    TerminationReason::MaxDurationExceeded,
-                    format!("the sandbox reached its maximum duration of {:.1}s", secs(max)),
-                ));
-            }
-        }
-        let ready_at = a.ready_at?;
-        if let Some(idle) = policy.idle_timeout {
-            let last = a.last_activity.max(ready_at);
-            if a.open_sessions == 0 && now.saturating_sub(last) >= idle {
-                return Some(Terminate::new(
-                    TerminationReason::IdleTimeout,
-                    format!("no session, client frame or touch for {:.1}s", secs(idle)),
-                ));
-            }
-        }
-        let last_beat = a.last_heartbeat.unwrap_or(ready_at).max(ready_at);
-        if now.saturating_sub(last_beat) >= policy.heartbeat_timeout {
-            return Some(Terminate::new(
-                TerminationReason::AgentUnresponsive,
-                format!("no heartbeat from the agent for {:.1}s", secs(policy.heartbeat_timeout)),
-            ));
-        }
-        None
+    let since_start = now.saturating_sub(started_at);
+    let secs = |d: Duration| d.as_secs_f64();
+    if a.ready_at.is_none() && since_start >= policy.ready_timeout {
+        return Some(Terminate::new(
+            TerminationReason::AgentUnresponsive,
+            format!("the agent was not ready within {:.1}s", secs(policy.ready_timeout)),
+        ));
     }
+    if let Some(max) = policy.max_duration {
+        if since_start >= max {
+            return Some(Terminate::new(
+                TerminationReason::MaxDurationExceeded,
+                format!("the sandbox reached its maximum duration of {:.1}s", secs(max)),
+            ));
+        }
+    }
+    let ready_at = a.ready_at?;
+    if let Some(idle) = policy.idle_timeout {
+        let last = a.last_activity.max(ready_at);
+        if a.open_sessions == 0 && now.saturating_sub(last) >= idle {
+            return Some(Terminate::new(
+                TerminationReason::IdleTimeout,
+                format!("no session, client frame or touch for {:.1}s", secs(idle)),
+            ));
+        }
+    }
+    let last_beat = a.last_heartbeat.unwrap_or(ready_at).max(ready_at);
+    if now.saturating_sub(last_beat) >= policy.heartbeat_timeout {
+        return Some(Terminate::new(
+            TerminationReason::AgentUnresponsive,
+            format!("no heartbeat from the agent for {:.1}s", secs(policy.heartbeat_timeout)),
+        ));
+    }
+    None
 }
 
 impl Actor for Watchdog {
