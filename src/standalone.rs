@@ -7,9 +7,8 @@
 //!
 //! SIGTERM and SIGINT take the graceful path with reason Signal; SIGUSR1
 //! (`alcove kill`) forces the guest off at once, also with reason Signal.
-//! When the
-//! config names a parent pid (an attached `alcove run`), that process's
-//! death stops the sandbox too.
+//! When the config names a parent pid (an attached `alcove run`), that
+//! process's death stops the sandbox too.
 
 use crate::config::{BackendKind, SandboxConfig};
 use crate::sandbox::{launch, SandboxHandle, SandboxOptions};

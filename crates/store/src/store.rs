@@ -8,6 +8,7 @@
 //! wait is capped by the remaining budget, so a call gives up within about
 //! `retry_budget` however `busy_timeout` is set.
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -73,6 +74,14 @@ impl Store {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| open_err(format!("cannot create directory {}: {e}", dir.display())))?;
+        }
+        // Sandbox configs (environment values included) live here: the file
+        // is created owner-only, and SQLite gives its -wal and -shm files the
+        // same mode.
+        if let Err(e) = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+            if e.kind() != std::io::ErrorKind::AlreadyExists {
+                return Err(open_err(e.to_string()));
+            }
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).map_err(|e| open_err(e.to_string()))?;

@@ -556,3 +556,16 @@ fn two_processes_write_concurrently() {
     assert_eq!(store.sandboxes().expect("list").len() as i64, 3 * WRITES_PER_WRITER + 1);
     assert!(store.running_runs().expect("running").is_empty());
 }
+
+#[test]
+fn the_database_file_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("alcove.db");
+    let store = alcove_store::Store::open(&path).expect("opens");
+    store.create_sandbox("a", "{}").expect("written");
+    for file in ["alcove.db", "alcove.db-wal", "alcove.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(file)).expect(file).permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
+    }
+}
