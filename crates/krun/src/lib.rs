@@ -17,6 +17,12 @@
 //!   overlay's lower layer, `<sandbox_dir>/upper-vm` (tag `upper`) as its
 //!   writable layer, extra mounts (tags `mnt0`, `mnt1`, ...) and disk
 //!   volumes (their configured ids);
+//! - read-only is enforced by the VMM, not only by the guest's mount flags:
+//!   the `rootfs` share and read-only mounts are served by
+//!   [`rofs::ReadOnlyFs`] (msb_krun's passthrough with every mutating
+//!   request refused with `EROFS`), so guest root cannot remount them
+//!   read-write and change the host directory; the root disk and read-only
+//!   volumes are attached read-only by msb_krun's virtio-blk;
 //! - the guest console (hvc0: kernel log, agent stderr) goes to
 //!   `GuestSpec::guest_log` (msb_krun truncates it at start).
 //!
@@ -38,6 +44,7 @@
 pub mod config;
 pub mod plan;
 pub mod port;
+pub mod rofs;
 pub mod seam;
 
 pub use config::{DiskFormat, KrunConfig, KrunRoot, KrunVolume};
@@ -151,7 +158,7 @@ impl VmBackend for KrunBackend {
             hook_state.report(exit);
         });
         let mut builder = seam::KrunBuilder::new();
-        seam::apply(&plan, Box::new(port::AgentPort::new(guest_end)), hook, &mut builder);
+        seam::apply(&plan, Box::new(port::AgentPort::new(guest_end)), hook, &mut builder)?;
         let vm = builder.build().map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
         let _ = state.guest_code.set(vm.exit_code());
         let control = Arc::new(KrunControl { exit: vm.exit_handle(), state: Arc::clone(&state) });

@@ -11,6 +11,11 @@
 //!   config. The user's root filesystem is a separate share (or a read-only
 //!   disk) that alcove never writes; the guest's changes go to
 //!   `<sandbox_dir>/upper-vm` through the `upper` share.
+//! - The `rootfs` share and every read-only mount are planned `read_only`:
+//!   the seam serves them through [`crate::rofs::ReadOnlyFs`], so the VMM
+//!   refuses writes even if guest root remounts them read-write. Share
+//!   directories must be valid UTF-8 (msb_krun takes them as strings and
+//!   would otherwise serve a lossily converted path).
 //! - The agent is copied, never hard-linked: guest root can write to the
 //!   trampoline through virtio-fs, and a hard link would let it alter the
 //!   shared host binary other sandboxes run.
@@ -75,6 +80,9 @@ pub struct SharePlan {
     pub tag: String,
     /// Host directory.
     pub host: PathBuf,
+    /// Served through [`ReadOnlyFs`](crate::rofs::ReadOnlyFs): the VMM
+    /// refuses every write, whatever the guest mounts it as.
+    pub read_only: bool,
 }
 
 /// A virtio-blk device.
@@ -211,10 +219,10 @@ pub fn plan_with_krunfw(
         if !dir.is_dir() {
             return Err(invalid(format!("root filesystem {} is not a directory", dir.display())));
         }
-        shares.push(SharePlan { tag: ROOTFS_TAG.into(), host: dir });
+        shares.push(SharePlan { tag: ROOTFS_TAG.into(), host: dir, read_only: true });
     }
     let upper_dir = spec.sandbox_dir.join(UPPER_DIR);
-    shares.push(SharePlan { tag: UPPER_TAG.into(), host: upper_dir.clone() });
+    shares.push(SharePlan { tag: UPPER_TAG.into(), host: upper_dir.clone(), read_only: false });
     let mut mounts = Vec::new();
     for (i, m) in spec.mounts.iter().enumerate() {
         if !m.guest.starts_with('/') {
@@ -227,7 +235,7 @@ pub fn plan_with_krunfw(
             )));
         }
         let tag = format!("mnt{i}");
-        shares.push(SharePlan { tag: tag.clone(), host: m.host.clone() });
+        shares.push(SharePlan { tag: tag.clone(), host: m.host.clone(), read_only: m.readonly });
         mounts.push(VmMount { tag, guest_path: m.guest.clone(), readonly: m.readonly });
     }
 
@@ -241,6 +249,12 @@ pub fn plan_with_krunfw(
     }
     if spec.sandbox_dir.as_os_str().is_empty() {
         return Err(invalid("the sandbox directory is not set".into()));
+    }
+    let boot_dir = spec.sandbox_dir.join(BOOT_DIR);
+    for dir in shares.iter().map(|s| &s.host).chain([&boot_dir]) {
+        if dir.to_str().is_none() {
+            return Err(invalid(format!("virtio-fs share directory {} is not valid UTF-8", dir.display())));
+        }
     }
 
     let agent_config = AgentConfig {
@@ -256,7 +270,7 @@ pub fn plan_with_krunfw(
         memory_mib,
         krunfw,
         init_path: AGENT_GUEST_PATH.into(),
-        boot_dir: spec.sandbox_dir.join(BOOT_DIR),
+        boot_dir,
         shares,
         disks,
         console_output: spec.guest_log.clone(),

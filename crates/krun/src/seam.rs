@@ -4,9 +4,18 @@
 //! plan field; it talks to a [`VmConfigurator`]. [`KrunBuilder`] forwards to
 //! msb_krun, and the tests' recording double captures the calls, so a test
 //! proves every field reaches the builder without creating a VM.
+//!
+//! Read-only shares (`SharePlan::read_only`: the `rootfs` share and
+//! read-only mounts) are decided here too: [`apply`] builds a
+//! [`ReadOnlyFs`] for each and hands it over through
+//! [`VmConfigurator::read_only_share`], which [`KrunBuilder`] attaches with
+//! `FsBuilder::custom`; only writable shares (the boot trampoline, `upper`,
+//! read-write mounts) use msb_krun's plain `fs(tag, path)`.
 
 use crate::config::DiskFormat;
 use crate::plan::{DiskPlan, ExecPlan, VmPlan};
+use crate::rofs::ReadOnlyFs;
+use alcove_backend::BackendError;
 use msb_krun::{ConsolePortBackend, DiskImageFormat, Vm, VmBuilder};
 use std::path::Path;
 
@@ -20,8 +29,10 @@ pub trait VmConfigurator {
     fn init_path(&mut self, path: &str);
     /// The virtio-fs root (`/dev/root`).
     fn root_share(&mut self, dir: &Path);
-    /// Another virtio-fs share.
+    /// Another virtio-fs share, writable (msb_krun's passthrough).
     fn share(&mut self, tag: &str, dir: &Path);
+    /// A virtio-fs share served read-only by the VMM.
+    fn read_only_share(&mut self, tag: &str, fs: ReadOnlyFs);
     /// A virtio-blk device.
     fn disk(&mut self, disk: &DiskPlan);
     /// Where the guest console (hvc0) goes.
@@ -34,19 +45,25 @@ pub trait VmConfigurator {
     fn on_exit(&mut self, hook: Box<dyn Fn(i32) + Send + 'static>);
 }
 
-/// Applies a plan: every field becomes a builder call.
+/// Applies a plan: every field becomes a builder call. Fails only if a
+/// read-only share's backend cannot be created.
 pub fn apply(
     plan: &VmPlan,
     agent_port: Box<dyn ConsolePortBackend>,
     on_exit: Box<dyn Fn(i32) + Send + 'static>,
     c: &mut dyn VmConfigurator,
-) {
+) -> Result<(), BackendError> {
     c.machine(plan.vcpus, plan.memory_mib);
     c.krunfw(&plan.krunfw);
     c.init_path(&plan.init_path);
     c.root_share(&plan.boot_dir);
     for s in &plan.shares {
-        c.share(&s.tag, &s.host);
+        if s.read_only {
+            let fs = ReadOnlyFs::new(&s.host).map_err(|e| BackendError::Setup(e.to_string()))?;
+            c.read_only_share(&s.tag, fs);
+        } else {
+            c.share(&s.tag, &s.host);
+        }
     }
     for d in &plan.disks {
         c.disk(d);
@@ -55,6 +72,7 @@ pub fn apply(
     c.console_port(&plan.agent_port, agent_port);
     c.exec(&plan.exec);
     c.on_exit(on_exit);
+    Ok(())
 }
 
 /// The real configurator over msb_krun's `VmBuilder`.
@@ -102,6 +120,9 @@ impl VmConfigurator for KrunBuilder {
     }
     fn share(&mut self, tag: &str, dir: &Path) {
         self.with(|b| b.fs(|f| f.tag(tag).path(dir)));
+    }
+    fn read_only_share(&mut self, tag: &str, fs: ReadOnlyFs) {
+        self.with(|b| b.fs(|f| f.tag(tag).custom(Box::new(fs))));
     }
     fn disk(&mut self, d: &DiskPlan) {
         self.with(|b| {

@@ -4,12 +4,14 @@
 
 use super::*;
 use crate::plan::{plan_with_krunfw, write_boot_share, DiskPlan, ExecPlan, AGENT_GUEST_PATH, BOOT_DIR, UPPER_DIR};
+use crate::rofs::ReadOnlyFs;
 use crate::seam::{apply, VmConfigurator};
 use alcove_backend::MountSpec;
 use alcove_protocol::agent_config::{AgentConfig, AgentMode, VmBoot, VmMount, VmRoot, VmVolume};
 use msb_krun::ConsolePortBackend;
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,6 +25,7 @@ enum Call {
     InitPath(String),
     RootShare(PathBuf),
     Share(String, PathBuf),
+    ReadOnlyShare(String, PathBuf),
     Disk(DiskPlan),
     ConsoleOutput(PathBuf),
     ConsolePort(String),
@@ -35,6 +38,7 @@ enum Call {
 struct Recorder {
     calls: Vec<Call>,
     ports: Vec<Box<dyn ConsolePortBackend>>,
+    read_only: Vec<ReadOnlyFs>,
     hooks: Vec<Box<dyn Fn(i32) + Send>>,
 }
 
@@ -53,6 +57,10 @@ impl VmConfigurator for Recorder {
     }
     fn share(&mut self, tag: &str, dir: &Path) {
         self.calls.push(Call::Share(tag.into(), dir.into()));
+    }
+    fn read_only_share(&mut self, tag: &str, fs: ReadOnlyFs) {
+        self.calls.push(Call::ReadOnlyShare(tag.into(), fs.root().into()));
+        self.read_only.push(fs);
     }
     fn disk(&mut self, disk: &DiskPlan) {
         self.calls.push(Call::Disk(disk.clone()));
@@ -185,7 +193,8 @@ fn every_field_reaches_the_builder() {
             hc.store(code as usize, Ordering::SeqCst);
         }),
         &mut rec,
-    );
+    )
+    .expect("apply");
     let sandbox = f.p("sandboxes/box1");
     assert_eq!(
         rec.calls,
@@ -194,10 +203,10 @@ fn every_field_reaches_the_builder() {
             Call::Krunfw(f.p("libkrunfw.so.5")),
             Call::InitPath("/alcove-agent".into()),
             Call::RootShare(sandbox.join(BOOT_DIR)),
-            Call::Share("rootfs".into(), f.p("rootfs")),
+            Call::ReadOnlyShare("rootfs".into(), f.p("rootfs")),
             Call::Share("upper".into(), sandbox.join(UPPER_DIR)),
             Call::Share("mnt0".into(), f.p("share-a")),
-            Call::Share("mnt1".into(), f.p("share-b")),
+            Call::ReadOnlyShare("mnt1".into(), f.p("share-b")),
             Call::Disk(DiskPlan {
                 id: "data".into(),
                 path: f.p("data.qcow2"),
@@ -257,6 +266,66 @@ fn every_field_reaches_the_builder() {
     );
 }
 
+/// The rootfs share and read-only mounts reach the builder as
+/// [`ReadOnlyFs`] backends serving the right directories and refusing
+/// writes; the boot share, `upper` and read-write mounts stay plain shares.
+#[test]
+fn read_only_shares_go_through_the_read_only_backend() {
+    use msb_krun::backends::fs::{Context, DynFileSystem, Extensions, FsOptions};
+    use msb_krun_devices::virtio::fs::fuse::ROOT_ID;
+    let f = Fixture::new();
+    fs::write(f.p("share-b/ref.txt"), "reference").expect("ref");
+    let plan = plan_of(&f, &f.config(), &f.spec()).expect("plan");
+    let flags: Vec<(&str, bool)> = plan.shares.iter().map(|s| (s.tag.as_str(), s.read_only)).collect();
+    assert_eq!(flags, vec![("rootfs", true), ("upper", false), ("mnt0", false), ("mnt1", true)]);
+
+    let mut rec = Recorder::default();
+    let (_h, g) = alcove_backend::console::channel().expect("pair");
+    apply(&plan, Box::new(port::AgentPort::new(g)), Box::new(|_| {}), &mut rec).expect("apply");
+    let plain: Vec<&str> = rec
+        .calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Share(t, _) => Some(t.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(plain, vec!["upper", "mnt0"]);
+    assert!(rec.calls.contains(&Call::RootShare(plan.boot_dir.clone())));
+    assert_eq!(rec.read_only.len(), 2);
+    assert_eq!(rec.read_only[0].root(), f.p("rootfs"));
+    assert_eq!(rec.read_only[1].root(), f.p("share-b"));
+
+    // The backends handed over really serve those directories read-only.
+    let ctx = Context { uid: 0, gid: 0, pid: 1 };
+    let before = (fs::read_dir(f.p("rootfs")).expect("ls").count(), fs::read_dir(f.p("share-b")).expect("ls").count());
+    for (backend, name) in [(&rec.read_only[0], c"bin"), (&rec.read_only[1], c"ref.txt")] {
+        // SAFETY: umask has no memory preconditions (init sets it to 0).
+        let old = unsafe { libc::umask(0o022) };
+        backend.init(FsOptions::empty()).expect("init");
+        // SAFETY: as above.
+        unsafe { libc::umask(old) };
+        backend.lookup(ctx, ROOT_ID, name).expect("lookup");
+        let e = backend.mkdir(ctx, ROOT_ID, c"new", 0o755, 0, Extensions::default()).err().expect("mkdir refused");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        let e = backend
+            .create(ctx, ROOT_ID, c"new", 0o644, false, libc::O_WRONLY as u32, 0, Extensions::default())
+            .err()
+            .expect("create refused");
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+    }
+    let after = (fs::read_dir(f.p("rootfs")).expect("ls").count(), fs::read_dir(f.p("share-b")).expect("ls").count());
+    assert_eq!(before, after);
+    assert_eq!(fs::read(f.p("share-b/ref.txt")).expect("ref"), b"reference");
+
+    // With every mount writable, only the root is read-only.
+    let mut spec = f.spec();
+    spec.mounts[1].readonly = false;
+    let plan = plan_of(&f, &f.config(), &spec).expect("plan");
+    let ro: Vec<&str> = plan.shares.iter().filter(|s| s.read_only).map(|s| s.tag.as_str()).collect();
+    assert_eq!(ro, vec!["rootfs"]);
+}
+
 #[test]
 fn the_qcow2_fixture_is_valid_for_qemu_img_when_present() {
     let t = tempfile::tempdir().expect("tempdir");
@@ -279,14 +348,14 @@ fn a_disk_root_is_attached_read_only_and_named_in_the_agent_config() {
     let plan = plan_of(&f, &config, &spec).expect("plan");
     let mut rec = Recorder::default();
     let (_h, g) = alcove_backend::console::channel().expect("pair");
-    apply(&plan, Box::new(port::AgentPort::new(g)), Box::new(|_| {}), &mut rec);
+    apply(&plan, Box::new(port::AgentPort::new(g)), Box::new(|_| {}), &mut rec).expect("apply");
     assert!(rec.calls.contains(&Call::Disk(DiskPlan {
         id: "root".into(),
         path: f.p("root.img"),
         format: DiskFormat::Raw,
         read_only: true
     })));
-    assert!(!rec.calls.iter().any(|c| matches!(c, Call::Share(t, _) if t == "rootfs")));
+    assert!(!rec.calls.iter().any(|c| matches!(c, Call::Share(t, _) | Call::ReadOnlyShare(t, _) if t == "rootfs")));
     let vm = plan.agent_config.vm.expect("vm boot");
     assert_eq!(vm.root, VmRoot::Block { device_id: "root".into(), fstype: Some("ext4".into()) });
 }
@@ -385,6 +454,12 @@ fn bad_inputs_are_refused_with_clear_errors() {
     let mut s = f.spec();
     s.mounts[0].host = f.p("gone");
     refused(plan_of(&f, &f.config(), &s), &["mount source", "gone"]);
+
+    let odd = f.dir.path().join(std::ffi::OsStr::from_bytes(b"not-\xff-utf8"));
+    fs::create_dir_all(&odd).expect("non-UTF-8 dir");
+    let mut s = f.spec();
+    s.mounts[0].host = odd;
+    refused(plan_of(&f, &f.config(), &s), &["not-", "not valid UTF-8"]);
 
     let mut s = f.spec();
     s.mounts[1].guest = "rel".into();

@@ -12,13 +12,15 @@
 //! - On hosts with vmx/svm only (they print "skipped: no vmx/svm"
 //!   elsewhere): the agent reaches `Ready` over the `agent` console port,
 //!   runs a command, and its exit code arrives through the virtio-fs ioctl;
-//!   and the same from a disk-image root. They need the static agent:
+//!   the same from a disk-image root; and guest root, after remounting a
+//!   read-only share read-write, still cannot write it or the rootfs share
+//!   (the VMM's read-only backend refuses). They need the static agent:
 //!   `ALCOVE_AGENT_BIN`, or `$ALCOVE_HOME/bin/alcove-agent-*`.
 //!
 //! libkrunfw is installed once per target dir by `install_libkrunfw`; when
 //! pip cannot fetch it the tests print why and skip.
 
-use alcove_backend::{ExitObserver, GuestSpec, VmBackend};
+use alcove_backend::{ExitObserver, GuestSpec, MountSpec, VmBackend};
 use alcove_krun::{KrunBackend, KrunConfig, KrunRoot};
 use std::fs;
 use std::io::Write;
@@ -228,6 +230,63 @@ fn agent_boots_from_a_disk_image_root() {
     assert!(line.starts_with("OBSERVER code=0 ") && line.ends_with("detail=None"), "{line}");
 }
 
+/// Left in the host's `/` (the rootfs of the `serve*` children) only if the
+/// VMM let the guest write its rootfs share.
+const ROOTFS_PROBE: &str = "/alcove-rofs-probe";
+
+/// What the guest tries as root: remount the read-only mount and the rootfs
+/// share read-write, then write to them. Each attempt prints its outcome.
+const WRITE_ATTEMPTS: &str = "\
+mount -o remount,rw /ro && echo RO_REMOUNTED_RW
+if echo changed > /ro/keep 2>/dev/null; then echo RO_OVERWRITE_DONE; else echo RO_OVERWRITE_REFUSED; fi
+if echo new > /ro/new 2>/dev/null; then echo RO_CREATE_DONE; else echo RO_CREATE_REFUSED; fi
+if rm /ro/keep 2>/dev/null; then echo RO_RM_DONE; else echo RO_RM_REFUSED; fi
+mkdir -p /tmp/alcove-lower
+if mount -t virtiofs rootfs /tmp/alcove-lower; then
+  mount -o remount,rw /tmp/alcove-lower && echo ROOT_REMOUNTED_RW
+  if touch /tmp/alcove-lower/alcove-rofs-probe 2>/dev/null; then echo ROOT_WRITE_DONE; else echo ROOT_WRITE_REFUSED; fi
+else
+  echo ROOT_MOUNT_FAILED
+fi
+exit 0
+";
+
+#[test]
+fn guest_root_cannot_write_read_only_shares() {
+    if !has_hw_virt() {
+        println!("skipped: no vmx/svm in /proc/cpuinfo: microVMs cannot boot on this host");
+        return;
+    }
+    let Some(krunfw) = real_krunfw() else { return };
+    let agent = find_agent();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let share = dir.path().join("ro-share");
+    fs::create_dir_all(&share).expect("share");
+    fs::write(share.join("keep"), "original").expect("keep");
+    assert!(!Path::new(ROOTFS_PROBE).exists(), "{ROOTFS_PROBE} exists before the test; remove it");
+    let run = run_child("serve_ro", dir.path(), &krunfw, Some(&agent));
+    let probe_written = Path::new(ROOTFS_PROBE).exists();
+    if probe_written {
+        let _ = fs::remove_file(ROOTFS_PROBE);
+    }
+    assert!(run.stdout.contains("READY protocol_version=1"), "no Ready from the agent");
+    assert!(run.stdout.contains("EXEC code=Some(0)"), "the write attempts did not run");
+    // Guest root got past its own read-only mount ...
+    assert!(run.stdout.contains("RO_REMOUNTED_RW"), "the guest could not remount /ro read-write");
+    assert!(!run.stdout.contains("ROOT_MOUNT_FAILED"), "the guest could not mount the rootfs share to test it");
+    // ... and the VMM still refused every write.
+    for refused in ["RO_OVERWRITE_REFUSED", "RO_CREATE_REFUSED", "RO_RM_REFUSED", "ROOT_WRITE_REFUSED"] {
+        assert!(run.stdout.contains(refused), "{refused} missing: the guest wrote a read-only share");
+    }
+    assert!(!probe_written, "the guest created {ROOTFS_PROBE} through the rootfs share");
+    let mut names: Vec<_> = fs::read_dir(&share).expect("ls").map(|e| e.expect("e").file_name()).collect();
+    names.sort();
+    assert_eq!(names, vec![std::ffi::OsString::from("keep")], "the read-only share changed");
+    assert_eq!(fs::read(share.join("keep")).expect("keep"), b"original");
+    let line = observer_line(&run.stdout);
+    assert!(line.starts_with("OBSERVER code=0 ") && line.ends_with("detail=None"), "{line}");
+}
+
 // ---- children -------------------------------------------------------------
 
 struct StderrLog;
@@ -263,7 +322,7 @@ fn child_main(mode: &str) {
         std::env::current_exe().expect("exe")
     };
     let (rootfs, root) = match mode {
-        "serve" => (Some(PathBuf::from("/")), KrunRoot::Directory { path: None }),
+        "serve" | "serve_ro" => (Some(PathBuf::from("/")), KrunRoot::Directory { path: None }),
         "serve_disk" => (
             None,
             KrunRoot::Disk { path: dir.join("root.img"), format: Some("raw".into()), fstype: Some("ext4".into()) },
@@ -278,6 +337,11 @@ fn child_main(mode: &str) {
         agent_binary: Some(agent),
         cpus: Some(1),
         memory_mib: Some(256),
+        mounts: if mode == "serve_ro" {
+            vec![MountSpec { host: dir.join("ro-share"), guest: "/ro".into(), readonly: true }]
+        } else {
+            Vec::new()
+        },
         ..GuestSpec::default()
     };
     let config = KrunConfig { libkrunfw: Some(krunfw), root, volumes: Vec::new() };
@@ -296,9 +360,13 @@ fn child_main(mode: &str) {
             });
             _keep = Some(channel);
         }
-        "serve" | "serve_disk" => {
-            let disk = mode == "serve_disk";
-            std::thread::spawn(move || drive_agent(channel, disk));
+        "serve" | "serve_disk" | "serve_ro" => {
+            let request = match mode {
+                "serve_disk" => Request::StatMarker,
+                "serve_ro" => Request::Exec(WRITE_ATTEMPTS),
+                _ => Request::Exec("echo hello-from-vm; exit 3"),
+            };
+            std::thread::spawn(move || drive_agent(channel, request));
         }
         _ => _keep = Some(channel),
     }
@@ -311,8 +379,16 @@ fn child_main(mode: &str) {
     std::process::exit(3);
 }
 
+/// The one request a serving child sends.
+enum Request {
+    /// `/bin/sh -c SCRIPT`.
+    Exec(&'static str),
+    /// Stat `/marker`.
+    StatMarker,
+}
+
 /// Speaks the protocol to the agent: Ready, one request, Shutdown.
-fn drive_agent(mut sock: std::os::unix::net::UnixStream, disk: bool) {
+fn drive_agent(mut sock: std::os::unix::net::UnixStream, request: Request) {
     use alcove_protocol::frame::{Flags, Frame};
     use alcove_protocol::message::{ExecRequest, FsReply, FsRequest, Message};
     let next = |sock: &mut std::os::unix::net::UnixStream| -> Frame {
@@ -326,13 +402,12 @@ fn drive_agent(mut sock: std::os::unix::net::UnixStream, disk: bool) {
     };
     let ready = alcove_protocol::handshake::check_ready(&next(&mut sock)).expect("Ready first");
     println!("READY protocol_version={}", ready.protocol_version);
-    let request = if disk {
-        Message::FsRequest(FsRequest::Stat { path: "/marker".into() })
-    } else {
-        Message::ExecRequest(ExecRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), "echo hello-from-vm; exit 3".into()],
+    let request = match request {
+        Request::StatMarker => Message::FsRequest(FsRequest::Stat { path: "/marker".into() }),
+        Request::Exec(script) => Message::ExecRequest(ExecRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
             ..ExecRequest::default()
-        })
+        }),
     };
     Frame::message(1, Flags::SESSION_START, &request).expect("encode").write_to(&mut sock).expect("send");
     let mut out = Vec::new();
@@ -388,4 +463,10 @@ fn child_serve() {
 #[ignore = "runs as a subprocess of agent_boots_from_a_disk_image_root"]
 fn child_serve_disk() {
     child_main("serve_disk");
+}
+
+#[test]
+#[ignore = "runs as a subprocess of guest_root_cannot_write_read_only_shares"]
+fn child_serve_ro() {
+    child_main("serve_ro");
 }
