@@ -17,12 +17,20 @@
 //!   overlay's lower layer, `<sandbox_dir>/upper-vm` (tag `upper`) as its
 //!   writable layer, extra mounts (tags `mnt0`, `mnt1`, ...) and disk
 //!   volumes (their configured ids);
+//! - every virtio-fs share is served by [`sharefs::ShareFs`], msb_krun's
+//!   passthrough behind a wrapper, never by msb_krun's bare `fs(tag, path)`
+//!   (whose passthrough resolves `..` in a share's root to the host
+//!   directory above it). In both modes guest-supplied names must be single
+//!   path components (`.`, `..`, `/` and empty names answer `EINVAL`) and
+//!   `readdirplus` never looks up `.`/`..`, so the guest cannot reach
+//!   outside a share's directory;
+//! - the trampoline, `upper` and read-write mounts are served writable
+//!   (everything else delegated, the exit-code ioctl included);
 //! - read-only is enforced by the VMM, not only by the guest's mount flags:
-//!   the `rootfs` share and read-only mounts are served by
-//!   [`rofs::ReadOnlyFs`] (msb_krun's passthrough with every mutating
-//!   request refused with `EROFS`), so guest root cannot remount them
-//!   read-write and change the host directory; the root disk and read-only
-//!   volumes are attached read-only by msb_krun's virtio-blk;
+//!   the `rootfs` share and read-only mounts are served read-only (every
+//!   mutating request refused with `EROFS`), so guest root cannot remount
+//!   them read-write and change the host directory; the root disk and
+//!   read-only volumes are attached read-only by msb_krun's virtio-blk;
 //! - the guest console (hvc0: kernel log, agent stderr) goes to
 //!   `GuestSpec::guest_log` (msb_krun truncates it at start).
 //!
@@ -44,8 +52,8 @@
 pub mod config;
 pub mod plan;
 pub mod port;
-pub mod rofs;
 pub mod seam;
+pub mod sharefs;
 
 pub use config::{DiskFormat, KrunConfig, KrunRoot, KrunVolume};
 pub use plan::{HostLimits, VmPlan};

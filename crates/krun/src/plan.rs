@@ -12,10 +12,13 @@
 //!   disk) that alcove never writes; the guest's changes go to
 //!   `<sandbox_dir>/upper-vm` through the `upper` share.
 //! - The `rootfs` share and every read-only mount are planned `read_only`:
-//!   the seam serves them through [`crate::rofs::ReadOnlyFs`], so the VMM
-//!   refuses writes even if guest root remounts them read-write. Share
-//!   directories must be valid UTF-8 (msb_krun takes them as strings and
-//!   would otherwise serve a lossily converted path).
+//!   the seam serves them through [`crate::sharefs::ShareFs`] in read-only
+//!   mode, so the VMM refuses writes even if guest root remounts them
+//!   read-write. Every other share (the trampoline, `upper`, read-write
+//!   mounts) goes through the same wrapper in writable mode, which keeps
+//!   the guest inside the shared directory. Share directories must be valid
+//!   UTF-8 (the passthrough takes them as strings and would otherwise serve
+//!   a lossily converted path).
 //! - The agent is copied, never hard-linked: guest root can write to the
 //!   trampoline through virtio-fs, and a hard link would let it alter the
 //!   shared host binary other sandboxes run.
@@ -80,8 +83,9 @@ pub struct SharePlan {
     pub tag: String,
     /// Host directory.
     pub host: PathBuf,
-    /// Served through [`ReadOnlyFs`](crate::rofs::ReadOnlyFs): the VMM
-    /// refuses every write, whatever the guest mounts it as.
+    /// Served in [`ShareMode::ReadOnly`](crate::sharefs::ShareMode): the
+    /// VMM refuses every write, whatever the guest mounts it as. Otherwise
+    /// [`ShareMode::Writable`](crate::sharefs::ShareMode).
     pub read_only: bool,
 }
 

@@ -5,16 +5,20 @@
 //! msb_krun, and the tests' recording double captures the calls, so a test
 //! proves every field reaches the builder without creating a VM.
 //!
-//! Read-only shares (`SharePlan::read_only`: the `rootfs` share and
-//! read-only mounts) are decided here too: [`apply`] builds a
-//! [`ReadOnlyFs`] for each and hands it over through
-//! [`VmConfigurator::read_only_share`], which [`KrunBuilder`] attaches with
-//! `FsBuilder::custom`; only writable shares (the boot trampoline, `upper`,
-//! read-write mounts) use msb_krun's plain `fs(tag, path)`.
+//! Every virtio-fs share is served by a [`ShareFs`] that [`apply`] builds:
+//! the boot trampoline (`/dev/root`), `upper` and read-write mounts in
+//! [`ShareMode::Writable`], the `rootfs` share and read-only mounts
+//! (`SharePlan::read_only`) in [`ShareMode::ReadOnly`]. [`KrunBuilder`]
+//! attaches each with `FsBuilder::custom`; msb_krun's plain
+//! `fs(tag, path)` / `fs.root(path)` (a bare passthrough, which lets a guest
+//! step above the share with `..`) is never used. The boot share keeps the
+//! tag `/dev/root` that `fs.root` would give it (the kernel mounts its root
+//! by that tag) and its `ioctl` reaches the passthrough unchanged, so the
+//! guest's exit-code report still lands in the VM's exit-code cell.
 
 use crate::config::DiskFormat;
 use crate::plan::{DiskPlan, ExecPlan, VmPlan};
-use crate::rofs::ReadOnlyFs;
+use crate::sharefs::{ShareFs, ShareMode};
 use alcove_backend::BackendError;
 use msb_krun::{ConsolePortBackend, DiskImageFormat, Vm, VmBuilder};
 use std::path::Path;
@@ -27,12 +31,10 @@ pub trait VmConfigurator {
     fn krunfw(&mut self, path: &Path);
     /// The kernel's `init=`.
     fn init_path(&mut self, path: &str);
-    /// The virtio-fs root (`/dev/root`).
-    fn root_share(&mut self, dir: &Path);
-    /// Another virtio-fs share, writable (msb_krun's passthrough).
-    fn share(&mut self, tag: &str, dir: &Path);
-    /// A virtio-fs share served read-only by the VMM.
-    fn read_only_share(&mut self, tag: &str, fs: ReadOnlyFs);
+    /// The virtio-fs root (tag [`ROOT_SHARE_TAG`]): the boot trampoline.
+    fn root_share(&mut self, fs: ShareFs);
+    /// Another virtio-fs share.
+    fn share(&mut self, tag: &str, fs: ShareFs);
     /// A virtio-blk device.
     fn disk(&mut self, disk: &DiskPlan);
     /// Where the guest console (hvc0) goes.
@@ -45,8 +47,16 @@ pub trait VmConfigurator {
     fn on_exit(&mut self, hook: Box<dyn Fn(i32) + Send + 'static>);
 }
 
+/// The virtio-fs tag of the root share, as msb_krun's `FsBuilder::root`
+/// names it (the kernel is booted with `root=/dev/root`).
+pub const ROOT_SHARE_TAG: &str = "/dev/root";
+
+fn share_fs(dir: &Path, mode: ShareMode) -> Result<ShareFs, BackendError> {
+    ShareFs::new(dir, mode).map_err(|e| BackendError::Setup(e.to_string()))
+}
+
 /// Applies a plan: every field becomes a builder call. Fails only if a
-/// read-only share's backend cannot be created.
+/// share's backend cannot be created.
 pub fn apply(
     plan: &VmPlan,
     agent_port: Box<dyn ConsolePortBackend>,
@@ -56,14 +66,10 @@ pub fn apply(
     c.machine(plan.vcpus, plan.memory_mib);
     c.krunfw(&plan.krunfw);
     c.init_path(&plan.init_path);
-    c.root_share(&plan.boot_dir);
+    c.root_share(share_fs(&plan.boot_dir, ShareMode::Writable)?);
     for s in &plan.shares {
-        if s.read_only {
-            let fs = ReadOnlyFs::new(&s.host).map_err(|e| BackendError::Setup(e.to_string()))?;
-            c.read_only_share(&s.tag, fs);
-        } else {
-            c.share(&s.tag, &s.host);
-        }
+        let mode = if s.read_only { ShareMode::ReadOnly } else { ShareMode::Writable };
+        c.share(&s.tag, share_fs(&s.host, mode)?);
     }
     for d in &plan.disks {
         c.disk(d);
@@ -115,13 +121,10 @@ impl VmConfigurator for KrunBuilder {
     fn init_path(&mut self, path: &str) {
         self.with(|b| b.kernel(|k| k.init_path(path)));
     }
-    fn root_share(&mut self, dir: &Path) {
-        self.with(|b| b.fs(|f| f.root(dir)));
+    fn root_share(&mut self, fs: ShareFs) {
+        self.with(|b| b.fs(|f| f.tag(ROOT_SHARE_TAG).custom(Box::new(fs))));
     }
-    fn share(&mut self, tag: &str, dir: &Path) {
-        self.with(|b| b.fs(|f| f.tag(tag).path(dir)));
-    }
-    fn read_only_share(&mut self, tag: &str, fs: ReadOnlyFs) {
+    fn share(&mut self, tag: &str, fs: ShareFs) {
         self.with(|b| b.fs(|f| f.tag(tag).custom(Box::new(fs))));
     }
     fn disk(&mut self, d: &DiskPlan) {

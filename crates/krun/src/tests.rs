@@ -4,8 +4,8 @@
 
 use super::*;
 use crate::plan::{plan_with_krunfw, write_boot_share, DiskPlan, ExecPlan, AGENT_GUEST_PATH, BOOT_DIR, UPPER_DIR};
-use crate::rofs::ReadOnlyFs;
-use crate::seam::{apply, VmConfigurator};
+use crate::seam::{apply, VmConfigurator, ROOT_SHARE_TAG};
+use crate::sharefs::{ShareFs, ShareMode};
 use alcove_backend::MountSpec;
 use alcove_protocol::agent_config::{AgentConfig, AgentMode, VmBoot, VmMount, VmRoot, VmVolume};
 use msb_krun::ConsolePortBackend;
@@ -23,9 +23,8 @@ enum Call {
     Machine(u8, usize),
     Krunfw(PathBuf),
     InitPath(String),
-    RootShare(PathBuf),
-    Share(String, PathBuf),
-    ReadOnlyShare(String, PathBuf),
+    RootShare(PathBuf, ShareMode),
+    Share(String, PathBuf, ShareMode),
     Disk(DiskPlan),
     ConsoleOutput(PathBuf),
     ConsolePort(String),
@@ -38,7 +37,8 @@ enum Call {
 struct Recorder {
     calls: Vec<Call>,
     ports: Vec<Box<dyn ConsolePortBackend>>,
-    read_only: Vec<ReadOnlyFs>,
+    /// Every share's backend with its tag, the root share's included.
+    shares: Vec<(String, ShareFs)>,
     hooks: Vec<Box<dyn Fn(i32) + Send>>,
 }
 
@@ -52,15 +52,13 @@ impl VmConfigurator for Recorder {
     fn init_path(&mut self, path: &str) {
         self.calls.push(Call::InitPath(path.into()));
     }
-    fn root_share(&mut self, dir: &Path) {
-        self.calls.push(Call::RootShare(dir.into()));
+    fn root_share(&mut self, fs: ShareFs) {
+        self.calls.push(Call::RootShare(fs.root().into(), fs.mode()));
+        self.shares.push((ROOT_SHARE_TAG.into(), fs));
     }
-    fn share(&mut self, tag: &str, dir: &Path) {
-        self.calls.push(Call::Share(tag.into(), dir.into()));
-    }
-    fn read_only_share(&mut self, tag: &str, fs: ReadOnlyFs) {
-        self.calls.push(Call::ReadOnlyShare(tag.into(), fs.root().into()));
-        self.read_only.push(fs);
+    fn share(&mut self, tag: &str, fs: ShareFs) {
+        self.calls.push(Call::Share(tag.into(), fs.root().into(), fs.mode()));
+        self.shares.push((tag.into(), fs));
     }
     fn disk(&mut self, disk: &DiskPlan) {
         self.calls.push(Call::Disk(disk.clone()));
@@ -202,11 +200,11 @@ fn every_field_reaches_the_builder() {
             Call::Machine(2, 1024),
             Call::Krunfw(f.p("libkrunfw.so.5")),
             Call::InitPath("/alcove-agent".into()),
-            Call::RootShare(sandbox.join(BOOT_DIR)),
-            Call::ReadOnlyShare("rootfs".into(), f.p("rootfs")),
-            Call::Share("upper".into(), sandbox.join(UPPER_DIR)),
-            Call::Share("mnt0".into(), f.p("share-a")),
-            Call::ReadOnlyShare("mnt1".into(), f.p("share-b")),
+            Call::RootShare(sandbox.join(BOOT_DIR), ShareMode::Writable),
+            Call::Share("rootfs".into(), f.p("rootfs"), ShareMode::ReadOnly),
+            Call::Share("upper".into(), sandbox.join(UPPER_DIR), ShareMode::Writable),
+            Call::Share("mnt0".into(), f.p("share-a"), ShareMode::Writable),
+            Call::Share("mnt1".into(), f.p("share-b"), ShareMode::ReadOnly),
             Call::Disk(DiskPlan {
                 id: "data".into(),
                 path: f.p("data.qcow2"),
@@ -266,11 +264,13 @@ fn every_field_reaches_the_builder() {
     );
 }
 
-/// The rootfs share and read-only mounts reach the builder as
-/// [`ReadOnlyFs`] backends serving the right directories and refusing
-/// writes; the boot share, `upper` and read-write mounts stay plain shares.
+/// Every share reaches the builder as a [`ShareFs`] serving the right
+/// directory in the right mode: the rootfs share and read-only mounts
+/// refuse writes; the boot share, `upper` and read-write mounts write inside
+/// their directory but refuse `..` and names with `/`; the boot share still
+/// takes the guest's exit-code ioctl.
 #[test]
-fn read_only_shares_go_through_the_read_only_backend() {
+fn every_share_goes_through_the_wrapper_in_its_mode() {
     use msb_krun::backends::fs::{Context, DynFileSystem, Extensions, FsOptions};
     use msb_krun_devices::virtio::fs::fuse::ROOT_ID;
     let f = Fixture::new();
@@ -278,45 +278,76 @@ fn read_only_shares_go_through_the_read_only_backend() {
     let plan = plan_of(&f, &f.config(), &f.spec()).expect("plan");
     let flags: Vec<(&str, bool)> = plan.shares.iter().map(|s| (s.tag.as_str(), s.read_only)).collect();
     assert_eq!(flags, vec![("rootfs", true), ("upper", false), ("mnt0", false), ("mnt1", true)]);
+    write_boot_share(&plan).expect("boot share");
 
     let mut rec = Recorder::default();
     let (_h, g) = alcove_backend::console::channel().expect("pair");
     apply(&plan, Box::new(port::AgentPort::new(g)), Box::new(|_| {}), &mut rec).expect("apply");
-    let plain: Vec<&str> = rec
-        .calls
-        .iter()
-        .filter_map(|c| match c {
-            Call::Share(t, _) => Some(t.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(plain, vec!["upper", "mnt0"]);
-    assert!(rec.calls.contains(&Call::RootShare(plan.boot_dir.clone())));
-    assert_eq!(rec.read_only.len(), 2);
-    assert_eq!(rec.read_only[0].root(), f.p("rootfs"));
-    assert_eq!(rec.read_only[1].root(), f.p("share-b"));
+    let served: Vec<(&str, &Path, ShareMode)> =
+        rec.shares.iter().map(|(t, fs)| (t.as_str(), fs.root(), fs.mode())).collect();
+    let sandbox = f.p("sandboxes/box1");
+    let (boot, upper) = (sandbox.join(BOOT_DIR), sandbox.join(UPPER_DIR));
+    let (rootfs, share_a, share_b) = (f.p("rootfs"), f.p("share-a"), f.p("share-b"));
+    assert_eq!(
+        served,
+        vec![
+            ("/dev/root", boot.as_path(), ShareMode::Writable),
+            ("rootfs", rootfs.as_path(), ShareMode::ReadOnly),
+            ("upper", upper.as_path(), ShareMode::Writable),
+            ("mnt0", share_a.as_path(), ShareMode::Writable),
+            ("mnt1", share_b.as_path(), ShareMode::ReadOnly),
+        ]
+    );
 
-    // The backends handed over really serve those directories read-only.
+    // The backends handed over really serve those directories that way.
     let ctx = Context { uid: 0, gid: 0, pid: 1 };
-    let before = (fs::read_dir(f.p("rootfs")).expect("ls").count(), fs::read_dir(f.p("share-b")).expect("ls").count());
-    for (backend, name) in [(&rec.read_only[0], c"bin"), (&rec.read_only[1], c"ref.txt")] {
+    let listing = |d: &Path| {
+        let mut v: Vec<_> = fs::read_dir(d).expect("ls").map(|e| e.expect("entry").file_name()).collect();
+        v.sort();
+        v
+    };
+    let above = listing(f.dir.path());
+    let sandbox_above = listing(&sandbox);
+    for (tag, backend) in &rec.shares {
+        let dir = backend.root().to_path_buf();
+        let before = listing(&dir);
         // SAFETY: umask has no memory preconditions (init sets it to 0).
         let old = unsafe { libc::umask(0o022) };
         backend.init(FsOptions::empty()).expect("init");
         // SAFETY: as above.
         unsafe { libc::umask(old) };
-        backend.lookup(ctx, ROOT_ID, name).expect("lookup");
-        let e = backend.mkdir(ctx, ROOT_ID, c"new", 0o755, 0, Extensions::default()).err().expect("mkdir refused");
-        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
-        let e = backend
-            .create(ctx, ROOT_ID, c"new", 0o644, false, libc::O_WRONLY as u32, 0, Extensions::default())
-            .err()
-            .expect("create refused");
-        assert_eq!(e.raw_os_error(), Some(libc::EROFS));
+        let e = backend.lookup(ctx, ROOT_ID, c"..").err().expect("lookup .. refused");
+        assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{tag}");
+        let mkdir = |name: &std::ffi::CStr| backend.mkdir(ctx, ROOT_ID, name, 0o755, 0, Extensions::default());
+        match backend.mode() {
+            ShareMode::ReadOnly => {
+                let name = if tag == "rootfs" { c"bin" } else { c"ref.txt" };
+                backend.lookup(ctx, ROOT_ID, name).expect("lookup");
+                assert_eq!(mkdir(c"new").err().and_then(|e| e.raw_os_error()), Some(libc::EROFS), "{tag}");
+                let e = backend
+                    .create(ctx, ROOT_ID, c"new", 0o644, false, libc::O_WRONLY as u32, 0, Extensions::default())
+                    .err()
+                    .expect("create refused");
+                assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{tag}");
+                assert_eq!(listing(&dir), before, "{tag}");
+            }
+            ShareMode::Writable => {
+                assert_eq!(mkdir(c"../escaped").err().and_then(|e| e.raw_os_error()), Some(libc::EINVAL), "{tag}");
+                mkdir(c"new").expect("mkdir inside a writable share");
+                assert!(dir.join("new").is_dir(), "{tag}");
+                backend.rmdir(ctx, ROOT_ID, c"new").expect("rmdir");
+                assert_eq!(listing(&dir), before, "{tag}");
+            }
+        }
     }
-    let after = (fs::read_dir(f.p("rootfs")).expect("ls").count(), fs::read_dir(f.p("share-b")).expect("ls").count());
-    assert_eq!(before, after);
+    assert_eq!(listing(f.dir.path()), above, "nothing appeared above the shares");
+    assert_eq!(listing(&sandbox), sandbox_above, "nothing appeared above the shares");
     assert_eq!(fs::read(f.p("share-b/ref.txt")).expect("ref"), b"reference");
+
+    // The boot share takes the guest's exit-code report.
+    let code = Arc::new(AtomicI32::new(i32::MAX));
+    rec.shares[0].1.ioctl(ctx, ROOT_ID, 0, 0, 0x7602, 3, 0, 0, &code).expect("exit-code ioctl");
+    assert_eq!(code.load(Ordering::SeqCst), 3);
 
     // With every mount writable, only the root is read-only.
     let mut spec = f.spec();
@@ -355,7 +386,7 @@ fn a_disk_root_is_attached_read_only_and_named_in_the_agent_config() {
         format: DiskFormat::Raw,
         read_only: true
     })));
-    assert!(!rec.calls.iter().any(|c| matches!(c, Call::Share(t, _) | Call::ReadOnlyShare(t, _) if t == "rootfs")));
+    assert!(!rec.calls.iter().any(|c| matches!(c, Call::Share(t, _, _) if t == "rootfs")));
     let vm = plan.agent_config.vm.expect("vm boot");
     assert_eq!(vm.root, VmRoot::Block { device_id: "root".into(), fstype: Some("ext4".into()) });
 }

@@ -1,7 +1,11 @@
-//! Unit tests of [`ReadOnlyFs`], called directly on a temporary directory:
-//! the read side works, every mutating request answers `EROFS` and leaves
-//! the directory exactly as it was, while the same requests through the bare
-//! passthrough do change it (so the refusals are the wrapper's doing).
+//! Unit tests of [`ShareFs`], called directly on temporary directories.
+//! Read-only mode: the read side works, every mutating request answers
+//! `EROFS` and leaves the directory exactly as it was, while the same
+//! requests through the bare passthrough do change it (so the refusals are
+//! the wrapper's doing). Both modes: the bare passthrough hands out the host
+//! directory above the share (and writes there), the wrapper refuses the
+//! same requests. Writable mode: ordinary work inside the share reaches the
+//! host, and the exit-code ioctl still reaches the VM's exit-code cell.
 
 use super::*;
 use msb_krun_devices::virtio::fs::fuse::ROOT_ID;
@@ -136,8 +140,9 @@ fn init_with(f: impl FnOnce()) {
     unsafe { libc::umask(old) };
 }
 
-fn mounted(dir: &Path) -> ReadOnlyFs {
-    let fs = ReadOnlyFs::new(dir).expect("read-only fs");
+fn mounted(dir: &Path) -> ShareFs {
+    let fs = ShareFs::read_only(dir).expect("read-only fs");
+    assert_eq!(fs.mode(), ShareMode::ReadOnly);
     init_with(|| {
         let opts = fs.init(FsOptions::WRITEBACK_CACHE | FsOptions::SUBMOUNTS).expect("init");
         assert!(!opts.contains(FsOptions::WRITEBACK_CACHE), "no writeback cache on a read-only share");
@@ -218,8 +223,8 @@ fn reads_are_served() {
     fs.batch_forget(ctx(), vec![(sub.inode, 1), (link.inode, 1)]);
 
     // Names a kernel's path walk never sends, which would leave the share.
-    for name in [".", "..", "sub/inner"] {
-        assert_eq!(errno(fs.lookup(ctx(), ROOT_ID, &c(name))), libc::EACCES, "{name}");
+    for name in [".", "..", "sub/inner", ""] {
+        assert_eq!(errno(fs.lookup(ctx(), ROOT_ID, &c(name))), libc::EINVAL, "{name}");
     }
     fs.destroy();
 }
@@ -402,7 +407,250 @@ fn open_flags_are_classified() {
 #[test]
 fn a_non_utf8_directory_is_refused() {
     let p = PathBuf::from(std::ffi::OsStr::from_bytes(b"/tmp/not-\xff-utf8"));
-    let e = ReadOnlyFs::new(&p).expect_err("refused");
-    assert!(matches!(e, RofsError::NotUtf8(_)));
-    assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+    for mode in [ShareMode::ReadOnly, ShareMode::Writable] {
+        let e = ShareFs::new(&p, mode).expect_err("refused");
+        assert!(matches!(e, ShareFsError::NotUtf8(_)));
+        assert!(e.to_string().contains("not valid UTF-8"), "{e}");
+    }
+    let e = ShareFs::writable(Path::new("/tmp/nul\0byte")).expect_err("refused");
+    assert!(matches!(e, ShareFsError::Nul(_)), "{e}");
+}
+
+/// A share inside a directory of its own, so that what lies above the share
+/// is a temporary directory the test can inspect.
+fn nested() -> (tempfile::TempDir, PathBuf) {
+    let outer = tempfile::tempdir().expect("tempdir");
+    let share = outer.path().join("share");
+    fs::create_dir(&share).expect("share");
+    fs::write(share.join("hello"), "hello world").expect("hello");
+    fs::write(outer.path().join("secret"), "outside").expect("secret");
+    (outer, share)
+}
+
+/// What msb_krun's `fs(tag, path)` serves, initialised.
+fn bare(dir: &Path) -> PassthroughFs {
+    let cfg = Config { root_dir: dir.to_str().expect("utf-8").into(), ..Config::default() };
+    let fs = PassthroughFs::new(cfg).expect("passthrough");
+    init_with(|| {
+        fs.init(FsOptions::empty()).expect("init");
+    });
+    fs
+}
+
+fn mounted_as(dir: &Path, mode: ShareMode) -> ShareFs {
+    let fs = ShareFs::new(dir, mode).expect("share fs");
+    assert_eq!(fs.mode(), mode);
+    init_with(|| {
+        fs.init(FsOptions::empty()).expect("init");
+    });
+    fs
+}
+
+/// The `..` entry's inode as a share's readdirplus of the root reports it.
+fn dotdot_of_root(readdirplus: impl FnOnce(u64, &mut dyn FnMut(DirEntry, Entry) -> io::Result<usize>)) -> Option<u64> {
+    let mut dotdot = None;
+    readdirplus(ROOT_ID, &mut |e: DirEntry, entry: Entry| {
+        if e.name == b".." {
+            dotdot = Some(entry.inode);
+        }
+        Ok(1)
+    });
+    dotdot
+}
+
+/// The hole the wrapper closes: the bare passthrough resolves `..` and
+/// `../name` against the share's root on the host, so a guest sending raw
+/// FUSE requests gets the directory above the share, and through a writable
+/// share writes there.
+#[test]
+fn the_bare_passthrough_escapes_the_share() {
+    let (outer, share) = nested();
+    let above = fs::metadata(outer.path()).expect("meta").ino();
+    let fs = bare(&share);
+    let ext = Extensions::default;
+
+    // `lookup(ROOT, "..")` is the directory above the share ...
+    let parent = fs.lookup(ctx(), ROOT_ID, &c("..")).expect("lookup ..");
+    assert_eq!(parent.attr.st_ino, above, "the bare passthrough's behaviour changed; revisit the wrapper");
+    // ... which the guest can then read and write through.
+    let secret = fs.lookup(ctx(), parent.inode, &c("secret")).expect("a file outside the share");
+    assert_eq!(secret.attr.st_size, 7);
+    fs.mkdir(ctx(), parent.inode, &c("escaped"), 0o755, 0, ext()).expect("mkdir above the share");
+    assert!(outer.path().join("escaped").is_dir());
+    // A name with `/` gets there in one request.
+    fs.mkdir(ctx(), ROOT_ID, &c("../escaped2"), 0o755, 0, ext()).expect("mkdir ../escaped2");
+    assert!(outer.path().join("escaped2").is_dir());
+
+    // readdirplus of the root registers the same inode.
+    let (dh, _) = fs.opendir(ctx(), ROOT_ID, libc::O_RDONLY as u32).expect("opendir");
+    let dh = dh.expect("handle");
+    let dotdot = dotdot_of_root(|ino, add| {
+        fs.readdirplus(ctx(), ino, dh, 4096, 0, add).expect("readdirplus");
+    });
+    assert_eq!(dotdot, Some(parent.inode), "readdirplus looked `..` up");
+    fs.releasedir(ctx(), ROOT_ID, 0, dh).expect("releasedir");
+}
+
+/// The same requests through the wrapper, in both modes: `..` is never
+/// resolved, every malformed name is refused, and nothing above (or in) the
+/// share changes.
+#[test]
+fn the_wrapper_refuses_the_escape_in_both_modes() {
+    for mode in [ShareMode::ReadOnly, ShareMode::Writable] {
+        let (outer, share) = nested();
+        let before = snapshot(outer.path());
+        let fs = mounted_as(&share, mode);
+        let ext = Extensions::default;
+        // Writable shares refuse the name; read-only ones refuse the write.
+        let want = match mode {
+            ShareMode::Writable => libc::EINVAL,
+            ShareMode::ReadOnly => libc::EROFS,
+        };
+        let hello = fs.lookup(ctx(), ROOT_ID, &c("hello")).expect("hello").inode;
+
+        for name in ["..", ".", "../secret", "a/b", "/", ""] {
+            assert_eq!(errno(fs.lookup(ctx(), ROOT_ID, &c(name))), libc::EINVAL, "{mode:?} lookup {name:?}");
+        }
+        for name in ["..", ".", "../escaped", "a/b", "/abs", ""] {
+            let n = c(name);
+            let m = format!("{mode:?} {name:?}");
+            let r = fs.create(ctx(), ROOT_ID, &n, 0o644, false, libc::O_RDWR as u32, 0, ext());
+            assert_eq!(errno(r), want, "create {m}");
+            assert_eq!(errno(fs.mkdir(ctx(), ROOT_ID, &n, 0o755, 0, ext())), want, "mkdir {m}");
+            let r = fs.mknod(ctx(), ROOT_ID, &n, libc::S_IFIFO | 0o644, 0, 0, ext());
+            assert_eq!(errno(r), want, "mknod {m}");
+            assert_eq!(errno(fs.symlink(ctx(), &c("hello"), ROOT_ID, &n, ext())), want, "symlink {m}");
+            assert_eq!(errno(fs.link(ctx(), hello, ROOT_ID, &n)), want, "link {m}");
+            assert_eq!(errno(fs.rename(ctx(), ROOT_ID, &n, ROOT_ID, &c("x"), 0)), want, "rename from {m}");
+            assert_eq!(errno(fs.rename(ctx(), ROOT_ID, &c("hello"), ROOT_ID, &n, 0)), want, "rename to {m}");
+            assert_eq!(errno(fs.unlink(ctx(), ROOT_ID, &n)), want, "unlink {m}");
+            assert_eq!(errno(fs.rmdir(ctx(), ROOT_ID, &n)), want, "rmdir {m}");
+        }
+
+        // readdirplus of the root answers `..` without attributes.
+        let (dh, _) = fs.opendir(ctx(), ROOT_ID, libc::O_RDONLY as u32).expect("opendir");
+        let dh = dh.expect("handle");
+        let dotdot = dotdot_of_root(|ino, add| {
+            fs.readdirplus_for_each(ctx(), ino, dh, 4096, 0, add).expect("readdirplus");
+        });
+        assert_eq!(dotdot, Some(0), "{mode:?}");
+        fs.releasedir(ctx(), ROOT_ID, 0, dh).expect("releasedir");
+
+        fs.destroy();
+        drop(fs);
+        assert_eq!(snapshot(outer.path()), before, "{mode:?}: the directories changed");
+    }
+}
+
+/// Writable shares delegate the ordinary work inside the share: files and
+/// directories are created, written, renamed, linked and removed on the
+/// host; `init` negotiates what the bare passthrough would; the exit-code
+/// ioctl reaches the VM's exit-code cell.
+#[test]
+fn writable_mode_works_inside_the_share() {
+    let t = tree();
+    let root = t.path();
+    let ext = Extensions::default;
+    let fs = ShareFs::writable(root).expect("writable fs");
+    assert_eq!(fs.mode(), ShareMode::Writable);
+    let capable = FsOptions::WRITEBACK_CACHE | FsOptions::SUBMOUNTS | FsOptions::ASYNC_READ;
+    let mut ours = None;
+    init_with(|| ours = Some(fs.init(capable).expect("init")));
+    let other = tempfile::tempdir().expect("tempdir");
+    let bare_fs =
+        PassthroughFs::new(Config { root_dir: other.path().to_str().expect("utf-8").into(), ..Config::default() })
+            .expect("passthrough");
+    let mut theirs = None;
+    init_with(|| theirs = Some(bare_fs.init(capable).expect("init")));
+    assert_eq!(ours, theirs, "init is delegated unchanged");
+
+    // Create and write a file, read it back.
+    let (new, h, _) =
+        fs.create(ctx(), ROOT_ID, &c("new"), 0o640, false, libc::O_RDWR as u32, 0, ext()).expect("create");
+    let h = h.expect("a handle");
+    let mut data = Data(b"some data".to_vec());
+    assert_eq!(fs.write(ctx(), new.inode, h, &mut data, 9, 0, None, false, false, 0).expect("write"), 9);
+    let mut out = Collect::default();
+    fs.read(ctx(), new.inode, h, &mut out, 64, 0, None, 0).expect("read");
+    assert_eq!(out.0, b"some data");
+    fs.fsync(ctx(), new.inode, false, h).expect("fsync");
+    fs.release(ctx(), new.inode, 0, h, true, false, None).expect("release");
+    assert_eq!(fs::read(root.join("new")).expect("host"), b"some data");
+    assert_eq!(fs::metadata(root.join("new")).expect("meta").mode() & 0o777, 0o640);
+
+    // Rewrite an existing file through a writable open.
+    let hello = fs.lookup(ctx(), ROOT_ID, &c("hello")).expect("hello");
+    fs.access(ctx(), hello.inode, libc::W_OK as u32).expect("access W_OK");
+    let (hh, _) = fs.open(ctx(), hello.inode, false, libc::O_RDWR as u32).expect("open O_RDWR");
+    let hh = hh.expect("handle");
+    fs.write(ctx(), hello.inode, hh, &mut Data(b"HELLO".to_vec()), 5, 0, None, false, false, 0).expect("write");
+    fs.release(ctx(), hello.inode, 0, hh, true, false, None).expect("release");
+    assert_eq!(fs::read(root.join("hello")).expect("host"), b"HELLO world");
+
+    // Directories, nodes, links, renames, attributes.
+    let dir = fs.mkdir(ctx(), ROOT_ID, &c("dir"), 0o750, 0, ext()).expect("mkdir");
+    assert!(root.join("dir").is_dir());
+    fs.mknod(ctx(), ROOT_ID, &c("fifo"), libc::S_IFIFO | 0o644, 0, 0, ext()).expect("mknod");
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(
+        &fs::symlink_metadata(root.join("fifo")).expect("meta").file_type()
+    ));
+    fs.symlink(ctx(), &c("hello"), ROOT_ID, &c("sym"), ext()).expect("symlink");
+    assert_eq!(fs::read_link(root.join("sym")).expect("readlink"), Path::new("hello"));
+    fs.link(ctx(), new.inode, dir.inode, &c("hard")).expect("link");
+    assert_eq!(fs::metadata(root.join("new")).expect("meta").nlink(), 2);
+    fs.rename(ctx(), ROOT_ID, &c("new"), dir.inode, &c("moved"), 0).expect("rename");
+    assert!(!root.join("new").exists());
+    assert_eq!(fs::read(root.join("dir/moved")).expect("moved"), b"some data");
+    // SAFETY: stat64 is plain data.
+    let mut attr: stat64 = unsafe { std::mem::zeroed() };
+    attr.st_size = 4;
+    fs.setattr(ctx(), new.inode, attr, None, SetattrValid::SIZE).expect("truncate");
+    assert_eq!(fs::read(root.join("dir/moved")).expect("moved"), b"some");
+
+    // Removal.
+    assert_eq!(errno(fs.rmdir(ctx(), ROOT_ID, &c("dir"))), libc::ENOTEMPTY);
+    fs.unlink(ctx(), dir.inode, &c("hard")).expect("unlink hard");
+    fs.unlink(ctx(), dir.inode, &c("moved")).expect("unlink moved");
+    fs.unlink(ctx(), ROOT_ID, &c("sym")).expect("unlink sym");
+    fs.unlink(ctx(), ROOT_ID, &c("fifo")).expect("unlink fifo");
+    fs.rmdir(ctx(), ROOT_ID, &c("dir")).expect("rmdir");
+    for gone in ["dir", "sym", "fifo", "new"] {
+        assert!(fs::symlink_metadata(root.join(gone)).is_err(), "{gone}");
+    }
+
+    // The exit-code ioctl (what the guest's init sends on the boot share)
+    // reaches the cell; root removal is off; fd export has no table.
+    let exit_code = Arc::new(AtomicI32::new(i32::MAX));
+    fs.ioctl(ctx(), ROOT_ID, 0, 0, 0x7602, 42, 0, 0, &exit_code).expect("exit-code ioctl");
+    assert_eq!(exit_code.load(std::sync::atomic::Ordering::SeqCst), 42);
+    assert_eq!(errno(fs.ioctl(ctx(), ROOT_ID, 0, 0, 0x7603, 0, 0, 0, &exit_code)), libc::EOPNOTSUPP);
+    assert!(root.join("hello").exists(), "the share's directory is still there");
+    assert_eq!(errno(fs.ioctl(ctx(), ROOT_ID, 0, 0, 0x8010_7601, 0, 0, 16, &exit_code)), libc::EOPNOTSUPP);
+    for r in [fs.getlk(), fs.setlk(), fs.setlkw(), fs.bmap(), fs.poll(), fs.notify_reply()] {
+        assert_eq!(errno(r), libc::ENOSYS);
+    }
+    fs.destroy();
+}
+
+/// The `io::Read` side of the write adapter copies what the transport holds.
+#[test]
+fn the_write_adapter_reads_into_memory() {
+    let mut data = Data(b"abcdef".to_vec());
+    let mut src = Source(&mut data);
+    let mut buf = [0u8; 4];
+    assert_eq!(io::Read::read(&mut src, &mut buf).expect("read"), 4);
+    assert_eq!(&buf, b"abcd");
+    let mut rest = Vec::new();
+    io::Read::read_to_end(&mut src, &mut rest).expect("read to end");
+    assert_eq!(rest, b"ef");
+}
+
+#[test]
+fn plain_names_are_classified() {
+    for ok in ["a", "hello.txt", "...", ".hidden", "..x", "x.."] {
+        assert!(is_plain_name(ok.as_bytes()), "{ok}");
+    }
+    for bad in ["", ".", "..", "/", "a/b", "../x", "x/"] {
+        assert!(!is_plain_name(bad.as_bytes()), "{bad}");
+    }
 }
