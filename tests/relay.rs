@@ -202,3 +202,21 @@ fn open_sessions_are_aborted_when_the_sandbox_stops() {
     assert_eq!(env.handle.wait_timeout(WAIT).expect("ends").reason, TerminationReason::ShutdownRequested);
     assert!(client.closed());
 }
+
+#[test]
+fn a_stalled_client_with_many_small_frames_is_held_back_not_dropped() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    let id = client.range.id_start;
+    // 100k one-line frames: far more frames than bytes would suggest, and
+    // more than a window's worth, while the client reads nothing for a while.
+    let n = 100_000;
+    client.exec(id, &["lines", &n.to_string()], false);
+    std::thread::sleep(Duration::from_millis(500));
+    let (out, end) = client.collect(id);
+    assert!(matches!(end, Message::ExecExited(s) if s.code == Some(0)), "{end:?}");
+    let text = String::from_utf8(out).expect("utf-8");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), n);
+    assert_eq!(lines[n - 1], format!("line {}", n - 1));
+}

@@ -26,9 +26,10 @@
 //!
 //! Invariants: every guest frame either reaches its client's queue or belongs
 //! to a session whose client is gone (it is then credited back and counted as
-//! discarded); no queue is unbounded — a client queue that fills beyond what
-//! flow control allows means a broken peer, and that client is disconnected
-//! with a log line, never silently truncated.
+//! discarded); no queue is unbounded — a client's queue is bounded in bytes
+//! by one flow-control window per open session (see `ClientQueue`), and a
+//! queue beyond that means a broken peer: that client is disconnected with a
+//! log line, never silently truncated.
 
 use crate::actors::lifecycle::Lifecycle;
 use crate::clock::Clock;
@@ -37,7 +38,7 @@ use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::{read_frame, write_frame};
 use alcove_protocol::{Flags, Frame, Handshake, Message, CONTROL_ID, INITIAL_WINDOW};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
@@ -53,9 +54,9 @@ use tokio::sync::{mpsc, watch};
 pub const MAX_CLIENTS: usize = 128;
 /// Frames queued towards the guest before client readers wait.
 const GUEST_QUEUE: usize = 256;
-/// Frames queued towards one client. Flow control keeps a well-behaved
-/// agent far below this; reaching it means a peer broke the protocol.
-const CLIENT_QUEUE: usize = 4096;
+/// Bytes a client's queue may hold beyond one window per open session
+/// (room for the final frames of sessions).
+const CLIENT_QUEUE_SLACK: usize = 64 * 1024;
 /// Credit is returned in batches of this many bytes per session.
 const CREDIT_BATCH: u32 = INITIAL_WINDOW / 8;
 
@@ -133,7 +134,27 @@ struct Route {
 
 struct ClientSlot {
     generation: u64,
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::UnboundedSender<Frame>,
+    queue: Rc<ClientQueue>,
+}
+
+/// Accounting of what is queued towards one client. The agent sends at most
+/// `INITIAL_WINDOW` un-credited bytes per session and the relay credits only
+/// what it has written to the client, so a well-behaved peer never queues
+/// more than one window per open session; the queue is bounded by that in
+/// bytes (not in frames, so many small frames are as fine as a few large).
+#[derive(Default)]
+struct ClientQueue {
+    /// Wire bytes queued and not yet written to the client.
+    bytes: Cell<usize>,
+    /// Sessions of this client whose final frame has not been written yet.
+    open_sessions: Cell<usize>,
+}
+
+impl ClientQueue {
+    fn limit(&self) -> usize {
+        self.open_sessions.get().max(1) * INITIAL_WINDOW as usize + CLIENT_QUEUE_SLACK
+    }
 }
 
 /// State shared by the actor and its tasks.
@@ -330,7 +351,8 @@ impl Handler<CloseRelay> for Relay {
             if let (Some(Some(client)), Ok(frame)) =
                 (core.slots.get(slot), Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }))
             {
-                let _ = client.tx.try_send(frame);
+                client.queue.bytes.set(client.queue.bytes.get() + frame.wire_len());
+                let _ = client.tx.send(frame);
             }
         }
         // Dropping the queues lets each client writer drain and close.
@@ -365,26 +387,34 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
             let mut c = core.borrow_mut();
             match c.slots.iter().position(|s| s.is_none()) {
                 Some(k) => {
-                    let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let queue = Rc::new(ClientQueue::default());
                     c.next_generation += 1;
                     let generation = c.next_generation;
-                    c.slots[k] = Some(ClientSlot { generation, tx });
+                    c.slots[k] = Some(ClientSlot { generation, tx, queue: queue.clone() });
                     c.touch();
-                    Some((k, generation, rx))
+                    Some((k, generation, rx, queue))
                 }
                 None => None,
             }
         };
         match slot {
-            Some((k, generation, rx)) => {
-                actix::spawn(serve_client(stream, k, generation, rx, core.clone()));
+            Some((k, generation, rx, queue)) => {
+                actix::spawn(serve_client(stream, k, generation, rx, queue, core.clone()));
             }
             None => tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use"),
         }
     }
 }
 
-async fn serve_client(stream: UnixStream, slot: usize, generation: u64, rx: mpsc::Receiver<Frame>, core: Shared) {
+async fn serve_client(
+    stream: UnixStream,
+    slot: usize,
+    generation: u64,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    queue: Rc<ClientQueue>,
+    core: Shared,
+) {
     let (read, write) = stream.into_split();
     let range = slot_range(slot);
     let (mut ready, mut closing) = {
@@ -402,8 +432,8 @@ async fn serve_client(stream: UnixStream, slot: usize, generation: u64, rx: mpsc
     };
     // When the relay closes it drops the client's queue; the writer then
     // delivers what is queued (final frames of aborted sessions) and ends.
-    let writer = client_writer(write, range, ready_frame, rx, core.clone());
-    let reader = client_reader(read, range, slot, generation, core.clone());
+    let writer = client_writer(write, range, ready_frame, rx, queue.clone(), core.clone());
+    let reader = client_reader(read, range, slot, generation, queue, core.clone());
     let why = tokio::select! {
         why = writer => why,
         why = reader => why,
@@ -449,7 +479,8 @@ async fn client_writer(
     write: OwnedWriteHalf,
     range: Handshake,
     ready_frame: Frame,
-    mut rx: mpsc::Receiver<Frame>,
+    mut rx: mpsc::UnboundedReceiver<Frame>,
+    queue: Rc<ClientQueue>,
     core: Shared,
 ) -> String {
     let mut w = BufWriter::with_capacity(256 * 1024, write);
@@ -466,6 +497,7 @@ async fn client_writer(
         if let Err(e) = write_frame(&mut w, &frame).await {
             return format!("write failed: {e}");
         }
+        queue.bytes.set(queue.bytes.get().saturating_sub(frame.wire_len()));
         if rx.is_empty() {
             if let Err(e) = w.flush().await {
                 return format!("write failed: {e}");
@@ -476,6 +508,7 @@ async fn client_writer(
         }
         if frame.flags.contains(Flags::TERMINAL) {
             owed.remove(&frame.id);
+            queue.open_sessions.set(queue.open_sessions.get().saturating_sub(1));
             continue;
         }
         let due = owed.entry(frame.id).or_insert(0);
@@ -500,6 +533,7 @@ async fn client_reader(
     range: Handshake,
     slot: usize,
     generation: u64,
+    queue: Rc<ClientQueue>,
     core: Shared,
 ) -> String {
     loop {
@@ -543,6 +577,7 @@ async fn client_reader(
                 return format!("dropped: session id {} is already in use", frame.id);
             }
             c.sessions.insert(frame.id, Route { owner: Some((slot, generation)), kind });
+            queue.open_sessions.set(queue.open_sessions.get() + 1);
         }
         let tx = core.borrow().guest_tx.clone();
         let Some(tx) = tx else {
@@ -634,7 +669,7 @@ async fn route_from_guest(core: &Shared, frame: Frame) {
         }
         match owner {
             Some(Some((slot, generation))) if c.live(slot, generation) => {
-                c.slots[slot].as_ref().map(|s| (slot, generation, s.tx.clone()))
+                c.slots[slot].as_ref().map(|s| (slot, generation, s.tx.clone(), s.queue.clone()))
             }
             _ => {
                 c.discarded_frames += 1;
@@ -643,13 +678,18 @@ async fn route_from_guest(core: &Shared, frame: Frame) {
         }
     };
     match target {
-        Some((slot, generation, tx)) => {
-            if let Err(e) = tx.try_send(frame) {
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "dropped: its queue overflowed the flow-control bound",
-                    mpsc::error::TrySendError::Closed(_) => "dropped: its writer stopped",
-                };
-                tracing::warn!(slot, session = id, why, "disconnecting client");
+        Some((slot, generation, tx, queue)) => {
+            let queued = queue.bytes.get() + wire as usize;
+            let why = if queued > queue.limit() {
+                Some("dropped: its queue exceeded what flow control allows")
+            } else if tx.send(frame).is_err() {
+                Some("dropped: its writer stopped")
+            } else {
+                queue.bytes.set(queued);
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(slot, session = id, queued, why, "disconnecting client");
                 disconnect(core, slot, generation, why);
             }
         }

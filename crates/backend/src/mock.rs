@@ -15,6 +15,7 @@
 //! - `exit N` — exits with code N;
 //! - `sleep MS` — exits 0 after MS milliseconds, or by signal;
 //! - `stream N` — writes N bytes to stdout, honouring the flow-control window;
+//! - `lines N` — writes N short lines, one frame each (many small frames);
 //! - anything else fails with `not_found`.
 //!
 //! Threads: one reader (frames from the host), one heartbeat thread, one per
@@ -369,7 +370,7 @@ impl Guest {
             self.fail(id, SpawnErrorKind::InvalidRequest, "empty argv");
             return;
         };
-        if !["echo", "cat", "stderr", "exit", "sleep", "stream"].contains(&program.as_str()) {
+        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines"].contains(&program.as_str()) {
             self.fail(id, SpawnErrorKind::NotFound, &format!("{program}: command not found"));
             return;
         }
@@ -471,6 +472,18 @@ impl Guest {
                         return exited(1);
                     }
                     left -= n;
+                }
+                exited(0)
+            }
+            "lines" => {
+                let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                for i in 0..n {
+                    if let Ok(sig) = signals.try_recv() {
+                        return ExitStatus { code: None, signal: Some(sig), oom_killed: false };
+                    }
+                    if !self.output(id, window, Message::ExecStdout { data: format!("line {i}\n").into_bytes() }) {
+                        return exited(1);
+                    }
                 }
                 exited(0)
             }
