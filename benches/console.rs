@@ -15,7 +15,8 @@
 //! `console/host_to_guest/*` and `console/guest_to_host/*` move 32 MiB of
 //! `MAX_CHUNK` (128 KiB) frames or 4 MiB of 64-byte frames per iteration;
 //! throughput is wire bytes/s. Message encoding is not included (see the
-//! codec bench).
+//! codec bench). `console/guest_to_host_buffered/*` is the same read through
+//! a 256 KiB `BufReader`, the relay change proposed in BENCHMARKS.md.
 
 use alcove_protocol::async_io::{read_frame, write_frame};
 use alcove_protocol::{Flags, Frame, FrameDecoder, MAX_CHUNK};
@@ -23,7 +24,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::io::{Read, Write};
 use std::sync::mpsc;
 use std::time::Duration;
-use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncRead, AsyncWriteExt, BufReader, BufWriter};
 
 const BIG_TOTAL: usize = 32 * 1024 * 1024;
 const SMALL_TOTAL: usize = 4 * 1024 * 1024;
@@ -95,7 +96,15 @@ fn host_to_guest(c: &mut Criterion) {
     g.finish();
 }
 
+/// The guest → host direction as the relay reads it today (`read_frame` on
+/// the bare socket: two `recv` per frame) and, `buffered`, through a 256 KiB
+/// `BufReader` (the change proposed in BENCHMARKS.md).
 fn guest_to_host(c: &mut Criterion) {
+    guest_to_host_with(c, false);
+    guest_to_host_with(c, true);
+}
+
+fn guest_to_host_with(c: &mut Criterion, buffered: bool) {
     let mut g = c.benchmark_group("console");
     g.sample_size(20);
     g.measurement_time(Duration::from_secs(4));
@@ -118,10 +127,14 @@ fn guest_to_host(c: &mut Criterion) {
         let mut r = {
             let _guard = rt.enter();
             host.set_nonblocking(true).expect("nonblocking");
-            tokio::net::UnixStream::from_std(host).expect("tokio stream")
+            let stream = tokio::net::UnixStream::from_std(host).expect("tokio stream");
+            let r: Box<dyn AsyncRead + Unpin> =
+                if buffered { Box::new(BufReader::with_capacity(256 * 1024, stream)) } else { Box::new(stream) };
+            r
         };
+        let name = if buffered { "guest_to_host_buffered" } else { "guest_to_host" };
         g.throughput(Throughput::Bytes(wire_len as u64));
-        g.bench_function(BenchmarkId::new("guest_to_host", label), |b| {
+        g.bench_function(BenchmarkId::new(name, label), |b| {
             b.iter(|| {
                 go_tx.send(()).expect("writer alive");
                 rt.block_on(async {

@@ -115,7 +115,14 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
         .max_log_files(7)
         .build(dir)
         .map_err(|e| format!("cannot open runtime log in {}: {e}", dir.display()))?;
-    let (writer, guard) = tracing_appender::non_blocking(appender);
+    // The default queue holds 128 000 lines and is allocated up front (4 MiB
+    // per sandbox process); 1 024 lines is ample for this process's log rate.
+    // Not lossy: should the queue ever fill, the logger waits rather than
+    // dropping what happened.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(1024)
+        .lossy(false)
+        .finish(appender);
     let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(false).try_init();
     let stderr_path = dir.join("runtime.stderr");

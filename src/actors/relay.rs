@@ -268,7 +268,7 @@ impl Handler<AttachGuest> for Relay {
         let (tx, rx) = mpsc::channel(GUEST_QUEUE);
         self.core.borrow_mut().guest_tx = Some(tx);
         actix::spawn(guest_writer(write, rx));
-        actix::spawn(guest_reader(read, self.core.clone()));
+        actix::spawn(guest_reader(tokio::io::BufReader::with_capacity(256 * 1024, read), self.core.clone()));
     }
 }
 
@@ -602,7 +602,7 @@ async fn guest_writer(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
     }
 }
 
-async fn guest_reader(mut read: OwnedReadHalf, core: Shared) {
+async fn guest_reader(mut read: tokio::io::BufReader<OwnedReadHalf>, core: Shared) {
     loop {
         let frame = match read_frame(&mut read).await {
             Ok(Some(f)) => f,

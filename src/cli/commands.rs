@@ -127,6 +127,19 @@ async fn finish_run(
     let grace = u32::try_from(RUN_STOP_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(RUN_STOP_TIMEOUT + Duration::from_secs(2), client.shutdown(grace)).await;
     drop(client);
+    // The sandbox process is our child and exits only once its run is final
+    // (or its exit budget is spent): wait for that rather than poll the
+    // store, whose liveness check would see a zombie and take the 100 ms
+    // reaper path (which may also remove the sandbox under our feet).
+    let deadline = std::time::Instant::now() + RUN_STOP_TIMEOUT;
+    let mut delay = Duration::from_millis(1);
+    while std::time::Instant::now() < deadline {
+        if !matches!(started.child.try_wait(), Ok(None)) {
+            break;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(10));
+    }
     if !launch::wait_final_async(ctx, name, RUN_STOP_TIMEOUT).await? {
         launch::kill(ctx, name).await?;
     }

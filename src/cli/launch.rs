@@ -31,12 +31,26 @@ use std::time::{Duration, Instant};
 /// readiness before giving up.
 const READY_SLACK: Duration = Duration::from_secs(15);
 
+fn kvm_possible() -> bool {
+    Path::new("/dev/kvm").exists()
+        && std::fs::read_to_string("/proc/cpuinfo")
+            .map(|c| {
+                c.lines()
+                    .filter(|l| l.starts_with("flags"))
+                    .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"))
+            })
+            .unwrap_or(true)
+}
+
 /// Picks the backend for `--backend`.
 pub fn resolve_backend(arg: BackendArg) -> BackendKind {
     match arg {
         BackendArg::Jail => BackendKind::Jail,
         BackendArg::Krun => BackendKind::Krun,
         BackendArg::Mock => BackendKind::Mock,
+        // Without /dev/kvm or vmx/svm, krun is out whatever else the probe
+        // would find (it runs `ldconfig -p` to look for libkrunfw).
+        BackendArg::Auto if !kvm_possible() => BackendKind::Jail,
         BackendArg::Auto => match alcove_hostprobe::probe().auto_backend().0 {
             alcove_hostprobe::Backend::Krun => BackendKind::Krun,
             alcove_hostprobe::Backend::Jail => BackendKind::Jail,
@@ -365,6 +379,9 @@ async fn force(ctx: &Ctx, name: &str, pid: u32, run: alcove_store::RunId, starte
 /// [`Ctx::wait_final`] without blocking the async runtime.
 pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
     let deadline = Instant::now() + timeout;
+    // The run usually becomes final within a few milliseconds of the
+    // connection closing: look again soon, then back off.
+    let mut delay = Duration::from_millis(1);
     loop {
         if ctx.wait_final(name, Duration::ZERO)? {
             return Ok(true);
@@ -372,7 +389,8 @@ pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliRe
         if Instant::now() >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(25));
     }
 }
 

@@ -125,9 +125,14 @@ async fn drive(client: &Client, opts: ExecOptions, attach: &Attach, raw: bool) -
             let _ = e.write_all(data);
             let _ = e.flush();
         } else {
-            let mut o = std::io::stdout().lock();
+            // Straight to fd 1: stdout's LineWriter would scan every chunk
+            // for a newline (memrchr over up to 128 KiB per frame). Anything
+            // printed through it before goes out first.
+            let _ = std::io::stdout().flush();
+            use std::os::fd::FromRawFd;
+            // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps it open.
+            let mut o = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
             let _ = o.write_all(data);
-            let _ = o.flush();
         }
     };
 

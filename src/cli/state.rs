@@ -94,7 +94,13 @@ impl Ctx {
 
     /// The newest run, if it is still running.
     pub fn running_run(&self, name: &str) -> CliResult<Option<RunRecord>> {
-        Ok(self.store.latest_run(name)?.filter(|r| r.status == RunStatus::Running))
+        match self.store.latest_run(name) {
+            Ok(run) => Ok(run.filter(|r| r.status == RunStatus::Running)),
+            // Removed meanwhile (the reaper removes finished `--rm` sandboxes):
+            // nothing of it is running.
+            Err(alcove_store::StoreError::NoSuchSandbox(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The CLI metadata of a sandbox (defaults when absent).
@@ -191,8 +197,12 @@ impl Ctx {
             match self.running_run(name)? {
                 None => return Ok(true),
                 Some(run) if !run_alive(run.pid, run.started_at_ms) => {
-                    // Give the process's own final write a moment to land.
+                    // Give the process's own final write a moment to land,
+                    // and reap only if it really did not.
                     std::thread::sleep(Duration::from_millis(100));
+                    if self.running_run(name)?.is_none() {
+                        return Ok(true);
+                    }
                     self.reap()?;
                 }
                 Some(_) => {}

@@ -176,12 +176,22 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
     let timings =
         BootTimings { agent_start_us: t0 - base, mounts_done_us: mounts_done - base, ready_us: ready_us - base };
     let outcome = server.run(timings);
-    log!("stopping ({outcome:?}); syncing");
-    // SAFETY: sync has no preconditions.
-    unsafe { libc::sync() };
     if let Some(root) = &boot_root {
+        log!("stopping ({outcome:?}); syncing and powering off");
         vm::report_exit_code(root, 0);
+        // Syncs first: the guest's page cache dies with the VM.
         vm::power_off();
+    }
+    // A jail's writes live in the host's page cache, which outlives the
+    // jail: they are exactly as safe as those of any host process that has
+    // exited, so no sync is needed. A global sync(2) here would also wait
+    // for every other dirty page of the host (measured: 2 to 95 ms on a
+    // busy machine, on the critical path of every `alcove run`).
+    log!("stopping ({outcome:?})");
+    if matches!(config.mode, AgentMode::Vm) {
+        // A VM guest not run as init (tests): still flush its page cache.
+        // SAFETY: sync has no preconditions.
+        unsafe { libc::sync() };
     }
     0
 }

@@ -52,6 +52,16 @@ const FINAL_DRAIN: Duration = Duration::from_secs(2);
 const MAX_SESSIONS: usize = 4096;
 /// Stdin bytes a client may queue beyond its window before it is cut off.
 const STDIN_QUEUE_LIMIT: usize = 2 * INITIAL_WINDOW as usize;
+/// Output coalescing: a stream read twice within [`STREAMING_GAP`] is
+/// producing continuously; after a read that did not fill a chunk it rests
+/// this long before the next read, so the pipe (grown to 1 MiB, see
+/// `spawn`) collects a large chunk instead of one frame per `write(2)` of the
+/// command (busybox writes 4 KiB at a time). A lone burst (an `echo`, a
+/// keystroke's echo) is never delayed, nor is anything after the command
+/// has exited.
+const OUTPUT_COALESCE: Duration = Duration::from_micros(250);
+/// See [`OUTPUT_COALESCE`].
+const STREAMING_GAP: Duration = Duration::from_millis(2);
 
 macro_rules! log {
     ($($arg:tt)*) => { $crate::logging::log(format_args!($($arg)*)) };
@@ -97,6 +107,16 @@ enum StreamKind {
 struct OutStream {
     fd: Option<Fd>,
     kind: StreamKind,
+    /// When the last read returned data.
+    last_read: Option<Instant>,
+    /// Not read again before this (output coalescing).
+    rest_until: Option<Instant>,
+}
+
+impl OutStream {
+    fn new(fd: Fd, kind: StreamKind) -> OutStream {
+        OutStream { fd: Some(fd), kind, last_read: None, rest_until: None }
+    }
 }
 
 #[derive(Debug)]
@@ -182,6 +202,9 @@ pub struct Server {
     shutdown: Option<ShutdownState>,
     host_gone: bool,
     rbuf: Vec<u8>,
+    /// Scratch buffer for output reads (reused: no allocation and zeroing
+    /// of a whole chunk per read).
+    sbuf: Vec<u8>,
     /// Port mode: the channel is left out of poll until then.
     chan_retry_at: Option<Instant>,
     /// Work is pending that no fd will announce: poll without waiting.
@@ -241,6 +264,7 @@ impl Server {
             shutdown: None,
             host_gone: false,
             rbuf: vec![0u8; 64 * 1024],
+            sbuf: vec![0u8; MAX_CHUNK],
             chan_retry_at: None,
             busy: false,
         })
@@ -307,13 +331,20 @@ impl Server {
         }
         add(self.sigfd.raw(), libc::POLLIN, Target::Signal, &mut fds);
         add(self.wake_r.raw(), libc::POLLIN, Target::Wake, &mut fds);
+        // While the channel cannot take what is already encoded, output is
+        // left in the pipes: it is read later in larger chunks, and the
+        // commands feel the backpressure.
+        let channel_backlog = self.out_pos < self.out.len();
         for (&id, s) in &self.sessions {
             match &s.kind {
                 Kind::Exec(e) => {
-                    let can_send = s.window >= (DATA_OVERHEAD + MIN_CHUNK) as i64;
+                    let can_send = s.window >= (DATA_OVERHEAD + MIN_CHUNK) as i64 && !channel_backlog;
                     for (i, st) in e.streams.iter().enumerate() {
                         if let (Some(fd), true) = (&st.fd, can_send) {
-                            add(fd.raw(), libc::POLLIN, Target::Stream(id, i), &mut fds);
+                            match st.rest_until {
+                                Some(t) if t > now && e.exit.is_none() => timeout = timeout.min(t - now),
+                                _ => add(fd.raw(), libc::POLLIN, Target::Stream(id, i), &mut fds),
+                            }
                         }
                     }
                     if let Some(sink) = &e.stdin {
@@ -663,10 +694,7 @@ impl Server {
         let pid = child.pid;
         let (streams, stdin, tty) = match child.io {
             ChildIo::Pipes { stdin, stdout, stderr } => (
-                vec![
-                    OutStream { fd: Some(stdout), kind: StreamKind::Stdout },
-                    OutStream { fd: Some(stderr), kind: StreamKind::Stderr },
-                ],
+                vec![OutStream::new(stdout, StreamKind::Stdout), OutStream::new(stderr, StreamKind::Stderr)],
                 stdin.map(|fd| StdinSink {
                     fd: Some(fd),
                     queue: VecDeque::new(),
@@ -694,7 +722,7 @@ impl Server {
                     );
                 };
                 (
-                    vec![OutStream { fd: Some(master), kind: StreamKind::Stdout }],
+                    vec![OutStream::new(master, StreamKind::Stdout)],
                     Some(StdinSink {
                         fd: Some(w),
                         queue: VecDeque::new(),
@@ -819,14 +847,18 @@ impl Server {
             return false;
         }
         let max = (avail as usize).min(MAX_CHUNK);
-        let mut buf = vec![0u8; max];
-        match sys::read(fd.raw(), &mut buf) {
+        let buf = &mut self.sbuf[..max];
+        match sys::read(fd.raw(), buf) {
             Ok(0) => {
                 st.fd = None;
                 false
             }
             Ok(n) => {
-                buf.truncate(n);
+                let now = Instant::now();
+                let streaming = st.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
+                st.last_read = Some(now);
+                st.rest_until = (streaming && n < max && e.exit.is_none()).then(|| now + OUTPUT_COALESCE);
+                let buf = buf[..n].to_vec();
                 let msg = match st.kind {
                     StreamKind::Stdout => Message::ExecStdout { data: buf },
                     StreamKind::Stderr => Message::ExecStderr { data: buf },

@@ -20,6 +20,8 @@ use std::path::Path;
 
 /// `PATH` of every command unless the sandbox or the request sets one.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Capacity asked for a command's stdout pipe (the default is 64 KiB).
+const OUTPUT_PIPE_BYTES: usize = 1024 * 1024;
 
 /// Sandbox-wide defaults for commands (from `AgentConfig`).
 #[derive(Clone, Debug, Default)]
@@ -406,6 +408,9 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
             let (err_r, err_w) = sys::pipe().map_err(|e| setup_failed("stderr pipe", e))?;
             sys::set_nonblocking(out_r.raw(), true).map_err(|e| setup_failed("stdout pipe", e))?;
             sys::set_nonblocking(err_r.raw(), true).map_err(|e| setup_failed("stderr pipe", e))?;
+            // Room for a fast writer to run ahead while the agent batches
+            // its output into large frames (see server.rs, OUTPUT_COALESCE).
+            sys::grow_pipe(out_r.raw(), OUTPUT_PIPE_BYTES);
             (ChildIo::Pipes { stdin: in_w, stdout: out_r, stderr: err_r }, [in_r, out_w, err_w])
         }
     };

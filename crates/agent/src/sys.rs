@@ -150,16 +150,16 @@ pub fn read_to_end(fd: RawFd) -> io::Result<Vec<u8>> {
 
 /// `poll(2)` over `fds`; `EINTR` counts as a timeout with nothing ready.
 pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<usize> {
-    let ms = match timeout {
-        None => -1,
-        Some(d) => {
-            // Round up so a 0.4 ms deadline does not spin.
-            let ms = d.as_micros().div_ceil(1000);
-            ms.min(i32::MAX as u128) as libc::c_int
-        }
-    };
-    // SAFETY: fds is a valid slice of pollfd.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    // ppoll, not poll: the loop's short deadlines (output coalescing, a few
+    // hundred microseconds) must not be rounded up to whole milliseconds.
+    let ts = timeout.map(|d| libc::timespec {
+        tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
+    });
+    let tsp = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: fds is a valid slice of pollfd; tsp is null or points to a
+    // live timespec; a null sigmask leaves the mask unchanged.
+    let n = unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tsp, std::ptr::null()) };
     if n < 0 {
         let e = io::Error::last_os_error();
         if e.kind() == io::ErrorKind::Interrupted {
@@ -168,6 +168,32 @@ pub fn poll(fds: &mut [libc::pollfd], timeout: Option<Duration>) -> io::Result<u
         return Err(e);
     }
     Ok(n as usize)
+}
+
+/// Keeps large buffers on the heap. glibc serves allocations of 128 KiB and
+/// more with a fresh `mmap` and returns them with `munmap`, so every output
+/// chunk (up to `MAX_CHUNK`, 128 KiB) would cost page faults, page zeroing
+/// and a TLB flush; measured, that was a third of the agent's CPU time when
+/// streaming. With these thresholds freed chunks are reused instead. The
+/// heap it keeps is bounded by what the sessions' windows allow in flight.
+pub fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator parameters; called before any
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 32 << 20);
+    }
+}
+
+/// Asks for a pipe buffer of `bytes` (rounded up by the kernel to a power of
+/// two pages). Best effort: the limit (`/proc/sys/fs/pipe-max-size`, the
+/// per-user page budget) may refuse it, and the default then stays.
+pub fn grow_pipe(fd: RawFd, bytes: usize) {
+    let want = bytes.min(libc::c_int::MAX as usize) as libc::c_int;
+    // SAFETY: F_SETPIPE_SZ takes an int and only changes the pipe's capacity.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETPIPE_SZ, want);
+    }
 }
 
 /// Microseconds on `clock`.
@@ -286,6 +312,24 @@ pub fn cstring(s: &str) -> io::Result<std::ffi::CString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_pipes_can_be_grown() {
+        let (r, _w) = pipe().expect("pipe");
+        grow_pipe(r.raw(), 1024 * 1024);
+        // SAFETY: F_GETPIPE_SZ only reads the capacity.
+        let size = unsafe { libc::fcntl(r.raw(), libc::F_GETPIPE_SZ) };
+        assert_eq!(size, 1024 * 1024);
+    }
+
+    #[test]
+    fn poll_waits_sub_millisecond_timeouts_without_rounding_to_zero() {
+        let (r, _w) = pipe().expect("pipe");
+        let mut fds = [libc::pollfd { fd: r.raw(), events: libc::POLLIN, revents: 0 }];
+        let t = std::time::Instant::now();
+        assert_eq!(poll(&mut fds, Some(Duration::from_micros(300))).expect("polls"), 0);
+        assert!(t.elapsed() >= Duration::from_micros(300), "returned after {:?}", t.elapsed());
+    }
 
     #[test]
     fn pipes_carry_bytes_and_report_would_block() {

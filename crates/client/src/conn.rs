@@ -31,11 +31,16 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
+
+/// Read buffer of the connection (larger frames bypass it).
+const READ_BUFFER: usize = 64 * 1024;
+/// Write buffer of the connection.
+const WRITE_BUFFER: usize = 64 * 1024;
 
 /// A connection to one sandbox's agent.sock. Cheap to clone; every clone and
 /// every session share the connection, which closes when the last of them is
@@ -262,7 +267,10 @@ impl Client {
 
     /// Completes the handshake on an already connected stream.
     pub async fn from_stream(stream: UnixStream) -> Result<Client, ClientError> {
-        let (mut rd, wr) = stream.into_split();
+        let (rd, wr) = stream.into_split();
+        // Buffered: a frame costs one read(2) for its header and one for its
+        // body without it; with it, many small frames come in one read.
+        let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
         let mut range = [0u8; HANDSHAKE_LEN];
         rd.read_exact(&mut range).await.map_err(handshake_io)?;
         let handshake = Handshake::decode(range)?;
@@ -346,7 +354,7 @@ fn handshake_io(e: io::Error) -> ClientError {
     }
 }
 
-async fn read_loop(mut rd: OwnedReadHalf, router: Arc<Router>) {
+async fn read_loop(mut rd: BufReader<OwnedReadHalf>, router: Arc<Router>) {
     while let Ok(Some(frame)) = read_frame(&mut rd).await {
         if router.route(frame).is_err() {
             break;
@@ -355,9 +363,16 @@ async fn read_loop(mut rd: OwnedReadHalf, router: Arc<Router>) {
     router.shut();
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Frame>, router: Arc<Router>) {
+async fn write_loop(wr: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Frame>, router: Arc<Router>) {
+    // Frames queued together leave in one write(2); the buffer is flushed
+    // whenever the queue runs empty, so nothing waits in it.
+    let mut wr = BufWriter::with_capacity(WRITE_BUFFER, wr);
     while let Some(frame) = queue.recv().await {
-        if write_frame(&mut wr, &frame).await.is_err() {
+        let mut sent = write_frame(&mut wr, &frame).await;
+        if sent.is_ok() && queue.is_empty() {
+            sent = wr.flush().await;
+        }
+        if sent.is_err() {
             router.shut();
             return;
         }
