@@ -182,16 +182,19 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         // Syncs first: the guest's page cache dies with the VM.
         vm::power_off();
     }
-    // A jail's writes live in the host's page cache, which outlives the
-    // jail: they are exactly as safe as those of any host process that has
-    // exited, so no sync is needed. A global sync(2) here would also wait
-    // for every other dirty page of the host (measured: 2 to 95 ms on a
-    // busy machine, on the critical path of every `alcove run`).
-    log!("stopping ({outcome:?})");
+    log!("stopping ({outcome:?}); syncing");
     if matches!(config.mode, AgentMode::Vm) {
         // A VM guest not run as init (tests): still flush its page cache.
         // SAFETY: sync has no preconditions.
         unsafe { libc::sync() };
+    } else {
+        // A jail: flush the filesystem holding the root (the overlay, whose
+        // sync reaches its upper layer), so what the sandbox wrote survives
+        // a host crash right after the stop. syncfs(2) rather than a global
+        // sync(2), which would wait for every dirty page of the host
+        // (measured: 2 to 95 ms on a busy machine, on the critical path of
+        // every `alcove run`).
+        sync_root_fs();
     }
     0
 }
@@ -295,5 +298,23 @@ mod tests {
         assert_eq!(parse_start_us("garbage", 100), None);
         let own = process_start_us().expect("own start time");
         assert!(own <= sys::clock_us(libc::CLOCK_BOOTTIME));
+    }
+}
+
+/// `syncfs(2)` on the filesystem of `/`.
+fn sync_root_fs() {
+    // SAFETY: open of a constant path; the fd is closed below.
+    let fd = unsafe { libc::open(c"/".as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        // SAFETY: sync has no preconditions.
+        unsafe { libc::sync() };
+        return;
+    }
+    // SAFETY: fd is an open descriptor we own.
+    unsafe {
+        if libc::syncfs(fd) < 0 {
+            libc::sync();
+        }
+        libc::close(fd);
     }
 }
