@@ -286,21 +286,6 @@ fn is_vm_guest() -> bool {
     rc == 0 && st.f_type as i64 == VIRTIOFS_MAGIC
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn start_time_parses_despite_odd_command_names() {
-        let fields: Vec<String> = (3..=30).map(|n| if n == 22 { "12345".to_string() } else { n.to_string() }).collect();
-        let stat = format!("77 (a) b (c) {}", fields.join(" "));
-        assert_eq!(parse_start_us(&stat, 100), Some(123_450_000));
-        assert_eq!(parse_start_us("garbage", 100), None);
-        let own = process_start_us().expect("own start time");
-        assert!(own <= sys::clock_us(libc::CLOCK_BOOTTIME));
-    }
-}
-
 /// `syncfs(2)` on the filesystem of `/`.
 fn sync_root_fs() {
     // SAFETY: open of a constant path; the fd is closed below.
@@ -316,5 +301,20 @@ fn sync_root_fs() {
             libc::sync();
         }
         libc::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_parses_despite_odd_command_names() {
+        let fields: Vec<String> = (3..=30).map(|n| if n == 22 { "12345".to_string() } else { n.to_string() }).collect();
+        let stat = format!("77 (a) b (c) {}", fields.join(" "));
+        assert_eq!(parse_start_us(&stat, 100), Some(123_450_000));
+        assert_eq!(parse_start_us("garbage", 100), None);
+        let own = process_start_us().expect("own start time");
+        assert!(own <= sys::clock_us(libc::CLOCK_BOOTTIME));
     }
 }
