@@ -35,6 +35,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     // Before any thread exists, so that every thread inherits the mask.
     block_signals()?;
     let cfg = SandboxConfig::load(config_path).map_err(|e| e.to_string())?;
+    if cfg.backend == BackendKind::Jail {
+        alcove_jail::cgroup::prewarm_attach();
+    }
     let backend = make_backend(&cfg)?;
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.

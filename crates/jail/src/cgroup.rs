@@ -121,6 +121,28 @@ pub struct Hierarchy {
     pub own_path: String,
 }
 
+/// Starts, on a thread of its own, a no-op cgroup attach: this process is
+/// written into the cgroup it is already in, in every hierarchy with a
+/// controller. On this kind of host the first attach of a process pays a
+/// kernel grace period (7–15 ms measured, see BENCHMARKS.md) while later ones
+/// are fast; paying it here, in parallel with the sandbox process's start-up,
+/// takes it off the jail's critical path. Best effort: errors are ignored and
+/// nothing changes membership.
+pub fn prewarm_attach() {
+    let spawned = std::thread::Builder::new().name("alcove-cgroup-warm".into()).spawn(|| {
+        let Ok(list) = hierarchies() else { return };
+        let pid = std::process::id().to_string();
+        for h in list.iter().filter(|h| !h.controllers.is_empty()) {
+            let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
+            let procs = h.mount.join(own.trim_start_matches('/')).join("cgroup.procs");
+            let _ = std::fs::write(&procs, &pid);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::debug!(error = %e, "no cgroup pre-warm thread");
+    }
+}
+
 /// The cgroup hierarchies of this host, as seen by the calling process.
 pub fn hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
     let mountinfo_path = Path::new("/proc/self/mountinfo");
