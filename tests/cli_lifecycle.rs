@@ -145,6 +145,12 @@ fn policies_and_the_reaper_show_in_ps_and_inspect() {
     }
     let e = a.ps_entry("crash").expect("listed");
     assert_eq!((e["status"].as_str(), e["last_run"]["reason"].as_str()), (Some("Crashed"), Some("Crashed")), "{e}");
+    // The reaper also removed the cgroups the killed process left behind.
+    let leftovers = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-type", "d", "-name", &format!("crash-{pid}-*")])
+        .output()
+        .expect("find runs");
+    assert_eq!(String::from_utf8_lossy(&leftovers.stdout), "", "cgroups left behind by the crashed sandbox");
 
     // touch keeps "touched" alive past its idle timeout.
     let until = Instant::now() + Duration::from_millis(2500);

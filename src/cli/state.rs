@@ -162,6 +162,8 @@ impl Ctx {
             if let Ok(sock) = self.socket_path(&run.sandbox) {
                 let _ = std::fs::remove_file(sock);
             }
+            // A killed sandbox process could not remove its jail's cgroups.
+            alcove_jail::cgroup::remove_leftovers(&run.sandbox, run.pid);
         }
         for sb in self.store.sandboxes()? {
             if !self.meta(&sb.name).auto_remove {

@@ -143,6 +143,53 @@ pub fn prewarm_attach() {
     }
 }
 
+/// Removes the cgroups left behind by a jail whose sandbox process died
+/// without cleaning up (killed with SIGKILL): the leaves
+/// `…/alcove/<name>-<pid>-<n>` in every hierarchy, looked for under the
+/// calling process's own cgroup (where the sandbox process it started put
+/// them) and under the hierarchy's root. Any process still inside is killed
+/// first. Best effort; returns how many cgroups were removed.
+pub fn remove_leftovers(name: &str, pid: u32) -> usize {
+    let Ok(list) = hierarchies() else { return 0 };
+    let prefix = format!("{name}-{pid}-");
+    let mut removed = 0;
+    for h in &list {
+        let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
+        let own = own.trim_matches('/');
+        let mut parents = vec![h.mount.join("alcove")];
+        if !own.is_empty() {
+            parents.push(h.mount.join(own).join("alcove"));
+        }
+        for parent in parents {
+            let Ok(entries) = std::fs::read_dir(&parent) else { continue };
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                let Some(rest) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+                if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+                    continue;
+                }
+                let dir = entry.path();
+                for _ in 0..50 {
+                    for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                        if let Ok(p) = p.trim().parse::<libc::pid_t>() {
+                            // SAFETY: kill has no memory-safety preconditions.
+                            unsafe { libc::kill(p, libc::SIGKILL) };
+                        }
+                    }
+                    if std::fs::remove_dir(&dir).is_ok() {
+                        removed += 1;
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+            }
+            // The shared parent goes once empty, as after a normal exit.
+            let _ = std::fs::remove_dir(&parent);
+        }
+    }
+    removed
+}
+
 /// The cgroup hierarchies of this host, as seen by the calling process.
 pub fn hierarchies() -> Result<Vec<Hierarchy>, CgroupError> {
     let mountinfo_path = Path::new("/proc/self/mountinfo");
