@@ -125,8 +125,6 @@ pub struct Activity {
     pub last_activity: Duration,
     /// Sessions open now.
     pub open_sessions: usize,
-    /// Clients connected now.
-    pub clients: usize,
 }
 
 /// Counts as activity for the idle timeout.

@@ -205,8 +205,18 @@ impl GuestDriver {
 
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    opts.policy.validate()?;
     let store = Store::open_with(&opts.db_path, opts.store.clone())?;
+    launch_with_store(store, opts, backend)
+}
+
+/// [`launch`] with the database already open (the standalone process opens
+/// it before it prints its pid, so a bad database is refused first).
+pub fn launch_with_store(
+    store: Store,
+    opts: SandboxOptions,
+    backend: Box<dyn VmBackend>,
+) -> Result<(SandboxHandle, GuestDriver), StartError> {
+    opts.policy.validate()?;
     let listener = bind_socket(&opts.socket_path)?;
     let shared = Arc::new(SharedState::default());
 

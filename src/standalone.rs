@@ -3,7 +3,8 @@
 //! Main thread: read the config → check the database → print `{"pid":N}` as
 //! the first stdout line → move logs to `logs/runtime.log` → start the actor
 //! system → create the guest → drive it to its end on this thread (for krun
-//! that never returns) → exit once the run is final.
+//! that never returns) → exit once the run is final: 0 when it is recorded,
+//! 1 when alcove itself failed (reason InternalError, or nothing recorded).
 //!
 //! SIGTERM and SIGINT take the graceful path with reason Signal; SIGUSR1
 //! (`alcove kill`) forces the guest off at once, also with reason Signal.
@@ -11,7 +12,7 @@
 //! process's death stops the sandbox too.
 
 use crate::config::{BackendKind, SandboxConfig};
-use crate::sandbox::{launch, SandboxHandle, SandboxOptions};
+use crate::sandbox::{launch_with_store, SandboxHandle, SandboxOptions};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestSpec, VmBackend};
@@ -41,7 +42,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let backend = make_backend(&cfg)?;
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
-    drop(Store::open(&cfg.db_path()).map_err(|e| e.to_string())?);
+    let store = Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
 
     let log_dir = cfg.log_dir();
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
@@ -56,14 +57,14 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         name: cfg.name.clone(),
         config_json: serde_json::to_string(&cfg).unwrap_or_else(|_| "{}".into()),
         db_path: cfg.db_path(),
-        store: Default::default(),
+        store: store.options().clone(),
         socket_path: cfg.socket_path().map_err(|e| e.to_string())?,
         spec,
         policy: cfg.policy,
         clock: Arc::new(crate::clock::MonotonicClock::new()),
         pid: std::process::id(),
     };
-    let (handle, driver) = launch(opts, backend).map_err(|e| e.to_string())?;
+    let (handle, driver) = launch_with_store(store, opts, backend).map_err(|e| e.to_string())?;
     let handle = Arc::new(handle);
     watch_signals(handle.clone())?;
     if let Some(parent) = cfg.parent_pid {
@@ -72,8 +73,10 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     driver.run();
     let outcome = handle.wait_timeout(cfg.policy.exit_budget);
     tracing::info!(?outcome, "sandbox process exiting");
+    // 0: the run ended and is recorded; 1: alcove itself failed (the run is
+    // InternalError, or could not be recorded).
     Ok(match outcome {
-        Some(o) if o.recorded => 0,
+        Some(o) if o.recorded && o.reason != TerminationReason::InternalError => 0,
         _ => 1,
     })
 }

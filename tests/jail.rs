@@ -373,7 +373,7 @@ async fn bad_input_is_finalised_or_fails_with_its_kind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cfg = config(dir.path(), name, serde_json::json!({ "guest": { "rootfs": rootfs } }));
         let mut child = spawn_process(dir.path(), &cfg);
-        assert!(child.wait().expect("exits").code().is_some());
+        assert_eq!(child.wait().expect("exits").code(), Some(1));
         let store = Store::open(&dir.path().join("home/alcove.db")).expect("db");
         let run = store.latest_run(name).expect("query").expect("run row");
         assert_eq!(run.reason, Some(TerminationReason::InternalError));
@@ -387,7 +387,7 @@ async fn bad_input_is_finalised_or_fails_with_its_kind() {
         serde_json::json!({ "guest": { "mounts": [{ "host": "/no/such/host/path", "guest": "/mnt", "readonly": false }] } }),
     );
     let mut child = spawn_process(dir.path(), &cfg);
-    child.wait().expect("exits");
+    assert_eq!(child.wait().expect("exits").code(), Some(1));
     let store = Store::open(&dir.path().join("home/alcove.db")).expect("db");
     let run = store.latest_run("bad-mount").expect("query").expect("run row");
     assert_eq!(run.reason, Some(TerminationReason::InternalError));

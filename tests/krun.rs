@@ -123,7 +123,7 @@ fn a_wrong_libkrunfw_is_refused_before_any_vm_exists() {
         .status()
         .expect("runs");
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert!(status.code().is_some());
+    assert_eq!(status.code(), Some(1), "a refused configuration is alcove's failure");
     let store = Store::open(&dir.path().join("home/alcove.db")).expect("db");
     let rec = store.latest_run("krun-badlib").expect("query").expect("run");
     assert_eq!(rec.reason, Some(TerminationReason::InternalError));

@@ -150,16 +150,19 @@ impl Lifecycle {
         }
     }
 
-    fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>) {
+    /// Records the sandbox status, then runs `then`. A failed write is a
+    /// cause to end the sandbox (InternalError).
+    fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>, then: impl FnOnce(&mut Self) + 'static) {
         let db = self.db.clone();
         let msg = DbSetStatus { sandbox: self.name.clone(), status };
-        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, _, ctx: &mut Context<Self>| {
+        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx: &mut Context<Self>| {
             if let Some(err) = flatten(res) {
                 ctx.notify(Terminate::new(
                     TerminationReason::InternalError,
                     format!("cannot write the database: {err}"),
                 ));
             }
+            then(this);
         }));
     }
 
@@ -309,21 +312,13 @@ impl Handler<AgentReady> for Lifecycle {
         }
         tracing::info!(agent = %msg.ready.agent_version, ready_us = msg.ready.boot.ready_us, "agent ready");
         self.state = State::Ready;
-        // Waiters learn of readiness once the record says Running too.
-        let db = self.db.clone();
-        let msg = DbSetStatus { sandbox: self.name.clone(), status: SandboxStatus::Running };
-        ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx: &mut Context<Self>| {
-            if let Some(err) = flatten(res) {
-                ctx.notify(Terminate::new(
-                    TerminationReason::InternalError,
-                    format!("cannot write the database: {err}"),
-                ));
-            }
+        // Clients and waiters learn of readiness once the record says Running.
+        self.set_status(SandboxStatus::Running, ctx, |this| {
             if let Some(relay) = &this.relay {
                 relay.do_send(OpenToClients);
             }
             this.shared.update(|i| i.ready = true);
-        }));
+        });
     }
 }
 
@@ -339,7 +334,7 @@ impl Handler<Terminate> for Lifecycle {
         tracing::info!(reason = %msg.reason, detail = ?msg.detail, graceful, "terminating");
         self.cause = Some(msg);
         self.state = State::Draining;
-        self.set_status(SandboxStatus::Draining, ctx);
+        self.set_status(SandboxStatus::Draining, ctx, |_| {});
         if let Some(vm) = &self.vm {
             vm.do_send(StopGuest { graceful });
         }

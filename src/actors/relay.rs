@@ -293,7 +293,6 @@ impl Handler<GetActivity> for Relay {
             last_heartbeat: core.last_heartbeat,
             last_activity: core.last_activity,
             open_sessions: core.open_sessions(),
-            clients: core.slots.iter().filter(|s| s.is_some()).count(),
         })
     }
 }

@@ -230,10 +230,9 @@ pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_time
             return Err(start_failure(ctx, name, status));
         }
         match Client::connect_path(&socket).await {
-            Ok(client) => {
-                settle_status(ctx, name).await;
-                return Ok(client);
-            }
+            // The relay hands out the handshake only once the sandbox is
+            // recorded Running, so `ps` right after agrees with `create`.
+            Ok(client) => return Ok(client),
             // Not listening yet, or closed during the handshake (the
             // sandbox is ending): look at the process again.
             Err(
@@ -257,21 +256,6 @@ pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_time
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(50));
-    }
-}
-
-/// The relay answers as soon as the agent is ready; the Running status is
-/// written by the sandbox's Db actor just after. Waits (briefly) for it so
-/// that a `ps` right after `create` shows what `create` promised.
-async fn settle_status(ctx: &Ctx, name: &str) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline {
-        match ctx.store.sandbox(name) {
-            Ok(Some(sb)) if sb.status != alcove_store::SandboxStatus::Starting => return,
-            Ok(Some(_)) => {}
-            _ => return,
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
