@@ -14,8 +14,8 @@
 //!   runs a command, and its exit code arrives through the virtio-fs ioctl;
 //!   the same from a disk-image root; and guest root, after remounting a
 //!   read-only share read-write, still cannot write it or the rootfs share
-//!   (the VMM's read-only backend refuses). They need the static agent:
-//!   `ALCOVE_AGENT_BIN`, or `$ALCOVE_HOME/bin/alcove-agent-*`.
+//!   (the VMM's read-only backend refuses). They use the static agent this
+//!   build embeds (`alcove_agent_bin::agent_path`).
 //!
 //! libkrunfw is installed once per target dir by `install_libkrunfw`; when
 //! pip cannot fetch it the tests print why and skip.
@@ -55,23 +55,10 @@ fn real_krunfw() -> Option<PathBuf> {
     }
 }
 
+/// The static agent this build embeds (crates/agent-bin), installed on
+/// first use.
 fn find_agent() -> PathBuf {
-    if let Some(p) = std::env::var_os("ALCOVE_AGENT_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
-    }
-    let bin = alcove_hostprobe::alcove_home().join("bin");
-    if let Ok(rd) = fs::read_dir(&bin) {
-        for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with("alcove-agent-") {
-                return e.path();
-            }
-        }
-    }
-    panic!(
-        "this host has vmx/svm, so the boot tests run, but no agent was found: set ALCOVE_AGENT_BIN \
-         to the static alcove-agent or install it under {}",
-        bin.display()
-    );
+    alcove_agent_bin::agent_path().expect("the embedded static agent installs")
 }
 
 struct ChildRun {
@@ -187,14 +174,20 @@ fn force_stop_ends_the_vm_through_the_exit_observer() {
     assert!(run.elapsed < Duration::from_secs(10), "force_stop took {:?}", run.elapsed);
 }
 
-#[test]
-fn agent_ready_exec_and_exit_code_over_the_console_port() {
+/// What a test that boots a microVM needs: a host with vmx/svm, the real
+/// libkrunfw and the static agent. `None` (after saying why) elsewhere.
+fn booting_host() -> Option<(PathBuf, PathBuf)> {
     if !has_hw_virt() {
         println!("skipped: no vmx/svm in /proc/cpuinfo: microVMs cannot boot on this host");
-        return;
+        return None;
     }
-    let Some(krunfw) = real_krunfw() else { return };
-    let agent = find_agent();
+    let krunfw = real_krunfw()?;
+    Some((krunfw, find_agent()))
+}
+
+#[test]
+fn agent_ready_exec_and_exit_code_over_the_console_port() {
+    let Some((krunfw, agent)) = booting_host() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let run = run_child("serve", dir.path(), &krunfw, Some(&agent));
     assert!(run.stdout.contains("READY protocol_version=1"), "no Ready from the agent");
@@ -205,12 +198,7 @@ fn agent_ready_exec_and_exit_code_over_the_console_port() {
 
 #[test]
 fn agent_boots_from_a_disk_image_root() {
-    if !has_hw_virt() {
-        println!("skipped: no vmx/svm in /proc/cpuinfo: microVMs cannot boot on this host");
-        return;
-    }
-    let Some(krunfw) = real_krunfw() else { return };
-    let agent = find_agent();
+    let Some((krunfw, agent)) = booting_host() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let content = dir.path().join("disk-content");
     fs::create_dir_all(&content).expect("content");
@@ -253,12 +241,7 @@ exit 0
 
 #[test]
 fn guest_root_cannot_write_read_only_shares() {
-    if !has_hw_virt() {
-        println!("skipped: no vmx/svm in /proc/cpuinfo: microVMs cannot boot on this host");
-        return;
-    }
-    let Some(krunfw) = real_krunfw() else { return };
-    let agent = find_agent();
+    let Some((krunfw, agent)) = booting_host() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
     let share = dir.path().join("ro-share");
     fs::create_dir_all(&share).expect("share");
