@@ -205,19 +205,26 @@ impl GuestDriver {
 
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
+    opts.policy.validate()?;
     let store = Store::open_with(&opts.db_path, opts.store.clone())?;
-    launch_with_store(store, opts, backend)
+    let listener = bind_socket(&opts.socket_path)?;
+    launch_with(store, listener, opts, backend)
 }
 
-/// [`launch`] with the database already open (the standalone process opens
-/// it before it prints its pid, so a bad database is refused first).
-pub fn launch_with_store(
+/// [`launch`] with the database opened and agent.sock bound by the caller.
+/// The standalone process does both before it prints its pid: a bad
+/// database is refused before it claims to run, and a client that reads the
+/// pid can connect at once (the relay answers once the agent is ready).
+pub fn launch_with(
     store: Store,
+    listener: std::os::unix::net::UnixListener,
     opts: SandboxOptions,
     backend: Box<dyn VmBackend>,
 ) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    opts.policy.validate()?;
-    let listener = bind_socket(&opts.socket_path)?;
+    if let Err(e) = opts.policy.validate() {
+        let _ = std::fs::remove_file(&opts.socket_path);
+        return Err(e.into());
+    }
     let shared = Arc::new(SharedState::default());
 
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);

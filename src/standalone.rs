@@ -11,8 +11,9 @@
 //! When the config names a parent pid (an attached `alcove run`), that
 //! process's death stops the sandbox too.
 
+use crate::actors::relay::bind_socket;
 use crate::config::{BackendKind, SandboxConfig};
-use crate::sandbox::{launch_with_store, SandboxHandle, SandboxOptions};
+use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestSpec, VmBackend};
@@ -33,6 +34,11 @@ pub fn run(config_path: &Path) -> i32 {
 }
 
 fn run_inner(config_path: &Path) -> Result<i32, String> {
+    // Its own session, so the terminal's signals (Ctrl-C to the CLI's
+    // process group) do not reach it; done here rather than between fork and
+    // exec so the CLI can spawn it with posix_spawn.
+    // SAFETY: setsid has no preconditions; it fails only for a group leader.
+    unsafe { libc::setsid() };
     // Before any thread exists, so that every thread inherits the mask.
     block_signals()?;
     let cfg = SandboxConfig::load(config_path).map_err(|e| e.to_string())?;
@@ -43,9 +49,13 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
     let store = Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
+    cfg.policy.validate().map_err(|e| e.to_string())?;
+    let socket_path = cfg.socket_path().map_err(|e| e.to_string())?;
 
     let log_dir = cfg.log_dir();
     std::fs::create_dir_all(&log_dir).map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
+    // Bound before the pid line, so the CLI's first connect succeeds.
+    let listener = bind_socket(&socket_path).map_err(|e| e.to_string())?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{{\"pid\":{}}}", std::process::id()).map_err(|e| format!("cannot write to stdout: {e}"))?;
@@ -58,13 +68,13 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         config_json: serde_json::to_string(&cfg).unwrap_or_else(|_| "{}".into()),
         db_path: cfg.db_path(),
         store: store.options().clone(),
-        socket_path: cfg.socket_path().map_err(|e| e.to_string())?,
+        socket_path,
         spec,
         policy: cfg.policy,
         clock: Arc::new(crate::clock::MonotonicClock::new()),
         pid: std::process::id(),
     };
-    let (handle, driver) = launch_with_store(store, opts, backend).map_err(|e| e.to_string())?;
+    let (handle, driver) = launch_with(store, listener, opts, backend).map_err(|e| e.to_string())?;
     let handle = Arc::new(handle);
     watch_signals(handle.clone())?;
     if let Some(parent) = cfg.parent_pid {

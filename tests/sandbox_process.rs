@@ -91,6 +91,20 @@ fn sigterm_stops_gracefully_with_reason_signal() {
 }
 
 #[test]
+fn agent_sock_accepts_as_soon_as_the_pid_line_is_out() {
+    // `spawn` has read the pid line: a client connects at once, without the
+    // retry the CLI used to need, and the process leads its own session.
+    let mut p = spawn(serde_json::json!({}));
+    std::os::unix::net::UnixStream::connect(p.socket()).expect("agent.sock is bound before the pid line");
+    // SAFETY: getsid only reads the session id of our own child.
+    let sid = unsafe { libc::getsid(p.pid as i32) };
+    assert_eq!(sid, p.pid as i32, "the sandbox process is not a session leader");
+    // SAFETY: sending a signal to our own child.
+    assert_eq!(unsafe { libc::kill(p.pid as i32, libc::SIGTERM) }, 0);
+    assert_eq!(p.wait_exit(), 0);
+}
+
+#[test]
 fn sigusr1_forces_the_guest_off() {
     let mut p = spawn(serde_json::json!({ "mock": { "heartbeat_interval_ms": 50, "hang_on_shutdown": true } }));
     p.wait_for_socket();

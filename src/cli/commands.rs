@@ -35,7 +35,7 @@ async fn create_and_start(
     ctx.store.create_sandbox(name, &json)?;
     let result = async {
         ctx.write_meta(name, &meta)?;
-        let mut started = launch::spawn(ctx, &cfg)?;
+        let mut started = launch::spawn(ctx, &cfg, !meta.auto_remove)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();
@@ -131,15 +131,7 @@ async fn finish_run(
     // (or its exit budget is spent): wait for that rather than poll the
     // store, whose liveness check would see a zombie and take the 100 ms
     // reaper path (which may also remove the sandbox under our feet).
-    let deadline = std::time::Instant::now() + RUN_STOP_TIMEOUT;
-    let mut delay = Duration::from_millis(1);
-    while std::time::Instant::now() < deadline {
-        if !matches!(started.child.try_wait(), Ok(None)) {
-            break;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(10));
-    }
+    started.wait_exit(RUN_STOP_TIMEOUT).await;
     if !launch::wait_final_async(ctx, name, RUN_STOP_TIMEOUT).await? {
         launch::kill(ctx, name).await?;
     }
@@ -297,7 +289,8 @@ pub async fn start(args: NamesArgs) -> CliResult<i32> {
         let mut cfg = ctx.load_config(&name)?;
         // A restarted sandbox lives on its own, whoever started it first.
         cfg.parent_pid = None;
-        let mut started = launch::spawn(ctx, &cfg)?;
+        let durable = !ctx.meta(&name).auto_remove;
+        let mut started = launch::spawn(ctx, &cfg, durable)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let ready = launch::wait_ready(ctx, &name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();

@@ -22,7 +22,6 @@ use alcove_backend::{GuestSpec, MountSpec};
 use alcove_client::Client;
 use alcove_store::{RunOutcome, RunStatus, TerminationReason};
 use std::io::{BufRead, BufReader};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,10 +157,48 @@ pub struct Started {
     pub child: Child,
 }
 
-/// Writes the config and spawns the sandbox process; returns once it has
-/// printed its pid.
-pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
-    let config_path = ctx.write_config(cfg)?;
+impl Started {
+    /// Waits up to `timeout` for the sandbox process (our child) to exit,
+    /// without reaping it; true if it did. Woken by a pidfd when the kernel
+    /// has one, so the exit is seen at once rather than at the next poll.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        if let Some(fd) = pidfd_open(self.pid) {
+            // SAFETY: the AsyncFd owns the OwnedFd, which stays open and the
+            // same descriptor for the AsyncFd's whole life.
+            let registered =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) };
+            if let Ok(afd) = registered {
+                // A pidfd turns readable when the process exits.
+                let _ = tokio::time::timeout(timeout, afd.readable()).await;
+                return !matches!(self.child.try_wait(), Ok(None));
+            }
+        }
+        let mut delay = Duration::from_millis(1);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return true;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(10));
+        }
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// A pidfd for `pid` (Linux 5.3+); `None` where the kernel has none.
+fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, libc::O_NONBLOCK as libc::c_uint) };
+    // SAFETY: on success the fd is new and owned by nobody else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Writes the config (fsynced when `durable`) and spawns the sandbox
+/// process; returns once it has printed its pid.
+pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig, durable: bool) -> CliResult<Started> {
+    let config_path = ctx.write_config(cfg, durable)?;
     let log_dir = ctx.sandbox_dir(&cfg.name).join("logs");
     let startup_err = log_dir.join("startup.err");
     let err_file = std::fs::OpenOptions::new()
@@ -174,15 +211,9 @@ pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
     let mut cmd = Command::new(exe);
     cmd.arg("sandbox").arg("--config").arg(&config_path);
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(err_file));
-    // SAFETY: setsid is async-signal-safe; nothing else runs in the child before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // No pre_exec hook: it would force fork+exec, copying this process's
+    // page tables; without one std spawns with posix_spawn (vfork-like).
+    // The sandbox process puts itself in a new session as its first step.
     let mut child = cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the sandbox process: {e}")))?;
     let stdout = child.stdout.take().ok_or_else(|| CliError::msg("the sandbox process has no stdout"))?;
     let mut line = String::new();
@@ -405,6 +436,33 @@ pub fn has_config(ctx: &Ctx, name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn started(argv: &[&str]) -> Started {
+        let child = Command::new(argv[0]).args(&argv[1..]).spawn().expect("spawns");
+        Started { pid: child.id(), child }
+    }
+
+    #[test]
+    fn wait_exit_wakes_when_the_child_exits() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let mut s = started(&["sh", "-c", "sleep 0.05; exit 3"]);
+        let t = Instant::now();
+        assert!(rt.block_on(s.wait_exit(Duration::from_secs(10))));
+        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+        // The exit is left for the caller to collect.
+        assert_eq!(s.child.wait().expect("reaped").code(), Some(3));
+    }
+
+    #[test]
+    fn wait_exit_gives_up_at_the_timeout() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let mut s = started(&["sleep", "30"]);
+        let t = Instant::now();
+        assert!(!rt.block_on(s.wait_exit(Duration::from_millis(100))));
+        assert!(t.elapsed() >= Duration::from_millis(100));
+        s.child.kill().expect("kills");
+        s.child.wait().expect("reaped");
+    }
 
     #[test]
     fn the_pid_line_is_parsed_strictly() {
