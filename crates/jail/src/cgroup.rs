@@ -121,26 +121,50 @@ pub struct Hierarchy {
     pub own_path: String,
 }
 
-/// Starts, on a thread of its own, a no-op cgroup attach: this process is
-/// written into the cgroup it is already in, in every hierarchy with a
-/// controller. On this kind of host the first attach of a process pays a
-/// kernel grace period (7–15 ms measured, see BENCHMARKS.md) while later ones
-/// are fast; paying it here, in parallel with the sandbox process's start-up,
-/// takes it off the jail's critical path. Best effort: errors are ignored and
-/// nothing changes membership.
+/// Starts, on a thread of its own, a no-op cgroup attach when the jail will
+/// use the cgroup2 hierarchy: this process is written into the cgroup2
+/// cgroup it is already in. The jail joins its v1 cgroups itself without the
+/// kernel's global threadgroup lock (see [`Cgroup::self_join_files`]), but
+/// its cgroup2 placement is a `cgroup.procs` write by the sandbox process,
+/// and the first such write after a quiet spell waits out an RCU grace
+/// period (5–20 ms measured); paying it here, in parallel with the sandbox
+/// process's start-up, mostly takes it off the jail's critical path (the
+/// lock stays fast for roughly 10 ms after a write). Best effort: errors are
+/// ignored and nothing changes membership; nothing is done on hosts where
+/// the jail uses v1 only.
 pub fn prewarm_attach() {
-    let spawned = std::thread::Builder::new().name("alcove-cgroup-warm".into()).spawn(|| {
-        let Ok(list) = hierarchies() else { return };
-        let pid = std::process::id().to_string();
-        for h in list.iter().filter(|h| !h.controllers.is_empty()) {
-            let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
-            let procs = h.mount.join(own.trim_start_matches('/')).join("cgroup.procs");
-            let _ = std::fs::write(&procs, &pid);
-        }
+    let Ok(list) = hierarchies() else { return };
+    let Some(v2) = plan_hierarchies(&list).into_iter().map(|(h, _)| h).find(|h| h.v2).cloned() else { return };
+    let spawned = std::thread::Builder::new().name("alcove-cgroup-warm".into()).spawn(move || {
+        let own = v2.own_path.strip_prefix(v2.mount_root.trim_end_matches('/')).unwrap_or(&v2.own_path);
+        let procs = v2.mount.join(own.trim_start_matches('/')).join("cgroup.procs");
+        let _ = std::fs::write(&procs, std::process::id().to_string());
     });
     if let Err(e) = spawned {
         tracing::debug!(error = %e, "no cgroup pre-warm thread");
     }
+}
+
+/// Which hierarchy serves each controller a jail uses: v1 first (a
+/// controller on a v1 hierarchy is never available on v2 anyway).
+fn plan_hierarchies(hierarchies: &[Hierarchy]) -> Vec<(&Hierarchy, Vec<Controller>)> {
+    let mut plan: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
+    for controller in Controller::ALL {
+        let found = hierarchies
+            .iter()
+            .find(|h| !h.v2 && h.controllers.iter().any(|c| c == controller.v1_name()))
+            .or_else(|| {
+                let v2 = controller.v2_name()?;
+                hierarchies.iter().find(|h| h.v2 && h.controllers.iter().any(|c| c == v2))
+            });
+        if let Some(h) = found {
+            match plan.iter_mut().find(|(p, _)| p.mount == h.mount) {
+                Some((_, list)) => list.push(controller),
+                None => plan.push((h, vec![controller])),
+            }
+        }
+    }
+    plan
 }
 
 /// Removes the cgroups left behind by a jail whose sandbox process died
@@ -332,24 +356,7 @@ impl Cgroup {
         limits: &Limits,
     ) -> Result<Cgroup, CgroupError> {
         let leaf = format!("{name}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
-        // Which hierarchy serves each controller: v1 first (a controller on
-        // a v1 hierarchy is never available on v2 anyway).
-        let mut plan: Vec<(&Hierarchy, Vec<Controller>)> = Vec::new();
-        for controller in Controller::ALL {
-            let found = hierarchies
-                .iter()
-                .find(|h| !h.v2 && h.controllers.iter().any(|c| c == controller.v1_name()))
-                .or_else(|| {
-                    let v2 = controller.v2_name()?;
-                    hierarchies.iter().find(|h| h.v2 && h.controllers.iter().any(|c| c == v2))
-                });
-            if let Some(h) = found {
-                match plan.iter_mut().find(|(p, _)| p.mount == h.mount) {
-                    Some((_, list)) => list.push(controller),
-                    None => plan.push((h, vec![controller])),
-                }
-            }
-        }
+        let plan = plan_hierarchies(hierarchies);
         let has = |c: Controller| plan.iter().any(|(_, list)| list.contains(&c));
         for (wanted, controller, name) in [
             (limits.memory_bytes.is_some(), Controller::Memory, "memory"),
@@ -459,6 +466,24 @@ impl Cgroup {
     /// Moves process `pid` (all its threads) into every directory.
     pub fn add(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         for dir in &self.dirs {
+            write(&dir.path.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The `tasks` files of the cgroup v1 directories. A single-threaded
+    /// process joins them by writing `0` (itself) to each: the kernel moves
+    /// one thread without taking its global threadgroup lock, so no RCU grace
+    /// period is waited for (a `cgroup.procs` write by another process waits
+    /// 5–20 ms for one after a quiet spell on this kind of host).
+    pub fn self_join_files(&self) -> Vec<PathBuf> {
+        self.dirs.iter().filter(|d| !d.v2).map(|d| d.path.join("tasks")).collect()
+    }
+
+    /// Adds `pid` to the cgroup2 directory, if any: the part of [`Cgroup::add`]
+    /// a process that joined [`Cgroup::self_join_files`] still needs.
+    pub fn add_v2(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
+        for dir in self.dirs.iter().filter(|d| d.v2) {
             write(&dir.path.join("cgroup.procs"), &pid.to_string())?;
         }
         Ok(())

@@ -486,6 +486,7 @@ impl JailBackend {
             agent_source: cstring("agent binary path", checked.agent.as_os_str().as_bytes())?,
             volumes,
             cgroup_view: None,
+            cgroup_join: Vec::new(),
             volume_fds: vec![-1; n_volumes],
             argv_storage,
             argv,
@@ -514,6 +515,12 @@ impl JailBackend {
         if let Some((source, shown)) = cgroup.as_ref().and_then(|c| c.memory_view()) {
             plan.cgroup_view = Some(cgroup_view_plan(&source, &shown)?);
         }
+        let join_files = cgroup.as_ref().map(|c| c.self_join_files()).unwrap_or_default();
+        let join_names: Vec<String> = join_files.iter().map(|p| p.display().to_string()).collect();
+        plan.cgroup_join = join_files
+            .iter()
+            .map(|p| cstring("cgroup path", p.as_os_str().as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
 
         let mut flags =
             libc::CLONE_NEWPID | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC | libc::CLONE_NEWNET;
@@ -560,7 +567,8 @@ impl JailBackend {
             }
         }
         if let Some(c) = &cgroup {
-            if let Err(e) = c.add(pid) {
+            // The child has joined the v1 directories itself.
+            if let Err(e) = c.add_v2(pid) {
                 return Err(abort(BackendError::Setup(format!("placing the jail in its cgroup: {e}")), &cgroup));
             }
         }
@@ -580,7 +588,7 @@ impl JailBackend {
             return Err(abort(BackendError::io("waiting for the jail to start", e), &cgroup));
         }
         if !report.is_empty() {
-            let msg = describe_failure(&report, &volume_names);
+            let msg = describe_failure(&report, &volume_names, &join_names);
             return Err(abort(BackendError::Setup(msg), &cgroup));
         }
         drop(plan);
@@ -594,14 +602,14 @@ impl JailBackend {
     }
 }
 
-fn describe_failure(report: &[u8], volume_names: &[String]) -> String {
+fn describe_failure(report: &[u8], volume_names: &[String], cgroup_names: &[String]) -> String {
     if report.len() < 12 {
         return "the jail's first process failed during set-up".into();
     }
     let word = |i: usize| u32::from_ne_bytes([report[i], report[i + 1], report[i + 2], report[i + 3]]);
     let (step, item, errno) = (word(0), word(4), word(8) as i32);
     let what = Step::from_u32(step)
-        .map(|s| s.describe(item, volume_names, &child::SYSTEM_DIR_NAMES))
+        .map(|s| s.describe(item, volume_names, &child::SYSTEM_DIR_NAMES, cgroup_names))
         .unwrap_or_else(|| format!("step {step}"));
     format!("jail set-up failed while {what}: {}", std::io::Error::from_raw_os_error(errno))
 }
@@ -771,6 +779,19 @@ fn cgroup_view_plan(source: &Path, shown: &Path) -> Result<child::CgroupView, Ba
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_cgroup_join_names_the_file() {
+        let mut report = Vec::new();
+        for word in [Step::JoinCgroup as u32, 1, libc::EACCES as u32] {
+            report.extend_from_slice(&word.to_ne_bytes());
+        }
+        let names = vec!["/sys/fs/cgroup/memory/a/tasks".to_string(), "/sys/fs/cgroup/pids/a/tasks".to_string()];
+        let msg = describe_failure(&report, &[], &names);
+        assert!(msg.contains("joining the jail's cgroup"), "{msg}");
+        assert!(msg.contains("/sys/fs/cgroup/pids/a/tasks"), "{msg}");
+        assert!(msg.contains("Permission denied"), "{msg}");
+    }
 
     #[test]
     fn parents_of_guest_paths() {

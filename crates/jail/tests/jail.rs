@@ -278,6 +278,27 @@ fn pids_limit_caps_process_count() {
 }
 
 #[test]
+fn the_jail_is_in_every_one_of_its_cgroups() {
+    // PID 1 joins its v1 cgroups itself (through `tasks`) and the host adds
+    // it to the cgroup2 one: each directory must hold the jail's processes.
+    let fx = Fixture::new();
+    let jail = backend("sleep 30 & echo up >&3; wait").spawn(&fx.spec("member")).expect("starts");
+    let mut reader = BufReader::new(jail.agent_channel.try_clone().expect("clone"));
+    let mut first = String::new();
+    reader.read_line(&mut first).expect("read");
+    assert_eq!(first.trim(), "up");
+    let paths = jail.control.cgroup_paths();
+    assert!(!paths.is_empty(), "the jail has no cgroup");
+    for p in &paths {
+        let procs = std::fs::read_to_string(p.join("cgroup.procs")).expect("cgroup.procs");
+        let members: Vec<&str> = procs.lines().collect();
+        assert!(members.len() >= 2, "{} holds {members:?}, not the jail's PID 1 and its sleep", p.display());
+    }
+    jail.control.force_stop();
+    assert_eq!(jail.runner.wait().code, 137);
+}
+
+#[test]
 fn nothing_is_left_after_exit_and_exit_codes_reach_the_observer() {
     let fx = Fixture::new();
     let spec = fx.spec("cleanup");
