@@ -35,6 +35,15 @@ fn run_propagates_exit_codes_and_streams_and_cleans_up() {
     let dirs = std::fs::read_dir(a.home.join("sandboxes")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(dirs, 0);
 
+    // A layer thrown away after the run is mounted volatile (no sync of the
+    // host filesystem when it is unmounted); a kept one is not.
+    let root_mount = ["sh", "-c", "grep ' / / ' /proc/self/mountinfo"];
+    let out = a.ok(&[&["run", "--"][..], &root_mount[..]].concat());
+    assert!(out.contains("volatile"), "{out}");
+    let out = a.ok(&[&["run", "--name", "kept", "--"][..], &root_mount[..]].concat());
+    assert!(out.contains("overlay") && !out.contains("volatile"), "{out}");
+    a.ok(&["rm", "kept"]);
+
     // --name keeps the sandbox (stopped), --name --rm does not.
     a.ok(&["run", "--name", "kept", "--", "true"]);
     let e = a.ps_entry("kept").expect("kept sandbox listed");

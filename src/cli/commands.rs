@@ -30,7 +30,9 @@ async fn create_and_start(
     if ctx.store.sandbox(name)?.is_some() {
         return Err(CliError::msg(format!("a sandbox named {name:?} already exists")));
     }
-    let cfg = launch::build_config(ctx, name, opts, parent_pid)?;
+    let mut cfg = launch::build_config(ctx, name, opts, parent_pid)?;
+    // A sandbox removed when its run ends never reuses its writable layer.
+    cfg.guest.ephemeral = meta.auto_remove;
     let json = serde_json::to_string(&cfg).map_err(|e| CliError::msg(e.to_string()))?;
     ctx.store.create_sandbox(name, &json)?;
     let result = async {

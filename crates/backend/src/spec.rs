@@ -34,6 +34,11 @@ pub struct GuestSpec {
     pub workdir: Option<String>,
     /// Default user for commands.
     pub user: Option<String>,
+    /// The writable layer is thrown away after this one run (`run --rm`):
+    /// the backend may skip work that only makes it durable (the jail mounts
+    /// its overlay `volatile`, so unmounting it does not sync the host
+    /// filesystem under `upper/`).
+    pub ephemeral: bool,
 }
 
 /// A host path made visible in the guest.

@@ -50,6 +50,9 @@ pub(crate) struct ChildPlan {
     pub hostname: CString,
     pub merged: CString,
     pub overlay_opts: CString,
+    /// Options to retry with when the kernel refuses `overlay_opts` (it
+    /// predates `volatile`).
+    pub overlay_fallback: Option<CString>,
     pub agent_source: CString,
     pub volumes: Vec<VolumePlan>,
     /// Set when the jail has a memory cgroup.
@@ -400,12 +403,11 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     // --- mount namespace ---------------------------------------------------
     check!(err, Step::MakePrivate, 0, mount(null(), c"/", null(), libc::MS_REC | libc::MS_PRIVATE, null()));
     check!(err, Step::Hostname, 0, libc::sethostname(plan.hostname.as_ptr(), plan.hostname.as_bytes().len()));
-    check!(
-        err,
-        Step::Overlay,
-        0,
-        mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), 0, plan.overlay_opts.as_ptr())
-    );
+    let mut rc = mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), 0, plan.overlay_opts.as_ptr());
+    if let (true, libc::EINVAL, Some(plain)) = (rc < 0, errno(), &plan.overlay_fallback) {
+        rc = mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), 0, plain.as_ptr());
+    }
+    check!(err, Step::Overlay, 0, rc);
     check!(err, Step::EnterRoot, 0, libc::chdir(plan.merged.as_ptr()));
     // From here on, relative paths are inside the new root.
     for (i, dir) in SYSTEM_DIRS.iter().enumerate() {

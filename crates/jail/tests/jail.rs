@@ -278,6 +278,29 @@ fn pids_limit_caps_process_count() {
 }
 
 #[test]
+fn only_an_ephemeral_layer_is_mounted_volatile() {
+    let fx = Fixture::new();
+    let script = r#"
+        if grep -q ' / .*volatile' /proc/self/mountinfo; then echo "volatile=yes" >&3; else echo "volatile=no" >&3; fi
+        echo data > /kept
+    "#;
+    let kept = fx.spec("durable");
+    let (exit, out) = run(&kept, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "volatile"), "no");
+
+    let mut spec = fx.spec("throwaway");
+    spec.sandbox_dir = fx.dir.path().join("sandbox-eph");
+    spec.guest_log = spec.sandbox_dir.join("guest.log");
+    spec.ephemeral = true;
+    let (exit, out) = run(&spec, script);
+    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(line(&out, "volatile"), "yes");
+    // The run's writes still reach its upper layer.
+    assert_eq!(std::fs::read_to_string(spec.sandbox_dir.join("upper/kept")).expect("written").trim(), "data");
+}
+
+#[test]
 fn the_jail_is_in_every_one_of_its_cgroups() {
     // PID 1 joins its v1 cgroups itself (through `tasks`) and the host adds
     // it to the cgroup2 one: each directory must hold the jail's processes.

@@ -142,6 +142,7 @@ impl Fixture {
             env: vec![("A".into(), "1".into()), ("SECRET".into(), "x y \"z\"".into())],
             workdir: Some("/work".into()),
             user: Some("1000:1000".into()),
+            ephemeral: false,
         }
     }
 
