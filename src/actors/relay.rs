@@ -17,9 +17,12 @@
 //! - *client writer* (one per client): writes the frames routed to it and
 //!   returns `Credit` to the agent as they leave, so the agent's per-session
 //!   window bounds what is queued for a client, and a client that stops
-//!   reading stalls only its own sessions;
+//!   reading stalls only its own sessions; large frames skip its write
+//!   buffer (header and body leave in one vectored write);
 //! - *guest reader*: routes guest frames by id without decoding them, except
-//!   control frames (`Ready`, `Heartbeat`);
+//!   control frames (`Ready`, `Heartbeat`); a [`FrameReader`] reads large
+//!   bodies straight into the frame, so an output byte is copied only from
+//!   the agent's socket into its frame and from there into the client's;
 //! - *guest writer*: the one writer of the agent channel, fed by a bounded
 //!   queue, so client readers wait (backpressure) rather than queue without
 //!   limit.
@@ -36,7 +39,7 @@ use crate::clock::Clock;
 use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch};
 use crate::store::TerminationReason;
 use actix::prelude::*;
-use alcove_protocol::async_io::{read_frame, write_frame};
+use alcove_protocol::async_io::{read_frame, write_frame, write_frame_direct, FrameReader};
 use alcove_protocol::{Flags, Frame, Handshake, Message, CONTROL_ID, INITIAL_WINDOW};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -59,6 +62,10 @@ const GUEST_QUEUE: usize = 256;
 const CLIENT_QUEUE_SLACK: usize = 64 * 1024;
 /// Credit is returned in batches of this many bytes per session.
 const CREDIT_BATCH: u32 = INITIAL_WINDOW / 8;
+/// Frames with a body this large go to a client's socket directly (header
+/// and body in one vectored write) instead of being copied into the write
+/// buffer first.
+const DIRECT_WRITE_MIN: usize = 32 * 1024;
 
 /// Why agent.sock could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -268,7 +275,7 @@ impl Handler<AttachGuest> for Relay {
         let (tx, rx) = mpsc::channel(GUEST_QUEUE);
         self.core.borrow_mut().guest_tx = Some(tx);
         actix::spawn(guest_writer(write, rx));
-        actix::spawn(guest_reader(tokio::io::BufReader::with_capacity(256 * 1024, read), self.core.clone()));
+        actix::spawn(guest_reader(FrameReader::new(read, 256 * 1024), self.core.clone()));
     }
 }
 
@@ -376,7 +383,10 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
             _ = closing.wait_for(|c| *c) => return,
         };
         let stream = match accepted {
-            Ok((s, _)) => s,
+            Ok((s, _)) => {
+                grow_sndbuf(&s);
+                s
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept on agent.sock failed");
                 continue;
@@ -403,6 +413,27 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
             }
             None => tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use"),
         }
+    }
+}
+
+/// Send buffer asked for on client sockets (the kernel doubles it, up to
+/// `net.core.wmem_max`): a window of output fits, so a burst leaves without
+/// waiting for the client to be scheduled.
+const CLIENT_SNDBUF: libc::c_int = INITIAL_WINDOW as libc::c_int;
+
+/// Best effort: the default stays if the kernel refuses.
+fn grow_sndbuf(stream: &UnixStream) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: SO_SNDBUF takes an int, passed by pointer with its size, on a
+    // socket this function borrows.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&CLIENT_SNDBUF as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
@@ -493,7 +524,16 @@ async fn client_writer(
     }
     let mut owed: HashMap<u32, u32> = HashMap::new();
     while let Some(frame) = rx.recv().await {
-        if let Err(e) = write_frame(&mut w, &frame).await {
+        let written = if frame.body.len() >= DIRECT_WRITE_MIN {
+            // What is buffered goes first; the large frame skips the buffer.
+            match w.flush().await {
+                Ok(()) => write_frame_direct(w.get_mut(), &frame).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            write_frame(&mut w, &frame).await
+        };
+        if let Err(e) = written {
             return format!("write failed: {e}");
         }
         queue.bytes.set(queue.bytes.get().saturating_sub(frame.wire_len()));
@@ -601,9 +641,9 @@ async fn guest_writer(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
     }
 }
 
-async fn guest_reader(mut read: tokio::io::BufReader<OwnedReadHalf>, core: Shared) {
+async fn guest_reader(mut read: FrameReader<OwnedReadHalf>, core: Shared) {
     loop {
-        let frame = match read_frame(&mut read).await {
+        let frame = match read.read_frame().await {
             Ok(Some(f)) => f,
             Ok(None) => {
                 tracing::debug!("the agent channel closed");

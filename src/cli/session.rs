@@ -16,7 +16,7 @@
 //! 126/127 for spawn failures, 125 for alcove failures.
 
 use super::error::{CliError, CliResult};
-use alcove_client::{Client, ExecEvent, ExecOptions, TtySize};
+use alcove_client::{Client, ExecEvent, ExecOptions, ExecOutput, TtySize};
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::AsRawFd;
 use tokio::signal::unix::{signal, SignalKind};
@@ -132,7 +132,12 @@ async fn drive(client: &Client, opts: ExecOptions, attach: &Attach, raw: bool) -
         grow_stdout_pipe();
     }
     let session = client.exec(opts).await?;
-    let (input, mut output) = session.split();
+    let (input, output) = session.split();
+    // Output is written by a task of the runtime's workers: the connection's
+    // reader task (a worker too) hands it each chunk without waking another
+    // thread, which was a futex wake-up and two context switches per chunk.
+    let out_file = attach.output.as_ref().and_then(|f| f.try_clone().ok());
+    let mut pump = AbortOnDrop(tokio::spawn(pump_output(output, out_file)));
 
     let mut stdin_rx = if attach.stdin { Some(spawn_stdin_reader()) } else { None };
     let mut winch = if attach.tty { signal(SignalKind::window_change()).ok() } else { None };
@@ -142,42 +147,11 @@ async fn drive(client: &Client, opts: ExecOptions, attach: &Attach, raw: bool) -
     let mut sigquit = signal(SignalKind::quit()).map_err(sig_err)?;
     let mut interrupts = 0;
 
-    let mut out_file = attach.output.as_ref().and_then(|f| f.try_clone().ok());
-    let write_out = |file: &mut Option<std::fs::File>, data: &[u8], err: bool| {
-        if let Some(f) = file.as_mut() {
-            let _ = f.write_all(data);
-        } else if err {
-            let mut e = std::io::stderr().lock();
-            let _ = e.write_all(data);
-            let _ = e.flush();
-        } else {
-            // Straight to fd 1: stdout's LineWriter would scan every chunk
-            // for a newline (memrchr over up to 128 KiB per frame). Anything
-            // printed through it before goes out first.
-            let _ = std::io::stdout().flush();
-            use std::os::fd::FromRawFd;
-            // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps it open.
-            let mut o = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
-            let _ = o.write_all(data);
-        }
-    };
-
     loop {
         tokio::select! {
-            ev = output.next_event() => match ev {
-                None => return Err(CliError::msg("the session ended without an exit status")),
-                Some(Err(e)) => return Err(e.into()),
-                Some(Ok(ExecEvent::Started { .. })) => {}
-                Some(Ok(ExecEvent::Stdout(d))) => write_out(&mut out_file, &d, false),
-                Some(Ok(ExecEvent::Stderr(d))) => write_out(&mut out_file, &d, true),
-                Some(Ok(ExecEvent::Exited(status))) => {
-                    return Ok(match (status.code, status.signal) {
-                        (Some(c), _) => c,
-                        (None, Some(s)) => 128 + s,
-                        (None, None) => super::error::EXIT_ALCOVE,
-                    });
-                }
-            },
+            done = &mut pump.0 => {
+                return done.unwrap_or_else(|e| Err(CliError::msg(format!("writing the output failed: {e}"))));
+            }
             chunk = recv_opt(&mut stdin_rx) => match chunk {
                 Some(data) => {
                     if input.write_stdin(&data).await.is_err() {
@@ -204,6 +178,55 @@ async fn drive(client: &Client, opts: ExecOptions, attach: &Attach, raw: bool) -
             _ = sighup.recv() => { let _ = input.signal(libc::SIGHUP); }
             _ = sigquit.recv() => { let _ = input.signal(libc::SIGQUIT); }
         }
+    }
+}
+
+/// A task aborted when its handle is dropped (on every return path).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Writes a command's output as it arrives; returns the exit code to leave
+/// with once the command has ended.
+async fn pump_output(mut output: ExecOutput, mut file: Option<std::fs::File>) -> CliResult<i32> {
+    loop {
+        match output.next_event().await {
+            None => return Err(CliError::msg("the session ended without an exit status")),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(ExecEvent::Started { .. })) => {}
+            Some(Ok(ExecEvent::Stdout(d))) => write_out(&mut file, &d, false),
+            Some(Ok(ExecEvent::Stderr(d))) => write_out(&mut file, &d, true),
+            Some(Ok(ExecEvent::Exited(status))) => {
+                return Ok(match (status.code, status.signal) {
+                    (Some(c), _) => c,
+                    (None, Some(s)) => 128 + s,
+                    (None, None) => super::error::EXIT_ALCOVE,
+                });
+            }
+        }
+    }
+}
+
+fn write_out(file: &mut Option<std::fs::File>, data: &[u8], err: bool) {
+    if let Some(f) = file.as_mut() {
+        let _ = f.write_all(data);
+    } else if err {
+        let mut e = std::io::stderr().lock();
+        let _ = e.write_all(data);
+        let _ = e.flush();
+    } else {
+        // Straight to fd 1: stdout's LineWriter would scan every chunk for a
+        // newline (memrchr over up to 128 KiB per frame). Anything printed
+        // through it before goes out first.
+        let _ = std::io::stdout().flush();
+        use std::os::fd::FromRawFd;
+        // SAFETY: fd 1 stays open for the life of the process; ManuallyDrop keeps it open.
+        let mut o = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(1) });
+        let _ = o.write_all(data);
     }
 }
 

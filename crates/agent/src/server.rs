@@ -17,11 +17,20 @@
 //!   children (sessions and re-parented orphans) are reaped with
 //!   `waitpid(-1, WNOHANG)` and matched to sessions by pid.
 //! - A session ends with exactly one TERMINAL frame and nothing after it.
+//! - Zero-copy output (socket channel only, not a virtio port): when nothing
+//!   else is queued for the channel, an output chunk of a command's pipe is
+//!   sent as the frame's prefix (`codec::data_frame_prefix`) followed by
+//!   `splice(2)` of exactly the announced bytes from the pipe into the
+//!   socket. A frame the socket took only partly is `Spliced` state: it is
+//!   completed before any other byte is written to the channel, and while it
+//!   is pending no output pipe is read (the frame's remaining bytes are still
+//!   in its pipe). Window accounting is the same as for an encoded frame.
 
 use crate::fsops::{self, ReadStream, WriteStream};
 use crate::oom;
 use crate::spawn::{self, ChildIo, Defaults};
 use crate::sys::{self, Fd};
+use alcove_protocol::codec::{data_frame_prefix, DataKind, DataPrefix};
 use alcove_protocol::{
     BootTimings, ExecRequest, ExitStatus, Flags, Frame, FrameDecoder, FsError, FsErrorKind, FsReply, FsRequest,
     Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID, HEADER_LEN, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
@@ -62,6 +71,11 @@ const STDIN_QUEUE_LIMIT: usize = 2 * INITIAL_WINDOW as usize;
 const OUTPUT_COALESCE: Duration = Duration::from_micros(250);
 /// See [`OUTPUT_COALESCE`].
 const STREAMING_GAP: Duration = Duration::from_millis(2);
+/// Send buffer asked for on a socket channel (the kernel doubles it).
+const CHANNEL_SNDBUF: usize = INITIAL_WINDOW as usize;
+/// Output chunks at least this large are spliced from the pipe into the
+/// channel; smaller ones are cheaper to copy in one `write(2)`.
+const SPLICE_MIN: usize = 16 * 1024;
 
 macro_rules! log {
     ($($arg:tt)*) => { $crate::logging::log(format_args!($($arg)*)) };
@@ -103,10 +117,21 @@ enum StreamKind {
     Stderr,
 }
 
+impl StreamKind {
+    fn data_kind(self) -> DataKind {
+        match self {
+            StreamKind::Stdout => DataKind::ExecStdout,
+            StreamKind::Stderr => DataKind::ExecStderr,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct OutStream {
     fd: Option<Fd>,
     kind: StreamKind,
+    /// A pipe (not a terminal), so its data can be spliced.
+    splice: bool,
     /// When the last read returned data.
     last_read: Option<Instant>,
     /// Not read again before this (output coalescing).
@@ -114,8 +139,8 @@ struct OutStream {
 }
 
 impl OutStream {
-    fn new(fd: Fd, kind: StreamKind) -> OutStream {
-        OutStream { fd: Some(fd), kind, last_read: None, rest_until: None }
+    fn new(fd: Fd, kind: StreamKind, splice: bool) -> OutStream {
+        OutStream { fd: Some(fd), kind, splice, last_read: None, rest_until: None }
     }
 }
 
@@ -146,6 +171,34 @@ struct ExecSession {
     exited_at: Option<Instant>,
     /// The OOM counter file and its value when the command started.
     oom: Option<(PathBuf, u64)>,
+    /// Output frames sent, spliced among them, and spliced frames the
+    /// channel took only partly at first (for the log).
+    frames: u64,
+    spliced: u64,
+    resumed: u64,
+}
+
+/// A spliced frame the channel has taken only partly.
+#[derive(Debug)]
+struct Spliced {
+    id: u32,
+    prefix: DataPrefix,
+    /// Bytes of the prefix already written.
+    prefix_sent: usize,
+    /// The output pipe (a duplicate: the session may close its own).
+    pipe: Fd,
+    /// Payload bytes still in the pipe.
+    left: usize,
+}
+
+/// What an attempt to splice an output chunk did.
+enum SpliceOutcome {
+    /// Nothing was sent; read the chunk the ordinary way.
+    NotSent,
+    /// The frame was sent, or is pending in `Server::spliced`.
+    Sent,
+    /// The channel is full (or broken): nothing was read or sent.
+    Deferred,
 }
 
 #[derive(Debug)]
@@ -209,6 +262,11 @@ pub struct Server {
     chan_retry_at: Option<Instant>,
     /// Work is pending that no fd will announce: poll without waiting.
     busy: bool,
+    /// A spliced frame still being written (see the module docs).
+    spliced: Option<Spliced>,
+    /// The channel refused the start of a spliced frame: no output is read
+    /// until it is writable again.
+    chan_full: bool,
 }
 
 fn encode(id: u32, flags: Flags, msg: &Message) -> Frame {
@@ -239,6 +297,11 @@ impl Server {
     pub fn new(cfg: ServerConfig, chan: Fd, sigfd: Fd) -> io::Result<Server> {
         sys::set_nonblocking(chan.raw(), true)?;
         sys::set_cloexec(chan.raw())?;
+        if !cfg.channel_is_port {
+            // Room for a whole window of output in the socket, so a burst
+            // leaves without waiting for the relay to be scheduled.
+            sys::grow_sndbuf(chan.raw(), CHANNEL_SNDBUF);
+        }
         let (wake_r, wake_w) = sys::pipe()?;
         sys::set_nonblocking(wake_r.raw(), true)?;
         sys::set_nonblocking(wake_w.raw(), true)?;
@@ -267,6 +330,8 @@ impl Server {
             sbuf: vec![0u8; MAX_CHUNK],
             chan_retry_at: None,
             busy: false,
+            spliced: None,
+            chan_full: false,
         })
     }
 
@@ -323,7 +388,7 @@ impl Server {
                 if !self.framing_lost {
                     chan_events |= libc::POLLIN;
                 }
-                if self.out_pos < self.out.len() {
+                if self.channel_backlog() {
                     chan_events |= libc::POLLOUT;
                 }
                 add(self.chan.raw(), chan_events, Target::Chan, &mut fds);
@@ -334,7 +399,7 @@ impl Server {
         // While the channel cannot take what is already encoded, output is
         // left in the pipes: it is read later in larger chunks, and the
         // commands feel the backpressure.
-        let channel_backlog = self.out_pos < self.out.len();
+        let channel_backlog = self.channel_backlog();
         for (&id, s) in &self.sessions {
             match &s.kind {
                 Kind::Exec(e) => {
@@ -390,6 +455,7 @@ impl Server {
             match *t {
                 Target::Chan => {
                     if pfd.revents & libc::POLLOUT != 0 {
+                        self.chan_full = false;
                         self.flush();
                     }
                     if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
@@ -447,19 +513,22 @@ impl Server {
         }
     }
 
+    /// Whether bytes wait for the channel to become writable.
+    fn channel_backlog(&self) -> bool {
+        self.out_pos < self.out.len() || self.spliced.is_some() || self.chan_full
+    }
+
     fn flush(&mut self) {
+        if self.spliced.is_some() && !self.resume_splice() {
+            return;
+        }
         while self.out_pos < self.out.len() {
             match sys::write(self.chan.raw(), &self.out[self.out_pos..]) {
                 Ok(0) => break,
                 Ok(n) => self.out_pos += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
-                    if !self.host_gone {
-                        log!("writing to the channel failed: {e}");
-                    }
-                    self.host_gone = true;
-                    self.out.clear();
-                    self.out_pos = 0;
+                    self.channel_broken(&e);
                     return;
                 }
             }
@@ -475,7 +544,7 @@ impl Server {
 
     fn flush_blocking(&mut self, limit: Duration) {
         let end = Instant::now() + limit;
-        while self.out_pos < self.out.len() && !self.host_gone {
+        while (self.out_pos < self.out.len() || self.spliced.is_some()) && !self.host_gone {
             let left = end.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 log!("gave up sending {} buffered bytes to the host", self.out.len() - self.out_pos);
@@ -694,7 +763,10 @@ impl Server {
         let pid = child.pid;
         let (streams, stdin, tty) = match child.io {
             ChildIo::Pipes { stdin, stdout, stderr } => (
-                vec![OutStream::new(stdout, StreamKind::Stdout), OutStream::new(stderr, StreamKind::Stderr)],
+                vec![
+                    OutStream::new(stdout, StreamKind::Stdout, true),
+                    OutStream::new(stderr, StreamKind::Stderr, true),
+                ],
                 stdin.map(|fd| StdinSink {
                     fd: Some(fd),
                     queue: VecDeque::new(),
@@ -722,7 +794,7 @@ impl Server {
                     );
                 };
                 (
-                    vec![OutStream::new(master, StreamKind::Stdout)],
+                    vec![OutStream::new(master, StreamKind::Stdout, false)],
                     Some(StdinSink {
                         fd: Some(w),
                         queue: VecDeque::new(),
@@ -742,7 +814,18 @@ impl Server {
         }
         log!("session {id}: started pid {pid}: {shown}");
         self.pids.insert(pid, id);
-        let exec = ExecSession { pid, streams, stdin, tty, exit: None, exited_at: None, oom };
+        let exec = ExecSession {
+            pid,
+            streams,
+            stdin,
+            tty,
+            exit: None,
+            exited_at: None,
+            oom,
+            frames: 0,
+            spliced: 0,
+            resumed: 0,
+        };
         self.new_session(id, Kind::Exec(Box::new(exec)));
         self.send_on(id, Flags::NONE, &Message::ExecStarted { pid: pid as u32 });
     }
@@ -847,6 +930,31 @@ impl Server {
             return false;
         }
         let max = (avail as usize).min(MAX_CHUNK);
+        if self.spliced.is_some() || self.chan_full {
+            // The channel is full; the output waits in its pipe.
+            return false;
+        }
+        if st.splice && !self.cfg.channel_is_port && self.out_pos == self.out.len() {
+            let pipe = fd.raw();
+            let kind = st.kind;
+            if let Ok(ready) = sys::readable_bytes(pipe) {
+                if ready >= SPLICE_MIN {
+                    let n = ready.min(max);
+                    match self.splice_chunk(id, idx, pipe, kind, n) {
+                        SpliceOutcome::Sent => {
+                            self.note_output(id, idx, n, max);
+                            return true;
+                        }
+                        SpliceOutcome::Deferred => return false,
+                        SpliceOutcome::NotSent => {}
+                    }
+                }
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&id) else { return false };
+        let Kind::Exec(e) = &mut s.kind else { return false };
+        let Some(st) = e.streams.get_mut(idx) else { return false };
+        let Some(fd) = &st.fd else { return false };
         let buf = &mut self.sbuf[..max];
         match sys::read(fd.raw(), buf) {
             Ok(0) => {
@@ -858,6 +966,7 @@ impl Server {
                 let streaming = st.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
                 st.last_read = Some(now);
                 st.rest_until = (streaming && n < max && e.exit.is_none()).then(|| now + OUTPUT_COALESCE);
+                e.frames += 1;
                 let buf = buf[..n].to_vec();
                 let msg = match st.kind {
                     StreamKind::Stdout => Message::ExecStdout { data: buf },
@@ -881,6 +990,159 @@ impl Server {
                 false
             }
         }
+    }
+
+    /// Output bookkeeping after a spliced chunk of `n` bytes (reads up to
+    /// `max` were allowed): the coalescing clock, as for a read.
+    fn note_output(&mut self, id: u32, idx: usize, n: usize, max: usize) {
+        let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) else { return };
+        let exited = e.exit.is_some();
+        let Some(st) = e.streams.get_mut(idx) else { return };
+        let now = Instant::now();
+        let streaming = st.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
+        st.last_read = Some(now);
+        st.rest_until = (streaming && n < max && !exited).then(|| now + OUTPUT_COALESCE);
+    }
+
+    /// Sends `n` bytes (all waiting in `pipe`) of session `id`'s output
+    /// stream `idx` as one frame: its prefix by `write(2)`, the payload by
+    /// `splice(2)`. Only called with nothing else queued for the channel.
+    fn splice_chunk(&mut self, id: u32, idx: usize, pipe: RawFd, kind: StreamKind, n: usize) -> SpliceOutcome {
+        let Ok(prefix) = data_frame_prefix(id, Flags::NONE, kind.data_kind(), n) else {
+            return SpliceOutcome::NotSent;
+        };
+        let head = prefix.as_bytes();
+        let prefix_sent = match sys::write(self.chan.raw(), head) {
+            Ok(k) if k > 0 => k,
+            Ok(_) => return SpliceOutcome::NotSent,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Nothing committed: leave the output in its pipe until the
+                // channel can take more.
+                self.chan_full = true;
+                return SpliceOutcome::Deferred;
+            }
+            Err(e) => {
+                self.channel_broken(&e);
+                return SpliceOutcome::Deferred;
+            }
+        };
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.window -= prefix.wire_len(n) as i64;
+            if let Kind::Exec(e) = &mut s.kind {
+                e.frames += 1;
+                e.spliced += 1;
+            }
+        }
+        let mut left = n;
+        if prefix_sent == head.len() {
+            match sys::splice(pipe, self.chan.raw(), left) {
+                Ok(k) => left -= k.min(left),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if is_disconnect(&e) => {
+                    self.channel_broken(&e);
+                    return SpliceOutcome::Sent;
+                }
+                Err(e) => {
+                    log!("session {id}: splicing output failed ({e}); copying it instead");
+                    if let Some(Session { kind: Kind::Exec(ex), .. }) = self.sessions.get_mut(&id) {
+                        if let Some(st) = ex.streams.get_mut(idx) {
+                            st.splice = false;
+                        }
+                    }
+                    let at = self.out.len();
+                    self.copy_payload(id, pipe, left, at);
+                    return SpliceOutcome::Sent;
+                }
+            }
+        }
+        if left == 0 {
+            return SpliceOutcome::Sent;
+        }
+        match sys::dup(pipe) {
+            Ok(pipe) => {
+                if let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) {
+                    e.resumed += 1;
+                }
+                self.spliced = Some(Spliced { id, prefix, prefix_sent, pipe, left });
+            }
+            Err(e) => {
+                // Without a duplicate, finish the frame from a copy.
+                log!("session {id}: cannot hold the output pipe ({e}); copying the rest of the frame");
+                let at = self.out.len();
+                self.out.extend_from_slice(&head[prefix_sent..]);
+                self.copy_payload(id, pipe, left, at + head.len() - prefix_sent);
+            }
+        }
+        SpliceOutcome::Sent
+    }
+
+    /// Continues the pending spliced frame; true once it is complete.
+    fn resume_splice(&mut self) -> bool {
+        let Some(p) = &mut self.spliced else { return true };
+        while p.prefix_sent < p.prefix.as_bytes().len() {
+            match sys::write(self.chan.raw(), &p.prefix.as_bytes()[p.prefix_sent..]) {
+                Ok(0) => return false,
+                Ok(k) => p.prefix_sent += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) => {
+                    self.channel_broken(&e);
+                    return false;
+                }
+            }
+        }
+        while p.left > 0 {
+            match sys::splice(p.pipe.raw(), self.chan.raw(), p.left) {
+                Ok(0) => break,
+                Ok(k) => p.left -= k.min(p.left),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if is_disconnect(&e) => {
+                    self.channel_broken(&e);
+                    return false;
+                }
+                Err(e) => {
+                    log!("session {}: splicing output failed ({e}); copying the rest of the frame", p.id);
+                    break;
+                }
+            }
+        }
+        let Some(p) = self.spliced.take() else { return true };
+        if p.left > 0 {
+            // Ahead of everything queued since: the frame comes first.
+            let at = self.out_pos;
+            self.copy_payload(p.id, p.pipe.raw(), p.left, at);
+        }
+        true
+    }
+
+    /// Inserts `len` payload bytes read from `pipe` at `at` in the outbound
+    /// buffer: the rest of a frame whose prefix is already committed. The
+    /// bytes are in the pipe (only this loop reads it); should they not be,
+    /// the frame is padded with zeros to keep the framing, and that is logged.
+    fn copy_payload(&mut self, id: u32, pipe: RawFd, len: usize, at: usize) {
+        let mut data = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            match sys::read(pipe, &mut data[got..]) {
+                Ok(k) if k > 0 => got += k,
+                other => {
+                    log!("session {id}: {} bytes of an output frame vanished from the pipe ({other:?})", len - got);
+                    break;
+                }
+            }
+        }
+        self.out.splice(at..at, data);
+    }
+
+    /// A write to the channel failed: the host is gone.
+    fn channel_broken(&mut self, e: &io::Error) {
+        if !self.host_gone {
+            log!("writing to the channel failed: {e}");
+        }
+        self.host_gone = true;
+        self.out.clear();
+        self.out_pos = 0;
+        self.spliced = None;
+        self.chan_full = false;
     }
 
     fn handle_signals(&mut self) {
@@ -1025,9 +1287,11 @@ impl Server {
             // Exec: drain after exit, then the terminal frame.
             let mut drain_streams = Vec::new();
             let mut read_chunk = false;
+            // A full channel (a spliced frame waiting) is the host's pace too.
+            let chan_blocked = self.spliced.is_some() || self.chan_full;
             if let Some(s) = self.sessions.get_mut(&id) {
                 // Waiting for credit is the client's pace, never a reason to give up.
-                let can_send = s.window >= (DATA_OVERHEAD + MIN_CHUNK) as i64;
+                let can_send = s.window >= (DATA_OVERHEAD + MIN_CHUNK) as i64 && !chan_blocked;
                 match &mut s.kind {
                     Kind::Exec(e) => {
                         if let Some(t) = e.exited_at {
@@ -1094,7 +1358,13 @@ impl Server {
                 .as_ref()
                 .is_some_and(|(path, before)| oom::read_counter(path).is_some_and(|after| after > *before));
         let status = ExitStatus { code, signal, oom_killed };
-        log!("session {id}: pid {} ended: {status:?}", e.pid);
+        log!(
+            "session {id}: pid {} ended: {status:?}; {} output frames, {} spliced ({} resumed)",
+            e.pid,
+            e.frames,
+            e.spliced,
+            e.resumed
+        );
         s.kind = Kind::Closing;
         s.final_frame = Some(encode(id, Flags::TERMINAL, &Message::ExecExited(status)));
     }
@@ -1184,6 +1454,11 @@ impl Server {
         }
         sys::reap_all();
     }
+}
+
+/// Whether a failed write means the peer is gone.
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET | libc::ENOTCONN))
 }
 
 /// Whether the process has any child left (running or not yet reaped).

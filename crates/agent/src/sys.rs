@@ -135,6 +135,47 @@ pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
+/// Bytes waiting to be read on a pipe (or socket, or terminal): `FIONREAD`.
+pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD stores one int into n.
+    check(unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) })?;
+    Ok(usize::try_from(n).unwrap_or(0))
+}
+
+/// One non-blocking `splice(2)` of at most `len` bytes from the pipe `from`
+/// to `to`; `EINTR` is retried. With a Unix stream socket as `to` the kernel
+/// hands the pipe's pages to the socket instead of copying them.
+pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    loop {
+        // SAFETY: null offsets (both ends are streams); no memory is passed.
+        let n = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                len,
+                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// A close-on-exec duplicate of `fd` (at 3 or above).
+pub fn dup(fd: RawFd) -> io::Result<Fd> {
+    // SAFETY: duplicating a descriptor has no memory-safety preconditions.
+    let n = check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    Ok(Fd(n))
+}
+
 /// Reads until end of file from a blocking fd.
 pub fn read_to_end(fd: RawFd) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -193,6 +234,22 @@ pub fn grow_pipe(fd: RawFd, bytes: usize) {
     // SAFETY: F_SETPIPE_SZ takes an int and only changes the pipe's capacity.
     unsafe {
         libc::fcntl(fd, libc::F_SETPIPE_SZ, want);
+    }
+}
+
+/// Asks for a socket send buffer of `bytes` (the kernel doubles the value
+/// and caps it at `net.core.wmem_max`). Best effort, like [`grow_pipe`].
+pub fn grow_sndbuf(fd: RawFd, bytes: usize) {
+    let v = bytes.min(libc::c_int::MAX as usize / 2) as libc::c_int;
+    // SAFETY: SO_SNDBUF takes an int, passed by pointer with its size.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
@@ -343,6 +400,33 @@ mod tests {
         assert_eq!(&buf[..3], b"abc");
         drop(w);
         assert_eq!(read(r.raw(), &mut buf).expect("eof"), 0);
+    }
+
+    #[test]
+    fn splice_moves_exactly_what_the_pipe_holds_into_a_socket() {
+        let (r, w) = pipe().expect("pipe");
+        set_nonblocking(r.raw(), true).expect("nonblocking");
+        let (a, b) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        let payload: Vec<u8> = (0..50_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(readable_bytes(r.raw()).expect("fionread"), 0);
+        let err = splice(r.raw(), a.as_raw_fd(), 10).expect_err("empty pipe");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        let mut sent = 0;
+        while sent < payload.len() {
+            sent += write(w.raw(), &payload[sent..]).expect("fills the pipe");
+        }
+        assert_eq!(readable_bytes(r.raw()).expect("fionread"), payload.len());
+        // A duplicate reads the same pipe.
+        let d = dup(r.raw()).expect("dup");
+        assert_eq!(splice(d.raw(), a.as_raw_fd(), 20_000).expect("splices"), 20_000);
+        assert_eq!(readable_bytes(r.raw()).expect("fionread"), payload.len() - 20_000);
+        let mut moved = 20_000;
+        while moved < payload.len() {
+            moved += splice(r.raw(), a.as_raw_fd(), payload.len() - moved).expect("splices");
+        }
+        drop(a);
+        let got = read_to_end(b.as_raw_fd()).expect("reads");
+        assert!(got == payload, "the socket carries the pipe's bytes in order");
     }
 
     #[test]

@@ -23,7 +23,7 @@
 
 use crate::exec::{ExecOptions, ExecSession};
 use crate::ClientError;
-use alcove_protocol::async_io::{read_frame, write_frame};
+use alcove_protocol::async_io::{write_frame, FrameReader, Incoming};
 use alcove_protocol::handshake::check_ready;
 use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, INITIAL_WINDOW};
 use std::collections::hash_map::Entry;
@@ -31,13 +31,13 @@ use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
 
-/// Read buffer of the connection (larger frames bypass it).
+/// Read buffer of the connection (the bulk of large frames bypasses it).
 const READ_BUFFER: usize = 64 * 1024;
 /// Write buffer of the connection.
 const WRITE_BUFFER: usize = 64 * 1024;
@@ -139,26 +139,33 @@ impl Router {
         self.lock().open
     }
 
-    fn route(&self, frame: Frame) -> Result<(), ClientError> {
-        if frame.id == CONTROL_ID {
+    fn route(&self, incoming: Incoming) -> Result<(), ClientError> {
+        let (id, flags, msg) = match incoming {
             // Ready re-sent, heartbeats or anything else on the control id:
             // nothing for sessions.
-            return Ok(());
-        }
-        let msg = frame.decode_body().map_err(|e| ClientError::Unexpected(e.to_string()))?;
+            Incoming::Frame(frame) if frame.id == CONTROL_ID => return Ok(()),
+            Incoming::Data { id, .. } if id == CONTROL_ID => return Ok(()),
+            Incoming::Frame(frame) => {
+                let msg = frame.decode_body().map_err(|e| ClientError::Unexpected(e.to_string()))?;
+                (frame.id, frame.flags, msg)
+            }
+            // A large data message: its payload was read into its own buffer
+            // and is passed on as it is.
+            Incoming::Data { id, flags, kind, data, .. } => (id, flags, kind.into_message(data)),
+        };
         let mut st = self.lock();
         if let Message::Credit { bytes } = msg {
-            if let Some(slot) = st.sessions.get(&frame.id) {
+            if let Some(slot) = st.sessions.get(&id) {
                 slot.window.credit(bytes);
             }
             return Ok(());
         }
-        if frame.flags.contains(Flags::TERMINAL) || matches!(msg, Message::SessionAborted { .. }) {
-            if let Some(slot) = st.sessions.remove(&frame.id) {
+        if flags.contains(Flags::TERMINAL) || matches!(msg, Message::SessionAborted { .. }) {
+            if let Some(slot) = st.sessions.remove(&id) {
                 slot.window.close();
                 let _ = slot.events.send(msg);
             }
-        } else if let Some(slot) = st.sessions.get(&frame.id) {
+        } else if let Some(slot) = st.sessions.get(&id) {
             // The receiver may be gone (the session handle was dropped);
             // the id stays reserved until the guest closes the session.
             let _ = slot.events.send(msg);
@@ -268,13 +275,13 @@ impl Client {
     /// Completes the handshake on an already connected stream.
     pub async fn from_stream(stream: UnixStream) -> Result<Client, ClientError> {
         let (rd, wr) = stream.into_split();
-        // Buffered: a frame costs one read(2) for its header and one for its
-        // body without it; with it, many small frames come in one read.
-        let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
+        // Buffered: many small frames come in one read(2), while the bulk of
+        // a large output chunk is read straight into its own buffer.
+        let mut rd = FrameReader::new(rd, READ_BUFFER);
         let mut range = [0u8; HANDSHAKE_LEN];
         rd.read_exact(&mut range).await.map_err(handshake_io)?;
         let handshake = Handshake::decode(range)?;
-        let frame = read_frame(&mut rd).await.map_err(handshake_io)?.ok_or(ClientError::HandshakeClosed)?;
+        let frame = rd.read_frame().await.map_err(handshake_io)?.ok_or(ClientError::HandshakeClosed)?;
         let ready = check_ready(&frame)?;
 
         let (closed, _) = watch::channel(false);
@@ -354,9 +361,9 @@ fn handshake_io(e: io::Error) -> ClientError {
     }
 }
 
-async fn read_loop(mut rd: BufReader<OwnedReadHalf>, router: Arc<Router>) {
-    while let Ok(Some(frame)) = read_frame(&mut rd).await {
-        if router.route(frame).is_err() {
+async fn read_loop(mut rd: FrameReader<OwnedReadHalf>, router: Arc<Router>) {
+    while let Ok(Some(incoming)) = rd.read_incoming().await {
+        if router.route(incoming).is_err() {
             break;
         }
     }

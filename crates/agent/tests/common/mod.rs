@@ -70,7 +70,21 @@ impl Agent {
 
     /// Starts `cmd` (which must end up exec'ing the agent with the channel
     /// at fd 3 and the configuration at fd 4).
-    pub fn start_cmd(mut cmd: Command, config: &[u8]) -> Agent {
+    pub fn start_cmd(cmd: Command, config: &[u8]) -> Agent {
+        Agent::start_cmd_with(cmd, config, None)
+    }
+
+    /// Starts the agent with the send buffer of its end of the channel set
+    /// to `sndbuf` bytes (the kernel doubles it) once it is ready (the agent
+    /// grows the buffer at start), so large frames leave in several pieces.
+    pub fn start_with_sndbuf(sndbuf: usize) -> Agent {
+        let config = AgentConfig { hostname: "test-box".into(), ..AgentConfig::default() };
+        let mut cmd = Command::new(agent_binary());
+        cmd.args(["--no-pid1", "--config-fd", "4"]);
+        Agent::start_cmd_with(cmd, &config.to_json(), Some(sndbuf))
+    }
+
+    fn start_cmd_with(mut cmd: Command, config: &[u8], sndbuf: Option<usize>) -> Agent {
         require_root();
         let (host, guest) = UnixStream::pair().expect("socketpair");
         let cfg = pipe_with(config);
@@ -89,7 +103,14 @@ impl Agent {
             });
         }
         let child = cmd.spawn().expect("spawn agent");
-        drop(guest);
+        // Kept until Ready when its send buffer is to be shrunk afterwards.
+        let guest = match sndbuf {
+            Some(_) => Some(guest),
+            None => {
+                drop(guest);
+                None
+            }
+        };
         drop(cfg);
         let (tx, rx) = mpsc::channel();
         let mut reader = host.try_clone().expect("clone");
@@ -119,6 +140,21 @@ impl Agent {
         match a.recv(CONTROL_ID).decode_body().expect("decodes") {
             Message::Ready(r) => a.ready = r,
             other => panic!("first frame is not Ready: {other:?}"),
+        }
+        if let (Some(guest), Some(bytes)) = (guest, sndbuf) {
+            let v = bytes as libc::c_int;
+            // SAFETY: SO_SNDBUF takes an int; this is a descriptor of the
+            // agent's socket, shared with the agent.
+            let rc = unsafe {
+                libc::setsockopt(
+                    guest.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            assert_eq!(rc, 0, "SO_SNDBUF: {}", std::io::Error::last_os_error());
         }
         a
     }
