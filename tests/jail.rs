@@ -233,6 +233,21 @@ async fn files_round_trip_and_twenty_mib_is_byte_identical() {
     // The guest sees the same bytes.
     let (sum_in, _, _) = out(&c, "md5sum /root/big.bin | cut -d' ' -f1").await;
     assert_eq!(sum_in.trim().len(), 32);
+    // The same bytes as a command's stdout and stderr: the agent splices
+    // large output from the pipe into the channel, the relay and client
+    // hand the payload over undecoded.
+    let o = c.exec_output(sh("cat /root/big.bin; cat /root/big.bin >&2")).await.expect("cat runs");
+    assert_eq!(o.status.code, Some(0));
+    assert!(o.stdout == data, "20 MiB of stdout came back different ({} bytes)", o.stdout.len());
+    assert!(o.stderr == data, "20 MiB of stderr came back different ({} bytes)", o.stderr.len());
+    let guest_log = sb.dir.path().join("home/sandboxes/e2e-files/logs/guest.log");
+    let log = std::fs::read_to_string(&guest_log).expect("guest log");
+    let spliced = log
+        .lines()
+        .filter_map(|l| l.split("output frames, ").nth(1)?.split(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(spliced > 0, "no output frame was spliced:\n{log}");
     c.mkdir("/root/d/e", true).await.expect("mkdir");
     c.copy("/root/big.bin", "/root/d/e/copy.bin").await.expect("copy");
     c.rename("/root/d/e/copy.bin", "/root/d/moved.bin").await.expect("rename");
