@@ -35,6 +35,12 @@ fn run_propagates_exit_codes_and_streams_and_cleans_up() {
     let dirs = std::fs::read_dir(a.home.join("sandboxes")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(dirs, 0);
 
+    // Megabytes of stdout into a pipe (the CLI splices them from its socket
+    // into its stdout), whole and in order.
+    let out = a.ok(&["run", "--", "seq", "1", "400000"]);
+    let want: String = (1..=400_000).map(|i| format!("{i}\n")).collect();
+    assert!(out == want, "seq output differs: {} bytes instead of {}", out.len(), want.len());
+
     // A layer thrown away after the run is mounted volatile (no sync of the
     // host filesystem when it is unmounted); a kept one is not.
     let root_mount = ["sh", "-c", "grep ' / / ' /proc/self/mountinfo"];

@@ -16,9 +16,9 @@
 //! 126/127 for spawn failures, 125 for alcove failures.
 
 use super::error::{CliError, CliResult};
-use alcove_client::{Client, ExecEvent, ExecOptions, ExecOutput, TtySize};
+use alcove_client::{Client, ExecEvent, ExecOptions, ExecOutput, OutputSink, TtySize};
 use std::io::{IsTerminal, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -127,9 +127,22 @@ fn grow_stdout_pipe() {
     }
 }
 
-async fn drive(client: &Client, opts: ExecOptions, attach: &Attach, raw: bool) -> CliResult<i32> {
+/// A sink for the command's stdout when the CLI's stdout is a pipe: the
+/// connection's reader then splices output from the socket into it, and no
+/// byte of it passes through this process's memory (see
+/// [`alcove_client::OutputSink`]). Terminals and files keep the event path.
+fn stdout_pipe_sink() -> Option<OutputSink> {
+    let _ = std::io::stdout().flush();
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().ok()?;
+    OutputSink::for_pipe(fd)
+}
+
+async fn drive(client: &Client, mut opts: ExecOptions, attach: &Attach, raw: bool) -> CliResult<i32> {
     if attach.output.is_none() {
         grow_stdout_pipe();
+        if !attach.tty {
+            opts.stdout_sink = stdout_pipe_sink();
+        }
     }
     let session = client.exec(opts).await?;
     let (input, output) = session.split();

@@ -22,10 +22,12 @@
 //!   closed, so every waiter sees [`ClientError::Disconnected`].
 
 use crate::exec::{ExecOptions, ExecSession};
+use crate::sink::OutputSink;
 use crate::ClientError;
 use alcove_protocol::async_io::{write_frame, FrameReader, Incoming};
+use alcove_protocol::codec::DataKind;
 use alcove_protocol::handshake::check_ready;
-use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, INITIAL_WINDOW};
+use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, HEADER_LEN, INITIAL_WINDOW};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
@@ -80,6 +82,8 @@ struct RouterState {
 struct Slot {
     events: mpsc::UnboundedSender<Message>,
     window: Arc<Window>,
+    /// Where this session's stdout is written instead of `events`.
+    stdout: Option<OutputSink>,
 }
 
 /// Send window of one session in the client → guest direction.
@@ -108,7 +112,10 @@ impl Router {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn allocate(&self) -> Result<(u32, mpsc::UnboundedReceiver<Message>, Arc<Window>), ClientError> {
+    fn allocate(
+        &self,
+        stdout: Option<OutputSink>,
+    ) -> Result<(u32, mpsc::UnboundedReceiver<Message>, Arc<Window>), ClientError> {
         let mut st = self.lock();
         if !st.open {
             return Err(ClientError::Disconnected);
@@ -121,7 +128,7 @@ impl Router {
             if let Entry::Vacant(slot) = st.sessions.entry(candidate) {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let window = Arc::new(Window::new());
-                slot.insert(Slot { events: tx, window: window.clone() });
+                slot.insert(Slot { events: tx, window: window.clone(), stdout });
                 st.last = candidate;
                 return Ok((candidate, rx, window));
             }
@@ -137,6 +144,11 @@ impl Router {
 
     fn is_open(&self) -> bool {
         self.lock().open
+    }
+
+    /// The stdout sink of session `id`, if it has one.
+    fn stdout_sink(&self, id: u32) -> Option<OutputSink> {
+        self.lock().sessions.get(&id).and_then(|s| s.stdout.clone())
     }
 
     fn route(&self, incoming: Incoming) -> Result<(), ClientError> {
@@ -341,9 +353,10 @@ impl Client {
     pub(crate) fn open_session(
         &self,
         request: &Message,
+        stdout: Option<OutputSink>,
     ) -> Result<(Arc<SessionLink>, mpsc::UnboundedReceiver<Message>), ClientError> {
         let frame = Frame::message(0, Flags::SESSION_START, request).map_err(|e| ClientError::Encode(e.to_string()))?;
-        let (id, rx, window) = self.inner.router.allocate()?;
+        let (id, rx, window) = self.inner.router.allocate(stdout)?;
         let link = Arc::new(SessionLink { id, inner: self.inner.clone(), window });
         if let Err(e) = link.enqueue(Frame { id, ..frame }) {
             self.inner.router.release(id);
@@ -351,6 +364,26 @@ impl Client {
         }
         Ok((link, rx))
     }
+}
+
+/// Writes a `len`-byte stdout payload, whose prefix was just read, to `sink`:
+/// what is buffered by copy, the rest spliced from the socket (or read and
+/// copied when the sink cannot take spliced data).
+async fn deliver(rd: &mut FrameReader<OwnedReadHalf>, sink: &OutputSink, len: usize) -> io::Result<()> {
+    let buffered = rd.take_buffered(len);
+    let mut left = len - buffered.len();
+    sink.write_all(buffered);
+    while left > 0 {
+        match sink.splice_from(rd.get_ref().as_ref(), left).await? {
+            Some(n) => left -= n.min(left),
+            None => {
+                let data = rd.read_payload(left).await?;
+                sink.write_all(&data);
+                left = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn handshake_io(e: io::Error) -> ClientError {
@@ -362,7 +395,39 @@ fn handshake_io(e: io::Error) -> ClientError {
 }
 
 async fn read_loop(mut rd: FrameReader<OwnedReadHalf>, router: Arc<Router>) {
-    while let Ok(Some(incoming)) = rd.read_incoming().await {
+    loop {
+        let header = match rd.read_header().await {
+            Ok(Some(h)) => h,
+            _ => break,
+        };
+        let sink = if header.id == CONTROL_ID { None } else { router.stdout_sink(header.id) };
+        let incoming = match sink {
+            Some(sink) => match rd.read_data_prefix(&header).await {
+                Ok(Some((DataKind::ExecStdout, len))) => {
+                    // Written here, in frame order: see crate::sink.
+                    if deliver(&mut rd, &sink, len).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                Ok(Some((kind, len))) => match rd.read_payload(len).await {
+                    Ok(data) => {
+                        let wire_len = HEADER_LEN + header.body_len();
+                        Incoming::Data { id: header.id, flags: header.flags, kind, data, wire_len }
+                    }
+                    Err(_) => break,
+                },
+                Ok(None) => match rd.read_incoming_body(header).await {
+                    Ok(i) => i,
+                    Err(_) => break,
+                },
+                Err(_) => break,
+            },
+            None => match rd.read_incoming_body(header).await {
+                Ok(i) => i,
+                Err(_) => break,
+            },
+        };
         if router.route(incoming).is_err() {
             break;
         }

@@ -20,7 +20,7 @@
 //!   its id stays reserved until the guest ends it.
 
 use crate::conn::SessionLink;
-use crate::{Client, ClientError};
+use crate::{Client, ClientError, OutputSink};
 use alcove_protocol::{ExecRequest, ExitStatus, Flags, Message, Rlimit, TtySize, MAX_CHUNK};
 use futures_core::Stream;
 use std::future::{poll_fn, Future};
@@ -59,6 +59,9 @@ pub struct ExecOptions {
     pub rlimits: Vec<Rlimit>,
     /// Kill the command (SIGKILL) if it runs longer than this.
     pub timeout: Option<Duration>,
+    /// Write stdout straight to this pipe instead of yielding
+    /// [`ExecEvent::Stdout`] (see [`OutputSink`]).
+    pub stdout_sink: Option<OutputSink>,
 }
 
 impl ExecOptions {
@@ -122,7 +125,7 @@ pub struct ExecSession {
 
 impl ExecSession {
     pub(crate) async fn start(client: &Client, opts: ExecOptions) -> Result<ExecSession, ClientError> {
-        let (link, rx) = client.open_session(&Message::ExecRequest(opts.request()))?;
+        let (link, rx) = client.open_session(&Message::ExecRequest(opts.request()), opts.stdout_sink.clone())?;
         let mut output = ExecOutput {
             rx,
             first: None,

@@ -55,7 +55,7 @@ fn bytes_done(reply: FsReply) -> Result<u64, ClientError> {
 
 impl Client {
     fn fs_session(&self, req: FsRequest) -> Result<FsSession, ClientError> {
-        let (link, rx) = self.open_session(&Message::FsRequest(req))?;
+        let (link, rx) = self.open_session(&Message::FsRequest(req), None)?;
         Ok(FsSession { link, rx })
     }
 

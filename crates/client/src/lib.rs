@@ -32,10 +32,12 @@ mod error;
 pub mod exec;
 pub mod fs;
 pub mod paths;
+pub mod sink;
 
 pub use conn::Client;
 pub use error::ClientError;
 pub use exec::{ExecEvent, ExecInput, ExecOptions, ExecOutput, ExecSession, Output, StdinWriter};
+pub use sink::OutputSink;
 
 pub use alcove_protocol as protocol;
 pub use alcove_protocol::{

@@ -1021,3 +1021,91 @@ async fn touch_and_shutdown_use_the_control_id() {
     })
     .await
 }
+
+// ---------------------------------------------------------- stdout sinks
+
+/// A pipe (blocking, as a shell gives one): (read end, write end).
+fn blocking_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    unsafe { (std::os::fd::OwnedFd::from_raw_fd(fds[0]), std::os::fd::OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// Reads a pipe to its end on a thread.
+fn drain(r: std::os::fd::OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut out).expect("reads the pipe");
+        out
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_sink_gets_the_output_in_order_and_the_events_do_not() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        let client = fake.client().await;
+        let (r, w) = blocking_pipe();
+        let reader = drain(r);
+        let mut o = opts(&["bigout", &(3 * MAX_CHUNK + 1000).to_string()]);
+        o.stdout_sink = Some(alcove_client::OutputSink::for_pipe(w).expect("a blocking pipe is a sink"));
+        let mut session = client.exec(o.clone()).await.expect("runs");
+        let mut stdout_events = 0;
+        let status = loop {
+            match session.next_event().await.expect("an event").expect("no error") {
+                ExecEvent::Stdout(_) => stdout_events += 1,
+                ExecEvent::Exited(status) => break status,
+                _ => {}
+            }
+        };
+        assert_eq!(status.code, Some(0));
+        assert_eq!(stdout_events, 0, "stdout went to the events as well");
+        // Small frames and stderr on the same session: stderr stays an event.
+        o.argv = vec!["split".into()];
+        let out = client.exec_output(o).await.expect("runs");
+        assert_eq!((out.stdout.as_slice(), out.stderr.as_slice()), (&b""[..], &b"err1"[..]));
+        drop(session);
+        let mut want = pattern(3 * MAX_CHUNK + 1000, 7);
+        want.extend_from_slice(b"out1out2");
+        let got = reader.join().expect("reader");
+        assert!(got == want, "the pipe got {} bytes, not the output in order", got.len());
+        fake.assert_clean();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_reader_left_drops_output_but_keeps_the_connection() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        let client = fake.client().await;
+        let (r, w) = blocking_pipe();
+        drop(r);
+        let mut o = opts(&["bigout", &(1 << 20).to_string()]);
+        o.stdout_sink = alcove_client::OutputSink::for_pipe(w);
+        assert!(o.stdout_sink.is_some());
+        let out = client.exec_output(o).await.expect("runs to its end");
+        assert_eq!(out.status.code, Some(0));
+        // The framing survived: the next session works.
+        let out = client.exec_output(opts(&["echo", "still", "here"])).await.expect("runs");
+        assert_eq!(out.stdout, b"still here\n");
+        fake.assert_clean();
+    })
+    .await
+}
+
+#[test]
+fn only_blocking_pipes_are_sinks() {
+    let file = tempfile::tempfile().expect("a file");
+    assert!(alcove_client::OutputSink::for_pipe(file.into()).is_none(), "a file");
+    let (a, _b) = std::os::unix::net::UnixStream::pair().expect("sockets");
+    assert!(alcove_client::OutputSink::for_pipe(a.into()).is_none(), "a socket");
+    let (_r, w) = blocking_pipe();
+    // SAFETY: F_SETFL on a descriptor we own.
+    unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETFL, libc::O_NONBLOCK) };
+    assert!(alcove_client::OutputSink::for_pipe(w).is_none(), "a non-blocking pipe");
+}

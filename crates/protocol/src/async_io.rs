@@ -236,6 +236,53 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// without decoding it. `Ok(None)` at a clean end of stream.
     pub async fn read_incoming(&mut self) -> io::Result<Option<Incoming>> {
         let Some(header) = self.read_header().await? else { return Ok(None) };
+        self.read_incoming_body(header).await.map(Some)
+    }
+
+    /// If the body of the frame whose header was just read is a data message,
+    /// consumes its tag and length and returns its kind and payload length
+    /// (the payload is next: [`FrameReader::take_buffered`], then the
+    /// underlying reader, or [`FrameReader::read_payload`]). Otherwise
+    /// consumes nothing and returns `None`.
+    pub async fn read_data_prefix(&mut self, header: &Header) -> io::Result<Option<(DataKind, usize)>> {
+        let len = header.body_len();
+        let want = len.min(DATA_BODY_PREFIX_MAX);
+        if want == 0 {
+            return Ok(None);
+        }
+        if !self.fill(want).await? {
+            return Err(invalid(FrameError::Truncated(HEADER_LEN + self.end - self.pos)));
+        }
+        let peek = &self.buf[self.pos..self.pos + want];
+        match parse_data_prefix(peek) {
+            BodyPrefix::Data { kind, offset, len: data_len } if offset as u64 + data_len == len as u64 => {
+                self.pos += offset;
+                Ok(Some((kind, len - offset)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Up to `max` bytes already buffered, consumed. A caller that reads the
+    /// rest of a payload from the underlying reader itself takes these first;
+    /// the next refill then asks for little, as after any large frame.
+    pub fn take_buffered(&mut self, max: usize) -> &[u8] {
+        let k = (self.end - self.pos).min(max);
+        let start = self.pos;
+        self.pos += k;
+        self.small_fill = true;
+        &self.buf[start..start + k]
+    }
+
+    /// Reads `len` payload bytes (after [`FrameReader::read_data_prefix`]).
+    pub async fn read_payload(&mut self, len: usize) -> io::Result<Vec<u8>> {
+        let mut data = Vec::with_capacity(len);
+        self.payload(&mut data, len, HEADER_LEN).await?;
+        Ok(data)
+    }
+
+    /// The rest of [`FrameReader::read_incoming`] once the header is read.
+    pub async fn read_incoming_body(&mut self, header: Header) -> io::Result<Incoming> {
         let len = header.body_len();
         if len >= DIRECT_MIN {
             if !self.fill(DATA_BODY_PREFIX_MAX).await? {
@@ -248,13 +295,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     let mut data = Vec::with_capacity(len - offset);
                     self.payload(&mut data, len - offset, HEADER_LEN + offset).await?;
                     let (id, flags) = (header.id, header.flags);
-                    return Ok(Some(Incoming::Data { id, flags, kind, data, wire_len: HEADER_LEN + len }));
+                    return Ok(Incoming::Data { id, flags, kind, data, wire_len: HEADER_LEN + len });
                 }
             }
         }
         let mut body = Vec::with_capacity(len);
         self.payload(&mut body, len, HEADER_LEN).await?;
-        Ok(Some(Incoming::Frame(Frame { id: header.id, flags: header.flags, body })))
+        Ok(Incoming::Frame(Frame { id: header.id, flags: header.flags, body }))
     }
 }
 
