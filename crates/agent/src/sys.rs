@@ -105,11 +105,11 @@ pub fn cloexec_from(first: RawFd) {
     }
 }
 
-/// One `read(2)`; `EINTR` is retried.
-pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+/// Runs a byte-count system call until it is not interrupted: its count,
+/// or the error `errno` names.
+fn retry_eintr(mut call: impl FnMut() -> isize) -> io::Result<usize> {
     loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        let n = call();
         if n >= 0 {
             return Ok(n as usize);
         }
@@ -120,19 +120,16 @@ pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
+/// One `read(2)`; `EINTR` is retried.
+pub fn read(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is valid for buf.len() bytes.
+    retry_eintr(|| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) })
+}
+
 /// One `write(2)`; `EINTR` is retried.
 pub fn write(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    loop {
-        // SAFETY: buf is valid for buf.len() bytes.
-        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    // SAFETY: buf is valid for buf.len() bytes.
+    retry_eintr(|| unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) })
 }
 
 /// Bytes waiting to be read on a pipe (or socket, or terminal): `FIONREAD`.
@@ -147,26 +144,9 @@ pub fn readable_bytes(fd: RawFd) -> io::Result<usize> {
 /// to `to`; `EINTR` is retried. With a Unix stream socket as `to` the kernel
 /// hands the pipe's pages to the socket instead of copying them.
 pub fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
-    loop {
-        // SAFETY: null offsets (both ends are streams); no memory is passed.
-        let n = unsafe {
-            libc::splice(
-                from,
-                std::ptr::null_mut(),
-                to,
-                std::ptr::null_mut(),
-                len,
-                libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    // SAFETY: null offsets (both ends are streams); no memory is passed.
+    retry_eintr(|| unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) })
 }
 
 /// A close-on-exec duplicate of `fd` (at 3 or above).
