@@ -1,7 +1,8 @@
 //! The standalone sandbox process: `alcove sandbox --config FILE`.
 //!
-//! Main thread: read the config → check the database → print `{"pid":N}` as
-//! the first stdout line → move logs to `logs/runtime.log` → start the actor
+//! Main thread: a new session → read the config → check the database → bind
+//! agent.sock → print `{"pid":N}` as the first stdout line (a client that
+//! reads it can connect at once) → move logs to `logs/runtime.log` → start the actor
 //! system → create the guest → drive it to its end on this thread (for krun
 //! that never returns) → exit once the run is final: 0 when it is recorded,
 //! 1 when alcove itself failed (reason InternalError, or nothing recorded).

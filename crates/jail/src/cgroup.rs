@@ -463,14 +463,6 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Moves process `pid` (all its threads) into every directory.
-    pub fn add(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
-        for dir in &self.dirs {
-            write(&dir.path.join("cgroup.procs"), &pid.to_string())?;
-        }
-        Ok(())
-    }
-
     /// The `tasks` files of the cgroup v1 directories. A single-threaded
     /// process joins them by writing `0` (itself) to each: the kernel moves
     /// one thread without taking its global threadgroup lock, so no RCU grace
@@ -480,8 +472,9 @@ impl Cgroup {
         self.dirs.iter().filter(|d| !d.v2).map(|d| d.path.join("tasks")).collect()
     }
 
-    /// Adds `pid` to the cgroup2 directory, if any: the part of [`Cgroup::add`]
-    /// a process that joined [`Cgroup::self_join_files`] still needs.
+    /// Moves process `pid` (all its threads) into the cgroup2 directory, if
+    /// any: the placement a process that joined [`Cgroup::self_join_files`]
+    /// still needs.
     pub fn add_v2(&self, pid: libc::pid_t) -> Result<(), CgroupError> {
         for dir in self.dirs.iter().filter(|d| d.v2) {
             write(&dir.path.join("cgroup.procs"), &pid.to_string())?;
