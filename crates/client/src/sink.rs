@@ -9,6 +9,9 @@
 //! which stalls the other sessions of that connection: give a sink to one
 //! session on a connection of its own (as the CLI does).
 //!
+//! With a timeout, what the command wrote before it was killed still reaches
+//! the sink (the event path discards output that arrives after the kill).
+//!
 //! Invariants: the framing of the connection never depends on the sink —
 //! a sink that fails (its reader went away) has the rest of its payloads
 //! read and dropped; a pipe that refuses `splice` gets copies instead.
