@@ -36,6 +36,45 @@ def now_ns():
     return time.perf_counter_ns()
 
 
+def drain(fd):
+    """Reads `fd` to its end in 1 MiB reads; the byte count."""
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = os.readv(fd, [view])
+        if n == 0:
+            return total
+        total += n
+
+
+def stream_through_pipe(argv, env=None):
+    """Seconds for `argv` to write STREAM_BYTES to its stdout, a pipe this
+    process reads."""
+    t0 = now_ns()
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    got = drain(p.stdout.fileno())
+    rc = p.wait()
+    dt = (now_ns() - t0) / 1e9
+    assert rc == 0 and got == STREAM_BYTES, (argv, rc, got)
+    return dt
+
+
+def stream_through_socket(argv):
+    """The ceiling: seconds for `argv` on the host to write STREAM_BYTES into
+    one end of a Unix socketpair, this process reading the other end."""
+    t0 = now_ns()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=theirs, stderr=subprocess.DEVNULL)
+    theirs.close()
+    got = drain(ours.fileno())
+    ours.close()
+    rc = p.wait()
+    dt = (now_ns() - t0) / 1e9
+    assert rc == 0 and got == STREAM_BYTES, (argv, rc, got)
+    return dt
+
+
 def run(argv, check=True, capture=False, env=None, timeout=120):
     """Runs a command, returns (seconds, stdout bytes, returncode). stderr
     goes to a file, not a pipe: a detached container would hold a pipe open."""
@@ -361,39 +400,11 @@ class Bench:
 
     # -- 3. streaming
 
-    @staticmethod
-    def drain(fd):
-        buf = bytearray(1 << 20)
-        view = memoryview(buf)
-        total = 0
-        while True:
-            n = os.readv(fd, [view])
-            if n == 0:
-                return total
-            total += n
-
     def stream_cmd(self, argv):
-        t0 = now_ns()
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=self.env)
-        got = self.drain(p.stdout.fileno())
-        rc = p.wait()
-        dt = (now_ns() - t0) / 1e9
-        assert rc == 0 and got == STREAM_BYTES, (argv, rc, got)
-        return dt
+        return stream_through_pipe(argv, self.env)
 
     def stream_socket(self, argv):
-        """The ceiling: `argv` on the host writing into one end of a Unix
-        socketpair, this process reading the other end."""
-        t0 = now_ns()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=theirs, stderr=subprocess.DEVNULL)
-        theirs.close()
-        got = self.drain(ours.fileno())
-        ours.close()
-        rc = p.wait()
-        dt = (now_ns() - t0) / 1e9
-        assert rc == 0 and got == STREAM_BYTES, (argv, rc, got)
-        return dt
+        return stream_through_socket(argv)
 
     def streaming(self):
         n = self.args.stream_iterations

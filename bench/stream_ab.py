@@ -12,45 +12,17 @@ and maxima are printed. $ALCOVE_HOME must already hold the default rootfs
 (after one `alcove run`). Needs root, like `alcove create`.
 """
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import time
 
-BYTES = 268435456
-DD = ["dd", "if=/dev/zero", "bs=131072", "count=%d" % (BYTES // 131072)]
+from compare import STREAM_BYTES, stream_through_pipe, stream_through_socket
 
-
-def drain(fd):
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
-    total = 0
-    while True:
-        n = os.readv(fd, [view])
-        if n == 0:
-            return total
-        total += n
+DD = ["dd", "if=/dev/zero", "bs=131072", "count=%d" % (STREAM_BYTES // 131072)]
 
 
-def through_alcove(binary, sandbox):
-    start = time.perf_counter()
-    p = subprocess.Popen([binary, "exec", sandbox, "--", *DD], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
-    got = drain(p.stdout.fileno())
-    rc = p.wait()
-    assert rc == 0 and got == BYTES, (binary, rc, got)
-    return BYTES / (time.perf_counter() - start) / 1e6
-
-
-def bare_copy(busybox):
-    start = time.perf_counter()
-    ours, theirs = socket.socketpair()
-    p = subprocess.Popen([busybox, *DD], stdout=theirs, stderr=subprocess.DEVNULL)
-    theirs.close()
-    got = drain(ours.fileno())
-    ours.close()
-    assert p.wait() == 0 and got == BYTES, got
-    return BYTES / (time.perf_counter() - start) / 1e6
+def mbps(seconds):
+    return STREAM_BYTES / seconds / 1e6
 
 
 def main():
@@ -63,22 +35,23 @@ def main():
         print("stream_ab.py: set ALCOVE_HOME (with the default rootfs built)", file=sys.stderr)
         return 2
     busybox = os.path.join(home, "rootfs", "default", "root", "bin", "busybox")
-    names = {b: "stream-ab-%d-%d" % (os.getpid(), i) for i, b in enumerate(bins)}
-    for b, name in names.items():
+    # Keyed by position, so one build may be compared with itself.
+    cases = [("%s %s" % ("ABCDEFGHIJ"[i % 10], b), b, "stream-ab-%d-%d" % (os.getpid(), i)) for i, b in enumerate(bins)]
+    for _, b, name in cases:
         subprocess.run([b, "create", name], check=True, stdout=subprocess.DEVNULL)
-    results = {b: [] for b in bins}
+    results = {label: [] for label, _, _ in cases}
     results["bare"] = []
     try:
         for i in range(rounds):
-            results["bare"].append(bare_copy(busybox))
-            for b in bins if i % 2 == 0 else bins[::-1]:
-                results[b].append(through_alcove(b, names[b]))
+            results["bare"].append(mbps(stream_through_socket([busybox, *DD])))
+            for label, b, name in cases if i % 2 == 0 else cases[::-1]:
+                results[label].append(mbps(stream_through_pipe([b, "exec", name, "--", *DD])))
     finally:
-        for b, name in names.items():
+        for _, b, name in cases:
             subprocess.run([b, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for key in ["bare", *bins]:
-        xs = results[key]
-        print("%s: median %.0f MB/s, min %.0f, max %.0f (%d rounds)" % (key, statistics.median(xs), min(xs), max(xs), len(xs)))
+    for label in ["bare", *(c[0] for c in cases)]:
+        xs = results[label]
+        print("%s: median %.0f MB/s, min %.0f, max %.0f (%d rounds)" % (label, statistics.median(xs), min(xs), max(xs), len(xs)))
     return 0
 
 
