@@ -26,6 +26,7 @@ use crate::sink::OutputSink;
 use crate::ClientError;
 use alcove_protocol::async_io::{write_frame, FrameReader, Incoming};
 use alcove_protocol::codec::DataKind;
+use alcove_protocol::frame::Header;
 use alcove_protocol::handshake::check_ready;
 use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, HEADER_LEN, INITIAL_WINDOW};
 use std::collections::hash_map::Entry;
@@ -395,44 +396,44 @@ fn handshake_io(e: io::Error) -> ClientError {
 }
 
 async fn read_loop(mut rd: FrameReader<OwnedReadHalf>, router: Arc<Router>) {
-    loop {
-        let header = match rd.read_header().await {
-            Ok(Some(h)) => h,
-            _ => break,
-        };
-        let sink = if header.id == CONTROL_ID { None } else { router.stdout_sink(header.id) };
-        let incoming = match sink {
-            Some(sink) => match rd.read_data_prefix(&header).await {
-                Ok(Some((DataKind::ExecStdout, len))) => {
-                    // Written here, in frame order: see crate::sink.
-                    if deliver(&mut rd, &sink, len).await.is_err() {
-                        break;
-                    }
-                    continue;
+    while let Ok(Some(header)) = rd.read_header().await {
+        match read_frame_after(&mut rd, &router, header).await {
+            Ok(Some(incoming)) => {
+                if router.route(incoming).is_err() {
+                    break;
                 }
-                Ok(Some((kind, len))) => match rd.read_payload(len).await {
-                    Ok(data) => {
-                        let wire_len = HEADER_LEN + header.body_len();
-                        Incoming::Data { id: header.id, flags: header.flags, kind, data, wire_len }
-                    }
-                    Err(_) => break,
-                },
-                Ok(None) => match rd.read_incoming_body(header).await {
-                    Ok(i) => i,
-                    Err(_) => break,
-                },
-                Err(_) => break,
-            },
-            None => match rd.read_incoming_body(header).await {
-                Ok(i) => i,
-                Err(_) => break,
-            },
-        };
-        if router.route(incoming).is_err() {
-            break;
+            }
+            Ok(None) => {}
+            Err(_) => break,
         }
     }
     router.shut();
+}
+
+/// Reads the rest of the frame `header` announced: an [`Incoming`] to route,
+/// or `None` when it was stdout of a session with a sink, already written
+/// there (in frame order: see crate::sink).
+async fn read_frame_after(
+    rd: &mut FrameReader<OwnedReadHalf>,
+    router: &Router,
+    header: Header,
+) -> io::Result<Option<Incoming>> {
+    let sink = if header.id == CONTROL_ID { None } else { router.stdout_sink(header.id) };
+    if let Some(sink) = sink {
+        match rd.read_data_prefix(&header).await? {
+            Some((DataKind::ExecStdout, len)) => {
+                deliver(rd, &sink, len).await?;
+                return Ok(None);
+            }
+            Some((kind, len)) => {
+                let data = rd.read_payload(len).await?;
+                let (id, flags, wire_len) = (header.id, header.flags, HEADER_LEN + header.body_len());
+                return Ok(Some(Incoming::Data { id, flags, kind, data, wire_len }));
+            }
+            None => {}
+        }
+    }
+    rd.read_incoming_body(header).await.map(Some)
 }
 
 async fn write_loop(wr: OwnedWriteHalf, mut queue: mpsc::UnboundedReceiver<Frame>, router: Arc<Router>) {
