@@ -283,22 +283,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The rest of [`FrameReader::read_incoming`] once the header is read.
     pub async fn read_incoming_body(&mut self, header: Header) -> io::Result<Incoming> {
-        let len = header.body_len();
-        if len >= DIRECT_MIN {
-            if !self.fill(DATA_BODY_PREFIX_MAX).await? {
-                return Err(invalid(FrameError::Truncated(HEADER_LEN + self.end - self.pos)));
-            }
-            let peek = &self.buf[self.pos..self.pos + DATA_BODY_PREFIX_MAX];
-            if let BodyPrefix::Data { kind, offset, len: data_len } = parse_data_prefix(peek) {
-                if offset as u64 + data_len == len as u64 {
-                    self.pos += offset;
-                    let mut data = Vec::with_capacity(len - offset);
-                    self.payload(&mut data, len - offset, HEADER_LEN + offset).await?;
-                    let (id, flags) = (header.id, header.flags);
-                    return Ok(Incoming::Data { id, flags, kind, data, wire_len: HEADER_LEN + len });
-                }
+        if header.body_len() >= DIRECT_MIN {
+            if let Some((kind, len)) = self.read_data_prefix(&header).await? {
+                let data = self.read_payload(len).await?;
+                let (id, flags, wire_len) = (header.id, header.flags, HEADER_LEN + header.body_len());
+                return Ok(Incoming::Data { id, flags, kind, data, wire_len });
             }
         }
+        let len = header.body_len();
         let mut body = Vec::with_capacity(len);
         self.payload(&mut body, len, HEADER_LEN).await?;
         Ok(Incoming::Frame(Frame { id: header.id, flags: header.flags, body }))
