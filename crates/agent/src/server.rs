@@ -142,6 +142,15 @@ impl OutStream {
     fn new(fd: Fd, kind: StreamKind, splice: bool) -> OutStream {
         OutStream { fd: Some(fd), kind, splice, last_read: None, rest_until: None }
     }
+
+    /// The coalescing clock after `n` bytes left this stream (up to `max`
+    /// were allowed): see [`OUTPUT_COALESCE`].
+    fn note_output(&mut self, n: usize, max: usize, exited: bool) {
+        let now = Instant::now();
+        let streaming = self.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
+        self.last_read = Some(now);
+        self.rest_until = (streaming && n < max && !exited).then(|| now + OUTPUT_COALESCE);
+    }
 }
 
 #[derive(Debug)]
@@ -942,7 +951,12 @@ impl Server {
                     let n = ready.min(max);
                     match self.splice_chunk(id, idx, pipe, kind, n) {
                         SpliceOutcome::Sent => {
-                            self.note_output(id, idx, n, max);
+                            if let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) {
+                                let exited = e.exit.is_some();
+                                if let Some(st) = e.streams.get_mut(idx) {
+                                    st.note_output(n, max, exited);
+                                }
+                            }
                             return true;
                         }
                         SpliceOutcome::Deferred => return false,
@@ -962,10 +976,7 @@ impl Server {
                 false
             }
             Ok(n) => {
-                let now = Instant::now();
-                let streaming = st.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
-                st.last_read = Some(now);
-                st.rest_until = (streaming && n < max && e.exit.is_none()).then(|| now + OUTPUT_COALESCE);
+                st.note_output(n, max, e.exit.is_some());
                 e.frames += 1;
                 let buf = buf[..n].to_vec();
                 let msg = match st.kind {
@@ -990,18 +1001,6 @@ impl Server {
                 false
             }
         }
-    }
-
-    /// Output bookkeeping after a spliced chunk of `n` bytes (reads up to
-    /// `max` were allowed): the coalescing clock, as for a read.
-    fn note_output(&mut self, id: u32, idx: usize, n: usize, max: usize) {
-        let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) else { return };
-        let exited = e.exit.is_some();
-        let Some(st) = e.streams.get_mut(idx) else { return };
-        let now = Instant::now();
-        let streaming = st.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
-        st.last_read = Some(now);
-        st.rest_until = (streaming && n < max && !exited).then(|| now + OUTPUT_COALESCE);
     }
 
     /// Sends `n` bytes (all waiting in `pipe`) of session `id`'s output
