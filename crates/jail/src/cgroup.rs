@@ -133,9 +133,11 @@ pub struct Hierarchy {
 /// ignored and nothing changes membership; nothing is done on hosts where
 /// the jail uses v1 only.
 pub fn prewarm_attach() {
-    let Ok(list) = hierarchies() else { return };
-    let Some(v2) = plan_hierarchies(&list).into_iter().map(|(h, _)| h).find(|h| h.v2).cloned() else { return };
-    let spawned = std::thread::Builder::new().name("alcove-cgroup-warm".into()).spawn(move || {
+    // On a thread from the start: even reading the hierarchies stays off
+    // the sandbox process's start-up.
+    let spawned = std::thread::Builder::new().name("alcove-cgroup-warm".into()).spawn(|| {
+        let Ok(list) = hierarchies() else { return };
+        let Some(v2) = plan_hierarchies(&list).into_iter().map(|(h, _)| h).find(|h| h.v2) else { return };
         let own = v2.own_path.strip_prefix(v2.mount_root.trim_end_matches('/')).unwrap_or(&v2.own_path);
         let procs = v2.mount.join(own.trim_start_matches('/')).join("cgroup.procs");
         let _ = std::fs::write(&procs, std::process::id().to_string());
