@@ -130,8 +130,8 @@ pub struct Hierarchy {
 /// period (5–20 ms measured); paying it here, in parallel with the sandbox
 /// process's start-up, mostly takes it off the jail's critical path (the
 /// lock stays fast for roughly 10 ms after a write). Best effort: errors are
-/// ignored and nothing changes membership; nothing is done on hosts where
-/// the jail uses v1 only.
+/// ignored and nothing changes membership; on hosts where
+/// the jail uses v1 only the thread writes nothing.
 pub fn prewarm_attach() {
     // On a thread from the start: even reading the hierarchies stays off
     // the sandbox process's start-up.
