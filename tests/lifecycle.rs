@@ -180,9 +180,13 @@ fn lost_heartbeats_are_unresponsive() {
         Policy { heartbeat_timeout: Duration::from_secs(10), ..policy() },
     );
     assert!(env.handle.wait_ready(WAIT));
-    // Let the two real heartbeats arrive; then the agent falls silent.
-    std::thread::sleep(Duration::from_millis(100));
-    env.clock.advance(Duration::from_secs(11));
+    // The same steps as `heartbeats_keep_a_sandbox_alive` (5 s of clock, then
+    // time for real heartbeats, every 20 ms, to land): a beating agent
+    // survives them, so only the silence can end this one.
+    for _ in 0..3 {
+        env.clock.advance(Duration::from_secs(5));
+        std::thread::sleep(Duration::from_millis(80));
+    }
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::AgentUnresponsive);
     assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("heartbeat")), "{outcome:?}");
