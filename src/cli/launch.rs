@@ -158,8 +158,9 @@ pub struct Started {
 }
 
 impl Started {
-    /// Waits up to `timeout` for the sandbox process (our child) to exit,
-    /// without reaping it; true if it did. Woken by a pidfd when the kernel
+    /// Waits up to `timeout` for the sandbox process (our child) to exit;
+    /// true if it did (it is then reaped, and `child.wait()` returns its
+    /// status). Woken by a pidfd when the kernel
     /// has one, so the exit is seen at once rather than at the next poll.
     pub async fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -449,7 +450,7 @@ mod tests {
         let t = Instant::now();
         assert!(rt.block_on(s.wait_exit(Duration::from_secs(10))));
         assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
-        // The exit is left for the caller to collect.
+        // The status stays available to the caller.
         assert_eq!(s.child.wait().expect("reaped").code(), Some(3));
     }
 
