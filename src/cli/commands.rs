@@ -37,7 +37,7 @@ async fn create_and_start(
     ctx.store.create_sandbox(name, &json)?;
     let result = async {
         ctx.write_meta(name, &meta)?;
-        let mut started = launch::spawn(ctx, &cfg, !meta.auto_remove)?;
+        let mut started = launch::spawn(ctx, &cfg)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();
@@ -291,8 +291,7 @@ pub async fn start(args: NamesArgs) -> CliResult<i32> {
         let mut cfg = ctx.load_config(&name)?;
         // A restarted sandbox lives on its own, whoever started it first.
         cfg.parent_pid = None;
-        let durable = !ctx.meta(&name).auto_remove;
-        let mut started = launch::spawn(ctx, &cfg, durable)?;
+        let mut started = launch::spawn(ctx, &cfg)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let ready = launch::wait_ready(ctx, &name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();

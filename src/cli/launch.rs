@@ -196,10 +196,10 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Writes the config (fsynced when `durable`) and spawns the sandbox
-/// process; returns once it has printed its pid.
-pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig, durable: bool) -> CliResult<Started> {
-    let config_path = ctx.write_config(cfg, durable)?;
+/// Writes the config and spawns the sandbox process; returns once it has
+/// printed its pid.
+pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
+    let config_path = ctx.write_config(cfg)?;
     let log_dir = ctx.sandbox_dir(&cfg.name).join("logs");
     let startup_err = log_dir.join("startup.err");
     let err_file = std::fs::OpenOptions::new()

@@ -130,13 +130,13 @@ impl Ctx {
         SandboxConfig::load(&self.config_path(name)).map_err(|e| CliError::msg(e.to_string()))
     }
 
-    /// Writes the sandbox config file (0600, in a 0700 directory); see
-    /// [`write_private`] for `durable`.
-    pub fn write_config(&self, cfg: &SandboxConfig, durable: bool) -> CliResult<PathBuf> {
+    /// Writes the sandbox config file (0600, in a 0700 directory), fsynced
+    /// unless the sandbox is ephemeral (see [`write_private`]).
+    pub fn write_config(&self, cfg: &SandboxConfig) -> CliResult<PathBuf> {
         self.make_dirs(&cfg.name)?;
         let text = serde_json::to_vec_pretty(cfg).map_err(|e| CliError::msg(e.to_string()))?;
         let path = self.config_path(&cfg.name);
-        write_private(&path, &text, durable)?;
+        write_private(&path, &text, !cfg.guest.ephemeral)?;
         Ok(path)
     }
 
