@@ -261,6 +261,55 @@ async fn files_round_trip_and_twenty_mib_is_byte_identical() {
     sb.stop().await;
 }
 
+/// A sink on a blocking pipe, and a thread reading the pipe to its end.
+fn sink_and_reader() -> (alcove_client::OutputSink, std::thread::JoinHandle<Vec<u8>>) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    // SAFETY: pipe2 returned two fresh descriptors we now own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let reader = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut out = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut out).expect("reads the pipe");
+        out
+    });
+    (alcove_client::OutputSink::for_pipe(w).expect("a blocking pipe is a sink"), reader)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stdout_sink_reads_the_commands_pipe_itself() {
+    let sb = Sandbox::start("e2e-pipe", serde_json::json!({}));
+    let c = sb.client().await;
+    let data: Vec<u8> = (0..20 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+    c.write_file("/root/big.bin", 0o600, &data).await.expect("write");
+    // The agent hands the stdout pipe over; stderr still comes as frames.
+    let (sink, reader) = sink_and_reader();
+    let mut o = sh("cat /root/big.bin; echo done >&2; exit 4");
+    o.stdout_sink = Some(sink);
+    let got = c.exec_output(o).await.expect("cat runs");
+    assert_eq!(got.status.code, Some(4));
+    assert!(got.stdout.is_empty());
+    assert_eq!(got.stderr, b"done\n");
+    let piped = reader.join().expect("reader");
+    assert!(piped == data, "20 MiB through the handed-over pipe came back different ({} bytes)", piped.len());
+    let log = std::fs::read_to_string(sb.dir.path().join("home/sandboxes/e2e-pipe/logs/guest.log")).expect("log");
+    assert!(log.contains("stdout pipe handed to the client"), "the agent relayed stdout instead:\n{log}");
+    // A background process keeping the pipe open does not hold the session
+    // (nor the client) beyond the drain bounds.
+    let (sink, reader) = sink_and_reader();
+    let mut o = sh("sleep 30 & echo hi");
+    o.stdout_sink = Some(sink);
+    let started = Instant::now();
+    let got = c.exec_output(o).await.expect("sh runs");
+    assert_eq!(got.status.code, Some(0));
+    assert!(started.elapsed() < Duration::from_secs(10), "the session waited for the background sleep");
+    drop(c);
+    assert_eq!(reader.join().expect("reader"), b"hi\n");
+    sb.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn isolation_holds() {
     let host_dir = tempfile::tempdir().expect("tempdir");

@@ -6,9 +6,9 @@ mod common;
 
 use alcove::store::TerminationReason;
 use alcove_backend::mock::MockEvent;
-use alcove_protocol::{Flags, Frame, Message, CONTROL_ID, INITIAL_WINDOW, PROTOCOL_VERSION};
+use alcove_protocol::{fdpass, Flags, Frame, Message, CONTROL_ID, INITIAL_WINDOW, PROTOCOL_VERSION};
 use common::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -219,4 +219,74 @@ fn a_stalled_client_with_many_small_frames_is_held_back_not_dropped() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), n);
     assert_eq!(lines[n - 1], format!("line {}", n - 1));
+}
+
+// ------------------------------------------------------------ descriptors
+
+fn exec_asking_for_the_pipe(client: &mut RawClient, id: u32, argv: &[&str]) {
+    let req = alcove_protocol::ExecRequest {
+        argv: argv.iter().map(|s| s.to_string()).collect(),
+        stdout_pipe: true,
+        ..alcove_protocol::ExecRequest::default()
+    };
+    client.send(id, Flags::SESSION_START, &Message::ExecRequest(req));
+}
+
+#[test]
+fn a_guests_stdout_pipe_reaches_its_client_with_the_frame() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    let id = client.range.id_start;
+    exec_asking_for_the_pipe(&mut client, id, &["pipe", "300000"]);
+    let (_, _, started, fd) = client.recv_with_fd().expect("a frame");
+    assert!(matches!(started, Message::ExecStarted { .. }) && fd.is_none());
+    let (fid, flags, msg, fd) = client.recv_with_fd().expect("a frame");
+    assert_eq!((fid, msg), (id, Message::ExecStdoutPipe));
+    assert!(flags.contains(Flags::FD));
+    let fd = fd.expect("the pipe came with its frame");
+    assert!(fdpass::is_pipe_read_end(std::os::fd::AsFd::as_fd(&fd)));
+    let mut piped = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut piped).expect("reads the pipe");
+    assert_eq!(piped, vec![b'p'; 300_000]);
+    let (_, flags, msg, _) = client.recv_with_fd().expect("the end");
+    assert!(flags.contains(Flags::TERMINAL));
+    assert!(matches!(msg, Message::ExecExited(ref st) if st.code == Some(0)), "{msg:?}");
+}
+
+#[test]
+fn descriptors_other_than_a_pipes_read_end_never_reach_a_client() {
+    let env = ready_env();
+    let mut client = RawClient::connect(&env.socket());
+    // A pipe's write end (it would let the client write into the guest's
+    // pipe), and an FD frame with no descriptor at all.
+    for (k, program) in ["badfd", "nofd"].into_iter().enumerate() {
+        let id = client.range.id_start + k as u32;
+        exec_asking_for_the_pipe(&mut client, id, &[program]);
+        let mut seen = Vec::new();
+        loop {
+            let (fid, flags, msg, fd) = client.recv_with_fd().expect("the session goes on");
+            assert_eq!(fid, id);
+            assert!(fd.is_none(), "{program}: a descriptor reached the client");
+            assert!(!flags.contains(Flags::FD), "{program}: an FD frame reached the client");
+            seen.push(msg.clone());
+            if flags.contains(Flags::TERMINAL) {
+                break;
+            }
+        }
+        assert!(seen.contains(&Message::ExecStdout { data: b"after\n".to_vec() }), "{program}: {seen:?}");
+        assert!(matches!(seen.last(), Some(Message::ExecExited(st)) if st.code == Some(0)), "{program}: {seen:?}");
+    }
+}
+
+#[test]
+fn a_client_sending_a_descriptor_frame_is_dropped_alone() {
+    let env = ready_env();
+    let mut good = RawClient::connect(&env.socket());
+    let mut bad = RawClient::connect(&env.socket());
+    let id = bad.range.id_start;
+    bad.send(id, Flags::FD, &Message::ExecStdinEof);
+    assert!(bad.closed(), "a client sending an FD frame was not dropped");
+    let id = good.range.id_start;
+    good.exec(id, &["echo", "fine"], false);
+    assert_eq!(good.collect(id).0, b"fine\n");
 }

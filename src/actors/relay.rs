@@ -40,10 +40,12 @@ use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, OpenToClie
 use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::{read_frame, write_frame, write_frame_direct, FrameReader};
+use alcove_protocol::fdpass::{self, FdReadHalf};
 use alcove_protocol::{Flags, Frame, Handshake, Message, CONTROL_ID, INITIAL_WINDOW};
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -156,6 +158,9 @@ struct ClientQueue {
     bytes: Cell<usize>,
     /// Sessions of this client whose final frame has not been written yet.
     open_sessions: Cell<usize>,
+    /// The descriptors of queued FD frames, in queue order (a frame and its
+    /// descriptor are queued together).
+    fds: RefCell<VecDeque<OwnedFd>>,
 }
 
 impl ClientQueue {
@@ -275,7 +280,7 @@ impl Handler<AttachGuest> for Relay {
         let (tx, rx) = mpsc::channel(GUEST_QUEUE);
         self.core.borrow_mut().guest_tx = Some(tx);
         actix::spawn(guest_writer(write, rx));
-        actix::spawn(guest_reader(FrameReader::new(read, 256 * 1024), self.core.clone()));
+        actix::spawn(guest_reader(FrameReader::new(FdReadHalf::new(read), 256 * 1024), self.core.clone()));
     }
 }
 
@@ -524,7 +529,14 @@ async fn client_writer(
     }
     let mut owed: HashMap<u32, u32> = HashMap::new();
     while let Some(frame) = rx.recv().await {
-        let written = if frame.body.len() >= DIRECT_WRITE_MIN {
+        let written = if frame.flags.contains(Flags::FD) {
+            let fd = queue.fds.borrow_mut().pop_front();
+            match (fd, w.flush().await) {
+                (Some(fd), Ok(())) => write_with_fd(w.get_ref(), &frame, fd).await,
+                (None, _) => Err(io::Error::other("an FD frame was queued without its descriptor")),
+                (_, Err(e)) => Err(e),
+            }
+        } else if frame.body.len() >= DIRECT_WRITE_MIN {
             // What is buffered goes first; the large frame skips the buffer.
             match w.flush().await {
                 Ok(()) => write_frame_direct(w.get_mut(), &frame).await,
@@ -560,6 +572,14 @@ async fn client_writer(
     "the relay closed the client".to_string()
 }
 
+/// Writes `frame` (flag FD) with `fd` attached to its first byte.
+async fn write_with_fd(write: &OwnedWriteHalf, frame: &Frame, fd: OwnedFd) -> io::Result<()> {
+    let mut bytes = Vec::with_capacity(frame.wire_len());
+    frame.encode_into(&mut bytes).map_err(io::Error::other)?;
+    fdpass::send_with_fd(write.as_ref(), &bytes, fd.as_fd()).await
+    // `fd` closes here: the client holds its own copy now.
+}
+
 async fn credit_guest(core: &Shared, id: u32, bytes: u32) {
     let tx = core.borrow().guest_tx.clone();
     if let (Some(tx), Ok(frame)) = (tx, Frame::message(id, Flags::NONE, &Message::Credit { bytes })) {
@@ -585,6 +605,10 @@ async fn client_reader(
             return "the client was dropped".to_string();
         }
         core.borrow_mut().touch();
+        if frame.flags.contains(Flags::FD) {
+            // A client's descriptors never reach the guest.
+            return "dropped: clients may not send descriptors".to_string();
+        }
         if frame.id == CONTROL_ID {
             if frame.flags.contains(Flags::SHUTDOWN) {
                 let c = core.borrow();
@@ -641,7 +665,7 @@ async fn guest_writer(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
     }
 }
 
-async fn guest_reader(mut read: FrameReader<OwnedReadHalf>, core: Shared) {
+async fn guest_reader(mut read: FrameReader<FdReadHalf>, core: Shared) {
     loop {
         let frame = match read.read_frame().await {
             Ok(Some(f)) => f,
@@ -659,11 +683,35 @@ async fn guest_reader(mut read: FrameReader<OwnedReadHalf>, core: Shared) {
                 return;
             }
         };
+        let fd = if frame.flags.contains(Flags::FD) { guest_fd(&mut read, &frame) } else { None };
         if frame.id == CONTROL_ID {
             control_from_guest(&core, frame);
             continue;
         }
-        route_from_guest(&core, frame).await;
+        if frame.flags.contains(Flags::FD) && fd.is_none() {
+            // Without its descriptor the frame would tell the client a lie;
+            // its window bytes go back to the agent.
+            credit_guest(&core, frame.id, frame.wire_len() as u32).await;
+            continue;
+        }
+        route_from_guest(&core, frame, fd).await;
+    }
+}
+
+/// The descriptor that came with `frame` (flag FD), if it is what the
+/// protocol allows a guest to hand out: the read end of a pipe.
+fn guest_fd(read: &mut FrameReader<FdReadHalf>, frame: &Frame) -> Option<OwnedFd> {
+    let fd = read.get_mut().take_fd();
+    match fd {
+        Some(fd) if fdpass::is_pipe_read_end(fd.as_fd()) => Some(fd),
+        Some(_) => {
+            tracing::warn!(session = frame.id, "the agent sent a descriptor that is not a pipe's read end; dropped");
+            None
+        }
+        None => {
+            tracing::warn!(session = frame.id, "the agent sent an FD frame without a descriptor; dropped");
+            None
+        }
     }
 }
 
@@ -695,7 +743,7 @@ fn control_from_guest(core: &Shared, frame: Frame) {
     }
 }
 
-async fn route_from_guest(core: &Shared, frame: Frame) {
+async fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
     let id = frame.id;
     let terminal = frame.flags.contains(Flags::TERMINAL);
     let wire = frame.wire_len() as u32;
@@ -721,11 +769,17 @@ async fn route_from_guest(core: &Shared, frame: Frame) {
             let queued = queue.bytes.get() + wire as usize;
             let why = if queued > queue.limit() {
                 Some("dropped: its queue exceeded what flow control allows")
-            } else if tx.send(frame).is_err() {
-                Some("dropped: its writer stopped")
             } else {
-                queue.bytes.set(queued);
-                None
+                if let Some(fd) = fd {
+                    queue.fds.borrow_mut().push_back(fd);
+                }
+                match tx.send(frame) {
+                    Ok(()) => {
+                        queue.bytes.set(queued);
+                        None
+                    }
+                    Err(_) => Some("dropped: its writer stopped"),
+                }
             };
             if let Some(why) = why {
                 tracing::warn!(slot, session = id, queued, why, "disconnecting client");

@@ -6,8 +6,9 @@ use alcove::clock::ManualClock;
 use alcove::store::{RunRecord, RunStatus, SandboxRecord, Store};
 use alcove::{Policy, SandboxHandle, SandboxOptions};
 use alcove_backend::mock::{MockBackend, MockLog, MockScript};
-use alcove_protocol::{ExecRequest, Flags, Frame, Handshake, Message, HANDSHAKE_LEN};
+use alcove_protocol::{fdpass, ExecRequest, Flags, Frame, Handshake, Message, HANDSHAKE_LEN};
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,6 +109,25 @@ impl RawClient {
 
     pub fn send(&mut self, id: u32, flags: Flags, msg: &Message) {
         Frame::message(id, flags, msg).expect("encodes").write_to(&mut self.stream).expect("writes");
+    }
+
+    /// The next frame and the descriptor that came with it, if any (read
+    /// with `recvmsg`, as the client library does).
+    pub fn recv_with_fd(&mut self) -> Option<(u32, Flags, Message, Option<OwnedFd>)> {
+        struct Capture<'a>(&'a UnixStream, Vec<OwnedFd>);
+        impl Read for Capture<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let (n, fds) = fdpass::recv_with_fds(self.0.as_raw_fd(), buf)?;
+                self.1.extend(fds);
+                Ok(n)
+            }
+        }
+        let mut capture = Capture(&self.stream, Vec::new());
+        let f = Frame::read_from(&mut capture).ok()??;
+        let fd = capture.1.pop();
+        assert!(capture.1.is_empty(), "more than one descriptor came with one frame");
+        let m = f.decode_body().expect("decodes");
+        Some((f.id, f.flags, m, fd))
     }
 
     pub fn recv(&mut self) -> Option<(u32, Flags, Message)> {

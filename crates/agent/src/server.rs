@@ -31,6 +31,7 @@ use crate::oom;
 use crate::spawn::{self, ChildIo, Defaults};
 use crate::sys::{self, Fd};
 use alcove_protocol::codec::{data_frame_prefix, DataKind, DataPrefix};
+use alcove_protocol::fdpass;
 use alcove_protocol::{
     BootTimings, ExecRequest, ExitStatus, Flags, Frame, FrameDecoder, FsError, FsErrorKind, FsReply, FsRequest,
     Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID, HEADER_LEN, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
@@ -47,12 +48,13 @@ use std::time::{Duration, Instant};
 const DATA_OVERHEAD: usize = HEADER_LEN + 16;
 /// Smallest data chunk worth a frame when the window is nearly used up.
 const MIN_CHUNK: usize = 512;
-/// How long output is still collected after a command exits when its pipes
-/// stay open (a background child holds them).
-const DRAIN_GRACE: Duration = Duration::from_millis(100);
-/// After that, a pipe that keeps producing (while the client keeps up) is
-/// abandoned this much later; waiting for credit never counts.
-const DRAIN_CAP: Duration = Duration::from_secs(2);
+/// How long output is still collected after a command exits while its pipes
+/// stay open (a background child holds them), and how much later a pipe that
+/// keeps producing (while the client keeps up) is abandoned; waiting for
+/// credit never counts. Shared with clients that read a handed-over pipe.
+const DRAIN_GRACE: Duration = alcove_protocol::OUTPUT_DRAIN_GRACE;
+/// See [`DRAIN_GRACE`].
+const DRAIN_CAP: Duration = alcove_protocol::OUTPUT_DRAIN_CAP;
 /// Grace used when the agent must shut down on its own (lost framing, SIGTERM).
 pub const DEFAULT_GRACE_MS: u32 = 2000;
 /// How long final frames may take to drain after the last SIGKILL.
@@ -837,6 +839,45 @@ impl Server {
         };
         self.new_session(id, Kind::Exec(Box::new(exec)));
         self.send_on(id, Flags::NONE, &Message::ExecStarted { pid: pid as u32 });
+        if req.stdout_pipe && !self.cfg.channel_is_port {
+            self.hand_over_stdout(id);
+        }
+    }
+
+    /// Answers [`ExecRequest::stdout_pipe`]: sends the read end of the
+    /// command's stdout pipe to the host with `ExecStdoutPipe` (flag FD) and
+    /// stops reading it. Only when the channel takes the frame's first byte
+    /// right now with nothing queued before it (the descriptor must travel
+    /// with that byte); otherwise, or on a terminal, stdout is relayed as
+    /// usual, which the client handles alike.
+    fn hand_over_stdout(&mut self, id: u32) {
+        self.flush();
+        if self.channel_backlog() {
+            log!("session {id}: stdout relayed (the channel is busy)");
+            return;
+        }
+        let Some(Session { kind: Kind::Exec(e), window, .. }) = self.sessions.get_mut(&id) else { return };
+        let Some(stream) = e.streams.first_mut().filter(|s| s.kind == StreamKind::Stdout && s.splice) else {
+            return;
+        };
+        let Some(pipe) = stream.fd.as_ref() else { return };
+        let mut bytes = Vec::new();
+        if encode(id, Flags::FD, &Message::ExecStdoutPipe).encode_into(&mut bytes).is_err() {
+            return;
+        }
+        match fdpass::send_fd_msg(self.chan.raw(), &bytes, pipe.raw()) {
+            Ok(n) => {
+                // The host holds the pipe now; the agent's copy closes.
+                stream.fd = None;
+                *window -= bytes.len() as i64;
+                self.out.extend_from_slice(&bytes[n..]);
+                log!("session {id}: stdout pipe handed to the client");
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                log!("session {id}: stdout relayed (the channel is full)");
+            }
+            Err(e) => self.channel_broken(&e),
+        }
     }
 
     fn on_stdin(&mut self, id: u32, data: Vec<u8>, wire: u32) {
@@ -1491,5 +1532,6 @@ fn msg_name(m: &Message) -> &'static str {
         Message::FsResponse(_) => "FsResponse",
         Message::Credit { .. } => "Credit",
         Message::SessionAborted { .. } => "SessionAborted",
+        Message::ExecStdoutPipe => "ExecStdoutPipe",
     }
 }

@@ -845,3 +845,65 @@ fn sigterm_from_the_parent_namespace_stops_pid1_gracefully() {
     assert_eq!(r.status.and_then(|s| s.signal), Some(libc::SIGTERM), "sessions get SIGTERM");
     assert_eq!(a.wait_exit(Duration::from_secs(5)).expect("exits").code(), Some(0));
 }
+
+/// Reads `fd` (set blocking) to its end on a thread.
+fn drain_on_thread(fd: std::os::fd::OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL only change the status flags of an fd we own.
+    unsafe {
+        let flags = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+        libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK);
+    }
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::fs::File::from(fd).read_to_end(&mut out).expect("read the pipe");
+        out
+    })
+}
+
+#[test]
+fn a_requested_stdout_pipe_is_handed_over_and_stderr_still_relayed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // More than the pipe holds, so the command needs its reader meanwhile.
+    let (out_path, out_data) = patterned_file(dir.path(), "out", 5 * 1024 * 1024 + 3, 5);
+    let mut a = Agent::start();
+    let id = a.start_exec(ExecRequest {
+        argv: argv(&["/bin/sh", "-c", &format!("cat {out_path}; echo err >&2; exit 3")]),
+        stdout_pipe: true,
+        ..ExecRequest::default()
+    });
+    assert!(matches!(a.recv_msg(id).1, Message::ExecStarted { .. }));
+    let (f, m) = a.recv_msg(id);
+    assert_eq!(m, Message::ExecStdoutPipe);
+    assert!(f.flags.contains(Flags::FD), "the frame says a descriptor came with it");
+    let pipe = a.take_fd().expect("a descriptor came with ExecStdoutPipe");
+    assert!(fdpass::is_pipe_read_end(std::os::fd::AsFd::as_fd(&pipe)));
+    let reader = drain_on_thread(pipe);
+    let r = a.finish_exec(id);
+    assert!(r.stdout.is_empty(), "no ExecStdout after the hand-over");
+    assert_eq!(r.err(), "err\n");
+    assert_eq!(r.status, Some(ExitStatus { code: Some(3), signal: None, oom_killed: false }));
+    let out = reader.join().expect("reader");
+    assert_eq!(out.len(), out_data.len());
+    assert!(out == out_data, "stdout through the pipe is byte-identical");
+    assert!(a.log_text().contains(&format!("session {id}: stdout pipe handed to the client")));
+    assert!(a.take_fd().is_none(), "one descriptor only");
+}
+
+#[test]
+fn a_stdout_pipe_is_not_handed_over_on_a_terminal_or_unasked() {
+    let mut a = Agent::start();
+    let id = a.start_exec(ExecRequest {
+        argv: argv(&["/bin/sh", "-c", "echo on-a-tty"]),
+        tty: Some(TtySize { rows: 24, cols: 80 }),
+        stdout_pipe: true,
+        ..ExecRequest::default()
+    });
+    // finish_exec fails on any ExecStdoutPipe.
+    let r = a.finish_exec(id);
+    assert!(r.out().contains("on-a-tty"), "{:?}", r.out());
+    let r = a.sh("echo unasked");
+    assert_eq!(r.out(), "unasked\n");
+    assert!(a.take_fd().is_none());
+}

@@ -16,6 +16,11 @@
 //! - `sleep MS` — exits 0 after MS milliseconds, or by signal;
 //! - `stream N` — writes N bytes to stdout, honouring the flow-control window;
 //! - `lines N` — writes N short lines, one frame each (many small frames);
+//! - `pipe N` — writes N bytes to stdout through a pipe whose read end it
+//!   hands to the host (`ExecStdoutPipe`, flag FD) when the request asks
+//!   for it, as a jail's agent does; as `stream N` otherwise;
+//! - `badfd` / `nofd` — a broken guest: `ExecStdoutPipe` carrying a pipe's
+//!   write end, or no descriptor at all; then prints `after` and exits 0;
 //! - anything else fails with `not_found`.
 //!
 //! Threads: one reader (frames from the host), one heartbeat thread, one per
@@ -23,6 +28,7 @@
 //! frame is written whole.
 
 use crate::{BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend};
+use alcove_protocol::fdpass;
 use alcove_protocol::{
     BootTimings, ExecRequest, ExitStatus, Flags, Frame, Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID,
     INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
@@ -30,6 +36,7 @@ use alcove_protocol::{
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -370,7 +377,9 @@ impl Guest {
             self.fail(id, SpawnErrorKind::InvalidRequest, "empty argv");
             return;
         };
-        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines"].contains(&program.as_str()) {
+        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines", "pipe", "badfd", "nofd"]
+            .contains(&program.as_str())
+        {
             self.fail(id, SpawnErrorKind::NotFound, &format!("{program}: command not found"));
             return;
         }
@@ -385,7 +394,10 @@ impl Guest {
         self.send(id, Flags::NONE, &Message::ExecStarted { pid: 1000 + id });
         let me = Arc::clone(self);
         let run = move || {
-            let status = me.run_command(id, &req.argv, &stdin_rx, &signal_rx, &window);
+            let status = match me.hand_out_descriptor(id, &req) {
+                Some(status) => status,
+                None => me.run_command(id, &req.argv, &stdin_rx, &signal_rx, &window),
+            };
             lock(&me.sessions).remove(&id);
             me.send(id, Flags::TERMINAL, &Message::ExecExited(status));
         };
@@ -393,6 +405,55 @@ impl Guest {
             lock(&self.sessions).remove(&id);
             self.fail(id, SpawnErrorKind::ResourceSetupFailed, "cannot start a thread");
         }
+    }
+
+    /// The descriptor commands (`pipe` when asked for the pipe, `badfd`,
+    /// `nofd`); `None` for any other command.
+    fn hand_out_descriptor(&self, id: u32, req: &ExecRequest) -> Option<ExitStatus> {
+        let exited = |code| ExitStatus { code: Some(code), signal: None, oom_killed: false };
+        let (r, w) = match req.argv[0].as_str() {
+            "pipe" if req.stdout_pipe => pipe().ok()?,
+            "badfd" | "nofd" => pipe().ok()?,
+            _ => return None,
+        };
+        let Some(frame) = Frame::message(id, Flags::FD, &Message::ExecStdoutPipe).ok().and_then(|f| f.encode().ok())
+        else {
+            return Some(exited(1));
+        };
+        let sent = {
+            let mut writer = lock(&self.writer);
+            let fd = match req.argv[0].as_str() {
+                "badfd" => Some(w.as_raw_fd()),
+                "nofd" => None,
+                _ => Some(r.as_raw_fd()),
+            };
+            match fd {
+                Some(fd) => {
+                    fdpass::send_fd_msg(writer.as_raw_fd(), &frame, fd).and_then(|n| writer.write_all(&frame[n..]))
+                }
+                None => writer.write_all(&frame),
+            }
+        };
+        drop(r);
+        if sent.is_err() {
+            return Some(exited(1));
+        }
+        if req.argv[0] != "pipe" {
+            self.send(id, Flags::NONE, &Message::ExecStdout { data: b"after\n".to_vec() });
+            return Some(exited(0));
+        }
+        let total: usize = req.argv.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+        let mut w = std::fs::File::from(w);
+        let chunk = vec![b'p'; 64 * 1024];
+        let mut left = total;
+        while left > 0 {
+            let n = left.min(chunk.len());
+            if w.write_all(&chunk[..n]).is_err() {
+                return Some(exited(1));
+            }
+            left -= n;
+        }
+        Some(exited(0))
     }
 
     fn fail(&self, id: u32, kind: SpawnErrorKind, message: &str) {
@@ -490,6 +551,16 @@ impl Guest {
             _ => exited(127),
         }
     }
+}
+
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: fds is a valid two-element array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: pipe2 returned two fresh descriptors, owned from here on.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), BackendError> {

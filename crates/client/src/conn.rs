@@ -22,20 +22,22 @@
 //!   closed, so every waiter sees [`ClientError::Disconnected`].
 
 use crate::exec::{ExecOptions, ExecSession};
-use crate::sink::OutputSink;
+use crate::sink::{OutputSink, PipeDrain};
 use crate::ClientError;
 use alcove_protocol::async_io::{write_frame, FrameReader, Incoming};
 use alcove_protocol::codec::DataKind;
+use alcove_protocol::fdpass::{self, FdReadHalf};
 use alcove_protocol::frame::Header;
 use alcove_protocol::handshake::check_ready;
 use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, HEADER_LEN, INITIAL_WINDOW};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::{AsyncWriteExt, BufWriter};
-use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinHandle;
@@ -85,6 +87,8 @@ struct Slot {
     window: Arc<Window>,
     /// Where this session's stdout is written instead of `events`.
     stdout: Option<OutputSink>,
+    /// The thread moving the handed-over stdout pipe into `stdout`.
+    drain: Option<PipeDrain>,
 }
 
 /// Send window of one session in the client → guest direction.
@@ -129,7 +133,7 @@ impl Router {
             if let Entry::Vacant(slot) = st.sessions.entry(candidate) {
                 let (tx, rx) = mpsc::unbounded_channel();
                 let window = Arc::new(Window::new());
-                slot.insert(Slot { events: tx, window: window.clone(), stdout });
+                slot.insert(Slot { events: tx, window: window.clone(), stdout, drain: None });
                 st.last = candidate;
                 return Ok((candidate, rx, window));
             }
@@ -152,7 +156,8 @@ impl Router {
         self.lock().sessions.get(&id).and_then(|s| s.stdout.clone())
     }
 
-    fn route(&self, incoming: Incoming) -> Result<(), ClientError> {
+    /// Routes one frame; `fd` is the descriptor that came with it (flag FD).
+    fn route(&self, incoming: Incoming, fd: Option<OwnedFd>) -> Result<(), ClientError> {
         let (id, flags, msg) = match incoming {
             // Ready re-sent, heartbeats or anything else on the control id:
             // nothing for sessions.
@@ -173,10 +178,31 @@ impl Router {
             }
             return Ok(());
         }
+        if let Message::ExecStdoutPipe = msg {
+            // Taken only by a session with a sink, and only a pipe's read
+            // end; anything else is closed here.
+            if let (Some(slot), Some(fd)) = (st.sessions.get_mut(&id), fd) {
+                if let (Some(sink), true) = (&slot.stdout, fdpass::is_pipe_read_end(fd.as_fd())) {
+                    slot.drain = sink.drain_pipe(fd);
+                }
+            }
+            return Ok(());
+        }
         if flags.contains(Flags::TERMINAL) || matches!(msg, Message::SessionAborted { .. }) {
-            if let Some(slot) = st.sessions.remove(&id) {
+            if let Some(mut slot) = st.sessions.remove(&id) {
                 slot.window.close();
-                let _ = slot.events.send(msg);
+                match slot.drain.take() {
+                    // The end is told once the pipe's output is all in the sink.
+                    Some(drain) => {
+                        tokio::spawn(async move {
+                            drain.finished().await;
+                            let _ = slot.events.send(msg);
+                        });
+                    }
+                    None => {
+                        let _ = slot.events.send(msg);
+                    }
+                }
             }
         } else if let Some(slot) = st.sessions.get(&id) {
             // The receiver may be gone (the session handle was dropped);
@@ -290,7 +316,7 @@ impl Client {
         let (rd, wr) = stream.into_split();
         // Buffered: many small frames come in one read(2), while the bulk of
         // a large output chunk is read straight into its own buffer.
-        let mut rd = FrameReader::new(rd, READ_BUFFER);
+        let mut rd = FrameReader::new(FdReadHalf::new(rd), READ_BUFFER);
         let mut range = [0u8; HANDSHAKE_LEN];
         rd.read_exact(&mut range).await.map_err(handshake_io)?;
         let handshake = Handshake::decode(range)?;
@@ -370,12 +396,12 @@ impl Client {
 /// Writes a `len`-byte stdout payload, whose prefix was just read, to `sink`:
 /// what is buffered by copy, the rest spliced from the socket (or read and
 /// copied when the sink cannot take spliced data).
-async fn deliver(rd: &mut FrameReader<OwnedReadHalf>, sink: &OutputSink, len: usize) -> io::Result<()> {
+async fn deliver(rd: &mut FrameReader<FdReadHalf>, sink: &OutputSink, len: usize) -> io::Result<()> {
     let buffered = rd.take_buffered(len);
     let mut left = len - buffered.len();
     sink.write_all(buffered);
     while left > 0 {
-        match sink.splice_from(rd.get_ref().as_ref(), left).await? {
+        match sink.splice_from(rd.get_ref().stream(), left).await? {
             Some(n) => left -= n.min(left),
             None => {
                 let data = rd.read_payload(left).await?;
@@ -395,11 +421,13 @@ fn handshake_io(e: io::Error) -> ClientError {
     }
 }
 
-async fn read_loop(mut rd: FrameReader<OwnedReadHalf>, router: Arc<Router>) {
+async fn read_loop(mut rd: FrameReader<FdReadHalf>, router: Arc<Router>) {
     while let Ok(Some(header)) = rd.read_header().await {
+        // A descriptor comes with its frame's first byte: it is queued now.
+        let fd = if header.flags.contains(Flags::FD) { rd.get_mut().take_fd() } else { None };
         match read_frame_after(&mut rd, &router, header).await {
             Ok(Some(incoming)) => {
-                if router.route(incoming).is_err() {
+                if router.route(incoming, fd).is_err() {
                     break;
                 }
             }
@@ -414,7 +442,7 @@ async fn read_loop(mut rd: FrameReader<OwnedReadHalf>, router: Arc<Router>) {
 /// or `None` when it was stdout of a session with a sink, already written
 /// there (in frame order: see crate::sink).
 async fn read_frame_after(
-    rd: &mut FrameReader<OwnedReadHalf>,
+    rd: &mut FrameReader<FdReadHalf>,
     router: &Router,
     header: Header,
 ) -> io::Result<Option<Incoming>> {

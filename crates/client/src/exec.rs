@@ -83,6 +83,8 @@ impl ExecOptions {
             tty: self.tty,
             stdin: self.stdin,
             rlimits: self.rlimits.clone(),
+            // A sink can take the pipe itself (see crate::sink).
+            stdout_pipe: self.stdout_sink.is_some(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! what it saw in `Stats` for the tests to assert.
 
 use alcove_client::protocol::async_io::{read_frame, write_frame};
+use alcove_client::protocol::fdpass::send_with_fd;
 use alcove_client::protocol::{
     BootTimings, DirEntry, ExecRequest, ExitStatus, FileKind, FileStat, Flags, Frame, FsError, FsErrorKind, FsReply,
     FsRequest, Handshake, HandshakeError, Message, Ready, SpawnError, SpawnErrorKind, TtySize, INITIAL_WINDOW,
@@ -12,6 +13,7 @@ use alcove_client::protocol::{
 };
 use alcove_client::{Client, ClientError, ExecEvent, ExecOptions};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +45,8 @@ struct Stats {
     requests: Vec<ExecRequest>,
     files: BTreeMap<String, Vec<u8>>,
     dirs: BTreeSet<String>,
+    /// The fake's write into a handed-over stdout pipe failed (EPIPE).
+    pipe_write_failed: bool,
 }
 
 type Shared = Arc<Mutex<Stats>>;
@@ -110,7 +114,7 @@ fn frame(id: u32, flags: Flags, msg: &Message) -> Frame {
 /// One session's side of the fake agent.
 struct Sess {
     id: u32,
-    out: mpsc::UnboundedSender<Frame>,
+    out: mpsc::UnboundedSender<(Frame, Option<OwnedFd>)>,
     rx: mpsc::UnboundedReceiver<Frame>,
     routes: Routes,
     stats: Shared,
@@ -120,14 +124,19 @@ struct Sess {
 
 impl Sess {
     fn send(&self, msg: Message) {
-        let _ = self.out.send(frame(self.id, Flags::NONE, &msg));
+        let _ = self.out.send((frame(self.id, Flags::NONE, &msg), None));
+    }
+
+    /// Hands `pipe` to the client as the command's stdout, as a jail's agent does.
+    fn send_stdout_pipe(&self, pipe: OwnedFd) {
+        let _ = self.out.send((frame(self.id, Flags::FD, &Message::ExecStdoutPipe), Some(pipe)));
     }
 
     /// Sends the terminal frame; the session is unrouted first so that the
     /// client may reuse the id as soon as it sees this frame.
     fn finish(&self, msg: Message) {
         self.routes.lock().unwrap().remove(&self.id);
-        let _ = self.out.send(frame(self.id, Flags::TERMINAL, &msg));
+        let _ = self.out.send((frame(self.id, Flags::TERMINAL, &msg), None));
     }
 
     async fn next(&mut self) -> Option<Message> {
@@ -158,10 +167,18 @@ async fn serve(sock: UnixStream, cfg: FakeConfig, stats: Shared) {
     if write_frame(&mut wr, &frame(0, Flags::NONE, &ready(cfg.version))).await.is_err() {
         return;
     }
-    let (out, mut out_rx) = mpsc::unbounded_channel::<Frame>();
+    let (out, mut out_rx) = mpsc::unbounded_channel::<(Frame, Option<OwnedFd>)>();
     let writer = tokio::spawn(async move {
-        while let Some(f) = out_rx.recv().await {
-            if write_frame(&mut wr, &f).await.is_err() {
+        while let Some((f, fd)) = out_rx.recv().await {
+            let sent = match fd {
+                Some(fd) => {
+                    let mut bytes = Vec::new();
+                    f.encode_into(&mut bytes).expect("encodes");
+                    send_with_fd(wr.as_ref(), &bytes, fd.as_fd()).await
+                }
+                None => write_frame(&mut wr, &f).await,
+            };
+            if sent.is_err() {
                 break;
             }
         }
@@ -281,6 +298,29 @@ async fn run_exec(mut s: Sess, req: ExecRequest) {
             s.finish(exited(0));
         }
         ["cat", mode] => cat(s, mode).await,
+        ["pipeout", n, then] if req.stdout_pipe => {
+            // n pattern bytes through a handed-over pipe; "hold" keeps the
+            // write end open after the exit, as a background child would.
+            let n: usize = n.parse().expect("size");
+            let (r, w) = blocking_pipe();
+            s.send_stdout_pipe(r);
+            let hold = *then == "hold";
+            let stats = s.stats.clone();
+            let w = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut w = std::fs::File::from(w);
+                let written = w.write_all(&pattern(n, 9));
+                stats.lock().unwrap().pipe_write_failed = written.is_err();
+                w
+            })
+            .await
+            .expect("writer");
+            s.finish(exited(0));
+            if hold {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+            drop(w);
+        }
         ["sleep"] => loop {
             match s.next().await {
                 Some(Message::ExecSignal { signal }) => {
@@ -626,7 +666,8 @@ async fn exec_collects_stdout_stderr_and_exit_status() {
                 user: o.user,
                 tty: o.tty,
                 stdin: false,
-                rlimits: o.rlimits
+                rlimits: o.rlimits,
+                stdout_pipe: false,
             }
         );
         fake.assert_clean();
@@ -1108,4 +1149,80 @@ fn only_blocking_pipes_are_sinks() {
     // SAFETY: F_SETFL on a descriptor we own.
     unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(&w), libc::F_SETFL, libc::O_NONBLOCK) };
     assert!(alcove_client::OutputSink::for_pipe(w).is_none(), "a non-blocking pipe");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handed_over_stdout_pipe_reaches_the_sink_before_exited() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        let client = fake.client().await;
+        let (r, w) = blocking_pipe();
+        let reader = drain(r);
+        let len = 5 * 1024 * 1024 + 17;
+        let mut o = opts(&["pipeout", &len.to_string(), "close"]);
+        o.stdout_sink = Some(alcove_client::OutputSink::for_pipe(w).expect("a blocking pipe is a sink"));
+        let out = client.exec_output(o).await.expect("runs");
+        assert_eq!(out.status.code, Some(0));
+        assert!(out.stdout.is_empty(), "stdout went to the sink, not the events");
+        drop(client);
+        let got = reader.join().expect("reader");
+        assert!(got == pattern(len, 9), "the sink got {} bytes, not the pipe's {len} in order", got.len());
+        assert!(fake.stats().requests[0].stdout_pipe, "a session with a sink asks for the pipe");
+        fake.assert_clean();
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_sessions_with_a_sink_ask_for_the_pipe() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        let client = fake.client().await;
+        client.exec_output(opts(&["echo", "x"])).await.expect("runs");
+        assert!(!fake.stats().requests[0].stdout_pipe);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipe_held_open_after_the_exit_is_given_up_as_the_agent_would() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        let client = fake.client().await;
+        let (r, w) = blocking_pipe();
+        let reader = drain(r);
+        let mut o = opts(&["pipeout", "1000", "hold"]);
+        o.stdout_sink = alcove_client::OutputSink::for_pipe(w);
+        let started = Instant::now();
+        let out = client.exec_output(o).await.expect("runs");
+        let took = started.elapsed();
+        assert_eq!(out.status.code, Some(0));
+        // The fake holds the pipe for 10 s; the client gives it up after
+        // the drain grace once it is empty.
+        assert!(
+            took >= alcove_client::protocol::OUTPUT_DRAIN_GRACE && took < Duration::from_secs(5),
+            "Exited came after {took:?}"
+        );
+        drop(client);
+        assert!(reader.join().expect("reader") == pattern(1000, 9));
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_reader_left_closes_the_handed_over_pipe() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        let client = fake.client().await;
+        let (r, w) = blocking_pipe();
+        drop(r);
+        let mut o = opts(&["pipeout", &(4 << 20).to_string(), "close"]);
+        o.stdout_sink = alcove_client::OutputSink::for_pipe(w);
+        let out = client.exec_output(o).await.expect("runs to its end");
+        assert_eq!(out.status.code, Some(0));
+        assert!(fake.stats().pipe_write_failed, "the command's writes failed as into a closed pipe");
+        let out = client.exec_output(opts(&["echo", "still", "here"])).await.expect("runs");
+        assert_eq!(out.stdout, b"still here\n");
+    })
+    .await
 }

@@ -125,6 +125,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         &self.inner
     }
 
+    /// The underlying reader, mutably (not for reading: bytes read from it
+    /// directly would be lost to the framing).
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
     /// Bytes buffered and not yet returned.
     pub fn buffered(&self) -> usize {
         self.end - self.pos

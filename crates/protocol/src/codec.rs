@@ -230,10 +230,12 @@ mod tests {
                     tty: tty.map(|(rows, cols)| TtySize { rows, cols }),
                     stdin,
                     rlimits: vec![Rlimit { resource: "nofile".into(), soft: 1024, hard: 4096 }],
+                    stdout_pipe: !stdin,
                 })),
             any::<u32>().prop_map(|pid| Message::ExecStarted { pid }),
             arb_bytes().prop_map(|data| Message::ExecStdin { data }),
             Just(Message::ExecStdinEof),
+            Just(Message::ExecStdoutPipe),
             arb_bytes().prop_map(|data| Message::ExecStdout { data }),
             arb_bytes().prop_map(|data| Message::ExecStderr { data }),
             (proptest::option::of(any::<i32>()), proptest::option::of(any::<i32>()), any::<bool>())

@@ -29,7 +29,11 @@ impl Flags {
     pub const SESSION_START: Flags = Flags(0b010);
     /// Asks the sandbox to stop gracefully.
     pub const SHUTDOWN: Flags = Flags(0b100);
-    const ALL: u8 = 0b111;
+    /// One file descriptor travels with this frame: sent with `SCM_RIGHTS`
+    /// on the frame's first byte, so only over a Unix socket (see
+    /// `fdpass`). Its message says what the descriptor is.
+    pub const FD: Flags = Flags(0b1000);
+    const ALL: u8 = 0b1111;
 
     /// Builds flags from a raw byte, refusing unknown bits.
     pub fn from_bits(bits: u8) -> Result<Flags, FrameError> {

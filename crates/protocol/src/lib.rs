@@ -24,6 +24,7 @@ pub mod message;
 
 #[cfg(feature = "tokio")]
 pub mod async_io;
+pub mod fdpass;
 
 pub use codec::{decode_message, encode_message, CodecError};
 pub use frame::{Flags, Frame, FrameDecoder, FrameError, HEADER_LEN, MAX_FRAME_LEN};
@@ -32,7 +33,7 @@ pub use message::*;
 
 /// Version of the protocol spoken by this build. A peer reporting another
 /// version in `Ready` must be refused with a clear error.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The id reserved for control traffic; never a session id.
 pub const CONTROL_ID: u32 = 0;

@@ -10,6 +10,7 @@
 //! | `ExecRequest`, `FsRequest` | client → guest | session | SESSION_START |
 //! | `ExecStdin`, `ExecStdinEof`, `ExecResize`, `ExecSignal`, `FsData`, `FsEnd` | client → guest | session | — |
 //! | `ExecStarted`, `ExecStdout`, `ExecStderr`, `FsData` | guest → client | session | — |
+//! | `ExecStdoutPipe` | guest → client | session | FD |
 //! | `ExecExited`, `ExecFailed`, `FsResponse` | guest → client | session | TERMINAL |
 //! | `Credit` | both | session | — |
 //! | `SessionAborted` | relay → client | session | TERMINAL |
@@ -112,7 +113,22 @@ pub enum Message {
         /// Why.
         reason: String,
     },
+    /// Guest → client, answering [`ExecRequest::stdout_pipe`]: the read end
+    /// of the command's stdout pipe travels with this frame (flag
+    /// [`crate::Flags::FD`]); no `ExecStdout` follows on this session. The
+    /// client reads the pipe itself: what the command wrote before it exited
+    /// is in the pipe when `ExecExited` arrives, and a pipe still held open
+    /// by a background process is given up as the agent would (see
+    /// [`OUTPUT_DRAIN_GRACE`]).
+    ExecStdoutPipe,
 }
+
+/// How long output is still collected after a command exits while its pipe
+/// stays open (a background child holds it).
+pub const OUTPUT_DRAIN_GRACE: std::time::Duration = std::time::Duration::from_millis(100);
+/// After that grace, a pipe that keeps producing is abandoned this much
+/// later.
+pub const OUTPUT_DRAIN_CAP: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The agent's greeting.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +170,13 @@ pub struct ExecRequest {
     pub stdin: bool,
     /// Resource limits applied before exec.
     pub rlimits: Vec<Rlimit>,
+    /// The client can take the command's stdout pipe itself (it reads this
+    /// connection with `SCM_RIGHTS`): the agent then answers
+    /// [`Message::ExecStdoutPipe`] with the pipe's read end instead of
+    /// relaying stdout, where it can (a jail's socket channel, no PTY); the
+    /// output then never passes through the agent or the relay. Where it
+    /// cannot, stdout comes as `ExecStdout` frames as usual.
+    pub stdout_pipe: bool,
 }
 
 /// A terminal size.

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const TIMEOUT: Duration = Duration::from_secs(20);
@@ -38,6 +38,23 @@ pub struct Agent {
     next_id: AtomicU32,
     pub log: tempfile::NamedTempFile,
     pub ready: Ready,
+    /// Descriptors that came with the agent's frames, in order.
+    fds: Arc<Mutex<VecDeque<OwnedFd>>>,
+}
+
+/// The host end of the channel read with `recvmsg`, keeping the descriptors
+/// frames carry (as the relay does).
+struct FdCapture {
+    sock: UnixStream,
+    fds: Arc<Mutex<VecDeque<OwnedFd>>>,
+}
+
+impl std::io::Read for FdCapture {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let (n, fds) = alcove_protocol::fdpass::recv_with_fds(self.sock.as_raw_fd(), buf)?;
+        self.fds.lock().expect("fd queue").extend(fds);
+        Ok(n)
+    }
 }
 
 fn pipe_with(bytes: &[u8]) -> OwnedFd {
@@ -113,7 +130,8 @@ impl Agent {
         };
         drop(cfg);
         let (tx, rx) = mpsc::channel();
-        let mut reader = host.try_clone().expect("clone");
+        let fds = Arc::new(Mutex::new(VecDeque::new()));
+        let mut reader = FdCapture { sock: host.try_clone().expect("clone"), fds: fds.clone() };
         std::thread::spawn(move || loop {
             match Frame::read_from(&mut reader) {
                 Ok(Some(f)) => {
@@ -136,6 +154,7 @@ impl Agent {
             next_id: AtomicU32::new(1),
             log,
             ready: Ready { protocol_version: 0, agent_version: String::new(), boot: BootTimings::default() },
+            fds,
         };
         match a.recv(CONTROL_ID).decode_body().expect("decodes") {
             Message::Ready(r) => a.ready = r,
@@ -161,6 +180,11 @@ impl Agent {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
+
+    /// The oldest descriptor received with a frame and not yet taken.
+    pub fn take_fd(&self) -> Option<OwnedFd> {
+        self.fds.lock().expect("fd queue").pop_front()
     }
 
     pub fn new_id(&self) -> u32 {
