@@ -218,8 +218,16 @@ pub async fn create(args: CreateArgs) -> CliResult<i32> {
 
 /// `alcove exec`.
 pub async fn exec(args: ExecArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
-    let client = launch::connect(&ctx, &args.name).await?;
+    // A sandbox that answers on its socket is running (its relay hands out
+    // the handshake only once Running is recorded): the records are needed
+    // only to explain why one does not answer, so they are not opened first.
+    let (client, ctx) = match Client::connect(&args.name).await {
+        Ok(client) => (client, None),
+        Err(_) => {
+            let ctx = Ctx::open()?;
+            (launch::connect(&ctx, &args.name).await?, Some(ctx))
+        }
+    };
     let mut opts = exec_options(args.command);
     opts.env = args.env;
     opts.cwd = args.workdir;
@@ -233,6 +241,10 @@ pub async fn exec(args: ExecArgs) -> CliResult<i32> {
         }
         Err(e) => {
             drop(client);
+            let ctx = match ctx {
+                Some(ctx) => ctx,
+                None => Ctx::open()?,
+            };
             let _ = launch::wait_final_async(&ctx, &args.name, Duration::from_secs(3)).await;
             let last = ctx.store.latest_run(&args.name).ok().flatten();
             Err(explain_lost(e, &args.name, last.as_ref()))
