@@ -4,7 +4,9 @@
 //! shell script as the jail's PID 1 (`JailOptions::init_argv`), and reads
 //! what the script reports on fd 3 (the agent channel) from the host end.
 
-use alcove_backend::{BackendError, ExitObserver, GuestControl, GuestExit, GuestSpec, MountSpec, VmBackend};
+use alcove_backend::{
+    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, MountSpec, VmBackend,
+};
 use alcove_jail::{Jail, JailBackend, JailOptions, UserNamespace};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -346,9 +348,16 @@ fn nothing_is_left_after_exit_and_exit_codes_reach_the_observer() {
     launched.runner.run(observer);
     assert_eq!(*seen.lock().expect("lock"), vec![GuestExit { code: 7, detail: None }]);
 
+    // The runner reports the exit while it removes the cgroup; by the time
+    // it returns both are done.
     let jail = jail.expect("second jail");
-    let exit = jail.runner.wait();
-    assert_eq!(exit.code, 7);
+    let seen2: Arc<Mutex<Vec<GuestExit>>> = Arc::default();
+    let observer = {
+        let seen = seen2.clone();
+        ExitObserver::new(move |exit| seen.lock().expect("lock").push(exit))
+    };
+    Box::new(jail.runner).run(observer);
+    assert_eq!(*seen2.lock().expect("lock"), vec![GuestExit { code: 7, detail: None }]);
     for p in &paths {
         assert!(!p.exists(), "{} left behind", p.display());
     }
