@@ -148,8 +148,14 @@ impl SandboxConfig {
     /// Reads and validates a config file.
     pub fn load(path: &Path) -> Result<SandboxConfig, ConfigError> {
         let text = std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
-        let cfg: SandboxConfig = serde_json::from_slice(&text)
-            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        SandboxConfig::parse(&text, path)
+    }
+
+    /// Parses and checks a configuration read from `origin` (a file, or
+    /// `-` for stdin).
+    pub fn parse(text: &[u8], origin: &Path) -> Result<SandboxConfig, ConfigError> {
+        let cfg: SandboxConfig = serde_json::from_slice(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
         cfg.policy.validate()?;
         alcove_client::paths::validate_name(&cfg.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(cfg)

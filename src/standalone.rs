@@ -1,6 +1,10 @@
-//! The standalone sandbox process: `alcove sandbox --config FILE`.
+//! The standalone sandbox process: `alcove sandbox --config FILE|-`.
 //!
-//! Main thread: a new session → read the config → check the database → bind
+//! Main thread: a new session → read the config (with `-`, from stdin: the
+//! CLI starts this process first and writes the configuration once it has
+//! recorded the sandbox, so loading the program overlaps the CLI's own work;
+//! end of input without a configuration means the CLI gave up, and the
+//! process exits 2 without a word) → check the database → bind
 //! agent.sock → print `{"pid":N}` as the first stdout line (a client that
 //! reads it can connect at once) → move logs to `logs/runtime.log` → start the actor
 //! system → create the guest → drive it to its end on this thread (for krun
@@ -34,6 +38,9 @@ pub fn run(config_path: &Path) -> i32 {
     }
 }
 
+/// Exit code of a process started ahead of a configuration that never came.
+const NOT_CONFIGURED: i32 = 2;
+
 fn run_inner(config_path: &Path) -> Result<i32, String> {
     // Its own session, so the terminal's signals (Ctrl-C to the CLI's
     // process group) do not reach it; done here rather than between fork and
@@ -42,7 +49,21 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     unsafe { libc::setsid() };
     // Before any thread exists, so that every thread inherits the mask.
     block_signals()?;
-    let cfg = SandboxConfig::load(config_path).map_err(|e| e.to_string())?;
+    let cfg = if config_path == Path::new("-") {
+        // Started ahead of its configuration: it arrives once the CLI has
+        // recorded the sandbox. End of input without one means the CLI gave
+        // up (it reports why itself).
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut text)
+            .map_err(|e| format!("cannot read the configuration from stdin: {e}"))?;
+        if text.is_empty() {
+            return Ok(NOT_CONFIGURED);
+        }
+        SandboxConfig::parse(&text, config_path)
+    } else {
+        SandboxConfig::load(config_path)
+    }
+    .map_err(|e| e.to_string())?;
     if cfg.backend == BackendKind::Jail {
         alcove_jail::cgroup::prewarm_attach();
     }
@@ -155,6 +176,7 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
     unsafe {
         libc::dup2(stderr.as_raw_fd(), 2);
         libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(null.as_raw_fd(), 0);
     }
     Ok(guard)
 }

@@ -122,3 +122,23 @@ fn help_doctor_and_rootfs_listing_work() {
     a.ok(&["rootfs", "rm", "mini"]);
     assert!(!a.ok(&["rootfs", "ls"]).contains("mini"));
 }
+
+#[test]
+fn a_sandbox_process_that_cannot_start_says_why_in_one_line() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    // A runtime directory under a regular file: nothing the CLI checks, but
+    // the sandbox process cannot bind its socket there. Its own message
+    // (written to the stderr pipe before it is ready) is the error.
+    std::fs::create_dir_all(&a.home).expect("home");
+    let blocker = a.home.join("blocker");
+    std::fs::write(&blocker, "not a directory").expect("file");
+    let mut cmd = a.cmd(&["run", "--rootfs", &rootfs, "--", "true"]);
+    cmd.env("ALCOVE_RUNTIME_DIR", blocker.join("rt"));
+    let out = cmd.output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("failed to start") && stderr.contains("blocker/rt"), "{stderr}");
+    assert!(a.ps().is_empty(), "{:?}", a.ps());
+}

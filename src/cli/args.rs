@@ -306,10 +306,11 @@ pub enum RootfsCommand {
     },
 }
 
-/// `alcove sandbox --config FILE`.
+/// `alcove sandbox --config FILE|-`.
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
-    /// The 0600 config file.
+    /// The 0600 config file, or `-` to read it from stdin (how the CLI
+    /// passes it: the process starts before the configuration is ready).
     #[arg(long, value_name = "FILE")]
     pub config: PathBuf,
 }

@@ -17,8 +17,11 @@ use std::time::Duration;
 const RUN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the sandbox row and starts it; returns the ready client.
+/// Records the sandbox `name` and starts it in `process`, a sandbox process
+/// the caller spawned first (see [`launch::spawn_pending`]).
 async fn create_and_start(
     ctx: &Ctx,
+    process: launch::Pending,
     name: &str,
     opts: &SandboxOpts,
     parent_pid: Option<u32>,
@@ -37,7 +40,7 @@ async fn create_and_start(
     ctx.store.create_sandbox(name, &json)?;
     let result = async {
         ctx.write_meta(name, &meta)?;
-        let mut started = launch::spawn(ctx, &cfg)?;
+        let mut started = process.configure(ctx, &cfg)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();
@@ -58,9 +61,12 @@ fn exec_options(argv: Vec<String>) -> ExecOptions {
 
 /// `alcove run`.
 pub async fn run(args: RunArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
     let named = args.name.is_some();
     let name = args.name.clone().unwrap_or_else(launch::generated_name);
+    alcove_client::paths::validate_name(&name)?;
+    // Loads while this process opens the records and prepares the sandbox.
+    let process = launch::spawn_pending()?;
+    let ctx = Ctx::open()?;
     if args.detach {
         if args.interactive || args.tty {
             return Err(CliError::msg("-d cannot be combined with -i or -t"));
@@ -72,7 +78,7 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
             detached_command: Some(args.command.clone()),
             interactive: false,
         };
-        let (_client, _started) = create_and_start(&ctx, &name, &args.opts, None, meta).await?;
+        let (_client, _started) = create_and_start(&ctx, process, &name, &args.opts, None, meta).await?;
         spawn_supervisor(&ctx, &name)?;
         println!("{name}");
         return Ok(0);
@@ -85,7 +91,8 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
         detached_command: None,
         interactive: args.interactive,
     };
-    let (client, mut started) = create_and_start(&ctx, &name, &args.opts, Some(std::process::id()), meta).await?;
+    let (client, mut started) =
+        create_and_start(&ctx, process, &name, &args.opts, Some(std::process::id()), meta).await?;
     let attach = Attach { stdin: args.interactive, tty: args.tty, output: None };
     let result = run_attached(&client, exec_options(args.command), attach).await;
     let last = finish_run(&ctx, &name, client, &mut started, remove_after).await?;
@@ -202,6 +209,8 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
 
 /// `alcove create NAME`.
 pub async fn create(args: CreateArgs) -> CliResult<i32> {
+    alcove_client::paths::validate_name(&args.name)?;
+    let process = launch::spawn_pending()?;
     let ctx = Ctx::open()?;
     let opts = args.opts;
     let meta = CliMeta {
@@ -211,7 +220,7 @@ pub async fn create(args: CreateArgs) -> CliResult<i32> {
         detached_command: None,
         interactive: false,
     };
-    let (_client, _started) = create_and_start(&ctx, &args.name, &opts, None, meta).await?;
+    let (_client, _started) = create_and_start(&ctx, process, &args.name, &opts, None, meta).await?;
     println!("{}", args.name);
     Ok(0)
 }

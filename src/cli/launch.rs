@@ -1,13 +1,16 @@
 //! Starting and stopping sandbox processes.
 //!
-//! Start: the [`SandboxConfig`] goes to `sandboxes/NAME/config.json` (0600;
-//! secrets and env values only there, never in argv), then
-//! `alcove sandbox --config FILE` is spawned in its own session with stdin on
-//! /dev/null, stdout piped (its first line is `{"pid":N}`, then the pipe
-//! closes) and stderr in `logs/startup.err`. The sandbox is ready once a
-//! client handshake on its socket succeeds (the relay answers only after the
-//! agent's `Ready`). If the process exits first, the run row's detail or the
-//! last line of `startup.err` is reported as one line.
+//! Start: `alcove sandbox --config -` is spawned first ([`spawn_pending`]),
+//! in its own session with stdin, stdout and stderr on pipes, so loading
+//! the program overlaps the CLI's recording of the sandbox; then the
+//! [`SandboxConfig`] goes to `sandboxes/NAME/config.json` (0600; secrets and
+//! env values only there and in the pipe, never in argv) and to the
+//! process's stdin ([`Pending::configure`]). Its first stdout line is
+//! `{"pid":N}`, printed once agent.sock is bound; it then moves stdout and
+//! stderr to `logs/`. The sandbox is ready once a client handshake on its
+//! socket succeeds (the relay answers only after the agent's `Ready`). If
+//! the process exits first, the run row's detail or the last line it wrote
+//! to the stderr pipe is reported as one line.
 //!
 //! Stop: `Shutdown` through the socket (SIGTERM when that fails), a wait of
 //! up to the timeout for the run to be final, then SIGUSR1 (forced stop),
@@ -196,46 +199,68 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
     (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Writes the config and spawns the sandbox process; returns once it has
-/// printed its pid.
-pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
-    let config_path = ctx.write_config(cfg)?;
-    let log_dir = ctx.sandbox_dir(&cfg.name).join("logs");
-    let startup_err = log_dir.join("startup.err");
-    let err_file = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&startup_err)
-        .map_err(|e| CliError::msg(format!("cannot create {}: {e}", startup_err.display())))?;
+/// A sandbox process started ahead of its configuration: it loads the
+/// program (≈ 1.5 ms on the project's host) while the CLI records the
+/// sandbox, then waits for [`Pending::configure`]. Dropping it unconfigured
+/// closes its stdin, and it exits without a word.
+pub struct Pending {
+    child: Child,
+    stdin: std::process::ChildStdin,
+}
+
+/// Starts `alcove sandbox --config -` in its own session (it calls `setsid`
+/// itself, so std spawns it with `posix_spawn`, without copying this
+/// process's page tables): stdin and stdout are pipes to the CLI, stderr a
+/// pipe read only if it fails before it is ready.
+pub fn spawn_pending() -> CliResult<Pending> {
     let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("cannot find the alcove executable: {e}")))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("sandbox").arg("--config").arg(&config_path);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::from(err_file));
-    // No pre_exec hook: it would force fork+exec, copying this process's
-    // page tables; without one std spawns with posix_spawn (vfork-like).
-    // The sandbox process puts itself in a new session as its first step.
+    cmd.arg("sandbox").arg("--config").arg("-");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the sandbox process: {e}")))?;
-    let stdout = child.stdout.take().ok_or_else(|| CliError::msg("the sandbox process has no stdout"))?;
-    let mut line = String::new();
-    let read = BufReader::new(stdout).read_line(&mut line);
-    let pid = match read {
-        Ok(n) if n > 0 => parse_pid_line(&line),
-        _ => None,
-    };
-    match pid {
-        Some(pid) => Ok(Started { pid, child }),
-        None => {
-            let status = child.wait().ok();
-            Err(CliError::msg(format!(
-                "the sandbox process failed to start: {}",
-                startup_error(ctx, &cfg.name).unwrap_or_else(|| match status {
-                    Some(s) => format!("it exited ({s}) without a message"),
-                    None => "it exited without a message".into(),
-                })
-            )))
-        }
+    match child.stdin.take() {
+        Some(stdin) => Ok(Pending { child, stdin }),
+        None => Err(CliError::msg("the sandbox process has no stdin")),
     }
+}
+
+impl Pending {
+    /// Writes the config to `config.json` (for a later `alcove start`) and
+    /// to the waiting process; returns once the process has printed its pid
+    /// (it has bound agent.sock by then).
+    pub fn configure(self, ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
+        ctx.write_config(cfg)?;
+        let json = serde_json::to_vec(cfg).map_err(|e| CliError::msg(e.to_string()))?;
+        let Pending { mut child, mut stdin } = self;
+        // A failed write means the process is gone: its stderr says why.
+        let _ = std::io::Write::write_all(&mut stdin, &json);
+        drop(stdin);
+        let stdout = child.stdout.take().ok_or_else(|| CliError::msg("the sandbox process has no stdout"))?;
+        let mut line = String::new();
+        let read = BufReader::new(stdout).read_line(&mut line);
+        let pid = match read {
+            Ok(n) if n > 0 => parse_pid_line(&line),
+            _ => None,
+        };
+        let mut started = Started { pid: pid.unwrap_or(child.id()), child };
+        if pid.is_some() {
+            return Ok(started);
+        }
+        let status = started.child.wait().ok();
+        Err(CliError::msg(format!(
+            "the sandbox process failed to start: {}",
+            started.startup_error().unwrap_or_else(|| match status {
+                Some(s) => format!("it exited ({s}) without a message"),
+                None => "it exited without a message".into(),
+            })
+        )))
+    }
+}
+
+/// Writes the config and starts the sandbox process; returns once it has
+/// printed its pid.
+pub fn spawn(ctx: &Ctx, cfg: &SandboxConfig) -> CliResult<Started> {
+    spawn_pending()?.configure(ctx, cfg)
 }
 
 fn parse_pid_line(line: &str) -> Option<u32> {
@@ -243,12 +268,17 @@ fn parse_pid_line(line: &str) -> Option<u32> {
     v.get("pid")?.as_u64().and_then(|p| u32::try_from(p).ok())
 }
 
-/// The last non-empty line of `logs/startup.err`, without the
-/// `alcove sandbox:` prefix.
-fn startup_error(ctx: &Ctx, name: &str) -> Option<String> {
-    let text = std::fs::read_to_string(ctx.sandbox_dir(name).join("logs").join("startup.err")).ok()?;
-    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
-    Some(one_line(line.strip_prefix("alcove sandbox: ").unwrap_or(line)))
+impl Started {
+    /// The last non-empty line the process wrote to its stderr pipe before
+    /// it moved its output to `logs/` (only read once it has exited, so the
+    /// read cannot block), without the `alcove sandbox:` prefix.
+    fn startup_error(&mut self) -> Option<String> {
+        let mut pipe = self.child.stderr.take()?;
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut text).ok()?;
+        let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty())?;
+        Some(one_line(line.strip_prefix("alcove sandbox: ").unwrap_or(line)))
+    }
 }
 
 /// Waits until the sandbox `name` (process `started`) accepts clients and
@@ -259,7 +289,7 @@ pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_time
     let mut delay = Duration::from_millis(5);
     loop {
         if let Ok(Some(status)) = started.child.try_wait() {
-            return Err(start_failure(ctx, name, status));
+            return Err(start_failure(ctx, name, started, status));
         }
         match Client::connect_path(&socket).await {
             // The relay hands out the handshake only once the sandbox is
@@ -292,7 +322,7 @@ pub async fn wait_ready(ctx: &Ctx, name: &str, started: &mut Started, ready_time
 }
 
 /// Describes why a sandbox process ended before it was ready.
-fn start_failure(ctx: &Ctx, name: &str, status: std::process::ExitStatus) -> CliError {
+fn start_failure(ctx: &Ctx, name: &str, started: &mut Started, status: std::process::ExitStatus) -> CliError {
     // No reaping here: it could remove a `--rm` sandbox before its run is read.
     let run = ctx.store.latest_run(name).ok().flatten();
     let from_run = run.as_ref().and_then(|r| {
@@ -300,7 +330,7 @@ fn start_failure(ctx: &Ctx, name: &str, status: std::process::ExitStatus) -> Cli
         r.detail.as_ref().map(|d| format!("{reason}: {d}"))
     });
     let msg = from_run
-        .or_else(|| startup_error(ctx, name))
+        .or_else(|| started.startup_error())
         .or_else(|| runtime_stderr_tail(ctx, name))
         .unwrap_or_else(|| format!("the sandbox process exited ({status}) without a message"));
     CliError::msg(format!("sandbox {name} failed to start: {}", one_line(&msg)))
