@@ -4,7 +4,9 @@
 //! Several processes (every sandbox host process and the CLI) share that file,
 //! so:
 //!
-//! - every connection runs with `journal_mode=WAL`, `synchronous=NORMAL`,
+//! - every connection runs with `journal_mode=WAL`, `synchronous=FULL`
+//!   (a commit is durable when it returns, whoever else has the file open),
+//!   no checkpoint on close (SQLite's auto-checkpoint bounds the WAL),
 //!   `foreign_keys=ON` and a `busy_timeout`;
 //! - every write is one transaction opened with `BEGIN IMMEDIATE` and retried
 //!   on `SQLITE_BUSY`/`SQLITE_LOCKED` with backoff until
