@@ -492,17 +492,11 @@ class Bench:
     # -- 5. memory
 
     def sandbox_pid(self, name):
-        cfg = os.path.join(self.home, "sandboxes", name, "config.json")
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    argv = f.read().split(b"\0")
-            except OSError:
-                continue
-            if len(argv) >= 4 and argv[1] == b"sandbox" and argv[3] == cfg.encode():
-                return int(pid)
+        """The pid of the sandbox process of `name`, as `alcove ps` records it."""
+        _, out, _ = run(self.a("ps", "--json"), capture=True, env=self.env)
+        for entry in json.loads(out):
+            if entry.get("name") == name and entry.get("pid"):
+                return int(entry["pid"])
         raise SystemExit("no sandbox process for %s" % name)
 
     def memory(self):
