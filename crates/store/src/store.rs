@@ -60,6 +60,17 @@ const METRIC_COLUMNS: &str = "at_ms, cpu_usec, memory_bytes, io_read_bytes, io_w
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 const MAX_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Whether a commit is on disk when it returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Durability {
+    /// `synchronous=FULL`: the WAL is synced at the commit.
+    Synced,
+    /// `synchronous=NORMAL`: the commit reaches the disk with the next
+    /// synced one (the WAL is one file, synced as a whole). For facts a
+    /// synced record already implies, or whose loss is harmless.
+    Implied,
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path` with default options.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
@@ -203,8 +214,14 @@ impl Store {
     }
 
     /// Records a new status for a sandbox.
+    ///
+    /// `Running` is committed without its own sync ([`Durability::Implied`]):
+    /// the run row [`Store::start_run`] synced already records the run, and
+    /// after a power loss the reaper finalises that run (Crashed) whether or
+    /// not this status survived; the next synced commit carries it anyway.
     pub fn set_sandbox_status(&self, name: &str, status: SandboxStatus) -> Result<(), StoreError> {
-        self.write("set a sandbox status", |tx| {
+        let durability = if status == SandboxStatus::Running { Durability::Implied } else { Durability::Synced };
+        self.write_with(durability, "set a sandbox status", |tx| {
             let n = tx.execute(
                 "UPDATE sandbox SET status = ?1, updated_at_ms = ?2 WHERE name = ?3",
                 params![status, now_ms(), name],
@@ -321,7 +338,8 @@ impl Store {
     /// [`StoreOptions::metric_retention`] (ordered by `at_ms`, then insertion).
     pub fn insert_metric(&self, sandbox: &str, sample: &MetricSample) -> Result<(), StoreError> {
         let keep = i64::try_from(self.opts.metric_retention).unwrap_or(i64::MAX);
-        self.write("record a metric sample", |tx| {
+        // A sample lost to a power loss is only a gap in a time series.
+        self.write_with(Durability::Implied, "record a metric sample", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
             tx.execute(
                 &format!(
@@ -376,18 +394,36 @@ impl Store {
 
     // ---- transactions and retries ----
 
-    /// Runs `body` in a `BEGIN IMMEDIATE` transaction, retrying on busy.
+    /// Runs `body` in a `BEGIN IMMEDIATE` transaction, retrying on busy;
+    /// the commit is synced.
     fn write<T>(
         &self,
         what: &str,
+        body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_with(Durability::Synced, what, body)
+    }
+
+    /// [`Store::write`] with the commit's [`Durability`].
+    fn write_with<T>(
+        &self,
+        durability: Durability,
+        what: &str,
         mut body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.retry(what, |conn| {
+        if durability == Durability::Implied {
+            self.conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let result = self.retry(what, |conn| {
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let value = body(&tx)?; // dropping `tx` on error rolls back
             tx.commit()?;
             Ok(value)
-        })
+        });
+        if durability == Durability::Implied {
+            self.conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        result
     }
 
     /// Runs `body` in a deferred (read) transaction, retrying on busy.
