@@ -5,8 +5,8 @@
 //! so:
 //!
 //! - every connection runs with `journal_mode=WAL`, `synchronous=FULL`
-//!   (a commit is durable when it returns, whoever else has the file open),
-//!   no checkpoint on close (SQLite's auto-checkpoint bounds the WAL),
+//!   (a commit is durable when it returns, whoever else has the file open;
+//!   a few commits whose facts a synced record implies skip their own sync),
 //!   `foreign_keys=ON` and a `busy_timeout`;
 //! - every write is one transaction opened with `BEGIN IMMEDIATE` and retried
 //!   on `SQLITE_BUSY`/`SQLITE_LOCKED` with backoff until

@@ -569,20 +569,3 @@ fn the_database_file_is_owner_only() {
         assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
     }
 }
-
-#[test]
-fn closing_the_last_connection_does_not_checkpoint() {
-    // Commits are synced to the WAL as they happen (synchronous=FULL), so the
-    // checkpoint a last connection would run on close is skipped: the WAL
-    // still holds the commit after every connection is gone, and a new
-    // connection sees it.
-    let dir = tmp();
-    let path = dir.path().join("alcove.db");
-    let store = Store::open(&path).expect("open");
-    store.create_sandbox("kept", "{}").expect("create");
-    drop(store);
-    let wal = std::fs::metadata(dir.path().join("alcove.db-wal")).expect("the WAL is still there");
-    assert!(wal.len() > 0, "the WAL was checkpointed and reset on close");
-    let store = Store::open(&path).expect("reopen");
-    assert!(store.sandbox("kept").expect("read").is_some());
-}
