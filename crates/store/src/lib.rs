@@ -7,6 +7,7 @@
 //! - every connection runs with `journal_mode=WAL`, `synchronous=FULL`
 //!   (a commit is durable when it returns, whoever else has the file open;
 //!   a few commits whose facts a synced record implies skip their own sync),
+//!   no checkpoint on close but an auto-checkpoint every 64 WAL pages,
 //!   `foreign_keys=ON` and a `busy_timeout`;
 //! - every write is one transaction opened with `BEGIN IMMEDIATE` and retried
 //!   on `SQLITE_BUSY`/`SQLITE_LOCKED` with backoff until

@@ -569,3 +569,24 @@ fn the_database_file_is_owner_only() {
         assert_eq!(mode, 0o600, "{file} has mode {mode:o}");
     }
 }
+
+#[test]
+fn closing_the_last_connection_leaves_a_short_wal() {
+    // Commits are synced as they happen, so the last connection does not
+    // checkpoint as it closes; the auto-checkpoint keeps the WAL short.
+    let dir = tmp();
+    let path = dir.path().join("alcove.db");
+    let store = Store::open(&path).expect("open");
+    store.create_sandbox("kept", "{}").expect("create");
+    drop(store);
+    let wal = std::fs::metadata(dir.path().join("alcove.db-wal")).expect("the WAL is still there");
+    assert!(wal.len() > 0, "the WAL was checkpointed and reset on close");
+    let store = Store::open(&path).expect("reopen");
+    assert!(store.sandbox("kept").expect("read").is_some());
+    for i in 0..200 {
+        store.create_sandbox(&format!("s{i}"), "{}").expect("create");
+    }
+    let wal = std::fs::metadata(dir.path().join("alcove.db-wal")).expect("wal").len();
+    // 64 pages of 4 KiB plus frame headers, and the frames of one commit.
+    assert!(wal < 80 * 4096, "the WAL grew to {wal} bytes");
+}
