@@ -35,8 +35,8 @@ LINE = re.compile(r"^\s*(\d+)/(\d+)\s+(\d+\.\d+):\s+(\S+):\s*(.*)$")
 PHASES = [
     ("cli_exec", None),
     ("probe_done", "CLI: start-up (dynamic loading, clap, tokio, database open) and the backend probe (`ldconfig -p`)"),
-    ("sandbox_exec", "CLI: sandbox row, config files, spawn of `alcove sandbox`"),
-    ("socket_bound", "sandbox process: exec, config, database check, logs, agent.sock bound"),
+    ("sandbox_exec", "CLI: start-up until it spawns `alcove sandbox --config -` (its first step)"),
+    ("socket_bound", "sandbox process: exec and loading while the CLI opens the records, writes the sandbox row and config; then config from stdin, database check, agent.sock bound"),
     ("jail_forked", "sandbox process: actor system start, run row, jail set-up until the clone of the jail"),
     ("agent_exec", "jail child: overlay root, /dev, cgroups, pivot_root, exec of the agent"),
     ("cmd_forked", "agent boot (mounts, Ready) + relay → CLI handshake + exec request"),
