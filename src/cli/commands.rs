@@ -16,9 +16,9 @@ use std::time::Duration;
 /// Grace given to commands when `run` stops its sandbox after the command ended.
 const RUN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Creates the sandbox row and starts it; returns the ready client.
-/// Records the sandbox `name` and starts it in `process`, a sandbox process
-/// the caller spawned first (see [`launch::spawn_pending`]).
+/// Creates the sandbox row and starts the sandbox in `process`, a sandbox
+/// process the caller spawned first (see [`launch::spawn_pending`]); returns
+/// the ready client.
 async fn create_and_start(
     ctx: &Ctx,
     process: launch::Pending,
