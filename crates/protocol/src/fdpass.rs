@@ -13,6 +13,10 @@
 //! [`MAX_QUEUED_FDS`] wait unclaimed (a peer sending more than its frames
 //! announce has the surplus closed); [`is_pipe_read_end`] is the check a
 //! receiver makes before trusting a descriptor to be a pipe it may read.
+//! Descriptors are matched to FD frames by order alone, so a peer that
+//! attaches them to other frames can shift them between its own sessions;
+//! for the agent that is no new power (it writes every session's output).
+//! (`FdReadHalf` and `send_with_fd` need the `tokio` feature.)
 
 #[cfg(feature = "tokio")]
 pub use self::tokio_io::{send_with_fd, FdReadHalf, MAX_QUEUED_FDS};
