@@ -53,7 +53,8 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         // Started ahead of its configuration: it arrives once the CLI has
         // recorded the sandbox. End of input without one means the CLI gave
         // up (it reports why itself).
-        let mut text = Vec::new();
+        // Room for a whole configuration: one read(2), not std's probing.
+        let mut text = Vec::with_capacity(64 * 1024);
         std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut text)
             .map_err(|e| format!("cannot read the configuration from stdin: {e}"))?;
         if text.is_empty() {
