@@ -202,3 +202,35 @@ fn a_sandbox_ending_under_a_command_is_explained_and_backends_fail_clearly() {
     // `auto` works here whatever it picks.
     assert_eq!(a.ok(&["run", "--backend", "auto", "--rootfs", &rootfs, "--", "echo", "auto"]), "auto\n");
 }
+
+#[test]
+fn a_reader_that_goes_away_ends_the_command_as_in_a_local_pipeline() {
+    // `alcove run -- yes | head -2`: with stdout a pipe, the command writes
+    // into a pipe the CLI splices into its own stdout; when the reader
+    // leaves, the command gets SIGPIPE (exit 128 + 13), instead of running
+    // on with its output dropped.
+    use std::io::{BufRead, BufReader};
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    let mut child = a
+        .cmd(&["run", "--rootfs", &rootfs, "--", "yes"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("y"));
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("y"));
+    drop(lines);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "`yes` kept running after its reader left");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(128 + libc::SIGPIPE));
+    assert!(a.ps().is_empty(), "{:?}", a.ps());
+}
