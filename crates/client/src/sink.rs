@@ -21,8 +21,8 @@
 //! open, as the agent would give up ([`alcove_protocol::OUTPUT_DRAIN_GRACE`]
 //! after the exit once the pipe is empty, at the latest
 //! [`alcove_protocol::OUTPUT_DRAIN_CAP`] later). A sink whose reader is gone
-//! closes the pipe, so the command sees `EPIPE` as it would writing to the
-//! sink directly.
+//! closes the pipe, so the command gets SIGPIPE (or `EPIPE`) as it would
+//! writing to the sink directly.
 //!
 //! Invariants: the framing of the connection never depends on the sink —
 //! a sink that fails (its reader went away) has the rest of its payloads
