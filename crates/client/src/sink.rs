@@ -14,7 +14,7 @@
 //!
 //! A session with a sink asks the agent for the command's stdout pipe itself
 //! (`ExecRequest::stdout_pipe`). Where the agent hands it over (a jail, no
-//! PTY), a [`PipeDrain`] thread moves the pipe's contents into the sink with
+//! PTY), a `PipeDrain` thread moves the pipe's contents into the sink with
 //! `splice(2)` — the bytes never cross the agent, the relay or this process's
 //! memory — and the session's `Exited` is held back until that thread is
 //! done: at the pipe's end, or, when a background process keeps the pipe
