@@ -133,7 +133,7 @@ mod tokio_io {
 
 /// One `recvmsg(2)` into `buf` (blocking or not as `sock` is): the bytes
 /// read and the descriptors that came with them, close-on-exec. Room for
-/// [`FDS_PER_READ`] descriptors; the kernel closes any beyond.
+/// four descriptors (`FDS_PER_READ`); the kernel closes any beyond.
 pub fn recv_with_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
     // SAFETY: initialised bytes are valid MaybeUninit bytes, and recvmsg
     // only ever writes initialised bytes into them.
