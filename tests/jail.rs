@@ -263,19 +263,13 @@ async fn files_round_trip_and_twenty_mib_is_byte_identical() {
 
 /// A sink on a blocking pipe, and a thread reading the pipe to its end.
 fn sink_and_reader() -> (alcove_client::OutputSink, std::thread::JoinHandle<Vec<u8>>) {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid two-element array.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    // SAFETY: pipe2 returned two fresh descriptors we now own.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (mut r, w) = std::io::pipe().expect("pipe");
     let reader = std::thread::spawn(move || {
-        use std::io::Read;
         let mut out = Vec::new();
-        std::fs::File::from(r).read_to_end(&mut out).expect("reads the pipe");
+        std::io::Read::read_to_end(&mut r, &mut out).expect("reads the pipe");
         out
     });
-    (alcove_client::OutputSink::for_pipe(w).expect("a blocking pipe is a sink"), reader)
+    (alcove_client::OutputSink::for_pipe(w.into()).expect("a blocking pipe is a sink"), reader)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -36,7 +36,7 @@ use alcove_protocol::{
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -412,8 +412,8 @@ impl Guest {
     fn hand_out_descriptor(&self, id: u32, req: &ExecRequest) -> Option<ExitStatus> {
         let exited = |code| ExitStatus { code: Some(code), signal: None, oom_killed: false };
         let (r, w) = match req.argv[0].as_str() {
-            "pipe" if req.stdout_pipe => pipe().ok()?,
-            "badfd" | "nofd" => pipe().ok()?,
+            "pipe" if req.stdout_pipe => std::io::pipe().ok()?,
+            "badfd" | "nofd" => std::io::pipe().ok()?,
             _ => return None,
         };
         let Some(frame) = Frame::message(id, Flags::FD, &Message::ExecStdoutPipe).ok().and_then(|f| f.encode().ok())
@@ -443,7 +443,7 @@ impl Guest {
             return Some(exited(0));
         }
         let total: usize = req.argv.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
-        let mut w = std::fs::File::from(w);
+        let mut w = w;
         let chunk = vec![b'p'; 64 * 1024];
         let mut left = total;
         while left > 0 {
@@ -522,7 +522,8 @@ impl Guest {
                     Err(_) => exited(0),
                 }
             }
-            "stream" => {
+            // `pipe` asked without `stdout_pipe`: relayed like `stream`.
+            "stream" | "pipe" => {
                 let mut left: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
                 while left > 0 {
                     if let Ok(sig) = signals.try_recv() {
@@ -551,16 +552,6 @@ impl Guest {
             _ => exited(127),
         }
     }
-}
-
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: fds is a valid two-element array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two fresh descriptors, owned from here on.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), BackendError> {
@@ -656,5 +647,31 @@ mod tests {
         let backend = MockBackend::new(MockScript { fail_launch: Some("boom".into()), ..MockScript::default() });
         let err = Box::new(backend).launch(&GuestSpec::default()).err().expect("fails");
         assert_eq!(err.to_string(), "boom");
+    }
+
+    #[test]
+    fn pipe_unasked_for_a_pipe_is_relayed_as_frames() {
+        let (mut l, _log) = launch(MockScript { heartbeat_interval_ms: 10_000, ..MockScript::default() });
+        let ch = &mut l.agent_channel;
+        assert!(matches!(read(ch).2, Message::Ready(_)));
+        assert!(matches!(read(ch).2, Message::Heartbeat { .. }));
+        let req = ExecRequest { argv: vec!["pipe".into(), "1000".into()], ..ExecRequest::default() };
+        send(ch, 5, Flags::SESSION_START, &Message::ExecRequest(req));
+        let mut got = 0;
+        loop {
+            match read(ch) {
+                (5, _, Message::ExecStarted { .. }) => {}
+                (5, flags, Message::ExecStdout { data }) => {
+                    assert!(!flags.contains(Flags::FD));
+                    got += data.len();
+                }
+                (5, _, Message::ExecExited(st)) => {
+                    assert_eq!(st.code, Some(0));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, 1000);
     }
 }

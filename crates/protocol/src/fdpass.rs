@@ -88,7 +88,7 @@ mod tokio_io {
             let this = self.get_mut();
             loop {
                 ready!(this.half.as_ref().poll_read_ready(cx))?;
-                // SAFETY: recv_with_fds writes at most `unfilled.len()` bytes into
+                // SAFETY: recv_into writes at most `unfilled.len()` bytes into
                 // it and reports how many; only those are marked initialised.
                 let unfilled = unsafe { buf.unfilled_mut() };
                 let fd = this.half.as_ref().as_raw_fd();
@@ -233,11 +233,8 @@ mod tests {
     use tokio::{io::AsyncReadExt, net::UnixStream};
 
     fn pipe() -> (OwnedFd, OwnedFd) {
-        let mut fds = [0; 2];
-        // SAFETY: pipe2 fills the two-element array on success.
-        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-        // SAFETY: both descriptors were just created and are owned here.
-        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        let (r, w) = std::io::pipe().expect("pipe");
+        (r.into(), w.into())
     }
 
     #[cfg(feature = "tokio")]
