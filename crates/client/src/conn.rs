@@ -183,7 +183,15 @@ impl Router {
             // end; anything else is closed here.
             if let (Some(slot), Some(fd)) = (st.sessions.get_mut(&id), fd) {
                 if let (Some(sink), true) = (&slot.stdout, fdpass::is_pipe_read_end(fd.as_fd())) {
-                    slot.drain = sink.drain_pipe(fd);
+                    match sink.drain_pipe(fd) {
+                        Ok(drain) => slot.drain = Some(drain),
+                        // The output cannot be delivered: say so rather than
+                        // let the command end on a closed pipe unexplained.
+                        Err(e) => {
+                            let reason = format!("cannot copy the command's stdout: {e}");
+                            let _ = slot.events.send(Message::SessionAborted { reason });
+                        }
+                    }
                 }
             }
             return Ok(());

@@ -113,24 +113,11 @@ impl OutputSink {
         }
         loop {
             stream.readable().await?;
-            // SAFETY: null offsets (both ends are streams); no memory is passed.
-            let n = unsafe {
-                libc::splice(
-                    stream.as_raw_fd(),
-                    std::ptr::null_mut(),
-                    self.raw(),
-                    std::ptr::null_mut(),
-                    len,
-                    libc::SPLICE_F_MOVE,
-                )
+            let e = match splice(stream.as_raw_fd(), self.raw(), len, libc::SPLICE_F_MOVE) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => return Ok(Some(n)),
+                Err(e) => e,
             };
-            if n > 0 {
-                return Ok(Some(n as usize));
-            }
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-            let e = io::Error::last_os_error();
             match e.kind() {
                 io::ErrorKind::Interrupted => continue,
                 // The socket is drained (the pipe blocks rather than fail):
@@ -152,13 +139,13 @@ impl OutputSink {
 
 impl OutputSink {
     /// Starts moving everything `pipe` (a handed-over stdout pipe) yields
-    /// into this sink on a thread of its own; see the module docs. `None`
+    /// into this sink on a thread of its own; see the module docs. Fails
     /// when no thread can be started (the pipe is then closed).
-    pub(crate) fn drain_pipe(&self, pipe: OwnedFd) -> Option<PipeDrain> {
+    pub(crate) fn drain_pipe(&self, pipe: OwnedFd) -> io::Result<PipeDrain> {
         // SAFETY: eventfd has no memory arguments; the result is checked.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
-            return None;
+            return Err(io::Error::last_os_error());
         }
         // SAFETY: a fresh descriptor, owned from here on.
         let exited = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
@@ -168,7 +155,7 @@ impl OutputSink {
             move_pipe(&pipe, &sink, &signal);
             let _ = done_tx.send(());
         });
-        spawned.ok().map(|_| PipeDrain { exited, done: Some(done) })
+        spawned.map(|_| PipeDrain { exited, done: Some(done) })
     }
 }
 
@@ -264,24 +251,11 @@ fn move_some(pipe: &OwnedFd, sink: &OutputSink, buf: &mut Vec<u8>) -> Moved {
         return Moved::Finished;
     }
     if sink.0.splice_ok.load(Ordering::Relaxed) {
-        // SAFETY: null offsets (both ends are pipes); no memory is passed.
-        let n = unsafe {
-            libc::splice(
-                pipe.as_raw_fd(),
-                std::ptr::null_mut(),
-                sink.raw(),
-                std::ptr::null_mut(),
-                DRAIN_CHUNK,
-                libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
-            )
+        let e = match splice(pipe.as_raw_fd(), sink.raw(), DRAIN_CHUNK, libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK) {
+            Ok(0) => return Moved::Finished,
+            Ok(_) => return Moved::Again,
+            Err(e) => e,
         };
-        if n > 0 {
-            return Moved::Again;
-        }
-        if n == 0 {
-            return Moved::Finished;
-        }
-        let e = io::Error::last_os_error();
         match e.raw_os_error() {
             Some(libc::EINTR) => return Moved::Again,
             Some(libc::EAGAIN) => return if readable(pipe) { Moved::OutputFull } else { Moved::InputEmpty },
@@ -308,6 +282,17 @@ fn move_some(pipe: &OwnedFd, sink: &OutputSink, buf: &mut Vec<u8>) -> Moved {
             _ => Moved::Finished,
         },
     }
+}
+
+/// One `splice(2)` of up to `len` bytes from `from` to `to` (streams or
+/// pipes: no offsets); `Ok(0)` at the end of `from`.
+fn splice(from: RawFd, to: RawFd, len: usize, flags: libc::c_uint) -> io::Result<usize> {
+    // SAFETY: null offsets (both ends are streams); no memory is passed.
+    let n = unsafe { libc::splice(from, std::ptr::null_mut(), to, std::ptr::null_mut(), len, flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
 }
 
 /// Whether `fd` has data (or its end) to read right now.
