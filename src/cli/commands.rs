@@ -27,8 +27,8 @@ async fn create_and_start(
     parent_pid: Option<u32>,
     meta: CliMeta,
 ) -> CliResult<(Client, Started)> {
-    alcove_client::paths::validate_name(name)?;
-    // The socket path must be usable before anything is created.
+    // The name was checked before `process` was spawned; the socket path
+    // must be usable before anything is created.
     ctx.socket_path(name)?;
     if ctx.store.sandbox(name)?.is_some() {
         return Err(CliError::msg(format!("a sandbox named {name:?} already exists")));
