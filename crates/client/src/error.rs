@@ -100,10 +100,45 @@ pub enum ClientError {
     /// A request could not be encoded.
     #[error("the request could not be encoded: {0}")]
     Encode(String),
+    /// The guest named a directory entry that is not one path component; the
+    /// copy stopped before the name touched the host.
+    #[error("the sandbox sent an unsafe file name {name:?} in {dir} ({reason}); the copy stopped")]
+    UnsafeName {
+        /// The guest directory the name was listed in (or the guest path).
+        dir: String,
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A host-side step of a copy out of the guest failed.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The host path.
+        path: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// A tree copied out of the guest is deeper than the copy allows.
+    #[error("{path} is more than {max} directories deep; the copy stopped")]
+    TooDeep {
+        /// The guest directory at the limit.
+        path: String,
+        /// The deepest level copied.
+        max: usize,
+    },
     /// Reading or writing a local stream (the source or destination of a
     /// file transfer) failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[source] io::Error),
+}
+
+impl ClientError {
+    pub(crate) fn host(what: &'static str, path: &std::path::Path, source: io::Error) -> ClientError {
+        ClientError::Host { what, path: path.to_path_buf(), source }
+    }
 }
 
 impl From<ClientError> for io::Error {
