@@ -40,6 +40,24 @@ pub enum ClientError {
         /// The underlying failure.
         source: io::Error,
     },
+    /// The directory holding a sandbox socket could let another user plant
+    /// or replace the socket: it must be owned by the caller or root and
+    /// give no access to group or others (mode 0700).
+    #[error("refusing the socket directory {}: {reason} (it must be owned by you or root with mode 0700; remove it, or set ALCOVE_RUNTIME_DIR to a directory of yours)", dir.display())]
+    UntrustedSocketDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The process listening on a sandbox socket runs as another user.
+    #[error("refusing {}: the process listening there runs as uid {uid}, neither you nor root", path.display())]
+    UntrustedPeer {
+        /// The socket path.
+        path: PathBuf,
+        /// The peer's uid (`SO_PEERCRED`).
+        uid: u32,
+    },
     /// No sandbox of that name is listening.
     #[error("no sandbox named {name} is running (socket {} not found)", path.display())]
     NotRunning {

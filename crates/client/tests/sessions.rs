@@ -76,6 +76,8 @@ impl Default for FakeConfig {
 impl Fake {
     async fn start(cfg: FakeConfig) -> Fake {
         let dir = tempfile::tempdir().expect("tempdir");
+        // A sandbox's socket directory: the client trusts no other.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
         let path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         let stats: Shared = Arc::default();
@@ -615,6 +617,7 @@ async fn bad_ranges_closed_handshakes_and_missing_sockets_are_errors() {
 
     // A relay that closes right after accepting (no free client slot).
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
     let path = dir.path().join("full.sock");
     let listener = UnixListener::bind(&path).expect("bind");
     tokio::spawn(async move {
