@@ -695,7 +695,8 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&adj).expect("read"), "0");
 
         // A reset that cannot be done is a failed start, never a protected command.
-        p.oom_reset = Some(CString::new(d.path().join("missing/oom_score_adj").as_os_str().as_encoded_bytes()).expect("path"));
+        p.oom_reset =
+            Some(CString::new(d.path().join("missing/oom_score_adj").as_os_str().as_encoded_bytes()).expect("path"));
         let e = spawn(&p).expect_err("refused");
         assert_eq!(e.kind, SpawnErrorKind::ResourceSetupFailed);
         assert!(e.message.contains("OOM score"), "{}", e.message);

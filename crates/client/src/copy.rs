@@ -151,9 +151,9 @@ impl Client {
                 }
             }
             FileKind::Symlink => {
-                let target = entry.link.ok_or_else(|| {
-                    ClientError::Unexpected(format!("{}: a symlink without a target", entry.guest))
-                })?;
+                let target = entry
+                    .link
+                    .ok_or_else(|| ClientError::Unexpected(format!("{}: a symlink without a target", entry.guest)))?;
                 let target = CString::new(target).map_err(|_| ClientError::UnsafeName {
                     dir: entry.guest.clone(),
                     name: name.to_string(),

@@ -121,10 +121,10 @@ pub mod cgroup;
 mod child;
 pub mod policy;
 
+use alcove_backend::guest_log::{log_pipe, LogPump, GUEST_LOG_LIMITS};
 use alcove_backend::{
     BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, GuestUsage, Launched, VmBackend,
 };
-use alcove_backend::guest_log::{log_pipe, LogPump, GUEST_LOG_LIMITS};
 use alcove_protocol::agent_config::{AgentConfig, AgentMode};
 use cgroup::{Cgroup, Limits};
 use child::{ChildPlan, Step, VolumePlan};
