@@ -398,6 +398,13 @@ impl JailBackend {
         let upper = spec.sandbox_dir.join("upper");
         let work = spec.sandbox_dir.join("work");
         let merged = spec.sandbox_dir.join("merged");
+        // The sandbox directory (and any missing parent) is owner-only
+        // whatever the umask: what the guest writes is under it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.sandbox_dir)
+            .map_err(|e| BackendError::io(format!("creating {}", spec.sandbox_dir.display()), e))?;
         for dir in [&upper, &work, &merged] {
             fs::create_dir_all(dir).map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
         }
