@@ -129,7 +129,7 @@ impl Client {
                 report.dirs += 1;
             }
             FileKind::File => {
-                let (tmp, file) = dir.temp_file().map_err(host("create a file in"))?;
+                let (tmp, file) = dir.temp_file().map_err(host("create"))?;
                 let mut file = tokio::fs::File::from_std(file);
                 let copied = self.read_file_to(&entry.guest, &mut file).await;
                 let file = file.into_std().await;
