@@ -1,1 +1,4 @@
 pub mod policy;
+pub mod config;
+mod wire;
+pub mod device;
