@@ -18,7 +18,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable,
     Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
-    Ipv6Packet, Ipv6Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    Ipv6Packet, Ipv6Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -76,9 +76,12 @@ pub(crate) fn parse<'a>(frame: &'a [u8], plan: &AddressPlan) -> Parsed<'a> {
 fn parse_arp<'a>(payload: &[u8], plan: &AddressPlan) -> Parsed<'a> {
     let Ok(packet) = ArpPacket::new_checked(payload) else { return Parsed::Drop("short arp") };
     match ArpRepr::parse(&packet) {
-        Ok(ArpRepr::EthernetIpv4 { operation: ArpOperation::Request, target_protocol_addr, source_protocol_addr, .. })
-            if plan.is_own(IpAddr::V4(target_protocol_addr)) && source_protocol_addr == plan.guest_v4 =>
-        {
+        Ok(ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request | ArpOperation::Reply,
+            target_protocol_addr,
+            source_protocol_addr,
+            ..
+        }) if plan.is_own(IpAddr::V4(target_protocol_addr)) && source_protocol_addr == plan.guest_v4 => {
             Parsed::Stack
         }
         _ => Parsed::Drop("arp not for us"),
@@ -125,11 +128,10 @@ fn parse_v6<'a>(payload: &'a [u8], plan: &AddressPlan, to_gateway: bool) -> Pars
         let Ok(icmp) = Icmpv6Packet::new_checked(body) else { return Parsed::Drop("short icmpv6") };
         let caps = checksums();
         return match Icmpv6Repr::parse(&ip.src_addr, &ip.dst_addr, &icmp, &caps) {
-            Ok(Icmpv6Repr::Ndisc(smoltcp::wire::NdiscRepr::NeighborSolicit { target_addr, .. }))
-                if plan.is_own(IpAddr::V6(target_addr)) =>
-            {
+            Ok(Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. })) if plan.is_own(IpAddr::V6(target_addr)) => {
                 Parsed::Stack
             }
+            Ok(Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert { .. })) if to_gateway && plan.is_own(dst) => Parsed::Stack,
             Ok(Icmpv6Repr::EchoRequest { .. }) if to_gateway && plan.is_own(dst) => Parsed::Stack,
             Ok(Icmpv6Repr::EchoRequest { ident, seq_no, data }) if to_gateway => Parsed::Echo { src, dst, ident, seq: seq_no, data },
             _ => Parsed::Drop("icmpv6 type"),

@@ -69,6 +69,6 @@ impl NetBackend for KrunNetBackend {
     }
 
     fn raw_socket_fd(&self) -> RawFd {
-        self.end.raw()
+        self.end.pollable_fd()
     }
 }

@@ -81,11 +81,6 @@ impl PairDevice {
             unsafe { libc::poll(&mut pfd, 1, ms) };
         }
     }
-
-    /// The socket, for adapters that need the raw descriptor.
-    pub(crate) fn raw(&self) -> RawFd {
-        self.fd.as_raw_fd()
-    }
 }
 
 impl FrameDevice for PairDevice {

@@ -175,6 +175,8 @@ pub enum DecidedBy {
     Martian,
     /// A bound of the engine (connections, sessions, buffers).
     Limit(&'static str),
+    /// A host client came in through this published host port.
+    Published(u16),
 }
 
 impl fmt::Display for DecidedBy {
@@ -185,6 +187,7 @@ impl fmt::Display for DecidedBy {
             DecidedBy::Metadata => f.write_str("metadata"),
             DecidedBy::Martian => f.write_str("martian"),
             DecidedBy::Limit(what) => write!(f, "limit {what}"),
+            DecidedBy::Published(port) => write!(f, "published port {port}"),
         }
     }
 }
