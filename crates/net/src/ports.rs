@@ -67,6 +67,7 @@ impl FromStr for PortMapping {
             (Some(ip), rest)
         } else {
             match spec.matches(':').count() {
+                0 => return Err(err("missing GUEST_PORT")),
                 1 => (None, spec),
                 2 => {
                     let (ip, rest) = spec.split_once(':').unwrap_or_default();

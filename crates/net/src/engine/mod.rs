@@ -23,6 +23,7 @@ mod dns;
 mod icmp;
 mod pins;
 mod ports;
+mod rate;
 pub(crate) mod stack;
 mod tcp;
 mod udp;
@@ -87,6 +88,10 @@ pub(crate) struct Engine {
     stopped: bool,
     /// The last read stopped at the batch bound, not at an empty device.
     pending_device_read: bool,
+    /// `--net-rate`: (guest → host, host → guest).
+    rate: Option<(rate::TokenBucket, rate::TokenBucket)>,
+    /// Flows waiting for the rate limiter to refill.
+    throttled: HashSet<FlowKey>,
 }
 
 impl Engine {
@@ -106,6 +111,7 @@ impl Engine {
         let rx_buf = vec![0u8; cfg.mtu + 14 + 64];
         let udp = udp::UdpTable::default();
         let dns = dns::Dns::default();
+        let rate = cfg.limits.rate_limit.map(|r| (rate::TokenBucket::new(r, Instant::now()), rate::TokenBucket::new(r, Instant::now())));
         Ok((
             Engine {
                 cfg,
@@ -131,6 +137,8 @@ impl Engine {
                 commands,
                 stopped: false,
                 pending_device_read: false,
+                rate,
+                throttled: HashSet::new(),
             },
             waker,
         ))
@@ -290,12 +298,23 @@ impl Engine {
         consider(self.udp.next_deadline(self.cfg.limits.udp_idle));
         consider(self.icmp.next_deadline(self.cfg.limits.udp_idle));
         consider(self.dns.next_deadline());
+        if !self.throttled.is_empty() {
+            if let Some((up, down)) = &self.rate {
+                consider(Some(up.ready_at().min(down.ready_at())));
+            }
+        }
         // Round up to a millisecond: epoll's resolution, so a deadline is
         // never woken for just before it is due.
         next.map(|d| Duration::from_millis(d.as_micros().div_ceil(1000) as u64))
     }
 
     fn expire(&mut self, now: Instant) {
+        if let Some((up, down)) = &self.rate {
+            if up.ready_at().min(down.ready_at()) <= now {
+                let woken: Vec<FlowKey> = self.throttled.drain().collect();
+                self.dirty.extend(woken);
+            }
+        }
         self.tcp_expire(now);
         self.udp_expire(now);
         self.icmp_expire(now);
@@ -357,3 +376,6 @@ impl Engine {
         self.events.emit_final(event);
     }
 }
+
+#[cfg(test)]
+mod tests;

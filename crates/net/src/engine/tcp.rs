@@ -305,12 +305,26 @@ impl Engine {
         }
         let socket = self.stack.tcp(handle);
         let Some(stream) = flow.host.as_mut() else { return };
+        let now = Instant::now();
+        let mut starved = false;
         // Guest → host.
         while flow.host_writable && socket.can_recv() {
-            let written = socket.recv(|data| match stream.write(data) {
+            let allowance = match self.rate.as_mut() {
+                Some((up, _)) => up.take(socket.recv_queue(), now),
+                None => usize::MAX,
+            };
+            if allowance == 0 {
+                starved = true;
+                break;
+            }
+            let written = socket.recv(|data| match stream.write(&data[..data.len().min(allowance)]) {
                 Ok(n) => (n, Ok(n)),
                 Err(e) => (0, Err(e)),
             });
+            if let (Some((up, _)), Ok(moved)) = (self.rate.as_mut(), &written) {
+                let moved = moved.as_ref().copied().unwrap_or(0);
+                up.refund(allowance.saturating_sub(moved));
+            }
             match written {
                 Ok(Ok(n)) => flow.meta.bytes_from_guest += n as u64,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => flow.host_writable = false,
@@ -330,11 +344,26 @@ impl Engine {
         }
         // Host → guest.
         while flow.host_readable && !flow.host_eof && socket.can_send() {
-            let read = socket.send(|buf| match stream.read(buf) {
-                Ok(0) => (0, Ok(0)),
-                Ok(n) => (n, Ok(n)),
-                Err(e) => (0, Err(e)),
+            let allowance = match self.rate.as_mut() {
+                Some((_, down)) => down.take(socket.send_capacity() - socket.send_queue(), now),
+                None => usize::MAX,
+            };
+            if allowance == 0 {
+                starved = true;
+                break;
+            }
+            let read = socket.send(|buf| {
+                let limit = buf.len().min(allowance);
+                match stream.read(&mut buf[..limit]) {
+                    Ok(0) => (0, Ok(0)),
+                    Ok(n) => (n, Ok(n)),
+                    Err(e) => (0, Err(e)),
+                }
             });
+            if let (Some((_, down)), Ok(moved)) = (self.rate.as_mut(), &read) {
+                let moved = moved.as_ref().copied().unwrap_or(0);
+                down.refund(allowance.saturating_sub(moved));
+            }
             match read {
                 Ok(Ok(0)) => {
                     flow.host_eof = true;
@@ -350,6 +379,9 @@ impl Engine {
                 }
                 Err(_) => break,
             }
+        }
+        if starved {
+            self.throttled.insert(key);
         }
     }
 

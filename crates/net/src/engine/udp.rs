@@ -47,6 +47,9 @@ impl Engine {
             return;
         }
         let key = (src, dst);
+        if !self.rate_allows_datagram(true, payload.len()) {
+            return;
+        }
         if let Some(flow) = self.udp.flows.get_mut(&key) {
             flow.last = Instant::now();
             if flow.socket.send(payload).is_ok() {
@@ -94,7 +97,9 @@ impl Engine {
         loop {
             let Some(flow) = self.udp.flows.get_mut(&key) else { return };
             match flow.socket.recv(&mut buf) {
+                Ok(n) if !self.rate_allows_datagram(false, n) => {}
                 Ok(n) => {
+                    let Some(flow) = self.udp.flows.get_mut(&key) else { return };
                     flow.last = Instant::now();
                     match wire::udp(&self.cfg.plan, key.1, key.0, &buf[..n], self.cfg.mtu) {
                         Some(frame) => {
@@ -109,6 +114,20 @@ impl Engine {
                 Err(_) => {}
             }
         }
+    }
+
+    /// Whether the rate limit lets a datagram of `len` bytes through now
+    /// (UDP has no window to slow down: over the limit it is dropped).
+    fn rate_allows_datagram(&mut self, from_guest: bool, len: usize) -> bool {
+        let Some((up, down)) = self.rate.as_mut() else { return true };
+        let bucket = if from_guest { up } else { down };
+        let granted = bucket.take(len, Instant::now());
+        if granted < len {
+            bucket.refund(granted);
+            Counters::add(&self.counters.dropped_frames, 1);
+            return false;
+        }
+        true
     }
 
     pub(super) fn udp_expire(&mut self, now: Instant) {
