@@ -161,3 +161,32 @@ fn connection_limit_refuses_only_new_flows() {
     let NetEvent::Denied(r) = h.event(|e| matches!(e, NetEvent::Denied(_))) else { unreachable!() };
     assert_eq!(r.decided_by, DecidedBy::Limit("tcp connections"));
 }
+
+#[test]
+fn the_rate_limit_bounds_throughput() {
+    // 100 KB/s with a burst of one second's worth (100 KB): 300 KB cannot
+    // arrive in under two seconds.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let total = 300_000usize;
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&vec![7u8; total]).unwrap();
+    });
+    let config = NetConfig { limits: Limits { rate_limit: Some(100_000), ..Limits::default() }, ..host_profile() };
+    let mut h = start(config);
+    let mut g = h.guest_stack();
+    let started = std::time::Instant::now();
+    let sock = g.connect(SocketAddr::new(h.plan.host_v4.into(), port), 48000);
+    let mut got = 0;
+    assert!(g.run_until(|g| {
+        let s = g.tcp(sock);
+        while s.can_recv() {
+            got += s.recv(|b| (b.len(), b.len())).unwrap();
+        }
+        got == total
+    }));
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(1900), "300 KB at 100 KB/s took only {took:?}");
+    server.join().unwrap();
+}
