@@ -96,9 +96,13 @@ impl Harness {
 
     /// Hands the guest end to a smoltcp guest stack (raw frames stop here).
     pub fn guest_stack(&mut self) -> GuestStack {
+        self.guest_stack_with_mtu(1500)
+    }
+
+    pub fn guest_stack_with_mtu(&mut self, mtu: usize) -> GuestStack {
         let (unused, _) = frame_pair().unwrap();
         let pair = std::mem::replace(&mut self.guest, unused);
-        GuestStack::new(pair, &self.plan, 1500)
+        GuestStack::new(pair, &self.plan, mtu)
     }
 
     pub fn send(&mut self, frame: &[u8]) {
