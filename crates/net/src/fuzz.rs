@@ -16,7 +16,8 @@ fn engine() -> Option<(Engine, crate::device::PairDevice)> {
     let config = NetConfig { policy: Policy { profile: Profile::None, rules: Vec::new() }, ..NetConfig::default() };
     let (tx, _rx) = crossbeam_channel::bounded(16);
     let counters = Arc::new(Counters::default());
-    let (engine, _waker) = Engine::new(config, Box::new(engine_end), EventSink::new(tx, counters.clone()), counters, None).ok()?;
+    let (engine, _waker) =
+        Engine::new(config, Box::new(engine_end), EventSink::new(tx, counters.clone()), counters, None).ok()?;
     Some((engine, guest_end))
 }
 

@@ -56,13 +56,17 @@ impl Network {
     /// Starts the engine on its own thread with `device` as the guest's
     /// link and `ports` already published. Returns the handle and the
     /// receiver of flow records and violations.
-    pub fn start(config: NetConfig, device: Box<dyn FrameDevice>, ports: Vec<BoundPort>) -> Result<(Network, Receiver<NetEvent>), NetError> {
+    pub fn start(
+        config: NetConfig,
+        device: Box<dyn FrameDevice>,
+        ports: Vec<BoundPort>,
+    ) -> Result<(Network, Receiver<NetEvent>), NetError> {
         let (event_tx, event_rx) = bounded(config.limits.event_queue.max(1));
         let (command_tx, command_rx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let sink = EventSink::new(event_tx, counters.clone());
-        let (mut engine, waker) =
-            Engine::new(config, device, sink, counters.clone(), Some(command_rx)).map_err(|source| NetError::Io { context: "start", source })?;
+        let (mut engine, waker) = Engine::new(config, device, sink, counters.clone(), Some(command_rx))
+            .map_err(|source| NetError::Io { context: "start", source })?;
         for port in ports {
             engine.add_port(port).map_err(|source| NetError::Io { context: "publish port", source })?;
         }
@@ -97,7 +101,8 @@ impl Network {
     /// Publishes an already bound port.
     pub fn add_bound_port(&self, port: BoundPort) -> Result<PortMapping, NetError> {
         let mapping = port.mapping();
-        self.call(|reply| Command::AddPort(port, reply))?.map_err(|source| NetError::Io { context: "publish port", source })?;
+        self.call(|reply| Command::AddPort(port, reply))?
+            .map_err(|source| NetError::Io { context: "publish port", source })?;
         Ok(mapping)
     }
 

@@ -16,9 +16,10 @@
 use crate::config::AddressPlan;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, Icmpv4DstUnreachable,
-    Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr,
-    Ipv6Packet, Ipv6Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber, UdpPacket, UdpRepr,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr,
+    Icmpv4DstUnreachable, Icmpv4Packet, Icmpv4Repr, Icmpv6DstUnreachable, Icmpv6Packet, Icmpv6Repr, IpAddress,
+    IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, Ipv6Repr, NdiscRepr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    UdpPacket, UdpRepr,
 };
 use std::net::{IpAddr, SocketAddr};
 
@@ -28,8 +29,18 @@ pub(crate) enum Parsed<'a> {
     /// ARP/NDP for our addresses, echo to our addresses: smoltcp answers.
     Stack,
     Tcp(TcpSeg),
-    Udp { src: SocketAddr, dst: SocketAddr, payload: &'a [u8] },
-    Echo { src: IpAddr, dst: IpAddr, ident: u16, seq: u16, data: &'a [u8] },
+    Udp {
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &'a [u8],
+    },
+    Echo {
+        src: IpAddr,
+        dst: IpAddr,
+        ident: u16,
+        seq: u16,
+        data: &'a [u8],
+    },
     Drop(&'static str),
 }
 
@@ -81,9 +92,7 @@ fn parse_arp<'a>(payload: &[u8], plan: &AddressPlan) -> Parsed<'a> {
             target_protocol_addr,
             source_protocol_addr,
             ..
-        }) if plan.is_own(IpAddr::V4(target_protocol_addr)) && source_protocol_addr == plan.guest_v4 => {
-            Parsed::Stack
-        }
+        }) if plan.is_own(IpAddr::V4(target_protocol_addr)) && source_protocol_addr == plan.guest_v4 => Parsed::Stack,
         _ => Parsed::Drop("arp not for us"),
     }
 }
@@ -107,7 +116,9 @@ fn parse_v4<'a>(payload: &'a [u8], plan: &AddressPlan) -> Parsed<'a> {
             let Ok(icmp) = Icmpv4Packet::new_checked(body) else { return Parsed::Drop("short icmp") };
             match Icmpv4Repr::parse(&icmp, &checksums()) {
                 Ok(Icmpv4Repr::EchoRequest { .. }) if plan.is_own(dst) => Parsed::Stack,
-                Ok(Icmpv4Repr::EchoRequest { ident, seq_no, data }) => Parsed::Echo { src, dst, ident, seq: seq_no, data },
+                Ok(Icmpv4Repr::EchoRequest { ident, seq_no, data }) => {
+                    Parsed::Echo { src, dst, ident, seq: seq_no, data }
+                }
                 _ => Parsed::Drop("icmp type"),
             }
         }
@@ -128,12 +139,16 @@ fn parse_v6<'a>(payload: &'a [u8], plan: &AddressPlan, to_gateway: bool) -> Pars
         let Ok(icmp) = Icmpv6Packet::new_checked(body) else { return Parsed::Drop("short icmpv6") };
         let caps = checksums();
         return match Icmpv6Repr::parse(&ip.src_addr, &ip.dst_addr, &icmp, &caps) {
-            Ok(Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. })) if plan.is_own(IpAddr::V6(target_addr)) => {
+            Ok(Icmpv6Repr::Ndisc(NdiscRepr::NeighborSolicit { target_addr, .. }))
+                if plan.is_own(IpAddr::V6(target_addr)) =>
+            {
                 Parsed::Stack
             }
             Ok(Icmpv6Repr::Ndisc(NdiscRepr::NeighborAdvert { .. })) if to_gateway && plan.is_own(dst) => Parsed::Stack,
             Ok(Icmpv6Repr::EchoRequest { .. }) if to_gateway && plan.is_own(dst) => Parsed::Stack,
-            Ok(Icmpv6Repr::EchoRequest { ident, seq_no, data }) if to_gateway => Parsed::Echo { src, dst, ident, seq: seq_no, data },
+            Ok(Icmpv6Repr::EchoRequest { ident, seq_no, data }) if to_gateway => {
+                Parsed::Echo { src, dst, ident, seq: seq_no, data }
+            }
             _ => Parsed::Drop("icmpv6 type"),
         };
     }
@@ -168,7 +183,11 @@ fn parse_udp<'a>(body: &'a [u8], src: IpAddr, dst: IpAddr) -> Parsed<'a> {
     let Ok(udp) = UdpRepr::parse(&packet, &IpAddress::from(src), &IpAddress::from(dst), &checksums()) else {
         return Parsed::Drop("bad udp");
     };
-    Parsed::Udp { src: SocketAddr::new(src, udp.src_port), dst: SocketAddr::new(dst, udp.dst_port), payload: packet.payload() }
+    Parsed::Udp {
+        src: SocketAddr::new(src, udp.src_port),
+        dst: SocketAddr::new(dst, udp.dst_port),
+        payload: packet.payload(),
+    }
 }
 
 /// Re-parses the IP header of a guest frame that [`parse`] accepted (to
@@ -303,9 +322,16 @@ pub(crate) fn icmp_unreachable(plan: &AddressPlan, frame: &[u8], from: IpAddr, w
                 IpAddr::V6(a) => a,
                 IpAddr::V4(_) => plan.gateway_v6,
             };
-            Some(ip_frame(plan, IpAddr::V6(src), IpAddr::V6(ip.src_addr), IpProtocol::Icmpv6, repr.buffer_len(), |buf, _, _| {
-                repr.emit(&src, &ip.src_addr, &mut Icmpv6Packet::new_unchecked(buf), &checksums());
-            }))
+            Some(ip_frame(
+                plan,
+                IpAddr::V6(src),
+                IpAddr::V6(ip.src_addr),
+                IpProtocol::Icmpv6,
+                repr.buffer_len(),
+                |buf, _, _| {
+                    repr.emit(&src, &ip.src_addr, &mut Icmpv6Packet::new_unchecked(buf), &checksums());
+                },
+            ))
         }
     }
 }

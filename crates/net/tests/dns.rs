@@ -33,7 +33,10 @@ fn ask(h: &mut Harness, id: u16, name: &str, qtype: RecordType) -> (ResponseCode
 fn allowed_names_are_forwarded_and_denied_names_answer_nxdomain_without_asking() {
     let dns = TestDns::start(&[("ok.test", "93.184.216.34"), ("bad.test", "93.184.216.35")]);
     let mut h = start(config(&dns, Profile::Public, &["deny:bad.test"]));
-    assert_eq!(ask(&mut h, 1, "ok.test", RecordType::A), (ResponseCode::NoError, vec!["93.184.216.34".parse().unwrap()]));
+    assert_eq!(
+        ask(&mut h, 1, "ok.test", RecordType::A),
+        (ResponseCode::NoError, vec!["93.184.216.34".parse().unwrap()])
+    );
     assert_eq!(ask(&mut h, 2, "BAD.test", RecordType::A), (ResponseCode::NXDomain, vec![]));
     assert_eq!(*dns.asked.lock().unwrap(), ["ok.test"], "a denied name never reaches the upstream");
     let NetEvent::Denied(r) = h.event(|e| matches!(e, NetEvent::Denied(_))) else { unreachable!() };
@@ -63,8 +66,14 @@ fn rebind_protection_refuses_private_answers_for_public_names() {
     for (i, name) in ["rebind.test", "loop.test", "meta.test"].iter().enumerate() {
         assert_eq!(ask(&mut h, 10 + i as u16, name, RecordType::A), (ResponseCode::NXDomain, vec![]), "{name}");
     }
-    assert_eq!(ask(&mut h, 20, "mixed.test", RecordType::A), (ResponseCode::NoError, vec!["93.184.216.34".parse().unwrap()]));
-    assert_eq!(ask(&mut h, 21, "intranet.test", RecordType::A), (ResponseCode::NoError, vec!["10.1.2.4".parse().unwrap()]));
+    assert_eq!(
+        ask(&mut h, 20, "mixed.test", RecordType::A),
+        (ResponseCode::NoError, vec!["93.184.216.34".parse().unwrap()])
+    );
+    assert_eq!(
+        ask(&mut h, 21, "intranet.test", RecordType::A),
+        (ResponseCode::NoError, vec!["10.1.2.4".parse().unwrap()])
+    );
 }
 
 #[test]

@@ -76,7 +76,10 @@ fn a_published_tcp_port_reaches_the_guest_both_ways() {
     assert!(g.run_until(|g| !g.tcp(server).is_open()));
     assert_eq!(reader.join().unwrap(), b"pong from the guest");
     let NetEvent::Flow(r) = h.event(|e| matches!(e, NetEvent::Flow(_))) else { unreachable!() };
-    assert_eq!((r.direction, r.decided_by.clone(), r.close.clone()), (Direction::Inbound, DecidedBy::Published(mapping.host.port()), CloseReason::Closed));
+    assert_eq!(
+        (r.direction, r.decided_by.clone(), r.close.clone()),
+        (Direction::Inbound, DecidedBy::Published(mapping.host.port()), CloseReason::Closed)
+    );
     assert_eq!((r.bytes_to_guest, r.bytes_from_guest), (18, 19));
 
     assert!(h.net.remove_port(&mapping).unwrap());

@@ -16,14 +16,14 @@ fn sample_frames() -> Vec<Vec<u8>> {
     vec![
         syn(&plan, g(1234), "93.184.216.34:443".parse().unwrap(), 1),
         syn(&plan, g(1235), SocketAddr::new(plan.host_v4.into(), 80), 1),
-        udp(&plan, g(5353), SocketAddr::new(plan.gateway_v4.into(), 53), &dns_query(1, "x.test", hickory_proto::rr::RecordType::A)),
-        udp(&plan, g(5354), "1.1.1.1:123".parse().unwrap(), b"ntp"),
-        syn(
+        udp(
             &plan,
-            SocketAddr::new(plan.guest_v6.into(), 1236),
-            "[2606:4700::1]:443".parse().unwrap(),
-            9,
+            g(5353),
+            SocketAddr::new(plan.gateway_v4.into(), 53),
+            &dns_query(1, "x.test", hickory_proto::rr::RecordType::A),
         ),
+        udp(&plan, g(5354), "1.1.1.1:123".parse().unwrap(), b"ntp"),
+        syn(&plan, SocketAddr::new(plan.guest_v6.into(), 1236), "[2606:4700::1]:443".parse().unwrap(), 9),
     ]
 }
 

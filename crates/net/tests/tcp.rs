@@ -87,7 +87,11 @@ fn denied_destinations_are_reset_and_reported() {
         let src = guest_addr(&h, 41000 + i as u16);
         h.send(&syn(&h.plan, src, dst, 99));
         let seen = h.frame(|f| Some(see(f)).filter(|s| matches!(s, Seen::Tcp { .. })));
-        assert_eq!(seen, Seen::Tcp { src: dst, dst: src, syn: false, ack: true, rst: true, ack_number: Some(100) }, "{dst}");
+        assert_eq!(
+            seen,
+            Seen::Tcp { src: dst, dst: src, syn: false, ack: true, rst: true, ack_number: Some(100) },
+            "{dst}"
+        );
         let NetEvent::Denied(record) = h.event(|e| matches!(e, NetEvent::Denied(_))) else { unreachable!() };
         assert_eq!((record.remote, record.decided_by, record.allowed), (dst, by, false));
     }

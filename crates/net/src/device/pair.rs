@@ -22,7 +22,12 @@ pub fn frame_pair() -> io::Result<(PairDevice, PairDevice)> {
     let mut fds = [0; 2];
     // SAFETY: `fds` is a valid two-element array for socketpair to fill.
     let ret = unsafe {
-        libc::socketpair(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0, fds.as_mut_ptr())
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
     };
     if ret != 0 {
         return Err(io::Error::last_os_error());
@@ -86,13 +91,14 @@ impl PairDevice {
 impl FrameDevice for PairDevice {
     fn recv_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         // SAFETY: `buf` is valid for writes of its length.
-        cvt(unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) }).and_then(|n| {
-            if n == 0 && !buf.is_empty() {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame peer closed"))
-            } else {
-                Ok(n)
-            }
-        })
+        cvt(unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) })
+            .and_then(|n| {
+                if n == 0 && !buf.is_empty() {
+                    Err(io::Error::new(io::ErrorKind::UnexpectedEof, "frame peer closed"))
+                } else {
+                    Ok(n)
+                }
+            })
     }
 
     fn send_frame(&mut self, frame: &[u8]) -> io::Result<()> {

@@ -34,10 +34,14 @@ struct IfReq {
 
 impl IfReq {
     fn new(name: &str) -> io::Result<IfReq> {
-        let c = CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
+        let c =
+            CString::new(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "interface name has a NUL"))?;
         let bytes = c.as_bytes_with_nul();
         if bytes.len() > libc::IFNAMSIZ || name.is_empty() {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("interface name {name:?} is empty or too long")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("interface name {name:?} is empty or too long"),
+            ));
         }
         let mut req = IfReq { name: [0; libc::IFNAMSIZ], data: [0; 24] };
         for (dst, src) in req.name.iter_mut().zip(bytes) {

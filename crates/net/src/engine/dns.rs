@@ -142,8 +142,17 @@ impl Engine {
             }
             return self.emit(NetEvent::Flow(meta.record(true, CloseReason::Answered("malformed".into()))));
         };
-        if request.metadata.message_type != MessageType::Query || request.metadata.op_code != OpCode::Query || request.queries.len() != 1 {
-            return self.dns_finish(reply_to, respond(&request, ResponseCode::NotImp), meta, true, "not a single query");
+        if request.metadata.message_type != MessageType::Query
+            || request.metadata.op_code != OpCode::Query
+            || request.queries.len() != 1
+        {
+            return self.dns_finish(
+                reply_to,
+                respond(&request, ResponseCode::NotImp),
+                meta,
+                true,
+                "not a single query",
+            );
         }
         let query = request.queries[0].clone();
         let name = normalize_name(&query.name.to_ascii());
@@ -158,7 +167,9 @@ impl Engine {
                 meta.decided_by = DecidedBy::Rule { index, text: self.cfg.policy.rules[index].text.clone() };
                 return self.dns_finish(reply_to, respond(&request, ResponseCode::NXDomain), meta, false, "denied");
             }
-            NameDecision::Nothing => return self.dns_finish(reply_to, respond(&request, ResponseCode::NXDomain), meta, false, "denied"),
+            NameDecision::Nothing => {
+                return self.dns_finish(reply_to, respond(&request, ResponseCode::NXDomain), meta, false, "denied")
+            }
             NameDecision::Allowed(index) => {
                 meta.decided_by = DecidedBy::Rule { index, text: self.cfg.policy.rules[index].text.clone() };
                 Some(index)
@@ -166,21 +177,37 @@ impl Engine {
             NameDecision::Undecided => None,
         };
         if qtype == RecordType::AAAA && !self.cfg.ipv6_egress {
-            return self.dns_finish(reply_to, respond(&request, ResponseCode::NoError), meta, true, "aaaa withheld: no ipv6 egress");
+            return self.dns_finish(
+                reply_to,
+                respond(&request, ResponseCode::NoError),
+                meta,
+                true,
+                "aaaa withheld: no ipv6 egress",
+            );
         }
         let Some(upstream) = self.cfg.dns_upstreams.first().copied() else {
-            return self.dns_finish(reply_to, respond(&request, ResponseCode::ServFail), meta, true, "no upstream resolver");
+            return self.dns_finish(
+                reply_to,
+                respond(&request, ResponseCode::ServFail),
+                meta,
+                true,
+                "no upstream resolver",
+            );
         };
         if self.dns.pending.len() >= self.cfg.limits.max_dns_in_flight {
             meta.decided_by = DecidedBy::Limit("dns queries in flight");
             return self.dns_finish(reply_to, respond(&request, ResponseCode::ServFail), meta, false, "limit");
         }
-        let upstream_id = (self.stack.now().total_micros() as u16) ^ (self.dns.next as u16).rotate_left(7) ^ request.metadata.id;
+        let upstream_id =
+            (self.stack.now().total_micros() as u16) ^ (self.dns.next as u16).rotate_left(7) ^ request.metadata.id;
         let mut forward = request.clone();
         forward.metadata.id = upstream_id;
         let sent = forward.to_vec().map_err(io::Error::other).and_then(|q| {
-            let any: SocketAddr =
-                if upstream.is_ipv4() { (std::net::Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+            let any: SocketAddr = if upstream.is_ipv4() {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            };
             let socket = mio::net::UdpSocket::bind(any)?;
             socket.connect(upstream)?;
             socket.send(&q)?;
@@ -201,7 +228,18 @@ impl Engine {
             return self.dns_finish(reply_to, respond(&request, ResponseCode::ServFail), meta, true, "register");
         }
         let deadline = Instant::now() + self.cfg.limits.dns_timeout;
-        let pending = Pending { socket, token, reply_to, guest_id: request.metadata.id, upstream_id, query, name, name_rule, deadline, meta };
+        let pending = Pending {
+            socket,
+            token,
+            reply_to,
+            guest_id: request.metadata.id,
+            upstream_id,
+            query,
+            name,
+            name_rule,
+            deadline,
+            meta,
+        };
         self.dns.pending.insert(id, pending);
     }
 
@@ -210,7 +248,13 @@ impl Engine {
         let names = [HOST_NAME.to_string()];
         let allowed = name == HOST_NAME && self.cfg.policy.may_allow(std::net::Ipv4Addr::LOCALHOST.into(), &names);
         if !allowed {
-            return self.dns_finish(reply_to, respond(request, ResponseCode::NXDomain), meta, name == HOST_NAME, "local name");
+            return self.dns_finish(
+                reply_to,
+                respond(request, ResponseCode::NXDomain),
+                meta,
+                name == HOST_NAME,
+                "local name",
+            );
         }
         let mut reply = respond(request, ResponseCode::NoError);
         reply.metadata.authoritative = true;
@@ -289,14 +333,28 @@ impl Engine {
             let _ = self.poll.registry().deregister(&mut pending.socket);
             answer.metadata.id = pending.guest_id;
             let had_addresses = answer.answers.iter().any(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)));
-            let removed = filter_answers(&mut answer, &self.cfg.policy, &self.cfg.plan, &pending.name, pending.name_rule, self.cfg.ipv6_egress, &mut self.pins);
+            let removed = filter_answers(
+                &mut answer,
+                &self.cfg.policy,
+                &self.cfg.plan,
+                &pending.name,
+                pending.name_rule,
+                self.cfg.ipv6_egress,
+                &mut self.pins,
+            );
             let left = answer.answers.iter().any(|r| matches!(r.data, RData::A(_) | RData::AAAA(_)));
             if removed && had_addresses && !left {
                 let mut refused = Message::error_msg(pending.guest_id, OpCode::Query, ResponseCode::NXDomain);
                 refused.metadata.recursion_desired = answer.metadata.recursion_desired;
                 refused.metadata.recursion_available = true;
                 refused.add_query(pending.query.clone());
-                return self.dns_finish(pending.reply_to, refused, pending.meta, false, "rebind protection: no allowed address");
+                return self.dns_finish(
+                    pending.reply_to,
+                    refused,
+                    pending.meta,
+                    false,
+                    "rebind protection: no allowed address",
+                );
             }
             let why = if removed { "answered, some addresses removed" } else { "answered" };
             return self.dns_finish(pending.reply_to, answer, pending.meta, true, why);
@@ -326,7 +384,9 @@ impl Engine {
         let reserve = 2 * self.cfg.limits.tcp_buffer;
         let mut meta = self.flow_meta(Proto::Tcp, Direction::Outbound, seg.src, seg.dst);
         meta.decided_by = DecidedBy::Profile(self.cfg.policy.profile);
-        if self.tcp.len() >= self.cfg.limits.max_tcp_flows || self.buffered + reserve > self.cfg.limits.max_buffered_bytes {
+        if self.tcp.len() >= self.cfg.limits.max_tcp_flows
+            || self.buffered + reserve > self.cfg.limits.max_buffered_bytes
+        {
             meta.decided_by = DecidedBy::Limit("tcp connections");
             self.send_to_guest(wire::tcp_rst(&self.cfg.plan, &seg));
             return self.emit(NetEvent::Denied(meta.record(false, CloseReason::Denied)));

@@ -61,7 +61,8 @@ impl Engine {
         if !self.icmp.flows.contains_key(&key) {
             let over = (self.icmp.flows.len() >= self.cfg.limits.max_icmp_flows).then_some("icmp sessions");
             let decision = self.decide(Proto::Icmp, dst, None, over);
-            let mut meta = self.flow_meta(Proto::Icmp, Direction::Outbound, SocketAddr::new(src, 0), SocketAddr::new(dst, 0));
+            let mut meta =
+                self.flow_meta(Proto::Icmp, Direction::Outbound, SocketAddr::new(src, 0), SocketAddr::new(dst, 0));
             meta.decided_by = decision.by;
             let refuse = |engine: &mut Engine| {
                 if let Some(reply) = wire::icmp_unreachable(&engine.cfg.plan, frame, dst, Unreachable::Prohibited) {
@@ -139,8 +140,13 @@ impl Engine {
     }
 
     pub(super) fn revoke_icmp(&mut self) -> usize {
-        let denied: Vec<IcmpKey> =
-            self.icmp.flows.keys().filter(|(_, remote, _)| !self.decide(Proto::Icmp, *remote, None, None).allowed).copied().collect();
+        let denied: Vec<IcmpKey> = self
+            .icmp
+            .flows
+            .keys()
+            .filter(|(_, remote, _)| !self.decide(Proto::Icmp, *remote, None, None).allowed)
+            .copied()
+            .collect();
         for key in &denied {
             self.icmp_close(*key, CloseReason::Revoked);
         }
@@ -149,6 +155,7 @@ impl Engine {
 }
 
 fn open_icmp(target: SocketAddr) -> io::Result<Socket> {
-    let (domain, protocol) = if target.is_ipv4() { (Domain::IPV4, Protocol::ICMPV4) } else { (Domain::IPV6, Protocol::ICMPV6) };
+    let (domain, protocol) =
+        if target.is_ipv4() { (Domain::IPV4, Protocol::ICMPV4) } else { (Domain::IPV6, Protocol::ICMPV6) };
     Socket::new(domain, Type::DGRAM.nonblocking().cloexec(), Some(protocol))
 }

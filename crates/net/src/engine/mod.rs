@@ -106,12 +106,18 @@ impl Engine {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let fd = device.pollable_fd();
         poll.registry().register(&mut SourceFd(&fd), DEVICE, Interest::READABLE | Interest::WRITABLE)?;
-        let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
         let stack = stack::Stack::new(&cfg.plan, cfg.mtu, seed ^ u64::from(std::process::id()));
         let rx_buf = vec![0u8; cfg.mtu + 14 + 64];
         let udp = udp::UdpTable::default();
         let dns = dns::Dns::default();
-        let rate = cfg.limits.rate_limit.map(|r| (rate::TokenBucket::new(r, Instant::now()), rate::TokenBucket::new(r, Instant::now())));
+        let rate = cfg
+            .limits
+            .rate_limit
+            .map(|r| (rate::TokenBucket::new(r, Instant::now()), rate::TokenBucket::new(r, Instant::now())));
         Ok((
             Engine {
                 cfg,

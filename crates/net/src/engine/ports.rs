@@ -55,7 +55,8 @@ pub(crate) struct PortTable {
 
 impl PortTable {
     pub fn mappings(&self) -> Vec<PortMapping> {
-        let mut all: Vec<PortMapping> = self.tcp.values().map(|p| p.mapping).chain(self.udp.values().map(|p| p.mapping)).collect();
+        let mut all: Vec<PortMapping> =
+            self.tcp.values().map(|p| p.mapping).chain(self.udp.values().map(|p| p.mapping)).collect();
         all.sort_by_key(|m| (m.host, m.guest_port));
         all
     }
@@ -141,7 +142,8 @@ impl Engine {
             let reserve = 2 * self.cfg.limits.tcp_buffer;
             let mut meta = self.flow_meta(Proto::Tcp, Direction::Inbound, guest, peer);
             meta.decided_by = DecidedBy::Published(mapping.host.port());
-            let over = self.tcp.len() >= self.cfg.limits.max_tcp_flows || self.buffered + reserve > self.cfg.limits.max_buffered_bytes;
+            let over = self.tcp.len() >= self.cfg.limits.max_tcp_flows
+                || self.buffered + reserve > self.cfg.limits.max_buffered_bytes;
             let local = if over { None } else { self.inbound_local(guest) };
             let handle = local.and_then(|local| self.stack.connect(local, guest, self.cfg.limits.tcp_buffer));
             let (Some(local), Some(handle)) = (local, handle) else {
@@ -218,7 +220,9 @@ impl Engine {
             if port.mapping.guest_port != src.port() {
                 continue;
             }
-            let Some((peer_addr, peer)) = port.peers.iter_mut().find(|(_, p)| p.local_port == dst.port()) else { continue };
+            let Some((peer_addr, peer)) = port.peers.iter_mut().find(|(_, p)| p.local_port == dst.port()) else {
+                continue;
+            };
             if port.socket.send_to(payload, *peer_addr).is_ok() {
                 peer.last = Instant::now();
                 peer.meta.bytes_from_guest += payload.len() as u64;

@@ -80,7 +80,10 @@ pub(crate) fn martian(plan: &crate::config::AddressPlan, dst: IpAddr) -> bool {
         return true;
     }
     let host_side = plan.host_side(dst);
-    host_side.is_loopback() || host_side.is_unspecified() || host_side.is_multicast() || host_side == IpAddr::from([255u8; 4])
+    host_side.is_loopback()
+        || host_side.is_unspecified()
+        || host_side.is_multicast()
+        || host_side == IpAddr::from([255u8; 4])
 }
 
 fn reset_on_drop(stream: &mio::net::TcpStream) {
@@ -88,7 +91,13 @@ fn reset_on_drop(stream: &mio::net::TcpStream) {
 }
 
 impl Engine {
-    pub(super) fn flow_meta(&mut self, protocol: Proto, direction: Direction, guest: SocketAddr, remote: SocketAddr) -> FlowMeta {
+    pub(super) fn flow_meta(
+        &mut self,
+        protocol: Proto,
+        direction: Direction,
+        guest: SocketAddr,
+        remote: SocketAddr,
+    ) -> FlowMeta {
         let names = self.names_for(remote.ip());
         FlowMeta {
             id: self.events.next_id(),
@@ -117,12 +126,19 @@ impl Engine {
     }
 
     /// The policy decision for a new outbound flow, bounds and martians first.
-    pub(super) fn decide(&self, proto: Proto, dst: IpAddr, port: Option<u16>, over_limit: Option<&'static str>) -> Decision {
+    pub(super) fn decide(
+        &self,
+        proto: Proto,
+        dst: IpAddr,
+        port: Option<u16>,
+        over_limit: Option<&'static str>,
+    ) -> Decision {
         if martian(&self.cfg.plan, dst) {
             return Decision { allowed: false, by: DecidedBy::Martian };
         }
         let names = self.names_for(dst);
-        let decision = self.cfg.policy.decide(&Target { addr: self.cfg.plan.host_side(dst), names: &names, proto, port });
+        let decision =
+            self.cfg.policy.decide(&Target { addr: self.cfg.plan.host_side(dst), names: &names, proto, port });
         match over_limit {
             Some(what) if decision.allowed => Decision { allowed: false, by: DecidedBy::Limit(what) },
             _ => decision,
@@ -150,7 +166,7 @@ impl Engine {
             }
             return;
         }
-        if !(seg.syn && !seg.ack) {
+        if !seg.syn || seg.ack {
             // A segment of no flow: smoltcp answers it with RST.
             self.stack.queues.rx.push_back(frame.to_vec());
             return;
@@ -230,7 +246,9 @@ impl Engine {
     fn dial_done(&mut self, key: FlowKey) {
         let buffer = self.cfg.limits.tcp_buffer;
         let Some(flow) = self.tcp.get_mut(&key) else { return };
-        let Phase::Dialing { syn, .. } = std::mem::replace(&mut flow.phase, Phase::Open { handle: SocketHandle::default() }) else {
+        let Phase::Dialing { syn, .. } =
+            std::mem::replace(&mut flow.phase, Phase::Open { handle: SocketHandle::default() })
+        else {
             return;
         };
         let handle = self.stack.accept_syn(flow.meta.remote, syn, buffer);
@@ -337,7 +355,8 @@ impl Engine {
                 Err(_) => break,
             }
         }
-        let guest_finished = matches!(socket.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
+        let guest_finished =
+            matches!(socket.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
         if guest_finished && !flow.fin_to_host && socket.recv_queue() == 0 {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             flow.fin_to_host = true;

@@ -16,18 +16,29 @@ fn engine(config: NetConfig) -> (Engine, PairDevice, crossbeam_channel::Receiver
     let (engine_end, guest) = frame_pair().unwrap();
     let (tx, rx) = crossbeam_channel::bounded(64);
     let counters = Arc::new(Counters::default());
-    let (engine, _waker) = Engine::new(config, Box::new(engine_end), EventSink::new(tx, counters.clone()), counters, None).unwrap();
+    let (engine, _waker) =
+        Engine::new(config, Box::new(engine_end), EventSink::new(tx, counters.clone()), counters, None).unwrap();
     (engine, guest, rx)
 }
 
 fn guest_udp(plan: &crate::AddressPlan, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     let caps = ChecksumCapabilities::default();
     let (IpAddress::Ipv4(s), IpAddress::Ipv4(d)) = (src.ip().into(), dst.ip().into()) else { panic!() };
-    let ip = Ipv4Repr { src_addr: s, dst_addr: d, next_header: IpProtocol::Udp, payload_len: 8 + payload.len(), hop_limit: 64 };
+    let ip = Ipv4Repr {
+        src_addr: s,
+        dst_addr: d,
+        next_header: IpProtocol::Udp,
+        payload_len: 8 + payload.len(),
+        hop_limit: 64,
+    };
     let mut buf = vec![0u8; 14 + 20 + 8 + payload.len()];
     let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
-    EthernetRepr { src_addr: EthernetAddress(plan.guest_mac), dst_addr: EthernetAddress(plan.gateway_mac), ethertype: EthernetProtocol::Ipv4 }
-        .emit(&mut f);
+    EthernetRepr {
+        src_addr: EthernetAddress(plan.guest_mac),
+        dst_addr: EthernetAddress(plan.gateway_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    }
+    .emit(&mut f);
     let mut p = Ipv4Packet::new_unchecked(f.payload_mut());
     ip.emit(&mut p, &caps);
     UdpRepr { src_port: src.port(), dst_port: dst.port() }.emit(

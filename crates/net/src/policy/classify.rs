@@ -63,10 +63,8 @@ pub const METADATA_V4: &[Ipv4Addr] = &[
 ];
 
 /// IPv6 metadata endpoints: AWS IMDS and EKS pod identity over IPv6.
-pub const METADATA_V6: &[Ipv6Addr] = &[
-    Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254),
-    Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0023),
-];
+pub const METADATA_V6: &[Ipv6Addr] =
+    &[Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0254), Ipv6Addr::new(0xfd00, 0x0ec2, 0, 0, 0, 0, 0, 0x0023)];
 
 /// The IPv4 address an IPv6 address stands for, if it embeds one.
 pub fn embedded_v4(v6: Ipv6Addr) -> Option<Ipv4Addr> {

@@ -231,9 +231,9 @@ impl Rule {
             Dest::Cidr(net) => net.contains(&addr),
             Dest::Group(g) => g.class() == class,
             Dest::Domain(d) => names.iter().any(|n| n == d),
-            Dest::Suffix(s) => names
-                .iter()
-                .any(|n| n.len() > s.len() + 1 && n.ends_with(s.as_str()) && n.as_bytes()[n.len() - s.len() - 1] == b'.'),
+            Dest::Suffix(s) => names.iter().any(|n| {
+                n.len() > s.len() + 1 && n.ends_with(s.as_str()) && n.as_bytes()[n.len() - s.len() - 1] == b'.'
+            }),
         }
     }
 
@@ -271,13 +271,17 @@ impl Policy {
     pub fn decide(&self, target: &Target<'_>) -> Decision {
         let class = classify(target.addr);
         for (index, rule) in self.rules.iter().enumerate() {
-            if !rule.service_matches(target.proto, target.port) || !rule.dest_matches(target.addr, class, target.names) {
+            if !rule.service_matches(target.proto, target.port) || !rule.dest_matches(target.addr, class, target.names)
+            {
                 continue;
             }
             if rule.action == Action::Allow && class == AddrClass::Metadata && !rule.names_metadata() {
                 continue;
             }
-            return Decision { allowed: rule.action == Action::Allow, by: DecidedBy::Rule { index, text: rule.text.clone() } };
+            return Decision {
+                allowed: rule.action == Action::Allow,
+                by: DecidedBy::Rule { index, text: rule.text.clone() },
+            };
         }
         if class == AddrClass::Metadata {
             return Decision { allowed: false, by: DecidedBy::Metadata };

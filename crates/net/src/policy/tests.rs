@@ -107,7 +107,8 @@ fn metadata_needs_a_rule_that_names_it() {
         assert!(d.allowed, "{naming}");
     }
     let names = vec!["metadata.google.internal".to_string()];
-    let d = policy(Profile::Public, &["allow:metadata.google.internal"]).decide(&target(md, &names, Proto::Tcp, Some(80)));
+    let d =
+        policy(Profile::Public, &["allow:metadata.google.internal"]).decide(&target(md, &names, Proto::Tcp, Some(80)));
     assert!(d.allowed);
 }
 

@@ -57,7 +57,8 @@ impl Harness {
         let mut buf = vec![0u8; 70000];
         loop {
             let left = end.saturating_duration_since(Instant::now());
-            let n = self.guest.recv_frame_timeout(&mut buf, left).unwrap().expect("no matching frame before the deadline");
+            let n =
+                self.guest.recv_frame_timeout(&mut buf, left).unwrap().expect("no matching frame before the deadline");
             if let Some(t) = pick(&buf[..n]) {
                 return t;
             }
@@ -76,8 +77,12 @@ impl Harness {
         };
         let mut buf = vec![0u8; 14 + repr.buffer_len()];
         let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
-        EthernetRepr { src_addr: EthernetAddress(self.plan.guest_mac), dst_addr: EthernetAddress::BROADCAST, ethertype: EthernetProtocol::Arp }
-            .emit(&mut f);
+        EthernetRepr {
+            src_addr: EthernetAddress(self.plan.guest_mac),
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        }
+        .emit(&mut f);
         repr.emit(&mut ArpPacket::new_unchecked(f.payload_mut()));
         self.send(&buf);
         let gateway = self.plan.gateway_mac;
@@ -116,10 +121,15 @@ fn checksums() -> ChecksumCapabilities {
 
 /// Builds a frame from the guest to the gateway.
 pub fn guest_ip_frame(plan: &AddressPlan, src: IpAddr, dst: IpAddr, proto: IpProtocol, payload: &[u8]) -> Vec<u8> {
-    let eth = |t| EthernetRepr { src_addr: EthernetAddress(plan.guest_mac), dst_addr: EthernetAddress(plan.gateway_mac), ethertype: t };
+    let eth = |t| EthernetRepr {
+        src_addr: EthernetAddress(plan.guest_mac),
+        dst_addr: EthernetAddress(plan.gateway_mac),
+        ethertype: t,
+    };
     match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
-            let ip = Ipv4Repr { src_addr: s, dst_addr: d, next_header: proto, payload_len: payload.len(), hop_limit: 64 };
+            let ip =
+                Ipv4Repr { src_addr: s, dst_addr: d, next_header: proto, payload_len: payload.len(), hop_limit: 64 };
             let mut buf = vec![0u8; 14 + 20 + payload.len()];
             let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
             eth(EthernetProtocol::Ipv4).emit(&mut f);
@@ -129,7 +139,8 @@ pub fn guest_ip_frame(plan: &AddressPlan, src: IpAddr, dst: IpAddr, proto: IpPro
             buf
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
-            let ip = Ipv6Repr { src_addr: s, dst_addr: d, next_header: proto, payload_len: payload.len(), hop_limit: 64 };
+            let ip =
+                Ipv6Repr { src_addr: s, dst_addr: d, next_header: proto, payload_len: payload.len(), hop_limit: 64 };
             let mut buf = vec![0u8; 14 + 40 + payload.len()];
             let mut f = EthernetFrame::new_unchecked(&mut buf[..]);
             eth(EthernetProtocol::Ipv6).emit(&mut f);
@@ -218,7 +229,11 @@ pub fn see(frame: &[u8]) -> Seen {
         IpProtocol::Udp => {
             let p = UdpPacket::new_checked(&body[..]).unwrap();
             assert!(p.verify_checksum(&src.into(), &dst.into()), "engine sent a bad udp checksum");
-            Seen::Udp { src: SocketAddr::new(src, p.src_port()), dst: SocketAddr::new(dst, p.dst_port()), payload: p.payload().to_vec() }
+            Seen::Udp {
+                src: SocketAddr::new(src, p.src_port()),
+                dst: SocketAddr::new(dst, p.dst_port()),
+                payload: p.payload().to_vec(),
+            }
         }
         IpProtocol::Icmp => {
             let p = Icmpv4Packet::new_checked(&body[..]).unwrap();
@@ -399,7 +414,10 @@ impl GuestStack {
     pub fn connect(&mut self, remote: SocketAddr, local_port: u16) -> SocketHandle {
         let h = self.tcp_socket(256 * 1024);
         let cx = self.iface.context();
-        self.sockets.get_mut::<tcp::Socket>(h).connect(cx, (IpAddress::from(remote.ip()), remote.port()), local_port).unwrap();
+        self.sockets
+            .get_mut::<tcp::Socket>(h)
+            .connect(cx, (IpAddress::from(remote.ip()), remote.port()), local_port)
+            .unwrap();
         h
     }
 
@@ -420,7 +438,11 @@ impl GuestStack {
                 return false;
             }
             let now = self.now();
-            let wait = self.iface.poll_delay(now, &self.sockets).map(|d| Duration::from_micros(d.total_micros())).unwrap_or(DEADLINE);
+            let wait = self
+                .iface
+                .poll_delay(now, &self.sockets)
+                .map(|d| Duration::from_micros(d.total_micros()))
+                .unwrap_or(DEADLINE);
             wait_readable(&self.dev.pair, wait.min(Duration::from_millis(100)));
         }
     }
