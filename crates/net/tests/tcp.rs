@@ -194,3 +194,65 @@ fn the_rate_limit_bounds_throughput() {
     assert!(took >= std::time::Duration::from_millis(1900), "300 KB at 100 KB/s took only {took:?}");
     server.join().unwrap();
 }
+
+#[test]
+fn ipv6_reaches_the_hosts_loopback_through_the_host_address() {
+    let Ok(listener) = TcpListener::bind("[::1]:0") else {
+        eprintln!("no IPv6 loopback on this host; skipped");
+        return;
+    };
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, peer) = listener.accept().unwrap();
+        s.write_all(b"six").unwrap();
+        peer
+    });
+    let mut h = start(host_profile());
+    let mut g = h.guest_stack(); // resolves the gateway with NDP first
+    let sock = g.connect(SocketAddr::new(h.plan.host_v6.into(), port), 49000);
+    let mut got = Vec::new();
+    assert!(g.run_until(|g| {
+        let s = g.tcp(sock);
+        while s.can_recv() {
+            s.recv(|b| {
+                got.extend_from_slice(b);
+                (b.len(), ())
+            })
+            .unwrap();
+        }
+        got == b"six"
+    }));
+    assert!(server.join().unwrap().ip().is_loopback());
+}
+
+#[test]
+fn a_syn_flood_degrades_only_new_flows() {
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(1024).unwrap();
+    let port = listener.local_addr().unwrap().as_socket().unwrap().port();
+    let config = NetConfig { limits: Limits { max_tcp_flows: 64, event_queue: 256, ..Limits::default() }, ..host_profile() };
+    let mut h = start(config);
+    let dst = host_addr(&h, port);
+    let flood = 5000u16;
+    // Every SYN is answered: SYN-ACK for the first 64, RST for the rest.
+    // Sent in bursts so neither side's socket buffer is the bound tested.
+    let (mut accepted, mut reset) = (0, 0);
+    for burst in 0..flood / 500 {
+        for i in 0..500 {
+            h.send(&syn(&h.plan, guest_addr(&h, 10000 + burst * 500 + i), dst, 1));
+        }
+        while accepted + reset < (burst + 1) * 500 {
+            match h.frame(|f| Some(see(f)).filter(|s| matches!(s, Seen::Tcp { .. }))) {
+                Seen::Tcp { syn: true, .. } => accepted += 1,
+                Seen::Tcp { rst: true, .. } => reset += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!((accepted, reset), (64, flood - 64));
+    h.arp_gateway(); // still answering
+    let c = h.net.counters();
+    assert_eq!(c.flows_denied, u64::from(flood - 64));
+    assert!(c.events_dropped > 0, "the bounded event queue counts what it could not hold");
+}
