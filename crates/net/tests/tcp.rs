@@ -256,3 +256,34 @@ fn a_syn_flood_degrades_only_new_flows() {
     assert_eq!(c.flows_denied, u64::from(flood - 64));
     assert!(c.events_dropped > 0, "the bounded event queue counts what it could not hold");
 }
+
+#[test]
+fn a_tls_server_name_spanning_segments_names_the_flow() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hello = client_hello("Secure.Example.test", 4000);
+    let expected = hello.clone();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut h = start(host_profile());
+    let mut g = h.guest_stack();
+    let sock = g.connect(SocketAddr::new(h.plan.host_v4.into(), port), 49500);
+    let mut sent = 0;
+    assert!(g.run_until(|g| {
+        let s = g.tcp(sock);
+        if s.can_send() && sent < hello.len() {
+            sent += s.send_slice(&hello[sent..]).unwrap();
+            if sent == hello.len() {
+                s.close();
+            }
+        }
+        sent == hello.len() && !s.is_open()
+    }));
+    assert_eq!(server.join().unwrap(), expected, "the held bytes reach the host intact");
+    let NetEvent::Flow(r) = h.event(|e| matches!(e, NetEvent::Flow(_))) else { unreachable!() };
+    assert_eq!(r.name.as_deref(), Some("secure.example.test"));
+}

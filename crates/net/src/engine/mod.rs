@@ -24,6 +24,7 @@ mod icmp;
 mod pins;
 mod ports;
 mod rate;
+mod sni;
 pub(crate) mod stack;
 mod tcp;
 mod udp;

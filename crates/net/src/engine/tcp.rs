@@ -47,6 +47,8 @@ pub(crate) struct TcpFlow {
     host_writable: bool,
     host_eof: bool,
     fin_to_host: bool,
+    /// Whether the first guest bytes were looked at for a TLS server name.
+    sni_checked: bool,
     /// Set when the engine ended the flow (revoked, host reset).
     pub close: Option<CloseReason>,
 }
@@ -63,6 +65,7 @@ impl TcpFlow {
             host_writable: true,
             host_eof: false,
             fin_to_host: false,
+            sni_checked: false,
             close: None,
         }
     }
@@ -323,10 +326,24 @@ impl Engine {
         }
         let socket = self.stack.tcp(handle);
         let Some(stream) = flow.host.as_mut() else { return };
+        if !flow.sni_checked && flow.meta.direction == Direction::Outbound {
+            // Hold the guest's first bytes until its first TLS record is
+            // complete (a ClientHello may span segments), then name the flow.
+            let fin = !matches!(socket.state(), State::SynReceived | State::Established | State::FinWait1 | State::FinWait2);
+            let full = socket.recv_queue() >= super::sni::MAX_HELLO.min(socket.recv_capacity());
+            match super::sni::client_hello_sni(socket.peek(super::sni::MAX_HELLO).unwrap_or(&[])) {
+                super::sni::Sni::Incomplete if !fin && !full => {}
+                super::sni::Sni::Found(name) => {
+                    flow.meta.name = Some(name);
+                    flow.sni_checked = true;
+                }
+                _ => flow.sni_checked = true,
+            }
+        }
         let now = Instant::now();
         let mut starved = false;
         // Guest → host.
-        while flow.host_writable && socket.can_recv() {
+        while flow.sni_checked && flow.host_writable && socket.can_recv() {
             let allowance = match self.rate.as_mut() {
                 Some((up, _)) => up.take(socket.recv_queue(), now),
                 None => usize::MAX,
@@ -357,7 +374,7 @@ impl Engine {
         }
         let guest_finished =
             matches!(socket.state(), State::CloseWait | State::LastAck | State::Closing | State::TimeWait);
-        if guest_finished && !flow.fin_to_host && socket.recv_queue() == 0 {
+        if guest_finished && flow.sni_checked && !flow.fin_to_host && socket.recv_queue() == 0 {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             flow.fin_to_host = true;
         }

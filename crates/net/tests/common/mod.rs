@@ -460,3 +460,32 @@ pub fn read_all(s: &mut std::net::TcpStream) -> io::Result<Vec<u8>> {
     std::io::Read::read_to_end(s, &mut v)?;
     Ok(v)
 }
+
+/// A TLS ClientHello for `name`, padded by `padding` bytes (RFC 7685) so
+/// it can span several segments.
+pub fn client_hello(name: &str, padding: usize) -> Vec<u8> {
+    let mut sni = Vec::new();
+    sni.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+    sni.push(0);
+    sni.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    sni.extend_from_slice(name.as_bytes());
+    let mut ext = vec![0, 0];
+    ext.extend_from_slice(&(sni.len() as u16).to_be_bytes());
+    ext.extend_from_slice(&sni);
+    ext.extend_from_slice(&[0, 0x15]);
+    ext.extend_from_slice(&(padding as u16).to_be_bytes());
+    ext.extend(std::iter::repeat_n(0u8, padding));
+    let mut body = vec![3, 3];
+    body.extend_from_slice(&[0x11; 32]);
+    body.push(0);
+    body.extend_from_slice(&[0, 2, 0x13, 0x01, 1, 0]);
+    body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+    body.extend_from_slice(&ext);
+    let mut hs = vec![1];
+    hs.extend_from_slice(&(body.len() as u32).to_be_bytes()[1..]);
+    hs.extend_from_slice(&body);
+    let mut rec = vec![0x16, 3, 1];
+    rec.extend_from_slice(&(hs.len() as u16).to_be_bytes());
+    rec.extend_from_slice(&hs);
+    rec
+}
