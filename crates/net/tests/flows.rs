@@ -179,17 +179,21 @@ fn the_gateway_answers_ping_and_denied_ping_is_prohibited() {
 #[test]
 fn counters_count_frames_both_ways() {
     let mut h = start(profile(Profile::Public));
-    let before = h.net.counters();
-    assert!(before.rx_frames >= 1 && before.tx_frames >= 1, "the ARP exchange counts: {before:?}");
-    h.arp_gateway();
     // The engine counts a frame after its write returns, which may be just
-    // after the guest read it.
-    let end = std::time::Instant::now() + DEADLINE;
-    let mut after = h.net.counters();
-    while after.tx_frames == before.tx_frames && std::time::Instant::now() < end {
-        std::thread::yield_now();
-        after = h.net.counters();
-    }
+    // after the guest read it: wait for the count of the first ARP reply.
+    let settled = |h: &Harness, tx: u64| {
+        let end = std::time::Instant::now() + DEADLINE;
+        let mut c = h.net.counters();
+        while c.tx_frames < tx && std::time::Instant::now() < end {
+            std::thread::yield_now();
+            c = h.net.counters();
+        }
+        c
+    };
+    let before = settled(&h, 1);
+    assert_eq!((before.rx_frames, before.tx_frames), (1, 1), "the ARP exchange counts: {before:?}");
+    h.arp_gateway();
+    let after = settled(&h, 2);
     assert_eq!((after.rx_frames, after.tx_frames), (before.rx_frames + 1, before.tx_frames + 1));
     assert!(after.rx_bytes > before.rx_bytes && after.tx_bytes > before.tx_bytes);
 }

@@ -55,6 +55,8 @@ pub(crate) struct TcpFlow {
 
 impl TcpFlow {
     pub fn new(meta: FlowMeta, phase: Phase, host: Option<mio::net::TcpStream>, token: Option<Token>) -> TcpFlow {
+        // Only the guest's outbound connections start with its ClientHello.
+        let sni_checked = meta.direction == Direction::Inbound;
         TcpFlow {
             meta,
             phase,
@@ -65,7 +67,7 @@ impl TcpFlow {
             host_writable: true,
             host_eof: false,
             fin_to_host: false,
-            sni_checked: false,
+            sni_checked,
             close: None,
         }
     }
@@ -326,7 +328,7 @@ impl Engine {
         }
         let socket = self.stack.tcp(handle);
         let Some(stream) = flow.host.as_mut() else { return };
-        if !flow.sni_checked && flow.meta.direction == Direction::Outbound {
+        if !flow.sni_checked {
             // Hold the guest's first bytes until its first TLS record is
             // complete (a ClientHello may span segments), then name the flow.
             let fin = !matches!(socket.state(), State::SynReceived | State::Established | State::FinWait1 | State::FinWait2);
