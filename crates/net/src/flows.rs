@@ -48,6 +48,8 @@ pub enum CloseReason {
     Shutdown,
     /// A DNS query answered (or refused) by the engine.
     Answered(String),
+    /// A stream filter (interception) ended the flow, for this reason.
+    Blocked(String),
 }
 
 /// One flow, as recorded when it ends.

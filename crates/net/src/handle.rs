@@ -13,6 +13,7 @@ use crate::config::NetConfig;
 use crate::device::FrameDevice;
 use crate::engine::Engine;
 use crate::flows::{CounterSnapshot, Counters, EventSink, NetEvent};
+use crate::intercept::Interceptor;
 use crate::policy::Policy;
 use crate::ports::{BoundPort, PortError, PortMapping};
 use crossbeam_channel::{bounded, Receiver, Sender};
@@ -61,12 +62,24 @@ impl Network {
         device: Box<dyn FrameDevice>,
         ports: Vec<BoundPort>,
     ) -> Result<(Network, Receiver<NetEvent>), NetError> {
+        Self::start_with_interceptor(config, device, ports, None)
+    }
+
+    /// [`Network::start`] with an [`Interceptor`] choosing flows for
+    /// stream filters (TLS interception for secrets).
+    pub fn start_with_interceptor(
+        config: NetConfig,
+        device: Box<dyn FrameDevice>,
+        ports: Vec<BoundPort>,
+        interceptor: Option<Box<dyn Interceptor>>,
+    ) -> Result<(Network, Receiver<NetEvent>), NetError> {
         let (event_tx, event_rx) = bounded(config.limits.event_queue.max(1));
         let (command_tx, command_rx) = crossbeam_channel::unbounded();
         let counters = Arc::new(Counters::default());
         let sink = EventSink::new(event_tx, counters.clone());
         let (mut engine, waker) = Engine::new(config, device, sink, counters.clone(), Some(command_rx))
             .map_err(|source| NetError::Io { context: "start", source })?;
+        engine.set_interceptor(interceptor);
         for port in ports {
             engine.add_port(port).map_err(|source| NetError::Io { context: "publish port", source })?;
         }

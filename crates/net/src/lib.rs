@@ -50,6 +50,7 @@ mod engine;
 pub mod flows;
 pub mod fuzz;
 mod handle;
+pub mod intercept;
 pub mod policy;
 pub mod ports;
 mod wire;

@@ -231,7 +231,8 @@ fn a_syn_flood_degrades_only_new_flows() {
     listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
     listener.listen(1024).unwrap();
     let port = listener.local_addr().unwrap().as_socket().unwrap().port();
-    let config = NetConfig { limits: Limits { max_tcp_flows: 64, event_queue: 256, ..Limits::default() }, ..host_profile() };
+    let config =
+        NetConfig { limits: Limits { max_tcp_flows: 64, event_queue: 256, ..Limits::default() }, ..host_profile() };
     let mut h = start(config);
     let dst = host_addr(&h, port);
     let flood = 5000u16;

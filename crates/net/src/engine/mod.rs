@@ -20,6 +20,7 @@
 //!   published ports or commands.
 
 mod dns;
+mod filtered;
 mod icmp;
 mod pins;
 mod ports;
@@ -93,6 +94,8 @@ pub(crate) struct Engine {
     rate: Option<(rate::TokenBucket, rate::TokenBucket)>,
     /// Flows waiting for the rate limiter to refill.
     throttled: HashSet<FlowKey>,
+    /// Chooses flows for stream filters (TLS interception).
+    interceptor: Option<Box<dyn crate::intercept::Interceptor>>,
 }
 
 impl Engine {
@@ -146,6 +149,7 @@ impl Engine {
                 pending_device_read: false,
                 rate,
                 throttled: HashSet::new(),
+                interceptor: None,
             },
             waker,
         ))
@@ -377,6 +381,10 @@ impl Engine {
 
     fn emit(&self, event: NetEvent) {
         self.events.emit(event);
+    }
+
+    pub(crate) fn set_interceptor(&mut self, interceptor: Option<Box<dyn crate::intercept::Interceptor>>) {
+        self.interceptor = interceptor;
     }
 
     pub(crate) fn final_event(&self, event: NetEvent) {

@@ -50,7 +50,9 @@ pub(crate) fn client_hello_sni(data: &[u8]) -> Sni {
                 let valid = !name.is_empty()
                     && name.len() <= 253
                     && name.split('.').all(|l| {
-                        !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                        !l.is_empty()
+                            && l.len() <= 63
+                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
                     });
                 return if valid { Sni::Found(name.to_ascii_lowercase()) } else { Sni::None };
             }

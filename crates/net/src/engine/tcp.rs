@@ -43,10 +43,12 @@ pub(crate) struct TcpFlow {
     pub host: Option<mio::net::TcpStream>,
     pub token: Option<Token>,
     pub dns: Option<super::dns::TcpDns>,
-    host_readable: bool,
-    host_writable: bool,
-    host_eof: bool,
-    fin_to_host: bool,
+    pub host_readable: bool,
+    pub host_writable: bool,
+    pub host_eof: bool,
+    pub fin_to_host: bool,
+    /// Set when an interceptor chose this flow.
+    pub filtered: Option<super::filtered::Filtered>,
     /// Whether the first guest bytes were looked at for a TLS server name.
     sni_checked: bool,
     /// Set when the engine ended the flow (revoked, host reset).
@@ -68,6 +70,7 @@ impl TcpFlow {
             host_eof: false,
             fin_to_host: false,
             sni_checked,
+            filtered: None,
             close: None,
         }
     }
@@ -327,21 +330,44 @@ impl Engine {
             return self.pump_dns_tcp(key);
         }
         let socket = self.stack.tcp(handle);
-        let Some(stream) = flow.host.as_mut() else { return };
         if !flow.sni_checked {
+            let mut sni = None;
             // Hold the guest's first bytes until its first TLS record is
             // complete (a ClientHello may span segments), then name the flow.
-            let fin = !matches!(socket.state(), State::SynReceived | State::Established | State::FinWait1 | State::FinWait2);
+            let fin =
+                !matches!(socket.state(), State::SynReceived | State::Established | State::FinWait1 | State::FinWait2);
             let full = socket.recv_queue() >= super::sni::MAX_HELLO.min(socket.recv_capacity());
             match super::sni::client_hello_sni(socket.peek(super::sni::MAX_HELLO).unwrap_or(&[])) {
                 super::sni::Sni::Incomplete if !fin && !full => {}
                 super::sni::Sni::Found(name) => {
-                    flow.meta.name = Some(name);
+                    flow.meta.name = Some(name.clone());
                     flow.sni_checked = true;
+                    sni = Some(name);
                 }
                 _ => flow.sni_checked = true,
             }
+            if flow.sni_checked {
+                if let (Some(interceptor), Some(stream)) = (self.interceptor.as_mut(), flow.host.as_ref()) {
+                    let names = self.pins.names(flow.meta.remote.ip()).to_vec();
+                    let info = crate::intercept::FlowInfo {
+                        id: flow.meta.id,
+                        guest: flow.meta.guest,
+                        remote: flow.meta.remote,
+                        dialled: stream.peer_addr().unwrap_or(flow.meta.remote),
+                        sni: sni.as_deref(),
+                        resolved_names: &names,
+                    };
+                    if let Some(filter) = interceptor.intercept(&info) {
+                        flow.filtered = Some(super::filtered::Filtered { filter, out: Default::default() });
+                    }
+                }
+            }
         }
+        if flow.filtered.is_some() {
+            return self.pump_filtered(key);
+        }
+        let socket = self.stack.tcp(handle);
+        let Some(stream) = flow.host.as_mut() else { return };
         let now = Instant::now();
         let mut starved = false;
         // Guest → host.
@@ -443,12 +469,15 @@ impl Engine {
                 None if flow.fin_to_host && flow.host_eof => CloseReason::Closed,
                 None => CloseReason::GuestReset,
             };
-            if matches!(reason, CloseReason::GuestReset | CloseReason::Revoked) {
+            if matches!(reason, CloseReason::GuestReset | CloseReason::Revoked | CloseReason::Blocked(_)) {
                 if let Some(stream) = &flow.host {
                     reset_on_drop(stream);
                 }
             }
-            self.emit(NetEvent::Flow(flow.meta.record(true, reason)));
+            match reason {
+                CloseReason::Blocked(_) => self.emit(NetEvent::Denied(flow.meta.record(false, reason))),
+                _ => self.emit(NetEvent::Flow(flow.meta.record(true, reason))),
+            }
         }
     }
 
