@@ -53,9 +53,9 @@ pub struct FilterError(pub String);
 /// A byte-stream transformer between the guest and the host.
 pub trait StreamFilter: Send {
     /// Bytes the guest sent.
-    fn from_guest(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError>;
+    fn guest_bytes(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError>;
     /// Bytes the host sent.
-    fn from_host(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError>;
+    fn host_bytes(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError>;
 }
 
 /// Chooses the flows a filter sees.

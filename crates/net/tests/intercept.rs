@@ -14,14 +14,14 @@ use std::sync::{Arc, Mutex};
 struct Upper;
 
 impl StreamFilter for Upper {
-    fn from_guest(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError> {
+    fn guest_bytes(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError> {
         if data.windows(6).any(|w| w == b"SECRET") {
             return Err(FilterError("placeholder sent to a host it is not bound to".into()));
         }
         out.to_host.extend_from_slice(data);
         Ok(())
     }
-    fn from_host(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError> {
+    fn host_bytes(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError> {
         out.to_guest.extend_from_slice(&data.to_ascii_uppercase());
         Ok(())
     }
