@@ -27,8 +27,11 @@ impl StreamFilter for Upper {
     }
 }
 
+/// What the interceptor was shown: (SNI, dialled address) per flow.
+type Shown = Arc<Mutex<Vec<(Option<String>, SocketAddr)>>>;
+
 /// Intercepts flows whose SNI is `filter.test`; remembers what it was shown.
-struct BySni(Arc<Mutex<Vec<(Option<String>, SocketAddr)>>>);
+struct BySni(Shown);
 
 impl Interceptor for BySni {
     fn intercept(&mut self, flow: &FlowInfo<'_>) -> Option<Box<dyn StreamFilter>> {
@@ -37,7 +40,7 @@ impl Interceptor for BySni {
     }
 }
 
-fn harness() -> (Harness, Arc<Mutex<Vec<(Option<String>, SocketAddr)>>>) {
+fn harness() -> (Harness, Shown) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let (engine_end, guest) = alcove_net::device::frame_pair().unwrap();
     let config = NetConfig { policy: Policy { profile: Profile::Host, rules: vec![] }, ..NetConfig::default() };
