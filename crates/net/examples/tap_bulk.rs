@@ -26,7 +26,11 @@ fn main() {
     let tap = TapDevice::create_in_netns(format!("/run/netns/{ns}").as_ref(), "eth0", mtu).unwrap();
     ip(&["-n", &ns, "addr", "add", "10.0.2.15/24", "dev", "eth0"]);
     ip(&["-n", &ns, "route", "add", "default", "via", "10.0.2.1"]);
-    let config = NetConfig { policy: Policy { profile: Profile::Host, rules: vec![] }, mtu: mtu as usize, ..NetConfig::default() };
+    let config = NetConfig {
+        policy: Policy { profile: Profile::Host, rules: vec![] },
+        mtu: mtu as usize,
+        ..NetConfig::default()
+    };
     let (net, _events) = Network::start(config, Box::new(tap), Vec::new()).unwrap();
 
     // Guest → host: a sink on 127.0.0.1.

@@ -391,8 +391,11 @@ impl Engine {
             self.send_to_guest(wire::tcp_rst(&self.cfg.plan, &seg));
             return self.emit(NetEvent::Denied(meta.record(false, CloseReason::Denied)));
         }
+        let Some(handle) = self.stack.accept_syn(seg.dst, frame.to_vec(), self.cfg.limits.tcp_buffer) else {
+            self.send_to_guest(wire::tcp_rst(&self.cfg.plan, &seg));
+            return;
+        };
         self.buffered += reserve;
-        let handle = self.stack.accept_syn(seg.dst, frame.to_vec(), self.cfg.limits.tcp_buffer);
         let mut flow = TcpFlow::new(meta, Phase::Open { handle }, None, None);
         flow.dns = Some(TcpDns::default());
         self.tcp.insert(key, flow);

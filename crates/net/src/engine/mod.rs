@@ -258,6 +258,11 @@ impl Engine {
         if frame.is_empty() {
             return;
         }
+        if frame.len() > self.cfg.mtu + 14 {
+            // Larger than the link carries (e.g. an echo reply to a huge ping).
+            Counters::add(&self.counters.dropped_frames, 1);
+            return;
+        }
         if self.out.len() >= self.cfg.limits.max_queued_frames {
             Counters::add(&self.counters.dropped_frames, 1);
             return;

@@ -119,7 +119,8 @@ impl Stack {
 
     /// Creates a socket for `local` (the address the guest dialled) and
     /// hands it the guest's SYN, so it answers SYN-ACK on the next poll.
-    pub fn accept_syn(&mut self, local: SocketAddr, syn: Vec<u8>, buffer: usize) -> SocketHandle {
+    /// `None` (and no socket left behind) if smoltcp did not take the SYN.
+    pub fn accept_syn(&mut self, local: SocketAddr, syn: Vec<u8>, buffer: usize) -> Option<SocketHandle> {
         let mut socket = tcp_socket(buffer);
         let endpoint = IpListenEndpoint { addr: Some(local.ip().into()), port: local.port() };
         // Listening cannot fail: the port is non-zero and the socket fresh.
@@ -128,7 +129,12 @@ impl Stack {
         self.queues.rx.push_front(syn);
         let now = self.now();
         self.iface.poll_ingress_single(now, &mut self.queues, &mut self.sockets);
-        handle
+        if self.tcp(handle).state() != tcp::State::SynReceived {
+            // Never leave a listener behind: it could take another flow's SYN.
+            self.sockets.remove(handle);
+            return None;
+        }
+        Some(handle)
     }
 
     /// Opens a connection from `local` to the guest's `remote` (published

@@ -259,7 +259,19 @@ impl Engine {
         else {
             return;
         };
-        let handle = self.stack.accept_syn(flow.meta.remote, syn, buffer);
+        let Some(handle) = self.stack.accept_syn(flow.meta.remote, syn.clone(), buffer) else {
+            // smoltcp refused the held SYN: answer it like a failed dial.
+            if let Some(seg) = match crate::wire::parse(&syn, &self.cfg.plan) {
+                crate::wire::Parsed::Tcp(seg) => Some(seg),
+                _ => None,
+            } {
+                flow.phase = Phase::Dialing { seg, syn, deadline: Instant::now() };
+            }
+            if let Some(stream) = &flow.host {
+                reset_on_drop(stream);
+            }
+            return self.dial_failed(key, CloseReason::ConnectFailed("the guest's SYN was not accepted".into()));
+        };
         flow.phase = Phase::Open { handle };
         self.dirty.insert(key);
     }
