@@ -153,3 +153,13 @@ impl Drop for Network {
         self.stop_and_join();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The owning actor keeps the handle in its state and may move it.
+    #[test]
+    fn the_handle_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<super::Network>();
+    }
+}

@@ -16,6 +16,8 @@
 //!   [`crate::NetEvent::Denied`] record whose close reason is
 //!   [`crate::CloseReason::Blocked`] with the filter's reason (which must
 //!   never contain a secret's value).
+//! - `--net-rate` does not throttle filtered flows (their bytes are bounded
+//!   by [`FILTER_BUFFER`] per side instead).
 
 use std::net::SocketAddr;
 

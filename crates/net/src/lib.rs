@@ -27,6 +27,9 @@
 //! net.stop();
 //! ```
 //!
+//! Secrets (TLS interception) plug in through
+//! [`Network::start_with_interceptor`] and the [`intercept`] traits.
+//!
 //! # Invariants (the whole crate)
 //!
 //! - Everything from the guest is hostile: frames are parsed with length
