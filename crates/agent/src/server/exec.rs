@@ -1,18 +1,74 @@
-//! Exec sessions: start, stdin, output, reaping.
+//! Exec sessions: starting a command, its stdin, its end.
+//!
+//! Invariants:
+//! - Stdin is paced by credit: the agent returns `Credit{wire bytes}` once
+//!   an `ExecStdin` frame's bytes are written into the process (or, when
+//!   the process has no stdin or closed it, at once), so the client never
+//!   stalls; a client that queues more than [`STDIN_QUEUE_LIMIT`] beyond
+//!   that is cut off (its session aborted).
+//! - A command's session ends with `ExecExited` only once the process is
+//!   reaped and every output stream is closed (ended, handed over, or
+//!   abandoned after the drain bounds).
+//! - Every command runs in its own process group: signals and kills go to
+//!   the group (`-pid`).
 
-use super::channel::is_disconnect;
-use super::*;
+use super::output::{OutStream, OutputPath, StreamKind};
+use super::session::{Kind, Session};
+use super::{encode, Server};
+use crate::oom;
+use crate::spawn::{self, ChildIo};
+use crate::sys::{self, Fd};
+use alcove_protocol::{ExecRequest, ExitStatus, Flags, Message, SpawnError, SpawnErrorKind, INITIAL_WINDOW};
+use std::collections::VecDeque;
+use std::io;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// Most sessions open at once.
+const MAX_SESSIONS: usize = 4096;
+/// Stdin bytes a client may queue beyond its window before it is cut off.
+const STDIN_QUEUE_LIMIT: usize = 2 * INITIAL_WINDOW as usize;
+
+#[derive(Debug)]
+pub(super) struct StdinChunk {
+    data: Vec<u8>,
+    written: usize,
+    /// Wire bytes to credit when written (0 for agent-made chunks).
+    credit: u32,
+}
+
+/// The command's stdin (a pipe, or the terminal's master side).
+#[derive(Debug)]
+pub(super) struct StdinSink {
+    pub(super) fd: Option<Fd>,
+    pub(super) queue: VecDeque<StdinChunk>,
+    queued_bytes: usize,
+    eof_requested: bool,
+    pty: bool,
+}
+
+/// A running (or exited, still draining) command.
+#[derive(Debug)]
+pub(super) struct ExecSession {
+    pub(super) pid: libc::pid_t,
+    pub(super) streams: Vec<OutStream>,
+    pub(super) stdin: Option<StdinSink>,
+    pub(super) tty: Option<Fd>,
+    pub(super) exit: Option<(Option<i32>, Option<i32>)>,
+    pub(super) exited_at: Option<Instant>,
+    /// The OOM counter file and its value when the command started.
+    oom: Option<(PathBuf, u64)>,
+    /// Output frames sent, spliced among them, and spliced frames the
+    /// channel took only partly at first (for the log).
+    pub(super) frames: u64,
+    pub(super) spliced: u64,
+    pub(super) resumed: u64,
+}
 
 impl Server {
-    pub(super) fn new_session(&mut self, id: u32, kind: Kind) {
-        let gen = self.next_gen;
-        self.next_gen += 1;
-        self.sessions.insert(id, Session { gen, window: i64::from(INITIAL_WINDOW), kind, final_frame: None });
-    }
-
-    pub(super) fn refuse_exec(&mut self, id: u32, e: SpawnError) {
+    fn refuse_exec(&mut self, id: u32, e: SpawnError) {
         log!("session {id}: exec refused: {} ({})", e.message, e.kind.as_str());
-        self.push_frame(&encode(id, Flags::TERMINAL, &Message::ExecFailed(e)));
+        self.channel.push_frame(&encode(id, Flags::TERMINAL, &Message::ExecFailed(e)));
     }
 
     pub(super) fn start_exec(&mut self, id: u32, req: ExecRequest) {
@@ -42,11 +98,13 @@ impl Server {
             Err(e) => return self.refuse_exec(id, e),
         };
         let pid = child.pid;
+        let port = self.cfg.channel_is_port;
+        let pipe_path = OutputPath::for_stream(true, port);
         let (streams, stdin, tty) = match child.io {
             ChildIo::Pipes { stdin, stdout, stderr } => (
                 vec![
-                    OutStream::new(stdout, StreamKind::Stdout, true),
-                    OutStream::new(stderr, StreamKind::Stderr, true),
+                    OutStream::new(stdout, StreamKind::Stdout, pipe_path),
+                    OutStream::new(stderr, StreamKind::Stderr, pipe_path),
                 ],
                 stdin.map(|fd| StdinSink {
                     fd: Some(fd),
@@ -65,7 +123,7 @@ impl Server {
                 };
                 let (Some(w), Some(t)) = (dup(&master), dup(&master)) else {
                     let _ = sys::kill(-pid, libc::SIGKILL);
-                    self.pids.insert(pid, 0);
+                    self.sessions.track_pid(pid, 0);
                     return self.refuse_exec(
                         id,
                         SpawnError {
@@ -75,7 +133,7 @@ impl Server {
                     );
                 };
                 (
-                    vec![OutStream::new(master, StreamKind::Stdout, false)],
+                    vec![OutStream::new(master, StreamKind::Stdout, OutputPath::for_stream(false, port))],
                     Some(StdinSink {
                         fd: Some(w),
                         queue: VecDeque::new(),
@@ -94,7 +152,7 @@ impl Server {
             shown.push_str("...");
         }
         log!("session {id}: started pid {pid}: {shown}");
-        self.pids.insert(pid, id);
+        self.sessions.track_pid(pid, id);
         let exec = ExecSession {
             pid,
             streams,
@@ -107,46 +165,10 @@ impl Server {
             spliced: 0,
             resumed: 0,
         };
-        self.new_session(id, Kind::Exec(Box::new(exec)));
+        self.sessions.open(id, Kind::Exec(Box::new(exec)));
         self.send_on(id, Flags::NONE, &Message::ExecStarted { pid: pid as u32 });
         if req.stdout_pipe && !self.cfg.channel_is_port {
             self.hand_over_stdout(id);
-        }
-    }
-
-    /// Answers [`ExecRequest::stdout_pipe`]: sends the read end of the
-    /// command's stdout pipe to the host with `ExecStdoutPipe` (flag FD) and
-    /// stops reading it. Only when the channel takes the frame's first byte
-    /// right now with nothing queued before it (the descriptor must travel
-    /// with that byte); otherwise, or on a terminal, stdout is relayed as
-    /// usual, which the client handles alike.
-    pub(super) fn hand_over_stdout(&mut self, id: u32) {
-        self.flush();
-        if self.channel_backlog() {
-            log!("session {id}: stdout relayed (the channel is busy)");
-            return;
-        }
-        let Some(Session { kind: Kind::Exec(e), window, .. }) = self.sessions.get_mut(&id) else { return };
-        let Some(stream) = e.streams.first_mut().filter(|s| s.kind == StreamKind::Stdout && s.splice) else {
-            return;
-        };
-        let Some(pipe) = stream.fd.as_ref() else { return };
-        let mut bytes = Vec::new();
-        if encode(id, Flags::FD, &Message::ExecStdoutPipe).encode_into(&mut bytes).is_err() {
-            return;
-        }
-        match fdpass::send_fd_msg(self.chan.raw(), &bytes, pipe.raw()) {
-            Ok(n) => {
-                // The host holds the pipe now; the agent's copy closes.
-                stream.fd = None;
-                *window -= bytes.len() as i64;
-                self.out.extend_from_slice(&bytes[n..]);
-                log!("session {id}: stdout pipe handed to the client");
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                log!("session {id}: stdout relayed (the channel is full)");
-            }
-            Err(e) => self.channel_broken(&e),
         }
     }
 
@@ -237,189 +259,32 @@ impl Server {
         }
     }
 
-    /// Reads one chunk from a session's output stream if the window allows.
-    /// `drain`: the process has exited and the grace is over, so an empty
-    /// pipe counts as finished.
-    pub(super) fn pump_stream(&mut self, id: u32, idx: usize, drain: bool) -> bool {
-        let Some(s) = self.sessions.get_mut(&id) else { return false };
-        let avail = s.window - DATA_OVERHEAD as i64;
-        let Kind::Exec(e) = &mut s.kind else { return false };
-        let Some(st) = e.streams.get_mut(idx) else { return false };
-        let Some(fd) = &st.fd else { return false };
-        if avail < MIN_CHUNK as i64 {
-            return false;
+    pub(super) fn maybe_finish_exec(&mut self, id: u32) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Kind::Exec(e) = &s.kind else { return };
+        let Some((code, signal)) = e.exit else { return };
+        if e.streams.iter().any(|st| st.fd.is_some()) {
+            return;
         }
-        let max = (avail as usize).min(MAX_CHUNK);
-        if self.spliced.is_some() || self.chan_full {
-            // The channel is full; the output waits in its pipe.
-            return false;
-        }
-        if st.splice && !self.cfg.channel_is_port && self.out_pos == self.out.len() {
-            let pipe = fd.raw();
-            let kind = st.kind;
-            if let Ok(ready) = sys::readable_bytes(pipe) {
-                if ready >= SPLICE_MIN {
-                    let n = ready.min(max);
-                    match self.splice_chunk(id, idx, pipe, kind, n) {
-                        SpliceOutcome::Sent => {
-                            if let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) {
-                                let exited = e.exit.is_some();
-                                if let Some(st) = e.streams.get_mut(idx) {
-                                    st.note_output(n, max, exited);
-                                }
-                            }
-                            return true;
-                        }
-                        SpliceOutcome::Deferred => return false,
-                        SpliceOutcome::NotSent => {}
-                    }
-                }
-            }
-        }
-        let Some(s) = self.sessions.get_mut(&id) else { return false };
-        let Kind::Exec(e) = &mut s.kind else { return false };
-        let Some(st) = e.streams.get_mut(idx) else { return false };
-        let Some(fd) = &st.fd else { return false };
-        let buf = &mut self.sbuf[..max];
-        match sys::read(fd.raw(), buf) {
-            Ok(0) => {
-                st.fd = None;
-                false
-            }
-            Ok(n) => {
-                st.note_output(n, max, e.exit.is_some());
-                e.frames += 1;
-                let buf = buf[..n].to_vec();
-                let msg = match st.kind {
-                    StreamKind::Stdout => Message::ExecStdout { data: buf },
-                    StreamKind::Stderr => Message::ExecStderr { data: buf },
-                };
-                self.send_on(id, Flags::NONE, &msg);
-                true
-            }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                if drain {
-                    st.fd = None;
-                }
-                false
-            }
-            Err(err) => {
-                // EIO: the PTY's slave side is closed everywhere.
-                if err.raw_os_error() != Some(libc::EIO) {
-                    log!("session {id}: reading output failed: {err}");
-                }
-                st.fd = None;
-                false
-            }
-        }
-    }
-
-    /// Sends `n` bytes (all waiting in `pipe`) of session `id`'s output
-    /// stream `idx` as one frame: its prefix by `write(2)`, the payload by
-    /// `splice(2)`. Only called with nothing else queued for the channel.
-    pub(super) fn splice_chunk(
-        &mut self,
-        id: u32,
-        idx: usize,
-        pipe: RawFd,
-        kind: StreamKind,
-        n: usize,
-    ) -> SpliceOutcome {
-        let Ok(prefix) = data_frame_prefix(id, Flags::NONE, kind.data_kind(), n) else {
-            return SpliceOutcome::NotSent;
-        };
-        let head = prefix.as_bytes();
-        let prefix_sent = match sys::write(self.chan.raw(), head) {
-            Ok(k) if k > 0 => k,
-            Ok(_) => return SpliceOutcome::NotSent,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Nothing committed: leave the output in its pipe until the
-                // channel can take more.
-                self.chan_full = true;
-                return SpliceOutcome::Deferred;
-            }
-            Err(e) => {
-                self.channel_broken(&e);
-                return SpliceOutcome::Deferred;
-            }
-        };
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.window -= prefix.wire_len(n) as i64;
-            if let Kind::Exec(e) = &mut s.kind {
-                e.frames += 1;
-                e.spliced += 1;
-            }
-        }
-        let mut left = n;
-        if prefix_sent == head.len() {
-            match sys::splice(pipe, self.chan.raw(), left) {
-                Ok(k) => left -= k.min(left),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) if is_disconnect(&e) => {
-                    self.channel_broken(&e);
-                    return SpliceOutcome::Sent;
-                }
-                Err(e) => {
-                    log!("session {id}: splicing output failed ({e}); copying it instead");
-                    if let Some(Session { kind: Kind::Exec(ex), .. }) = self.sessions.get_mut(&id) {
-                        if let Some(st) = ex.streams.get_mut(idx) {
-                            st.splice = false;
-                        }
-                    }
-                    let at = self.out.len();
-                    self.copy_payload(id, pipe, left, at);
-                    return SpliceOutcome::Sent;
-                }
-            }
-        }
-        if left == 0 {
-            return SpliceOutcome::Sent;
-        }
-        match sys::dup(pipe) {
-            Ok(pipe) => {
-                if let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) {
-                    e.resumed += 1;
-                }
-                self.spliced = Some(Spliced { id, prefix, prefix_sent, pipe, left });
-            }
-            Err(e) => {
-                // Without a duplicate, finish the frame from a copy.
-                log!("session {id}: cannot hold the output pipe ({e}); copying the rest of the frame");
-                let at = self.out.len();
-                self.out.extend_from_slice(&head[prefix_sent..]);
-                self.copy_payload(id, pipe, left, at + head.len() - prefix_sent);
-            }
-        }
-        SpliceOutcome::Sent
-    }
-
-    pub(super) fn handle_signals(&mut self) {
-        let signals = match sys::read_signals(self.sigfd.raw()) {
-            Ok(s) => s,
-            Err(e) => {
-                log!("reading the signalfd failed: {e}");
-                Vec::new()
-            }
-        };
-        let mut chld = false;
-        for sig in signals {
-            match sig as libc::c_int {
-                libc::SIGCHLD => chld = true,
-                libc::SIGTERM | libc::SIGINT => {
-                    log!("received signal {sig}; shutting down");
-                    self.begin_shutdown(DEFAULT_GRACE_MS);
-                }
-                _ => {}
-            }
-        }
-        if chld {
-            self.reap();
-        }
+        let oom_killed = signal == Some(libc::SIGKILL)
+            && e.oom
+                .as_ref()
+                .is_some_and(|(path, before)| oom::read_counter(path).is_some_and(|after| after > *before));
+        let status = ExitStatus { code, signal, oom_killed };
+        log!(
+            "session {id}: pid {} ended: {status:?}; {} output frames, {} spliced ({} resumed)",
+            e.pid,
+            e.frames,
+            e.spliced,
+            e.resumed
+        );
+        s.kind = Kind::Closing;
+        s.final_frame = Some(encode(id, Flags::TERMINAL, &Message::ExecExited(status)));
     }
 
     pub(super) fn reap(&mut self) {
         for r in sys::reap_all() {
-            match self.pids.remove(&r.pid) {
+            match self.sessions.take_pid(r.pid) {
                 Some(id) => {
                     if let Some(Session { kind: Kind::Exec(e), .. }) = self.sessions.get_mut(&id) {
                         if e.pid == r.pid {

@@ -1,31 +1,53 @@
-//! Frames from the host: reading the channel and dispatching frames.
+//! Frames from the host: reading the channel, decoding, and dispatching
+//! each frame to its session.
+//!
+//! Invariants:
+//! - Everything read is hostile until decoded: a frame the decoder rejects
+//!   means framing is lost; the agent stops reading and shuts down.
+//! - Id 0 is control (`Shutdown`, `Touch`); any frame with the SHUTDOWN
+//!   flag shuts down, whatever its body.
+//! - A session starts only with SESSION_START and an `ExecRequest` or
+//!   `FsRequest` on an unused id; anything else on a new id is answered
+//!   with one terminal `ExecFailed`, a second start on an open id is ignored.
+//! - Frames for a session that has ended (late credit or data) are dropped;
+//!   a frame that does not belong on an open session aborts that session
+//!   alone.
+//! - On a virtio-console port, end of file means the host side is away for
+//!   now: a partial frame is dropped and the channel polled again after
+//!   [`PORT_RETRY`].
 
-use super::*;
+use super::channel::PORT_RETRY;
+use super::session::Kind;
+use super::{encode, Server, DEFAULT_GRACE_MS};
+use crate::{spawn, sys};
+use alcove_protocol::{Flags, Frame, FrameDecoder, Message, SpawnError, SpawnErrorKind, CONTROL_ID};
+use std::io;
+use std::time::Instant;
 
 impl Server {
     pub(super) fn read_channel(&mut self) {
         for _ in 0..16 {
-            match sys::read(self.chan.raw(), &mut self.rbuf) {
+            match sys::read(self.channel.fd.raw(), &mut self.channel.rbuf) {
                 Ok(0) if self.cfg.channel_is_port => {
-                    if self.decoder.pending() != 0 {
+                    if self.channel.decoder.pending() != 0 {
                         // A reconnecting host starts a fresh stream.
                         log!("the host side of the port disconnected inside a frame; dropping the partial frame");
-                        self.decoder = FrameDecoder::new();
+                        self.channel.decoder = FrameDecoder::new();
                     }
-                    self.chan_retry_at = Some(Instant::now() + PORT_RETRY);
+                    self.channel.retry_at = Some(Instant::now() + PORT_RETRY);
                     return;
                 }
                 Ok(0) => {
-                    self.host_gone = true;
+                    self.channel.host_gone = true;
                     return;
                 }
-                Ok(n) => self.decoder.extend(&self.rbuf[..n]),
+                Ok(n) => self.channel.decoder.extend(&self.channel.rbuf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     if e.raw_os_error() != Some(libc::ECONNRESET) {
                         log!("reading the channel failed: {e}");
                     }
-                    self.host_gone = true;
+                    self.channel.host_gone = true;
                     return;
                 }
             }
@@ -37,14 +59,14 @@ impl Server {
     }
 
     /// Handles every buffered frame; false once framing is lost.
-    pub(super) fn drain_decoder(&mut self) -> bool {
+    fn drain_decoder(&mut self) -> bool {
         loop {
-            match self.decoder.next_frame() {
+            match self.channel.decoder.next_frame() {
                 Ok(Some(f)) => self.on_frame(f),
                 Ok(None) => return true,
                 Err(e) => {
                     log!("lost framing on the channel ({e}); shutting down");
-                    self.framing_lost = true;
+                    self.channel.framing_lost = true;
                     self.begin_shutdown(DEFAULT_GRACE_MS);
                     return false;
                 }
@@ -52,7 +74,7 @@ impl Server {
         }
     }
 
-    pub(super) fn on_frame(&mut self, f: Frame) {
+    fn on_frame(&mut self, f: Frame) {
         if f.id == CONTROL_ID {
             match f.decode_body() {
                 Ok(Message::Shutdown { grace_ms }) => self.begin_shutdown(grace_ms),
@@ -77,7 +99,7 @@ impl Server {
                         kind: SpawnErrorKind::InvalidRequest,
                         message: format!("malformed request: {e}"),
                     });
-                    self.push_frame(&encode(id, Flags::TERMINAL, &m));
+                    self.channel.push_frame(&encode(id, Flags::TERMINAL, &m));
                 } else {
                     self.abort_session(id, &format!("malformed frame: {e}"));
                 }
@@ -100,7 +122,7 @@ impl Server {
                             msg_name(&other)
                         ),
                     });
-                    self.push_frame(&encode(id, Flags::TERMINAL, &m));
+                    self.channel.push_frame(&encode(id, Flags::TERMINAL, &m));
                 }
             }
             return;
@@ -143,29 +165,9 @@ impl Server {
             other => self.abort_session(id, &format!("unexpected {} on an open session", msg_name(&other))),
         }
     }
-
-    /// Ends a session after a protocol violation by its client.
-    pub(super) fn abort_session(&mut self, id: u32, reason: &str) {
-        let Some(s) = self.sessions.get_mut(&id) else { return };
-        log!("aborting session {id}: {reason}");
-        match &mut s.kind {
-            Kind::Exec(e) => {
-                if e.exit.is_none() {
-                    let _ = sys::kill(-e.pid, libc::SIGKILL);
-                }
-                // The session ends with ExecExited once the process is reaped.
-            }
-            Kind::Closing => {}
-            _ => {
-                s.kind = Kind::Closing;
-                let err = FsError { kind: FsErrorKind::InvalidInput, message: reason.to_string() };
-                s.final_frame = Some(encode(id, Flags::TERMINAL, &Message::FsResponse(Err(err))));
-            }
-        }
-    }
 }
 
-pub(super) fn msg_name(m: &Message) -> &'static str {
+fn msg_name(m: &Message) -> &'static str {
     match m {
         Message::Ready(_) => "Ready",
         Message::Heartbeat { .. } => "Heartbeat",

@@ -1,7 +1,20 @@
 //! The agent's event loop: one thread, `poll(2)` over the channel, a
 //! signalfd, a wake pipe for worker results, and every session's pipes.
 //!
-//! Invariants:
+//! The loop's state is split by concern, each part in its own file with
+//! its own invariants:
+//! - `channel.rs`: the channel to the host and the bytes queued for it
+//!   (`Channel`);
+//! - `inbound.rs`: decoding the host's frames and dispatching them;
+//! - `session.rs`: the session table (`SessionTable`), windows, terminal
+//!   frames, and per-iteration progress;
+//! - `exec.rs`: commands (start, stdin, exit); `output.rs`: their output and
+//!   the three paths it takes to the host (`OutputPath`);
+//! - `fs.rs`: file sessions and the worker threads of one-shot operations
+//!   (`FsWorkers`);
+//! - `shutdown.rs`: signals, the shutdown sequence, the agent's exit.
+//!
+//! Invariants of the whole:
 //! - Only this loop touches sessions, the channel and the outbound buffer;
 //!   one-shot file operations run on short-lived worker threads that send
 //!   back a reply through an mpsc channel and a wake pipe.
@@ -13,35 +26,28 @@
 //!   sends do not (they are control data, never credited back).
 //! - Stdin: the agent returns `Credit{wire bytes}` when an `ExecStdin` or
 //!   `FsData` frame has been written into the process or the file.
-//! - SIGCHLD is blocked in every thread and read from the signalfd; all
-//!   children (sessions and re-parented orphans) are reaped with
-//!   `waitpid(-1, WNOHANG)` and matched to sessions by pid.
 //! - A session ends with exactly one TERMINAL frame and nothing after it.
-//! - Zero-copy output (socket channel only, not a virtio port): when nothing
-//!   else is queued for the channel, an output chunk of a command's pipe is
-//!   sent as the frame's prefix (`codec::data_frame_prefix`) followed by
-//!   `splice(2)` of exactly the announced bytes from the pipe into the
-//!   socket. A frame the socket took only partly is `Spliced` state: it is
-//!   completed before any other byte is written to the channel, and while it
-//!   is pending no output pipe is read (the frame's remaining bytes are still
-//!   in its pipe). Window accounting is the same as for an encoded frame.
+//! - No fd is polled for work the loop could not do: a stream only while
+//!   its session's window holds a chunk and the channel has no backlog, a
+//!   stdin only while bytes wait for it.
 
-use crate::fsops::{self, ReadStream, WriteStream};
 use crate::oom;
-use crate::spawn::{self, ChildIo, Defaults};
+use crate::spawn::Defaults;
 use crate::sys::{self, Fd};
-use alcove_protocol::codec::{data_frame_prefix, DataKind, DataPrefix};
-use alcove_protocol::fdpass;
 use alcove_protocol::{
-    BootTimings, ExecRequest, ExitStatus, Flags, Frame, FrameDecoder, FsError, FsErrorKind, FsReply, FsRequest,
-    Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID, HEADER_LEN, INITIAL_WINDOW, MAX_CHUNK, PROTOCOL_VERSION,
+    BootTimings, Flags, Frame, FsError, FsErrorKind, Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID,
+    HEADER_LEN, MAX_CHUNK, PROTOCOL_VERSION,
 };
-use std::collections::{HashMap, VecDeque};
+use channel::{Channel, PORT_RETRY};
+use fs::FsWorkers;
+use session::{Kind, SessionTable};
+use shutdown::{ShutdownState, FINAL_DRAIN};
 use std::io;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+pub use shutdown::DEFAULT_GRACE_MS;
 
 /// Upper bound of the encoding overhead of a data message (variant tag and
 /// length prefix) on top of the frame header.
@@ -55,29 +61,6 @@ const MIN_CHUNK: usize = 512;
 const DRAIN_GRACE: Duration = alcove_protocol::OUTPUT_DRAIN_GRACE;
 /// See [`DRAIN_GRACE`].
 const DRAIN_CAP: Duration = alcove_protocol::OUTPUT_DRAIN_CAP;
-/// Grace used when the agent must shut down on its own (lost framing, SIGTERM).
-pub const DEFAULT_GRACE_MS: u32 = 2000;
-/// How long final frames may take to drain after the last SIGKILL.
-const FINAL_DRAIN: Duration = Duration::from_secs(2);
-/// Most sessions open at once.
-const MAX_SESSIONS: usize = 4096;
-/// Stdin bytes a client may queue beyond its window before it is cut off.
-const STDIN_QUEUE_LIMIT: usize = 2 * INITIAL_WINDOW as usize;
-/// Output coalescing: a stream read twice within [`STREAMING_GAP`] is
-/// producing continuously; after a read that did not fill a chunk it rests
-/// this long before the next read, so the pipe (grown to 1 MiB, see
-/// `spawn`) collects a large chunk instead of one frame per `write(2)` of the
-/// command (busybox writes 4 KiB at a time). A lone burst (an `echo`, a
-/// keystroke's echo) is never delayed, nor is anything after the command
-/// has exited.
-const OUTPUT_COALESCE: Duration = Duration::from_micros(250);
-/// See [`OUTPUT_COALESCE`].
-const STREAMING_GAP: Duration = Duration::from_millis(2);
-/// Send buffer asked for on a socket channel (the kernel doubles it).
-const CHANNEL_SNDBUF: usize = INITIAL_WINDOW as usize;
-/// Output chunks at least this large are spliced from the pipe into the
-/// channel; smaller ones are cheaper to copy in one `write(2)`.
-const SPLICE_MIN: usize = 16 * 1024;
 
 macro_rules! log {
     ($($arg:tt)*) => { $crate::logging::log(format_args!($($arg)*)) };
@@ -87,7 +70,8 @@ mod channel;
 mod exec;
 mod fs;
 mod inbound;
-mod progress;
+mod output;
+mod session;
 mod shutdown;
 
 /// How the loop ended.
@@ -117,132 +101,13 @@ pub struct ServerConfig {
     pub channel_is_port: bool,
 }
 
-/// Back-off while a virtio-console port's host side is not connected.
-const PORT_RETRY: Duration = Duration::from_millis(50);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StreamKind {
-    Stdout,
-    Stderr,
+/// When the next heartbeat is due, and its number.
+struct Heartbeat {
+    seq: u64,
+    next_at: Instant,
 }
 
-impl StreamKind {
-    fn data_kind(self) -> DataKind {
-        match self {
-            StreamKind::Stdout => DataKind::ExecStdout,
-            StreamKind::Stderr => DataKind::ExecStderr,
-        }
-    }
-}
-
-#[derive(Debug)]
-struct OutStream {
-    fd: Option<Fd>,
-    kind: StreamKind,
-    /// A pipe (not a terminal), so its data can be spliced.
-    splice: bool,
-    /// When the last read returned data.
-    last_read: Option<Instant>,
-    /// Not read again before this (output coalescing).
-    rest_until: Option<Instant>,
-}
-
-impl OutStream {
-    fn new(fd: Fd, kind: StreamKind, splice: bool) -> OutStream {
-        OutStream { fd: Some(fd), kind, splice, last_read: None, rest_until: None }
-    }
-
-    /// The coalescing clock after `n` bytes left this stream (up to `max`
-    /// were allowed): see [`OUTPUT_COALESCE`].
-    fn note_output(&mut self, n: usize, max: usize, exited: bool) {
-        let now = Instant::now();
-        let streaming = self.last_read.is_some_and(|t| now.duration_since(t) < STREAMING_GAP);
-        self.last_read = Some(now);
-        self.rest_until = (streaming && n < max && !exited).then(|| now + OUTPUT_COALESCE);
-    }
-}
-
-#[derive(Debug)]
-struct StdinChunk {
-    data: Vec<u8>,
-    written: usize,
-    /// Wire bytes to credit when written (0 for agent-made chunks).
-    credit: u32,
-}
-
-#[derive(Debug)]
-struct StdinSink {
-    fd: Option<Fd>,
-    queue: VecDeque<StdinChunk>,
-    queued_bytes: usize,
-    eof_requested: bool,
-    pty: bool,
-}
-
-#[derive(Debug)]
-struct ExecSession {
-    pid: libc::pid_t,
-    streams: Vec<OutStream>,
-    stdin: Option<StdinSink>,
-    tty: Option<Fd>,
-    exit: Option<(Option<i32>, Option<i32>)>,
-    exited_at: Option<Instant>,
-    /// The OOM counter file and its value when the command started.
-    oom: Option<(PathBuf, u64)>,
-    /// Output frames sent, spliced among them, and spliced frames the
-    /// channel took only partly at first (for the log).
-    frames: u64,
-    spliced: u64,
-    resumed: u64,
-}
-
-/// A spliced frame the channel has taken only partly.
-#[derive(Debug)]
-struct Spliced {
-    id: u32,
-    prefix: DataPrefix,
-    /// Bytes of the prefix already written.
-    prefix_sent: usize,
-    /// The output pipe (a duplicate: the session may close its own).
-    pipe: Fd,
-    /// Payload bytes still in the pipe.
-    left: usize,
-}
-
-/// What an attempt to splice an output chunk did.
-enum SpliceOutcome {
-    /// Nothing was sent; read the chunk the ordinary way.
-    NotSent,
-    /// The frame was sent, or is pending in `Server::spliced`.
-    Sent,
-    /// The channel is full (or broken): nothing was read or sent.
-    Deferred,
-}
-
-#[derive(Debug)]
-enum Kind {
-    Exec(Box<ExecSession>),
-    Read(ReadStream),
-    Write(WriteStream),
-    Pending,
-    /// Only the terminal frame is left to send.
-    Closing,
-}
-
-#[derive(Debug)]
-struct Session {
-    gen: u64,
-    window: i64,
-    kind: Kind,
-    final_frame: Option<Frame>,
-}
-
-#[derive(Debug)]
-struct ShutdownState {
-    kill_at: Instant,
-    killed_at: Option<Instant>,
-}
-
+/// What a polled descriptor stands for.
 #[derive(Clone, Copy)]
 enum Target {
     Chan,
@@ -255,38 +120,24 @@ enum Target {
 /// The agent's server.
 pub struct Server {
     cfg: ServerConfig,
-    chan: Fd,
-    decoder: FrameDecoder,
-    framing_lost: bool,
-    out: Vec<u8>,
-    out_pos: usize,
-    sessions: HashMap<u32, Session>,
-    pids: HashMap<libc::pid_t, u32>,
+    /// The channel to the host, inbound and outbound.
+    channel: Channel,
+    /// Open sessions and the pids of their commands.
+    sessions: SessionTable,
+    /// SIGCHLD, SIGTERM and SIGINT.
     sigfd: Fd,
-    wake_r: Fd,
-    wake_w: Fd,
-    results_tx: mpsc::Sender<(u32, u64, Result<FsReply, FsError>)>,
-    results_rx: mpsc::Receiver<(u32, u64, Result<FsReply, FsError>)>,
-    next_gen: u64,
-    heartbeat_seq: u64,
-    next_heartbeat: Instant,
+    /// Results of one-shot file operations, from worker threads.
+    workers: FsWorkers,
+    heartbeat: Heartbeat,
     shutdown: Option<ShutdownState>,
-    host_gone: bool,
-    rbuf: Vec<u8>,
     /// Scratch buffer for output reads (reused: no allocation and zeroing
     /// of a whole chunk per read).
     sbuf: Vec<u8>,
-    /// Port mode: the channel is left out of poll until then.
-    chan_retry_at: Option<Instant>,
     /// Work is pending that no fd will announce: poll without waiting.
     busy: bool,
-    /// A spliced frame still being written (see the module docs).
-    spliced: Option<Spliced>,
-    /// The channel refused the start of a spliced frame: no output is read
-    /// until it is writable again.
-    chan_full: bool,
 }
 
+/// Encodes a message, replacing one too large for a frame by a small error.
 fn encode(id: u32, flags: Flags, msg: &Message) -> Frame {
     match Frame::message(id, flags, msg) {
         Ok(f) => f,
@@ -313,43 +164,19 @@ impl Server {
     /// virtio-console port). `sigfd` must be a signalfd for SIGCHLD (and
     /// optionally SIGTERM/SIGINT) with those signals blocked in every thread.
     pub fn new(cfg: ServerConfig, chan: Fd, sigfd: Fd) -> io::Result<Server> {
-        sys::set_nonblocking(chan.raw(), true)?;
-        sys::set_cloexec(chan.raw())?;
-        if !cfg.channel_is_port {
-            // Room for a whole window of output in the socket, so a burst
-            // leaves without waiting for the relay to be scheduled.
-            sys::grow_sndbuf(chan.raw(), CHANNEL_SNDBUF);
-        }
-        let (wake_r, wake_w) = sys::pipe()?;
-        sys::set_nonblocking(wake_r.raw(), true)?;
-        sys::set_nonblocking(wake_w.raw(), true)?;
-        let (results_tx, results_rx) = mpsc::channel();
-        let next_heartbeat = Instant::now() + cfg.heartbeat;
+        let channel = Channel::new(chan, cfg.channel_is_port)?;
+        let workers = FsWorkers::new()?;
+        let heartbeat = Heartbeat { seq: 0, next_at: Instant::now() + cfg.heartbeat };
         Ok(Server {
             cfg,
-            chan,
-            decoder: FrameDecoder::new(),
-            framing_lost: false,
-            out: Vec::new(),
-            out_pos: 0,
-            sessions: HashMap::new(),
-            pids: HashMap::new(),
+            channel,
+            sessions: SessionTable::new(),
             sigfd,
-            wake_r,
-            wake_w,
-            results_tx,
-            results_rx,
-            next_gen: 1,
-            heartbeat_seq: 0,
-            next_heartbeat,
+            workers,
+            heartbeat,
             shutdown: None,
-            host_gone: false,
-            rbuf: vec![0u8; 64 * 1024],
             sbuf: vec![0u8; MAX_CHUNK],
-            chan_retry_at: None,
             busy: false,
-            spliced: None,
-            chan_full: false,
         })
     }
 
@@ -360,17 +187,17 @@ impl Server {
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
             boot,
         });
-        self.push_frame(&encode(CONTROL_ID, Flags::NONE, &ready));
+        self.channel.push_frame(&encode(CONTROL_ID, Flags::NONE, &ready));
         log!("ready (protocol {PROTOCOL_VERSION}); OOM counter: {:?}", oom::find_counter());
         loop {
-            if self.host_gone {
+            if self.channel.host_gone {
                 self.kill_everything(libc::SIGKILL);
                 self.wait_children(Duration::from_secs(1));
                 log!("the host closed the channel; exiting");
                 return Outcome::HostGone;
             }
             if self.shutdown_complete() {
-                self.flush_blocking(Duration::from_secs(2));
+                self.channel.flush_blocking(Duration::from_secs(2));
                 log!("shutdown complete");
                 return Outcome::Shutdown;
             }
@@ -391,34 +218,34 @@ impl Server {
             fds.push(libc::pollfd { fd, events, revents: 0 });
             targets.push(t);
         };
-        let mut timeout = self.next_heartbeat.saturating_duration_since(now);
+        let mut timeout = self.heartbeat.next_at.saturating_duration_since(now);
         if std::mem::take(&mut self.busy) {
             timeout = Duration::ZERO;
         }
-        if self.chan_retry_at.is_some_and(|t| now >= t) {
-            self.chan_retry_at = None;
+        if self.channel.retry_at.is_some_and(|t| now >= t) {
+            self.channel.retry_at = None;
         }
-        match self.chan_retry_at {
+        match self.channel.retry_at {
             // A disconnected port reports POLLHUP constantly: leave it out.
             Some(t) => timeout = timeout.min(t.saturating_duration_since(now)),
             None => {
                 let mut chan_events = 0;
-                if !self.framing_lost {
+                if !self.channel.framing_lost {
                     chan_events |= libc::POLLIN;
                 }
-                if self.channel_backlog() {
+                if self.channel.backlog() {
                     chan_events |= libc::POLLOUT;
                 }
-                add(self.chan.raw(), chan_events, Target::Chan, &mut fds);
+                add(self.channel.fd.raw(), chan_events, Target::Chan, &mut fds);
             }
         }
         add(self.sigfd.raw(), libc::POLLIN, Target::Signal, &mut fds);
-        add(self.wake_r.raw(), libc::POLLIN, Target::Wake, &mut fds);
+        add(self.workers.wake_r.raw(), libc::POLLIN, Target::Wake, &mut fds);
         // While the channel cannot take what is already encoded, output is
         // left in the pipes: it is read later in larger chunks, and the
         // commands feel the backpressure.
-        let channel_backlog = self.channel_backlog();
-        for (&id, s) in &self.sessions {
+        let channel_backlog = self.channel.backlog();
+        for (&id, s) in self.sessions.iter() {
             match &s.kind {
                 Kind::Exec(e) => {
                     let can_send = s.window >= (DATA_OVERHEAD + MIN_CHUNK) as i64 && !channel_backlog;
@@ -473,17 +300,17 @@ impl Server {
             match *t {
                 Target::Chan => {
                     if pfd.revents & libc::POLLOUT != 0 {
-                        self.chan_full = false;
-                        self.flush();
+                        self.channel.full = false;
+                        self.channel.flush();
                     }
                     if pfd.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0 {
-                        if !self.framing_lost {
+                        if !self.channel.framing_lost {
                             self.read_channel();
                         } else if self.cfg.channel_is_port {
-                            self.chan_retry_at = Some(Instant::now() + PORT_RETRY);
+                            self.channel.retry_at = Some(Instant::now() + PORT_RETRY);
                         } else if pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                             // Not reading any more, and the peer hung up.
-                            self.host_gone = true;
+                            self.channel.host_gone = true;
                         }
                     }
                 }
@@ -500,9 +327,23 @@ impl Server {
             self.pump_stream(id, i, false);
         }
         self.progress_sessions();
-        self.heartbeat();
+        self.send_heartbeat();
         self.progress_shutdown();
-        self.flush();
+        self.channel.flush();
         Ok(())
+    }
+
+    fn send_heartbeat(&mut self) {
+        let now = Instant::now();
+        if now < self.heartbeat.next_at {
+            return;
+        }
+        self.heartbeat.seq += 1;
+        let msg = Message::Heartbeat { seq: self.heartbeat.seq, active_sessions: self.sessions.len() as u32 };
+        self.channel.push_frame(&encode(CONTROL_ID, Flags::NONE, &msg));
+        self.heartbeat.next_at += self.cfg.heartbeat;
+        if self.heartbeat.next_at < now {
+            self.heartbeat.next_at = now + self.cfg.heartbeat;
+        }
     }
 }

@@ -1,9 +1,65 @@
-//! Shutdown.
+//! Signals, shutdown and the agent's own exit.
+//!
+//! A shutdown (the host's `Shutdown`, a SIGTERM/SIGINT, lost framing, a
+//! failing loop) sends SIGTERM to every command's process group (and, as
+//! PID 1, to every process of the namespace), waits the grace, sends
+//! SIGKILL to what is left, then lets final frames drain for at most
+//! [`FINAL_DRAIN`] before the loop returns.
+//!
+//! Invariants:
+//! - SIGCHLD is blocked in every thread and read from the signalfd; all
+//!   children (sessions and re-parented orphans) are reaped with
+//!   `waitpid(-1, WNOHANG)` and matched to sessions by pid.
+//! - A shutdown begins once; later requests (another grace) change nothing.
+//! - Once shutting down, no new session starts (exec and file requests are
+//!   refused with an error).
 
-use super::*;
+use super::session::Kind;
+use super::Server;
+use crate::sys;
+use std::time::{Duration, Instant};
+
+/// Grace used when the agent must shut down on its own (lost framing, SIGTERM).
+pub const DEFAULT_GRACE_MS: u32 = 2000;
+/// How long final frames may take to drain after the last SIGKILL.
+pub(super) const FINAL_DRAIN: Duration = Duration::from_secs(2);
+
+/// A shutdown in progress.
+#[derive(Debug)]
+pub(super) struct ShutdownState {
+    /// When the grace ends and SIGKILL follows.
+    pub(super) kill_at: Instant,
+    /// When SIGKILL was sent (or nothing was left to kill).
+    pub(super) killed_at: Option<Instant>,
+}
 
 impl Server {
-    pub(super) fn exec_pids(&self) -> Vec<libc::pid_t> {
+    /// Reads the signalfd: SIGCHLD reaps, SIGTERM and SIGINT begin a shutdown.
+    pub(super) fn handle_signals(&mut self) {
+        let signals = match sys::read_signals(self.sigfd.raw()) {
+            Ok(s) => s,
+            Err(e) => {
+                log!("reading the signalfd failed: {e}");
+                Vec::new()
+            }
+        };
+        let mut chld = false;
+        for sig in signals {
+            match sig as libc::c_int {
+                libc::SIGCHLD => chld = true,
+                libc::SIGTERM | libc::SIGINT => {
+                    log!("received signal {sig}; shutting down");
+                    self.begin_shutdown(DEFAULT_GRACE_MS);
+                }
+                _ => {}
+            }
+        }
+        if chld {
+            self.reap();
+        }
+    }
+
+    fn exec_pids(&self) -> Vec<libc::pid_t> {
         self.sessions
             .values()
             .filter_map(|s| match &s.kind {
@@ -64,7 +120,7 @@ impl Server {
 }
 
 /// Whether the process has any child left (running or not yet reaped).
-pub(super) fn has_children() -> bool {
+fn has_children() -> bool {
     // SAFETY: siginfo_t is plain data; waitid with WNOWAIT does not reap.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: info is valid.
