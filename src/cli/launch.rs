@@ -110,21 +110,34 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
     };
     let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
     policy.validate().map_err(|e| CliError::msg(e.to_string()))?;
+    let mut guest = GuestSpec {
+        name: name.to_string(),
+        rootfs,
+        cpus: opts.cpus,
+        memory_mib: opts.memory,
+        pids_limit: opts.pids,
+        shm_mib: opts.shm_size,
+        tmp_mib: opts.tmp_size,
+        disk_mib: opts.disk,
+        mounts,
+        env,
+        workdir: opts.workdir.clone(),
+        user: opts.user.clone(),
+        ..GuestSpec::default()
+    };
+    if backend == BackendKind::Jail {
+        // Pre-flight before anything is recorded: a limit asked for that
+        // this host cannot apply refuses the sandbox; then the defaults
+        // this host can enforce are filled in (and shown by `inspect`).
+        let jail = alcove_jail::JailOptions::default();
+        alcove_jail::check(&guest, &jail).map_err(|e| CliError::msg(e.to_string()))?;
+        alcove_jail::limits::fill_defaults(&mut guest, &jail);
+    }
     Ok(SandboxConfig {
         name: name.to_string(),
         home: ctx.home.clone(),
         backend,
-        guest: GuestSpec {
-            name: name.to_string(),
-            rootfs,
-            cpus: opts.cpus,
-            memory_mib: opts.memory,
-            mounts,
-            env,
-            workdir: opts.workdir.clone(),
-            user: opts.user.clone(),
-            ..GuestSpec::default()
-        },
+        guest,
         policy,
         mock: Default::default(),
         krun,

@@ -110,6 +110,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     let meta = ctx.meta(&sb.name);
     let dir = ctx.sandbox_dir(&sb.name);
     let socket = ctx.socket_path(&sb.name).ok();
+    let isolation = alcove_jail::recorded_isolation(&dir);
     if args.json {
         print_json(&json!({
             "name": sb.name,
@@ -122,6 +123,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
             "detached_command": meta.detached_command,
             "dir": dir,
             "socket": socket,
+            "isolation": isolation,
             "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         }))?;
         return Ok(0);
@@ -144,6 +146,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     kv("Name", sb.name.clone());
     kv("Status", super::output::paint(&status, status_sgr(&status), colour));
     kv("Backend", backend_of(&cfg));
+    kv("Isolation", isolation.unwrap_or_else(|| "-".into()));
     kv("Created", utc(sb.created_at_ms));
     kv("Rootfs", show(guest.get("rootfs")));
     kv("CPUs", show(guest.get("cpus")));

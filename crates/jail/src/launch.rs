@@ -401,8 +401,9 @@ fn probe_in(dir: &Path) -> Result<(), String> {
     }
     if pid == 0 {
         let mut b = 0u8;
-        // SAFETY: read on an inherited pipe, then _exit.
+        // SAFETY: close and read on inherited pipe ends, then _exit.
         unsafe {
+            libc::close(wait_w.as_raw_fd());
             libc::read(wait_r.as_raw_fd(), (&mut b as *mut u8).cast(), 1);
             libc::_exit(0);
         }

@@ -219,6 +219,13 @@ impl Isolation {
     }
 }
 
+/// The isolation line recorded in `sandbox_dir` by the sandbox's last
+/// jail launch (what `alcove inspect` shows), if any.
+pub fn recorded_isolation(sandbox_dir: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(launch::record_path(sandbox_dir)).ok()?;
+    text.lines().next().map(str::to_string).filter(|l| !l.is_empty())
+}
+
 /// The jail backend.
 #[derive(Clone, Debug, Default)]
 pub struct JailBackend {
