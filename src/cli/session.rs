@@ -214,6 +214,11 @@ async fn pump_output(mut output: ExecOutput, mut file: Option<std::fs::File>) ->
             Some(Ok(ExecEvent::Stdout(d))) => write_out(&mut file, &d, false),
             Some(Ok(ExecEvent::Stderr(d))) => write_out(&mut file, &d, true),
             Some(Ok(ExecEvent::Exited(status))) => {
+                if status.oom_killed {
+                    super::output::error_line(
+                        "the command was killed by the out-of-memory killer (the sandbox's memory limit)",
+                    );
+                }
                 return Ok(match (status.code, status.signal) {
                     (Some(c), _) => c,
                     (None, Some(s)) => 128 + s,
