@@ -1,6 +1,8 @@
 /* Escape attempts alcove's jail must refuse; see tests/escapes.rs.
- * `escape-probe NAME...`: one line per attempt, "denied NAME: errno" or
- * "ESCAPED NAME"; exit status = number of attempts that succeeded. */
+ * `escape-probe GROUP...` (GROUP: namespaces, kernel, devices, network,
+ * agent, `setns-file PATH` or `chroot-escape PATH`): one line per attempt, "denied NAME: errno",
+ * "ESCAPED NAME" or "UNTESTED NAME: why"; exit status = number of
+ * attempts that succeeded. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -15,6 +17,7 @@
 #include <linux/if_link.h>
 #include <linux/reboot.h>
 #include <sched.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -202,13 +205,38 @@ static void try_kernel(void) {
     report("open_tree /", syscall(SYS_open_tree, AT_FDCWD, "/", 1));
     report("mount tmpfs", syscall(SYS_mount, "none", "/mnt", "tmpfs", 0, NULL));
     report("iopl", syscall(SYS_iopl, 3));
-    report("mknod block device", syscall(SYS_mknodat, AT_FDCWD, "/tmp/escape-blk", 060600, (254 << 8) | 0));
-    report("mknod char device", syscall(SYS_mknodat, AT_FDCWD, "/tmp/escape-chr", 020600, (1 << 8) | 1));
 }
 
+/* Device nodes by both system calls, in /tmp and on the volume at /vol. */
+static void try_devices(void) {
+    report("mknodat block device", syscall(SYS_mknodat, AT_FDCWD, "/tmp/escape-blk", 060600, (254 << 8) | 0));
+    report("mknodat char device (/dev/mem)", syscall(SYS_mknodat, AT_FDCWD, "/tmp/escape-chr", 020600, (1 << 8) | 1));
+    report("mknod block device on /vol", syscall(SYS_mknod, "/vol/escape-blk", 060600, (7 << 8) | 0));
+    report("mknod char device on /vol", syscall(SYS_mknod, "/vol/escape-chr", 020600, (1 << 8) | 3));
+}
+
+/* The classic chroot break-out (CAP_SYS_CHROOT is kept): chroot into a
+ * subdirectory while holding the old root as cwd, climb, chroot there,
+ * and read `secret`, a host file outside the jail. */
+static void try_chroot_escape(const char *secret) {
+    mkdir("/tmp/escape-chroot", 0700);
+    if (chroot("/tmp/escape-chroot") != 0) {
+        report("chroot into a subdirectory", -1);
+        return;
+    }
+    for (int i = 0; i < 64; i++) chdir("..");
+    chroot(".");
+    int fd = open(secret, O_RDONLY | O_CLOEXEC);
+    report("read a host file after a chroot break-out", fd);
+    if (fd >= 0) close(fd);
+}
+
+/* Only EPERM counts: the kernel checks CAP_NET_ADMIN before it looks at
+ * the request, so any other answer (a missing module, say) means the
+ * capability was there. */
 static void try_network(void) {
-    report("rtnetlink new bridge link", new_link());
-    report("nf_tables new table", new_nft_table());
+    report_errno("rtnetlink new bridge link", new_link(), EPERM);
+    report_errno("nf_tables new table", new_nft_table(), EPERM);
 }
 
 /* The agent is PID 1: tracing it or taking its descriptors (the channel
@@ -219,10 +247,28 @@ static void try_agent(void) {
     report("pidfd_getfd agent channel", pidfd < 0 ? -1 : syscall(SYS_pidfd_getfd, pidfd, 3, 0));
 }
 
+/* Namespace files of the host, handed in by the test (a bind of the
+ * host's /proc/self/ns/X on a volume): joining one would leave the jail. */
+static void try_setns_file(const char *path) {
+    char name[256];
+    snprintf(name, sizeof name, "setns %s", path);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        /* Not reachable at all: not what this attempt is about. */
+        printf("UNTESTED %s: open: %s\n", name, strerror(errno));
+        return;
+    }
+    report(name, setns(fd, 0));
+    close(fd);
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "namespaces")) try_namespaces();
+        if (!strcmp(argv[i], "setns-file") && i + 1 < argc) try_setns_file(argv[++i]);
+        else if (!strcmp(argv[i], "chroot-escape") && i + 1 < argc) try_chroot_escape(argv[++i]);
+        else if (!strcmp(argv[i], "namespaces")) try_namespaces();
+        else if (!strcmp(argv[i], "devices")) try_devices();
         else if (!strcmp(argv[i], "kernel")) try_kernel();
         else if (!strcmp(argv[i], "network")) try_network();
         else if (!strcmp(argv[i], "agent")) try_agent();
