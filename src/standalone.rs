@@ -117,7 +117,10 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
 fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
     match cfg.backend {
         BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        BackendKind::Jail => Ok(Box::new(alcove_jail::JailBackend::new(alcove_jail::JailOptions::default()))),
+        BackendKind::Jail => {
+            let options = alcove_jail::JailOptions::from_env().map_err(|e| e.to_string())?;
+            Ok(Box::new(alcove_jail::JailBackend::new(options)))
+        }
         BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
     }
 }

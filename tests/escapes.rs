@@ -330,7 +330,8 @@ fn mount_options(mountinfo: &str, target: &str) -> String {
 /// Hole 4: the kernel's and the network's administrative interfaces —
 /// `reboot`, module loading, keyrings, bpf, userfaultfd, io_uring,
 /// `open_by_handle_at`, `/proc/sysrq-trigger`, `/proc/sys` and `/sys`,
-/// netfilter and links — all refused, the sandbox alive after each.
+/// netfilter and links — all refused, the sandbox alive after each, with
+/// the default private uid range.
 ///
 /// Before this change: `CAP_NET_ADMIN` and `CAP_SYS_BOOT` were kept while
 /// guest root was host root, so a bridge link and an nf_tables table were
@@ -338,8 +339,35 @@ fn mount_options(mountinfo: &str, target: &str) -> String {
 /// caller allowed to reboot) instead of `EPERM` — this test failed.
 #[test]
 fn kernel_and_network_administration_is_refused() {
-    let a = Alcove::new();
+    kernel_and_network_attempts(Alcove::new(), "private user namespace");
+}
+
+/// Hole 4 in the fallback mode (no user namespace, as where idmapped
+/// mounts do not work; forced here with `ALCOVE_JAIL_USERNS=off`): guest
+/// root is host root, so these capabilities are the host's, and the same
+/// attempts must fail because `CAP_NET_ADMIN`, `CAP_SYS_BOOT` and
+/// `CAP_SETFCAP` are gone from the bounding set.
+///
+/// Before this change (which had no user namespace at all): failed as the
+/// test above.
+#[test]
+fn kernel_and_network_administration_is_refused_without_a_user_namespace() {
+    let a = Alcove::new().with_env("ALCOVE_JAIL_USERNS", "off");
+    kernel_and_network_attempts(a, "no user namespace");
+}
+
+fn kernel_and_network_attempts(a: Alcove, isolation: &str) {
     a.ok(&["create", "kern", "--rootfs", &a.rootfs_arg(), "-v", &probe_volume()]);
+    let shown = a.inspect("kern")["isolation"].as_str().unwrap_or_default().to_string();
+    assert!(shown.starts_with(isolation), "expected {isolation:?}, inspect shows {shown:?}");
+    let out = sh(&a, "kern", "grep CapBnd /proc/self/status");
+    let bounding = u64::from_str_radix(out.stdout.split_whitespace().nth(1).unwrap_or("?"), 16).expect("CapBnd");
+    for (cap, name) in [(12, "CAP_NET_ADMIN"), (22, "CAP_SYS_BOOT"), (16, "CAP_SYS_MODULE"), (21, "CAP_SYS_ADMIN")] {
+        assert_eq!(bounding & (1 << cap), 0, "{name} is in the bounding set {bounding:#x}");
+    }
+    if isolation == "no user namespace" {
+        assert_eq!(bounding & (1 << 31), 0, "CAP_SETFCAP kept while guest root is host root: {bounding:#x}");
+    }
     let mut attempts = vec![
         attempt("load a kernel module", "test -f /probe/escape-probe", "insmod /probe/escape-probe"),
         attempt("reboot", "command -v reboot", "reboot -f"),

@@ -129,7 +129,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         // Pre-flight before anything is recorded: a limit asked for that
         // this host cannot apply refuses the sandbox; then the defaults
         // this host can enforce are filled in (and shown by `inspect`).
-        let jail = alcove_jail::JailOptions::default();
+        let jail = alcove_jail::JailOptions::from_env().map_err(|e| CliError::msg(e.to_string()))?;
         alcove_jail::check(&guest, &jail).map_err(|e| CliError::msg(e.to_string()))?;
         alcove_jail::limits::fill_defaults(&mut guest, &jail);
     }

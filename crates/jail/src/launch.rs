@@ -65,7 +65,10 @@ pub(crate) fn decide(options: &JailOptions, spec: &GuestSpec) -> Result<Isolatio
     // SAFETY: getuid/getgid have no preconditions.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let private = match options.user_namespace {
-        Never => return Ok(Isolation::HostRoot { reason: "user namespaces are turned off for this backend".into() }),
+        Never => {
+            let reason = format!("turned off: {}=off or the backend's options", crate::USERNS_ENV);
+            return Ok(Isolation::HostRoot { reason });
+        }
         Caller => return Ok(Isolation::Caller { uid, gid }),
         Auto if !is_root() => return Ok(Isolation::Caller { uid, gid }),
         Auto | Private => true,

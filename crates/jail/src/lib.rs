@@ -141,6 +141,13 @@ pub enum UserNamespace {
     Never,
 }
 
+/// Environment variable that turns a root-run jail's user namespace off:
+/// `off` gives every jail the fallback mode ([`Isolation::HostRoot`],
+/// shown by `alcove inspect`), `auto` (or unset) the default. A switch for
+/// diagnosis and for measuring what the namespace costs
+/// (`bench/compare --only run` runs both); nothing sets it by default.
+pub const USERNS_ENV: &str = "ALCOVE_JAIL_USERNS";
+
 /// How the jail backend behaves.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct JailOptions {
@@ -155,6 +162,25 @@ pub struct JailOptions {
     pub init_argv: Option<Vec<String>>,
     /// Keep `CAP_SYS_ADMIN` (and allow the mount system calls) in the jail.
     pub keep_sys_admin: bool,
+}
+
+impl JailOptions {
+    /// The default options, with the user-namespace mode read from
+    /// [`USERNS_ENV`]. An unknown value is a one-line error.
+    pub fn from_env() -> Result<JailOptions, BackendError> {
+        let user_namespace = match std::env::var_os(USERNS_ENV) {
+            None => UserNamespace::Auto,
+            Some(v) if v == "auto" || v.is_empty() => UserNamespace::Auto,
+            Some(v) if v == "off" => UserNamespace::Never,
+            Some(v) => {
+                return Err(BackendError::InvalidConfig(format!(
+                    "{USERNS_ENV}={} is not understood (auto or off)",
+                    v.to_string_lossy()
+                )))
+            }
+        };
+        Ok(JailOptions { user_namespace, ..JailOptions::default() })
+    }
 }
 
 /// How a jail's ids relate to the host's.
