@@ -453,6 +453,74 @@ fn guest_root_is_a_private_recorded_uid_range() {
     assert!(doctor.contains("idmapped mounts    yes"), "{doctor}");
 }
 
+/// A ramfs mounted on a fresh directory (it has no idmapped mounts), and
+/// unmounted on drop.
+struct Ramfs {
+    dir: tempfile::TempDir,
+}
+
+impl Ramfs {
+    fn new() -> Ramfs {
+        let dir = tempfile::tempdir_in("/tmp").expect("tempdir");
+        let target = std::ffi::CString::new(dir.path().to_str().expect("utf8")).expect("cstring");
+        // SAFETY: mounts a new ramfs on our own directory.
+        let rc = unsafe {
+            libc::mount(c"ramfs".as_ptr(), target.as_ptr(), c"ramfs".as_ptr(), 0, c"mode=755".as_ptr().cast())
+        };
+        assert_eq!(rc, 0, "mounting a ramfs: {}", std::io::Error::last_os_error());
+        Ramfs { dir }
+    }
+}
+
+impl Drop for Ramfs {
+    fn drop(&mut self) {
+        let target = std::ffi::CString::new(self.dir.path().to_str().expect("utf8")).expect("cstring");
+        // SAFETY: unmounts the ramfs mounted in `new`.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// Item 5's fallback: where idmapped mounts do not work (here: a rootfs on
+/// a ramfs, which has no idmapping), the jail runs without a user
+/// namespace, with `CAP_NET_ADMIN`, `CAP_SYS_BOOT` and `CAP_SETFCAP` gone,
+/// and `inspect` and `doctor` say so.
+///
+/// Before this change: there was no user namespace, no record of the
+/// isolation and no doctor line, and the three capabilities were kept —
+/// this test failed.
+#[test]
+fn where_idmapped_mounts_do_not_work_the_jail_falls_back_and_says_so() {
+    let ramfs = Ramfs::new();
+    let a = Alcove::new();
+    let rootfs = ramfs.dir.path().join("root");
+    let out = Command::new("cp").arg("-a").arg(shared_rootfs()).arg(&rootfs).output().expect("cp");
+    assert!(out.status.success(), "copying the rootfs: {out:?}");
+    a.ok(&["create", "fallback", "--rootfs", rootfs.to_str().expect("utf8")]);
+    let shown = a.inspect("fallback")["isolation"].as_str().unwrap_or_default().to_string();
+    assert!(
+        shown.starts_with("no user namespace (idmapped mounts do not work here")
+            && shown.contains("CAP_NET_ADMIN, CAP_SYS_BOOT and CAP_SETFCAP dropped"),
+        "{shown}"
+    );
+    let out = sh(&a, "fallback", "cat /proc/self/uid_map; grep CapBnd /proc/self/status");
+    let words: Vec<&str> = out.stdout.split_whitespace().collect();
+    assert_eq!(words[..3], ["0", "0", "4294967295"], "{out:?}");
+    let bounding = u64::from_str_radix(words.get(4).copied().unwrap_or("?"), 16).expect("CapBnd");
+    for (cap, name) in [(12, "CAP_NET_ADMIN"), (22, "CAP_SYS_BOOT"), (31, "CAP_SETFCAP")] {
+        assert_eq!(bounding & (1 << cap), 0, "{name} kept while guest root is host root: {bounding:#x}");
+    }
+    // doctor tries idmapped mounts where alcove's home is.
+    let home = ramfs.dir.path().join("home");
+    std::fs::create_dir_all(&home).expect("mkdir");
+    let out = a.cmd(&["doctor"]).env("ALCOVE_HOME", &home).output().expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("idmapped mounts")).unwrap_or_default();
+    assert!(
+        line.contains("no (") && line.contains("CAP_NET_ADMIN, CAP_SYS_BOOT and CAP_SETFCAP dropped"),
+        "doctor: {text}"
+    );
+}
+
 /// Item 6: a cgroup namespace (`/proc/self/cgroup` shows `/` everywhere:
 /// the host's cgroup paths, which name the sandbox, stay hidden) and runc's
 /// masked paths (those this host has).
