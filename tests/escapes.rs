@@ -15,9 +15,10 @@
 //!   `EPERM` only, `reboot` likewise).
 //!
 //! Which hole of issue 11 each test covers, and what the code before this
-//! change (main at 5a3f45e) did with it, is in each test's doc comment.
-//! Tests that name no hole are regression guards of what was already
-//! refused.
+//! change (main at 5a3f45e) did with it, is in each test's doc comment:
+//! every test that names a hole was run against that code and failed there
+//! for the reason given. Tests that name no hole are regression guards of
+//! what was already refused (and passed there).
 
 mod cli_support;
 
@@ -232,8 +233,13 @@ fn host_files_are_out_of_reach_and_the_base_rootfs_is_never_written() {
     let attempts = [
         attempt("read a host file", "true", format!("cat {secret}")),
         attempt("list a host directory", "true", format!("ls {}", secret_dir.path().display())),
-        attempt("a host file through /proc/1/root", "test -d /proc/1/root/", format!("cat /proc/1/root{secret}")),
-        attempt("a host file through /proc/1/cwd", "test -d /proc/1/cwd/", format!("cat /proc/1/cwd{secret}")),
+        // The agent's root, where it is readable at all (a non-dumpable
+        // agent hides its /proc/1/root), and the shell's own.
+        attempt(
+            "a host file through /proc/PID/root",
+            "test -d /proc/self/root/",
+            format!("cat /proc/1/root{secret} || cat /proc/self/root{secret}"),
+        ),
     ];
     let mut escapes = run_attempts(&a, "files", &attempts);
     escapes.extend(probe(&a, "files", &["chroot-escape", &secret]));
@@ -268,8 +274,8 @@ fn host_files_are_out_of_reach_and_the_base_rootfs_is_never_written() {
 /// guest-writable or host-provided mount is `nodev` (and `nosuid`).
 ///
 /// Before this change: the node on the volume (1:3, which the v1 device
-/// list allows) was opened, and `/`, volumes, `/tmp` and `/dev/shm` were
-/// mounted without `nodev`/`nosuid` — this test failed.
+/// list allows) was opened, and `/`, the volumes and the agent were mounted
+/// without `nodev` or `nosuid` (`/dev` without `nodev`) — this test failed.
 #[test]
 fn device_nodes_cannot_be_made_or_opened() {
     let a = Alcove::new();
@@ -334,9 +340,10 @@ fn mount_options(mountinfo: &str, target: &str) -> String {
 /// the default private uid range.
 ///
 /// Before this change: `CAP_NET_ADMIN` and `CAP_SYS_BOOT` were kept while
-/// guest root was host root, so a bridge link and an nf_tables table were
-/// created and `reboot` got `EINVAL` (the pid namespace's answer to a
-/// caller allowed to reboot) instead of `EPERM` — this test failed.
+/// guest root was host root: `reboot -f` ended the sandbox, the probe
+/// created a bridge link and an nf_tables table, `reboot(2)` got `EINVAL`
+/// (the pid namespace's answer to a caller allowed to reboot) instead of
+/// `EPERM`, and `ip link set lo down` worked — this test failed.
 #[test]
 fn kernel_and_network_administration_is_refused() {
     kernel_and_network_attempts(Alcove::new(), "private user namespace");
@@ -349,7 +356,7 @@ fn kernel_and_network_administration_is_refused() {
 /// `CAP_SETFCAP` are gone from the bounding set.
 ///
 /// Before this change (which had no user namespace at all): failed as the
-/// test above.
+/// test above, and `CAP_SETFCAP` was kept too.
 #[test]
 fn kernel_and_network_administration_is_refused_without_a_user_namespace() {
     let a = Alcove::new().with_env("ALCOVE_JAIL_USERNS", "off");
@@ -409,7 +416,9 @@ fn kernel_and_network_attempts(a: Alcove, isolation: &str) {
 /// the host's device nodes that are bound into the jail.
 ///
 /// Before this change: no user namespace (`uid_map` was the identity), so
-/// guest root could chmod the host's /dev/null — this test failed.
+/// guest root could chmod the host's /dev/null and chown its /dev/zero
+/// (no-op changes here, but real ones would break the host) — this test
+/// failed.
 #[test]
 fn guest_root_is_a_private_recorded_uid_range() {
     let a = Alcove::new();
@@ -525,8 +534,9 @@ fn where_idmapped_mounts_do_not_work_the_jail_falls_back_and_says_so() {
 /// the host's cgroup paths, which name the sandbox, stay hidden) and runc's
 /// masked paths (those this host has).
 ///
-/// Before this change: the host's cgroup paths showed, and /sys/firmware
-/// was readable — this test failed.
+/// Before this change: the host's cgroup paths showed (e.g.
+/// `8:pids:/alcove/NAME`) and /sys/firmware was readable — this test
+/// failed.
 #[test]
 fn cgroup_namespace_and_masked_paths() {
     let a = Alcove::new();
@@ -572,7 +582,8 @@ fn cgroup_namespace_and_masked_paths() {
 /// memory limit) hold without flags.
 ///
 /// Before this change: `--pids` and `--disk` did not exist, no default
-/// limit was set and /tmp and /dev/shm were unsized — this test failed.
+/// memory limit was set and /tmp and /dev/shm were the size of the host's
+/// memory — this test failed.
 #[test]
 fn limits_hold_the_sandbox_survives_and_the_reason_is_reported() {
     let a = Alcove::new();
@@ -626,8 +637,9 @@ fn limits_hold_the_sandbox_survives_and_the_reason_is_reported() {
 /// root and without a delegated cgroup) refuses the sandbox in one line
 /// with exit 125, before anything is recorded.
 ///
-/// Before this change: the rootless jail ran without the limits, with a
-/// log line only — this test failed.
+/// Before this change: the sandbox was created and the run failed later
+/// (exit 126, after the limits were dropped with a log line) — this test
+/// failed.
 #[test]
 fn a_limit_that_cannot_be_applied_refuses_the_sandbox_before_it_is_recorded() {
     use std::os::unix::process::CommandExt;
