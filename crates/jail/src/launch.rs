@@ -16,17 +16,19 @@ use crate::child::{self, ChildPlan, MountSource, Step, VolumePlan, MOUNT_FIRST_V
 use crate::mounts::{self, MountError, OverlaySpec, UpperDirs};
 use crate::validate::{cstring, overlay_safe, parents, pipe, Checked};
 use crate::{disk, idmap, is_root, policy, Isolation, JailOptions, Shared};
+use alcove_backend::guest_log::{log_pipe, GUEST_LOG_LIMITS};
 use alcove_backend::{BackendError, GuestSpec};
 use alcove_protocol::agent_config::{AgentConfig, AgentMode};
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
+use std::sync::Mutex;
 
 /// How a launch ended.
 pub(crate) enum Started {
@@ -80,8 +82,7 @@ pub(crate) fn decide(options: &JailOptions, spec: &GuestSpec) -> Result<Isolatio
             reason: "a private uid range needs alcove to run as root".into(),
         });
     }
-    fs::create_dir_all(&spec.sandbox_dir)
-        .map_err(|e| BackendError::io(format!("creating {}", spec.sandbox_dir.display()), e))?;
+    private_dir(&spec.sandbox_dir)?;
     let owner = fs::canonicalize(&spec.sandbox_dir)
         .map_err(|e| BackendError::io(format!("resolving {}", spec.sandbox_dir.display()), e))?;
     let registry = match idmap::Registry::open(&idmap::registry_dir()) {
@@ -113,6 +114,9 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     let upper = spec.sandbox_dir.join("upper");
     let work = spec.sandbox_dir.join("work");
     let merged = spec.sandbox_dir.join("merged");
+    // The sandbox directory (and any missing parent) is owner-only whatever
+    // the umask: what the guest writes is under it.
+    tri!(private_dir(&spec.sandbox_dir));
     for dir in [&upper, &work, &merged] {
         tri!(fs::create_dir_all(dir).map_err(|e| BackendError::io(format!("creating {}", dir.display()), e)));
     }
@@ -123,14 +127,12 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     tri!(overlay_safe("sandbox directory", &merged));
     if let Some(parent) = spec.guest_log.parent() {
         if !parent.as_os_str().is_empty() {
-            tri!(fs::create_dir_all(parent).map_err(|e| BackendError::io(format!("creating {}", parent.display()), e)));
+            tri!(private_dir(parent));
         }
     }
-    let log = tri!(OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&spec.guest_log)
+    // The guest writes its log into a pipe, never a host file: a host
+    // thread copies it into the bounded, rotating guest.log.
+    let (log, log_pump) = tri!(log_pipe(&spec.guest_log, GUEST_LOG_LIMITS)
         .map_err(|e| BackendError::io(format!("opening the guest log {}", spec.guest_log.display()), e)));
     let devnull = tri!(File::open("/dev/null").map_err(|e| BackendError::io("opening /dev/null", e)));
 
@@ -366,8 +368,25 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     }
     Started::Ok(
         host_channel,
-        Shared { pid, pidfd, cgroup, merged, isolation: isolation.clone(), done: AtomicBool::new(false) },
+        Shared {
+            pid,
+            pidfd,
+            cgroup,
+            merged,
+            isolation: isolation.clone(),
+            guest_log: Mutex::new(Some(log_pump)),
+            done: AtomicBool::new(false),
+        },
     )
+}
+
+/// Creates `dir` and any missing parent, 0700 whatever the umask.
+fn private_dir(dir: &Path) -> Result<(), BackendError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))
 }
 
 /// The probe behind [`crate::probe_isolation`].

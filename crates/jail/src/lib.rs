@@ -38,10 +38,13 @@
 //!    absolute, without `..`, not `/` and not under `/proc`, `/sys`, `/dev`
 //!    or `/.alcove`; limits within bounds ([`limits`]); 1 ≤ cpus ≤ the
 //!    host's online CPUs; overlay paths free of `,` `:` `\`.
-//! 2. **Host side**: `upper/`, `work/` and `merged/` under `sandbox_dir`
-//!    (the first two persist across stop/start); with a disk limit, the
-//!    sandbox's ext4 image ([`disk`]) holds `upper/` and `work/` instead;
-//!    the guest log opened for append; the cgroup with its limits (see
+//! 2. **Host side**: `sandbox_dir` (0700 whatever the umask) with `upper/`,
+//!    `work/` and `merged/` (the first two persist across stop/start); with
+//!    a disk limit, the sandbox's ext4 image ([`disk`]) holds `upper/` and
+//!    `work/` instead; the guest log: a pipe whose read end a host thread
+//!    copies into the bounded, rotating `guest.log` (see
+//!    [`alcove_backend::guest_log`]; the guest never holds a host file);
+//!    the cgroup with its limits (see
 //!    [`cgroup`]); the agent channel; a pipe already holding the JSON
 //!    [`alcove_protocol::agent_config::AgentConfig`]; the uid range.
 //! 3. **Clone** with new pid, mount, uts, ipc and net namespaces (plus the
@@ -61,7 +64,7 @@
 //!    directories, the jail's memory cgroup read-only, a sized `/tmp`, the
 //!    agent read-only at `/.alcove/agent`; pivots, detaches the old root,
 //!    attaches the volumes, brings `lo` up, drops privileges (below), puts
-//!    `/dev/null` on fd 0, the guest log on 1 and 2, the agent channel on
+//!    `/dev/null` on fd 0, the guest log pipe on 1 and 2, the agent channel on
 //!    3 and the config pipe on 4, and execs `/.alcove/agent --config-fd 4`.
 //!
 //! Every guest-writable or host-provided mount (the overlay root, volumes,
@@ -120,11 +123,16 @@ use std::fmt;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use child::AGENT_PATH;
 pub use limits::{check, DEFAULT_PIDS_LIMIT, MIN_MEMORY_MIB, MIN_PIDS_LIMIT};
 pub use validate::MAX_VOLUMES;
+
+/// How long clean-up waits for the guest log's last bytes once the jail has
+/// ended (its writers are gone then, so this is only a bound).
+const GUEST_LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// Whether and how to put the jail in a new user namespace.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -378,6 +386,8 @@ pub(crate) struct Shared {
     cgroup: Option<Cgroup>,
     merged: PathBuf,
     isolation: Isolation,
+    /// Copies the guest's log pipe into guest.log; finished at clean-up.
+    guest_log: Mutex<Option<alcove_backend::guest_log::LogPump>>,
     /// Set once PID 1 has been reaped.
     done: AtomicBool,
 }
@@ -433,6 +443,14 @@ impl Shared {
     fn cleanup(&self) {
         if let Some(c) = &self.cgroup {
             c.destroy();
+        }
+        // Every writer of the log pipe died with the pid namespace: what they
+        // wrote is in guest.log before the run is over.
+        let pump = self.guest_log.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pump) = pump {
+            if !pump.finish(GUEST_LOG_DRAIN) {
+                tracing::warn!("the guest log pipe is still open after the jail ended; not waiting for it");
+            }
         }
         // The mount point was only ever used inside the jail's namespace.
         let _ = std::fs::remove_dir(&self.merged);
