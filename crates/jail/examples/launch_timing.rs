@@ -3,7 +3,9 @@
 //!
 //! Run as root: `cargo run --release -p alcove-jail --example launch_timing -- [runs]`.
 //! Set `TIMING_LIMITS=1` to also request memory and cpu limits, and
-//! `TIMING_BALLAST_MB=<n>` to give the launching process `n` MiB resident.
+//! `TIMING_BALLAST_MB=<n>` to give the launching process `n` MiB resident,
+//! `TIMING_EPHEMERAL=1` to launch as `alcove run --rm` does (a `volatile`
+//! overlay; the uid-range record is not synced).
 //! `TIMING_VARIANTS=default,nouserns,disk` (any subset, default `default`)
 //! alternates launches with the default isolation (a private uid range),
 //! without a user namespace, and with a 64 MiB disk limit (the image made
@@ -65,6 +67,8 @@ fn main() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "launch_timing must run as root");
     let runs: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(50);
     let limits = std::env::var_os("TIMING_LIMITS").is_some();
+    // As `alcove run --rm` launches: a volatile overlay, no synced uid-range record.
+    let ephemeral = std::env::var_os("TIMING_EPHEMERAL").is_some();
     // Optional resident ballast, to see what the fork-like clone costs in a
     // process with a large address space (TIMING_BALLAST_MB).
     let ballast_mb: usize = std::env::var("TIMING_BALLAST_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -113,6 +117,7 @@ fn main() {
         memory_mib: limits.then_some(256),
         cpus: limits.then_some(1),
         disk_mib,
+        ephemeral: ephemeral && disk_mib.is_none(),
         ..GuestSpec::default()
     };
     for v in &variants {

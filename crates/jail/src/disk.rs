@@ -70,7 +70,7 @@ struct LoopConfig {
 pub(crate) struct Disk {
     /// The detached mount: closing it unmounts the image, so it stays open
     /// until the overlay holds the layers.
-    _mount: OwnedFd,
+    mount: OwnedFd,
     /// `upper/` as an `O_PATH` descriptor.
     pub upper: OwnedFd,
     /// `work/` as an `O_PATH` descriptor.
@@ -78,6 +78,12 @@ pub(crate) struct Disk {
 }
 
 impl Disk {
+    /// The image's detached mount, for the caller to close once the overlay
+    /// holds the layers (its last close waits out an RCU grace period).
+    pub fn into_mount(self) -> OwnedFd {
+        self.mount
+    }
+
     /// The host path through which `upper/` can be walked (for ownership).
     pub fn upper_path(&self) -> PathBuf {
         // `/.` makes every call follow the descriptor's magic link.
@@ -126,7 +132,7 @@ pub(crate) fn open(sandbox_dir: &Path, mib: u64) -> Result<Disk, DiskError> {
     };
     let upper = dir(c"upper", 0o755).map_err(fail("preparing upper/"))?;
     let work = dir(c"work", 0o700).map_err(fail("preparing work/"))?;
-    Ok(Disk { _mount: root, upper, work })
+    Ok(Disk { mount: root, upper, work })
 }
 
 /// A sparse file of `mib` MiB formatted ext4, renamed into place when done.

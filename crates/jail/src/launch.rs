@@ -96,7 +96,7 @@ pub(crate) fn decide(options: &JailOptions, spec: &GuestSpec) -> Result<Isolatio
             return Ok(Isolation::Private { base, count: idmap::RANGE_SIZE });
         }
     }
-    match registry.claim(&owner, !spec.ephemeral) {
+    match registry.claim(&owner) {
         Ok(base) => Ok(Isolation::Private { base, count: idmap::RANGE_SIZE }),
         Err(e @ idmap::IdmapError::Exhausted { .. }) => Err(BackendError::Setup(e.to_string())),
         Err(e) => Ok(Isolation::HostRoot { reason: e.to_string() }),
@@ -311,6 +311,9 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
 
     or_abort!(write_id_maps(pid, isolation));
+    // Detached mounts whose last close would wait out an RCU grace period
+    // (see `mounts`): kept until the jail's clean-up.
+    let mut held: Vec<OwnedFd> = Vec::new();
     let sent = if host_mounts {
         let userns = match isolation {
             Isolation::Private { .. } => Some(or_abort!(File::open(format!("/proc/{pid}/ns/user"))
@@ -326,7 +329,10 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
             None => UpperDirs::Paths { upper: upper.clone(), work: work.clone() },
         };
         match host_side_mounts(checked, &upper_dirs, spec.ephemeral, userns.as_ref()) {
-            Ok(fds) => fds,
+            Ok((fds, layers)) => {
+                held.extend(layers);
+                fds
+            }
             Err(MountError::Idmap { path, source }) => {
                 abort(&cgroup);
                 return Started::Idmap(format!("idmapped mounts do not work here ({}: {source})", path.display()));
@@ -339,7 +345,9 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     } else {
         Vec::new()
     };
-    drop(disk);
+    if let Some(d) = disk {
+        held.push(d.into_mount());
+    }
     if let Some(c) = &cgroup {
         // The child has joined the v1 directories itself.
         or_abort!(c.add_v2(pid).map_err(|e| BackendError::Setup(format!("placing the jail in its cgroup: {e}"))));
@@ -375,6 +383,7 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
             merged,
             isolation: isolation.clone(),
             guest_log: Mutex::new(Some(log_pump)),
+            held_mounts: Mutex::new(held),
             done: AtomicBool::new(false),
         },
     )
@@ -498,20 +507,22 @@ fn child_mount_source(
     })
 }
 
-/// The detached overlay, agent and volumes, in the child's order.
+/// The detached overlay, agent and volumes, in the child's order, and the
+/// overlay's idmapped lower layers (to be closed later).
 fn host_side_mounts(
     checked: &Checked,
     upper: &UpperDirs,
     volatile: bool,
     userns: Option<&OwnedFd>,
-) -> Result<Vec<OwnedFd>, MountError> {
+) -> Result<(Vec<OwnedFd>, Vec<OwnedFd>), MountError> {
     let mut fds = Vec::with_capacity(MOUNT_FIRST_VOLUME + checked.volumes.len());
-    fds.push(mounts::overlay(&OverlaySpec { lowers: &checked.lowers, upper, volatile }, userns)?);
+    let overlay = mounts::overlay(&OverlaySpec { lowers: &checked.lowers, upper, volatile }, userns)?;
+    fds.push(overlay.mount);
     fds.push(mounts::bind(&checked.agent, true, false, userns)?);
     for v in &checked.volumes {
         fds.push(mounts::bind(&v.host, v.readonly, true, userns)?);
     }
-    Ok(fds)
+    Ok((fds, overlay.layers))
 }
 
 /// The go byte, with the mounts as `SCM_RIGHTS` when there are any.

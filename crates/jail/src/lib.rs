@@ -386,6 +386,10 @@ pub(crate) struct Shared {
     cgroup: Option<Cgroup>,
     merged: PathBuf,
     isolation: Isolation,
+    /// Detached mounts the jail's overlay was built from (idmapped lower
+    /// layers, the disk image): closed at clean-up, where the RCU grace
+    /// period their unmount waits for delays no launch.
+    held_mounts: Mutex<Vec<OwnedFd>>,
     /// Copies the guest's log pipe into guest.log; finished at clean-up.
     guest_log: Mutex<Option<alcove_backend::guest_log::LogPump>>,
     /// Set once PID 1 has been reaped.
@@ -444,6 +448,7 @@ impl Shared {
         if let Some(c) = &self.cgroup {
             c.destroy();
         }
+        self.held_mounts.lock().unwrap_or_else(|p| p.into_inner()).clear();
         // Every writer of the log pipe died with the pid namespace: what they
         // wrote is in guest.log before the run is over.
         let pump = self.guest_log.lock().unwrap_or_else(|p| p.into_inner()).take();
