@@ -142,6 +142,12 @@ pub struct SandboxConfig {
     /// Exit when this pid dies (an attached `alcove run`).
     #[serde(default)]
     pub parent_pid: Option<u32>,
+    /// Remove the sandbox (records and directory) once its run has ended
+    /// (`--rm`). The attached CLI (`parent_pid`) does it after reading the
+    /// outcome; the sandbox process does it itself when there is none or it
+    /// is gone.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 impl SandboxConfig {

@@ -148,6 +148,9 @@ pub struct DbStartRun {
     pub config_json: String,
     /// The sandbox process's pid.
     pub pid: u32,
+    /// Its start time in clock ticks since boot (see
+    /// [`crate::liveness::ProcessIdentity`]).
+    pub pid_start_ticks: Option<u64>,
 }
 
 /// Sets the sandbox status.

@@ -37,7 +37,7 @@ impl Handler<DbStartRun> for DbActor {
         if self.store()?.sandbox(&msg.sandbox).map_err(|e| e.to_string())?.is_none() {
             self.store()?.upsert_sandbox(&msg.sandbox, &msg.config_json).map_err(|e| e.to_string())?;
         }
-        self.store()?.start_run(&msg.sandbox, msg.pid).map_err(|e| e.to_string())
+        self.store()?.start_run_of(&msg.sandbox, msg.pid, msg.pid_start_ticks).map_err(|e| e.to_string())
     }
 }
 

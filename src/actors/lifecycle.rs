@@ -233,7 +233,12 @@ impl Actor for Lifecycle {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let db = self.db.clone();
-        let msg = DbStartRun { sandbox: self.name.clone(), config_json: self.config_json.clone(), pid: self.pid };
+        let msg = DbStartRun {
+            sandbox: self.name.clone(),
+            config_json: self.config_json.clone(),
+            pid: self.pid,
+            pid_start_ticks: crate::liveness::ProcessIdentity::of(self.pid).map(|p| p.start_ticks),
+        };
         // Nothing else is handled until the run row exists (or cannot).
         ctx.wait(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx| match res {
             Ok(Ok(run)) => {

@@ -36,6 +36,12 @@ async fn create_and_start(
     let mut cfg = launch::build_config(ctx, name, opts, parent_pid)?;
     // A sandbox removed when its run ends never reuses its writable layer.
     cfg.guest.ephemeral = meta.auto_remove;
+    cfg.auto_remove = meta.auto_remove;
+    // An attached CLI removes its `--rm` sandbox once it has read the
+    // outcome; without one, the sandbox process removes itself.
+    let owner =
+        if meta.auto_remove && parent_pid.is_some() { crate::liveness::ProcessIdentity::current() } else { None };
+    let meta = CliMeta { owner, ..meta };
     let json = serde_json::to_string(&cfg).map_err(|e| CliError::msg(e.to_string()))?;
     ctx.store.create_sandbox(name, &json)?;
     let result = async {
@@ -77,6 +83,7 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
             backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
             detached_command: Some(args.command.clone()),
             interactive: false,
+            owner: None,
         };
         let (_client, _started) = create_and_start(&ctx, process, &name, &args.opts, None, meta).await?;
         spawn_supervisor(&ctx, &name)?;
@@ -90,6 +97,7 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
         backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
         detached_command: None,
         interactive: args.interactive,
+        owner: None,
     };
     let (client, mut started) =
         create_and_start(&ctx, process, &name, &args.opts, Some(std::process::id()), meta).await?;
@@ -219,6 +227,7 @@ pub async fn create(args: CreateArgs) -> CliResult<i32> {
         backend_requested: format!("{:?}", opts.backend).to_lowercase(),
         detached_command: None,
         interactive: false,
+        owner: None,
     };
     let (_client, _started) = create_and_start(&ctx, process, &args.name, &opts, None, meta).await?;
     println!("{}", args.name);

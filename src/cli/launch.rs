@@ -131,6 +131,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         socket_path: None,
         db_path: None,
         parent_pid,
+        auto_remove: false,
     })
 }
 
@@ -384,7 +385,7 @@ pub async fn stop(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
     if wait_final_async(ctx, name, budget).await? {
         return Ok(true);
     }
-    force(ctx, name, run.pid, run.id, run.started_at_ms).await?;
+    force(ctx, name, &run).await?;
     Ok(true)
 }
 
@@ -392,33 +393,42 @@ pub async fn stop(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
 /// recorded outcome.
 pub async fn kill(ctx: &Ctx, name: &str) -> CliResult<bool> {
     let Some(run) = ctx.running_run(name)? else { return Ok(false) };
-    force(ctx, name, run.pid, run.id, run.started_at_ms).await?;
+    force(ctx, name, &run).await?;
     Ok(true)
 }
 
-async fn force(ctx: &Ctx, name: &str, pid: u32, run: alcove_store::RunId, started: i64) -> CliResult<()> {
-    if run_alive(pid, started) {
-        signal(pid, libc::SIGUSR1);
+async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResult<()> {
+    if run_alive(run) {
+        signal(run.pid, libc::SIGUSR1);
     }
     if wait_final_async(ctx, name, Duration::from_secs(5)).await? {
         return Ok(());
     }
-    if run_alive(pid, started) {
-        signal(pid, libc::SIGKILL);
+    if run_alive(run) {
+        signal(run.pid, libc::SIGKILL);
     }
+    // Its end is recorded and its socket removed once the process is gone
+    // (its lock free), so they cannot race a new start of the sandbox.
+    let lock = crate::liveness::SandboxLock::acquire(&ctx.lock_path(name), super::state::REMOVE_WAIT);
+    let _lock = match lock {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => return Err(CliError::msg(format!("sandbox {name} (pid {}) did not end when killed", run.pid))),
+        Err(_) => None,
+    };
     let outcome = RunOutcome {
         reason: TerminationReason::Signal,
         exit_code: None,
         exit_signal: Some(libc::SIGKILL),
         detail: Some("the sandbox process did not stop when asked and was killed".into()),
     };
-    match ctx.store.finish_run(run, &outcome) {
-        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_)) => {}
+    match ctx.store.finish_run(run.id, &outcome) {
+        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_) | alcove_store::StoreError::NoSuchRun(_)) => {}
         Err(e) => return Err(e.into()),
     }
     if let Ok(sock) = ctx.socket_path(name) {
         let _ = std::fs::remove_file(sock);
     }
+    alcove_jail::cgroup::remove_leftovers(name, run.pid);
     Ok(())
 }
 

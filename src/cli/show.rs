@@ -49,11 +49,10 @@ fn run_end(r: &RunRecord) -> String {
 pub fn ps(args: PsArgs) -> CliResult<i32> {
     let ctx = Ctx::open()?;
     let mut rows = Vec::new();
-    for sb in ctx.store.sandboxes()? {
+    for (sb, last) in ctx.store.sandboxes_with_latest_run()? {
         if !args.all && !is_active(sb.status) {
             continue;
         }
-        let last = ctx.store.latest_run(&sb.name)?;
         rows.push((sb, last));
     }
     if args.json {

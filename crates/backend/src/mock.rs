@@ -19,6 +19,8 @@
 //! - `pipe N` — writes N bytes to stdout through a pipe whose read end it
 //!   hands to the host (`ExecStdoutPipe`, flag FD) when the request asks
 //!   for it, as a jail's agent does; as `stream N` otherwise;
+//! - `poweroff N` — ends the whole guest with exit code N, as a guest whose
+//!   init exits by itself;
 //! - `badfd` / `nofd` — a broken guest: `ExecStdoutPipe` carrying a pipe's
 //!   write end, or no descriptor at all; then prints `after` and exits 0;
 //! - anything else fails with `not_found`.
@@ -377,7 +379,7 @@ impl Guest {
             self.fail(id, SpawnErrorKind::InvalidRequest, "empty argv");
             return;
         };
-        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines", "pipe", "badfd", "nofd"]
+        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines", "pipe", "badfd", "nofd", "poweroff"]
             .contains(&program.as_str())
         {
             self.fail(id, SpawnErrorKind::NotFound, &format!("{program}: command not found"));
@@ -502,6 +504,11 @@ impl Guest {
                 exited(0)
             }
             "exit" => exited(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
+            "poweroff" => {
+                let code = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                self.exit(code);
+                exited(code)
+            }
             "cat" => loop {
                 if let Ok(sig) = signals.try_recv() {
                     return ExitStatus { code: None, signal: Some(sig), oom_killed: false };

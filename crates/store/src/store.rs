@@ -53,7 +53,7 @@ pub struct Store {
 
 const SANDBOX_COLUMNS: &str = "id, name, config_json, status, created_at_ms, updated_at_ms";
 const RUN_SELECT: &str = "SELECT r.id, s.name, r.pid, r.status, r.exit_code, r.exit_signal, \
-     r.reason, r.detail, r.started_at_ms, r.terminated_at_ms \
+     r.reason, r.detail, r.started_at_ms, r.terminated_at_ms, r.pid_start_ticks \
      FROM run r JOIN sandbox s ON s.id = r.sandbox_id";
 const METRIC_COLUMNS: &str = "at_ms, cpu_usec, memory_bytes, io_read_bytes, io_write_bytes, net_rx_bytes, net_tx_bytes";
 
@@ -222,6 +222,25 @@ impl Store {
         })
     }
 
+    /// Every sandbox with its newest run (if any), ordered by name, from one
+    /// snapshot: a sandbox another process removes meanwhile is either
+    /// listed whole or not at all.
+    pub fn sandboxes_with_latest_run(&self) -> Result<Vec<(SandboxRecord, Option<RunRecord>)>, StoreError> {
+        let sandboxes = format!("SELECT {SANDBOX_COLUMNS} FROM sandbox ORDER BY name");
+        let latest = format!("{RUN_SELECT} WHERE r.sandbox_id = ?1 ORDER BY r.id DESC LIMIT 1");
+        self.read("list sandboxes", |c| {
+            let mut stmt = c.prepare_cached(&sandboxes)?;
+            let list = stmt.query_map([], sandbox_row)?.collect::<Result<Vec<_>, _>>()?;
+            let mut run = c.prepare_cached(&latest)?;
+            list.into_iter()
+                .map(|sb| {
+                    let last = run.query_row([sb.id], run_row).optional()?;
+                    Ok((sb, last))
+                })
+                .collect()
+        })
+    }
+
     /// Records a new status for a sandbox.
     ///
     /// `Running` is committed without its own sync ([`Durability::Implied`]):
@@ -249,15 +268,24 @@ impl Store {
 
     // ---- runs ----
 
-    /// Records a new `Running` run of `sandbox` with host pid `pid` and sets
-    /// the sandbox to `Starting`, in one transaction.
+    /// Records a new `Running` run of `sandbox` with host pid `pid` (start
+    /// time unknown) and sets the sandbox to `Starting`, in one transaction.
     pub fn start_run(&self, sandbox: &str, pid: u32) -> Result<RunId, StoreError> {
+        self.start_run_of(sandbox, pid, None)
+    }
+
+    /// [`Store::start_run`] with the start time of the process `pid` in clock
+    /// ticks since boot, which identifies it exactly (see
+    /// [`RunRecord::pid_start_ticks`]).
+    pub fn start_run_of(&self, sandbox: &str, pid: u32, start_ticks: Option<u64>) -> Result<RunId, StoreError> {
+        let ticks = start_ticks.map(clamp);
         self.write("start a run", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
             let now = now_ms();
             tx.execute(
-                "INSERT INTO run (sandbox_id, pid, status, started_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![sid, pid, RunStatus::Running, now],
+                "INSERT INTO run (sandbox_id, pid, status, started_at_ms, pid_start_ticks) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sid, pid, RunStatus::Running, now, ticks],
             )?;
             let run = RunId(tx.last_insert_rowid());
             tx.execute(
@@ -532,6 +560,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         detail: r.get(7)?,
         started_at_ms: r.get(8)?,
         terminated_at_ms: r.get(9)?,
+        pid_start_ticks: r.get::<_, Option<i64>>(10)?.and_then(|t| u64::try_from(t).ok()),
     })
 }
 
