@@ -126,10 +126,51 @@ impl SandboxLock {
     }
 
     /// Takes the lock if nobody holds it: `Ok(None)` when a live process
-    /// does. The file is created (0600) if missing, but not its directory
-    /// (`NotFound` then: the sandbox is gone).
+    /// does. Never creates the file (`NotFound`: no sandbox process of this
+    /// sandbox has run since it was created, or the sandbox is gone), so a
+    /// reaper cannot put a file back into a directory being removed.
     pub fn try_acquire(path: &Path) -> io::Result<Option<SandboxLock>> {
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).mode(0o600).open(path)?;
+        let file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+        SandboxLock::lock(file, path)
+    }
+
+    /// Takes the lock, waiting up to `wait` for its holder to end; `Ok(None)`
+    /// if it still holds it then. Never creates the file, as
+    /// [`SandboxLock::try_acquire`].
+    pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<SandboxLock>> {
+        SandboxLock::acquire_with(path, wait, false)
+    }
+
+    /// [`SandboxLock::acquire`] for the sandbox process itself, which
+    /// creates the file (0600) if missing, not its directory.
+    pub fn acquire_for_life(path: &Path, wait: Duration) -> io::Result<Option<SandboxLock>> {
+        SandboxLock::acquire_with(path, wait, true)
+    }
+
+    fn acquire_with(path: &Path, wait: Duration, create: bool) -> io::Result<Option<SandboxLock>> {
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(create).mode(0o600).open(path)?;
+        let deadline = Instant::now() + wait;
+        // A holder that is ending releases within milliseconds; one that
+        // runs on keeps it, and the caller gets `None` at the deadline.
+        let mut delay = Duration::from_millis(1);
+        let mut file = file;
+        loop {
+            match SandboxLock::lock(file, path)? {
+                Some(lock) => return Ok(Some(lock)),
+                None => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Ok(None);
+                    }
+                    std::thread::sleep(delay.min(left));
+                    delay = (delay * 2).min(Duration::from_millis(20));
+                    file = std::fs::OpenOptions::new().read(true).write(true).open(path)?;
+                }
+            }
+        }
+    }
+
+    fn lock(file: File, path: &Path) -> io::Result<Option<SandboxLock>> {
         // SAFETY: flock on a descriptor this function owns.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Ok(Some(SandboxLock { _file: file, path: path.to_path_buf() }));
@@ -142,38 +183,13 @@ impl SandboxLock {
         }
     }
 
-    /// Takes the lock, waiting up to `wait` for its holder to end; `Ok(None)`
-    /// if it still holds it then.
-    pub fn acquire(path: &Path, wait: Duration) -> io::Result<Option<SandboxLock>> {
-        let deadline = Instant::now() + wait;
-        // A holder that is ending releases within milliseconds; one that
-        // runs on keeps it, and the caller gets `None` at the deadline.
-        let mut delay = Duration::from_millis(1);
-        loop {
-            if let Some(lock) = SandboxLock::try_acquire(path)? {
-                return Ok(Some(lock));
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            std::thread::sleep(delay.min(left));
-            delay = (delay * 2).min(Duration::from_millis(20));
-        }
-    }
-
     /// Deletes sandbox `name`: its row (runs and metrics go with it), then
     /// its directory, this lock file included. Holding the lock proves no
     /// sandbox process of it is alive; a new one for the same name, started
     /// once the row is gone, locks a new file.
     pub fn remove_sandbox(self, store: &alcove_store::Store, name: &str) -> Result<(), RemoveError> {
-        store.delete_sandbox(name)?;
         let dir = self.path.parent().map(Path::to_path_buf).unwrap_or_default();
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(RemoveError::Directory { name: name.to_string(), path: dir, source }),
-        }
+        remove_unlocked(store, name, &dir)
     }
 
     /// Whether a live process holds the lock at `path` (false when the
@@ -185,6 +201,18 @@ impl SandboxLock {
             Ok(f) => unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) != 0 },
             Err(_) => false,
         }
+    }
+}
+
+/// Deletes sandbox `name`'s records, then its directory `dir`, without its
+/// lock: only for a sandbox whose lock file does not exist (no sandbox
+/// process of it has ever run), or through [`SandboxLock::remove_sandbox`].
+pub fn remove_unlocked(store: &alcove_store::Store, name: &str, dir: &Path) -> Result<(), RemoveError> {
+    store.delete_sandbox(name)?;
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(RemoveError::Directory { name: name.to_string(), path: dir.to_path_buf(), source }),
     }
 }
 
@@ -233,7 +261,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = SandboxLock::path(dir.path());
         assert!(!SandboxLock::is_held(&path));
-        let held = SandboxLock::try_acquire(&path).expect("lock file").expect("free");
+        // Only the sandbox process creates the file.
+        assert_eq!(SandboxLock::try_acquire(&path).err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));
+        let held = SandboxLock::acquire_for_life(&path, Duration::ZERO).expect("lock file").expect("free");
         assert!(SandboxLock::is_held(&path));
         // Another open file description (as another process would have) is refused.
         assert!(SandboxLock::try_acquire(&path).expect("lock file").is_none());

@@ -16,14 +16,14 @@
 //! then finalises the run from the driver's thread, so no failure leaves a
 //! run Running or the process hanging.
 
-use crate::actors::db::DbActor;
+use crate::actors::db::{DbActor, SampleGate};
 use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
 use crate::actors::metrics::Metrics;
 use crate::actors::relay::{bind_socket, Relay, RelayError};
 use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
-use crate::config::{Outcome, Policy};
+use crate::config::{ExitBudget, Outcome, Policy};
 use crate::messages::{GuestLaunched, LaunchFailed, Terminate, Touch, VmExited};
 use crate::store::{RunOutcome, Store, StoreError, StoreOptions, TerminationReason};
 use actix::prelude::*;
@@ -206,12 +206,25 @@ impl GuestDriver {
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
     opts.policy.validate()?;
-    let store = Store::open_with(&opts.db_path, opts.store.clone())?;
+    let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
     let listener = bind_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
 }
 
-/// [`launch`] with the database opened and agent.sock bound by the caller.
+/// `store` with its retry budget (and each attempt's busy wait) cut to what
+/// the policy's [`ExitBudget`] leaves the final write, so the store never
+/// retries past the point where the exit observer gives up on it.
+pub fn store_options_within(store: &StoreOptions, policy: &Policy) -> StoreOptions {
+    let final_write = policy.exit_budget().final_write();
+    StoreOptions {
+        retry_budget: store.retry_budget.min(final_write),
+        busy_timeout: store.busy_timeout.min(final_write),
+        ..store.clone()
+    }
+}
+
+/// [`launch`] with the database opened and agent.sock bound by the caller
+/// (with options from [`store_options_within`]).
 /// The standalone process does both before it prints its pid: a bad
 /// database is refused before it claims to run, and a client that reads the
 /// pid can connect at once (the relay answers once the agent is ready).
@@ -262,7 +275,7 @@ pub fn launch_with(
             tracing::error!(error = %e, "the backend could not create the guest");
             let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
             lifecycle.do_send(LaunchFailed { error: e.to_string(), ack: ack_tx });
-            if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
+            if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
                 last_resort(&opts, &shared, None, "the actor system did not finalise a failed launch in time");
             }
             Ok((handle, GuestDriver { runner: None, observer }))
@@ -289,18 +302,27 @@ fn run_actor_system(
         let system = System::new();
         system.block_on(async move {
             let store = Mutex::new(Some(store));
-            let (db_path, store_options) = (opts.db_path.clone(), opts.store.clone());
+            let (db_path, store_options) = (opts.db_path.clone(), store_options_within(&opts.store, &opts.policy));
+            let samples = SampleGate::default();
+            let db_samples = samples.clone();
             let db = SyncArbiter::start(1, move || {
                 // The first call gets the connection opened (and checked) by
                 // `launch`; should actix ever call again, a new one is opened.
-                match store.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(s) => DbActor::new(Ok(s)),
-                    None => DbActor::new(Store::open_with(&db_path, store_options.clone()).map_err(|e| e.to_string())),
-                }
+                let store = match store.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(s) => Ok(s),
+                    None => Store::open_with(&db_path, store_options.clone()).map_err(|e| e.to_string()),
+                };
+                DbActor::new(store, db_samples.clone())
             });
-            let lifecycle =
-                Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, db.clone(), shared.clone())
-                    .start();
+            let lifecycle = Lifecycle::new(
+                opts.name.clone(),
+                opts.config_json.clone(),
+                opts.pid,
+                db.clone(),
+                samples,
+                shared.clone(),
+            )
+            .start();
             let relay = Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone()).start();
             let vm = VmActor::new(opts.policy, relay.clone()).start();
             let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
@@ -326,7 +348,7 @@ fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
         let code = exit.code;
         lifecycle.do_send(VmExited { exit, ack: ack_tx });
-        if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
+        if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
             last_resort(&opts, &shared, Some(code), "the actor system did not finalise the run in time");
         }
     })
@@ -345,7 +367,11 @@ fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i3
     };
     let recorded = match shared.run() {
         Some(run) => {
-            let short = StoreOptions { retry_budget: Duration::from_millis(500), ..opts.store.clone() };
+            let short = StoreOptions {
+                retry_budget: ExitBudget::LAST_RESORT / 2,
+                busy_timeout: ExitBudget::LAST_RESORT / 4,
+                ..opts.store.clone()
+            };
             match Store::open_with(&opts.db_path, short).and_then(|s| s.finish_run(run, &outcome)) {
                 Ok(()) => true,
                 Err(e) => {

@@ -76,8 +76,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let backend = make_backend(&cfg)?;
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
-    let store = Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
     cfg.policy.validate().map_err(|e| e.to_string())?;
+    let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);
+    let store = Store::open_with(&cfg.db_path(), store_options).map_err(|e| e.to_string())?;
     let socket_path = cfg.socket_path().map_err(|e| e.to_string())?;
 
     let log_dir = cfg.log_dir();
@@ -85,7 +86,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     // Held until this process ends. A previous process of this sandbox may
     // still be ending (its run is final, its exit is not).
     let lock_path = SandboxLock::path(&cfg.sandbox_dir());
-    let lock = SandboxLock::acquire(&lock_path, cfg.policy.exit_budget)
+    let lock = SandboxLock::acquire_for_life(&lock_path, cfg.policy.exit_budget)
         .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?
         .ok_or_else(|| format!("sandbox {} is already run by another sandbox process", cfg.name))?;
     // The attached CLI, watched through a pidfd opened while it waits for us.

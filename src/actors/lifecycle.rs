@@ -12,7 +12,7 @@
 //! actor system. The run row is written before anything else is handled
 //! (`ctx.wait`), so a finalisation never races its creation.
 
-use crate::actors::db::DbActor;
+use crate::actors::db::{DbActor, SampleGate};
 use crate::actors::metrics::Metrics;
 use crate::actors::relay::Relay;
 use crate::actors::vm::VmActor;
@@ -127,13 +127,21 @@ pub struct Lifecycle {
     relay: Option<Addr<Relay>>,
     metrics: Option<Addr<Metrics>>,
     shared: Arc<SharedState>,
+    samples: SampleGate,
     finalising: bool,
 }
 
 impl Lifecycle {
     /// A lifecycle for sandbox `name`; the other actors are attached with
     /// [`Wire`] once they exist.
-    pub fn new(name: String, config_json: String, pid: u32, db: Addr<DbActor>, shared: Arc<SharedState>) -> Lifecycle {
+    pub fn new(
+        name: String,
+        config_json: String,
+        pid: u32,
+        db: Addr<DbActor>,
+        samples: SampleGate,
+        shared: Arc<SharedState>,
+    ) -> Lifecycle {
         Lifecycle {
             name,
             config_json,
@@ -146,6 +154,7 @@ impl Lifecycle {
             relay: None,
             metrics: None,
             shared,
+            samples,
             finalising: false,
         }
     }
@@ -179,6 +188,8 @@ impl Lifecycle {
             return;
         }
         self.finalising = true;
+        // The final write goes ahead of any sample still queued for the database.
+        self.samples.close();
         let cause = self.cause.take().unwrap_or_else(|| match exit_code {
             Some(0) => Terminate { reason: TerminationReason::Completed, detail: None, force: false },
             Some(code) => Terminate::new(TerminationReason::Failed, format!("the guest exited with code {code}")),

@@ -144,12 +144,12 @@ async fn finish_run(
     let grace = u32::try_from(RUN_STOP_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(RUN_STOP_TIMEOUT + Duration::from_secs(2), client.shutdown(grace)).await;
     drop(client);
-    // The sandbox process is our child and exits only once its run is final
-    // (or its exit budget is spent): wait for that rather than poll the
-    // store, whose liveness check would see a zombie and take the 100 ms
-    // reaper path (which may also remove the sandbox under our feet).
-    started.wait_exit(RUN_STOP_TIMEOUT).await;
-    if !launch::wait_final_async(ctx, name, RUN_STOP_TIMEOUT).await? {
+    // The sandbox process is our child and exits once its run is final (or
+    // its exit budget is spent): the commands' grace, the drain, then the
+    // budget. Wait for that rather than poll the store.
+    let exit_wait = RUN_STOP_TIMEOUT + started.policy.drain_timeout + started.policy.exit_budget;
+    started.wait_exit(exit_wait).await;
+    if !launch::wait_final_async(ctx, name, Duration::from_secs(1)).await? {
         launch::kill(ctx, name).await?;
     }
     let _ = started.child.wait();

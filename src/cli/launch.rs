@@ -159,6 +159,8 @@ pub struct Started {
     pub pid: u32,
     /// The child handle (for an attached `run`, to reap it).
     pub child: Child,
+    /// Its timing policy (how long its end may take).
+    pub policy: Policy,
 }
 
 impl Started {
@@ -243,7 +245,7 @@ impl Pending {
             Ok(n) if n > 0 => parse_pid_line(&line),
             _ => None,
         };
-        let mut started = Started { pid: pid.unwrap_or(child.id()), child };
+        let mut started = Started { pid: pid.unwrap_or(child.id()), child, policy: cfg.policy };
         if pid.is_some() {
             return Ok(started);
         }
@@ -397,11 +399,22 @@ pub async fn kill(ctx: &Ctx, name: &str) -> CliResult<bool> {
     Ok(true)
 }
 
+/// Beyond the exit budget, what a forced stop may take before SIGKILL.
+const FORCE_SLACK: Duration = Duration::from_secs(2);
+
+/// The exit budget of sandbox `name` (see [`crate::config::ExitBudget`]).
+pub fn exit_budget(ctx: &Ctx, name: &str) -> Duration {
+    ctx.load_config(name).map(|c| c.policy.exit_budget).unwrap_or_else(|_| Policy::default().exit_budget)
+}
+
 async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResult<()> {
     if run_alive(run) {
         signal(run.pid, libc::SIGUSR1);
     }
-    if wait_final_async(ctx, name, Duration::from_secs(5)).await? {
+    // A forced stop ends the guest at once; recording it may take the
+    // sandbox's whole exit budget (a busy database), and only a process that
+    // overruns it is killed.
+    if wait_final_async(ctx, name, exit_budget(ctx, name) + FORCE_SLACK).await? {
         return Ok(());
     }
     if run_alive(run) {
@@ -480,7 +493,7 @@ mod tests {
 
     fn started(argv: &[&str]) -> Started {
         let child = Command::new(argv[0]).args(&argv[1..]).spawn().expect("spawns");
-        Started { pid: child.id(), child }
+        Started { pid: child.id(), child, policy: Policy::default() }
     }
 
     #[test]

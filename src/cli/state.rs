@@ -171,17 +171,19 @@ impl Ctx {
             if last.is_none_or(|r| r.status != RunStatus::Terminated) {
                 continue;
             }
-            match SandboxLock::try_acquire(&self.lock_path(&sb.name)) {
-                Ok(Some(lock)) => match lock.remove_sandbox(&self.store, &sb.name) {
-                    Ok(()) => {}
-                    Err(crate::liveness::RemoveError::Store(e)) => return Err(e.into()),
-                    // The records are gone; a directory left over is not this CLI's failure.
-                    Err(crate::liveness::RemoveError::Directory { .. }) => {}
-                },
+            let removed = match SandboxLock::try_acquire(&self.lock_path(&sb.name)) {
+                Ok(Some(lock)) => lock.remove_sandbox(&self.store, &sb.name),
                 // Held: its sandbox process is alive (and removes it itself).
-                Ok(None) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Ok(None) => continue,
+                // No lock file: no sandbox process of it has ever run.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_unlocked(&sb.name),
                 Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", sb.name))),
+            };
+            match removed {
+                Ok(()) => {}
+                Err(crate::liveness::RemoveError::Store(e)) => return Err(e.into()),
+                // The records are gone; a directory left over is not this CLI's failure.
+                Err(crate::liveness::RemoveError::Directory { .. }) => {}
             }
         }
         Ok(())
@@ -228,13 +230,18 @@ impl Ctx {
         match SandboxLock::acquire(&self.lock_path(name), REMOVE_WAIT) {
             Ok(Some(lock)) => lock.remove_sandbox(&self.store, name).map_err(|e| CliError::msg(e.to_string())),
             Ok(None) => Err(CliError::msg(format!("sandbox {name} is still in use by its sandbox process"))),
-            // No directory (removed by hand, or by its own process): the records only.
+            // No lock file: no sandbox process of it has run (or it removed
+            // itself meanwhile).
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.store.delete_sandbox(name)?;
-                Ok(())
+                self.remove_unlocked(name).map_err(|e| CliError::msg(e.to_string()))
             }
             Err(e) => Err(CliError::msg(format!("cannot lock sandbox {name}: {e}"))),
         }
+    }
+
+    /// Removes a sandbox that has no lock file: its records and directory.
+    fn remove_unlocked(&self, name: &str) -> Result<(), crate::liveness::RemoveError> {
+        crate::liveness::remove_unlocked(&self.store, name, &self.sandbox_dir(name))
     }
 
     /// Waits until the newest run of `name` is no longer running (reaping as

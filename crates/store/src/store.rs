@@ -374,9 +374,22 @@ impl Store {
     /// Stores one sample and drops the sandbox's samples beyond the newest
     /// [`StoreOptions::metric_retention`] (ordered by `at_ms`, then insertion).
     pub fn insert_metric(&self, sandbox: &str, sample: &MetricSample) -> Result<(), StoreError> {
+        self.insert_metric_within(sandbox, sample, self.opts.retry_budget)
+    }
+
+    /// [`Store::insert_metric`], giving up ([`StoreError::Busy`]) once the
+    /// database has been busy for `budget` (at most the retry budget): a
+    /// sample is worth less than the writes that may wait behind it.
+    pub fn insert_metric_within(
+        &self,
+        sandbox: &str,
+        sample: &MetricSample,
+        budget: Duration,
+    ) -> Result<(), StoreError> {
+        let budget = budget.min(self.opts.retry_budget);
         let keep = i64::try_from(self.opts.metric_retention).unwrap_or(i64::MAX);
         // A sample lost to a power loss is only a gap in a time series.
-        self.write_with(Durability::Implied, "record a metric sample", |tx| {
+        self.write_within(budget, Durability::Implied, "record a metric sample", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
             tx.execute(
                 &format!(
@@ -446,12 +459,23 @@ impl Store {
         &self,
         durability: Durability,
         what: &str,
+        body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_within(self.opts.retry_budget, durability, what, body)
+    }
+
+    /// [`Store::write_with`] retrying for `budget` instead of the retry budget.
+    fn write_within<T>(
+        &self,
+        budget: Duration,
+        durability: Durability,
+        what: &str,
         mut body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if durability == Durability::Implied {
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
-        let result = self.retry(what, |conn| {
+        let result = self.retry_within(budget, what, |conn| {
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let value = body(&tx)?; // dropping `tx` on error rolls back
             tx.commit()?;
@@ -475,14 +499,19 @@ impl Store {
 
     /// Calls `attempt` until it succeeds, fails with a non-busy error, or the
     /// retry budget is spent ([`StoreError::Busy`]).
-    fn retry<T>(
+    fn retry<T>(&self, what: &str, attempt: impl FnMut(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.retry_within(self.opts.retry_budget, what, attempt)
+    }
+
+    /// [`Store::retry`] with its own budget.
+    fn retry_within<T>(
         &self,
+        budget: Duration,
         what: &str,
         mut attempt: impl FnMut(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let deadline =
-            start.checked_add(self.opts.retry_budget).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+        let deadline = start.checked_add(budget).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
         let mut backoff = FIRST_BACKOFF;
         let mut current_timeout = self.opts.busy_timeout;
         let result = loop {
