@@ -6,7 +6,9 @@
 //! actor, so routing needs no locks:
 //!
 //! - *accept*: takes connections on agent.sock (0600, in a 0700 directory),
-//!   gives each a free slot of [`MAX_CLIENTS`] and a disjoint id range, waits
+//!   gives each a free slot of [`MAX_CLIENTS`] and a disjoint id range (the
+//!   slot's block of ids, at the slot's next *generation*: see
+//!   [`slot_range`]), waits
 //!   for the agent's `Ready` (released by Lifecycle once the sandbox is
 //!   recorded Running), then writes `[id_start][id_end]` and the cached
 //!   `Ready` frame;
@@ -27,6 +29,12 @@
 //!   queue, so client readers wait (backpressure) rather than queue without
 //!   limit.
 //!
+//! A client's disconnect ends its sessions in the guest: exec sessions by
+//! SIGKILL, file sessions by `SessionAborted` (an upload cut short is
+//! discarded, not completed). A session whose client is gone no longer
+//! counts as activity, and its ids are never handed to the slot's next
+//! holder, even while a hostile guest leaves it open.
+//!
 //! Invariants: every guest frame either reaches its client's queue or belongs
 //! to a session whose client is gone (it is then credited back and counted as
 //! discarded); no queue is unbounded — a client's queue is bounded in bytes
@@ -35,6 +43,7 @@
 //! log line, never silently truncated.
 
 use crate::actors::lifecycle::Lifecycle;
+use crate::actors::peer_log::PeerWarnings;
 use crate::clock::Clock;
 use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch};
 use crate::store::TerminationReason;
@@ -123,10 +132,21 @@ pub fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, Rela
     Ok(listener)
 }
 
-/// The id range of slot `k`: 2^24 ids per client, none of them 0.
-fn slot_range(k: usize) -> Handshake {
-    let start = ((k as u32) + 1) << 24;
-    Handshake { id_start: start, id_end: start + ((1 << 24) - 1) }
+/// Generations a slot cycles through before its ids repeat.
+const SLOT_GENERATIONS: u64 = 16;
+/// Ids per client: a slot's block of 2^24 ids, shared by its generations.
+const IDS_PER_CLIENT: u32 = (1 << 24) / SLOT_GENERATIONS as u32;
+
+/// The id range of slot `k` at `generation`: slot `k` owns the block
+/// `(k+1) << 24` (2^24 ids, none of them 0), and each generation of the
+/// slot (each new client in it) gets the next 1/16 of that block, so a
+/// client never gets the ids of the slot's previous holder — whose sessions
+/// may still be ending in the guest. A generation whose range still has a
+/// live session is skipped (see `Core::lease_slot`).
+fn slot_range(k: usize, generation: u64) -> Handshake {
+    let block = ((k as u32) + 1) << 24;
+    let start = block + (generation % SLOT_GENERATIONS) as u32 * IDS_PER_CLIENT;
+    Handshake { id_start: start, id_end: start + (IDS_PER_CLIENT - 1) }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +159,14 @@ struct Route {
     /// `(slot, generation)` of the owning client; `None` once it is gone.
     owner: Option<(usize, u64)>,
     kind: SessionKind,
+}
+
+impl Route {
+    /// Whether a client still waits on this session (only those count as
+    /// activity: a session left by a gone client is ending, or broken).
+    fn is_owned(&self) -> bool {
+        self.owner.is_some()
+    }
 }
 
 struct ClientSlot {
@@ -180,11 +208,14 @@ struct Core {
     last_heartbeat: Option<std::time::Duration>,
     last_activity: std::time::Duration,
     slots: Vec<Option<ClientSlot>>,
-    next_generation: u64,
+    /// The generation each slot's next client gets (see [`slot_range`]).
+    slot_generations: Vec<u64>,
     sessions: HashMap<u32, Route>,
     guest_tx: Option<mpsc::Sender<Frame>>,
     closing: watch::Sender<bool>,
     discarded_frames: u64,
+    /// Warnings a peer causes, rate-limited.
+    warnings: PeerWarnings,
 }
 
 impl Core {
@@ -196,8 +227,29 @@ impl Core {
         self.slots.get(slot).and_then(|s| s.as_ref()).is_some_and(|s| s.generation == generation)
     }
 
+    /// Sessions a client still waits on.
     fn open_sessions(&self) -> usize {
-        self.sessions.len()
+        self.sessions.values().filter(|r| r.is_owned()).count()
+    }
+
+    /// A free slot and a generation of it whose id range holds no session
+    /// (a gone client's session may still be open in the guest); `None`
+    /// when every slot is taken or has no such generation.
+    fn lease_slot(&mut self) -> Option<(usize, u64)> {
+        for k in 0..self.slots.len() {
+            if self.slots[k].is_some() {
+                continue;
+            }
+            for _ in 0..SLOT_GENERATIONS {
+                let generation = self.slot_generations[k];
+                self.slot_generations[k] += 1;
+                let range = slot_range(k, generation);
+                if !self.sessions.keys().any(|id| range.contains(*id)) {
+                    return Some((k, generation));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -221,7 +273,7 @@ impl Relay {
     ) -> Relay {
         let now = clock.now();
         let core = Core {
-            clock,
+            clock: clock.clone(),
             lifecycle,
             ready: watch::channel(None).0,
             pending_ready: None,
@@ -229,11 +281,12 @@ impl Relay {
             last_heartbeat: None,
             last_activity: now,
             slots: (0..MAX_CLIENTS).map(|_| None).collect(),
-            next_generation: 0,
+            slot_generations: vec![0; MAX_CLIENTS],
             sessions: HashMap::new(),
             guest_tx: None,
             closing: watch::channel(false).0,
             discarded_frames: 0,
+            warnings: PeerWarnings::new(clock.clone()),
         };
         Relay { core: Rc::new(RefCell::new(core)), listener: Some(listener), socket_path, closed: false }
     }
@@ -371,6 +424,7 @@ impl Handler<CloseRelay> for Relay {
             *slot = None;
         }
         core.closing.send_replace(true);
+        core.warnings.flush();
         if core.discarded_frames > 0 {
             tracing::info!(
                 frames = core.discarded_frames,
@@ -393,18 +447,18 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
                 s
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept on agent.sock failed");
+                core.borrow_mut()
+                    .warnings
+                    .warn("accept failed", || tracing::warn!(error = %e, "accept on agent.sock failed"));
                 continue;
             }
         };
         let slot = {
             let mut c = core.borrow_mut();
-            match c.slots.iter().position(|s| s.is_none()) {
-                Some(k) => {
+            match c.lease_slot() {
+                Some((k, generation)) => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let queue = Rc::new(ClientQueue::default());
-                    c.next_generation += 1;
-                    let generation = c.next_generation;
                     c.slots[k] = Some(ClientSlot { generation, tx, queue: queue.clone() });
                     c.touch();
                     Some((k, generation, rx, queue))
@@ -416,7 +470,12 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
             Some((k, generation, rx, queue)) => {
                 actix::spawn(serve_client(stream, k, generation, rx, queue, core.clone()));
             }
-            None => tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use"),
+            None => {
+                let mut c = core.borrow_mut();
+                c.warnings.warn("client refused", || {
+                    tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use")
+                });
+            }
         }
     }
 }
@@ -451,7 +510,7 @@ async fn serve_client(
     core: Shared,
 ) {
     let (read, write) = stream.into_split();
-    let range = slot_range(slot);
+    let range = slot_range(slot, generation);
     let (mut ready, mut closing) = {
         let c = core.borrow();
         (c.ready.subscribe(), c.closing.subscribe())
@@ -476,7 +535,10 @@ async fn serve_client(
     disconnect(&core, slot, generation, &why);
 }
 
-/// Frees the slot and kills the client's open exec sessions.
+/// Frees the slot and ends the client's open sessions in the guest: exec
+/// sessions by SIGKILL, file sessions by `SessionAborted` (the agent drops
+/// a half-written file). Their routes stay until the guest's final frame,
+/// no longer counted as activity.
 fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
     let mut c = core.borrow_mut();
     if !c.live(slot, generation) {
@@ -485,29 +547,29 @@ fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
     c.slots[slot] = None;
     c.touch();
     let guest_tx = c.guest_tx.clone();
-    let mut killed = 0;
+    let mut ended = 0;
     for (id, route) in c.sessions.iter_mut() {
         if route.owner != Some((slot, generation)) {
             continue;
         }
         route.owner = None;
-        if route.kind == SessionKind::Exec {
-            if let (Some(tx), Ok(frame)) =
-                (&guest_tx, Frame::message(*id, Flags::NONE, &Message::ExecSignal { signal: libc::SIGKILL }))
-            {
-                // The guest queue is bounded; if it is full the kill is sent
-                // from a task instead of being lost.
-                if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
-                    let tx = tx.clone();
-                    actix::spawn(async move {
-                        let _ = tx.send(frame).await;
-                    });
-                }
+        let end = match route.kind {
+            SessionKind::Exec => Message::ExecSignal { signal: libc::SIGKILL },
+            SessionKind::Fs => Message::SessionAborted { reason: "the client disconnected".into() },
+        };
+        if let (Some(tx), Ok(frame)) = (&guest_tx, Frame::message(*id, Flags::NONE, &end)) {
+            // The guest queue is bounded; if it is full the end is sent
+            // from a task instead of being lost.
+            if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
+                let tx = tx.clone();
+                actix::spawn(async move {
+                    let _ = tx.send(frame).await;
+                });
             }
-            killed += 1;
         }
+        ended += 1;
     }
-    tracing::debug!(slot, why, killed_sessions = killed, "client disconnected");
+    tracing::debug!(slot, why, ended_sessions = ended, "client disconnected");
 }
 
 async fn client_writer(
@@ -683,7 +745,7 @@ async fn guest_reader(mut read: FrameReader<FdReadHalf>, core: Shared) {
                 return;
             }
         };
-        let fd = if frame.flags.contains(Flags::FD) { guest_fd(&mut read, &frame) } else { None };
+        let fd = if frame.flags.contains(Flags::FD) { guest_fd(&mut read, &frame, &core) } else { None };
         if frame.id == CONTROL_ID {
             control_from_guest(&core, frame);
             continue;
@@ -700,16 +762,21 @@ async fn guest_reader(mut read: FrameReader<FdReadHalf>, core: Shared) {
 
 /// The descriptor that came with `frame` (flag FD), if it is what the
 /// protocol allows a guest to hand out: the read end of a pipe.
-fn guest_fd(read: &mut FrameReader<FdReadHalf>, frame: &Frame) -> Option<OwnedFd> {
+fn guest_fd(read: &mut FrameReader<FdReadHalf>, frame: &Frame, core: &Shared) -> Option<OwnedFd> {
     let fd = read.get_mut().take_fd();
+    let session = frame.id;
     match fd {
         Some(fd) if fdpass::is_pipe_read_end(fd.as_fd()) => Some(fd),
         Some(_) => {
-            tracing::warn!(session = frame.id, "the agent sent a descriptor that is not a pipe's read end; dropped");
+            core.borrow_mut().warnings.warn("bad descriptor", || {
+                tracing::warn!(session, "the agent sent a descriptor that is not a pipe's read end; dropped")
+            });
             None
         }
         None => {
-            tracing::warn!(session = frame.id, "the agent sent an FD frame without a descriptor; dropped");
+            core.borrow_mut().warnings.warn("missing descriptor", || {
+                tracing::warn!(session, "the agent sent an FD frame without a descriptor; dropped")
+            });
             None
         }
     }
@@ -739,7 +806,11 @@ fn control_from_guest(core: &Shared, frame: Frame) {
             c.last_heartbeat = Some(c.clock.now());
         }
         Ok(other) => tracing::debug!(?other, "ignored control message from the agent"),
-        Err(e) => tracing::warn!(error = %e, "undecodable control frame from the agent"),
+        Err(e) => {
+            core.borrow_mut()
+                .warnings
+                .warn("bad control frame", || tracing::warn!(error = %e, "undecodable control frame from the agent"));
+        }
     }
 }
 
@@ -782,7 +853,9 @@ async fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
                 }
             };
             if let Some(why) = why {
-                tracing::warn!(slot, session = id, queued, why, "disconnecting client");
+                core.borrow_mut().warnings.warn("client over its queue", || {
+                    tracing::warn!(slot, session = id, queued, why, "disconnecting client")
+                });
                 disconnect(core, slot, generation, why);
             }
         }
@@ -803,12 +876,16 @@ mod tests {
     fn slot_ranges_are_disjoint_and_skip_the_control_id() {
         let mut prev_end = 0;
         for k in 0..MAX_CLIENTS {
-            let r = slot_range(k);
-            assert!(r.id_start > prev_end);
-            assert!(r.id_end > r.id_start);
-            assert!(!r.contains(CONTROL_ID));
-            prev_end = r.id_end;
+            for generation in 0..SLOT_GENERATIONS {
+                let r = slot_range(k, generation);
+                assert!(r.id_start > prev_end, "slot {k} generation {generation}");
+                assert!(r.id_end > r.id_start);
+                assert!(!r.contains(CONTROL_ID));
+                prev_end = r.id_end;
+            }
         }
+        // Generations cycle within the slot's block.
+        assert_eq!(slot_range(3, SLOT_GENERATIONS + 2), slot_range(3, 2));
     }
 
     #[test]

@@ -98,6 +98,11 @@ pub enum MockEvent {
         /// Signal number.
         signal: i32,
     },
+    /// The host ended a session for its gone client (`SessionAborted`).
+    Aborted {
+        /// Session id.
+        id: u32,
+    },
     /// The host forced the stop.
     ForceStopped,
     /// The guest ended with this code.
@@ -346,6 +351,8 @@ impl Guest {
                 }
             }
             Message::ExecRequest(req) => self.exec(id, req),
+            // File sessions are not served (no reply); their end is logged.
+            Message::SessionAborted { .. } => self.log.push(MockEvent::Aborted { id }),
             Message::ExecStdin { data } => {
                 if let Some(tx) = lock(&self.sessions).get(&id).and_then(|s| s.stdin.clone()) {
                     let credit = (data.len() + 16) as u32;
