@@ -463,6 +463,33 @@ pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliRe
     }
 }
 
+/// After a failed start of `name` (its process is gone): makes sure a run
+/// records the failure. A sandbox process that failed after writing its run
+/// finalised it with its own reason; one that failed before (no run, or
+/// one left Running) gets a run ended `InternalError` with `why`.
+pub fn record_failed_start(ctx: &Ctx, name: &str, why: &str) -> CliResult<()> {
+    let outcome = RunOutcome {
+        reason: TerminationReason::InternalError,
+        exit_code: None,
+        exit_signal: None,
+        detail: Some(why.to_string()),
+    };
+    match ctx.store.latest_run(name)? {
+        Some(run) if run.status == RunStatus::Terminated => return Ok(()),
+        Some(run) => {
+            ctx.store.finish_run(run.id, &outcome)?;
+        }
+        None => {
+            // The CLI records the attempt itself: the pid is its own, which
+            // is gone by the time anyone reads the run.
+            let me = crate::liveness::ProcessIdentity::current();
+            let run = ctx.store.start_run_of(name, std::process::id(), me.map(|p| p.start_ticks))?;
+            ctx.store.finish_run(run, &outcome)?;
+        }
+    }
+    Ok(())
+}
+
 /// Whether the newest run of `name` is running.
 pub fn is_running(ctx: &Ctx, name: &str) -> CliResult<bool> {
     Ok(ctx.store.latest_run(name)?.is_some_and(|r| r.status == RunStatus::Running))

@@ -120,6 +120,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
             "rootfs": meta.rootfs,
             "detached_command": meta.detached_command,
             "dir": dir,
+            "guest_log": dir.join("logs").join("guest.log"),
             "socket": socket,
             "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         }))?;
@@ -172,6 +173,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     kv("Max duration", ms(policy.get("max_duration")));
     kv("Remove on stop", meta.auto_remove.to_string());
     kv("Directory", dir.display().to_string());
+    kv("Guest log", dir.join("logs").join("guest.log").display().to_string());
     if let Some(s) = &socket {
         kv("Socket", s.display().to_string());
     }

@@ -339,6 +339,38 @@ impl Store {
         })
     }
 
+    /// Records how the command of a run ended, when the run ended because
+    /// its CLI stopped the sandbox after that command (an attached `alcove
+    /// run`, reason `ShutdownRequested`): the run becomes `Completed` (exit
+    /// 0) or `Failed`, with the command's exit code or signal and `detail`.
+    /// A run that ended any other way (a policy, a crash, a signal) keeps
+    /// its record. Returns whether the run was changed.
+    pub fn record_command_end(
+        &self,
+        run: RunId,
+        exit_code: Option<i32>,
+        exit_signal: Option<i32>,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        let reason = if exit_code == Some(0) { TerminationReason::Completed } else { TerminationReason::Failed };
+        self.write("record a command's end", |tx| {
+            let n = tx.execute(
+                "UPDATE run SET reason = ?1, exit_code = ?2, exit_signal = ?3, detail = ?4 \
+                 WHERE id = ?5 AND status = ?6 AND reason = ?7",
+                params![
+                    reason,
+                    exit_code,
+                    exit_signal,
+                    detail,
+                    run.0,
+                    RunStatus::Terminated,
+                    TerminationReason::ShutdownRequested
+                ],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
     /// The runs of `sandbox`, newest first.
     pub fn runs(&self, sandbox: &str) -> Result<Vec<RunRecord>, StoreError> {
         self.runs_of(sandbox, i64::MAX)
