@@ -80,6 +80,22 @@ pub struct SandboxOptions {
     pub clock: Arc<dyn Clock>,
     /// Pid recorded in the run row (the process that owns the sandbox).
     pub pid: u32,
+    /// Who removes agent.sock at the end.
+    pub socket_removal: SocketRemoval,
+}
+
+/// Who removes agent.sock when the sandbox ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SocketRemoval {
+    /// Lifecycle, once the run's end is committed and before the outcome
+    /// is published (and the exit observer's last resort, after its write).
+    #[default]
+    AfterRunEnd,
+    /// The caller, after the [`GuestDriver`] has returned: the standalone
+    /// process removes it as its last act, once the backend has cleaned up
+    /// (a jail's cgroups), so a socket file left with no sandbox process
+    /// behind it marks an end that did not finish.
+    ByCaller,
 }
 
 impl SandboxOptions {
@@ -99,6 +115,7 @@ impl SandboxOptions {
             policy: Policy::default(),
             clock: Arc::new(MonotonicClock::new()),
             pid: std::process::id(),
+            socket_removal: SocketRemoval::default(),
         }
     }
 }
@@ -322,6 +339,7 @@ fn run_actor_system(
                 samples,
                 shared.clone(),
             )
+            .with_socket_removal(opts.socket_removal)
             .start();
             let relay = Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone()).start();
             let vm = VmActor::new(opts.policy, relay.clone()).start();
@@ -354,11 +372,11 @@ fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<
     })
 }
 
-/// Finalises from the calling thread when the actors could not: removes the
-/// socket and writes the run's end with a fresh connection.
+/// Finalises from the calling thread when the actors could not: writes the
+/// run's end with a fresh connection, then removes the socket (unless the
+/// caller does).
 fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i32>, detail: &str) {
     tracing::error!(detail, "finalising without the actor system");
-    let _ = std::fs::remove_file(&opts.socket_path);
     let outcome = RunOutcome {
         reason: TerminationReason::InternalError,
         exit_code,
@@ -382,5 +400,8 @@ fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i3
         }
         None => false,
     };
+    if opts.socket_removal == SocketRemoval::AfterRunEnd {
+        crate::actors::relay::remove_socket(&opts.socket_path);
+    }
     shared.set_outcome_if_unset(Outcome { reason: outcome.reason, exit_code, detail: outcome.detail, recorded });
 }

@@ -23,7 +23,7 @@
 use crate::actors::relay::bind_socket;
 use crate::config::{BackendKind, SandboxConfig};
 use crate::liveness::SandboxLock;
-use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions};
+use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions, SocketRemoval};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestSpec, VmBackend};
@@ -110,7 +110,14 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         policy: cfg.policy,
         clock: Arc::new(crate::clock::MonotonicClock::new()),
         pid: std::process::id(),
+        // A krun guest's driver never returns: the process ends inside it.
+        socket_removal: if cfg.backend == BackendKind::Krun {
+            SocketRemoval::AfterRunEnd
+        } else {
+            SocketRemoval::ByCaller
+        },
     };
+    let socket_path = opts.socket_path.clone();
     let (handle, driver) = launch_with(store, listener, opts, backend).map_err(|e| e.to_string())?;
     let handle = Arc::new(handle);
     watch_signals(handle.clone())?;
@@ -119,6 +126,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     }
     driver.run();
     let outcome = handle.wait_timeout(cfg.policy.exit_budget);
+    // The last act: the run's end is recorded and the backend has cleaned
+    // up (the driver has returned).
+    crate::actors::relay::remove_socket(&socket_path);
     tracing::info!(?outcome, "sandbox process exiting");
     if cfg.auto_remove && outcome.is_some() && parent.as_ref().is_none_or(|p| p.gone()) {
         // Nobody is left to read the outcome and remove the sandbox.

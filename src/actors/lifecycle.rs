@@ -6,10 +6,12 @@
 //! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
 //! cause, its exit code decides: 0 is Completed, anything else Failed.
 //!
-//! Finalisation runs once, in this order: close the relay (agent.sock is
-//! removed, open sessions are aborted), commit the run row and the sandbox
-//! status, publish the [`Outcome`], acknowledge the exit observer, stop the
-//! actor system. The run row is written before anything else is handled
+//! Finalisation runs once, in this order: close the relay (no new client,
+//! open sessions aborted), commit the run row and the sandbox status,
+//! remove agent.sock (unless the caller does, see [`SocketRemoval`]),
+//! publish the [`Outcome`], acknowledge the exit observer, stop the actor
+//! system. A socket file with no live sandbox process behind it therefore
+//! marks an end that did not finish, for the CLI's reaper to clean up. The run row is written before anything else is handled
 //! (`ctx.wait`), so a finalisation never races its creation.
 
 use crate::actors::db::{DbActor, SampleGate};
@@ -19,8 +21,9 @@ use crate::actors::vm::VmActor;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
-    LaunchFailed, OpenToClients, StopGuest, Terminate, VmExited,
+    LaunchFailed, OpenToClients, RemoveSocket, StopGuest, Terminate, VmExited,
 };
+use crate::sandbox::SocketRemoval;
 use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
 use actix::prelude::*;
 use alcove_backend::GuestControl;
@@ -128,6 +131,7 @@ pub struct Lifecycle {
     metrics: Option<Addr<Metrics>>,
     shared: Arc<SharedState>,
     samples: SampleGate,
+    socket_removal: SocketRemoval,
     finalising: bool,
 }
 
@@ -155,8 +159,16 @@ impl Lifecycle {
             metrics: None,
             shared,
             samples,
+            socket_removal: SocketRemoval::AfterRunEnd,
             finalising: false,
         }
+    }
+
+    /// Who removes agent.sock at the end (default: Lifecycle, through the
+    /// relay, once the run's end is committed).
+    pub fn with_socket_removal(mut self, removal: SocketRemoval) -> Lifecycle {
+        self.socket_removal = removal;
+        self
     }
 
     /// Records the sandbox status, then runs `then`. A failed write is a
@@ -204,20 +216,29 @@ impl Lifecycle {
         let relay = self.relay.clone();
         let db = self.db.clone();
         let run = self.run;
+        let remove_socket = self.socket_removal == SocketRemoval::AfterRunEnd;
         let fut = async move {
-            if let Some(relay) = relay {
+            if let Some(relay) = &relay {
                 let _ = relay.send(CloseRelay).await;
             }
-            match run {
+            crate::kill_point!("sandbox-during-finalisation");
+            let recorded = match run {
                 Some(run) => match flatten(db.send(DbFinishRun { run, outcome }).await) {
-                    None => true,
+                    None => {
+                        crate::kill_point!("sandbox-after-run-end");
+                        true
+                    }
                     Some(err) => {
                         tracing::error!(error = %err, "cannot record the end of the run");
                         false
                     }
                 },
                 None => false,
+            };
+            if let (true, Some(relay)) = (remove_socket, &relay) {
+                let _ = relay.send(RemoveSocket).await;
             }
+            recorded
         };
         ctx.wait(fut.into_actor(self).map(move |recorded, this, _| {
             this.state = State::Exited;
@@ -328,12 +349,14 @@ impl Handler<AgentReady> for Lifecycle {
         }
         tracing::info!(agent = %msg.ready.agent_version, ready_us = msg.ready.boot.ready_us, "agent ready");
         self.state = State::Ready;
+        crate::kill_point!("sandbox-before-running");
         // Clients and waiters learn of readiness once the record says Running.
         self.set_status(SandboxStatus::Running, ctx, |this| {
             if let Some(relay) = &this.relay {
                 relay.do_send(OpenToClients);
             }
             this.shared.update(|i| i.ready = true);
+            crate::kill_point!("sandbox-after-ready");
         });
     }
 }
@@ -351,6 +374,7 @@ impl Handler<Terminate> for Lifecycle {
         self.cause = Some(msg);
         self.state = State::Draining;
         self.set_status(SandboxStatus::Draining, ctx, |_| {});
+        crate::kill_point!("sandbox-during-stop");
         if let Some(vm) = &self.vm {
             vm.do_send(StopGuest { graceful });
         }

@@ -45,7 +45,9 @@
 use crate::actors::lifecycle::Lifecycle;
 use crate::actors::peer_log::PeerWarnings;
 use crate::clock::Clock;
-use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch};
+use crate::messages::{
+    Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, RemoveSocket, SendShutdown, Terminate, Touch,
+};
 use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::{read_frame, write_frame, write_frame_direct, FrameReader};
@@ -396,11 +398,6 @@ impl Handler<CloseRelay> for Relay {
             return;
         }
         self.closed = true;
-        if let Err(e) = std::fs::remove_file(&self.socket_path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.socket_path.display(), error = %e, "cannot remove agent.sock");
-            }
-        }
         let mut core = self.core.borrow_mut();
         // Sessions still open get a final frame so their clients do not hang.
         let open: Vec<(u32, Option<(usize, u64)>)> = core.sessions.drain().map(|(id, r)| (id, r.owner)).collect();
@@ -430,6 +427,23 @@ impl Handler<CloseRelay> for Relay {
                 frames = core.discarded_frames,
                 "frames for sessions of disconnected clients were discarded"
             );
+        }
+    }
+}
+
+impl Handler<RemoveSocket> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, _: RemoveSocket, _: &mut Self::Context) {
+        remove_socket(&self.socket_path);
+    }
+}
+
+/// Removes agent.sock (a missing file is fine).
+pub fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove agent.sock");
         }
     }
 }
@@ -703,6 +717,9 @@ async fn client_reader(
             }
             c.sessions.insert(frame.id, Route { owner: Some((slot, generation)), kind });
             queue.open_sessions.set(queue.open_sessions.get() + 1);
+            if kind == SessionKind::Exec {
+                crate::kill_point!("sandbox-during-exec");
+            }
         }
         let tx = core.borrow().guest_tx.clone();
         let Some(tx) = tx else {

@@ -43,7 +43,9 @@ async fn create_and_start(
         if meta.auto_remove && parent_pid.is_some() { crate::liveness::ProcessIdentity::current() } else { None };
     let meta = CliMeta { owner, ..meta };
     let json = serde_json::to_string(&cfg).map_err(|e| CliError::msg(e.to_string()))?;
+    crate::kill_point!("cli-before-sandbox-row");
     ctx.store.create_sandbox(name, &json)?;
+    crate::kill_point!("cli-after-sandbox-row");
     let meta_remove = meta.auto_remove;
     let result = async {
         ctx.write_meta(name, &meta)?;
@@ -51,6 +53,7 @@ async fn create_and_start(
         let progress = Progress::start(format!("starting sandbox {name}"));
         let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();
+        crate::kill_point!("cli-after-ready");
         Ok::<_, CliError>((client?, started))
     }
     .await;
@@ -338,14 +341,22 @@ pub async fn start(args: NamesArgs) -> CliResult<i32> {
     let ctx = Ctx::open()?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
-        ctx.sandbox(&name)?;
+        let sb = ctx.sandbox(&name)?;
         if launch::is_running(ctx, &name)? {
             return Ok(());
         }
-        if !launch::has_config(ctx, &name) {
-            return Err(CliError::msg(format!("sandbox {name} has no config file; remove it and create it again")));
-        }
-        let mut cfg = ctx.load_config(&name)?;
+        // The row holds the same configuration as config.json, which a CLI
+        // killed right after writing the row never wrote.
+        let mut cfg = if launch::has_config(ctx, &name) {
+            ctx.load_config(&name)?
+        } else {
+            crate::config::SandboxConfig::parse(sb.config_json.as_bytes(), std::path::Path::new("the sandbox record"))
+                .map_err(|e| {
+                CliError::msg(format!(
+                    "sandbox {name} has no usable configuration ({e}); remove it and create it again"
+                ))
+            })?
+        };
         // A restarted sandbox lives on its own, whoever started it first.
         cfg.parent_pid = None;
         let mut started = launch::spawn(ctx, &cfg)?;

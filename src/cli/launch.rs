@@ -385,10 +385,27 @@ pub async fn stop(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
     // The guest gets `timeout` to end its commands; the host needs a little more to sync and record.
     let budget = timeout + Duration::from_secs(3);
     if wait_final_async(ctx, name, budget).await? {
+        wait_gone(ctx, name, &run).await;
         return Ok(true);
     }
     force(ctx, name, &run).await?;
     Ok(true)
+}
+
+/// Once `run` is final: waits (up to the exit budget) for its sandbox
+/// process to be gone — a stopped sandbox has no process — and finishes
+/// the clean-up that process may not have done.
+async fn wait_gone(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) {
+    let path = ctx.lock_path(name);
+    let wait = exit_budget(ctx, name);
+    // The lock is released when the process ends; a blocking wait on a
+    // thread of its own, so the runtime's other work goes on.
+    let held = tokio::task::spawn_blocking(move || crate::liveness::SandboxLock::acquire(&path, wait)).await;
+    if let Ok(Ok(Some(_lock))) = held {
+        if ctx.socket_path(name).is_ok_and(|s| s.exists()) {
+            ctx.finish_cleanup(run);
+        }
+    }
 }
 
 /// Forces a running sandbox off: SIGUSR1, a short wait, then SIGKILL with a
@@ -415,6 +432,7 @@ async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResul
     // sandbox's whole exit budget (a busy database), and only a process that
     // overruns it is killed.
     if wait_final_async(ctx, name, exit_budget(ctx, name) + FORCE_SLACK).await? {
+        wait_gone(ctx, name, run).await;
         return Ok(());
     }
     if run_alive(run) {
@@ -438,10 +456,7 @@ async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResul
         Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_) | alcove_store::StoreError::NoSuchRun(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    if let Ok(sock) = ctx.socket_path(name) {
-        let _ = std::fs::remove_file(sock);
-    }
-    alcove_jail::cgroup::remove_leftovers(name, run.pid);
+    ctx.finish_cleanup(run);
     Ok(())
 }
 

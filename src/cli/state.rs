@@ -163,6 +163,9 @@ impl Ctx {
             }
         }
         for (sb, last) in self.store.sandboxes_with_latest_run()? {
+            if let Some(run) = last.as_ref().filter(|r| r.status == RunStatus::Terminated) {
+                self.clean_unfinished_end(run)?;
+            }
             let meta = self.meta(&sb.name);
             if !meta.auto_remove || meta.owner.is_some_and(|o| o.is_alive()) {
                 continue;
@@ -215,12 +218,39 @@ impl Ctx {
             }
             Err(e) => return Err(e.into()),
         }
-        if let Ok(sock) = self.socket_path(&run.sandbox) {
-            let _ = std::fs::remove_file(sock);
-        }
-        // A killed sandbox process could not remove its jail's cgroups.
-        alcove_jail::cgroup::remove_leftovers(&run.sandbox, run.pid);
+        self.finish_cleanup(run);
         Ok(())
+    }
+
+    /// Removes what a sandbox process that died left: its jail's cgroups,
+    /// then its socket. The socket file is the mark of an unfinished end,
+    /// so it stays while cgroups do (the next CLI call tries again).
+    pub fn finish_cleanup(&self, run: &RunRecord) {
+        if remove_cgroup_leftovers(&run.sandbox, run.pid) {
+            if let Ok(sock) = self.socket_path(&run.sandbox) {
+                let _ = std::fs::remove_file(sock);
+            }
+        }
+    }
+
+    /// After a run whose end is recorded: a socket file left with no sandbox
+    /// process behind it (the lock is free) means that process died before
+    /// its last steps; they are done here (socket, the jail's cgroups).
+    fn clean_unfinished_end(&self, run: &RunRecord) -> CliResult<()> {
+        let Ok(sock) = self.socket_path(&run.sandbox) else { return Ok(()) };
+        if std::fs::symlink_metadata(&sock).is_err() {
+            return Ok(());
+        }
+        match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
+            Ok(Some(_lock)) => {
+                self.finish_cleanup(run);
+                Ok(())
+            }
+            // Held: the process is alive and ending (or a new one starting).
+            Ok(None) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CliError::msg(format!("cannot lock sandbox {}: {e}", run.sandbox))),
+        }
     }
 
     /// Removes a sandbox's row (with its runs and metrics) and its directory,
@@ -266,6 +296,28 @@ impl Ctx {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+}
+
+/// How long the cleanup after a dead sandbox process waits for its jail's
+/// cgroups to empty: a cgroup cannot be removed until its last task is
+/// reaped, which the host's init does in its own time (≈ 1.5 s on the
+/// project's machine).
+const CGROUP_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Removes the cgroups a killed jail of `name` (sandbox process `pid`)
+/// left, waiting up to [`CGROUP_RELEASE_WAIT`]; true once none is left.
+fn remove_cgroup_leftovers(name: &str, pid: u32) -> bool {
+    let deadline = Instant::now() + CGROUP_RELEASE_WAIT;
+    loop {
+        alcove_jail::cgroup::remove_leftovers(name, pid);
+        if alcove_jail::cgroup::leftovers(name, pid).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
