@@ -15,7 +15,9 @@
 //!   process at the run's end. The reaper removes one only when its last
 //!   run is over, its owner is not alive and nobody holds its lock.
 //! - Records that vanish while the reaper looks (another CLI removed the
-//!   sandbox) are skipped, never an error of this CLI.
+//!   sandbox) are skipped, never an error of this CLI; so are writes the
+//!   database cannot take now (full disk, read-only, locked): the next CLI
+//!   call repairs those records.
 
 use super::error::{CliError, CliResult};
 use crate::config::SandboxConfig;
@@ -159,7 +161,7 @@ impl Ctx {
     pub fn reap(&self) -> CliResult<()> {
         for run in self.store.running_runs()? {
             if !run_alive(&run) {
-                self.reap_run(&run)?;
+                self.reap_run(&run, Defer::Yes)?;
             }
         }
         for (sb, last) in self.store.sandboxes_with_latest_run()? {
@@ -184,6 +186,7 @@ impl Ctx {
             };
             match removed {
                 Ok(()) => {}
+                Err(crate::liveness::RemoveError::Store(e)) if deferrable(&e) => {}
                 Err(crate::liveness::RemoveError::Store(e)) => return Err(e.into()),
                 // The records are gone; a directory left over is not this CLI's failure.
                 Err(crate::liveness::RemoveError::Directory { .. }) => {}
@@ -194,8 +197,10 @@ impl Ctx {
 
     /// Finalises `run`, whose process is gone, as Crashed and cleans up what
     /// the process left: its socket and its jail's cgroups. Done under the
-    /// sandbox's lock; skipped when a live process holds it.
-    fn reap_run(&self, run: &RunRecord) -> CliResult<()> {
+    /// sandbox's lock; skipped when a live process holds it. With
+    /// `Defer::Yes`, a write the database cannot take now is left for a
+    /// later call.
+    fn reap_run(&self, run: &RunRecord, defer: Defer) -> CliResult<()> {
         let _lock = match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => return Ok(()),
@@ -216,6 +221,8 @@ impl Ctx {
             Err(StoreError::AlreadyFinished(_) | StoreError::NoSuchRun(_) | StoreError::NoSuchSandbox(_)) => {
                 return Ok(())
             }
+            // Still Running in the records: a later call repairs it.
+            Err(e) if defer == Defer::Yes && deferrable(&e) => return Ok(()),
             Err(e) => return Err(e.into()),
         }
         self.finish_cleanup(run);
@@ -283,8 +290,9 @@ impl Ctx {
                 None => return Ok(true),
                 Some(run) if !run_alive(&run) => {
                     // Gone without its final write (it would have landed
-                    // before the process ended): record the crash.
-                    self.reap_run(&run)?;
+                    // before the process ended): record the crash, or say
+                    // why it cannot be recorded.
+                    self.reap_run(&run, Defer::No)?;
                     if self.running_run(name)?.is_none() {
                         return Ok(true);
                     }
@@ -297,6 +305,22 @@ impl Ctx {
             std::thread::sleep(Duration::from_millis(25));
         }
     }
+}
+
+/// Whether a reaper write the database cannot take now may wait for a
+/// later call (the reaper run by every command) or must be reported (a
+/// command waiting for that very run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Defer {
+    Yes,
+    No,
+}
+
+/// Whether a failed reaper write can wait for a later CLI call: the
+/// database cannot take writes now (full disk, read-only, locked), which is
+/// no reason to fail the command the user asked for.
+fn deferrable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Full { .. } | StoreError::ReadOnly { .. } | StoreError::Busy { .. })
 }
 
 /// How long the cleanup after a dead sandbox process waits for its jail's

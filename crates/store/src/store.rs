@@ -516,7 +516,20 @@ impl Store {
         if durability == Durability::Implied {
             self.conn.pragma_update(None, "synchronous", "FULL")?;
         }
-        result
+        result.map_err(|e| self.classify_write_error(what, e))
+    }
+
+    /// A full disk or a read-only database, said as such.
+    fn classify_write_error(&self, what: &str, e: StoreError) -> StoreError {
+        let code = match &e {
+            StoreError::Sqlite(inner) => inner.sqlite_error_code(),
+            _ => None,
+        };
+        match code {
+            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { what: what.to_owned(), path: self.path.clone() },
+            Some(ErrorCode::DiskFull) => StoreError::Full { what: what.to_owned(), path: self.path.clone() },
+            _ => e,
+        }
     }
 
     /// Runs `body` in a deferred (read) transaction, retrying on busy.
