@@ -25,6 +25,7 @@ use crate::config::{BackendKind, SandboxConfig};
 use crate::liveness::SandboxLock;
 use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions, SocketRemoval};
 use crate::store::{Store, TerminationReason};
+use alcove_backend::guest_log::{BoundedLog, LogLimits, RUNTIME_LOG_LIMITS};
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestSpec, VmBackend};
 use std::io::Write;
@@ -82,7 +83,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let socket_path = cfg.socket_path().map_err(|e| e.to_string())?;
 
     let log_dir = cfg.log_dir();
-    std::fs::create_dir_all(&log_dir).map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(&log_dir)
+        .map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
     // Held until this process ends. A previous process of this sandbox may
     // still be ending (its run is final, its exit is not).
     let lock_path = SandboxLock::path(&cfg.sandbox_dir());
@@ -171,17 +174,13 @@ fn complete_spec(cfg: &SandboxConfig) -> Result<GuestSpec, String> {
     Ok(spec)
 }
 
-/// Sends tracing output to a daily-rotated `runtime.log` (seven kept) and
-/// stderr (panics, stray prints) to `runtime.stderr`; stdout goes to
-/// /dev/null so a reader of the pid line sees end of file.
+/// Sends tracing output to `runtime.log`, bounded and rotated by size
+/// ([`RUNTIME_LOG_LIMITS`]), and stderr (panics, stray prints) to
+/// `runtime.stderr` (rotated at start once it is past the same bound); both
+/// 0600. stdout goes to /dev/null so a reader of the pid line sees end of
+/// file.
 fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
-    let appender = tracing_appender::rolling::Builder::new()
-        .rotation(tracing_appender::rolling::Rotation::DAILY)
-        .filename_prefix("runtime")
-        .filename_suffix("log")
-        .max_log_files(7)
-        .build(dir)
-        .map_err(|e| format!("cannot open runtime log in {}: {e}", dir.display()))?;
+    let log = runtime_log(dir, RUNTIME_LOG_LIMITS)?;
     // The default queue holds 128 000 lines and is allocated up front (4 MiB
     // per sandbox process); 1 024 lines is ample for this process's log rate.
     // Not lossy: should the queue ever fill, the logger waits rather than
@@ -189,15 +188,10 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(1024)
         .lossy(false)
-        .finish(appender);
+        .finish(log);
     let filter = tracing_subscriber::EnvFilter::try_from_env("ALCOVE_LOG").unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(false).try_init();
-    let stderr_path = dir.join("runtime.stderr");
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&stderr_path)
-        .map_err(|e| format!("cannot open {}: {e}", stderr_path.display()))?;
+    let stderr = runtime_stderr(dir, RUNTIME_LOG_LIMITS)?;
     let null =
         std::fs::OpenOptions::new().write(true).open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     use std::os::fd::AsRawFd;
@@ -208,6 +202,31 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
         libc::dup2(null.as_raw_fd(), 0);
     }
     Ok(guard)
+}
+
+/// `dir/runtime.log`, bounded by `limits`.
+fn runtime_log(dir: &Path, limits: LogLimits) -> Result<BoundedLog, String> {
+    let path = dir.join("runtime.log");
+    BoundedLog::open(&path, limits).map_err(|e| format!("cannot open runtime log {}: {e}", path.display()))
+}
+
+/// `dir/runtime.stderr` for appending (0600, no symlink followed), moved
+/// to `runtime.stderr.1` first when it is past `limits.max_file_bytes`.
+/// Descriptor 2 cannot go through a pipe: a panic's message must be on
+/// disk before the process dies.
+fn runtime_stderr(dir: &Path, limits: LogLimits) -> Result<std::fs::File, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("runtime.stderr");
+    if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() > limits.max_file_bytes) {
+        let _ = std::fs::rename(&path, dir.join("runtime.stderr.1"));
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
 }
 
 /// The signals the sandbox process handles itself.
@@ -335,5 +354,50 @@ fn remove_self(cfg: &SandboxConfig, lock: SandboxLock) {
     match removed {
         Ok(()) => tracing::info!("removed the sandbox (--rm, no attached client left)"),
         Err(e) => tracing::warn!(error = %e, "cannot remove the sandbox; the next alcove command will"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_runtime_log_is_bounded_and_rotated_by_size() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let limits = LogLimits { max_file_bytes: 1000, kept_files: 2 };
+        let mut log = runtime_log(d.path(), limits).expect("opens");
+        for i in 0..500 {
+            writeln!(log, "line {i:04} of a chatty peer").expect("write");
+        }
+        let mut names: Vec<String> = std::fs::read_dir(d.path())
+            .expect("dir")
+            .map(|e| e.expect("e").file_name().into_string().expect("utf8"))
+            .collect();
+        names.sort();
+        assert_eq!(names, ["runtime.log", "runtime.log.1", "runtime.log.2"]);
+        for n in &names {
+            let md = std::fs::metadata(d.path().join(n)).expect("md");
+            assert!(md.len() <= 1000, "{n}: {}", md.len());
+            assert_eq!(md.permissions().mode() & 0o777, 0o600, "{n}");
+        }
+        let current = std::fs::read_to_string(d.path().join("runtime.log")).expect("read");
+        assert!(current.ends_with("line 0499 of a chatty peer\n"), "{current}");
+    }
+
+    #[test]
+    fn a_large_runtime_stderr_is_set_aside_at_start() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let limits = LogLimits { max_file_bytes: 100, kept_files: 1 };
+        std::fs::write(d.path().join("runtime.stderr"), vec![b'e'; 150]).expect("write");
+        let f = runtime_stderr(d.path(), limits).expect("opens");
+        assert_eq!(f.metadata().expect("md").len(), 0);
+        assert_eq!(std::fs::metadata(d.path().join("runtime.stderr.1")).expect("kept").len(), 150);
+        drop(f);
+        // A small one is appended to.
+        std::fs::write(d.path().join("runtime.stderr"), b"panic\n").expect("write");
+        let f = runtime_stderr(d.path(), limits).expect("opens");
+        assert_eq!(f.metadata().expect("md").len(), 6);
     }
 }

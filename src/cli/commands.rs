@@ -9,6 +9,7 @@ use super::session::{run_attached, Attach};
 use super::state::{CliMeta, Ctx};
 use alcove_client::{Client, ExecOptions};
 use alcove_store::TerminationReason;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -195,6 +196,7 @@ fn spawn_supervisor(ctx: &Ctx, name: &str) -> CliResult<()> {
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log)
         .map_err(|e| CliError::msg(format!("cannot open {}: {e}", log.display())))?;
     let mut cmd = Command::new(exe);
@@ -223,6 +225,7 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&log_path)
         .map_err(|e| CliError::msg(format!("cannot open {}: {e}", log_path.display())))?;
     let client = launch::connect(&ctx, &args.name).await?;

@@ -7,6 +7,12 @@
 //! the client (never fully in memory); permission bits are kept; symlinks
 //! are recreated on the host, and skipped with a warning towards the guest
 //! (the protocol has no symlink creation).
+//!
+//! The host boundary: a copy out goes through [`Client::copy_out`], which
+//! checks every name the guest sends, never follows a symlink beneath the
+//! destination and clears set-id and sticky bits (see `alcove_client::copy`).
+//! A copy in sends guest paths to the agent, which resolves them inside the
+//! guest; the host never touches the sandbox's writable layer.
 
 use super::args::CpArgs;
 use super::error::{CliError, CliResult};
@@ -143,64 +149,36 @@ async fn upload(client: &Client, local: &Path, guest: &str) -> CliResult<()> {
 }
 
 async fn from_guest(client: &Client, guest: &str, local: &Path) -> CliResult<()> {
-    let st = client.stat(guest).await?;
-    let target = if local.is_dir() {
-        let base = base_name(guest).ok_or_else(|| CliError::msg(format!("{guest} has no usable file name")))?;
-        local.join(base)
-    } else {
-        local.to_path_buf()
-    };
-    download(client, guest, st.kind, st.mode, st.link_target, &target).await
+    let (dir, name) = host_target(guest, local)?;
+    let report = client.copy_out(guest, &dir, &name).await?;
+    for skipped in &report.skipped {
+        super::output::error_line(&format!("skipping {skipped} (not a regular file, directory or symlink)"));
+    }
+    Ok(())
 }
 
-async fn download(
-    client: &Client,
-    guest: &str,
-    kind: FileKind,
-    mode: u32,
-    link: Option<String>,
-    local: &Path,
-) -> CliResult<()> {
-    let err = |e: std::io::Error| CliError::msg(format!("{}: {e}", local.display()));
-    match kind {
-        FileKind::Dir => {
-            match std::fs::create_dir(local) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && local.is_dir() => {}
-                Err(e) => return Err(err(e)),
-            }
-            for entry in client.list(guest).await? {
-                let child = join_guest(guest, &entry.name);
-                Box::pin(download(
-                    client,
-                    &child,
-                    entry.stat.kind,
-                    entry.stat.mode,
-                    entry.stat.link_target,
-                    &local.join(&entry.name),
-                ))
-                .await?;
-            }
-            std::fs::set_permissions(local, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
-            Ok(())
-        }
-        FileKind::File => {
-            let mut f = tokio::fs::File::create(local).await.map_err(err)?;
-            client.read_file_to(guest, &mut f).await?;
-            drop(f);
-            std::fs::set_permissions(local, std::fs::Permissions::from_mode(mode & 0o7777)).map_err(err)?;
-            Ok(())
-        }
-        FileKind::Symlink => {
-            let target = link.ok_or_else(|| CliError::msg(format!("{guest}: symlink without a target")))?;
-            let _ = std::fs::remove_file(local);
-            std::os::unix::fs::symlink(target, local).map_err(err)
-        }
-        FileKind::Other => {
-            super::output::error_line(&format!("skipping {guest} (not a regular file, directory or symlink)"));
-            Ok(())
-        }
+/// Where a copy out goes: `(directory, name)`. Into `local` under the
+/// guest's base name when `local` is a real directory (a symlink is not
+/// followed: it is replaced, like any entry the copy writes), else as
+/// `local` itself.
+fn host_target(guest: &str, local: &Path) -> CliResult<(PathBuf, String)> {
+    let is_dir = std::fs::symlink_metadata(local).map(|m| m.is_dir()).unwrap_or(false);
+    if is_dir {
+        let base = base_name(guest).ok_or_else(|| CliError::msg(format!("{guest} has no usable file name")))?;
+        return Ok((local.to_path_buf(), base.to_string()));
     }
+    if local.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        return Err(CliError::msg(format!("directory {} does not exist", local.display())));
+    }
+    let name = local
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| CliError::msg(format!("{} has no usable file name", local.display())))?;
+    let dir = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    Ok((dir, name.to_string()))
 }
 
 #[cfg(test)]
@@ -219,5 +197,19 @@ mod tests {
         assert!(parse_endpoint("-bad:/x").is_err());
         assert_eq!(base_name("/a/b/"), Some("b"));
         assert_eq!(base_name("/"), None);
+    }
+
+    #[test]
+    fn copies_out_go_into_real_directories_and_replace_everything_else() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).expect("mkdir");
+        std::os::unix::fs::symlink(&real, d.path().join("link")).expect("symlink");
+        assert_eq!(host_target("/g/x", &real).expect("into"), (real.clone(), "x".to_string()));
+        // A symlink to a directory is a name to replace, not a way in.
+        assert_eq!(host_target("/g/x", &d.path().join("link")).expect("as"), (d.path().to_path_buf(), "link".into()));
+        assert_eq!(host_target("/g/x", Path::new("new")).expect("relative"), (PathBuf::from("."), "new".into()));
+        assert!(host_target("/g/x", &d.path().join("missing/")).is_err());
+        assert!(host_target("/", &real).is_err());
     }
 }

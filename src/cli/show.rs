@@ -203,22 +203,32 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
 /// The log files of a source, oldest first.
 fn log_files(ctx: &Ctx, name: &str, source: LogSource) -> Vec<PathBuf> {
     let dir = ctx.sandbox_dir(name).join("logs");
-    let mut files: Vec<PathBuf> =
+    let files: Vec<PathBuf> =
         std::fs::read_dir(&dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
-    let want = |p: &PathBuf| {
+    order_logs(files, source)
+}
+
+/// Keeps the files of `source` and sorts them oldest first: `NAME.log.N`
+/// (size-rotated) are older the higher N is and come before `NAME.log`;
+/// dated `runtime.YYYY-MM-DD.log` of older versions sort by date, first.
+fn order_logs(mut files: Vec<PathBuf>, source: LogSource) -> Vec<PathBuf> {
+    let current = match source {
+        LogSource::Runtime => "runtime.log",
+        LogSource::Guest => "guest.log",
+    };
+    let rotation = |f: &str| f.strip_prefix(current)?.strip_prefix('.')?.parse::<u32>().ok();
+    files.retain(|p| {
         let f = p.file_name().and_then(|f| f.to_str()).unwrap_or("");
         match source {
-            LogSource::Runtime => f.starts_with("runtime") && f.ends_with(".log"),
-            LogSource::Guest => f.starts_with("guest.log"),
+            LogSource::Runtime => (f.starts_with("runtime") && f.ends_with(".log")) || rotation(f).is_some(),
+            LogSource::Guest => f == current || rotation(f).is_some(),
         }
-    };
-    files.retain(want);
-    // runtime.YYYY-MM-DD.log sorts by date; guest.log.N are older the higher N is.
+    });
     files.sort_by_key(|p| {
         let f = p.file_name().and_then(|f| f.to_str()).unwrap_or("").to_string();
-        match f.strip_prefix("guest.log.").and_then(|n| n.parse::<u32>().ok()) {
-            Some(n) => (0, u32::MAX - n, f),
-            None if f == "guest.log" => (1, 0, f),
+        match rotation(&f) {
+            Some(n) => (1, u32::MAX - n, f),
+            None if f == current => (2, 0, f),
             None => (0, 0, f),
         }
     });
@@ -384,6 +394,30 @@ mod tests {
             net_rx_bytes: 0,
             net_tx_bytes: 0,
         }
+    }
+
+    #[test]
+    fn size_rotated_logs_read_oldest_first() {
+        let names = |v: Vec<PathBuf>| v.iter().map(|p| p.display().to_string()).collect::<Vec<_>>();
+        let files: Vec<PathBuf> = [
+            "runtime.log",
+            "runtime.log.2",
+            "runtime.2024-01-02.log",
+            "runtime.log.1",
+            "runtime.stderr",
+            "guest.log.1",
+            "guest.log",
+            "guest.log.3",
+            "guest.log.tmp",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(
+            names(order_logs(files.clone(), LogSource::Runtime)),
+            ["runtime.2024-01-02.log", "runtime.log.2", "runtime.log.1", "runtime.log"]
+        );
+        assert_eq!(names(order_logs(files, LogSource::Guest)), ["guest.log.3", "guest.log.1", "guest.log"]);
     }
 
     #[test]

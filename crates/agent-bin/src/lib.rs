@@ -10,13 +10,20 @@
 //! is written to a unique temporary name, synced, made 0755 and renamed into
 //! place, so processes racing to install it all end with the same content;
 //! the name carries a hash of the content, so different agent builds never
-//! overwrite each other.
+//! overwrite each other. An installed file is used only when it is a regular
+//! file (not a symlink) whose content is byte for byte the embedded agent;
+//! anything else (a tampered copy of the same size included) is replaced.
+//! Comparing the bytes is what checking a hash of them would approximate,
+//! and costs less than hashing (the agent is about 2 MB, read from the page
+//! cache). `bin/` is created 0700; the binary itself is 0755 because guest
+//! root executes it through a read-only bind mount and may not be its host
+//! owner (user namespaces), and it holds nothing secret.
 #![warn(missing_docs)]
 
 use std::ffi::OsString;
 use std::fs;
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -79,10 +86,36 @@ pub fn installed_name() -> String {
     format!("alcove-agent-{AGENT_HASH}")
 }
 
+/// Whether `path` is a regular, executable file holding exactly the
+/// embedded agent (a symlink is not followed).
 fn is_current(path: &Path) -> bool {
-    match fs::metadata(path) {
-        Ok(md) => md.is_file() && md.len() == AGENT.len() as u64 && md.permissions().mode() & 0o111 == 0o111,
-        Err(_) => false,
+    let Ok(mut f) = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path) else {
+        return false;
+    };
+    match f.metadata() {
+        Ok(md) if md.is_file() && md.len() == AGENT.len() as u64 && md.permissions().mode() & 0o111 == 0o111 => {}
+        _ => return false,
+    }
+    same_content(&mut f, AGENT).unwrap_or(false)
+}
+
+/// Whether `reader` yields exactly `expected`.
+fn same_content(reader: &mut impl Read, expected: &[u8]) -> io::Result<bool> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut at = 0;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(at == expected.len());
+        }
+        if expected.len() - at < n || buf[..n] != expected[at..at + n] {
+            return Ok(false);
+        }
+        at += n;
     }
 }
 
@@ -94,7 +127,7 @@ pub fn install_into(dir: &Path) -> Result<PathBuf, AgentBinError> {
         return Ok(dest);
     }
     let fail = |source: io::Error| AgentBinError::Install { path: dest.clone(), source };
-    fs::create_dir_all(dir).map_err(fail)?;
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(fail)?;
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -162,6 +195,29 @@ mod tests {
         // A truncated copy is replaced.
         fs::write(&p, b"broken").expect("corrupt");
         assert_eq!(fs::read(resolve(env).expect("repairs")).expect("read"), agent_bytes());
+    }
+
+    #[test]
+    fn a_tampered_copy_of_the_same_size_or_a_symlink_is_replaced() {
+        let home = tempfile::tempdir().expect("tempdir");
+        let dir = home.path().join("bin");
+        let p = install_into(&dir).expect("installs");
+        assert_eq!(fs::metadata(&dir).expect("bin").permissions().mode() & 0o777, 0o700);
+        let mut tampered = agent_bytes().to_vec();
+        let mid = tampered.len() / 2;
+        tampered[mid] ^= 0xff;
+        fs::write(&p, &tampered).expect("tamper");
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(fs::metadata(&p).expect("md").len(), agent_bytes().len() as u64, "same size");
+        assert_eq!(install_into(&dir).expect("again"), p);
+        assert!(fs::read(&p).expect("read") == agent_bytes(), "the tampered copy was kept");
+        // A symlink to a good copy elsewhere is not trusted either.
+        let elsewhere = home.path().join("elsewhere");
+        fs::copy(&p, &elsewhere).expect("copy");
+        fs::remove_file(&p).expect("rm");
+        std::os::unix::fs::symlink(&elsewhere, &p).expect("symlink");
+        install_into(&dir).expect("again");
+        assert!(fs::symlink_metadata(&p).expect("md").is_file(), "the symlink was replaced by a file");
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! server; and the way out (exit in a jail, exit-code report and power-off in
 //! a VM).
 //!
-//! Invariants: PID-1 duties (mounts, hostname, signalling every process at
+//! Invariants: the agent is non-dumpable before it reads its configuration
+//! (see [`sys::forbid_ptrace`]), so no guest process can attach to it or
+//! take its descriptors. PID-1 duties (mounts, hostname, signalling every process at
 //! shutdown) only happen when the agent really is PID 1 and `--no-pid1` is
 //! not given; otherwise the agent refuses to start rather than touch the
 //! host's mounts. With `--no-pid1` it becomes a child subreaper so orphans of
@@ -106,6 +108,12 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         libc::umask(0);
     }
     ensure_stdio();
+    // Guest processes run as the same user (root) beside the agent: none may
+    // ptrace it or take its channel with pidfd_getfd.
+    if let Err(e) = sys::forbid_ptrace() {
+        log!("fatal: cannot make the agent non-dumpable: {e}");
+        return 1;
+    }
     // Inherited descriptors (the channel, the config pipe, anything the
     // launcher left open) must never reach commands.
     sys::cloexec_from(3);

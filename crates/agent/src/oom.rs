@@ -1,5 +1,17 @@
-//! Best-effort detection of OOM kills.
+//! OOM: resetting commands' `oom_score_adj`, and best-effort detection of
+//! OOM kills.
 //!
+//! Protection: the host may protect the agent from the OOM killer
+//! (`oom_score_adj` -1000 on PID 1). A child inherits that value, which
+//! would make every command unkillable too: with no memory limit the host's
+//! OOM killer would pick host processes instead, and with one the cgroup's
+//! OOM killer would find no victim. So whenever the agent's own value is
+//! negative, every command resets its own to 0 between fork and exec
+//! ([`crate::spawn`]), and a command whose reset fails is not started.
+//! Raising the value needs no privilege, so the reset cannot fail for lack
+//! of one.
+//!
+//! Detection:
 //! Method: the agent reads an `oom_kill` counter when a command starts and
 //! again when it ends. A command is reported as OOM-killed when it died of
 //! SIGKILL and the counter grew in between. The counter is taken from, in
@@ -12,7 +24,31 @@
 //! without a memory cgroup (rootless), where it can blame a concurrent OOM
 //! kill elsewhere on the host.
 
+use std::ffi::CString;
 use std::path::{Path, PathBuf};
+
+/// The agent's own OOM score adjustment.
+pub const OWN_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// Parses the text of an `oom_score_adj` file.
+pub fn parse_score_adj(text: &str) -> Option<i32> {
+    text.trim().parse().ok()
+}
+
+/// The file a new command must write `0` to (its own `oom_score_adj`, as
+/// seen from the child), given the agent's own value: only a negative
+/// (protected) value is reset; an unknown one (no /proc) is left alone.
+pub fn reset_target_for(own_score_adj: Option<i32>) -> Option<CString> {
+    match own_score_adj {
+        Some(v) if v < 0 => Some(CString::new(OWN_SCORE_ADJ).expect("no NUL")),
+        _ => None,
+    }
+}
+
+/// [`reset_target_for`] the agent's current value.
+pub fn child_reset_target() -> Option<CString> {
+    reset_target_for(std::fs::read_to_string(OWN_SCORE_ADJ).ok().as_deref().and_then(parse_score_adj))
+}
 
 /// Reads `oom_kill N` from the text of a cgroup or vmstat file.
 pub fn parse_oom_kill(text: &str) -> Option<u64> {
@@ -59,6 +95,17 @@ pub fn read_counter(path: &Path) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_protected_agent_resets_its_commands() {
+        assert_eq!(parse_score_adj("-1000\n"), Some(-1000));
+        assert_eq!(parse_score_adj("junk"), None);
+        assert_eq!(reset_target_for(Some(-1000)).as_deref(), Some(c"/proc/self/oom_score_adj"));
+        assert_eq!(reset_target_for(Some(-1)).as_deref(), Some(c"/proc/self/oom_score_adj"));
+        assert_eq!(reset_target_for(Some(0)), None);
+        assert_eq!(reset_target_for(Some(500)), None);
+        assert_eq!(reset_target_for(None), None);
+    }
 
     #[test]
     fn counters_parse() {

@@ -9,6 +9,10 @@
 //!   `execve` succeeded.
 //! - Every command gets its own session and process group (`setsid`), so
 //!   signals go to `-pid`.
+//! - No command keeps the agent's OOM protection: when the agent's own
+//!   `oom_score_adj` is negative, the child writes 0 to its own before it
+//!   drops privileges and execs, and a failed write is a failed start
+//!   ([`Stage::OomReset`]; see [`crate::oom`]).
 
 use crate::sys::{self, Fd};
 use crate::users::{self, Identity};
@@ -58,6 +62,8 @@ pub enum Stage {
     Chdir = 8,
     /// `execve`.
     Exec = 9,
+    /// Resetting `oom_score_adj` to 0.
+    OomReset = 10,
 }
 
 impl Stage {
@@ -72,6 +78,7 @@ impl Stage {
             7 => Stage::Uid,
             8 => Stage::Chdir,
             9 => Stage::Exec,
+            10 => Stage::OomReset,
             _ => return None,
         })
     }
@@ -114,6 +121,10 @@ pub fn classify(stage: Stage, errno: i32, prepared: &Prepared) -> SpawnError {
             ),
         ),
         Stage::Rlimit => err(SpawnErrorKind::ResourceSetupFailed, format!("cannot apply resource limits: {os}")),
+        Stage::OomReset => err(
+            SpawnErrorKind::ResourceSetupFailed,
+            format!("cannot reset the command's OOM score adjustment to 0 (the agent's is negative): {os}"),
+        ),
         Stage::Setsid | Stage::Tty | Stage::Stdio => {
             err(SpawnErrorKind::ResourceSetupFailed, format!("cannot set up the command's terminal or stdio: {os}"))
         }
@@ -253,6 +264,9 @@ pub struct Prepared {
     rlimits: Vec<(libc::__rlimit_resource_t, libc::rlimit)>,
     tty: Option<TtySize>,
     stdin: bool,
+    /// The child's own `oom_score_adj` file to write 0 to, when the agent is
+    /// protected from the OOM killer.
+    oom_reset: Option<CString>,
 }
 
 fn cstr(s: &str, what: &str) -> Result<CString, SpawnError> {
@@ -311,6 +325,7 @@ pub fn prepare(req: &ExecRequest, defaults: &Defaults, root: &Path) -> Result<Pr
         rlimits,
         tty: req.tty,
         stdin: req.stdin,
+        oom_reset: crate::oom::child_reset_target(),
     })
 }
 
@@ -438,6 +453,7 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
         err_fd: err_w.raw(),
+        oom_reset: p.oom_reset.as_ref().map(|c| c.as_ptr()),
     };
 
     // SAFETY: fork has no preconditions; the child only calls
@@ -496,6 +512,7 @@ struct ChildCtx<'a> {
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
     err_fd: RawFd,
+    oom_reset: Option<*const libc::c_char>,
 }
 
 fn errno() -> i32 {
@@ -539,6 +556,14 @@ fn child_main(ctx: &ChildCtx<'_>) -> ! {
             }
         }
         libc::umask(0o022);
+        if let Some(path) = ctx.oom_reset {
+            // Still root here: the file is the child's own either way.
+            let fd = libc::open(path, libc::O_WRONLY | libc::O_TRUNC | libc::O_CLOEXEC);
+            if fd < 0 || libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                child_fail(ctx, Stage::OomReset, errno());
+            }
+            libc::close(fd);
+        }
         for (res, lim) in ctx.rlimits {
             if libc::setrlimit(*res, lim) < 0 {
                 child_fail(ctx, Stage::Rlimit, errno());
@@ -645,6 +670,47 @@ mod tests {
         assert_eq!(classify(Stage::Uid, libc::EPERM, &p).kind, SpawnErrorKind::UserSetupFailed);
         assert_eq!(classify(Stage::Rlimit, libc::EPERM, &p).kind, SpawnErrorKind::ResourceSetupFailed);
         assert!(classify(Stage::Exec, libc::ENOENT, &p).message.contains("\"prog\" not found"));
+    }
+
+    fn wait(pid: libc::pid_t) -> i32 {
+        let mut status = 0;
+        // SAFETY: our own child; status is a valid int.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        status
+    }
+
+    /// The agent cannot make its own score negative here (no
+    /// CAP_SYS_RESOURCE), so the reset is observed on a stand-in file: the
+    /// child writes 0 to whatever `oom_reset` names, before exec.
+    #[test]
+    fn a_protected_agent_starts_commands_at_oom_score_adj_zero() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let adj = d.path().join("oom_score_adj");
+        std::fs::write(&adj, "-1000").expect("write");
+        let req = ExecRequest { argv: vec!["/bin/true".into()], ..ExecRequest::default() };
+        let mut p = prepare(&req, &Defaults::default(), Path::new("/")).expect("prepares");
+        p.oom_reset = Some(CString::new(adj.as_os_str().as_encoded_bytes()).expect("path"));
+        let child = spawn(&p).expect("spawns");
+        assert_eq!(wait(child.pid), 0);
+        assert_eq!(std::fs::read_to_string(&adj).expect("read"), "0");
+
+        // A reset that cannot be done is a failed start, never a protected command.
+        p.oom_reset =
+            Some(CString::new(d.path().join("missing/oom_score_adj").as_os_str().as_encoded_bytes()).expect("path"));
+        let e = spawn(&p).expect_err("refused");
+        assert_eq!(e.kind, SpawnErrorKind::ResourceSetupFailed);
+        assert!(e.message.contains("OOM score"), "{}", e.message);
+    }
+
+    #[test]
+    fn commands_of_an_unprotected_agent_inherit_its_score() {
+        // This test process is not protected (its value is >= 0 here), so
+        // nothing is reset.
+        let own = std::fs::read_to_string(crate::oom::OWN_SCORE_ADJ).expect("proc");
+        let own = crate::oom::parse_score_adj(&own).expect("number");
+        let req = ExecRequest { argv: vec!["/bin/true".into()], ..ExecRequest::default() };
+        let p = prepare(&req, &Defaults::default(), Path::new("/")).expect("prepares");
+        assert_eq!(p.oom_reset.is_some(), own < 0);
     }
 
     #[test]

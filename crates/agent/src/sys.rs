@@ -156,6 +156,22 @@ pub fn dup(fd: RawFd) -> io::Result<Fd> {
     Ok(Fd(n))
 }
 
+/// Makes this process non-dumpable: no process without `CAP_SYS_PTRACE`
+/// can ptrace it, take its descriptors (`pidfd_getfd`), read its memory or
+/// list `/proc/PID/fd`, even one running as the same user. `execve` resets
+/// the flag, so the agent sets it itself once it runs; its commands get the
+/// default back when they exec.
+pub fn forbid_ptrace() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    check(unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) }).map(drop)
+}
+
+/// Whether this process is dumpable (ptrace-able by its own user).
+pub fn is_dumpable() -> bool {
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_GET_DUMPABLE, 0, 0, 0, 0) == 1 }
+}
+
 /// Reads until end of file from a blocking fd.
 pub fn read_to_end(fd: RawFd) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -349,6 +365,23 @@ pub fn cstring(s: &str) -> io::Result<std::ffi::CString> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forbid_ptrace_makes_the_process_non_dumpable() {
+        // In a child, so this test process keeps its own state.
+        // SAFETY: the child only makes raw system calls and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let ok = is_dumpable() && forbid_ptrace().is_ok() && !is_dumpable();
+            // SAFETY: ends the child without running the test harness.
+            unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+        }
+        let mut status = 0;
+        // SAFETY: our own child.
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert_eq!(decode_status(status), (Some(0), None));
+    }
 
     #[test]
     fn output_pipes_can_be_grown() {

@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 pub mod console;
+pub mod guest_log;
 pub mod mock;
 mod spec;
 

@@ -309,13 +309,29 @@ impl Client {
 
     /// Connects to the agent socket at `path` and completes the handshake:
     /// the id range, then the agent's `Ready` of a matching protocol version.
+    ///
+    /// Nothing is sent before the socket is trusted: its directory must be
+    /// the caller's or root's with mode 0700
+    /// ([`crate::paths::check_socket_dir`]) and the listening process must
+    /// run as the caller or root (`SO_PEERCRED`), else
+    /// [`ClientError::UntrustedSocketDir`] / [`ClientError::UntrustedPeer`].
     pub async fn connect_path(path: &Path) -> Result<Client, ClientError> {
+        let no_listener = || ClientError::NoListener { path: path.to_path_buf() };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        if !crate::paths::check_socket_dir(dir)? {
+            return Err(no_listener());
+        }
         let stream = UnixStream::connect(path).await.map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
-                ClientError::NoListener { path: path.to_path_buf() }
-            }
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => no_listener(),
             _ => ClientError::Connect { path: path.to_path_buf(), source },
         })?;
+        let peer = stream.peer_cred().map_err(|source| ClientError::Connect { path: path.to_path_buf(), source })?;
+        if !crate::paths::trusted_peer(peer.uid()) {
+            return Err(ClientError::UntrustedPeer { path: path.to_path_buf(), uid: peer.uid() });
+        }
         Client::from_stream(stream).await
     }
 

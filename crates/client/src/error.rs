@@ -40,6 +40,24 @@ pub enum ClientError {
         /// The underlying failure.
         source: io::Error,
     },
+    /// The directory holding a sandbox socket could let another user plant
+    /// or replace the socket: it must be owned by the caller or root and
+    /// give no access to group or others (mode 0700).
+    #[error("refusing the socket directory {}: {reason} (it must be owned by you or root with mode 0700; remove it, or set ALCOVE_RUNTIME_DIR to a directory of yours)", dir.display())]
+    UntrustedSocketDir {
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The process listening on a sandbox socket runs as another user.
+    #[error("refusing {}: the process listening there runs as uid {uid}, neither you nor root", path.display())]
+    UntrustedPeer {
+        /// The socket path.
+        path: PathBuf,
+        /// The peer's uid (`SO_PEERCRED`).
+        uid: u32,
+    },
     /// No sandbox of that name is listening.
     #[error("no sandbox named {name} is running (socket {} not found)", path.display())]
     NotRunning {
@@ -100,10 +118,45 @@ pub enum ClientError {
     /// A request could not be encoded.
     #[error("the request could not be encoded: {0}")]
     Encode(String),
+    /// The guest named a directory entry that is not one path component; the
+    /// copy stopped before the name touched the host.
+    #[error("the sandbox sent an unsafe file name {name:?} in {dir} ({reason}); the copy stopped")]
+    UnsafeName {
+        /// The guest directory the name was listed in (or the guest path).
+        dir: String,
+        /// The refused name.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A host-side step of a copy out of the guest failed.
+    #[error("cannot {what} {}: {source}", path.display())]
+    Host {
+        /// What was being done.
+        what: &'static str,
+        /// The host path.
+        path: PathBuf,
+        /// The underlying failure.
+        source: io::Error,
+    },
+    /// A tree copied out of the guest is deeper than the copy allows.
+    #[error("{path} is more than {max} directories deep; the copy stopped")]
+    TooDeep {
+        /// The guest directory at the limit.
+        path: String,
+        /// The deepest level copied.
+        max: usize,
+    },
     /// Reading or writing a local stream (the source or destination of a
     /// file transfer) failed.
     #[error("local I/O failed: {0}")]
     LocalIo(#[source] io::Error),
+}
+
+impl ClientError {
+    pub(crate) fn host(what: &'static str, path: &std::path::Path, source: io::Error) -> ClientError {
+        ClientError::Host { what, path: path.to_path_buf(), source }
+    }
 }
 
 impl From<ClientError> for io::Error {

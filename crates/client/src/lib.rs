@@ -28,6 +28,7 @@
 #![warn(missing_docs)]
 
 mod conn;
+pub mod copy;
 mod error;
 pub mod exec;
 pub mod fs;
@@ -35,6 +36,7 @@ pub mod paths;
 pub mod sink;
 
 pub use conn::Client;
+pub use copy::CopyReport;
 pub use error::ClientError;
 pub use exec::{ExecEvent, ExecInput, ExecOptions, ExecOutput, ExecSession, Output, StdinWriter};
 pub use sink::OutputSink;

@@ -8,10 +8,14 @@
 //! - [`socket_path`] refuses a runtime directory so long that the socket path
 //!   would not fit in `sun_path` (108 bytes including the NUL), so every
 //!   returned path can be bound and connected.
-//! - The runtime directory is created with mode 0700.
+//! - The runtime directory is created with mode 0700, and only used when it
+//!   is a directory owned by the caller (or root) that gives group and
+//!   others no access ([`check_socket_dir`]); a directory pre-created by
+//!   another user (e.g. `/tmp/alcove-UID`) is refused, never chmod-ed or
+//!   trusted.
 
 use crate::ClientError;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Size of `sun_path` in `struct sockaddr_un` on Linux, NUL included.
@@ -67,13 +71,60 @@ pub fn ensure_runtime_dir() -> Result<PathBuf, ClientError> {
     Ok(dir)
 }
 
-/// Creates `dir` with mode 0700 (parents with default permissions).
+/// Creates `dir` with mode 0700 (missing parents too), or takes an existing
+/// one of the caller's, tightening it to 0700. A symlink, or a directory of
+/// another user, is refused ([`ClientError::UntrustedSocketDir`]).
 pub fn ensure_dir(dir: &Path) -> Result<(), ClientError> {
     check_runtime_dir_len(dir)?;
     let err = |source| ClientError::RuntimeDir { dir: dir.to_path_buf(), source };
-    std::fs::create_dir_all(dir).map_err(err)?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(err)?;
+    let untrusted = |reason: String| ClientError::UntrustedSocketDir { dir: dir.to_path_buf(), reason };
+    if !meta.is_dir() {
+        return Err(untrusted("it is not a directory (a symlink is not followed)".into()));
+    }
+    if meta.uid() != euid() {
+        return Err(untrusted(format!("it belongs to uid {}", meta.uid())));
+    }
+    if meta.mode() & 0o7777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
     Ok(())
+}
+
+fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Checks that `dir`, the directory of a socket about to be trusted, is
+/// owned by the caller or root and gives group and others no access, so no
+/// other user can have put or swapped the socket in it. A missing directory
+/// is `Ok(false)` (nothing listens there).
+pub fn check_socket_dir(dir: &Path) -> Result<bool, ClientError> {
+    let untrusted = |reason: String| ClientError::UntrustedSocketDir { dir: dir.to_path_buf(), reason };
+    let meta = match std::fs::metadata(dir) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(untrusted(format!("cannot inspect it: {e}"))),
+    };
+    if !meta.is_dir() {
+        return Err(untrusted("it is not a directory".into()));
+    }
+    let owner = meta.uid();
+    if owner != euid() && owner != 0 {
+        return Err(untrusted(format!("it belongs to uid {owner}")));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(untrusted(format!("its mode {:o} lets other users in", meta.mode() & 0o7777)));
+    }
+    Ok(true)
+}
+
+/// Whether a peer of uid `uid` may be trusted as a sandbox: the caller
+/// itself or root.
+pub fn trusted_peer(uid: u32) -> bool {
+    uid == euid() || uid == 0
 }
 
 fn check_runtime_dir_len(dir: &Path) -> Result<(), ClientError> {

@@ -47,6 +47,9 @@ struct Stats {
     dirs: BTreeSet<String>,
     /// The fake's write into a handed-over stdout pipe failed (EPIPE).
     pipe_write_failed: bool,
+    /// Listings served as they are, in place of the computed ones: a
+    /// hostile agent's names.
+    listings: BTreeMap<String, Vec<DirEntry>>,
 }
 
 type Shared = Arc<Mutex<Stats>>;
@@ -73,6 +76,8 @@ impl Default for FakeConfig {
 impl Fake {
     async fn start(cfg: FakeConfig) -> Fake {
         let dir = tempfile::tempdir().expect("tempdir");
+        // A sandbox's socket directory: the client trusts no other.
+        std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
         let path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&path).expect("bind");
         let stats: Shared = Arc::default();
@@ -468,6 +473,10 @@ async fn run_fs(mut s: Sess, req: FsRequest) {
         }
         FsRequest::List { path } => {
             let st = s.stats.lock().unwrap();
+            if let Some(entries) = st.listings.get(&path).cloned() {
+                drop(st);
+                return s.finish(Message::FsResponse(Ok(FsReply::List(entries))));
+            }
             let mut entries: Vec<DirEntry> = st
                 .files
                 .iter()
@@ -608,6 +617,7 @@ async fn bad_ranges_closed_handshakes_and_missing_sockets_are_errors() {
 
     // A relay that closes right after accepting (no free client slot).
     let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o700)).expect("chmod");
     let path = dir.path().join("full.sock");
     let listener = UnixListener::bind(&path).expect("bind");
     tokio::spawn(async move {
@@ -1223,6 +1233,98 @@ async fn a_sink_whose_reader_left_closes_the_handed_over_pipe() {
         assert!(fake.stats().pipe_write_failed, "the command's writes failed as into a closed pipe");
         let out = client.exec_output(opts(&["echo", "still", "here"])).await.expect("runs");
         assert_eq!(out.stdout, b"still here\n");
+    })
+    .await
+}
+
+// ------------------------------------------------- copying out of the guest
+
+#[tokio::test]
+async fn copy_out_refuses_names_that_are_not_one_component() {
+    bounded(async {
+        for bad in ["../x", "/abs", "a/b", "..", ".", ""] {
+            let fake = Fake::start(FakeConfig::default()).await;
+            {
+                let mut st = fake.stats();
+                st.dirs.insert("/p".into());
+                st.files.insert("/p/ok".into(), b"fine".to_vec());
+                // Whatever the host might read for the bad name.
+                st.files.insert(format!("/p/{bad}"), b"escaped".to_vec());
+                let entries = vec![
+                    DirEntry { name: bad.to_string(), stat: file_stat(FileKind::File, 7) },
+                    DirEntry { name: "ok".into(), stat: file_stat(FileKind::File, 4) },
+                ];
+                st.listings.insert("/p".into(), entries);
+            }
+            let client = fake.client().await;
+            let root = tempfile::tempdir().expect("tempdir");
+            let dest = root.path().join("a/b/dest");
+            std::fs::create_dir_all(&dest).expect("mkdir");
+            let err = client.copy_out("/p", &dest, "p").await.expect_err(bad);
+            assert!(
+                matches!(&err, ClientError::UnsafeName { name, dir, .. } if name == bad && dir == "/p"),
+                "{bad:?}: {err:?}"
+            );
+            let text = err.to_string();
+            assert!(text.contains(&format!("{bad:?}")) && !text.contains('\n'), "{text}");
+            // Nothing named by the guest was written anywhere: the tree
+            // holds only the directories made above and the copy's own.
+            let mut found = Vec::new();
+            let mut stack = vec![root.path().to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).expect("list") {
+                    let p = e.expect("entry").path();
+                    if p.is_dir() {
+                        stack.push(p.clone());
+                    }
+                    found.push(p.strip_prefix(root.path()).expect("inside").to_string_lossy().into_owned());
+                }
+            }
+            found.sort();
+            assert_eq!(found, vec!["a", "a/b", "a/b/dest", "a/b/dest/p"], "{bad:?}");
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn copy_out_writes_the_tree_with_permission_bits_only() {
+    bounded(async {
+        let fake = Fake::start(FakeConfig::default()).await;
+        {
+            let mut st = fake.stats();
+            st.dirs.insert("/t".into());
+            st.files.insert("/t/suid".into(), b"s".to_vec());
+            let mut suid = file_stat(FileKind::File, 1);
+            suid.mode = 0o106755;
+            let mut dir = file_stat(FileKind::Dir, 0);
+            dir.mode = 0o43777;
+            let mut link = file_stat(FileKind::Symlink, 0);
+            link.link_target = Some("/etc/passwd".into());
+            let mut fifo = file_stat(FileKind::Other, 0);
+            fifo.mode = 0o10644;
+            st.dirs.insert("/t/d".into());
+            st.listings.insert(
+                "/t".into(),
+                vec![
+                    DirEntry { name: "d".into(), stat: dir },
+                    DirEntry { name: "fifo".into(), stat: fifo },
+                    DirEntry { name: "l".into(), stat: link },
+                    DirEntry { name: "suid".into(), stat: suid },
+                ],
+            );
+        }
+        let client = fake.client().await;
+        let dest = tempfile::tempdir().expect("tempdir");
+        let report = client.copy_out("/t", dest.path(), "t").await.expect("copied");
+        assert_eq!((report.files, report.dirs, report.symlinks, report.bytes), (1, 2, 1, 1));
+        assert_eq!(report.skipped, vec!["/t/fifo".to_string()]);
+        use std::os::unix::fs::MetadataExt;
+        let mode = |rel: &str| std::fs::symlink_metadata(dest.path().join(rel)).expect(rel).mode() & 0o7777;
+        assert_eq!(mode("t/suid"), 0o755);
+        assert_eq!(mode("t/d"), 0o777);
+        assert_eq!(std::fs::read_link(dest.path().join("t/l")).expect("link").to_str(), Some("/etc/passwd"));
+        assert_eq!(std::fs::read(dest.path().join("t/suid")).expect("content"), b"s");
     })
     .await
 }

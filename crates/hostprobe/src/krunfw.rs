@@ -344,10 +344,16 @@ pub fn install_libkrunfw(home: &Path, progress: &mut dyn FnMut(&str)) -> Result<
         return Ok(target);
     }
     let lib_dir = home.join("lib");
-    fs::create_dir_all(&lib_dir).map_err(|e| KrunfwError::io(format!("cannot create {}", lib_dir.display()), e))?;
+    // Owner-only, like everything alcove creates under its home.
+    let private_dir = |d: &Path| {
+        std::os::unix::fs::DirBuilderExt::mode(fs::DirBuilder::new().recursive(true), 0o700)
+            .create(d)
+            .map_err(|e| KrunfwError::io(format!("cannot create {}", d.display()), e))
+    };
+    private_dir(&lib_dir)?;
     let tmp = lib_dir.join(format!(".download-{}", unique_suffix()));
     let _ = fs::remove_dir_all(&tmp);
-    fs::create_dir_all(&tmp).map_err(|e| KrunfwError::io(format!("cannot create {}", tmp.display()), e))?;
+    private_dir(&tmp)?;
     let result = download_and_extract(&tmp, &lib_dir, progress);
     let _ = fs::remove_dir_all(&tmp);
     result?;

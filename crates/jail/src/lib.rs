@@ -22,7 +22,10 @@
 //!    pids ≥ 8; overlay paths free of `,` `:` `\`.
 //! 2. **Host side**: `upper/`, `work/` and `merged/` under `sandbox_dir`
 //!    (the first two persist across stop/start, so a restart keeps what the
-//!    guest wrote); the guest log opened for append; the cgroup with its
+//!    guest wrote); the guest log: a pipe whose read end a host thread copies
+//!    into the bounded, rotating `guest.log` (see
+//!    [`alcove_backend::guest_log`]; the guest never holds a host file); the
+//!    cgroup with its
 //!    limits (see [`cgroup`]); the agent channel
 //!    ([`alcove_backend::console::channel`]); a pipe already holding the
 //!    JSON [`alcove_protocol::agent_config::AgentConfig`].
@@ -118,6 +121,7 @@ pub mod cgroup;
 mod child;
 pub mod policy;
 
+use alcove_backend::guest_log::{log_pipe, LogPump, GUEST_LOG_LIMITS};
 use alcove_backend::{
     BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, GuestUsage, Launched, VmBackend,
 };
@@ -125,16 +129,21 @@ use alcove_protocol::agent_config::{AgentConfig, AgentMode};
 use cgroup::{Cgroup, Limits};
 use child::{ChildPlan, Step, VolumePlan};
 use std::ffi::CString;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 pub use child::AGENT_PATH;
+
+/// How long clean-up waits for the guest log's last bytes once the jail has
+/// ended (its writers are gone then, so this is only a bound).
+const GUEST_LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// Process limit used when the spec sets none.
 pub const DEFAULT_PIDS_LIMIT: u64 = 4096;
@@ -389,6 +398,13 @@ impl JailBackend {
         let upper = spec.sandbox_dir.join("upper");
         let work = spec.sandbox_dir.join("work");
         let merged = spec.sandbox_dir.join("merged");
+        // The sandbox directory (and any missing parent) is owner-only
+        // whatever the umask: what the guest writes is under it.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&spec.sandbox_dir)
+            .map_err(|e| BackendError::io(format!("creating {}", spec.sandbox_dir.display()), e))?;
         for dir in [&upper, &work, &merged] {
             fs::create_dir_all(dir).map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
         }
@@ -399,15 +415,16 @@ impl JailBackend {
         overlay_safe("sandbox directory", &merged)?;
         if let Some(parent) = spec.guest_log.parent() {
             if !parent.as_os_str().is_empty() {
-                fs::create_dir_all(parent)
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(parent)
                     .map_err(|e| BackendError::io(format!("creating {}", parent.display()), e))?;
             }
         }
-        let log = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&spec.guest_log)
+        // The guest writes its log into a pipe, never a host file: a host
+        // thread copies it into the bounded, rotating guest.log.
+        let (log, log_pump) = log_pipe(&spec.guest_log, GUEST_LOG_LIMITS)
             .map_err(|e| BackendError::io(format!("opening the guest log {}", spec.guest_log.display()), e))?;
         let devnull = File::open("/dev/null").map_err(|e| BackendError::io("opening /dev/null", e))?;
 
@@ -609,7 +626,8 @@ impl JailBackend {
         }
         drop(plan);
 
-        let shared = Arc::new(Shared { pid, pidfd, cgroup, merged, done: AtomicBool::new(false) });
+        let guest_log = Mutex::new(Some(log_pump));
+        let shared = Arc::new(Shared { pid, pidfd, cgroup, merged, guest_log, done: AtomicBool::new(false) });
         Ok(Jail {
             agent_channel: host_channel,
             runner: JailRunner { shared: shared.clone(), ran: false },
@@ -651,6 +669,8 @@ struct Shared {
     pidfd: OwnedFd,
     cgroup: Option<Cgroup>,
     merged: PathBuf,
+    /// Copies the guest's log pipe into guest.log; finished at clean-up.
+    guest_log: Mutex<Option<LogPump>>,
     /// Set once PID 1 has been reaped.
     done: AtomicBool,
 }
@@ -706,6 +726,14 @@ impl Shared {
     fn cleanup(&self) {
         if let Some(c) = &self.cgroup {
             c.destroy();
+        }
+        // Every writer of the log pipe died with the pid namespace: what they
+        // wrote is in guest.log before the run is over.
+        let pump = self.guest_log.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(pump) = pump {
+            if !pump.finish(GUEST_LOG_DRAIN) {
+                tracing::warn!("the guest log pipe is still open after the jail ended; not waiting for it");
+            }
         }
         // The mount point was only ever used inside the jail's namespace.
         let _ = fs::remove_dir(&self.merged);

@@ -31,8 +31,11 @@
 //!   mutating request refused with `EROFS`), so guest root cannot remount
 //!   them read-write and change the host directory; the root disk and
 //!   read-only volumes are attached read-only by msb_krun's virtio-blk;
-//! - the guest console (hvc0: kernel log, agent stderr) goes to
-//!   `GuestSpec::guest_log` (msb_krun truncates it at start).
+//! - the guest console (hvc0: kernel log, agent stderr) goes to a pipe that
+//!   a host thread copies into the bounded, rotating `GuestSpec::guest_log`
+//!   ([`alcove_backend::guest_log`]); msb_krun opens the pipe by its
+//!   `/proc/self/fd` path, so the guest never writes a host file directly
+//!   and cannot fill the disk.
 //!
 //! Exit reporting (the [`GuestExit`] the observer gets):
 //! - msb_krun calls the exit hook on the thread inside `Vm::enter()` with
@@ -58,10 +61,13 @@ pub mod sharefs;
 pub use config::{DiskFormat, KrunConfig, KrunRoot, KrunVolume};
 pub use plan::{HostLimits, VmPlan};
 
+use alcove_backend::guest_log::{log_pipe, LogPump, GUEST_LOG_LIMITS};
 use alcove_backend::{
     BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend,
 };
 use msb_krun::{ExitHandle, Vm};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -153,8 +159,9 @@ impl VmBackend for KrunBackend {
 
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError> {
         let host = self.host.unwrap_or_else(HostLimits::current);
-        let plan = plan::plan(&self.config, spec, &host)?;
+        let mut plan = plan::plan(&self.config, spec, &host)?;
         plan::write_boot_share(&plan)?;
+        let console = bounded_console(&mut plan)?;
         let (host_end, guest_end) =
             alcove_backend::console::channel().map_err(|e| BackendError::io("cannot create the agent channel", e))?;
 
@@ -170,19 +177,50 @@ impl VmBackend for KrunBackend {
         let vm = builder.build().map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
         let _ = state.guest_code.set(vm.exit_code());
         let control = Arc::new(KrunControl { exit: vm.exit_handle(), state: Arc::clone(&state) });
-        Ok(Launched { agent_channel: host_end, runner: Box::new(KrunRunner { vm, state }), control })
+        Ok(Launched { agent_channel: host_end, runner: Box::new(KrunRunner { vm, state, _console: console }), control })
     }
+}
+
+/// The guest console's way to its log: the pipe's write end (kept open for
+/// the VMM, which opens it by path) and the thread copying it into the
+/// bounded guest log. Only held (read by tests): both live as long as the VM.
+#[cfg_attr(not(test), allow(dead_code))]
+struct ConsoleLog {
+    write_end: OwnedFd,
+    pump: LogPump,
+}
+
+impl ConsoleLog {
+    /// Closes the host's write end and waits up to `within` for the pump to
+    /// write what the other writers (the VMM) left. For tests: the process
+    /// `_exit`s with the VMM.
+    #[cfg(test)]
+    fn finish(self, within: std::time::Duration) -> bool {
+        drop(self.write_end);
+        self.pump.finish(within)
+    }
+}
+
+/// Points the plan's console output at a pipe pumped into the bounded guest
+/// log (the plan's `console_output` until now).
+fn bounded_console(plan: &mut VmPlan) -> Result<ConsoleLog, BackendError> {
+    let (write_end, pump) = log_pipe(&plan.console_output, GUEST_LOG_LIMITS)
+        .map_err(|e| BackendError::io(format!("cannot open the guest log {}", plan.console_output.display()), e))?;
+    plan.console_output = PathBuf::from(format!("/proc/self/fd/{}", write_end.as_raw_fd()));
+    Ok(ConsoleLog { write_end, pump })
 }
 
 /// Runs the VM on the calling thread.
 struct KrunRunner {
     vm: Vm,
     state: Arc<ExitState>,
+    /// Lives as long as the VM.
+    _console: ConsoleLog,
 }
 
 impl GuestRunner for KrunRunner {
     fn run(self: Box<Self>, observer: ExitObserver) {
-        let KrunRunner { vm, state } = *self;
+        let KrunRunner { vm, state, _console } = *self;
         match state.observer.lock() {
             Ok(mut g) => *g = Some(observer),
             Err(poisoned) => *poisoned.into_inner() = Some(observer),

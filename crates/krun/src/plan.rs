@@ -339,6 +339,15 @@ fn check_disk(what: &str, path: &Path, declared: Option<&str>) -> Result<DiskFor
 pub fn write_boot_share(plan: &VmPlan) -> Result<(), BackendError> {
     let io = |what: &str, p: &Path, e: std::io::Error| BackendError::io(format!("{what} {}", p.display()), e);
     let boot = &plan.boot_dir;
+    // The sandbox directory (and any missing parent under the home) is the
+    // owner's alone; what is inside the boot share is seen by the guest.
+    if let Some(sandbox_dir) = boot.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(sandbox_dir)
+            .map_err(|e| io("cannot create", sandbox_dir, e))?;
+    }
     let mut dirs = fs::DirBuilder::new();
     dirs.recursive(true).mode(0o755);
     for d in ["dev", "proc", "sys", "tmp", "run", "mnt"] {
@@ -353,7 +362,7 @@ pub fn write_boot_share(plan: &VmPlan) -> Result<(), BackendError> {
         .create(&plan.upper_dir)
         .map_err(|e| io("cannot create", &plan.upper_dir, e))?;
     if let Some(parent) = plan.console_output.parent().filter(|p| !p.as_os_str().is_empty()) {
-        fs::create_dir_all(parent).map_err(|e| io("cannot create", parent, e))?;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(parent).map_err(|e| io("cannot create", parent, e))?;
     }
 
     // The agent: a private copy, replaced atomically.

@@ -677,3 +677,37 @@ fn the_exit_state_reports_once() {
     state.report(GuestExit { code: 9, detail: None });
     assert_eq!(*seen.lock().expect("lock"), vec![GuestExit { code: 3, detail: None }]);
 }
+
+/// msb_krun opens the console output with `File::create(path)`: through the
+/// plan's path it reaches a pipe whose pump keeps the guest log bounded, and
+/// the log itself is 0600.
+#[test]
+fn the_console_reaches_a_bounded_guest_log_through_a_pipe() {
+    use alcove_backend::guest_log::GUEST_LOG_LIMITS;
+    use std::io::Write;
+    let f = Fixture::new();
+    let spec = f.spec();
+    let mut plan = plan_of(&f, &f.config(), &spec).expect("plan");
+    write_boot_share(&plan).expect("boot share");
+    let console = bounded_console(&mut plan).expect("console");
+    assert!(plan.console_output.starts_with("/proc/self/fd/"), "{}", plan.console_output.display());
+    let bound = GUEST_LOG_LIMITS.max_file_bytes * (u64::from(GUEST_LOG_LIMITS.kept_files) + 1);
+    let mut vmm_view = fs::File::create(&plan.console_output).expect("the VMM's open");
+    let chunk = vec![b'k'; 1 << 20];
+    for _ in 0..(bound >> 20) + 8 {
+        vmm_view.write_all(&chunk).expect("console write");
+    }
+    vmm_view.write_all(b"login:\n").expect("write");
+    drop(vmm_view);
+    assert!(console.finish(std::time::Duration::from_secs(20)), "the pump reaches end of file");
+    let logs = spec.guest_log.parent().expect("logs");
+    let mut total = 0;
+    for e in fs::read_dir(logs).expect("logs") {
+        let md = e.expect("entry").metadata().expect("md");
+        assert_eq!(md.permissions().mode() & 0o777, 0o600);
+        total += md.len();
+    }
+    assert!(total <= bound, "{total} bytes kept, bound {bound}");
+    assert!(fs::read(&spec.guest_log).expect("log").ends_with(b"login:\n"));
+    assert_eq!(fs::metadata(&spec.sandbox_dir).expect("sandbox dir").permissions().mode() & 0o777, 0o700);
+}

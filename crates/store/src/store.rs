@@ -86,7 +86,10 @@ impl Store {
     pub fn open_with(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         let open_err = |why: String| StoreError::Open { path: path.to_owned(), why };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
+            // Owner-only, like everything alcove creates under its home
+            // (whatever the umask of the process creating it).
+            std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+                .create(dir)
                 .map_err(|e| open_err(format!("cannot create directory {}: {e}", dir.display())))?;
         }
         // Sandbox configs (environment values included) live here: the file
