@@ -17,6 +17,7 @@
 //! run Running or the process hanging.
 
 use crate::actors::db::{DbActor, SampleGate};
+use crate::actors::flow::{RelayCounters, RelayStats};
 use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
 use crate::actors::metrics::Metrics;
 use crate::actors::relay::{bind_socket, Relay, RelayError};
@@ -124,6 +125,7 @@ impl SandboxOptions {
 pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
     relay: Addr<Relay>,
+    relay_counters: Arc<RelayCounters>,
     shared: Arc<SharedState>,
     socket_path: PathBuf,
     actor_thread: Mutex<Option<JoinHandle<()>>>,
@@ -150,6 +152,12 @@ impl SandboxHandle {
     /// Counts as activity for the idle timeout.
     pub fn touch(&self) {
         self.relay.do_send(Touch);
+    }
+
+    /// What the relay has held for its clients and the guest (high-water
+    /// marks; see [`crate::actors::flow`]).
+    pub fn relay_stats(&self) -> RelayStats {
+        self.relay_counters.stats()
     }
 
     /// agent.sock of this sandbox.
@@ -256,14 +264,16 @@ pub fn launch_with(
         return Err(e.into());
     }
     let shared = Arc::new(SharedState::default());
+    let relay_counters = Arc::new(RelayCounters::default());
 
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
     let actor_thread = {
         let opts = opts.clone();
         let shared = shared.clone();
+        let counters = relay_counters.clone();
         std::thread::Builder::new()
             .name("alcove-actors".into())
-            .spawn(move || run_actor_system(opts, store, listener, shared, addr_tx))
+            .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
     let (lifecycle, relay) = match addr_rx.recv() {
@@ -277,6 +287,7 @@ pub fn launch_with(
     let handle = SandboxHandle {
         lifecycle: lifecycle.clone(),
         relay,
+        relay_counters,
         shared: shared.clone(),
         socket_path: opts.socket_path.clone(),
         actor_thread: Mutex::new(Some(actor_thread)),
@@ -311,7 +322,7 @@ fn run_actor_system(
     opts: SandboxOptions,
     store: Store,
     listener: std::os::unix::net::UnixListener,
-    shared: Arc<SharedState>,
+    (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
     addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>)>,
 ) {
     let panic_shared = shared.clone();
@@ -341,7 +352,9 @@ fn run_actor_system(
             )
             .with_socket_removal(opts.socket_removal)
             .start();
-            let relay = Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone()).start();
+            let relay =
+                Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone(), relay_counters)
+                    .start();
             let vm = VmActor::new(opts.policy, relay.clone()).start();
             let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
             Watchdog::new(opts.policy, opts.clock.clone(), relay.clone(), lifecycle.clone()).start();

@@ -132,7 +132,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     // The last act: the run's end is recorded and the backend has cleaned
     // up (the driver has returned).
     crate::actors::relay::remove_socket(&socket_path);
-    tracing::info!(?outcome, "sandbox process exiting");
+    tracing::info!(?outcome, relay = ?handle.relay_stats(), "sandbox process exiting");
     if cfg.auto_remove && outcome.is_some() && parent.as_ref().is_none_or(|p| p.gone()) {
         // Nobody is left to read the outcome and remove the sandbox.
         remove_self(&cfg, lock);

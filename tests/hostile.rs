@@ -6,10 +6,15 @@ mod common;
 #[path = "common/process.rs"]
 mod process;
 
-use alcove_protocol::{ExecRequest, Flags, Message};
+use alcove::actors::flow;
+use alcove_backend::mock::MockEvent;
+use alcove_protocol::{ExecRequest, Flags, Frame, Message, INITIAL_WINDOW};
 use common::RawClient;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -98,4 +103,310 @@ fn a_guest_sending_bad_descriptors_cannot_fill_the_runtime_log() {
     let limit = alcove::actors::peer_log::PER_WINDOW as usize;
     assert!(bad <= limit && missing <= limit, "{bad} + {missing} warnings for 300 bad frames:\n{log}");
     assert!(log.contains("not logged"), "the suppressed warnings are not counted:\n{log}");
+}
+
+/// Waits (polling) until `cond` holds.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn wait_for_event(env: &common::Env, event: MockEvent) {
+    wait_until(&format!("the guest logs {event:?}"), || env.log.contains(&event));
+}
+
+/// Reads session `id` to its end; its stdout and whether it exited 0.
+fn read_session(client: &mut RawClient, id: u32) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    loop {
+        let (fid, flags, msg) = client.recv().expect("the session ends with a terminal frame");
+        assert_eq!(fid, id);
+        match msg {
+            Message::ExecStdout { data } => out.extend(data),
+            Message::ExecExited(s) if flags.contains(Flags::TERMINAL) => return (out, s.code == Some(0)),
+            m if flags.contains(Flags::TERMINAL) => panic!("session {id} ended with {m:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// A client that writes `frames` stdin frames of 128 KiB to session `id` as
+/// fast as its socket takes them, never waiting for credit and never
+/// reading, then stays connected until stopped.
+struct StdinFlooder {
+    /// Whole frames written so far.
+    sent: Arc<AtomicUsize>,
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+const FLOOD_CHUNK: usize = 128 << 10;
+
+impl StdinFlooder {
+    fn start(mut client: RawClient, id: u32, frames: usize) -> StdinFlooder {
+        let (stop, stopped) = mpsc::channel::<()>();
+        let sent = Arc::new(AtomicUsize::new(0));
+        let counter = sent.clone();
+        // A bounded write, so a flooder the relay no longer reads still sees
+        // the stop.
+        client.stream.set_write_timeout(Some(Duration::from_millis(20))).expect("timeout");
+        let thread = std::thread::spawn(move || {
+            let frame = Frame::message(id, Flags::NONE, &Message::ExecStdin { data: vec![b'f'; FLOOD_CHUNK] })
+                .expect("encodes")
+                .encode()
+                .expect("encodes");
+            let mut at = 0;
+            while counter.load(Ordering::Relaxed) < frames && stopped.try_recv() == Err(mpsc::TryRecvError::Empty) {
+                if let Ok(n) = client.stream.write(&frame[at..]) {
+                    at += n;
+                    if at == frame.len() {
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        at = 0;
+                    }
+                }
+            }
+            // Connected, unread, until told to stop.
+            let _ = stopped.recv();
+        });
+        StdinFlooder { sent, stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn sent(&self) -> usize {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    fn stop(mut self) {
+        self.stop.take();
+        self.thread.take().expect("running").join().expect("the flooder panicked");
+    }
+}
+
+impl Drop for StdinFlooder {
+    fn drop(&mut self) {
+        self.stop.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The four hostile clients of the crowd test, connected and misbehaving.
+struct Hostiles {
+    garbage: RawClient,
+    never_reads: (RawClient, u32),
+    flooder: (StdinFlooder, u32),
+    quitter: u32,
+}
+
+/// Frames of 128 KiB the stdin flooder sends (32 MiB).
+const CROWD_FLOOD_FRAMES: usize = 256;
+
+fn start_hostiles(socket: &std::path::Path) -> Hostiles {
+    // Sends garbage instead of a frame.
+    let mut garbage = RawClient::connect(socket);
+    garbage.stream.write_all(&[0xff; 64]).expect("written");
+    // Starts a 64 MiB stream and never reads it.
+    let mut never_reads = RawClient::connect(socket);
+    let stream_id = never_reads.range.id_start;
+    never_reads.exec(stream_id, &["stream", &(64 << 20).to_string()], false);
+    // Floods stdin (32 MiB, without waiting for credit) into a `cat` whose
+    // output it never reads.
+    let mut flooder = RawClient::connect(socket);
+    let cat_id = flooder.range.id_start;
+    flooder.exec(cat_id, &["cat"], true);
+    let flooder = StdinFlooder::start(flooder, cat_id, CROWD_FLOOD_FRAMES);
+    // Disconnects in the middle of a session.
+    let mut quitter = RawClient::connect(socket);
+    let quitter_id = quitter.range.id_start;
+    quitter.exec(quitter_id, &["lines", "100000"], false);
+    for _ in 0..10 {
+        quitter.recv().expect("a frame");
+    }
+    drop(quitter);
+    Hostiles { garbage, never_reads: (never_reads, stream_id), flooder: (flooder, cat_id), quitter: quitter_id }
+}
+
+/// Lines each good client of the crowd test reads.
+const CROWD_LINES: usize = 2000;
+
+/// Fails on the code before this branch (91893c6): the crowd stalls and its
+/// clients time out. The guest reader waited to queue credit for the
+/// quitter's discarded output behind the flooder's stdin in the bounded
+/// queue towards the guest, while the guest (which, like the mock, answers
+/// stdin with credit from its reading thread) waited for the host to read
+/// that credit: a deadlock of the whole relay.
+#[test]
+fn a_hundred_and_twenty_four_clients_get_every_byte_beside_four_hostile_ones() {
+    let env = common::start(common::script(), common::policy());
+    assert!(env.handle.wait_ready(WAIT));
+    let socket = env.socket();
+    let mut hostiles = start_hostiles(&socket);
+    let good: Vec<_> = (0..124)
+        .map(|_| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut c = RawClient::connect(&socket);
+                let id = c.range.id_start;
+                c.exec(id, &["lines", &CROWD_LINES.to_string()], false);
+                let (out, ok) = read_session(&mut c, id);
+                assert!(ok, "a good client's command failed");
+                let text = String::from_utf8(out).expect("utf-8");
+                let lines: Vec<&str> = text.lines().collect();
+                assert_eq!(lines.len(), CROWD_LINES, "lines lost");
+                for (i, line) in lines.iter().enumerate() {
+                    assert_eq!(*line, format!("line {i}"), "out of order");
+                }
+            })
+        })
+        .collect();
+    for g in good {
+        if let Err(e) = g.join() {
+            std::panic::resume_unwind(e);
+        }
+    }
+    // Each hostile did what it was there for.
+    assert!(hostiles.garbage.closed(), "the garbage client was not dropped");
+    wait_for_event(&env, MockEvent::WindowFull { id: hostiles.never_reads.1 });
+    wait_for_event(&env, MockEvent::WindowFull { id: hostiles.flooder.1 });
+    wait_for_event(&env, MockEvent::Signalled { id: hostiles.quitter, signal: libc::SIGKILL });
+    let (flooder, _) = hostiles.flooder;
+    wait_until("the relay has read all of the flood", || flooder.sent() == CROWD_FLOOD_FRAMES);
+    flooder.stop();
+    drop(hostiles.never_reads);
+    assert!(env.handle.outcome().is_none(), "the sandbox did not survive its hostile clients");
+    // And a client after them is served as before.
+    let mut after = RawClient::connect(&socket);
+    let id = after.range.id_start;
+    after.exec(id, &["echo", "after"], false);
+    assert_eq!(after.collect(id).0, b"after\n");
+}
+
+/// The most bytes the relay may queue towards a client with one session.
+const ONE_SESSION_QUEUE: usize = INITIAL_WINDOW as usize + flow::CLIENT_QUEUE_SLACK;
+
+#[test]
+fn a_client_that_never_reads_costs_at_most_one_window_per_session() {
+    let env = common::start(common::script(), common::policy());
+    assert!(env.handle.wait_ready(WAIT));
+    let mut c = RawClient::connect(&env.socket());
+    let id = c.range.id_start;
+    let total = 16 << 20;
+    c.exec(id, &["stream", &total.to_string()], false);
+    // The guest stops for credit: everything the relay holds for this
+    // client is now queued or in the socket.
+    wait_for_event(&env, MockEvent::WindowFull { id });
+    let held = env.handle.relay_stats().peak_client_queue;
+    assert!(held <= ONE_SESSION_QUEUE, "{held} bytes queued for one session");
+    // Nothing was lost: the client reads all of it, in order, afterwards.
+    let (out, end) = c.collect(id);
+    assert_eq!(out.len(), total);
+    assert!(out.iter().all(|b| *b == b'x'));
+    assert!(matches!(end, Message::ExecExited(s) if s.code == Some(0)), "{end:?}");
+    let held = env.handle.relay_stats().peak_client_queue;
+    assert!(held <= ONE_SESSION_QUEUE, "{held} bytes queued for one session");
+}
+
+#[test]
+fn a_guest_ignoring_flow_control_loses_its_client_not_host_memory() {
+    let env = common::start(common::script(), common::policy());
+    assert!(env.handle.wait_ready(WAIT));
+    let mut victim = RawClient::connect(&env.socket());
+    let id = victim.range.id_start;
+    // 64 MiB without waiting for credit, to a client that does not read.
+    victim.exec(id, &["flood", &(64 << 20).to_string()], false);
+    wait_until("the relay drops the client", || env.handle.relay_stats().clients_over_queue == 1);
+    let held = env.handle.relay_stats().peak_client_queue;
+    assert!(held <= ONE_SESSION_QUEUE, "{held} bytes queued for one session");
+    assert!(victim.closed(), "the client was not disconnected");
+    // The sandbox and its other clients are unaffected.
+    let mut other = RawClient::connect(&env.socket());
+    let oid = other.range.id_start;
+    other.exec(oid, &["echo", "fine"], false);
+    assert_eq!(other.collect(oid).0, b"fine\n");
+    assert!(env.handle.outcome().is_none());
+    assert_eq!(env.handle.relay_stats().clients_over_queue, 1);
+}
+
+/// Fails on the code before this branch (91893c6), whose queue towards the
+/// guest held 256 frames whatever their size: 32 MiB of this flood.
+#[test]
+fn a_client_flooding_stdin_into_a_guest_that_does_not_read_holds_at_most_its_budget() {
+    let env = common::start(common::script(), common::policy());
+    assert!(env.handle.wait_ready(WAIT));
+    env.gate.close();
+    let mut c = RawClient::connect(&env.socket());
+    let id = c.range.id_start;
+    c.exec(id, &["cat"], true);
+    let flooder = StdinFlooder::start(c, id, 128);
+    // Nothing drains while the guest does not read: once the flooder's
+    // budget is full the relay holds all it ever will.
+    wait_until("the flooder's budget is full", || env.handle.relay_stats().guest_queue >= flow::CLIENT_GUEST_BUDGET);
+    let one_frame = Frame::message(id, Flags::NONE, &Message::ExecStdin { data: vec![0; FLOOD_CHUNK] })
+        .expect("encodes")
+        .wire_len();
+    let s = env.handle.relay_stats();
+    assert!(
+        s.peak_client_to_guest < flow::CLIENT_GUEST_BUDGET + one_frame,
+        "{} bytes queued from one client",
+        s.peak_client_to_guest
+    );
+    assert_eq!(s.peak_guest_queue, s.peak_client_to_guest, "only the flooder queued anything");
+    // Another client is still served once the guest reads again.
+    env.gate.open();
+    let mut other = RawClient::connect(&env.socket());
+    let oid = other.range.id_start;
+    other.exec(oid, &["echo", "fine"], false);
+    assert_eq!(other.collect(oid).0, b"fine\n");
+    flooder.stop();
+    assert!(env.handle.outcome().is_none());
+}
+
+/// Fails on the code before this branch (91893c6): every session was
+/// forwarded, so one client could make the relay hold a window for each of
+/// thousands of sessions.
+#[test]
+fn a_client_opening_too_many_sessions_is_refused_the_extra_one() {
+    let env = common::start(common::script(), common::policy());
+    assert!(env.handle.wait_ready(WAIT));
+    let mut c = RawClient::connect(&env.socket());
+    let first = c.range.id_start;
+    let cap = flow::MAX_SESSIONS_PER_CLIENT as u32;
+    for k in 0..cap {
+        c.exec(first + k, &["sleep", "600000"], false);
+    }
+    let extra = first + cap;
+    c.exec(extra, &["echo", "extra"], false);
+    let mut started = 0;
+    loop {
+        let (id, flags, msg) = c.recv().expect("a frame");
+        if id == extra {
+            assert!(flags.contains(Flags::TERMINAL), "{msg:?}");
+            assert!(
+                matches!(&msg, Message::SessionAborted { reason } if reason.contains("too many sessions")),
+                "{msg:?}"
+            );
+            break;
+        }
+        assert!(matches!(msg, Message::ExecStarted { .. }), "session {id}: {msg:?}");
+        started += 1;
+    }
+    assert_eq!(env.handle.relay_stats().sessions_refused, 1);
+    // Once one session ends, a new one is taken.
+    c.send(first, Flags::NONE, &Message::ExecSignal { signal: libc::SIGTERM });
+    loop {
+        let (id, flags, msg) = c.recv().expect("a frame");
+        if id == first && flags.contains(Flags::TERMINAL) {
+            break;
+        }
+        assert!(matches!(msg, Message::ExecStarted { .. }), "session {id}: {msg:?}");
+        started += 1;
+    }
+    assert_eq!(started, cap, "every session within the cap started");
+    let next = extra + 1;
+    c.exec(next, &["echo", "next"], false);
+    assert_eq!(c.collect(next).0, b"next\n");
+    assert!(!env.log.events().contains(&MockEvent::ExecStarted(vec!["echo".into(), "extra".into()])));
 }

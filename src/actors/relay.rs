@@ -25,9 +25,12 @@
 //!   control frames (`Ready`, `Heartbeat`); a [`FrameReader`] reads large
 //!   bodies straight into the frame, so an output byte is copied only from
 //!   the agent's socket into its frame and from there into the client's;
-//! - *guest writer*: the one writer of the agent channel, fed by a bounded
-//!   queue, so client readers wait (backpressure) rather than queue without
-//!   limit.
+//! - *guest writer*: the one writer of the agent channel: credit owed to
+//!   the agent first (a [`CreditLedger`] that never makes anyone wait), then
+//!   the queue of client frames, each charged to its client's budget until
+//!   written, so a client's reader waits (backpressure on that client alone)
+//!   rather than queue without limit. See [`crate::actors::flow`] for the
+//!   bounds.
 //!
 //! A client's disconnect ends its sessions in the guest: exec sessions by
 //! SIGKILL, file sessions by `SessionAborted` (an upload cut short is
@@ -40,8 +43,12 @@
 //! discarded); no queue is unbounded — a client's queue is bounded in bytes
 //! by one flow-control window per open session (see `ClientQueue`), and a
 //! queue beyond that means a broken peer: that client is disconnected with a
-//! log line, never silently truncated.
+//! log line, never silently truncated. Nothing the guest reader or a client
+//! writer does waits on the agent channel's writing side.
 
+use crate::actors::flow::{
+    CreditLedger, GuestBudget, RelayCounters, ToGuest, CLIENT_QUEUE_SLACK, MAX_SESSIONS_PER_CLIENT,
+};
 use crate::actors::lifecycle::Lifecycle;
 use crate::actors::peer_log::PeerWarnings;
 use crate::clock::Clock;
@@ -68,11 +75,6 @@ use tokio::sync::{mpsc, watch};
 
 /// Most clients connected at once.
 pub const MAX_CLIENTS: usize = 128;
-/// Frames queued towards the guest before client readers wait.
-const GUEST_QUEUE: usize = 256;
-/// Bytes a client's queue may hold beyond one window per open session
-/// (room for the final frames of sessions).
-const CLIENT_QUEUE_SLACK: usize = 64 * 1024;
 /// Credit is returned in batches of this many bytes per session.
 const CREDIT_BATCH: u32 = INITIAL_WINDOW / 8;
 /// Frames with a body this large go to a client's socket directly (header
@@ -213,7 +215,10 @@ struct Core {
     /// The generation each slot's next client gets (see [`slot_range`]).
     slot_generations: Vec<u64>,
     sessions: HashMap<u32, Route>,
-    guest_tx: Option<mpsc::Sender<Frame>>,
+    guest_tx: Option<mpsc::UnboundedSender<ToGuest>>,
+    /// Credit owed to the agent (see [`CreditLedger`]).
+    credits: Rc<CreditLedger>,
+    counters: Arc<RelayCounters>,
     closing: watch::Sender<bool>,
     discarded_frames: u64,
     /// Warnings a peer causes, rate-limited.
@@ -223,6 +228,21 @@ struct Core {
 impl Core {
     fn touch(&mut self) {
         self.last_activity = self.clock.now();
+    }
+
+    /// Owes the agent `bytes` of credit on session `id`, if the relay knows
+    /// that session (a guest cannot grow the ledger with made-up ids).
+    fn owe_credit(&self, id: u32, bytes: u32) {
+        if self.sessions.contains_key(&id) {
+            self.credits.owe(id, bytes);
+        }
+    }
+
+    /// Queues one of the relay's own frames for the guest.
+    fn to_guest(&self, frame: Frame) {
+        if let Some(tx) = &self.guest_tx {
+            let _ = tx.send(ToGuest::own(frame));
+        }
     }
 
     fn live(&self, slot: usize, generation: u64) -> bool {
@@ -266,12 +286,14 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay for an already bound socket (see [`bind_socket`]).
+    /// A relay for an already bound socket (see [`bind_socket`]), keeping
+    /// its figures in `counters`.
     pub fn new(
         listener: std::os::unix::net::UnixListener,
         socket_path: PathBuf,
         clock: Arc<dyn Clock>,
         lifecycle: Addr<Lifecycle>,
+        counters: Arc<RelayCounters>,
     ) -> Relay {
         let now = clock.now();
         let core = Core {
@@ -286,6 +308,8 @@ impl Relay {
             slot_generations: vec![0; MAX_CLIENTS],
             sessions: HashMap::new(),
             guest_tx: None,
+            credits: Rc::new(CreditLedger::default()),
+            counters,
             closing: watch::channel(false).0,
             discarded_frames: 0,
             warnings: PeerWarnings::new(clock.clone()),
@@ -332,9 +356,15 @@ impl Handler<AttachGuest> for Relay {
             }
         };
         let (read, write) = stream.into_split();
-        let (tx, rx) = mpsc::channel(GUEST_QUEUE);
-        self.core.borrow_mut().guest_tx = Some(tx);
-        actix::spawn(guest_writer(write, rx));
+        // Unbounded in frames, bounded in bytes: each client's frames by its
+        // budget, the relay's own by the sessions they end.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (credits, counters) = {
+            let mut core = self.core.borrow_mut();
+            core.guest_tx = Some(tx);
+            (core.credits.clone(), core.counters.clone())
+        };
+        actix::spawn(guest_writer(write, rx, credits, counters));
         actix::spawn(guest_reader(FrameReader::new(FdReadHalf::new(read), 256 * 1024), self.core.clone()));
     }
 }
@@ -385,7 +415,7 @@ impl Handler<SendShutdown> for Relay {
             let Ok(frame) = Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms }) else {
                 return false;
             };
-            tx.send(frame).await.is_ok()
+            tx.send(ToGuest::own(frame)).is_ok()
         })
     }
 }
@@ -525,6 +555,7 @@ async fn serve_client(
 ) {
     let (read, write) = stream.into_split();
     let range = slot_range(slot, generation);
+    let budget = Rc::new(GuestBudget::default());
     let (mut ready, mut closing) = {
         let c = core.borrow();
         (c.ready.subscribe(), c.closing.subscribe())
@@ -541,7 +572,7 @@ async fn serve_client(
     // When the relay closes it drops the client's queue; the writer then
     // delivers what is queued (final frames of aborted sessions) and ends.
     let writer = client_writer(write, range, ready_frame, rx, queue.clone(), core.clone());
-    let reader = client_reader(read, range, slot, generation, queue, core.clone());
+    let reader = client_reader(read, range, (slot, generation), queue, budget, core.clone());
     let why = tokio::select! {
         why = writer => why,
         why = reader => why,
@@ -560,8 +591,7 @@ fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
     }
     c.slots[slot] = None;
     c.touch();
-    let guest_tx = c.guest_tx.clone();
-    let mut ended = 0;
+    let mut ends = Vec::new();
     for (id, route) in c.sessions.iter_mut() {
         if route.owner != Some((slot, generation)) {
             continue;
@@ -571,17 +601,13 @@ fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
             SessionKind::Exec => Message::ExecSignal { signal: libc::SIGKILL },
             SessionKind::Fs => Message::SessionAborted { reason: "the client disconnected".into() },
         };
-        if let (Some(tx), Ok(frame)) = (&guest_tx, Frame::message(*id, Flags::NONE, &end)) {
-            // The guest queue is bounded; if it is full the end is sent
-            // from a task instead of being lost.
-            if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
-                let tx = tx.clone();
-                actix::spawn(async move {
-                    let _ = tx.send(frame).await;
-                });
-            }
+        if let Ok(frame) = Frame::message(*id, Flags::NONE, &end) {
+            ends.push(frame);
         }
-        ended += 1;
+    }
+    let ended = ends.len();
+    for frame in ends {
+        c.to_guest(frame);
     }
     tracing::debug!(slot, why, ended_sessions = ended, "client disconnected");
 }
@@ -642,7 +668,7 @@ async fn client_writer(
         *due = due.saturating_add(frame.wire_len() as u32);
         if *due >= CREDIT_BATCH {
             let bytes = std::mem::take(due);
-            credit_guest(&core, frame.id, bytes).await;
+            core.borrow().owe_credit(frame.id, bytes);
         }
     }
     "the relay closed the client".to_string()
@@ -656,22 +682,18 @@ async fn write_with_fd(write: &OwnedWriteHalf, frame: &Frame, fd: OwnedFd) -> io
     // `fd` closes here: the client holds its own copy now.
 }
 
-async fn credit_guest(core: &Shared, id: u32, bytes: u32) {
-    let tx = core.borrow().guest_tx.clone();
-    if let (Some(tx), Ok(frame)) = (tx, Frame::message(id, Flags::NONE, &Message::Credit { bytes })) {
-        let _ = tx.send(frame).await;
-    }
-}
-
 async fn client_reader(
     mut read: OwnedReadHalf,
     range: Handshake,
-    slot: usize,
-    generation: u64,
+    (slot, generation): (usize, u64),
     queue: Rc<ClientQueue>,
+    budget: Rc<GuestBudget>,
     core: Shared,
 ) -> String {
     loop {
+        // Nothing more is read from a client whose frames fill its share of
+        // the queue towards the guest.
+        budget.wait_for_room().await;
         let frame = match read_frame(&mut read).await {
             Ok(Some(f)) => f,
             Ok(None) => return "the client closed the connection".to_string(),
@@ -715,32 +737,92 @@ async fn client_reader(
             if c.sessions.contains_key(&frame.id) {
                 return format!("dropped: session id {} is already in use", frame.id);
             }
+            if queue.open_sessions.get() >= MAX_SESSIONS_PER_CLIENT {
+                drop(c);
+                if refuse_session(&core, slot, &queue, frame.id).is_err() {
+                    return "the relay closed the client".to_string();
+                }
+                continue;
+            }
             c.sessions.insert(frame.id, Route { owner: Some((slot, generation)), kind });
             queue.open_sessions.set(queue.open_sessions.get() + 1);
             if kind == SessionKind::Exec {
                 crate::kill_point!("sandbox-during-exec");
             }
         }
-        let tx = core.borrow().guest_tx.clone();
-        let Some(tx) = tx else {
+        let c = core.borrow();
+        let Some(tx) = &c.guest_tx else {
             return "dropped: the guest is not attached".to_string();
         };
-        if tx.send(frame).await.is_err() {
+        if tx.send(ToGuest::charged(frame, &budget, &c.counters)).is_err() {
             return "the guest channel closed".to_string();
         }
     }
 }
 
-async fn guest_writer(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+/// Answers a session the client may not open (it has
+/// [`MAX_SESSIONS_PER_CLIENT`] open) with a terminal `SessionAborted`; the
+/// request never reaches the guest. Err when the client's writer is gone.
+fn refuse_session(core: &Shared, slot: usize, queue: &ClientQueue, id: u32) -> Result<(), ()> {
+    let c = core.borrow();
+    c.counters.session_refused();
+    let reason = format!("too many sessions: a client may have {MAX_SESSIONS_PER_CLIENT} open at once");
+    let frame = Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }).map_err(|_| ())?;
+    let Some(Some(client)) = c.slots.get(slot) else {
+        return Err(());
+    };
+    // Counted as open until its terminal frame is written, like any session.
+    queue.open_sessions.set(queue.open_sessions.get() + 1);
+    queue.bytes.set(queue.bytes.get() + frame.wire_len());
+    client.tx.send(frame).map_err(|_| ())
+}
+
+/// The one writer of the agent channel: owed credit first, then client
+/// frames in arrival order, each released from its client's budget once
+/// written.
+async fn guest_writer(
+    write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<ToGuest>,
+    credits: Rc<CreditLedger>,
+    counters: Arc<RelayCounters>,
+) {
     let mut w = BufWriter::with_capacity(256 * 1024, write);
-    while let Some(frame) = rx.recv().await {
-        if let Err(e) = write_frame(&mut w, &frame).await {
-            tracing::warn!(error = %e, "writing to the agent channel failed");
-            return;
+    let result: io::Result<()> = async {
+        loop {
+            for (id, bytes) in credits.take() {
+                if let Ok(frame) = Frame::message(id, Flags::NONE, &Message::Credit { bytes }) {
+                    write_frame(&mut w, &frame).await?;
+                }
+            }
+            let mut next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => return w.flush().await,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    w.flush().await?;
+                    tokio::select! {
+                        biased;
+                        _ = credits.added() => continue,
+                        next = rx.recv() => match next {
+                            Some(next) => next,
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            };
+            let written = write_frame(&mut w, &next.frame).await;
+            next.release(&counters);
+            written?;
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
-        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "writing to the agent channel failed");
+    }
+    // Frames never written still give their bytes back, so no client reader
+    // waits for a writer that is gone.
+    rx.close();
+    while let Ok(mut next) = rx.try_recv() {
+        next.release(&counters);
     }
 }
 
@@ -770,10 +852,10 @@ async fn guest_reader(mut read: FrameReader<FdReadHalf>, core: Shared) {
         if frame.flags.contains(Flags::FD) && fd.is_none() {
             // Without its descriptor the frame would tell the client a lie;
             // its window bytes go back to the agent.
-            credit_guest(&core, frame.id, frame.wire_len() as u32).await;
+            core.borrow().owe_credit(frame.id, frame.wire_len() as u32);
             continue;
         }
-        route_from_guest(&core, frame, fd).await;
+        route_from_guest(&core, frame, fd);
     }
 }
 
@@ -831,27 +913,40 @@ fn control_from_guest(core: &Shared, frame: Frame) {
     }
 }
 
-async fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
+fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
     let id = frame.id;
     let terminal = frame.flags.contains(Flags::TERMINAL);
     let wire = frame.wire_len() as u32;
     let target = {
         let mut c = core.borrow_mut();
         let owner = c.sessions.get(&id).map(|r| r.owner);
-        if terminal && owner.is_some() {
-            c.sessions.remove(&id);
-            c.touch();
-        }
         match owner {
             Some(Some((slot, generation))) if c.live(slot, generation) => {
                 c.slots[slot].as_ref().map(|s| (slot, generation, s.tx.clone(), s.queue.clone()))
             }
-            _ => {
+            Some(_) => {
+                c.discarded_frames += 1;
+                if !terminal {
+                    // Nobody will read this frame; credit it so the agent
+                    // can finish the (already killed) session instead of
+                    // waiting forever.
+                    c.owe_credit(id, wire);
+                }
+                None
+            }
+            None => {
+                // Not a session: nothing to credit.
                 c.discarded_frames += 1;
                 None
             }
         }
     };
+    if terminal {
+        let mut c = core.borrow_mut();
+        if c.sessions.remove(&id).is_some() {
+            c.touch();
+        }
+    }
     match target {
         Some((slot, generation, tx, queue)) => {
             let queued = queue.bytes.get() + wire as usize;
@@ -864,22 +959,26 @@ async fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
                 match tx.send(frame) {
                     Ok(()) => {
                         queue.bytes.set(queued);
+                        core.borrow().counters.client_queued(queued);
                         None
                     }
                     Err(_) => Some("dropped: its writer stopped"),
                 }
             };
             if let Some(why) = why {
-                core.borrow_mut().warnings.warn("client over its queue", || {
+                let mut c = core.borrow_mut();
+                c.counters.client_over_queue();
+                c.warnings.warn("client over its queue", || {
                     tracing::warn!(slot, session = id, queued, why, "disconnecting client")
                 });
+                drop(c);
                 disconnect(core, slot, generation, why);
+                // The frame that did not fit is the disconnected client's
+                // last: credit it like any frame of a gone client.
+                if !terminal {
+                    core.borrow().owe_credit(id, wire);
+                }
             }
-        }
-        None if !terminal => {
-            // Nobody will read this frame; credit it so the agent can finish
-            // the (already killed) session instead of waiting forever.
-            credit_guest(core, id, wire).await;
         }
         None => {}
     }
