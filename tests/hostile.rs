@@ -3,6 +3,8 @@
 //! clients are served whole and in order.
 
 mod common;
+#[path = "common/crowd.rs"]
+mod crowd;
 #[path = "common/process.rs"]
 mod process;
 
@@ -10,11 +12,9 @@ use alcove::actors::flow;
 use alcove_backend::mock::MockEvent;
 use alcove_protocol::{ExecRequest, Flags, Frame, Message, INITIAL_WINDOW};
 use common::RawClient;
-use std::io::Write;
+use crowd::{start_hostiles, StdinFlooder, CROWD_FLOOD_FRAMES, FLOOD_CHUNK};
 use std::path::PathBuf;
 use std::process::Child;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -118,120 +118,6 @@ fn wait_for_event(env: &common::Env, event: MockEvent) {
     wait_until(&format!("the guest logs {event:?}"), || env.log.contains(&event));
 }
 
-/// Reads session `id` to its end; its stdout and whether it exited 0.
-fn read_session(client: &mut RawClient, id: u32) -> (Vec<u8>, bool) {
-    let mut out = Vec::new();
-    loop {
-        let (fid, flags, msg) = client.recv().expect("the session ends with a terminal frame");
-        assert_eq!(fid, id);
-        match msg {
-            Message::ExecStdout { data } => out.extend(data),
-            Message::ExecExited(s) if flags.contains(Flags::TERMINAL) => return (out, s.code == Some(0)),
-            m if flags.contains(Flags::TERMINAL) => panic!("session {id} ended with {m:?}"),
-            _ => {}
-        }
-    }
-}
-
-/// A client that writes `frames` stdin frames of 128 KiB to session `id` as
-/// fast as its socket takes them, never waiting for credit and never
-/// reading, then stays connected until stopped.
-struct StdinFlooder {
-    /// Whole frames written so far.
-    sent: Arc<AtomicUsize>,
-    stop: Option<mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-const FLOOD_CHUNK: usize = 128 << 10;
-
-impl StdinFlooder {
-    fn start(mut client: RawClient, id: u32, frames: usize) -> StdinFlooder {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let sent = Arc::new(AtomicUsize::new(0));
-        let counter = sent.clone();
-        // A bounded write, so a flooder the relay no longer reads still sees
-        // the stop.
-        client.stream.set_write_timeout(Some(Duration::from_millis(20))).expect("timeout");
-        let thread = std::thread::spawn(move || {
-            let frame = Frame::message(id, Flags::NONE, &Message::ExecStdin { data: vec![b'f'; FLOOD_CHUNK] })
-                .expect("encodes")
-                .encode()
-                .expect("encodes");
-            let mut at = 0;
-            while counter.load(Ordering::Relaxed) < frames && stopped.try_recv() == Err(mpsc::TryRecvError::Empty) {
-                if let Ok(n) = client.stream.write(&frame[at..]) {
-                    at += n;
-                    if at == frame.len() {
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        at = 0;
-                    }
-                }
-            }
-            // Connected, unread, until told to stop.
-            let _ = stopped.recv();
-        });
-        StdinFlooder { sent, stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn sent(&self) -> usize {
-        self.sent.load(Ordering::Relaxed)
-    }
-
-    fn stop(mut self) {
-        self.stop.take();
-        self.thread.take().expect("running").join().expect("the flooder panicked");
-    }
-}
-
-impl Drop for StdinFlooder {
-    fn drop(&mut self) {
-        self.stop.take();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// The four hostile clients of the crowd test, connected and misbehaving.
-struct Hostiles {
-    garbage: RawClient,
-    never_reads: (RawClient, u32),
-    flooder: (StdinFlooder, u32),
-    quitter: u32,
-}
-
-/// Frames of 128 KiB the stdin flooder sends (32 MiB).
-const CROWD_FLOOD_FRAMES: usize = 256;
-
-fn start_hostiles(socket: &std::path::Path) -> Hostiles {
-    // Sends garbage instead of a frame.
-    let mut garbage = RawClient::connect(socket);
-    garbage.stream.write_all(&[0xff; 64]).expect("written");
-    // Starts a 64 MiB stream and never reads it.
-    let mut never_reads = RawClient::connect(socket);
-    let stream_id = never_reads.range.id_start;
-    never_reads.exec(stream_id, &["stream", &(64 << 20).to_string()], false);
-    // Floods stdin (32 MiB, without waiting for credit) into a `cat` whose
-    // output it never reads.
-    let mut flooder = RawClient::connect(socket);
-    let cat_id = flooder.range.id_start;
-    flooder.exec(cat_id, &["cat"], true);
-    let flooder = StdinFlooder::start(flooder, cat_id, CROWD_FLOOD_FRAMES);
-    // Disconnects in the middle of a session.
-    let mut quitter = RawClient::connect(socket);
-    let quitter_id = quitter.range.id_start;
-    quitter.exec(quitter_id, &["lines", "100000"], false);
-    for _ in 0..10 {
-        quitter.recv().expect("a frame");
-    }
-    drop(quitter);
-    Hostiles { garbage, never_reads: (never_reads, stream_id), flooder: (flooder, cat_id), quitter: quitter_id }
-}
-
-/// Lines each good client of the crowd test reads.
-const CROWD_LINES: usize = 2000;
-
 /// Fails on the code before this branch (91893c6): the crowd stalls and its
 /// clients time out. The guest reader waited to queue credit for the
 /// quitter's discarded output behind the flooder's stdin in the bounded
@@ -244,29 +130,8 @@ fn a_hundred_and_twenty_four_clients_get_every_byte_beside_four_hostile_ones() {
     assert!(env.handle.wait_ready(WAIT));
     let socket = env.socket();
     let mut hostiles = start_hostiles(&socket);
-    let good: Vec<_> = (0..124)
-        .map(|_| {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let mut c = RawClient::connect(&socket);
-                let id = c.range.id_start;
-                c.exec(id, &["lines", &CROWD_LINES.to_string()], false);
-                let (out, ok) = read_session(&mut c, id);
-                assert!(ok, "a good client's command failed");
-                let text = String::from_utf8(out).expect("utf-8");
-                let lines: Vec<&str> = text.lines().collect();
-                assert_eq!(lines.len(), CROWD_LINES, "lines lost");
-                for (i, line) in lines.iter().enumerate() {
-                    assert_eq!(*line, format!("line {i}"), "out of order");
-                }
-            })
-        })
-        .collect();
-    for g in good {
-        if let Err(e) = g.join() {
-            std::panic::resume_unwind(e);
-        }
-    }
+    // Every line of every good client arrives, in order (checked inside).
+    crowd::good_clients(&socket, 124, 2000);
     // Each hostile did what it was there for.
     assert!(hostiles.garbage.closed(), "the garbage client was not dropped");
     wait_for_event(&env, MockEvent::WindowFull { id: hostiles.never_reads.1 });

@@ -769,6 +769,21 @@ fn stdin_to_a_process_that_stops_reading_is_still_credited() {
     assert!(r.stdin_credit > 0);
 }
 
+/// A client that sends stdin past twice the window without waiting for
+/// credit has its command killed: the agent never holds more than that.
+#[test]
+fn stdin_beyond_twice_the_window_kills_the_command() {
+    let mut a = Agent::start();
+    // `sleep` never reads its stdin: only the pipe's buffer is written.
+    let id = a.start_exec(ExecRequest { argv: argv(&["/bin/sleep", "600"]), stdin: true, ..ExecRequest::default() });
+    for _ in 0..24 {
+        a.send(id, Flags::NONE, &Message::ExecStdin { data: vec![b'x'; 128 * 1024] });
+    }
+    let r = a.finish_exec(id);
+    assert_eq!(r.status.map(|s| s.signal), Some(Some(9)), "{:?}", r.status);
+    assert!(a.log_text().contains("stdin beyond the flow-control window"), "{}", a.log_text());
+}
+
 /// A v1 memory cgroup for the OOM test, removed on drop.
 struct MemCgroup(std::path::PathBuf);
 
