@@ -49,11 +49,10 @@ fn run_end(r: &RunRecord) -> String {
 pub fn ps(args: PsArgs) -> CliResult<i32> {
     let ctx = Ctx::open()?;
     let mut rows = Vec::new();
-    for sb in ctx.store.sandboxes()? {
+    for (sb, last) in ctx.store.sandboxes_with_latest_run()? {
         if !args.all && !is_active(sb.status) {
             continue;
         }
-        let last = ctx.store.latest_run(&sb.name)?;
         rows.push((sb, last));
     }
     if args.json {
@@ -122,6 +121,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
             "rootfs": meta.rootfs,
             "detached_command": meta.detached_command,
             "dir": dir,
+            "guest_log": dir.join("logs").join("guest.log"),
             "socket": socket,
             "isolation": isolation,
             "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
@@ -176,6 +176,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     kv("Max duration", ms(policy.get("max_duration")));
     kv("Remove on stop", meta.auto_remove.to_string());
     kv("Directory", dir.display().to_string());
+    kv("Guest log", dir.join("logs").join("guest.log").display().to_string());
     if let Some(s) = &socket {
         kv("Socket", s.display().to_string());
     }

@@ -197,15 +197,47 @@ pub fn parent_dir(h: &Hierarchy, parent: Option<&str>) -> PathBuf {
 }
 
 /// Removes the cgroups left behind by a jail whose sandbox process died
-/// without cleaning up (killed with SIGKILL): the leaves
-/// `…/alcove/<name>-<pid>-<n>` in every hierarchy, looked for under the
-/// calling process's own cgroup (where the sandbox process it started put
-/// them) and under the hierarchy's root. Any process still inside is killed
-/// first. Best effort; returns how many cgroups were removed.
+/// without cleaning up (killed with SIGKILL): the leaves [`leftovers`]
+/// finds. Any process still inside is killed first. Best effort; returns
+/// how many cgroups were removed.
 pub fn remove_leftovers(name: &str, pid: u32) -> usize {
-    let Ok(list) = hierarchies() else { return 0 };
-    let prefix = format!("{name}-{pid}-");
     let mut removed = 0;
+    let mut parents = Vec::new();
+    for dir in leftovers(name, pid) {
+        for _ in 0..50 {
+            for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(p) = p.trim().parse::<libc::pid_t>() {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(parent) = dir.parent() {
+            parents.push(parent.to_path_buf());
+        }
+    }
+    // The shared parent goes once empty, as after a normal exit.
+    for parent in parents {
+        let _ = std::fs::remove_dir(&parent);
+    }
+    removed
+}
+
+/// The cgroups a jail of sandbox `name` started by the sandbox process
+/// `pid` left behind: the leaves `…/alcove/<name>-<pid>-<n>` in every
+/// hierarchy, looked for under the calling process's own cgroup (where the
+/// sandbox process it started put them) and under the hierarchy's root.
+/// A leaf stays until its last task is reaped, which the host's init may
+/// do only after a while.
+pub fn leftovers(name: &str, pid: u32) -> Vec<PathBuf> {
+    let Ok(list) = hierarchies() else { return Vec::new() };
+    let prefix = format!("{name}-{pid}-");
+    let mut found = Vec::new();
     for h in &list {
         let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
         let own = own.trim_matches('/');
@@ -221,26 +253,11 @@ pub fn remove_leftovers(name: &str, pid: u32) -> usize {
                 if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
                     continue;
                 }
-                let dir = entry.path();
-                for _ in 0..50 {
-                    for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
-                        if let Ok(p) = p.trim().parse::<libc::pid_t>() {
-                            // SAFETY: kill has no memory-safety preconditions.
-                            unsafe { libc::kill(p, libc::SIGKILL) };
-                        }
-                    }
-                    if std::fs::remove_dir(&dir).is_ok() {
-                        removed += 1;
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
+                found.push(entry.path());
             }
-            // The shared parent goes once empty, as after a normal exit.
-            let _ = std::fs::remove_dir(&parent);
         }
     }
-    removed
+    found
 }
 
 /// The cgroup hierarchies of this host, as seen by the calling process.
