@@ -424,7 +424,7 @@ pub fn spawn(p: &Prepared) -> Result<Child, SpawnError> {
             sys::set_nonblocking(out_r.raw(), true).map_err(|e| setup_failed("stdout pipe", e))?;
             sys::set_nonblocking(err_r.raw(), true).map_err(|e| setup_failed("stderr pipe", e))?;
             // Room for a fast writer to run ahead while the agent batches
-            // its output into large frames (see server.rs, OUTPUT_COALESCE).
+            // its output into large frames (see server/output.rs, OUTPUT_COALESCE).
             sys::grow_pipe(out_r.raw(), OUTPUT_PIPE_BYTES);
             (ChildIo::Pipes { stdin: in_w, stdout: out_r, stderr: err_r }, [in_r, out_w, err_w])
         }
