@@ -382,6 +382,49 @@ class Bench:
         self.record("cold run: echo hello", "crun run (new id)", r["crun"], "s", ref="alcove run --rm -- echo hello")
         self.record("cold run: echo hello", "bwrap --unshare-all", r["bwrap"], "s", ref="alcove run --rm -- echo hello")
 
+    # -- 1b. cold run: what the jail's isolation and disk limit cost
+
+    def cold_run_jail(self):
+        """The default cold run (private uid range) against the same build
+        with the user namespace turned off (ALCOVE_JAIL_USERNS=off, the
+        fallback mode) and with a disk limit (a sparse ext4 image made,
+        attached and mounted for every run). Each variant is checked once
+        for what it claims before the timing."""
+        n = self.args.iterations
+        log("cold run, jail variants: %d alternating rounds" % n)
+        off = dict(self.env, ALCOVE_JAIL_USERNS="off")
+
+        def uid_map(env, *extra):
+            _, out, _ = run(self.a("run", "--rm", *extra, "--", "cat", "/proc/self/uid_map"), capture=True, env=env)
+            return out.split()
+
+        private, hostroot = uid_map(self.env), uid_map(off)
+        assert private[0] == b"0" and private[1] != b"0" and private[2] == b"65536", private
+        assert hostroot == [b"0", b"0", b"4294967295"], hostroot
+        _, out, _ = run(self.a("run", "--rm", "--disk", "64", "--", "df", "-k", "/"), capture=True, env=self.env)
+        size_kib = int(out.splitlines()[-1].split()[1])
+        assert 50 * 1024 < size_kib <= 64 * 1024, out
+
+        def variant(env, *extra):
+            def go():
+                dt, out, _ = run(self.a("run", "--rm", *extra, "--", "echo", "hello"), capture=True, env=env)
+                assert out == b"hello\n", out
+                return dt
+
+            return go
+
+        default = "alcove run --rm -- echo hello (private uid range)"
+        cases = [
+            (default, variant(self.env)),
+            ("ALCOVE_JAIL_USERNS=off alcove run --rm (no user namespace)", variant(off)),
+            ("alcove run --rm --disk 64 (new 64 MiB image)", variant(self.env, "--disk", "64")),
+            ("alcove run --rm --disk 1024 (new 1 GiB image)", variant(self.env, "--disk", "1024")),
+        ]
+        r = alternate(cases, n)
+        section = "cold run: jail isolation and disk limit"
+        for label, _ in cases:
+            self.record(section, label, r[label], "s", ref=None if label == default else default)
+
     # -- 2. exec
 
     def exec_true(self):
@@ -643,7 +686,7 @@ class Bench:
                 json.dump(self.results, f, indent=1)
 
 
-SECTIONS = ["run", "exec", "stream", "ready", "memory"]
+SECTIONS = ["run", "jail", "exec", "stream", "ready", "memory"]
 
 
 def main():
@@ -668,7 +711,7 @@ def main():
         b.setup()
         for s in SECTIONS:
             if s in only:
-                {"run": b.cold_run, "exec": b.exec_true, "stream": b.streaming, "ready": b.ready, "memory": b.memory}[s]()
+                {"run": b.cold_run, "jail": b.cold_run_jail, "exec": b.exec_true, "stream": b.streaming, "ready": b.ready, "memory": b.memory}[s]()
         if "exec" in only and "stream" not in only:
             b.alcove_rm(b.exec_sandbox)
             b.crun_gone(b.exec_cid)

@@ -72,7 +72,9 @@ pub struct Policy {
     /// How often metrics are sampled; zero disables sampling.
     #[serde(with = "ms")]
     pub metrics_interval: Duration,
-    /// How long the exit observer waits for finalisation.
+    /// The most the run's end may take once the guest has ended: closing
+    /// the relay, the final write, publishing the outcome, and the exit
+    /// observer's last resort. Shared out by [`ExitBudget`].
     #[serde(with = "ms")]
     pub exit_budget: Duration,
 }
@@ -88,7 +90,7 @@ impl Default for Policy {
             shutdown_grace: Duration::from_secs(5),
             watchdog_tick: Duration::from_millis(100),
             metrics_interval: Duration::from_secs(1),
-            exit_budget: Duration::from_secs(2),
+            exit_budget: Duration::from_secs(15),
         }
     }
 }
@@ -107,7 +109,58 @@ impl Policy {
         if self.shutdown_grace > self.drain_timeout {
             return Err(ConfigError::Invalid("shutdown_grace must not exceed drain_timeout".into()));
         }
+        if self.exit_budget < ExitBudget::MINIMUM {
+            return Err(ConfigError::Invalid(format!(
+                "exit_budget must be at least {} ms",
+                ExitBudget::MINIMUM.as_millis()
+            )));
+        }
         Ok(())
+    }
+
+    /// How [`Policy::exit_budget`] is shared out.
+    pub fn exit_budget(&self) -> ExitBudget {
+        ExitBudget { total: self.exit_budget }
+    }
+}
+
+/// The one budget of a run's end, shared out so that its parts never
+/// disagree (a store that retries longer than the observer waits would see
+/// its correct answer overwritten by the last resort):
+///
+/// ```text
+/// guest ends ──► actors: close relay, [sample ≤ SAMPLE_WAIT], final write ≤ final_write() ──► ack
+///                observer waits ack ≤ ack_wait() ──► last resort ≤ LAST_RESORT
+///                └──────────────────────────── total ───────────────────────────┘
+/// ```
+///
+/// A metric sample already being written when the run ends delays the
+/// final write by at most [`ExitBudget::SAMPLE_WAIT`]; samples still queued
+/// are dropped (see `actors::db::SampleGate`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExitBudget {
+    /// [`Policy::exit_budget`].
+    pub total: Duration,
+}
+
+impl ExitBudget {
+    /// Kept for the exit observer's own write when the actors did not answer.
+    pub const LAST_RESORT: Duration = Duration::from_secs(2);
+    /// The most one metric sample may wait for a busy database.
+    pub const SAMPLE_WAIT: Duration = Duration::from_millis(100);
+    /// Closing the relay and handing the outcome over, around the final write.
+    pub const HANDOFF: Duration = Duration::from_millis(500);
+    /// The smallest budget that leaves the final write at least a second.
+    pub const MINIMUM: Duration = Duration::from_millis(2_000 + 100 + 500 + 1_000);
+
+    /// How long the exit observer waits for the actors' acknowledgement.
+    pub fn ack_wait(&self) -> Duration {
+        self.total.saturating_sub(Self::LAST_RESORT)
+    }
+
+    /// How long the final write may retry a busy database.
+    pub fn final_write(&self) -> Duration {
+        self.ack_wait().saturating_sub(Self::SAMPLE_WAIT + Self::HANDOFF)
     }
 }
 
@@ -142,6 +195,12 @@ pub struct SandboxConfig {
     /// Exit when this pid dies (an attached `alcove run`).
     #[serde(default)]
     pub parent_pid: Option<u32>,
+    /// Remove the sandbox (records and directory) once its run has ended
+    /// (`--rm`). The attached CLI (`parent_pid`) does it after reading the
+    /// outcome; the sandbox process does it itself when there is none or it
+    /// is gone.
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 impl SandboxConfig {
@@ -246,6 +305,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_exit_budget_parts_fit_inside_it() {
+        for total in [ExitBudget::MINIMUM, Policy::default().exit_budget, Duration::from_secs(600)] {
+            let b = ExitBudget { total };
+            assert!(b.final_write() >= Duration::from_secs(1), "{b:?}");
+            let sum = b.final_write() + ExitBudget::SAMPLE_WAIT + ExitBudget::HANDOFF + ExitBudget::LAST_RESORT;
+            assert_eq!(sum, total);
+            assert_eq!(b.ack_wait() + ExitBudget::LAST_RESORT, total);
+        }
+        // The default leaves the store its whole default retry budget.
+        let store = alcove_store::StoreOptions::default();
+        assert!(Policy::default().exit_budget().final_write() >= store.retry_budget);
+    }
+
+    #[test]
     fn policy_round_trips_in_milliseconds() {
         let p = Policy { idle_timeout: Some(Duration::from_millis(1500)), ..Policy::default() };
         let json = serde_json::to_value(p).expect("serialises");
@@ -260,6 +333,7 @@ mod tests {
         assert!(Policy { watchdog_tick: Duration::ZERO, ..Policy::default() }.validate().is_err());
         assert!(Policy { idle_timeout: Some(Duration::ZERO), ..Policy::default() }.validate().is_err());
         assert!(Policy { shutdown_grace: Duration::from_secs(60), ..Policy::default() }.validate().is_err());
+        assert!(Policy { exit_budget: Duration::from_secs(1), ..Policy::default() }.validate().is_err());
         assert!(Policy::default().validate().is_ok());
     }
 }

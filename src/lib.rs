@@ -13,6 +13,8 @@ pub mod actors;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod failpoint;
+pub mod liveness;
 pub mod messages;
 pub mod sandbox;
 pub mod standalone;

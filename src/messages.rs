@@ -16,7 +16,7 @@
 //! | [`SendShutdown`] | Vm → Relay |
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
-//! | [`CloseRelay`] | Lifecycle → Relay |
+//! | [`CloseRelay`], [`RemoveSocket`] | Lifecycle → Relay |
 //! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetric`] | Lifecycle, Metrics → Db |
 
 use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
@@ -132,11 +132,18 @@ pub struct Activity {
 #[rtype(result = "()")]
 pub struct Touch;
 
-/// Lifecycle → Relay: stop accepting, abort open sessions, close clients and
-/// remove agent.sock. Answered when the socket is gone.
+/// Lifecycle → Relay: stop accepting (connections are refused from then
+/// on), abort open sessions and close clients. agent.sock itself stays until
+/// the run's end is committed (see [`RemoveSocket`]).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct CloseRelay;
+
+/// Lifecycle → Relay, once the run's end is committed: remove agent.sock
+/// (when [`crate::sandbox::SocketRemoval::AfterRunEnd`]).
+#[derive(Message, Clone, Copy, Debug)]
+#[rtype(result = "()")]
+pub struct RemoveSocket;
 
 /// Creates the sandbox row if needed and inserts a Running run.
 #[derive(Message, Clone, Debug)]
@@ -148,6 +155,9 @@ pub struct DbStartRun {
     pub config_json: String,
     /// The sandbox process's pid.
     pub pid: u32,
+    /// Its start time in clock ticks since boot (see
+    /// [`crate::liveness::ProcessIdentity`]).
+    pub pid_start_ticks: Option<u64>,
 }
 
 /// Sets the sandbox status.

@@ -16,14 +16,15 @@
 //! then finalises the run from the driver's thread, so no failure leaves a
 //! run Running or the process hanging.
 
-use crate::actors::db::DbActor;
+use crate::actors::db::{DbActor, SampleGate};
+use crate::actors::flow::{RelayCounters, RelayStats};
 use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
 use crate::actors::metrics::Metrics;
 use crate::actors::relay::{bind_socket, Relay, RelayError};
 use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
-use crate::config::{Outcome, Policy};
+use crate::config::{ExitBudget, Outcome, Policy};
 use crate::messages::{GuestLaunched, LaunchFailed, Terminate, Touch, VmExited};
 use crate::store::{RunOutcome, Store, StoreError, StoreOptions, TerminationReason};
 use actix::prelude::*;
@@ -80,6 +81,22 @@ pub struct SandboxOptions {
     pub clock: Arc<dyn Clock>,
     /// Pid recorded in the run row (the process that owns the sandbox).
     pub pid: u32,
+    /// Who removes agent.sock at the end.
+    pub socket_removal: SocketRemoval,
+}
+
+/// Who removes agent.sock when the sandbox ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum SocketRemoval {
+    /// Lifecycle, once the run's end is committed and before the outcome
+    /// is published (and the exit observer's last resort, after its write).
+    #[default]
+    AfterRunEnd,
+    /// The caller, after the [`GuestDriver`] has returned: the standalone
+    /// process removes it as its last act, once the backend has cleaned up
+    /// (a jail's cgroups), so a socket file left with no sandbox process
+    /// behind it marks an end that did not finish.
+    ByCaller,
 }
 
 impl SandboxOptions {
@@ -99,6 +116,7 @@ impl SandboxOptions {
             policy: Policy::default(),
             clock: Arc::new(MonotonicClock::new()),
             pid: std::process::id(),
+            socket_removal: SocketRemoval::default(),
         }
     }
 }
@@ -107,6 +125,7 @@ impl SandboxOptions {
 pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
     relay: Addr<Relay>,
+    relay_counters: Arc<RelayCounters>,
     shared: Arc<SharedState>,
     socket_path: PathBuf,
     actor_thread: Mutex<Option<JoinHandle<()>>>,
@@ -133,6 +152,12 @@ impl SandboxHandle {
     /// Counts as activity for the idle timeout.
     pub fn touch(&self) {
         self.relay.do_send(Touch);
+    }
+
+    /// What the relay has held for its clients and the guest (high-water
+    /// marks; see [`crate::actors::flow`]).
+    pub fn relay_stats(&self) -> RelayStats {
+        self.relay_counters.stats()
     }
 
     /// agent.sock of this sandbox.
@@ -206,12 +231,25 @@ impl GuestDriver {
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
     opts.policy.validate()?;
-    let store = Store::open_with(&opts.db_path, opts.store.clone())?;
+    let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
     let listener = bind_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
 }
 
-/// [`launch`] with the database opened and agent.sock bound by the caller.
+/// `store` with its retry budget (and each attempt's busy wait) cut to what
+/// the policy's [`ExitBudget`] leaves the final write, so the store never
+/// retries past the point where the exit observer gives up on it.
+pub fn store_options_within(store: &StoreOptions, policy: &Policy) -> StoreOptions {
+    let final_write = policy.exit_budget().final_write();
+    StoreOptions {
+        retry_budget: store.retry_budget.min(final_write),
+        busy_timeout: store.busy_timeout.min(final_write),
+        ..store.clone()
+    }
+}
+
+/// [`launch`] with the database opened and agent.sock bound by the caller
+/// (with options from [`store_options_within`]).
 /// The standalone process does both before it prints its pid: a bad
 /// database is refused before it claims to run, and a client that reads the
 /// pid can connect at once (the relay answers once the agent is ready).
@@ -226,14 +264,16 @@ pub fn launch_with(
         return Err(e.into());
     }
     let shared = Arc::new(SharedState::default());
+    let relay_counters = Arc::new(RelayCounters::default());
 
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
     let actor_thread = {
         let opts = opts.clone();
         let shared = shared.clone();
+        let counters = relay_counters.clone();
         std::thread::Builder::new()
             .name("alcove-actors".into())
-            .spawn(move || run_actor_system(opts, store, listener, shared, addr_tx))
+            .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
     let (lifecycle, relay) = match addr_rx.recv() {
@@ -247,6 +287,7 @@ pub fn launch_with(
     let handle = SandboxHandle {
         lifecycle: lifecycle.clone(),
         relay,
+        relay_counters,
         shared: shared.clone(),
         socket_path: opts.socket_path.clone(),
         actor_thread: Mutex::new(Some(actor_thread)),
@@ -262,7 +303,7 @@ pub fn launch_with(
             tracing::error!(error = %e, "the backend could not create the guest");
             let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
             lifecycle.do_send(LaunchFailed { error: e.to_string(), ack: ack_tx });
-            if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
+            if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
                 last_resort(&opts, &shared, None, "the actor system did not finalise a failed launch in time");
             }
             Ok((handle, GuestDriver { runner: None, observer }))
@@ -281,7 +322,7 @@ fn run_actor_system(
     opts: SandboxOptions,
     store: Store,
     listener: std::os::unix::net::UnixListener,
-    shared: Arc<SharedState>,
+    (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
     addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>)>,
 ) {
     let panic_shared = shared.clone();
@@ -289,19 +330,31 @@ fn run_actor_system(
         let system = System::new();
         system.block_on(async move {
             let store = Mutex::new(Some(store));
-            let (db_path, store_options) = (opts.db_path.clone(), opts.store.clone());
+            let (db_path, store_options) = (opts.db_path.clone(), store_options_within(&opts.store, &opts.policy));
+            let samples = SampleGate::default();
+            let db_samples = samples.clone();
             let db = SyncArbiter::start(1, move || {
                 // The first call gets the connection opened (and checked) by
                 // `launch`; should actix ever call again, a new one is opened.
-                match store.lock().unwrap_or_else(|p| p.into_inner()).take() {
-                    Some(s) => DbActor::new(Ok(s)),
-                    None => DbActor::new(Store::open_with(&db_path, store_options.clone()).map_err(|e| e.to_string())),
-                }
+                let store = match store.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    Some(s) => Ok(s),
+                    None => Store::open_with(&db_path, store_options.clone()).map_err(|e| e.to_string()),
+                };
+                DbActor::new(store, db_samples.clone())
             });
-            let lifecycle =
-                Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, db.clone(), shared.clone())
+            let lifecycle = Lifecycle::new(
+                opts.name.clone(),
+                opts.config_json.clone(),
+                opts.pid,
+                db.clone(),
+                samples,
+                shared.clone(),
+            )
+            .with_socket_removal(opts.socket_removal)
+            .start();
+            let relay =
+                Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone(), relay_counters)
                     .start();
-            let relay = Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone()).start();
             let vm = VmActor::new(opts.policy, relay.clone()).start();
             let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
             Watchdog::new(opts.policy, opts.clock.clone(), relay.clone(), lifecycle.clone()).start();
@@ -326,17 +379,17 @@ fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
         let code = exit.code;
         lifecycle.do_send(VmExited { exit, ack: ack_tx });
-        if ack_rx.recv_timeout(opts.policy.exit_budget).is_err() {
+        if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
             last_resort(&opts, &shared, Some(code), "the actor system did not finalise the run in time");
         }
     })
 }
 
-/// Finalises from the calling thread when the actors could not: removes the
-/// socket and writes the run's end with a fresh connection.
+/// Finalises from the calling thread when the actors could not: writes the
+/// run's end with a fresh connection, then removes the socket (unless the
+/// caller does).
 fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i32>, detail: &str) {
     tracing::error!(detail, "finalising without the actor system");
-    let _ = std::fs::remove_file(&opts.socket_path);
     let outcome = RunOutcome {
         reason: TerminationReason::InternalError,
         exit_code,
@@ -345,7 +398,11 @@ fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i3
     };
     let recorded = match shared.run() {
         Some(run) => {
-            let short = StoreOptions { retry_budget: Duration::from_millis(500), ..opts.store.clone() };
+            let short = StoreOptions {
+                retry_budget: ExitBudget::LAST_RESORT / 2,
+                busy_timeout: ExitBudget::LAST_RESORT / 4,
+                ..opts.store.clone()
+            };
             match Store::open_with(&opts.db_path, short).and_then(|s| s.finish_run(run, &outcome)) {
                 Ok(()) => true,
                 Err(e) => {
@@ -356,5 +413,8 @@ fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i3
         }
         None => false,
     };
+    if opts.socket_removal == SocketRemoval::AfterRunEnd {
+        crate::actors::relay::remove_socket(&opts.socket_path);
+    }
     shared.set_outcome_if_unset(Outcome { reason: outcome.reason, exit_code, detail: outcome.detail, recorded });
 }

@@ -11,6 +11,10 @@
 //! that never returns) → exit once the run is final: 0 when it is recorded,
 //! 1 when alcove itself failed (reason InternalError, or nothing recorded).
 //!
+//! The process holds the sandbox's lock ([`SandboxLock`]) from before it
+//! binds agent.sock until it exits; a sandbox marked `auto_remove` whose
+//! attached CLI is gone (or that has none) is removed under it at the end.
+//!
 //! SIGTERM and SIGINT take the graceful path with reason Signal; SIGUSR1
 //! (`alcove kill`) forces the guest off at once, also with reason Signal.
 //! When the config names a parent pid (an attached `alcove run`), that
@@ -18,7 +22,8 @@
 
 use crate::actors::relay::bind_socket;
 use crate::config::{BackendKind, SandboxConfig};
-use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions};
+use crate::liveness::SandboxLock;
+use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions, SocketRemoval};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::guest_log::{BoundedLog, LogLimits, RUNTIME_LOG_LIMITS};
 use alcove_backend::mock::MockBackend;
@@ -72,14 +77,23 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let backend = make_backend(&cfg)?;
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
-    let store = Store::open(&cfg.db_path()).map_err(|e| e.to_string())?;
     cfg.policy.validate().map_err(|e| e.to_string())?;
+    let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);
+    let store = Store::open_with(&cfg.db_path(), store_options).map_err(|e| e.to_string())?;
     let socket_path = cfg.socket_path().map_err(|e| e.to_string())?;
 
     let log_dir = cfg.log_dir();
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
         .create(&log_dir)
         .map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
+    // Held until this process ends. A previous process of this sandbox may
+    // still be ending (its run is final, its exit is not).
+    let lock_path = SandboxLock::path(&cfg.sandbox_dir());
+    let lock = SandboxLock::acquire_for_life(&lock_path, cfg.policy.exit_budget)
+        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?
+        .ok_or_else(|| format!("sandbox {} is already run by another sandbox process", cfg.name))?;
+    // The attached CLI, watched through a pidfd opened while it waits for us.
+    let parent = cfg.parent_pid.map(ParentWatch::open);
     // Bound before the pid line, so the CLI's first connect succeeds.
     let listener = bind_socket(&socket_path).map_err(|e| e.to_string())?;
     {
@@ -99,16 +113,30 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         policy: cfg.policy,
         clock: Arc::new(crate::clock::MonotonicClock::new()),
         pid: std::process::id(),
+        // A krun guest's driver never returns: the process ends inside it.
+        socket_removal: if cfg.backend == BackendKind::Krun {
+            SocketRemoval::AfterRunEnd
+        } else {
+            SocketRemoval::ByCaller
+        },
     };
+    let socket_path = opts.socket_path.clone();
     let (handle, driver) = launch_with(store, listener, opts, backend).map_err(|e| e.to_string())?;
     let handle = Arc::new(handle);
     watch_signals(handle.clone())?;
-    if let Some(parent) = cfg.parent_pid {
-        watch_parent(handle.clone(), parent);
+    if let Some(parent) = &parent {
+        watch_parent(handle.clone(), parent.clone());
     }
     driver.run();
     let outcome = handle.wait_timeout(cfg.policy.exit_budget);
-    tracing::info!(?outcome, "sandbox process exiting");
+    // The last act: the run's end is recorded and the backend has cleaned
+    // up (the driver has returned).
+    crate::actors::relay::remove_socket(&socket_path);
+    tracing::info!(?outcome, relay = ?handle.relay_stats(), "sandbox process exiting");
+    if cfg.auto_remove && outcome.is_some() && parent.as_ref().is_none_or(|p| p.gone()) {
+        // Nobody is left to read the outcome and remove the sandbox.
+        remove_self(&cfg, lock);
+    }
     // 0: the run ended and is recorded; 1: alcove itself failed (the run is
     // InternalError, or could not be recorded).
     Ok(match outcome {
@@ -120,7 +148,10 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
 fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
     match cfg.backend {
         BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        BackendKind::Jail => Ok(Box::new(alcove_jail::JailBackend::new(alcove_jail::JailOptions::default()))),
+        BackendKind::Jail => {
+            let options = alcove_jail::JailOptions::from_env().map_err(|e| e.to_string())?;
+            Ok(Box::new(alcove_jail::JailBackend::new(options)))
+        }
         BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
     }
 }
@@ -257,27 +288,75 @@ fn watch_signals(handle: Arc<SandboxHandle>) -> Result<(), String> {
         .map_err(|e| format!("cannot start the signal thread: {e}"))
 }
 
-fn watch_parent(handle: Arc<SandboxHandle>, parent: u32) {
-    let spawned = std::thread::Builder::new().name("alcove-parent".into()).spawn(move || {
+/// The attached CLI of this sandbox process, by pidfd (by pid where the
+/// kernel has none).
+#[derive(Clone)]
+struct ParentWatch {
+    pid: u32,
+    pidfd: Option<Arc<std::os::fd::OwnedFd>>,
+}
+
+impl ParentWatch {
+    fn open(pid: u32) -> ParentWatch {
+        use std::os::fd::FromRawFd;
         // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, parent as libc::pid_t, 0) } as i32;
-        if fd >= 0 {
-            let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd; blocks until the process exits.
-            while unsafe { libc::poll(&mut pfd, 1, -1) } < 0 {}
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
-        } else {
-            // SAFETY: kill with signal 0 only checks existence.
-            while unsafe { libc::kill(parent as libc::pid_t, 0) } == 0 {
-                std::thread::sleep(std::time::Duration::from_millis(200));
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+        // SAFETY: on success the fd is new and owned by nobody else.
+        let pidfd = (fd >= 0).then(|| Arc::new(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }));
+        ParentWatch { pid, pidfd }
+    }
+
+    /// Blocks until the parent has exited (`timeout_ms` -1), or says whether
+    /// it has (0).
+    fn poll(&self, timeout_ms: i32) -> bool {
+        use std::os::fd::AsRawFd;
+        match &self.pidfd {
+            Some(fd) => {
+                let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                loop {
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
+                    if n >= 0 {
+                        return n > 0;
+                    }
+                }
             }
+            None => loop {
+                // SAFETY: kill with signal 0 only checks existence.
+                let gone = unsafe { libc::kill(self.pid as libc::pid_t, 0) } != 0;
+                if gone || timeout_ms == 0 {
+                    return gone;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            },
         }
-        tracing::info!(parent, "the attached client exited; stopping");
-        handle.terminate(TerminationReason::Signal, &format!("the attached client (pid {parent}) exited"));
+    }
+
+    fn gone(&self) -> bool {
+        self.poll(0)
+    }
+}
+
+fn watch_parent(handle: Arc<SandboxHandle>, parent: ParentWatch) {
+    let spawned = std::thread::Builder::new().name("alcove-parent".into()).spawn(move || {
+        parent.poll(-1);
+        let pid = parent.pid;
+        tracing::info!(parent = pid, "the attached client exited; stopping");
+        handle.terminate(TerminationReason::Signal, &format!("the attached client (pid {pid}) exited"));
     });
     if let Err(e) = spawned {
         tracing::warn!(error = %e, "cannot watch the parent process");
+    }
+}
+
+/// Removes this `auto_remove` sandbox (records and directory) under its lock.
+fn remove_self(cfg: &SandboxConfig, lock: SandboxLock) {
+    let removed = Store::open(&cfg.db_path())
+        .map_err(crate::liveness::RemoveError::from)
+        .and_then(|store| lock.remove_sandbox(&store, &cfg.name));
+    match removed {
+        Ok(()) => tracing::info!("removed the sandbox (--rm, no attached client left)"),
+        Err(e) => tracing::warn!(error = %e, "cannot remove the sandbox; the next alcove command will"),
     }
 }
 

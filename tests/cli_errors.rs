@@ -57,6 +57,10 @@ fn bad_names_and_flag_values_are_refused_before_anything_starts() {
         (&["run", "-d", "-i", "--", "cat"], "-d"),
         (&["cp", "/tmp/a", "/tmp/b"], "NAME:/path"),
         (&["cp", "box:relative", "/tmp/b"], "absolute"),
+        (&["run", "--pids", "2", "--", "true"], "--pids"),
+        (&["run", "--disk", "1", "--", "true"], "--disk"),
+        (&["run", "--shm-size", "0", "--", "true"], "--shm-size"),
+        (&["run", "--tmp-size", "lots", "--", "true"], "--tmp-size"),
     ] {
         a.run(args).assert_error(needle);
     }
@@ -67,6 +71,11 @@ fn bad_names_and_flag_values_are_refused_before_anything_starts() {
     a.run(&["rootfs", "import", "bad", "/nonexistent.tar"]).assert_error("/nonexistent.tar");
     // None of it left a sandbox behind.
     assert!(a.ps().is_empty(), "{:?}", a.ps());
+
+    // The jail's user-namespace switch takes `auto` or `off` only.
+    let odd = Alcove::new().with_env("ALCOVE_JAIL_USERNS", "maybe");
+    odd.run(&["create", "x", "--rootfs", &rootfs]).assert_error("ALCOVE_JAIL_USERNS=maybe is not understood");
+    assert!(odd.ps().is_empty(), "{:?}", odd.ps());
 }
 
 #[test]

@@ -54,7 +54,9 @@ fn run_propagates_exit_codes_and_streams_and_cleans_up() {
     a.ok(&["run", "--name", "kept", "--", "true"]);
     let e = a.ps_entry("kept").expect("kept sandbox listed");
     assert_eq!(e["status"], "Stopped");
-    assert_eq!(e["last_run"]["reason"], "ShutdownRequested");
+    // The run records its command's end (exit 0), not the stop that followed.
+    assert_eq!(e["last_run"]["reason"], "Completed");
+    assert_eq!(e["last_run"]["exit_code"], 0);
     a.ok(&["run", "--name", "gone", "--rm", "--", "true"]);
     assert!(a.ps_entry("gone").is_none());
     assert!(!a.home.join("sandboxes/gone").exists());

@@ -5,6 +5,7 @@
 mod common;
 
 use alcove::store::TerminationReason;
+use alcove::Policy;
 use alcove_backend::mock::MockEvent;
 use alcove_protocol::{fdpass, Flags, Frame, Message, CONTROL_ID, INITIAL_WINDOW, PROTOCOL_VERSION};
 use common::*;
@@ -289,4 +290,64 @@ fn a_client_sending_a_descriptor_frame_is_dropped_alone() {
     let id = good.range.id_start;
     good.exec(id, &["echo", "fine"], false);
     assert_eq!(good.collect(id).0, b"fine\n");
+}
+
+// ------------------------------------------------------------ file sessions
+
+/// Waits until the mock guest has logged `event`.
+fn wait_for_event(env: &Env, event: &MockEvent) {
+    let deadline = Instant::now() + WAIT;
+    while !env.log.contains(event) {
+        assert!(Instant::now() < deadline, "never saw {event:?}: {:?}", env.log.events());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn an_interrupted_upload_ends_with_its_client_and_wedges_nothing() {
+    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(60)), ..policy() });
+    assert!(env.handle.wait_ready(WAIT));
+    // An upload that stops mid-way: its client is killed (the guest, a mock,
+    // never answers a file session by itself).
+    let mut uploader = RawClient::connect(&env.socket());
+    let upload = uploader.range.id_start;
+    let req = alcove_protocol::FsRequest::Write { path: "/x".into(), mode: 0o644 };
+    uploader.send(upload, Flags::SESSION_START, &Message::FsRequest(req));
+    uploader.send(upload, Flags::NONE, &Message::FsData { data: vec![7; 4096] });
+    let old_range = uploader.range;
+    drop(uploader);
+    // The guest is told to end the session, as an exec session is killed.
+    wait_for_event(&env, &MockEvent::Aborted { id: upload });
+    // The next client of that slot never sees ids of the previous holder:
+    // its own first id is free, and later copies work.
+    let mut next = RawClient::connect(&env.socket());
+    assert!(!next.range.contains(upload), "the reused slot handed out {old_range:?} again: {:?}", next.range);
+    let id = next.range.id_start;
+    next.exec(id, &["echo", "after"], false);
+    assert_eq!(next.collect(id).0, b"after\n");
+    // The dead session does not keep the sandbox busy: the idle timeout fires.
+    env.clock.advance(Duration::from_secs(61));
+    let outcome = env.handle.wait_timeout(WAIT).expect("the idle timeout never fired");
+    assert_eq!(outcome.reason, TerminationReason::IdleTimeout);
+    env.assert_final(&outcome);
+}
+
+#[test]
+fn a_slot_reused_many_times_never_repeats_a_live_sessions_ids() {
+    let env = ready_env();
+    // Each holder of the first slot leaves a file session the guest never
+    // ends; every later holder must get ids none of them used.
+    let mut taken = Vec::new();
+    for _ in 0..40 {
+        let mut c = RawClient::connect(&env.socket());
+        for &id in &taken {
+            assert!(!c.range.contains(id), "{:?} holds the live session id {id}", c.range);
+        }
+        let id = c.range.id_start;
+        let req = alcove_protocol::FsRequest::Stat { path: "/".into() };
+        c.send(id, Flags::SESSION_START, &Message::FsRequest(req));
+        taken.push(id);
+        drop(c);
+        wait_for_event(&env, &MockEvent::Aborted { id });
+    }
 }

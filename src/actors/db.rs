@@ -4,21 +4,54 @@
 //! rusqlite blocks. Every write of the sandbox process goes through it; the
 //! store retries on SQLITE_BUSY within its budget, so an error here means the
 //! database really cannot be written.
+//!
+//! One thread serves every write in order, so the run's final write could
+//! queue behind metric samples. It does not: samples wait at most
+//! [`ExitBudget::SAMPLE_WAIT`] for a busy database, and once Lifecycle
+//! closes the [`SampleGate`] (before it sends the final write) the samples
+//! still queued are dropped unwritten.
 
+use crate::config::ExitBudget;
 use crate::messages::{DbFinishRun, DbInsertMetric, DbSetStatus, DbStartRun};
 use crate::store::{RunId, Store};
 use actix::prelude::*;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// Whether metric samples may still be written: open until the run starts
+/// to end. Shared by Lifecycle (which closes it) and the Db actor.
+#[derive(Clone, Debug)]
+pub struct SampleGate(Arc<AtomicBool>);
+
+impl Default for SampleGate {
+    fn default() -> SampleGate {
+        SampleGate(Arc::new(AtomicBool::new(true)))
+    }
+}
+
+impl SampleGate {
+    /// No sample is written after this call returns.
+    pub fn close(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+
+    /// Whether samples may be written.
+    pub fn is_open(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
 
 /// Owns the store.
 pub struct DbActor {
     store: Result<Store, String>,
+    samples: SampleGate,
 }
 
 impl DbActor {
     /// Wraps an open store, or the reason it could not be opened (every
     /// message is then answered with that error).
-    pub fn new(store: Result<Store, String>) -> DbActor {
-        DbActor { store }
+    pub fn new(store: Result<Store, String>, samples: SampleGate) -> DbActor {
+        DbActor { store, samples }
     }
 
     fn store(&self) -> Result<&Store, String> {
@@ -37,7 +70,7 @@ impl Handler<DbStartRun> for DbActor {
         if self.store()?.sandbox(&msg.sandbox).map_err(|e| e.to_string())?.is_none() {
             self.store()?.upsert_sandbox(&msg.sandbox, &msg.config_json).map_err(|e| e.to_string())?;
         }
-        self.store()?.start_run(&msg.sandbox, msg.pid).map_err(|e| e.to_string())
+        self.store()?.start_run_of(&msg.sandbox, msg.pid, msg.pid_start_ticks).map_err(|e| e.to_string())
     }
 }
 
@@ -61,6 +94,11 @@ impl Handler<DbInsertMetric> for DbActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, msg: DbInsertMetric, _: &mut Self::Context) -> Self::Result {
-        self.store()?.insert_metric(&msg.sandbox, &msg.sample).map_err(|e| e.to_string())
+        if !self.samples.is_open() {
+            return Ok(());
+        }
+        self.store()?
+            .insert_metric_within(&msg.sandbox, &msg.sample, ExitBudget::SAMPLE_WAIT)
+            .map_err(|e| e.to_string())
     }
 }

@@ -6,21 +6,24 @@
 //! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
 //! cause, its exit code decides: 0 is Completed, anything else Failed.
 //!
-//! Finalisation runs once, in this order: close the relay (agent.sock is
-//! removed, open sessions are aborted), commit the run row and the sandbox
-//! status, publish the [`Outcome`], acknowledge the exit observer, stop the
-//! actor system. The run row is written before anything else is handled
+//! Finalisation runs once, in this order: close the relay (no new client,
+//! open sessions aborted), commit the run row and the sandbox status,
+//! remove agent.sock (unless the caller does, see [`SocketRemoval`]),
+//! publish the [`Outcome`], acknowledge the exit observer, stop the actor
+//! system. A socket file with no live sandbox process behind it therefore
+//! marks an end that did not finish, for the CLI's reaper to clean up. The run row is written before anything else is handled
 //! (`ctx.wait`), so a finalisation never races its creation.
 
-use crate::actors::db::DbActor;
+use crate::actors::db::{DbActor, SampleGate};
 use crate::actors::metrics::Metrics;
 use crate::actors::relay::Relay;
 use crate::actors::vm::VmActor;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
-    LaunchFailed, OpenToClients, StopGuest, Terminate, VmExited,
+    LaunchFailed, OpenToClients, RemoveSocket, StopGuest, Terminate, VmExited,
 };
+use crate::sandbox::SocketRemoval;
 use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
 use actix::prelude::*;
 use alcove_backend::GuestControl;
@@ -127,13 +130,22 @@ pub struct Lifecycle {
     relay: Option<Addr<Relay>>,
     metrics: Option<Addr<Metrics>>,
     shared: Arc<SharedState>,
+    samples: SampleGate,
+    socket_removal: SocketRemoval,
     finalising: bool,
 }
 
 impl Lifecycle {
     /// A lifecycle for sandbox `name`; the other actors are attached with
     /// [`Wire`] once they exist.
-    pub fn new(name: String, config_json: String, pid: u32, db: Addr<DbActor>, shared: Arc<SharedState>) -> Lifecycle {
+    pub fn new(
+        name: String,
+        config_json: String,
+        pid: u32,
+        db: Addr<DbActor>,
+        samples: SampleGate,
+        shared: Arc<SharedState>,
+    ) -> Lifecycle {
         Lifecycle {
             name,
             config_json,
@@ -146,8 +158,17 @@ impl Lifecycle {
             relay: None,
             metrics: None,
             shared,
+            samples,
+            socket_removal: SocketRemoval::AfterRunEnd,
             finalising: false,
         }
+    }
+
+    /// Who removes agent.sock at the end (default: Lifecycle, through the
+    /// relay, once the run's end is committed).
+    pub fn with_socket_removal(mut self, removal: SocketRemoval) -> Lifecycle {
+        self.socket_removal = removal;
+        self
     }
 
     /// Records the sandbox status, then runs `then`. A failed write is a
@@ -179,6 +200,8 @@ impl Lifecycle {
             return;
         }
         self.finalising = true;
+        // The final write goes ahead of any sample still queued for the database.
+        self.samples.close();
         let cause = self.cause.take().unwrap_or_else(|| match exit_code {
             Some(0) => Terminate { reason: TerminationReason::Completed, detail: None, force: false },
             Some(code) => Terminate::new(TerminationReason::Failed, format!("the guest exited with code {code}")),
@@ -193,20 +216,29 @@ impl Lifecycle {
         let relay = self.relay.clone();
         let db = self.db.clone();
         let run = self.run;
+        let remove_socket = self.socket_removal == SocketRemoval::AfterRunEnd;
         let fut = async move {
-            if let Some(relay) = relay {
+            if let Some(relay) = &relay {
                 let _ = relay.send(CloseRelay).await;
             }
-            match run {
+            crate::kill_point!("sandbox-during-finalisation");
+            let recorded = match run {
                 Some(run) => match flatten(db.send(DbFinishRun { run, outcome }).await) {
-                    None => true,
+                    None => {
+                        crate::kill_point!("sandbox-after-run-end");
+                        true
+                    }
                     Some(err) => {
                         tracing::error!(error = %err, "cannot record the end of the run");
                         false
                     }
                 },
                 None => false,
+            };
+            if let (true, Some(relay)) = (remove_socket, &relay) {
+                let _ = relay.send(RemoveSocket).await;
             }
+            recorded
         };
         ctx.wait(fut.into_actor(self).map(move |recorded, this, _| {
             this.state = State::Exited;
@@ -233,7 +265,12 @@ impl Actor for Lifecycle {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let db = self.db.clone();
-        let msg = DbStartRun { sandbox: self.name.clone(), config_json: self.config_json.clone(), pid: self.pid };
+        let msg = DbStartRun {
+            sandbox: self.name.clone(),
+            config_json: self.config_json.clone(),
+            pid: self.pid,
+            pid_start_ticks: crate::liveness::ProcessIdentity::of(self.pid).map(|p| p.start_ticks),
+        };
         // Nothing else is handled until the run row exists (or cannot).
         ctx.wait(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx| match res {
             Ok(Ok(run)) => {
@@ -312,12 +349,14 @@ impl Handler<AgentReady> for Lifecycle {
         }
         tracing::info!(agent = %msg.ready.agent_version, ready_us = msg.ready.boot.ready_us, "agent ready");
         self.state = State::Ready;
+        crate::kill_point!("sandbox-before-running");
         // Clients and waiters learn of readiness once the record says Running.
         self.set_status(SandboxStatus::Running, ctx, |this| {
             if let Some(relay) = &this.relay {
                 relay.do_send(OpenToClients);
             }
             this.shared.update(|i| i.ready = true);
+            crate::kill_point!("sandbox-after-ready");
         });
     }
 }
@@ -335,6 +374,7 @@ impl Handler<Terminate> for Lifecycle {
         self.cause = Some(msg);
         self.state = State::Draining;
         self.set_status(SandboxStatus::Draining, ctx, |_| {});
+        crate::kill_point!("sandbox-during-stop");
         if let Some(vm) = &self.vm {
             vm.do_send(StopGuest { graceful });
         }

@@ -2,8 +2,10 @@
 //! what and which messages flow where.
 
 pub mod db;
+pub mod flow;
 pub mod lifecycle;
 pub mod metrics;
+pub mod peer_log;
 pub mod relay;
 pub mod vm;
 pub mod watchdog;

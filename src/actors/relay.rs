@@ -6,7 +6,9 @@
 //! actor, so routing needs no locks:
 //!
 //! - *accept*: takes connections on agent.sock (0600, in a 0700 directory),
-//!   gives each a free slot of [`MAX_CLIENTS`] and a disjoint id range, waits
+//!   gives each a free slot of [`MAX_CLIENTS`] and a disjoint id range (the
+//!   slot's block of ids, at the slot's next *generation*: see
+//!   [`slot_range`]), waits
 //!   for the agent's `Ready` (released by Lifecycle once the sandbox is
 //!   recorded Running), then writes `[id_start][id_end]` and the cached
 //!   `Ready` frame;
@@ -23,20 +25,36 @@
 //!   control frames (`Ready`, `Heartbeat`); a [`FrameReader`] reads large
 //!   bodies straight into the frame, so an output byte is copied only from
 //!   the agent's socket into its frame and from there into the client's;
-//! - *guest writer*: the one writer of the agent channel, fed by a bounded
-//!   queue, so client readers wait (backpressure) rather than queue without
-//!   limit.
+//! - *guest writer*: the one writer of the agent channel: credit owed to
+//!   the agent first (a [`CreditLedger`] that never makes anyone wait), then
+//!   the queue of client frames, each charged to its client's budget until
+//!   written, so a client's reader waits (backpressure on that client alone)
+//!   rather than queue without limit. See [`crate::actors::flow`] for the
+//!   bounds.
+//!
+//! A client's disconnect ends its sessions in the guest: exec sessions by
+//! SIGKILL, file sessions by `SessionAborted` (an upload cut short is
+//! discarded, not completed). A session whose client is gone no longer
+//! counts as activity, and its ids are never handed to the slot's next
+//! holder, even while a hostile guest leaves it open.
 //!
 //! Invariants: every guest frame either reaches its client's queue or belongs
 //! to a session whose client is gone (it is then credited back and counted as
 //! discarded); no queue is unbounded — a client's queue is bounded in bytes
 //! by one flow-control window per open session (see `ClientQueue`), and a
 //! queue beyond that means a broken peer: that client is disconnected with a
-//! log line, never silently truncated.
+//! log line, never silently truncated. Nothing the guest reader or a client
+//! writer does waits on the agent channel's writing side.
 
+use crate::actors::flow::{
+    CreditLedger, GuestBudget, RelayCounters, ToGuest, CLIENT_QUEUE_SLACK, MAX_SESSIONS_PER_CLIENT,
+};
 use crate::actors::lifecycle::Lifecycle;
+use crate::actors::peer_log::PeerWarnings;
 use crate::clock::Clock;
-use crate::messages::{Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch};
+use crate::messages::{
+    Activity, AttachGuest, CloseRelay, GetActivity, OpenToClients, RemoveSocket, SendShutdown, Terminate, Touch,
+};
 use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::{read_frame, write_frame, write_frame_direct, FrameReader};
@@ -57,11 +75,6 @@ use tokio::sync::{mpsc, watch};
 
 /// Most clients connected at once.
 pub const MAX_CLIENTS: usize = 128;
-/// Frames queued towards the guest before client readers wait.
-const GUEST_QUEUE: usize = 256;
-/// Bytes a client's queue may hold beyond one window per open session
-/// (room for the final frames of sessions).
-const CLIENT_QUEUE_SLACK: usize = 64 * 1024;
 /// Credit is returned in batches of this many bytes per session.
 const CREDIT_BATCH: u32 = INITIAL_WINDOW / 8;
 /// Frames with a body this large go to a client's socket directly (header
@@ -123,10 +136,21 @@ pub fn bind_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, Rela
     Ok(listener)
 }
 
-/// The id range of slot `k`: 2^24 ids per client, none of them 0.
-fn slot_range(k: usize) -> Handshake {
-    let start = ((k as u32) + 1) << 24;
-    Handshake { id_start: start, id_end: start + ((1 << 24) - 1) }
+/// Generations a slot cycles through before its ids repeat.
+const SLOT_GENERATIONS: u64 = 16;
+/// Ids per client: a slot's block of 2^24 ids, shared by its generations.
+const IDS_PER_CLIENT: u32 = (1 << 24) / SLOT_GENERATIONS as u32;
+
+/// The id range of slot `k` at `generation`: slot `k` owns the block
+/// `(k+1) << 24` (2^24 ids, none of them 0), and each generation of the
+/// slot (each new client in it) gets the next 1/16 of that block, so a
+/// client never gets the ids of the slot's previous holder — whose sessions
+/// may still be ending in the guest. A generation whose range still has a
+/// live session is skipped (see `Core::lease_slot`).
+fn slot_range(k: usize, generation: u64) -> Handshake {
+    let block = ((k as u32) + 1) << 24;
+    let start = block + (generation % SLOT_GENERATIONS) as u32 * IDS_PER_CLIENT;
+    Handshake { id_start: start, id_end: start + (IDS_PER_CLIENT - 1) }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,6 +163,14 @@ struct Route {
     /// `(slot, generation)` of the owning client; `None` once it is gone.
     owner: Option<(usize, u64)>,
     kind: SessionKind,
+}
+
+impl Route {
+    /// Whether a client still waits on this session (only those count as
+    /// activity: a session left by a gone client is ending, or broken).
+    fn is_owned(&self) -> bool {
+        self.owner.is_some()
+    }
 }
 
 struct ClientSlot {
@@ -180,11 +212,17 @@ struct Core {
     last_heartbeat: Option<std::time::Duration>,
     last_activity: std::time::Duration,
     slots: Vec<Option<ClientSlot>>,
-    next_generation: u64,
+    /// The generation each slot's next client gets (see [`slot_range`]).
+    slot_generations: Vec<u64>,
     sessions: HashMap<u32, Route>,
-    guest_tx: Option<mpsc::Sender<Frame>>,
+    guest_tx: Option<mpsc::UnboundedSender<ToGuest>>,
+    /// Credit owed to the agent (see [`CreditLedger`]).
+    credits: Rc<CreditLedger>,
+    counters: Arc<RelayCounters>,
     closing: watch::Sender<bool>,
     discarded_frames: u64,
+    /// Warnings a peer causes, rate-limited.
+    warnings: PeerWarnings,
 }
 
 impl Core {
@@ -192,12 +230,48 @@ impl Core {
         self.last_activity = self.clock.now();
     }
 
+    /// Owes the agent `bytes` of credit on session `id`, if the relay knows
+    /// that session (a guest cannot grow the ledger with made-up ids).
+    fn owe_credit(&self, id: u32, bytes: u32) {
+        if self.sessions.contains_key(&id) {
+            self.credits.owe(id, bytes);
+        }
+    }
+
+    /// Queues one of the relay's own frames for the guest.
+    fn to_guest(&self, frame: Frame) {
+        if let Some(tx) = &self.guest_tx {
+            let _ = tx.send(ToGuest::own(frame));
+        }
+    }
+
     fn live(&self, slot: usize, generation: u64) -> bool {
         self.slots.get(slot).and_then(|s| s.as_ref()).is_some_and(|s| s.generation == generation)
     }
 
+    /// Sessions a client still waits on.
     fn open_sessions(&self) -> usize {
-        self.sessions.len()
+        self.sessions.values().filter(|r| r.is_owned()).count()
+    }
+
+    /// A free slot and a generation of it whose id range holds no session
+    /// (a gone client's session may still be open in the guest); `None`
+    /// when every slot is taken or has no such generation.
+    fn lease_slot(&mut self) -> Option<(usize, u64)> {
+        for k in 0..self.slots.len() {
+            if self.slots[k].is_some() {
+                continue;
+            }
+            for _ in 0..SLOT_GENERATIONS {
+                let generation = self.slot_generations[k];
+                self.slot_generations[k] += 1;
+                let range = slot_range(k, generation);
+                if !self.sessions.keys().any(|id| range.contains(*id)) {
+                    return Some((k, generation));
+                }
+            }
+        }
+        None
     }
 }
 
@@ -212,16 +286,18 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay for an already bound socket (see [`bind_socket`]).
+    /// A relay for an already bound socket (see [`bind_socket`]), keeping
+    /// its figures in `counters`.
     pub fn new(
         listener: std::os::unix::net::UnixListener,
         socket_path: PathBuf,
         clock: Arc<dyn Clock>,
         lifecycle: Addr<Lifecycle>,
+        counters: Arc<RelayCounters>,
     ) -> Relay {
         let now = clock.now();
         let core = Core {
-            clock,
+            clock: clock.clone(),
             lifecycle,
             ready: watch::channel(None).0,
             pending_ready: None,
@@ -229,11 +305,14 @@ impl Relay {
             last_heartbeat: None,
             last_activity: now,
             slots: (0..MAX_CLIENTS).map(|_| None).collect(),
-            next_generation: 0,
+            slot_generations: vec![0; MAX_CLIENTS],
             sessions: HashMap::new(),
             guest_tx: None,
+            credits: Rc::new(CreditLedger::default()),
+            counters,
             closing: watch::channel(false).0,
             discarded_frames: 0,
+            warnings: PeerWarnings::new(clock.clone()),
         };
         Relay { core: Rc::new(RefCell::new(core)), listener: Some(listener), socket_path, closed: false }
     }
@@ -277,9 +356,15 @@ impl Handler<AttachGuest> for Relay {
             }
         };
         let (read, write) = stream.into_split();
-        let (tx, rx) = mpsc::channel(GUEST_QUEUE);
-        self.core.borrow_mut().guest_tx = Some(tx);
-        actix::spawn(guest_writer(write, rx));
+        // Unbounded in frames, bounded in bytes: each client's frames by its
+        // budget, the relay's own by the sessions they end.
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (credits, counters) = {
+            let mut core = self.core.borrow_mut();
+            core.guest_tx = Some(tx);
+            (core.credits.clone(), core.counters.clone())
+        };
+        actix::spawn(guest_writer(write, rx, credits, counters));
         actix::spawn(guest_reader(FrameReader::new(FdReadHalf::new(read), 256 * 1024), self.core.clone()));
     }
 }
@@ -330,7 +415,7 @@ impl Handler<SendShutdown> for Relay {
             let Ok(frame) = Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms }) else {
                 return false;
             };
-            tx.send(frame).await.is_ok()
+            tx.send(ToGuest::own(frame)).is_ok()
         })
     }
 }
@@ -343,11 +428,6 @@ impl Handler<CloseRelay> for Relay {
             return;
         }
         self.closed = true;
-        if let Err(e) = std::fs::remove_file(&self.socket_path) {
-            if e.kind() != io::ErrorKind::NotFound {
-                tracing::warn!(path = %self.socket_path.display(), error = %e, "cannot remove agent.sock");
-            }
-        }
         let mut core = self.core.borrow_mut();
         // Sessions still open get a final frame so their clients do not hang.
         let open: Vec<(u32, Option<(usize, u64)>)> = core.sessions.drain().map(|(id, r)| (id, r.owner)).collect();
@@ -371,11 +451,29 @@ impl Handler<CloseRelay> for Relay {
             *slot = None;
         }
         core.closing.send_replace(true);
+        core.warnings.flush();
         if core.discarded_frames > 0 {
             tracing::info!(
                 frames = core.discarded_frames,
                 "frames for sessions of disconnected clients were discarded"
             );
+        }
+    }
+}
+
+impl Handler<RemoveSocket> for Relay {
+    type Result = ();
+
+    fn handle(&mut self, _: RemoveSocket, _: &mut Self::Context) {
+        remove_socket(&self.socket_path);
+    }
+}
+
+/// Removes agent.sock (a missing file is fine).
+pub fn remove_socket(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove agent.sock");
         }
     }
 }
@@ -393,18 +491,18 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
                 s
             }
             Err(e) => {
-                tracing::warn!(error = %e, "accept on agent.sock failed");
+                core.borrow_mut()
+                    .warnings
+                    .warn("accept failed", || tracing::warn!(error = %e, "accept on agent.sock failed"));
                 continue;
             }
         };
         let slot = {
             let mut c = core.borrow_mut();
-            match c.slots.iter().position(|s| s.is_none()) {
-                Some(k) => {
+            match c.lease_slot() {
+                Some((k, generation)) => {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let queue = Rc::new(ClientQueue::default());
-                    c.next_generation += 1;
-                    let generation = c.next_generation;
                     c.slots[k] = Some(ClientSlot { generation, tx, queue: queue.clone() });
                     c.touch();
                     Some((k, generation, rx, queue))
@@ -416,7 +514,12 @@ async fn accept_loop(listener: UnixListener, core: Shared) {
             Some((k, generation, rx, queue)) => {
                 actix::spawn(serve_client(stream, k, generation, rx, queue, core.clone()));
             }
-            None => tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use"),
+            None => {
+                let mut c = core.borrow_mut();
+                c.warnings.warn("client refused", || {
+                    tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use")
+                });
+            }
         }
     }
 }
@@ -451,7 +554,8 @@ async fn serve_client(
     core: Shared,
 ) {
     let (read, write) = stream.into_split();
-    let range = slot_range(slot);
+    let range = slot_range(slot, generation);
+    let budget = Rc::new(GuestBudget::default());
     let (mut ready, mut closing) = {
         let c = core.borrow();
         (c.ready.subscribe(), c.closing.subscribe())
@@ -468,7 +572,7 @@ async fn serve_client(
     // When the relay closes it drops the client's queue; the writer then
     // delivers what is queued (final frames of aborted sessions) and ends.
     let writer = client_writer(write, range, ready_frame, rx, queue.clone(), core.clone());
-    let reader = client_reader(read, range, slot, generation, queue, core.clone());
+    let reader = client_reader(read, range, (slot, generation), queue, budget, core.clone());
     let why = tokio::select! {
         why = writer => why,
         why = reader => why,
@@ -476,7 +580,10 @@ async fn serve_client(
     disconnect(&core, slot, generation, &why);
 }
 
-/// Frees the slot and kills the client's open exec sessions.
+/// Frees the slot and ends the client's open sessions in the guest: exec
+/// sessions by SIGKILL, file sessions by `SessionAborted` (the agent drops
+/// a half-written file). Their routes stay until the guest's final frame,
+/// no longer counted as activity.
 fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
     let mut c = core.borrow_mut();
     if !c.live(slot, generation) {
@@ -484,30 +591,25 @@ fn disconnect(core: &Shared, slot: usize, generation: u64, why: &str) {
     }
     c.slots[slot] = None;
     c.touch();
-    let guest_tx = c.guest_tx.clone();
-    let mut killed = 0;
+    let mut ends = Vec::new();
     for (id, route) in c.sessions.iter_mut() {
         if route.owner != Some((slot, generation)) {
             continue;
         }
         route.owner = None;
-        if route.kind == SessionKind::Exec {
-            if let (Some(tx), Ok(frame)) =
-                (&guest_tx, Frame::message(*id, Flags::NONE, &Message::ExecSignal { signal: libc::SIGKILL }))
-            {
-                // The guest queue is bounded; if it is full the kill is sent
-                // from a task instead of being lost.
-                if let Err(mpsc::error::TrySendError::Full(frame)) = tx.try_send(frame) {
-                    let tx = tx.clone();
-                    actix::spawn(async move {
-                        let _ = tx.send(frame).await;
-                    });
-                }
-            }
-            killed += 1;
+        let end = match route.kind {
+            SessionKind::Exec => Message::ExecSignal { signal: libc::SIGKILL },
+            SessionKind::Fs => Message::SessionAborted { reason: "the client disconnected".into() },
+        };
+        if let Ok(frame) = Frame::message(*id, Flags::NONE, &end) {
+            ends.push(frame);
         }
     }
-    tracing::debug!(slot, why, killed_sessions = killed, "client disconnected");
+    let ended = ends.len();
+    for frame in ends {
+        c.to_guest(frame);
+    }
+    tracing::debug!(slot, why, ended_sessions = ended, "client disconnected");
 }
 
 async fn client_writer(
@@ -566,7 +668,7 @@ async fn client_writer(
         *due = due.saturating_add(frame.wire_len() as u32);
         if *due >= CREDIT_BATCH {
             let bytes = std::mem::take(due);
-            credit_guest(&core, frame.id, bytes).await;
+            core.borrow().owe_credit(frame.id, bytes);
         }
     }
     "the relay closed the client".to_string()
@@ -580,22 +682,18 @@ async fn write_with_fd(write: &OwnedWriteHalf, frame: &Frame, fd: OwnedFd) -> io
     // `fd` closes here: the client holds its own copy now.
 }
 
-async fn credit_guest(core: &Shared, id: u32, bytes: u32) {
-    let tx = core.borrow().guest_tx.clone();
-    if let (Some(tx), Ok(frame)) = (tx, Frame::message(id, Flags::NONE, &Message::Credit { bytes })) {
-        let _ = tx.send(frame).await;
-    }
-}
-
 async fn client_reader(
     mut read: OwnedReadHalf,
     range: Handshake,
-    slot: usize,
-    generation: u64,
+    (slot, generation): (usize, u64),
     queue: Rc<ClientQueue>,
+    budget: Rc<GuestBudget>,
     core: Shared,
 ) -> String {
     loop {
+        // Nothing more is read from a client whose frames fill its share of
+        // the queue towards the guest.
+        budget.wait_for_room().await;
         let frame = match read_frame(&mut read).await {
             Ok(Some(f)) => f,
             Ok(None) => return "the client closed the connection".to_string(),
@@ -639,29 +737,92 @@ async fn client_reader(
             if c.sessions.contains_key(&frame.id) {
                 return format!("dropped: session id {} is already in use", frame.id);
             }
+            if queue.open_sessions.get() >= MAX_SESSIONS_PER_CLIENT {
+                drop(c);
+                if refuse_session(&core, slot, &queue, frame.id).is_err() {
+                    return "the relay closed the client".to_string();
+                }
+                continue;
+            }
             c.sessions.insert(frame.id, Route { owner: Some((slot, generation)), kind });
             queue.open_sessions.set(queue.open_sessions.get() + 1);
+            if kind == SessionKind::Exec {
+                crate::kill_point!("sandbox-during-exec");
+            }
         }
-        let tx = core.borrow().guest_tx.clone();
-        let Some(tx) = tx else {
+        let c = core.borrow();
+        let Some(tx) = &c.guest_tx else {
             return "dropped: the guest is not attached".to_string();
         };
-        if tx.send(frame).await.is_err() {
+        if tx.send(ToGuest::charged(frame, &budget, &c.counters)).is_err() {
             return "the guest channel closed".to_string();
         }
     }
 }
 
-async fn guest_writer(write: OwnedWriteHalf, mut rx: mpsc::Receiver<Frame>) {
+/// Answers a session the client may not open (it has
+/// [`MAX_SESSIONS_PER_CLIENT`] open) with a terminal `SessionAborted`; the
+/// request never reaches the guest. Err when the client's writer is gone.
+fn refuse_session(core: &Shared, slot: usize, queue: &ClientQueue, id: u32) -> Result<(), ()> {
+    let c = core.borrow();
+    c.counters.session_refused();
+    let reason = format!("too many sessions: a client may have {MAX_SESSIONS_PER_CLIENT} open at once");
+    let frame = Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }).map_err(|_| ())?;
+    let Some(Some(client)) = c.slots.get(slot) else {
+        return Err(());
+    };
+    // Counted as open until its terminal frame is written, like any session.
+    queue.open_sessions.set(queue.open_sessions.get() + 1);
+    queue.bytes.set(queue.bytes.get() + frame.wire_len());
+    client.tx.send(frame).map_err(|_| ())
+}
+
+/// The one writer of the agent channel: owed credit first, then client
+/// frames in arrival order, each released from its client's budget once
+/// written.
+async fn guest_writer(
+    write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<ToGuest>,
+    credits: Rc<CreditLedger>,
+    counters: Arc<RelayCounters>,
+) {
     let mut w = BufWriter::with_capacity(256 * 1024, write);
-    while let Some(frame) = rx.recv().await {
-        if let Err(e) = write_frame(&mut w, &frame).await {
-            tracing::warn!(error = %e, "writing to the agent channel failed");
-            return;
+    let result: io::Result<()> = async {
+        loop {
+            for (id, bytes) in credits.take() {
+                if let Ok(frame) = Frame::message(id, Flags::NONE, &Message::Credit { bytes }) {
+                    write_frame(&mut w, &frame).await?;
+                }
+            }
+            let mut next = match rx.try_recv() {
+                Ok(next) => next,
+                Err(mpsc::error::TryRecvError::Disconnected) => return w.flush().await,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    w.flush().await?;
+                    tokio::select! {
+                        biased;
+                        _ = credits.added() => continue,
+                        next = rx.recv() => match next {
+                            Some(next) => next,
+                            None => return Ok(()),
+                        },
+                    }
+                }
+            };
+            let written = write_frame(&mut w, &next.frame).await;
+            next.release(&counters);
+            written?;
         }
-        if rx.is_empty() && w.flush().await.is_err() {
-            return;
-        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "writing to the agent channel failed");
+    }
+    // Frames never written still give their bytes back, so no client reader
+    // waits for a writer that is gone.
+    rx.close();
+    while let Ok(mut next) = rx.try_recv() {
+        next.release(&counters);
     }
 }
 
@@ -683,7 +844,7 @@ async fn guest_reader(mut read: FrameReader<FdReadHalf>, core: Shared) {
                 return;
             }
         };
-        let fd = if frame.flags.contains(Flags::FD) { guest_fd(&mut read, &frame) } else { None };
+        let fd = if frame.flags.contains(Flags::FD) { guest_fd(&mut read, &frame, &core) } else { None };
         if frame.id == CONTROL_ID {
             control_from_guest(&core, frame);
             continue;
@@ -691,25 +852,30 @@ async fn guest_reader(mut read: FrameReader<FdReadHalf>, core: Shared) {
         if frame.flags.contains(Flags::FD) && fd.is_none() {
             // Without its descriptor the frame would tell the client a lie;
             // its window bytes go back to the agent.
-            credit_guest(&core, frame.id, frame.wire_len() as u32).await;
+            core.borrow().owe_credit(frame.id, frame.wire_len() as u32);
             continue;
         }
-        route_from_guest(&core, frame, fd).await;
+        route_from_guest(&core, frame, fd);
     }
 }
 
 /// The descriptor that came with `frame` (flag FD), if it is what the
 /// protocol allows a guest to hand out: the read end of a pipe.
-fn guest_fd(read: &mut FrameReader<FdReadHalf>, frame: &Frame) -> Option<OwnedFd> {
+fn guest_fd(read: &mut FrameReader<FdReadHalf>, frame: &Frame, core: &Shared) -> Option<OwnedFd> {
     let fd = read.get_mut().take_fd();
+    let session = frame.id;
     match fd {
         Some(fd) if fdpass::is_pipe_read_end(fd.as_fd()) => Some(fd),
         Some(_) => {
-            tracing::warn!(session = frame.id, "the agent sent a descriptor that is not a pipe's read end; dropped");
+            core.borrow_mut().warnings.warn("bad descriptor", || {
+                tracing::warn!(session, "the agent sent a descriptor that is not a pipe's read end; dropped")
+            });
             None
         }
         None => {
-            tracing::warn!(session = frame.id, "the agent sent an FD frame without a descriptor; dropped");
+            core.borrow_mut().warnings.warn("missing descriptor", || {
+                tracing::warn!(session, "the agent sent an FD frame without a descriptor; dropped")
+            });
             None
         }
     }
@@ -739,31 +905,48 @@ fn control_from_guest(core: &Shared, frame: Frame) {
             c.last_heartbeat = Some(c.clock.now());
         }
         Ok(other) => tracing::debug!(?other, "ignored control message from the agent"),
-        Err(e) => tracing::warn!(error = %e, "undecodable control frame from the agent"),
+        Err(e) => {
+            core.borrow_mut()
+                .warnings
+                .warn("bad control frame", || tracing::warn!(error = %e, "undecodable control frame from the agent"));
+        }
     }
 }
 
-async fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
+fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
     let id = frame.id;
     let terminal = frame.flags.contains(Flags::TERMINAL);
     let wire = frame.wire_len() as u32;
     let target = {
         let mut c = core.borrow_mut();
         let owner = c.sessions.get(&id).map(|r| r.owner);
-        if terminal && owner.is_some() {
-            c.sessions.remove(&id);
-            c.touch();
-        }
         match owner {
             Some(Some((slot, generation))) if c.live(slot, generation) => {
                 c.slots[slot].as_ref().map(|s| (slot, generation, s.tx.clone(), s.queue.clone()))
             }
-            _ => {
+            Some(_) => {
+                c.discarded_frames += 1;
+                if !terminal {
+                    // Nobody will read this frame; credit it so the agent
+                    // can finish the (already killed) session instead of
+                    // waiting forever.
+                    c.owe_credit(id, wire);
+                }
+                None
+            }
+            None => {
+                // Not a session: nothing to credit.
                 c.discarded_frames += 1;
                 None
             }
         }
     };
+    if terminal {
+        let mut c = core.borrow_mut();
+        if c.sessions.remove(&id).is_some() {
+            c.touch();
+        }
+    }
     match target {
         Some((slot, generation, tx, queue)) => {
             let queued = queue.bytes.get() + wire as usize;
@@ -776,20 +959,26 @@ async fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
                 match tx.send(frame) {
                     Ok(()) => {
                         queue.bytes.set(queued);
+                        core.borrow().counters.client_queued(queued);
                         None
                     }
                     Err(_) => Some("dropped: its writer stopped"),
                 }
             };
             if let Some(why) = why {
-                tracing::warn!(slot, session = id, queued, why, "disconnecting client");
+                let mut c = core.borrow_mut();
+                c.counters.client_over_queue();
+                c.warnings.warn("client over its queue", || {
+                    tracing::warn!(slot, session = id, queued, why, "disconnecting client")
+                });
+                drop(c);
                 disconnect(core, slot, generation, why);
+                // The frame that did not fit is the disconnected client's
+                // last: credit it like any frame of a gone client.
+                if !terminal {
+                    core.borrow().owe_credit(id, wire);
+                }
             }
-        }
-        None if !terminal => {
-            // Nobody will read this frame; credit it so the agent can finish
-            // the (already killed) session instead of waiting forever.
-            credit_guest(core, id, wire).await;
         }
         None => {}
     }
@@ -803,12 +992,16 @@ mod tests {
     fn slot_ranges_are_disjoint_and_skip_the_control_id() {
         let mut prev_end = 0;
         for k in 0..MAX_CLIENTS {
-            let r = slot_range(k);
-            assert!(r.id_start > prev_end);
-            assert!(r.id_end > r.id_start);
-            assert!(!r.contains(CONTROL_ID));
-            prev_end = r.id_end;
+            for generation in 0..SLOT_GENERATIONS {
+                let r = slot_range(k, generation);
+                assert!(r.id_start > prev_end, "slot {k} generation {generation}");
+                assert!(r.id_end > r.id_start);
+                assert!(!r.contains(CONTROL_ID));
+                prev_end = r.id_end;
+            }
         }
+        // Generations cycle within the slot's block.
+        assert_eq!(slot_range(3, SLOT_GENERATIONS + 2), slot_range(3, 2));
     }
 
     #[test]

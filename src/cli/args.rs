@@ -88,9 +88,21 @@ pub struct SandboxOpts {
     /// CPU limit.
     #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub cpus: Option<u32>,
-    /// Memory limit in MiB.
+    /// Memory limit in MiB (jail default: 1024).
     #[arg(long, value_name = "MIB", allow_hyphen_values = true, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
     pub memory: Option<u64>,
+    /// Process limit (jail default: 4096).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = clap::value_parser!(u64).range(8..=4_194_304))]
+    pub pids: Option<u64>,
+    /// Size of /dev/shm in MiB (jail default: 64).
+    #[arg(long = "shm-size", value_name = "MIB", allow_hyphen_values = true, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub shm_size: Option<u64>,
+    /// Size of /tmp in MiB (jail default: half the memory limit).
+    #[arg(long = "tmp-size", value_name = "MIB", allow_hyphen_values = true, value_parser = clap::value_parser!(u64).range(1..=16_777_216))]
+    pub tmp_size: Option<u64>,
+    /// Limit of the writable layer in MiB (jail, root: a per-sandbox filesystem image).
+    #[arg(long, value_name = "MIB", allow_hyphen_values = true, value_parser = clap::value_parser!(u64).range(16..=16_777_216))]
+    pub disk: Option<u64>,
     /// Stop after this many seconds without activity.
     #[arg(long, value_name = "SECS", allow_hyphen_values = true, value_parser = parse_secs)]
     pub idle_timeout: Option<Duration>,

@@ -37,21 +37,37 @@ async fn create_and_start(
     let mut cfg = launch::build_config(ctx, name, opts, parent_pid)?;
     // A sandbox removed when its run ends never reuses its writable layer.
     cfg.guest.ephemeral = meta.auto_remove;
+    cfg.auto_remove = meta.auto_remove;
+    // An attached CLI removes its `--rm` sandbox once it has read the
+    // outcome; without one, the sandbox process removes itself.
+    let owner =
+        if meta.auto_remove && parent_pid.is_some() { crate::liveness::ProcessIdentity::current() } else { None };
+    let meta = CliMeta { owner, ..meta };
     let json = serde_json::to_string(&cfg).map_err(|e| CliError::msg(e.to_string()))?;
+    crate::kill_point!("cli-before-sandbox-row");
     ctx.store.create_sandbox(name, &json)?;
+    crate::kill_point!("cli-after-sandbox-row");
+    let meta_remove = meta.auto_remove;
     let result = async {
         ctx.write_meta(name, &meta)?;
         let mut started = process.configure(ctx, &cfg)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;
         progress.finish();
+        crate::kill_point!("cli-after-ready");
         Ok::<_, CliError>((client?, started))
     }
     .await;
-    if result.is_err() {
-        // Leave no half-created sandbox behind (the error line says why).
+    if let Err(e) = &result {
+        // Nothing of it may keep running. A `--rm` sandbox goes; any other
+        // is kept with its failed run, as docker keeps a container that
+        // failed to start, so `inspect` tells why.
         let _ = launch::kill(ctx, name).await;
-        let _ = ctx.remove(name);
+        if meta_remove {
+            let _ = ctx.remove(name);
+        } else {
+            let _ = launch::record_failed_start(ctx, name, &e.to_string());
+        }
     }
     result
 }
@@ -78,6 +94,7 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
             backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
             detached_command: Some(args.command.clone()),
             interactive: false,
+            owner: None,
         };
         let (_client, _started) = create_and_start(&ctx, process, &name, &args.opts, None, meta).await?;
         spawn_supervisor(&ctx, &name)?;
@@ -91,15 +108,16 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
         backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
         detached_command: None,
         interactive: args.interactive,
+        owner: None,
     };
     let (client, mut started) =
         create_and_start(&ctx, process, &name, &args.opts, Some(std::process::id()), meta).await?;
     let attach = Attach { stdin: args.interactive, tty: args.tty, output: None };
     let result = run_attached(&client, exec_options(args.command), attach).await;
-    let last = finish_run(&ctx, &name, client, &mut started, remove_after).await?;
+    let command = result.as_ref().ok().and_then(|end| end.status);
+    let (last, ours) = finish_run(&ctx, &name, client, &mut started, remove_after, command).await?;
     if let (Ok(_), Some(run)) = (&result, &last) {
         // The sandbox ended on its own (a policy, a crash) rather than by our stop: say why.
-        let ours = matches!(run.reason, None | Some(TerminationReason::ShutdownRequested));
         if !ours {
             let reason = run.reason.map(|r| r.to_string()).unwrap_or_default();
             let detail = run.detail.as_deref().map(|d| format!(" ({d})")).unwrap_or_default();
@@ -108,7 +126,7 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
             ));
         }
     }
-    result.map_err(|e| explain_lost(e, &name, last.as_ref()))
+    result.map(|end| end.code).map_err(|e| explain_lost(e, &name, last.as_ref()))
 }
 
 /// A lost connection during a command usually means the sandbox ended
@@ -125,32 +143,50 @@ fn explain_lost(e: CliError, name: &str, last: Option<&alcove_store::RunRecord>)
     }
 }
 
-/// Stops the sandbox after an attached run and removes it if asked; returns
-/// the final run record.
+/// Stops the sandbox after an attached run, records on a kept sandbox's run
+/// how its `command` ended, and removes the sandbox if asked; returns the
+/// final run record, and whether the run ended by this stop.
 async fn finish_run(
     ctx: &Ctx,
     name: &str,
     client: Client,
     started: &mut Started,
     remove: bool,
-) -> CliResult<Option<alcove_store::RunRecord>> {
+    command: Option<alcove_client::ExitStatus>,
+) -> CliResult<(Option<alcove_store::RunRecord>, bool)> {
     let grace = u32::try_from(RUN_STOP_TIMEOUT.as_millis()).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(RUN_STOP_TIMEOUT + Duration::from_secs(2), client.shutdown(grace)).await;
     drop(client);
-    // The sandbox process is our child and exits only once its run is final
-    // (or its exit budget is spent): wait for that rather than poll the
-    // store, whose liveness check would see a zombie and take the 100 ms
-    // reaper path (which may also remove the sandbox under our feet).
-    started.wait_exit(RUN_STOP_TIMEOUT).await;
-    if !launch::wait_final_async(ctx, name, RUN_STOP_TIMEOUT).await? {
+    // The sandbox process is our child and exits once its run is final (or
+    // its exit budget is spent): the commands' grace, the drain, then the
+    // budget. Wait for that rather than poll the store.
+    let exit_wait = RUN_STOP_TIMEOUT + started.policy.drain_timeout + started.policy.exit_budget;
+    started.wait_exit(exit_wait).await;
+    if !launch::wait_final_async(ctx, name, Duration::from_secs(1)).await? {
         launch::kill(ctx, name).await?;
     }
     let _ = started.child.wait();
-    let last = ctx.store.latest_run(name).ok().flatten();
+    let mut last = ctx.store.latest_run(name).ok().flatten();
+    let ours = last.as_ref().is_some_and(|r| matches!(r.reason, None | Some(TerminationReason::ShutdownRequested)));
     if remove {
         ctx.remove(name)?;
+    } else if let (Some(run), Some(status), true) = (&last, command, ours) {
+        record_command_end(ctx, run.id, status)?;
+        last = ctx.store.latest_run(name).ok().flatten();
     }
-    Ok(last)
+    Ok((last, ours))
+}
+
+/// Records on `run` (ended by the CLI's stop after its command) how the
+/// command ended: the sandbox's run is its command's run.
+fn record_command_end(ctx: &Ctx, run: alcove_store::RunId, status: alcove_client::ExitStatus) -> CliResult<()> {
+    let detail = match (status.code, status.signal) {
+        (Some(c), _) => format!("the command exited with code {c}; the sandbox was then stopped"),
+        (None, Some(s)) => format!("the command was killed by signal {s}; the sandbox was then stopped"),
+        (None, None) => "the command ended without a status; the sandbox was then stopped".to_string(),
+    };
+    ctx.store.record_command_end(run, status.code, status.signal, &detail)?;
+    Ok(())
 }
 
 /// Starts `alcove __supervise NAME` in its own session, detached.
@@ -194,9 +230,9 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
         .map_err(|e| CliError::msg(format!("cannot open {}: {e}", log_path.display())))?;
     let client = launch::connect(&ctx, &args.name).await?;
     let attach = Attach { stdin: false, tty: false, output: Some(log) };
-    let code = match run_attached(&client, exec_options(argv), attach).await {
-        Ok(c) => c,
-        Err(e) => e.exit_code(),
+    let (code, status) = match run_attached(&client, exec_options(argv), attach).await {
+        Ok(end) => (end.code, end.status),
+        Err(e) => (e.exit_code(), None),
     };
     if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&log_path) {
         use std::io::Write;
@@ -206,6 +242,8 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
     launch::stop(&ctx, &args.name, RUN_STOP_TIMEOUT).await?;
     if meta.auto_remove {
         ctx.remove(&args.name)?;
+    } else if let (Some(status), Ok(Some(run))) = (status, ctx.store.latest_run(&args.name)) {
+        record_command_end(&ctx, run.id, status)?;
     }
     Ok(code)
 }
@@ -222,6 +260,7 @@ pub async fn create(args: CreateArgs) -> CliResult<i32> {
         backend_requested: format!("{:?}", opts.backend).to_lowercase(),
         detached_command: None,
         interactive: false,
+        owner: None,
     };
     let (_client, _started) = create_and_start(&ctx, process, &args.name, &opts, None, meta).await?;
     println!("{}", args.name);
@@ -246,7 +285,7 @@ pub async fn exec(args: ExecArgs) -> CliResult<i32> {
     opts.user = args.user;
     opts.timeout = args.timeout;
     let attach = Attach { stdin: args.interactive, tty: args.tty, output: None };
-    match run_attached(&client, opts, attach).await {
+    match run_attached(&client, opts, attach).await.map(|end| end.code) {
         Err(CliError::Failed(m)) if args.timeout.is_some() && m.contains("did not finish within") => {
             super::output::error_line(&m);
             Ok(128 + libc::SIGKILL)
@@ -305,14 +344,22 @@ pub async fn start(args: NamesArgs) -> CliResult<i32> {
     let ctx = Ctx::open()?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
-        ctx.sandbox(&name)?;
+        let sb = ctx.sandbox(&name)?;
         if launch::is_running(ctx, &name)? {
             return Ok(());
         }
-        if !launch::has_config(ctx, &name) {
-            return Err(CliError::msg(format!("sandbox {name} has no config file; remove it and create it again")));
-        }
-        let mut cfg = ctx.load_config(&name)?;
+        // The row holds the same configuration as config.json, which a CLI
+        // killed right after writing the row never wrote.
+        let mut cfg = if launch::has_config(ctx, &name) {
+            ctx.load_config(&name)?
+        } else {
+            crate::config::SandboxConfig::parse(sb.config_json.as_bytes(), std::path::Path::new("the sandbox record"))
+                .map_err(|e| {
+                CliError::msg(format!(
+                    "sandbox {name} has no usable configuration ({e}); remove it and create it again"
+                ))
+            })?
+        };
         // A restarted sandbox lives on its own, whoever started it first.
         cfg.parent_pid = None;
         let mut started = launch::spawn(ctx, &cfg)?;

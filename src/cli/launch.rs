@@ -110,27 +110,41 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
     };
     let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
     policy.validate().map_err(|e| CliError::msg(e.to_string()))?;
+    let mut guest = GuestSpec {
+        name: name.to_string(),
+        rootfs,
+        cpus: opts.cpus,
+        memory_mib: opts.memory,
+        pids_limit: opts.pids,
+        shm_mib: opts.shm_size,
+        tmp_mib: opts.tmp_size,
+        disk_mib: opts.disk,
+        mounts,
+        env,
+        workdir: opts.workdir.clone(),
+        user: opts.user.clone(),
+        ..GuestSpec::default()
+    };
+    if backend == BackendKind::Jail {
+        // Pre-flight before anything is recorded: a limit asked for that
+        // this host cannot apply refuses the sandbox; then the defaults
+        // this host can enforce are filled in (and shown by `inspect`).
+        let jail = alcove_jail::JailOptions::from_env().map_err(|e| CliError::msg(e.to_string()))?;
+        alcove_jail::check(&guest, &jail).map_err(|e| CliError::msg(e.to_string()))?;
+        alcove_jail::limits::fill_defaults(&mut guest, &jail);
+    }
     Ok(SandboxConfig {
         name: name.to_string(),
         home: ctx.home.clone(),
         backend,
-        guest: GuestSpec {
-            name: name.to_string(),
-            rootfs,
-            cpus: opts.cpus,
-            memory_mib: opts.memory,
-            mounts,
-            env,
-            workdir: opts.workdir.clone(),
-            user: opts.user.clone(),
-            ..GuestSpec::default()
-        },
+        guest,
         policy,
         mock: Default::default(),
         krun,
         socket_path: None,
         db_path: None,
         parent_pid,
+        auto_remove: false,
     })
 }
 
@@ -158,6 +172,8 @@ pub struct Started {
     pub pid: u32,
     /// The child handle (for an attached `run`, to reap it).
     pub child: Child,
+    /// Its timing policy (how long its end may take).
+    pub policy: Policy,
 }
 
 impl Started {
@@ -242,7 +258,7 @@ impl Pending {
             Ok(n) if n > 0 => parse_pid_line(&line),
             _ => None,
         };
-        let mut started = Started { pid: pid.unwrap_or(child.id()), child };
+        let mut started = Started { pid: pid.unwrap_or(child.id()), child, policy: cfg.policy };
         if pid.is_some() {
             return Ok(started);
         }
@@ -382,43 +398,78 @@ pub async fn stop(ctx: &Ctx, name: &str, timeout: Duration) -> CliResult<bool> {
     // The guest gets `timeout` to end its commands; the host needs a little more to sync and record.
     let budget = timeout + Duration::from_secs(3);
     if wait_final_async(ctx, name, budget).await? {
+        wait_gone(ctx, name, &run).await;
         return Ok(true);
     }
-    force(ctx, name, run.pid, run.id, run.started_at_ms).await?;
+    force(ctx, name, &run).await?;
     Ok(true)
+}
+
+/// Once `run` is final: waits (up to the exit budget) for its sandbox
+/// process to be gone — a stopped sandbox has no process — and finishes
+/// the clean-up that process may not have done.
+async fn wait_gone(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) {
+    let path = ctx.lock_path(name);
+    let wait = exit_budget(ctx, name);
+    // The lock is released when the process ends; a blocking wait on a
+    // thread of its own, so the runtime's other work goes on.
+    let held = tokio::task::spawn_blocking(move || crate::liveness::SandboxLock::acquire(&path, wait)).await;
+    if let Ok(Ok(Some(_lock))) = held {
+        if ctx.socket_path(name).is_ok_and(|s| s.exists()) {
+            ctx.finish_cleanup(run);
+        }
+    }
 }
 
 /// Forces a running sandbox off: SIGUSR1, a short wait, then SIGKILL with a
 /// recorded outcome.
 pub async fn kill(ctx: &Ctx, name: &str) -> CliResult<bool> {
     let Some(run) = ctx.running_run(name)? else { return Ok(false) };
-    force(ctx, name, run.pid, run.id, run.started_at_ms).await?;
+    force(ctx, name, &run).await?;
     Ok(true)
 }
 
-async fn force(ctx: &Ctx, name: &str, pid: u32, run: alcove_store::RunId, started: i64) -> CliResult<()> {
-    if run_alive(pid, started) {
-        signal(pid, libc::SIGUSR1);
+/// Beyond the exit budget, what a forced stop may take before SIGKILL.
+const FORCE_SLACK: Duration = Duration::from_secs(2);
+
+/// The exit budget of sandbox `name` (see [`crate::config::ExitBudget`]).
+pub fn exit_budget(ctx: &Ctx, name: &str) -> Duration {
+    ctx.load_config(name).map(|c| c.policy.exit_budget).unwrap_or_else(|_| Policy::default().exit_budget)
+}
+
+async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResult<()> {
+    if run_alive(run) {
+        signal(run.pid, libc::SIGUSR1);
     }
-    if wait_final_async(ctx, name, Duration::from_secs(5)).await? {
+    // A forced stop ends the guest at once; recording it may take the
+    // sandbox's whole exit budget (a busy database), and only a process that
+    // overruns it is killed.
+    if wait_final_async(ctx, name, exit_budget(ctx, name) + FORCE_SLACK).await? {
+        wait_gone(ctx, name, run).await;
         return Ok(());
     }
-    if run_alive(pid, started) {
-        signal(pid, libc::SIGKILL);
+    if run_alive(run) {
+        signal(run.pid, libc::SIGKILL);
     }
+    // Its end is recorded and its socket removed once the process is gone
+    // (its lock free), so they cannot race a new start of the sandbox.
+    let lock = crate::liveness::SandboxLock::acquire(&ctx.lock_path(name), super::state::REMOVE_WAIT);
+    let _lock = match lock {
+        Ok(Some(lock)) => Some(lock),
+        Ok(None) => return Err(CliError::msg(format!("sandbox {name} (pid {}) did not end when killed", run.pid))),
+        Err(_) => None,
+    };
     let outcome = RunOutcome {
         reason: TerminationReason::Signal,
         exit_code: None,
         exit_signal: Some(libc::SIGKILL),
         detail: Some("the sandbox process did not stop when asked and was killed".into()),
     };
-    match ctx.store.finish_run(run, &outcome) {
-        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_)) => {}
+    match ctx.store.finish_run(run.id, &outcome) {
+        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_) | alcove_store::StoreError::NoSuchRun(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    if let Ok(sock) = ctx.socket_path(name) {
-        let _ = std::fs::remove_file(sock);
-    }
+    ctx.finish_cleanup(run);
     Ok(())
 }
 
@@ -438,6 +489,33 @@ pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliRe
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(25));
     }
+}
+
+/// After a failed start of `name` (its process is gone): makes sure a run
+/// records the failure. A sandbox process that failed after writing its run
+/// finalised it with its own reason; one that failed before (no run, or
+/// one left Running) gets a run ended `InternalError` with `why`.
+pub fn record_failed_start(ctx: &Ctx, name: &str, why: &str) -> CliResult<()> {
+    let outcome = RunOutcome {
+        reason: TerminationReason::InternalError,
+        exit_code: None,
+        exit_signal: None,
+        detail: Some(why.to_string()),
+    };
+    match ctx.store.latest_run(name)? {
+        Some(run) if run.status == RunStatus::Terminated => return Ok(()),
+        Some(run) => {
+            ctx.store.finish_run(run.id, &outcome)?;
+        }
+        None => {
+            // The CLI records the attempt itself: the pid is its own, which
+            // is gone by the time anyone reads the run.
+            let me = crate::liveness::ProcessIdentity::current();
+            let run = ctx.store.start_run_of(name, std::process::id(), me.map(|p| p.start_ticks))?;
+            ctx.store.finish_run(run, &outcome)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether the newest run of `name` is running.
@@ -470,7 +548,7 @@ mod tests {
 
     fn started(argv: &[&str]) -> Started {
         let child = Command::new(argv[0]).args(&argv[1..]).spawn().expect("spawns");
-        Started { pid: child.id(), child }
+        Started { pid: child.id(), child, policy: Policy::default() }
     }
 
     #[test]

@@ -8,7 +8,15 @@ use serde_json::json;
 
 /// `alcove doctor`.
 pub fn doctor(args: DoctorArgs) -> CliResult<i32> {
-    let report = alcove_hostprobe::probe();
+    let mut report = alcove_hostprobe::probe();
+    // Tried where the jails' layers live: alcove's home when it exists.
+    let home = alcove_client::paths::alcove_home();
+    let scratch = if home.is_dir() { home } else { std::env::temp_dir() };
+    let isolation = alcove_jail::probe_isolation(&scratch);
+    report.jail_isolation = Some(alcove_hostprobe::IsolationReport {
+        idmapped_mounts: isolation.idmapped_mounts,
+        detail: isolation.detail,
+    });
     let (backend, why) = report.auto_backend();
     if args.json {
         let mut v = serde_json::to_value(&report).map_err(|e| CliError::msg(e.to_string()))?;

@@ -37,6 +37,7 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => return clap_failure(e),
     };
+    crate::failpoint::install();
     if let Command::Sandbox(a) = cli.command {
         // The sandbox process: no runtime of ours, it builds its own threads.
         return crate::standalone::run(&a.config);

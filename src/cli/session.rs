@@ -16,7 +16,7 @@
 //! 126/127 for spawn failures, 125 for alcove failures.
 
 use super::error::{CliError, CliResult};
-use alcove_client::{Client, ExecEvent, ExecOptions, ExecOutput, OutputSink, TtySize};
+use alcove_client::{Client, ExecEvent, ExecOptions, ExecOutput, ExitStatus, OutputSink, TtySize};
 use std::io::{IsTerminal, Read, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use tokio::signal::unix::{signal, SignalKind};
@@ -87,9 +87,20 @@ fn local_size() -> TtySize {
     [0, 1, 2].into_iter().find_map(terminal_size).unwrap_or(TtySize { rows: 24, cols: 80 })
 }
 
-/// Runs `opts` on `client` with the local terminal attached; returns the
-/// exit code to leave with.
-pub async fn run_attached(client: &Client, mut opts: ExecOptions, attach: Attach) -> CliResult<i32> {
+/// How an attached command ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommandEnd {
+    /// The exit code to leave with (docker's: the command's, 128+N for a
+    /// signal).
+    pub code: i32,
+    /// The command's status as the guest reported it; `None` when the CLI
+    /// gave up first (a third Ctrl-C).
+    pub status: Option<ExitStatus>,
+}
+
+/// Runs `opts` on `client` with the local terminal attached; returns how
+/// the command ended.
+pub async fn run_attached(client: &Client, mut opts: ExecOptions, attach: Attach) -> CliResult<CommandEnd> {
     opts.stdin = attach.stdin;
     if attach.tty {
         opts.tty = Some(local_size());
@@ -137,7 +148,7 @@ fn stdout_pipe_sink() -> Option<OutputSink> {
     OutputSink::for_pipe(fd)
 }
 
-async fn drive(client: &Client, mut opts: ExecOptions, attach: &Attach, raw: bool) -> CliResult<i32> {
+async fn drive(client: &Client, mut opts: ExecOptions, attach: &Attach, raw: bool) -> CliResult<CommandEnd> {
     if attach.output.is_none() {
         grow_stdout_pipe();
         if !attach.tty {
@@ -183,7 +194,7 @@ async fn drive(client: &Client, mut opts: ExecOptions, attach: &Attach, raw: boo
             _ = sigint.recv() => {
                 interrupts += 1;
                 if interrupts >= 3 && !raw {
-                    return Ok(130);
+                    return Ok(CommandEnd { code: 130, status: None });
                 }
                 let _ = input.signal(libc::SIGINT);
             }
@@ -203,9 +214,8 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Writes a command's output as it arrives; returns the exit code to leave
-/// with once the command has ended.
-async fn pump_output(mut output: ExecOutput, mut file: Option<std::fs::File>) -> CliResult<i32> {
+/// Writes a command's output as it arrives; returns how the command ended.
+async fn pump_output(mut output: ExecOutput, mut file: Option<std::fs::File>) -> CliResult<CommandEnd> {
     loop {
         match output.next_event().await {
             None => return Err(CliError::msg("the session ended without an exit status")),
@@ -214,11 +224,17 @@ async fn pump_output(mut output: ExecOutput, mut file: Option<std::fs::File>) ->
             Some(Ok(ExecEvent::Stdout(d))) => write_out(&mut file, &d, false),
             Some(Ok(ExecEvent::Stderr(d))) => write_out(&mut file, &d, true),
             Some(Ok(ExecEvent::Exited(status))) => {
-                return Ok(match (status.code, status.signal) {
+                if status.oom_killed {
+                    super::output::error_line(
+                        "the command was killed by the out-of-memory killer (the sandbox's memory limit)",
+                    );
+                }
+                let code = match (status.code, status.signal) {
                     (Some(c), _) => c,
                     (None, Some(s)) => 128 + s,
                     (None, None) => super::error::EXIT_ALCOVE,
-                });
+                };
+                return Ok(CommandEnd { code, status: Some(status) });
             }
         }
     }

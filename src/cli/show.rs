@@ -49,11 +49,10 @@ fn run_end(r: &RunRecord) -> String {
 pub fn ps(args: PsArgs) -> CliResult<i32> {
     let ctx = Ctx::open()?;
     let mut rows = Vec::new();
-    for sb in ctx.store.sandboxes()? {
+    for (sb, last) in ctx.store.sandboxes_with_latest_run()? {
         if !args.all && !is_active(sb.status) {
             continue;
         }
-        let last = ctx.store.latest_run(&sb.name)?;
         rows.push((sb, last));
     }
     if args.json {
@@ -110,6 +109,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     let meta = ctx.meta(&sb.name);
     let dir = ctx.sandbox_dir(&sb.name);
     let socket = ctx.socket_path(&sb.name).ok();
+    let isolation = alcove_jail::recorded_isolation(&dir);
     if args.json {
         print_json(&json!({
             "name": sb.name,
@@ -121,7 +121,9 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
             "rootfs": meta.rootfs,
             "detached_command": meta.detached_command,
             "dir": dir,
+            "guest_log": dir.join("logs").join("guest.log"),
             "socket": socket,
+            "isolation": isolation,
             "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
         }))?;
         return Ok(0);
@@ -144,6 +146,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     kv("Name", sb.name.clone());
     kv("Status", super::output::paint(&status, status_sgr(&status), colour));
     kv("Backend", backend_of(&cfg));
+    kv("Isolation", isolation.unwrap_or_else(|| "-".into()));
     kv("Created", utc(sb.created_at_ms));
     kv("Rootfs", show(guest.get("rootfs")));
     kv("CPUs", show(guest.get("cpus")));
@@ -173,6 +176,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     kv("Max duration", ms(policy.get("max_duration")));
     kv("Remove on stop", meta.auto_remove.to_string());
     kv("Directory", dir.display().to_string());
+    kv("Guest log", dir.join("logs").join("guest.log").display().to_string());
     if let Some(s) = &socket {
         kv("Socket", s.display().to_string());
     }

@@ -1,20 +1,28 @@
-//! Sandbox state as the CLI sees it: the store, the on-disk layout, process
-//! liveness and the reaper.
+//! Sandbox state as the CLI sees it: the store, the on-disk layout and the
+//! reaper.
 //!
 //! Invariants:
 //! - Every command that reads sandbox state opens it through [`Ctx::open`],
 //!   which runs the reaper first: a run still recorded `Running` whose
-//!   process is gone (no such pid, a zombie, or a pid reused by a process
-//!   that is not an alcove sandbox process) is finalised with reason
-//!   `Crashed`, which marks its sandbox `Crashed`, and its stale socket is
-//!   removed.
-//! - Sandboxes created with `--rm` are removed once their last run is over
-//!   (checked by the same pass); a sandbox with no run yet is never touched,
-//!   since another CLI may be starting it.
+//!   process is gone (by [`crate::liveness`]: pid and start tick, never the
+//!   wall clock) is finalised with reason `Crashed`, which marks its sandbox
+//!   `Crashed`, and its stale socket and cgroups are removed — all while
+//!   holding the sandbox's lock, so no sandbox process of it is starting or
+//!   ending meanwhile.
+//! - A bystander never removes an `--rm` sandbox that someone may still
+//!   read or remove: removal belongs to its owner (the attached CLI, which
+//!   reads the outcome first, recorded in `cli.json`), else to its sandbox
+//!   process at the run's end. The reaper removes one only when its last
+//!   run is over, its owner is not alive and nobody holds its lock.
+//! - Records that vanish while the reaper looks (another CLI removed the
+//!   sandbox) are skipped, never an error of this CLI; so are writes the
+//!   database cannot take now (full disk, read-only, locked): the next CLI
+//!   call repairs those records.
 
 use super::error::{CliError, CliResult};
 use crate::config::SandboxConfig;
-use alcove_store::{RunOutcome, RunRecord, RunStatus, SandboxRecord, Store, TerminationReason};
+use crate::liveness::{run_process_alive, ProcessIdentity, SandboxLock};
+use alcove_store::{RunOutcome, RunRecord, RunStatus, SandboxRecord, Store, StoreError, TerminationReason};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -35,6 +43,9 @@ pub struct CliMeta {
     pub detached_command: Option<Vec<String>>,
     /// Whether the detached command has stdin (never: kept for clarity).
     pub interactive: bool,
+    /// The attached CLI that removes an `auto_remove` sandbox after reading
+    /// its outcome; `None` when its sandbox process removes itself.
+    pub owner: Option<ProcessIdentity>,
 }
 
 /// The CLI's view of `$ALCOVE_HOME`.
@@ -140,56 +151,134 @@ impl Ctx {
         Ok(path)
     }
 
+    /// `sandboxes/NAME/lock`, held by the sandbox process for its life.
+    pub fn lock_path(&self, name: &str) -> PathBuf {
+        SandboxLock::path(&self.sandbox_dir(name))
+    }
+
     /// Finalises runs whose process is gone and removes finished `--rm`
-    /// sandboxes.
+    /// sandboxes nobody else will remove (see the module docs).
     pub fn reap(&self) -> CliResult<()> {
         for run in self.store.running_runs()? {
-            if run_alive(run.pid, run.started_at_ms) {
-                continue;
+            if !run_alive(&run) {
+                self.reap_run(&run, Defer::Yes)?;
             }
-            let outcome = RunOutcome {
-                reason: TerminationReason::Crashed,
-                exit_code: None,
-                exit_signal: None,
-                detail: Some(format!(
-                    "the sandbox process (pid {}) is gone without recording how the run ended",
-                    run.pid
-                )),
-            };
-            match self.store.finish_run(run.id, &outcome) {
-                Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_)) => {}
-                Err(e) => return Err(e.into()),
-            }
-            if let Ok(sock) = self.socket_path(&run.sandbox) {
-                let _ = std::fs::remove_file(sock);
-            }
-            // A killed sandbox process could not remove its jail's cgroups.
-            alcove_jail::cgroup::remove_leftovers(&run.sandbox, run.pid);
         }
-        for sb in self.store.sandboxes()? {
-            if !self.meta(&sb.name).auto_remove {
+        for (sb, last) in self.store.sandboxes_with_latest_run()? {
+            if let Some(run) = last.as_ref().filter(|r| r.status == RunStatus::Terminated) {
+                self.clean_unfinished_end(run)?;
+            }
+            let meta = self.meta(&sb.name);
+            if !meta.auto_remove || meta.owner.is_some_and(|o| o.is_alive()) {
                 continue;
             }
-            if let Some(last) = self.store.latest_run(&sb.name)? {
-                if last.status == RunStatus::Terminated {
-                    let _ = self.remove(&sb.name);
-                }
+            // A sandbox with no run yet is being created by its CLI.
+            if last.is_none_or(|r| r.status != RunStatus::Terminated) {
+                continue;
+            }
+            let removed = match SandboxLock::try_acquire(&self.lock_path(&sb.name)) {
+                Ok(Some(lock)) => lock.remove_sandbox(&self.store, &sb.name),
+                // Held: its sandbox process is alive (and removes it itself).
+                Ok(None) => continue,
+                // No lock file: no sandbox process of it has ever run.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_unlocked(&sb.name),
+                Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", sb.name))),
+            };
+            match removed {
+                Ok(()) => {}
+                Err(crate::liveness::RemoveError::Store(e)) if deferrable(&e) => {}
+                Err(crate::liveness::RemoveError::Store(e)) => return Err(e.into()),
+                // The records are gone; a directory left over is not this CLI's failure.
+                Err(crate::liveness::RemoveError::Directory { .. }) => {}
             }
         }
         Ok(())
     }
 
-    /// Removes a sandbox's row (with its runs and metrics) and its directory.
-    pub fn remove(&self, name: &str) -> CliResult<()> {
-        self.store.delete_sandbox(name)?;
-        let dir = self.sandbox_dir(name);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => {
-                Err(CliError::msg(format!("removed sandbox {name} but not its directory {}: {e}", dir.display())))
+    /// Finalises `run`, whose process is gone, as Crashed and cleans up what
+    /// the process left: its socket and its jail's cgroups. Done under the
+    /// sandbox's lock; skipped when a live process holds it. With
+    /// `Defer::Yes`, a write the database cannot take now is left for a
+    /// later call.
+    fn reap_run(&self, run: &RunRecord, defer: Defer) -> CliResult<()> {
+        let _lock = match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
+            Ok(Some(lock)) => Some(lock),
+            Ok(None) => return Ok(()),
+            // No directory: nothing of the sandbox can be running.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", run.sandbox))),
+        };
+        let outcome = RunOutcome {
+            reason: TerminationReason::Crashed,
+            exit_code: None,
+            exit_signal: None,
+            detail: Some(format!("the sandbox process (pid {}) is gone without recording how the run ended", run.pid)),
+        };
+        match self.store.finish_run(run.id, &outcome) {
+            Ok(()) => {}
+            // Finished by its process at the last moment, or removed by
+            // another CLI: either way it is no longer ours to clean.
+            Err(StoreError::AlreadyFinished(_) | StoreError::NoSuchRun(_) | StoreError::NoSuchSandbox(_)) => {
+                return Ok(())
+            }
+            // Still Running in the records: a later call repairs it.
+            Err(e) if defer == Defer::Yes && deferrable(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        self.finish_cleanup(run);
+        Ok(())
+    }
+
+    /// Removes what a sandbox process that died left: its jail's cgroups,
+    /// then its socket. The socket file is the mark of an unfinished end,
+    /// so it stays while cgroups do (the next CLI call tries again).
+    pub fn finish_cleanup(&self, run: &RunRecord) {
+        if remove_cgroup_leftovers(&run.sandbox, run.pid) {
+            if let Ok(sock) = self.socket_path(&run.sandbox) {
+                let _ = std::fs::remove_file(sock);
             }
         }
+    }
+
+    /// After a run whose end is recorded: a socket file left with no sandbox
+    /// process behind it (the lock is free) means that process died before
+    /// its last steps; they are done here (socket, the jail's cgroups).
+    fn clean_unfinished_end(&self, run: &RunRecord) -> CliResult<()> {
+        let Ok(sock) = self.socket_path(&run.sandbox) else { return Ok(()) };
+        if std::fs::symlink_metadata(&sock).is_err() {
+            return Ok(());
+        }
+        match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
+            Ok(Some(_lock)) => {
+                self.finish_cleanup(run);
+                Ok(())
+            }
+            // Held: the process is alive and ending (or a new one starting).
+            Ok(None) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CliError::msg(format!("cannot lock sandbox {}: {e}", run.sandbox))),
+        }
+    }
+
+    /// Removes a sandbox's row (with its runs and metrics) and its directory,
+    /// once its sandbox process (if any) has ended: waits up to
+    /// [`REMOVE_WAIT`] for the sandbox's lock.
+    pub fn remove(&self, name: &str) -> CliResult<()> {
+        match SandboxLock::acquire(&self.lock_path(name), REMOVE_WAIT) {
+            Ok(Some(lock)) => lock.remove_sandbox(&self.store, name).map_err(|e| CliError::msg(e.to_string())),
+            Ok(None) => Err(CliError::msg(format!("sandbox {name} is still in use by its sandbox process"))),
+            // No lock file: no sandbox process of it has run (or it removed
+            // itself meanwhile).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.remove_unlocked(name).map_err(|e| CliError::msg(e.to_string()))
+            }
+            Err(e) => Err(CliError::msg(format!("cannot lock sandbox {name}: {e}"))),
+        }
+    }
+
+    /// Removes a sandbox that has no lock file: its records and directory.
+    fn remove_unlocked(&self, name: &str) -> Result<(), crate::liveness::RemoveError> {
+        crate::liveness::remove_unlocked(&self.store, name, &self.sandbox_dir(name))
     }
 
     /// Waits until the newest run of `name` is no longer running (reaping as
@@ -199,14 +288,14 @@ impl Ctx {
         loop {
             match self.running_run(name)? {
                 None => return Ok(true),
-                Some(run) if !run_alive(run.pid, run.started_at_ms) => {
-                    // Give the process's own final write a moment to land,
-                    // and reap only if it really did not.
-                    std::thread::sleep(Duration::from_millis(100));
+                Some(run) if !run_alive(&run) => {
+                    // Gone without its final write (it would have landed
+                    // before the process ended): record the crash, or say
+                    // why it cannot be recorded.
+                    self.reap_run(&run, Defer::No)?;
                     if self.running_run(name)?.is_none() {
                         return Ok(true);
                     }
-                    self.reap()?;
                 }
                 Some(_) => {}
             }
@@ -217,6 +306,48 @@ impl Ctx {
         }
     }
 }
+
+/// Whether a reaper write the database cannot take now may wait for a
+/// later call (the reaper run by every command) or must be reported (a
+/// command waiting for that very run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Defer {
+    Yes,
+    No,
+}
+
+/// Whether a failed reaper write can wait for a later CLI call: the
+/// database cannot take writes now (full disk, read-only, locked), which is
+/// no reason to fail the command the user asked for.
+fn deferrable(e: &StoreError) -> bool {
+    matches!(e, StoreError::Full { .. } | StoreError::ReadOnly { .. } | StoreError::Busy { .. })
+}
+
+/// How long the cleanup after a dead sandbox process waits for its jail's
+/// cgroups to empty: a cgroup cannot be removed until its last task is
+/// reaped, which the host's init does in its own time (≈ 1.5 s on the
+/// project's machine).
+const CGROUP_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Removes the cgroups a killed jail of `name` (sandbox process `pid`)
+/// left, waiting up to [`CGROUP_RELEASE_WAIT`]; true once none is left.
+fn remove_cgroup_leftovers(name: &str, pid: u32) -> bool {
+    let deadline = Instant::now() + CGROUP_RELEASE_WAIT;
+    loop {
+        alcove_jail::cgroup::remove_leftovers(name, pid);
+        if alcove_jail::cgroup::leftovers(name, pid).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// How long removing a sandbox waits for its ending sandbox process to let
+/// go of the sandbox's lock.
+pub const REMOVE_WAIT: Duration = Duration::from_secs(10);
 
 /// Writes `data` to `path` with mode 0600 (replacing it atomically).
 /// `durable`: fsync before the rename, so a host crash leaves the old or the
@@ -236,89 +367,13 @@ pub fn write_private(path: &Path, data: &[u8], durable: bool) -> CliResult<()> {
     std::fs::rename(&tmp, path).map_err(err)
 }
 
-/// Whether the process `pid` that started a run at `started_at_ms` is still
-/// alive: it exists, is not a zombie, and did not start after the run did
-/// (which would make it another process that reused the pid).
-pub fn run_alive(pid: u32, started_at_ms: i64) -> bool {
-    match proc_info(pid) {
-        Some((state, start_ms)) => {
-            !matches!(state, 'Z' | 'X' | 'x') && start_ms.is_none_or(|s| s <= started_at_ms + PID_REUSE_SLACK_MS)
-        }
-        None => false,
-    }
-}
-
-/// Whether `pid` exists and is not a zombie.
-pub fn process_alive(pid: u32) -> bool {
-    proc_info(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X' | 'x'))
-}
-
-/// Tolerance of the start-time comparison (boot time has a 1 s granularity).
-const PID_REUSE_SLACK_MS: i64 = 2000;
-
-/// The state letter and start time (ms since the epoch, when computable) of
-/// `pid`, from /proc.
-fn proc_info(pid: u32) -> Option<(char, Option<i64>)> {
-    if pid == 0 || pid > i32::MAX as u32 {
-        return None;
-    }
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The fields follow the parenthesised command name, which may contain spaces.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let state = fields.first()?.chars().next()?;
-    // Field 22 (starttime) is the 20th after the name.
-    let start_ticks: Option<i64> = fields.get(19).and_then(|s| s.parse().ok());
-    // SAFETY: sysconf has no preconditions.
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let start_ms = match (start_ticks, boot_time_ms()) {
-        (Some(t), Some(boot)) if ticks > 0 => Some(boot + t * 1000 / ticks as i64),
-        _ => None,
-    };
-    Some((state, start_ms))
-}
-
-fn boot_time_ms() -> Option<i64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("btime "))?;
-    Some(line[6..].trim().parse::<i64>().ok()? * 1000)
+/// Whether the process of `run` is alive (see [`crate::liveness`]).
+pub fn run_alive(run: &RunRecord) -> bool {
+    run_process_alive(run.pid, run.pid_start_ticks)
 }
 
 /// Sends `sig` to `pid`; false if the process does not exist.
 pub fn signal(pid: u32, sig: i32) -> bool {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pids_are_checked_against_the_run_start() {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
-        assert!(run_alive(std::process::id(), now));
-        // A run that started an hour ago cannot belong to this younger process.
-        assert!(!run_alive(std::process::id(), now - 3_600_000));
-        assert!(!process_alive(0));
-        assert!(!process_alive(u32::MAX));
-    }
-
-    #[test]
-    fn zombies_count_as_dead() {
-        let mut child = std::process::Command::new("/bin/sh").args(["-c", "exit 0"]).spawn().expect("spawn sh");
-        let pid = child.id();
-        // Wait until it has exited but leave it unreaped.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat of an unreaped child");
-            if stat.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')).unwrap_or(false) {
-                break;
-            }
-            assert!(Instant::now() < deadline, "child never became a zombie");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        assert!(!process_alive(pid));
-        child.wait().expect("reap");
-    }
 }

@@ -63,6 +63,8 @@ pub struct Alcove {
     pub home: PathBuf,
     /// `$ALCOVE_RUNTIME_DIR`.
     pub runtime: PathBuf,
+    /// Extra environment of every command (see [`Alcove::with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Alcove {
@@ -72,7 +74,14 @@ impl Alcove {
         let dir = tempfile::Builder::new().prefix("alcv-").tempdir_in("/tmp").expect("temp dir");
         let home = dir.path().join("h");
         let runtime = dir.path().join("r");
-        Alcove { _dir: dir, home, runtime }
+        Alcove { _dir: dir, home, runtime, env: Vec::new() }
+    }
+
+    /// The same installation with `key=value` in every command's
+    /// environment (the sandbox processes it starts inherit it).
+    pub fn with_env(mut self, key: &str, value: &str) -> Alcove {
+        self.env.push((key.to_string(), value.to_string()));
+        self
     }
 
     /// `alcove ARGS` with this installation's environment.
@@ -83,6 +92,9 @@ impl Alcove {
             .env("ALCOVE_RUNTIME_DIR", &self.runtime)
             .env("NO_COLOR", "1")
             .env_remove("ALCOVE_LOG");
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
         c
     }
 

@@ -5,7 +5,7 @@
 use alcove::clock::ManualClock;
 use alcove::store::{RunRecord, RunStatus, SandboxRecord, Store};
 use alcove::{Policy, SandboxHandle, SandboxOptions};
-use alcove_backend::mock::{MockBackend, MockLog, MockScript};
+use alcove_backend::mock::{MockBackend, MockGate, MockLog, MockScript};
 use alcove_protocol::{fdpass, ExecRequest, Flags, Frame, Handshake, Message, HANDSHAKE_LEN};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -20,6 +20,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub handle: SandboxHandle,
     pub log: MockLog,
+    /// Stops and restarts the mock guest's reading of the agent channel.
+    pub gate: MockGate,
     pub clock: ManualClock,
     pub db: PathBuf,
 }
@@ -54,10 +56,11 @@ pub fn start(script: MockScript, policy: Policy) -> Env {
     let clock = ManualClock::new();
     let backend = MockBackend::new(script);
     let log = backend.log();
+    let gate = backend.gate();
     let opts = options(&dir, policy, &clock);
     let db = opts.db_path.clone();
     let handle = alcove::start(opts, Box::new(backend)).expect("sandbox starts");
-    Env { dir, handle, log, clock, db }
+    Env { dir, handle, log, gate, clock, db }
 }
 
 impl Env {

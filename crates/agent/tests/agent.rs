@@ -299,6 +299,36 @@ fn read_file(a: &mut Agent, path: &str) -> Result<Vec<u8>, FsError> {
 }
 
 #[test]
+fn an_upload_ended_by_the_host_leaves_no_file() {
+    let mut a = Agent::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("upload.bin");
+    let id = a.new_id();
+    let req = FsRequest::Write { path: dest.display().to_string(), mode: 0o644 };
+    a.send(id, Flags::SESSION_START, &Message::FsRequest(req));
+    a.send(id, Flags::NONE, &Message::FsData { data: vec![1; 64 * 1024] });
+    // Its client is gone: the relay ends the session.
+    a.send(id, Flags::NONE, &Message::SessionAborted { reason: "the client disconnected".into() });
+    let end = loop {
+        let (f, m) = a.recv_msg(id);
+        match m {
+            Message::Credit { .. } => {}
+            Message::FsResponse(r) => {
+                assert!(f.flags.contains(Flags::TERMINAL));
+                break r;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(end.is_err(), "{end:?}");
+    assert!(!dest.exists(), "a cut-short upload was completed");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+    // The id is free again and the agent serves the next session.
+    assert_eq!(write_file(&mut a, &dest.display().to_string(), 0o600, b"whole"), Ok(FsReply::Done { bytes: 5 }));
+}
+
+#[test]
 fn file_operations_round_trip_a_20_mib_file() {
     let mut a = Agent::start();
     let dir = tempfile::tempdir().expect("tempdir");
@@ -737,6 +767,21 @@ fn stdin_to_a_process_that_stops_reading_is_still_credited() {
     // (for frames that raced the exit) not at all: never more than was sent.
     assert!(r.stdin_credit <= wire);
     assert!(r.stdin_credit > 0);
+}
+
+/// A client that sends stdin past twice the window without waiting for
+/// credit has its command killed: the agent never holds more than that.
+#[test]
+fn stdin_beyond_twice_the_window_kills_the_command() {
+    let mut a = Agent::start();
+    // `sleep` never reads its stdin: only the pipe's buffer is written.
+    let id = a.start_exec(ExecRequest { argv: argv(&["/bin/sleep", "600"]), stdin: true, ..ExecRequest::default() });
+    for _ in 0..24 {
+        a.send(id, Flags::NONE, &Message::ExecStdin { data: vec![b'x'; 128 * 1024] });
+    }
+    let r = a.finish_exec(id);
+    assert_eq!(r.status.map(|s| s.signal), Some(Some(9)), "{:?}", r.status);
+    assert!(a.log_text().contains("stdin beyond the flow-control window"), "{}", a.log_text());
 }
 
 /// A v1 memory cgroup for the OOM test, removed on drop.

@@ -16,16 +16,23 @@
 //! - `sleep MS` — exits 0 after MS milliseconds, or by signal;
 //! - `stream N` — writes N bytes to stdout, honouring the flow-control window;
 //! - `lines N` — writes N short lines, one frame each (many small frames);
+//! - `flood N` — a guest that breaks flow control: writes N bytes to stdout
+//!   without waiting for credit;
 //! - `pipe N` — writes N bytes to stdout through a pipe whose read end it
 //!   hands to the host (`ExecStdoutPipe`, flag FD) when the request asks
 //!   for it, as a jail's agent does; as `stream N` otherwise;
+//! - `poweroff N` — ends the whole guest with exit code N, as a guest whose
+//!   init exits by itself;
 //! - `badfd` / `nofd` — a broken guest: `ExecStdoutPipe` carrying a pipe's
 //!   write end, or no descriptor at all; then prints `after` and exits 0;
 //! - anything else fails with `not_found`.
 //!
 //! Threads: one reader (frames from the host), one heartbeat thread, one per
 //! running command. Frames to the host are written under one mutex, so each
-//! frame is written whole.
+//! frame is written whole. The reader answers `ExecStdin` with `Credit` at
+//! once, from its own thread, as a simple agent may: while the host does not
+//! read the channel, the reader blocks and reads nothing either. A
+//! [`MockGate`] stops the reader on purpose (a guest that does not read).
 
 use crate::{BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend};
 use alcove_protocol::fdpass;
@@ -96,6 +103,17 @@ pub enum MockEvent {
         /// Signal number.
         signal: i32,
     },
+    /// The host ended a session for its gone client (`SessionAborted`).
+    Aborted {
+        /// Session id.
+        id: u32,
+    },
+    /// A command's output waits for credit: the session's window is used
+    /// up (logged each time it starts waiting).
+    WindowFull {
+        /// Session id.
+        id: u32,
+    },
     /// The host forced the stop.
     ForceStopped,
     /// The guest ended with this code.
@@ -122,6 +140,32 @@ impl MockLog {
     }
 }
 
+/// Stops and restarts the mock guest's reading of the agent channel, as a
+/// guest that stops reading it would. Open by default.
+#[derive(Clone, Debug, Default)]
+pub struct MockGate(Arc<(Mutex<bool>, Condvar)>);
+
+impl MockGate {
+    /// The reader reads no further frame (the one it is reading, if any, is
+    /// still handled) until [`MockGate::open`].
+    pub fn close(&self) {
+        *lock(&self.0 .0) = true;
+    }
+
+    /// The reader goes on.
+    pub fn open(&self) {
+        *lock(&self.0 .0) = false;
+        self.0 .1.notify_all();
+    }
+
+    fn wait_open(&self) {
+        let mut closed = lock(&self.0 .0);
+        while *closed {
+            closed = self.0 .1.wait(closed).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicking mock thread must not wedge the others.
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -132,17 +176,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct MockBackend {
     script: MockScript,
     log: MockLog,
+    gate: MockGate,
 }
 
 impl MockBackend {
     /// A mock guest following `script`.
     pub fn new(script: MockScript) -> MockBackend {
-        MockBackend { script, log: MockLog::default() }
+        MockBackend { script, log: MockLog::default(), gate: MockGate::default() }
     }
 
     /// The event log, to keep before the backend is moved into the sandbox.
     pub fn log(&self) -> MockLog {
         self.log.clone()
+    }
+
+    /// The gate of the guest's reader, to keep before the backend is moved
+    /// into the sandbox.
+    pub fn gate(&self) -> MockGate {
+        self.gate.clone()
     }
 }
 
@@ -157,7 +208,8 @@ impl VmBackend for MockBackend {
         }
         let (host, guest) = crate::console::channel().map_err(|e| BackendError::io("creating the agent channel", e))?;
         let (exit_tx, exit_rx) = mpsc::channel();
-        let guest = Arc::new(Guest::new(guest, self.script.clone(), self.log.clone(), exit_tx.clone())?);
+        let guest =
+            Arc::new(Guest::new(guest, self.script.clone(), self.log.clone(), self.gate.clone(), exit_tx.clone())?);
         guest.start()?;
         Ok(Launched {
             agent_channel: host,
@@ -214,6 +266,7 @@ struct Guest {
     reader: Mutex<Option<UnixStream>>,
     script: MockScript,
     log: MockLog,
+    gate: MockGate,
     exit_tx: Mutex<mpsc::Sender<i32>>,
     sessions: Mutex<HashMap<u32, Session>>,
     halted: Mutex<bool>,
@@ -224,6 +277,7 @@ impl Guest {
         stream: UnixStream,
         script: MockScript,
         log: MockLog,
+        gate: MockGate,
         exit_tx: mpsc::Sender<i32>,
     ) -> Result<Guest, BackendError> {
         let reader = stream.try_clone().map_err(|e| BackendError::io("cloning the agent channel", e))?;
@@ -232,6 +286,7 @@ impl Guest {
             reader: Mutex::new(Some(reader)),
             script,
             log,
+            gate,
             exit_tx: Mutex::new(exit_tx),
             sessions: Mutex::new(HashMap::new()),
             halted: Mutex::new(false),
@@ -316,6 +371,7 @@ impl Guest {
 
     fn read_loop(self: Arc<Self>, mut reader: UnixStream) {
         loop {
+            self.gate.wait_open();
             let frame = match Frame::read_from(&mut reader) {
                 Ok(Some(f)) => f,
                 // The host closed the channel or broke framing: a real agent
@@ -344,6 +400,8 @@ impl Guest {
                 }
             }
             Message::ExecRequest(req) => self.exec(id, req),
+            // File sessions are not served (no reply); their end is logged.
+            Message::SessionAborted { .. } => self.log.push(MockEvent::Aborted { id }),
             Message::ExecStdin { data } => {
                 if let Some(tx) = lock(&self.sessions).get(&id).and_then(|s| s.stdin.clone()) {
                     let credit = (data.len() + 16) as u32;
@@ -377,7 +435,7 @@ impl Guest {
             self.fail(id, SpawnErrorKind::InvalidRequest, "empty argv");
             return;
         };
-        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines", "pipe", "badfd", "nofd"]
+        if !["echo", "cat", "stderr", "exit", "sleep", "stream", "lines", "pipe", "badfd", "nofd", "poweroff", "flood"]
             .contains(&program.as_str())
         {
             self.fail(id, SpawnErrorKind::NotFound, &format!("{program}: command not found"));
@@ -467,6 +525,9 @@ impl Guest {
         };
         let cost = frame.wire_len() as i64;
         let mut avail = lock(&window.available);
+        if *avail < cost {
+            self.log.push(MockEvent::WindowFull { id });
+        }
         while *avail < cost {
             if self.halted() {
                 return false;
@@ -502,6 +563,11 @@ impl Guest {
                 exited(0)
             }
             "exit" => exited(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
+            "poweroff" => {
+                let code = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                self.exit(code);
+                exited(code)
+            }
             "cat" => loop {
                 if let Ok(sig) = signals.try_recv() {
                     return ExitStatus { code: None, signal: Some(sig), oom_killed: false };
@@ -531,6 +597,17 @@ impl Guest {
                     }
                     let n = left.min(MAX_CHUNK);
                     if !self.output(id, window, Message::ExecStdout { data: vec![b'x'; n] }) {
+                        return exited(1);
+                    }
+                    left -= n;
+                }
+                exited(0)
+            }
+            "flood" => {
+                let mut left: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                while left > 0 {
+                    let n = left.min(MAX_CHUNK);
+                    if !self.send(id, Flags::NONE, &Message::ExecStdout { data: vec![b'x'; n] }) {
                         return exited(1);
                     }
                     left -= n;

@@ -26,6 +26,13 @@ pub struct GuestSpec {
     pub memory_mib: Option<u64>,
     /// Maximum number of processes.
     pub pids_limit: Option<u64>,
+    /// Size of the guest's `/dev/shm` in MiB (jail; `None`: the backend's default).
+    pub shm_mib: Option<u64>,
+    /// Size of the guest's `/tmp` in MiB (jail; `None`: the backend's default,
+    /// a share of the memory limit).
+    pub tmp_mib: Option<u64>,
+    /// Limit of the writable layer in MiB (jail; `None`: no limit).
+    pub disk_mib: Option<u64>,
     /// Extra mounts from the host.
     pub mounts: Vec<MountSpec>,
     /// Default environment for commands.

@@ -121,6 +121,17 @@ pub struct SeccompReport {
     pub mode: Option<u32>,
 }
 
+/// Whether jails get a private user namespace here (filled by the caller
+/// from the jail backend's own probe, which tries idmapped mounts: the
+/// probe here never mounts anything).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IsolationReport {
+    /// Idmapped mounts (under a host-built overlay) work here.
+    pub idmapped_mounts: bool,
+    /// What a root-run jail gets, and why.
+    pub detail: String,
+}
+
 /// Everything [`probe`] found.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct HostReport {
@@ -142,6 +153,8 @@ pub struct HostReport {
     pub seccomp: SeccompReport,
     /// Running as uid 0.
     pub root: bool,
+    /// Jail isolation, when the caller probed it.
+    pub jail_isolation: Option<IsolationReport>,
 }
 
 /// Probes this host (libkrunfw located without an explicit path).
@@ -175,6 +188,7 @@ pub fn probe_with_krunfw(explicit: Option<&Path>) -> HostReport {
         seccomp: SeccompReport { supported: seccomp_mode.is_some(), mode: seccomp_mode },
         // SAFETY: geteuid has no preconditions.
         root: unsafe { libc::geteuid() } == 0,
+        jail_isolation: None,
     }
 }
 
@@ -342,6 +356,9 @@ impl HostReport {
             if self.seccomp.supported { "supported" } else { "not reported by the kernel" }
         );
         let _ = writeln!(s, "running as root    {}", yes(self.root));
+        if let Some(iso) = &self.jail_isolation {
+            let _ = writeln!(s, "idmapped mounts    {}", iso.detail);
+        }
         let (backend, reason) = self.auto_backend();
         let _ = writeln!(s, "auto backend       {} ({reason})", backend.as_str());
         s
@@ -418,7 +435,10 @@ mod tests {
 
     #[test]
     fn render_human_names_every_item_and_the_choice() {
-        let text = capable().render_human();
+        let mut report = capable();
+        report.jail_isolation =
+            Some(IsolationReport { idmapped_mounts: false, detail: "no (EINVAL): jails run without".into() });
+        let text = report.render_human();
         for key in [
             "/dev/kvm",
             "kvm modules",
@@ -431,6 +451,7 @@ mod tests {
             "overlayfs",
             "seccomp",
             "running as root",
+            "idmapped mounts    no (",
             "auto backend       krun",
         ] {
             assert!(text.contains(key), "missing {key:?} in:\n{text}");

@@ -169,16 +169,75 @@ fn plan_hierarchies(hierarchies: &[Hierarchy]) -> Vec<(&Hierarchy, Vec<Controlle
     plan
 }
 
+/// The hierarchy that serves `controller` (the one [`Cgroup::create`] uses).
+pub fn hierarchy_for(hierarchies: &[Hierarchy], controller: Controller) -> Option<&Hierarchy> {
+    plan_hierarchies(hierarchies).into_iter().find(|(_, list)| list.contains(&controller)).map(|(h, _)| h)
+}
+
+/// The parent of a jail's cgroup in `h`, relative to the mount: `parent`,
+/// else the calling process's own cgroup followed by `alcove`.
+fn relative_parent(h: &Hierarchy, parent: Option<&str>) -> String {
+    match parent {
+        Some(p) => p.trim_matches('/').to_string(),
+        None => {
+            let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
+            let own = own.trim_matches('/');
+            if own.is_empty() {
+                "alcove".to_string()
+            } else {
+                format!("{own}/alcove")
+            }
+        }
+    }
+}
+
+/// The directory in which a jail's cgroup would be created in `h`.
+pub fn parent_dir(h: &Hierarchy, parent: Option<&str>) -> PathBuf {
+    h.mount.join(relative_parent(h, parent))
+}
+
 /// Removes the cgroups left behind by a jail whose sandbox process died
-/// without cleaning up (killed with SIGKILL): the leaves
-/// `…/alcove/<name>-<pid>-<n>` in every hierarchy, looked for under the
-/// calling process's own cgroup (where the sandbox process it started put
-/// them) and under the hierarchy's root. Any process still inside is killed
-/// first. Best effort; returns how many cgroups were removed.
+/// without cleaning up (killed with SIGKILL): the leaves [`leftovers`]
+/// finds. Any process still inside is killed first. Best effort; returns
+/// how many cgroups were removed.
 pub fn remove_leftovers(name: &str, pid: u32) -> usize {
-    let Ok(list) = hierarchies() else { return 0 };
-    let prefix = format!("{name}-{pid}-");
     let mut removed = 0;
+    let mut parents = Vec::new();
+    for dir in leftovers(name, pid) {
+        for _ in 0..50 {
+            for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(p) = p.trim().parse::<libc::pid_t>() {
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+            if std::fs::remove_dir(&dir).is_ok() {
+                removed += 1;
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        if let Some(parent) = dir.parent() {
+            parents.push(parent.to_path_buf());
+        }
+    }
+    // The shared parent goes once empty, as after a normal exit.
+    for parent in parents {
+        let _ = std::fs::remove_dir(&parent);
+    }
+    removed
+}
+
+/// The cgroups a jail of sandbox `name` started by the sandbox process
+/// `pid` left behind: the leaves `…/alcove/<name>-<pid>-<n>` in every
+/// hierarchy, looked for under the calling process's own cgroup (where the
+/// sandbox process it started put them) and under the hierarchy's root.
+/// A leaf stays until its last task is reaped, which the host's init may
+/// do only after a while.
+pub fn leftovers(name: &str, pid: u32) -> Vec<PathBuf> {
+    let Ok(list) = hierarchies() else { return Vec::new() };
+    let prefix = format!("{name}-{pid}-");
+    let mut found = Vec::new();
     for h in &list {
         let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
         let own = own.trim_matches('/');
@@ -194,26 +253,11 @@ pub fn remove_leftovers(name: &str, pid: u32) -> usize {
                 if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
                     continue;
                 }
-                let dir = entry.path();
-                for _ in 0..50 {
-                    for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
-                        if let Ok(p) = p.trim().parse::<libc::pid_t>() {
-                            // SAFETY: kill has no memory-safety preconditions.
-                            unsafe { libc::kill(p, libc::SIGKILL) };
-                        }
-                    }
-                    if std::fs::remove_dir(&dir).is_ok() {
-                        removed += 1;
-                        break;
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(10));
-                }
+                found.push(entry.path());
             }
-            // The shared parent goes once empty, as after a normal exit.
-            let _ = std::fs::remove_dir(&parent);
         }
     }
-    removed
+    found
 }
 
 /// The cgroup hierarchies of this host, as seen by the calling process.
@@ -311,9 +355,6 @@ pub struct Limits {
 #[derive(Debug)]
 struct Dir {
     path: PathBuf,
-    /// The path as /proc/self/cgroup shows it (relative to the hierarchy's
-    /// root), without the leading `/`.
-    shown: PathBuf,
     /// Whether this is the cgroup2 hierarchy.
     v2: bool,
     controllers: Vec<Controller>,
@@ -375,18 +416,7 @@ impl Cgroup {
 
         let mut cgroup = Cgroup { dirs: Vec::new(), destroyed: Mutex::new(false) };
         for (h, controllers) in plan {
-            let rel_parent = match parent {
-                Some(p) => p.trim_matches('/').to_string(),
-                None => {
-                    let own = h.own_path.strip_prefix(h.mount_root.trim_end_matches('/')).unwrap_or(&h.own_path);
-                    let own = own.trim_matches('/');
-                    if own.is_empty() {
-                        "alcove".to_string()
-                    } else {
-                        format!("{own}/alcove")
-                    }
-                }
-            };
+            let rel_parent = relative_parent(h, parent);
             let parent_dir = h.mount.join(&rel_parent);
             let path = parent_dir.join(&leaf);
             if h.v2 {
@@ -394,8 +424,7 @@ impl Cgroup {
             }
             make_leaf(&parent_dir, &path)?;
             // Registered at once so a later failure cleans it up.
-            let shown = Path::new(h.mount_root.trim_start_matches('/')).join(&rel_parent).join(&leaf);
-            cgroup.dirs.push(Dir { path, shown, v2: h.v2, controllers });
+            cgroup.dirs.push(Dir { path, v2: h.v2, controllers });
         }
         if let Err(e) = cgroup.apply(limits) {
             cgroup.destroy();
@@ -408,13 +437,11 @@ impl Cgroup {
         self.dirs.iter().find(|d| d.controllers.contains(&c))
     }
 
-    /// The host directory of the memory controller's cgroup and the path,
-    /// relative to /sys/fs/cgroup, at which a process inside finds it by
-    /// reading /proc/self/cgroup: `memory/<path>` on v1, `<path>` on v2.
-    pub fn memory_view(&self) -> Option<(PathBuf, PathBuf)> {
+    /// The host directory of the memory controller's cgroup and whether it
+    /// is on cgroup2.
+    pub fn memory_dir(&self) -> Option<(PathBuf, bool)> {
         let dir = self.dir_for(Controller::Memory)?;
-        let shown = if dir.v2 { dir.shown.clone() } else { Path::new("memory").join(&dir.shown) };
-        Some((dir.path.clone(), shown))
+        Some((dir.path.clone(), dir.v2))
     }
 
     /// The directories of this cgroup, one per hierarchy used.

@@ -52,8 +52,14 @@ pub mod caps {
 
 /// Capabilities kept in the bounding set (everything else is dropped).
 ///
-/// `CAP_SYS_ADMIN` is in this list only when the backend is told to keep it
-/// ([`crate::JailOptions::keep_sys_admin`]); see [`kept_capabilities`].
+/// Never kept: `CAP_NET_ADMIN` (netfilter, tc, xfrm, links and module
+/// autoloading are kernel attack surface even in the jail's own network
+/// namespace; the loopback interface is brought up before the drop) and
+/// `CAP_SYS_BOOT` (`reboot` would end the jail rather than fail).
+/// `CAP_SETFCAP` is kept only in a user namespace, where a file capability
+/// the guest writes is bound to that namespace's root; see
+/// [`kept_capabilities`]. `CAP_SYS_ADMIN` only when the backend is told to
+/// keep it ([`crate::JailOptions::keep_sys_admin`]).
 pub const KEPT_CAPABILITIES: &[(u32, &str)] = &[
     (caps::CAP_CHOWN, "CAP_CHOWN"),
     (caps::CAP_DAC_OVERRIDE, "CAP_DAC_OVERRIDE"),
@@ -64,17 +70,18 @@ pub const KEPT_CAPABILITIES: &[(u32, &str)] = &[
     (caps::CAP_SETUID, "CAP_SETUID"),
     (caps::CAP_SETPCAP, "CAP_SETPCAP"),
     (caps::CAP_NET_BIND_SERVICE, "CAP_NET_BIND_SERVICE"),
-    (caps::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
     (caps::CAP_NET_RAW, "CAP_NET_RAW"),
     (caps::CAP_SYS_CHROOT, "CAP_SYS_CHROOT"),
-    (caps::CAP_SYS_BOOT, "CAP_SYS_BOOT"),
     (caps::CAP_AUDIT_WRITE, "CAP_AUDIT_WRITE"),
-    (caps::CAP_SETFCAP, "CAP_SETFCAP"),
 ];
 
-/// The capability numbers kept in the bounding set.
-pub fn kept_capabilities(keep_sys_admin: bool) -> Vec<u32> {
+/// The capability numbers kept in the bounding set. `host_root`: the jail
+/// has no user namespace, so guest root is the host's root.
+pub fn kept_capabilities(keep_sys_admin: bool, host_root: bool) -> Vec<u32> {
     let mut kept: Vec<u32> = KEPT_CAPABILITIES.iter().map(|(cap, _)| *cap).collect();
+    if !host_root {
+        kept.push(caps::CAP_SETFCAP);
+    }
     if keep_sys_admin {
         kept.push(caps::CAP_SYS_ADMIN);
     }
@@ -82,12 +89,12 @@ pub fn kept_capabilities(keep_sys_admin: bool) -> Vec<u32> {
 }
 
 /// The capability numbers to drop from the bounding set on this kernel.
-pub fn dropped_capabilities(keep_sys_admin: bool) -> Vec<libc::c_int> {
+pub fn dropped_capabilities(keep_sys_admin: bool, host_root: bool) -> Vec<libc::c_int> {
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
         .unwrap_or(40);
-    let kept = kept_capabilities(keep_sys_admin);
+    let kept = kept_capabilities(keep_sys_admin, host_root);
     (0..=last).filter(|cap| !kept.contains(cap)).map(|cap| cap as libc::c_int).collect()
 }
 
@@ -151,8 +158,11 @@ pub struct SeccompPolicy {
 ///
 /// 1. The main filter (seccompiler): a foreign architecture (i386 `int 0x80`)
 ///    kills the process; every syscall of [`DENIED_SYSCALLS`] (and
-///    [`DENIED_MOUNT_SYSCALLS`] unless `keep_sys_admin`) and `clone` with
-///    `CLONE_NEWUSER` return `EPERM`; everything else is allowed.
+///    [`DENIED_MOUNT_SYSCALLS`] unless `keep_sys_admin`), `clone` with
+///    `CLONE_NEWUSER`, and `mknod`/`mknodat` of a character or block device
+///    return `EPERM` (FIFOs, sockets and regular files stay allowed; the
+///    jail's /dev is bind-mounted before the filter exists); everything
+///    else is allowed.
 /// 2. A small hand-written filter: x32 system calls (numbers with bit 30
 ///    set, which would bypass number-based rules) return `EPERM`, and
 ///    `clone3` returns `ENOSYS` (its flags live in memory a filter cannot
@@ -175,6 +185,25 @@ pub fn seccomp_policy(keep_sys_admin: bool) -> Result<SeccompPolicy, PolicyError
         .map_err(|e| PolicyError::Compile(e.to_string()))?;
     let rule = SeccompRule::new(vec![cond]).map_err(|e| PolicyError::Compile(e.to_string()))?;
     rules.insert(libc::SYS_clone, vec![rule]);
+    // mknod(path, mode, dev) and mknodat(dirfd, path, mode, dev): the type
+    // bits of `mode` select a device.
+    let device_rules = |mode_arg: u8| -> Result<Vec<SeccompRule>, PolicyError> {
+        [libc::S_IFCHR, libc::S_IFBLK]
+            .iter()
+            .map(|kind| {
+                let cond = SeccompCondition::new(
+                    mode_arg,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(u64::from(libc::S_IFMT)),
+                    u64::from(*kind),
+                )
+                .map_err(|e| PolicyError::Compile(e.to_string()))?;
+                SeccompRule::new(vec![cond]).map_err(|e| PolicyError::Compile(e.to_string()))
+            })
+            .collect()
+    };
+    rules.insert(libc::SYS_mknod, device_rules(1)?);
+    rules.insert(libc::SYS_mknodat, device_rules(2)?);
 
     let filter =
         SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), TargetArch::x86_64)
@@ -225,12 +254,78 @@ mod tests {
 
     #[test]
     fn capabilities_partition() {
-        let dropped = dropped_capabilities(false);
+        let dropped = dropped_capabilities(false, false);
         assert!(dropped.contains(&(caps::CAP_SYS_ADMIN as i32)));
         assert!(dropped.contains(&(caps::CAP_SYS_MODULE as i32)));
         assert!(dropped.contains(&(caps::CAP_MKNOD as i32)));
         assert!(!dropped.contains(&(caps::CAP_SETUID as i32)));
-        assert!(!dropped_capabilities(true).contains(&(caps::CAP_SYS_ADMIN as i32)));
+        assert!(!dropped_capabilities(true, false).contains(&(caps::CAP_SYS_ADMIN as i32)));
+    }
+
+    #[test]
+    fn net_admin_and_sys_boot_are_never_kept_and_setfcap_only_in_a_user_namespace() {
+        for host_root in [false, true] {
+            let dropped = dropped_capabilities(false, host_root);
+            assert!(dropped.contains(&(caps::CAP_NET_ADMIN as i32)), "host_root {host_root}");
+            assert!(dropped.contains(&(caps::CAP_SYS_BOOT as i32)), "host_root {host_root}");
+        }
+        assert!(dropped_capabilities(false, true).contains(&(caps::CAP_SETFCAP as i32)));
+        assert!(!dropped_capabilities(false, false).contains(&(caps::CAP_SETFCAP as i32)));
+    }
+
+    /// mknod of a device is refused even with CAP_MKNOD (the test runs as
+    /// root); a FIFO is not.
+    #[test]
+    fn seccomp_refuses_device_nodes_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| {
+            std::ffi::CString::new(dir.path().join(name).into_os_string().into_encoded_bytes()).expect("path")
+        };
+        let (chr, blk, blk_at, fifo) = (path("chr"), path("blk"), path("blkat"), path("fifo"));
+        let policy = seccomp_policy(false).expect("compiles");
+        // SAFETY: the child makes only raw system calls and _exits.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            unsafe {
+                if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 {
+                    libc::_exit(100);
+                }
+                for program in &policy.programs {
+                    let prog = libc::sock_fprog {
+                        len: program.len() as u16,
+                        filter: program.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0, &prog) != 0 {
+                        libc::_exit(101);
+                    }
+                }
+                let errno = || *libc::__errno_location();
+                let mut bits = 0;
+                if libc::mknod(chr.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(1, 3)) == -1 && errno() == libc::EPERM
+                {
+                    bits |= 1;
+                }
+                if libc::mknod(blk.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) == -1 && errno() == libc::EPERM
+                {
+                    bits |= 2;
+                }
+                if libc::mknodat(libc::AT_FDCWD, blk_at.as_ptr(), libc::S_IFBLK | 0o600, libc::makedev(7, 0)) == -1
+                    && errno() == libc::EPERM
+                {
+                    bits |= 4;
+                }
+                if libc::mknod(fifo.as_ptr(), libc::S_IFIFO | 0o600, 0) == 0 {
+                    bits |= 8;
+                }
+                libc::_exit(bits);
+            }
+        }
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "child died: {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), 15, "bits: {:#b}", libc::WEXITSTATUS(status));
     }
 
     /// Installs the programs in a forked child and checks what the kernel

@@ -96,7 +96,7 @@ fn isolation_basics() {
     assert_eq!(line(&out, "nnp"), "1");
     assert_eq!(line(&out, "seccomp"), "2");
     let capbnd = u64::from_str_radix(line(&out, "capbnd"), 16).expect("hex");
-    let expected: u64 = alcove_jail::policy::kept_capabilities(false).iter().map(|c| 1u64 << c).sum();
+    let expected: u64 = alcove_jail::policy::kept_capabilities(false, false).iter().map(|c| 1u64 << c).sum();
     assert_eq!(capbnd, expected, "bounding set {capbnd:#x}");
     let root: Vec<&str> = line(&out, "root").split_whitespace().collect();
     assert_eq!(root, ["bin", "dev", "etc", "proc", "root", "sys", "tmp"]);
@@ -519,7 +519,7 @@ fn user_namespace_mode_runs_the_same_jail() {
     let fx = Fixture::new();
     let spec = fx.spec("userns");
     let backend = JailBackend::new(JailOptions {
-        user_namespace: UserNamespace::Always,
+        user_namespace: UserNamespace::Caller,
         init_argv: Some(vec![
             "sh".into(),
             "-c".into(),
@@ -602,9 +602,16 @@ fn rootless_child() {
         guest_log: sandbox.join("guest.log"),
         rootfs: Some(dir.join("rootfs")),
         agent_binary: Some(PathBuf::from(BUSYBOX)),
-        memory_mib: Some(64),
         ..GuestSpec::default()
     };
+    // A limit asked for that this caller cannot apply (no delegated cgroup)
+    // refuses the jail, at the pre-flight and at launch, in one line.
+    let limited = GuestSpec { memory_mib: Some(64), ..spec.clone() };
+    let err = alcove_jail::check(&limited, &JailOptions::default()).expect_err("the check refuses --memory");
+    assert!(err.to_string().contains("--memory cannot be applied"), "{err}");
+    let err = backend("true").spawn(&limited).err().expect("the launch refuses a limit it cannot apply");
+    assert!(matches!(err, BackendError::InvalidConfig(_)), "{err:?}");
+    assert!(!err.to_string().contains('\n'), "{err}");
     let script = r#"
         echo "pid=$$" >&3
         echo "uid=$(id -u)" >&3

@@ -14,6 +14,7 @@
 //! | `ExecExited`, `ExecFailed`, `FsResponse` | guest → client | session | TERMINAL |
 //! | `Credit` | both | session | — |
 //! | `SessionAborted` | relay → client | session | TERMINAL |
+//! | `SessionAborted` | relay → guest (the session's client is gone) | session | — |
 //!
 //! Flow control: the guest sends at most [`INITIAL_WINDOW`] bytes of frames
 //! (header included) on a session before it receives `Credit` for them; the

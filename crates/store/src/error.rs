@@ -59,6 +59,23 @@ pub enum StoreError {
         /// The JSON parser's complaint.
         why: String,
     },
+    /// A write found the database (or its file system) read-only; nothing
+    /// was changed.
+    #[error("cannot {what}: the alcove database {path} is read-only")]
+    ReadOnly {
+        /// The operation that failed.
+        what: String,
+        /// The database path.
+        path: PathBuf,
+    },
+    /// A write found no space left for the database; nothing was changed.
+    #[error("cannot {what}: the disk holding the alcove database {path} is full")]
+    Full {
+        /// The operation that failed.
+        what: String,
+        /// The database path.
+        path: PathBuf,
+    },
     /// A stored value could not be read back (bad enum text, out-of-range number).
     #[error("the alcove database holds a corrupt value: {0}")]
     Corrupt(String),

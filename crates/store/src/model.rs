@@ -173,6 +173,10 @@ pub struct RunRecord {
     pub sandbox: String,
     /// Host pid of the sandbox process.
     pub pid: u32,
+    /// Start time of that process in clock ticks since boot, which tells it
+    /// from a later process with the same pid (None for runs recorded by
+    /// an older alcove).
+    pub pid_start_ticks: Option<u64>,
     /// Running or Terminated.
     pub status: RunStatus,
     /// Exit code, if the run ended with one.
@@ -268,6 +272,7 @@ mod tests {
             id: RunId(7),
             sandbox: "web".into(),
             pid: 42,
+            pid_start_ticks: Some(1234),
             status: RunStatus::Terminated,
             exit_code: Some(1),
             exit_signal: None,

@@ -34,6 +34,11 @@
 //!   cpu_usec, memory_bytes, io_read_bytes, io_write_bytes, net_rx_bytes,
 //!   net_tx_bytes)` with all counters `>= 0`; index
 //!   `sandbox_metric_newest(sandbox_id, at_ms DESC, id DESC)`
+//!
+//! Schema v2 adds `run.pid_start_ticks`: the start time of the run's
+//! process in clock ticks since boot (`/proc/PID/stat` field 22), so the
+//! process is told from a later one with the same pid without looking at the
+//! wall clock; NULL for runs recorded before it.
 
 use std::path::Path;
 
@@ -46,7 +51,7 @@ pub const APPLICATION_ID: i32 = 0x414C_4356;
 
 /// Migration steps: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// Append new steps; never edit a released one.
-const MIGRATIONS: &[&str] = &[V1];
+const MIGRATIONS: &[&str] = &[V1, V2];
 
 /// The newest schema version this build knows (and creates).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -96,6 +101,10 @@ CREATE TABLE sandbox_metric (
 ) STRICT;
 
 CREATE INDEX sandbox_metric_newest ON sandbox_metric(sandbox_id, at_ms DESC, id DESC);
+"#;
+
+const V2: &str = r#"
+ALTER TABLE run ADD COLUMN pid_start_ticks INTEGER CHECK (pid_start_ticks IS NULL OR pid_start_ticks >= 0);
 "#;
 
 /// What [`inspect`] found in a file SQLite could read.

@@ -53,7 +53,7 @@ pub struct Store {
 
 const SANDBOX_COLUMNS: &str = "id, name, config_json, status, created_at_ms, updated_at_ms";
 const RUN_SELECT: &str = "SELECT r.id, s.name, r.pid, r.status, r.exit_code, r.exit_signal, \
-     r.reason, r.detail, r.started_at_ms, r.terminated_at_ms \
+     r.reason, r.detail, r.started_at_ms, r.terminated_at_ms, r.pid_start_ticks \
      FROM run r JOIN sandbox s ON s.id = r.sandbox_id";
 const METRIC_COLUMNS: &str = "at_ms, cpu_usec, memory_bytes, io_read_bytes, io_write_bytes, net_rx_bytes, net_tx_bytes";
 
@@ -225,6 +225,25 @@ impl Store {
         })
     }
 
+    /// Every sandbox with its newest run (if any), ordered by name, from one
+    /// snapshot: a sandbox another process removes meanwhile is either
+    /// listed whole or not at all.
+    pub fn sandboxes_with_latest_run(&self) -> Result<Vec<(SandboxRecord, Option<RunRecord>)>, StoreError> {
+        let sandboxes = format!("SELECT {SANDBOX_COLUMNS} FROM sandbox ORDER BY name");
+        let latest = format!("{RUN_SELECT} WHERE r.sandbox_id = ?1 ORDER BY r.id DESC LIMIT 1");
+        self.read("list sandboxes", |c| {
+            let mut stmt = c.prepare_cached(&sandboxes)?;
+            let list = stmt.query_map([], sandbox_row)?.collect::<Result<Vec<_>, _>>()?;
+            let mut run = c.prepare_cached(&latest)?;
+            list.into_iter()
+                .map(|sb| {
+                    let last = run.query_row([sb.id], run_row).optional()?;
+                    Ok((sb, last))
+                })
+                .collect()
+        })
+    }
+
     /// Records a new status for a sandbox.
     ///
     /// `Running` is committed without its own sync ([`Durability::Implied`]):
@@ -252,15 +271,24 @@ impl Store {
 
     // ---- runs ----
 
-    /// Records a new `Running` run of `sandbox` with host pid `pid` and sets
-    /// the sandbox to `Starting`, in one transaction.
+    /// Records a new `Running` run of `sandbox` with host pid `pid` (start
+    /// time unknown) and sets the sandbox to `Starting`, in one transaction.
     pub fn start_run(&self, sandbox: &str, pid: u32) -> Result<RunId, StoreError> {
+        self.start_run_of(sandbox, pid, None)
+    }
+
+    /// [`Store::start_run`] with the start time of the process `pid` in clock
+    /// ticks since boot, which identifies it exactly (see
+    /// [`RunRecord::pid_start_ticks`]).
+    pub fn start_run_of(&self, sandbox: &str, pid: u32, start_ticks: Option<u64>) -> Result<RunId, StoreError> {
+        let ticks = start_ticks.map(clamp);
         self.write("start a run", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
             let now = now_ms();
             tx.execute(
-                "INSERT INTO run (sandbox_id, pid, status, started_at_ms) VALUES (?1, ?2, ?3, ?4)",
-                params![sid, pid, RunStatus::Running, now],
+                "INSERT INTO run (sandbox_id, pid, status, started_at_ms, pid_start_ticks) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![sid, pid, RunStatus::Running, now, ticks],
             )?;
             let run = RunId(tx.last_insert_rowid());
             tx.execute(
@@ -314,6 +342,38 @@ impl Store {
         })
     }
 
+    /// Records how the command of a run ended, when the run ended because
+    /// its CLI stopped the sandbox after that command (an attached `alcove
+    /// run`, reason `ShutdownRequested`): the run becomes `Completed` (exit
+    /// 0) or `Failed`, with the command's exit code or signal and `detail`.
+    /// A run that ended any other way (a policy, a crash, a signal) keeps
+    /// its record. Returns whether the run was changed.
+    pub fn record_command_end(
+        &self,
+        run: RunId,
+        exit_code: Option<i32>,
+        exit_signal: Option<i32>,
+        detail: &str,
+    ) -> Result<bool, StoreError> {
+        let reason = if exit_code == Some(0) { TerminationReason::Completed } else { TerminationReason::Failed };
+        self.write("record a command's end", |tx| {
+            let n = tx.execute(
+                "UPDATE run SET reason = ?1, exit_code = ?2, exit_signal = ?3, detail = ?4 \
+                 WHERE id = ?5 AND status = ?6 AND reason = ?7",
+                params![
+                    reason,
+                    exit_code,
+                    exit_signal,
+                    detail,
+                    run.0,
+                    RunStatus::Terminated,
+                    TerminationReason::ShutdownRequested
+                ],
+            )?;
+            Ok(n > 0)
+        })
+    }
+
     /// The runs of `sandbox`, newest first.
     pub fn runs(&self, sandbox: &str) -> Result<Vec<RunRecord>, StoreError> {
         self.runs_of(sandbox, i64::MAX)
@@ -349,9 +409,22 @@ impl Store {
     /// Stores one sample and drops the sandbox's samples beyond the newest
     /// [`StoreOptions::metric_retention`] (ordered by `at_ms`, then insertion).
     pub fn insert_metric(&self, sandbox: &str, sample: &MetricSample) -> Result<(), StoreError> {
+        self.insert_metric_within(sandbox, sample, self.opts.retry_budget)
+    }
+
+    /// [`Store::insert_metric`], giving up ([`StoreError::Busy`]) once the
+    /// database has been busy for `budget` (at most the retry budget): a
+    /// sample is worth less than the writes that may wait behind it.
+    pub fn insert_metric_within(
+        &self,
+        sandbox: &str,
+        sample: &MetricSample,
+        budget: Duration,
+    ) -> Result<(), StoreError> {
+        let budget = budget.min(self.opts.retry_budget);
         let keep = i64::try_from(self.opts.metric_retention).unwrap_or(i64::MAX);
         // A sample lost to a power loss is only a gap in a time series.
-        self.write_with(Durability::Implied, "record a metric sample", |tx| {
+        self.write_within(budget, Durability::Implied, "record a metric sample", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
             tx.execute(
                 &format!(
@@ -421,12 +494,23 @@ impl Store {
         &self,
         durability: Durability,
         what: &str,
+        body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.write_within(self.opts.retry_budget, durability, what, body)
+    }
+
+    /// [`Store::write_with`] retrying for `budget` instead of the retry budget.
+    fn write_within<T>(
+        &self,
+        budget: Duration,
+        durability: Durability,
+        what: &str,
         mut body: impl FnMut(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         if durability == Durability::Implied {
             self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         }
-        let result = self.retry(what, |conn| {
+        let result = self.retry_within(budget, what, |conn| {
             let tx = Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
             let value = body(&tx)?; // dropping `tx` on error rolls back
             tx.commit()?;
@@ -435,7 +519,20 @@ impl Store {
         if durability == Durability::Implied {
             self.conn.pragma_update(None, "synchronous", "FULL")?;
         }
-        result
+        result.map_err(|e| self.classify_write_error(what, e))
+    }
+
+    /// A full disk or a read-only database, said as such.
+    fn classify_write_error(&self, what: &str, e: StoreError) -> StoreError {
+        let code = match &e {
+            StoreError::Sqlite(inner) => inner.sqlite_error_code(),
+            _ => None,
+        };
+        match code {
+            Some(ErrorCode::ReadOnly) => StoreError::ReadOnly { what: what.to_owned(), path: self.path.clone() },
+            Some(ErrorCode::DiskFull) => StoreError::Full { what: what.to_owned(), path: self.path.clone() },
+            _ => e,
+        }
     }
 
     /// Runs `body` in a deferred (read) transaction, retrying on busy.
@@ -450,14 +547,19 @@ impl Store {
 
     /// Calls `attempt` until it succeeds, fails with a non-busy error, or the
     /// retry budget is spent ([`StoreError::Busy`]).
-    fn retry<T>(
+    fn retry<T>(&self, what: &str, attempt: impl FnMut(&Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.retry_within(self.opts.retry_budget, what, attempt)
+    }
+
+    /// [`Store::retry`] with its own budget.
+    fn retry_within<T>(
         &self,
+        budget: Duration,
         what: &str,
         mut attempt: impl FnMut(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let deadline =
-            start.checked_add(self.opts.retry_budget).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
+        let deadline = start.checked_add(budget).unwrap_or_else(|| start + Duration::from_secs(365 * 24 * 3600));
         let mut backoff = FIRST_BACKOFF;
         let mut current_timeout = self.opts.busy_timeout;
         let result = loop {
@@ -535,6 +637,7 @@ fn run_row(r: &Row<'_>) -> rusqlite::Result<RunRecord> {
         detail: r.get(7)?,
         started_at_ms: r.get(8)?,
         terminated_at_ms: r.get(9)?,
+        pid_start_ticks: r.get::<_, Option<i64>>(10)?.and_then(|t| u64::try_from(t).ok()),
     })
 }
 

@@ -64,6 +64,26 @@ fn open_creates_directory_and_an_identified_wal_database() {
 }
 
 #[test]
+fn a_version_1_database_gains_start_ticks_and_keeps_its_runs() {
+    let dir = tmp();
+    let path = db_path(&dir);
+    let store = Store::open(&path).expect("open");
+    store.create_sandbox("old", "{}").expect("create");
+    let run = store.start_run("old", 77).expect("run");
+    drop(store);
+    // Back to schema v1, as an older alcove left it.
+    let raw = Connection::open(&path).expect("raw open");
+    raw.execute_batch("ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;").expect("downgrade");
+    drop(raw);
+    let store = Store::open(&path).expect("migrates");
+    let old = store.latest_run("old").expect("read").expect("kept");
+    assert_eq!((old.id, old.pid, old.pid_start_ticks), (run, 77, None));
+    let new = store.start_run_of("old", 78, Some(123_456)).expect("run");
+    let again = store.latest_run("old").expect("read").expect("new run");
+    assert_eq!((again.id, again.pid_start_ticks), (new, Some(123_456)));
+}
+
+#[test]
 fn empty_file_is_initialised() {
     let dir = tmp();
     let path = db_path(&dir);

@@ -162,6 +162,9 @@ impl Server {
             }
             Message::FsData { data } => self.on_fs_data(id, &data, wire),
             Message::FsEnd => self.on_fs_end(id),
+            // The host ends a session whose client is gone: a half-written
+            // file is dropped, never completed.
+            Message::SessionAborted { reason } => self.abort_session(id, &format!("ended by the host: {reason}")),
             other => self.abort_session(id, &format!("unexpected {} on an open session", msg_name(&other))),
         }
     }

@@ -3,65 +3,111 @@
 //! Invariants:
 //! - Everything the child needs is prepared by the parent in a
 //!   [`ChildPlan`] before `clone`: paths as C strings, argv/envp arrays, the
-//!   seccomp programs and the capability list. The child only makes system
-//!   calls — it never allocates, takes a lock or touches Rust's stdio, so it
-//!   is safe to clone from a multi-threaded process.
+//!   seccomp programs, the capability list and the buffer that receives the
+//!   host's mounts. The child only makes system calls — it never allocates,
+//!   takes a lock or touches Rust's stdio, so it is safe to clone from a
+//!   multi-threaded process.
 //! - The child does nothing visible until the parent sends the go byte on
-//!   the sync pipe (after writing the user-namespace maps and placing the
-//!   child in its cgroup), and exits quietly if the parent goes away first.
-//! - Every mount is made inside the child's own mount namespace, which was
-//!   made recursively private first: nothing propagates to the host and
-//!   everything vanishes with the namespace.
+//!   the sync socket (after writing the user-namespace maps, placing the
+//!   child in its cgroup and, when root, preparing the overlay, agent and
+//!   volume mounts, which come with it), and exits quietly if the parent
+//!   goes away first.
+//! - Every mount is made or attached inside the child's own mount
+//!   namespace, which was made recursively private first: nothing
+//!   propagates to the host and everything vanishes with the namespace.
+//!   Every guest-writable or host-provided mount is `nosuid,nodev`; only
+//!   the bound device nodes and devpts allow devices.
+//! - With a private uid range the child becomes the namespace's root
+//!   (host uid = the range's base) right after it entered the overlay, so
+//!   every file it creates belongs to the range; until then it resolves
+//!   host paths as host uid 0 without capabilities on the host.
 //! - Any failure is reported on the error pipe as `(step, item, errno)` and
 //!   ends the child with status 127; a successful `execve` closes the pipe
 //!   (close-on-exec), which is how the parent learns that set-up is done.
+//!
+//! One straight-line function ([`child_main`]) on purpose: the order of
+//! its steps is the security argument, read top to bottom (hence the
+//! length of this file).
 
+mod step;
+
+pub(crate) use step::Step;
+
+use crate::sys::{
+    move_mount, open_tree, set_attrs, AT_RECURSIVE, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
+};
 use std::ffi::{CStr, CString};
 use std::os::raw::{c_char, c_int, c_long, c_uint, c_ulong, c_void};
 use std::ptr;
 
 /// One extra host directory or file mounted into the jail.
 pub(crate) struct VolumePlan {
-    /// Host path (resolved by the parent).
-    pub source: CString,
     /// Absolute guest path.
     pub target: CString,
     /// Guest directories to create first, outermost first.
     pub mkdirs: Vec<CString>,
     /// The source is a directory (else a file: an empty file is the mount point).
     pub is_dir: bool,
-    /// Mount read-only.
-    pub readonly: bool,
 }
 
-/// The jail's own memory cgroup, shown read-only at the path the agent
-/// derives from /proc/self/cgroup, so that it counts OOM kills of this jail
-/// only (never a kill elsewhere on the host).
+/// The jail's own memory cgroup, shown read-only where the agent looks for
+/// it through /proc/self/cgroup (`/` in the jail's cgroup namespace), so
+/// that it counts OOM kills of this jail only.
 pub(crate) struct CgroupView {
     /// The host directory of the jail's memory cgroup.
     pub source: CString,
-    /// Directories to create in the tmpfs at `sys/fs/cgroup`, outermost
-    /// first; the last one is the mount point.
-    pub mkdirs: Vec<CString>,
+    /// cgroup2: the directory itself is shown at /sys/fs/cgroup; v1: at
+    /// /sys/fs/cgroup/memory, on a small read-only tmpfs.
+    pub v2: bool,
 }
+
+/// Where the root, the agent and the volumes come from.
+pub(crate) enum MountSource {
+    /// The host sends them, detached, with the go byte: the overlay, the
+    /// agent, then each volume (root-run jails).
+    Host,
+    /// The child makes them (rootless: the caller cannot clone mounts).
+    Child {
+        overlay_opts: CString,
+        /// Options to retry with when the kernel refuses `overlay_opts`
+        /// (it predates `volatile`).
+        overlay_fallback: Option<CString>,
+        agent_source: CString,
+        /// Host paths of the volumes (resolved by the parent).
+        volume_sources: Vec<CString>,
+        /// Which volumes are read-only.
+        volume_readonly: Vec<bool>,
+    },
+}
+
+/// Index of the overlay in [`ChildPlan::mounts`].
+const MOUNT_OVERLAY: usize = 0;
+/// Index of the agent in [`ChildPlan::mounts`].
+const MOUNT_AGENT: usize = 1;
+/// Index of the first volume in [`ChildPlan::mounts`].
+pub(crate) const MOUNT_FIRST_VOLUME: usize = 2;
 
 /// Everything the child needs, prepared before `clone`.
 pub(crate) struct ChildPlan {
     pub hostname: CString,
     pub merged: CString,
-    pub overlay_opts: CString,
-    /// Options to retry with when the kernel refuses `overlay_opts` (it
-    /// predates `volatile`).
-    pub overlay_fallback: Option<CString>,
-    pub agent_source: CString,
+    pub source: MountSource,
     pub volumes: Vec<VolumePlan>,
+    /// Detached mounts: overlay, agent, volumes (see [`MOUNT_FIRST_VOLUME`]),
+    /// filled from the go message or by the child.
+    pub mounts: Vec<c_int>,
+    /// Receives the go message's `SCM_RIGHTS` (sized for `mounts`).
+    pub cmsg: Vec<u8>,
+    /// Become root of the user namespace (a private uid range).
+    pub become_root: bool,
+    /// tmpfs options of /tmp and /dev/shm (mode and size).
+    pub tmp_opts: CString,
+    pub shm_opts: CString,
     /// Set when the jail has a memory cgroup.
     pub cgroup_view: Option<CgroupView>,
     /// cgroup v1 `tasks` files the child joins itself, before anything else
     /// (see [`crate::cgroup::Cgroup::self_join_files`]).
     pub cgroup_join: Vec<CString>,
-    /// Filled by the child with the detached mount of each volume.
-    pub volume_fds: Vec<c_int>,
     /// Owns the strings `argv` points into.
     #[allow(dead_code)]
     pub argv_storage: Vec<CString>,
@@ -78,7 +124,7 @@ pub(crate) struct ChildPlan {
     pub fd_log: c_int,
     pub fd_null: c_int,
     pub fd_err_w: c_int,
-    pub fd_sync_r: c_int,
+    pub fd_sync: c_int,
     /// Fds of the parent side that the child closes at once.
     pub close_fds: Vec<c_int>,
 }
@@ -86,122 +132,6 @@ pub(crate) struct ChildPlan {
 /// Where the agent binary appears inside the jail.
 pub const AGENT_PATH: &str = "/.alcove/agent";
 const AGENT_PATH_C: &CStr = c"/.alcove/agent";
-
-/// A set-up step, as reported on the error pipe.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub(crate) enum Step {
-    Relocate = 1,
-    WaitGo,
-    Signals,
-    MakePrivate,
-    Hostname,
-    Overlay,
-    EnterRoot,
-    SystemDir,
-    DevTmpfs,
-    DevNode,
-    DevLink,
-    DevPts,
-    DevShm,
-    Proc,
-    ProcMask,
-    Sys,
-    CgroupView,
-    Tmp,
-    AgentDir,
-    AgentBind,
-    VolumeOpen,
-    PivotRoot,
-    VolumeTarget,
-    VolumeMount,
-    Loopback,
-    Capabilities,
-    NoNewPrivs,
-    Seccomp,
-    Fds,
-    Exec,
-    JoinCgroup,
-}
-
-impl Step {
-    const ALL: [Step; 31] = [
-        Step::Relocate,
-        Step::WaitGo,
-        Step::Signals,
-        Step::MakePrivate,
-        Step::Hostname,
-        Step::Overlay,
-        Step::EnterRoot,
-        Step::SystemDir,
-        Step::DevTmpfs,
-        Step::DevNode,
-        Step::DevLink,
-        Step::DevPts,
-        Step::DevShm,
-        Step::Proc,
-        Step::ProcMask,
-        Step::Sys,
-        Step::CgroupView,
-        Step::Tmp,
-        Step::AgentDir,
-        Step::AgentBind,
-        Step::VolumeOpen,
-        Step::PivotRoot,
-        Step::VolumeTarget,
-        Step::VolumeMount,
-        Step::Loopback,
-        Step::Capabilities,
-        Step::NoNewPrivs,
-        Step::Seccomp,
-        Step::Fds,
-        Step::Exec,
-        Step::JoinCgroup,
-    ];
-
-    pub fn from_u32(v: u32) -> Option<Step> {
-        Step::ALL.iter().copied().find(|s| *s as u32 == v)
-    }
-
-    /// What the child was doing, for the error message.
-    pub fn describe(self, item: u32, plan_items: &[String], sys_items: &[&str], cgroup_items: &[String]) -> String {
-        let item_name = |list: &[String]| list.get(item as usize).cloned().unwrap_or_else(|| format!("#{item}"));
-        let sys_name = || sys_items.get(item as usize).map(|s| s.to_string()).unwrap_or_else(|| format!("#{item}"));
-        match self {
-            Step::Relocate => "arranging file descriptors".into(),
-            Step::WaitGo => "waiting for the host".into(),
-            Step::Signals => "resetting signal handlers".into(),
-            Step::MakePrivate => "making the mount namespace private".into(),
-            Step::Hostname => "setting the hostname".into(),
-            Step::Overlay => "mounting the overlay root (upper/ and work/ must be on one filesystem that supports overlayfs upper layers)".into(),
-            Step::EnterRoot => "entering the new root".into(),
-            Step::SystemDir => format!("preparing /{} in the root filesystem (it must be a directory or absent)", sys_name()),
-            Step::DevTmpfs => "mounting the /dev tmpfs".into(),
-            Step::DevNode => format!("bind-mounting /dev/{}", DEVICES.get(item as usize).map(|d| d.to_str().unwrap_or("?")).unwrap_or("?")),
-            Step::DevLink => "creating /dev symlinks".into(),
-            Step::DevPts => "mounting /dev/pts".into(),
-            Step::DevShm => "mounting /dev/shm".into(),
-            Step::Proc => "mounting /proc".into(),
-            Step::ProcMask => "masking sensitive /proc entries".into(),
-            Step::Sys => "mounting /sys read-only".into(),
-            Step::CgroupView => "showing the jail's memory cgroup read-only under /sys/fs/cgroup".into(),
-            Step::Tmp => "mounting /tmp".into(),
-            Step::AgentDir => "mounting /.alcove".into(),
-            Step::AgentBind => "bind-mounting the agent binary".into(),
-            Step::VolumeOpen => format!("opening mount source {}", item_name(plan_items)),
-            Step::PivotRoot => "pivoting into the new root".into(),
-            Step::VolumeTarget => format!("creating the mount point for {}", item_name(plan_items)),
-            Step::VolumeMount => format!("mounting {}", item_name(plan_items)),
-            Step::Loopback => "bringing up the loopback interface".into(),
-            Step::Capabilities => "dropping capabilities".into(),
-            Step::NoNewPrivs => "setting no_new_privs".into(),
-            Step::Seccomp => "installing the seccomp filter".into(),
-            Step::Fds => "arranging the agent's file descriptors".into(),
-            Step::Exec => format!("executing the init program ({AGENT_PATH})"),
-            Step::JoinCgroup => format!("joining the jail's cgroup (writing to {})", item_name(cgroup_items)),
-        }
-    }
-}
 
 /// Single-component directories of the new root that the jail mounts on.
 pub(crate) const SYSTEM_DIRS: [&CStr; 5] = [c"dev", c"proc", c"sys", c"tmp", c".alcove"];
@@ -219,26 +149,21 @@ const DEV_LINKS: [(&CStr, &CStr); 5] = [
     (c"/proc/self/fd/2", c"dev/stderr"),
     (c"pts/ptmx", c"dev/ptmx"),
 ];
-/// /proc entries made read-only (bound onto themselves).
+/// /proc entries made read-only (bound onto themselves), as runc does.
 const PROC_READONLY: [&CStr; 5] = [c"proc/sys", c"proc/sysrq-trigger", c"proc/irq", c"proc/bus", c"proc/fs"];
-/// /proc entries hidden behind /dev/null.
-const PROC_MASKED: [&CStr; 4] = [c"proc/kcore", c"proc/keys", c"proc/timer_list", c"proc/latency_stats"];
+/// Files hidden behind /dev/null (runc's masked files).
+const MASKED_FILES: [&CStr; 6] =
+    [c"proc/kcore", c"proc/keys", c"proc/timer_list", c"proc/timer_stats", c"proc/latency_stats", c"proc/sched_debug"];
+/// Directories hidden under an empty read-only tmpfs (runc's masked
+/// directories).
+const MASKED_DIRS: [&CStr; 5] =
+    [c"proc/acpi", c"proc/asound", c"proc/scsi", c"sys/firmware", c"sys/devices/virtual/powercap"];
+/// Their names for messages.
+pub(crate) const MASKED_DIR_NAMES: [&str; 5] =
+    ["proc/acpi", "proc/asound", "proc/scsi", "sys/firmware", "sys/devices/virtual/powercap"];
 
-const OPEN_TREE_CLONE: c_uint = 1;
-const AT_RECURSIVE: c_uint = 0x8000;
-const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x4;
-const MOUNT_ATTR_RDONLY: u64 = 0x1;
-const MOUNT_ATTR_NODEV: u64 = 0x4;
 const CLOSE_RANGE_CLOEXEC: c_uint = 1 << 2;
 const RELOCATE_BASE: c_int = 100;
-
-#[repr(C)]
-struct MountAttr {
-    attr_set: u64,
-    attr_clr: u64,
-    propagation: u64,
-    userns_fd: u64,
-}
 
 #[repr(C)]
 struct CapHeader {
@@ -337,6 +262,55 @@ unsafe fn ensure_file(path: &CStr, mode: libc::mode_t) -> Result<(), c_int> {
     Ok(())
 }
 
+/// Receives the go byte and the host's mounts on `sync`. Returns false if
+/// the host went away instead.
+unsafe fn receive_go(err: c_int, sync: c_int, plan: &mut ChildPlan) -> bool {
+    loop {
+        let mut go = 0u8;
+        let mut iov = libc::iovec { iov_base: (&mut go as *mut u8).cast::<c_void>(), iov_len: 1 };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        if !plan.cmsg.is_empty() {
+            msg.msg_control = plan.cmsg.as_mut_ptr().cast::<c_void>();
+            msg.msg_controllen = plan.cmsg.len() as _;
+        }
+        let n = libc::recvmsg(sync, &mut msg, libc::MSG_CMSG_CLOEXEC);
+        if n < 0 && errno() == libc::EINTR {
+            continue;
+        }
+        if n != 1 || go != b'G' {
+            return false;
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+            fail(err, Step::WaitGo, 0, libc::EMSGSIZE);
+        }
+        let expected = if matches!(plan.source, MountSource::Host) { plan.mounts.len() } else { 0 };
+        let mut got = 0;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                for i in 0..bytes / std::mem::size_of::<c_int>() {
+                    let fd = ptr::read_unaligned(data.add(i));
+                    if got < plan.mounts.len() {
+                        plan.mounts[got] = fd;
+                    } else {
+                        libc::close(fd);
+                    }
+                    got += 1;
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        if got != expected {
+            fail(err, Step::WaitGo, 1, libc::EPROTO);
+        }
+        return true;
+    }
+}
+
 /// Runs in the child after `clone`: sets the jail up and execs the init
 /// program. Never returns.
 ///
@@ -354,11 +328,11 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     let config = check!(err, Step::Relocate, 1, libc::fcntl(plan.fd_config, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
     let log = check!(err, Step::Relocate, 2, libc::fcntl(plan.fd_log, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
     let devnull = check!(err, Step::Relocate, 3, libc::fcntl(plan.fd_null, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
-    let sync = check!(err, Step::Relocate, 4, libc::fcntl(plan.fd_sync_r, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
+    let sync = check!(err, Step::Relocate, 4, libc::fcntl(plan.fd_sync, libc::F_DUPFD_CLOEXEC, RELOCATE_BASE));
     for fd in plan.close_fds.iter() {
         libc::close(*fd);
     }
-    for fd in [plan.fd_err_w, plan.fd_channel, plan.fd_config, plan.fd_log, plan.fd_null, plan.fd_sync_r] {
+    for fd in [plan.fd_err_w, plan.fd_channel, plan.fd_config, plan.fd_log, plan.fd_null, plan.fd_sync] {
         libc::close(fd);
     }
 
@@ -385,49 +359,66 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         libc::close(fd);
     }
 
-    // --- wait for the host: maps written, cgroup2 joined ------------------
-    let mut go = 0u8;
-    loop {
-        let n = libc::read(sync, (&mut go as *mut u8).cast(), 1);
-        if n == 1 && go == b'G' {
-            break;
-        }
-        if n < 0 && errno() == libc::EINTR {
-            continue;
-        }
+    // --- wait for the host: maps written, cgroup2 joined, mounts made -----
+    if !receive_go(err, sync, plan) {
         // The host gave up or died: leave without a trace.
         libc::_exit(1);
     }
-    libc::close(sync);
 
-    // --- mount namespace ---------------------------------------------------
+    // --- mount namespace and the overlay root --------------------------------
     check!(err, Step::MakePrivate, 0, mount(null(), c"/", null(), libc::MS_REC | libc::MS_PRIVATE, null()));
-    check!(err, Step::Hostname, 0, libc::sethostname(plan.hostname.as_ptr(), plan.hostname.as_bytes().len()));
-    let mut rc = mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), 0, plan.overlay_opts.as_ptr());
-    if let (true, libc::EINVAL, Some(plain)) = (rc < 0, errno(), &plan.overlay_fallback) {
-        rc = mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), 0, plain.as_ptr());
+    match &plan.source {
+        MountSource::Host => {
+            check!(err, Step::Overlay, 0, move_mount(plan.mounts[MOUNT_OVERLAY], &plan.merged));
+            libc::close(plan.mounts[MOUNT_OVERLAY]);
+        }
+        MountSource::Child { overlay_opts, overlay_fallback, .. } => {
+            let flags = libc::MS_NOSUID | libc::MS_NODEV;
+            let mut rc = mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), flags, overlay_opts.as_ptr());
+            if let (true, libc::EINVAL, Some(plain)) = (rc < 0, errno(), overlay_fallback) {
+                rc = mount(c"overlay".as_ptr(), &plan.merged, c"overlay".as_ptr(), flags, plain.as_ptr());
+            }
+            check!(err, Step::Overlay, 1, rc);
+        }
     }
-    check!(err, Step::Overlay, 0, rc);
     check!(err, Step::EnterRoot, 0, libc::chdir(plan.merged.as_ptr()));
     // From here on, relative paths are inside the new root.
+
+    // --- user namespace: become its root (the range's base on the host) ---
+    if plan.become_root {
+        // Raw system calls: glibc's wrappers broadcast the change to every
+        // thread it believes exists, copied from the multi-threaded host
+        // process, and would wait for them forever.
+        check!(err, Step::BecomeRoot, 0, libc::syscall(libc::SYS_setresgid, 0, 0, 0) as c_int);
+        check!(err, Step::BecomeRoot, 1, libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) as c_int);
+        check!(err, Step::BecomeRoot, 2, libc::syscall(libc::SYS_setresuid, 0, 0, 0) as c_int);
+        // Changing ids cleared the parent-death signal: set it again, then
+        // make sure the host did not die in between (it holds its end of
+        // the sync socket open until this process execs).
+        check!(err, Step::BecomeRoot, 3, libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as c_ulong, 0, 0, 0));
+        let mut pfd = libc::pollfd { fd: sync, events: libc::POLLIN, revents: 0 };
+        if libc::poll(&mut pfd, 1, 0) != 0 {
+            libc::_exit(1);
+        }
+    }
+    // --- a cgroup namespace rooted at the jail's cgroup, joined above ------
+    check!(err, Step::CgroupNamespace, 0, libc::unshare(libc::CLONE_NEWCGROUP));
+    check!(err, Step::Hostname, 0, libc::sethostname(plan.hostname.as_ptr(), plan.hostname.as_bytes().len()));
+
     for (i, dir) in SYSTEM_DIRS.iter().enumerate() {
         if let Err(e) = ensure_dir(dir) {
             fail(err, Step::SystemDir, i as u32, e);
         }
     }
 
-    // /dev: a small tmpfs with the host's harmless device nodes bound in.
+    // /dev: a small tmpfs (nodev itself) with the host's harmless device
+    // nodes bound in (each bind keeps its source's flags).
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV;
     check!(
         err,
         Step::DevTmpfs,
         0,
-        mount(
-            c"tmpfs".as_ptr(),
-            c"dev",
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NOEXEC,
-            c"mode=755,size=65536".as_ptr()
-        )
+        mount(c"tmpfs".as_ptr(), c"dev", c"tmpfs".as_ptr(), nodev | libc::MS_NOEXEC, c"mode=755,size=64k".as_ptr())
     );
     for i in 0..DEVICES.len() {
         if let Err(e) = ensure_file(JAIL_DEVICES[i], 0o666) {
@@ -455,12 +446,7 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
             c"newinstance,ptmxmode=0666,mode=0620".as_ptr()
         )
     );
-    check!(
-        err,
-        Step::DevShm,
-        0,
-        mount(c"shm".as_ptr(), c"dev/shm", c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777".as_ptr())
-    );
+    check!(err, Step::DevShm, 0, mount(c"shm".as_ptr(), c"dev/shm", c"tmpfs".as_ptr(), nodev, plan.shm_opts.as_ptr()));
 
     // /proc of the new pid namespace, with the host-wide knobs read-only or hidden.
     let proc_flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
@@ -479,7 +465,7 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
             mount(null(), path, null(), libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | proc_flags, null())
         );
     }
-    for (i, path) in PROC_MASKED.iter().enumerate() {
+    for (i, path) in MASKED_FILES.iter().enumerate() {
         if mount(c"dev/null".as_ptr(), path, null(), libc::MS_BIND, null()) < 0 && errno() != libc::ENOENT {
             fail(err, Step::ProcMask, (PROC_READONLY.len() + i) as u32, errno());
         }
@@ -490,87 +476,99 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
         0,
         mount(c"sysfs".as_ptr(), c"sys", c"sysfs".as_ptr(), libc::MS_RDONLY | proc_flags, null())
     );
-    if let Some(view) = &plan.cgroup_view {
-        check!(
-            err,
-            Step::CgroupView,
-            0,
-            mount(c"cgroup".as_ptr(), c"sys/fs/cgroup", c"tmpfs".as_ptr(), proc_flags, c"mode=755,size=16k".as_ptr())
+    for (i, dir) in MASKED_DIRS.iter().enumerate() {
+        let rc = mount(
+            c"masked".as_ptr(),
+            dir,
+            c"tmpfs".as_ptr(),
+            libc::MS_RDONLY | proc_flags,
+            c"size=4k,mode=555".as_ptr(),
         );
-        for dir in view.mkdirs.iter() {
-            if libc::mkdir(dir.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
-                fail(err, Step::CgroupView, 1, errno());
-            }
+        if rc < 0 && errno() != libc::ENOENT {
+            fail(err, Step::MaskDir, i as u32, errno());
         }
-        if let Some(target) = view.mkdirs.last() {
-            let fd = check!(err, Step::CgroupView, 2, open_tree(view.source.as_ptr(), 0));
-            check!(err, Step::CgroupView, 3, set_attrs(fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, false));
-            check!(err, Step::CgroupView, 4, move_mount(fd, target));
-            libc::close(fd);
-        }
-        check!(
-            err,
-            Step::CgroupView,
-            5,
-            mount(null(), c"sys/fs/cgroup", null(), libc::MS_REMOUNT | libc::MS_RDONLY | proc_flags, null())
-        );
     }
-    check!(
-        err,
-        Step::Tmp,
-        0,
-        mount(c"tmpfs".as_ptr(), c"tmp", c"tmpfs".as_ptr(), libc::MS_NOSUID | libc::MS_NODEV, c"mode=1777".as_ptr())
-    );
+    if let Some(view) = &plan.cgroup_view {
+        let fd = check!(err, Step::CgroupView, 0, open_tree(view.source.as_ptr(), 0));
+        check!(
+            err,
+            Step::CgroupView,
+            1,
+            set_attrs(fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, false, -1)
+        );
+        if view.v2 {
+            check!(err, Step::CgroupView, 2, move_mount(fd, c"sys/fs/cgroup"));
+        } else {
+            check!(
+                err,
+                Step::CgroupView,
+                3,
+                mount(
+                    c"cgroup".as_ptr(),
+                    c"sys/fs/cgroup",
+                    c"tmpfs".as_ptr(),
+                    proc_flags,
+                    c"mode=755,size=16k".as_ptr()
+                )
+            );
+            if libc::mkdir(c"sys/fs/cgroup/memory".as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+                fail(err, Step::CgroupView, 4, errno());
+            }
+            check!(err, Step::CgroupView, 5, move_mount(fd, c"sys/fs/cgroup/memory"));
+            check!(
+                err,
+                Step::CgroupView,
+                6,
+                mount(null(), c"sys/fs/cgroup", null(), libc::MS_REMOUNT | libc::MS_RDONLY | proc_flags, null())
+            );
+        }
+        libc::close(fd);
+    }
+    check!(err, Step::Tmp, 0, mount(c"tmpfs".as_ptr(), c"tmp", c"tmpfs".as_ptr(), nodev, plan.tmp_opts.as_ptr()));
 
     // /.alcove/agent: the host's agent binary, read-only, on a read-only tmpfs.
     check!(
         err,
         Step::AgentDir,
         0,
-        mount(
-            c"alcove".as_ptr(),
-            c".alcove",
-            c"tmpfs".as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            c"mode=755,size=16k".as_ptr()
-        )
+        mount(c"alcove".as_ptr(), c".alcove", c"tmpfs".as_ptr(), nodev, c"mode=755,size=16k".as_ptr())
     );
     if let Err(e) = ensure_file(c".alcove/agent", 0o755) {
         fail(err, Step::AgentDir, 1, e);
     }
-    let agent_fd = check!(err, Step::AgentBind, 0, open_tree(plan.agent_source.as_ptr(), 0));
-    check!(err, Step::AgentBind, 1, set_attrs(agent_fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV, false));
-    check!(err, Step::AgentBind, 2, move_mount(agent_fd, c".alcove/agent"));
-    libc::close(agent_fd);
+    if let MountSource::Child { agent_source, volume_sources, volume_readonly, .. } = &plan.source {
+        let fd = check!(err, Step::AgentBind, 0, open_tree(agent_source.as_ptr(), 0));
+        check!(
+            err,
+            Step::AgentBind,
+            1,
+            set_attrs(fd, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOSUID, false, -1)
+        );
+        plan.mounts[MOUNT_AGENT] = fd;
+        // Extra volumes: detached copies of the host paths, taken before
+        // the host's tree goes away (the host takes them itself when root).
+        for (i, source) in volume_sources.iter().enumerate() {
+            let fd = check!(err, Step::VolumeOpen, i, open_tree(source.as_ptr(), AT_RECURSIVE));
+            let ro = if volume_readonly[i] { MOUNT_ATTR_RDONLY } else { 0 };
+            check!(err, Step::VolumeOpen, i, set_attrs(fd, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | ro, true, -1));
+            plan.mounts[MOUNT_FIRST_VOLUME + i] = fd;
+        }
+    }
+    check!(err, Step::AgentBind, 2, move_mount(plan.mounts[MOUNT_AGENT], c".alcove/agent"));
+    libc::close(plan.mounts[MOUNT_AGENT]);
     check!(
         err,
         Step::AgentDir,
         2,
-        mount(
-            null(),
-            c".alcove",
-            null(),
-            libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV,
-            null()
-        )
+        mount(null(), c".alcove", null(), libc::MS_REMOUNT | libc::MS_BIND | libc::MS_RDONLY | nodev, null())
     );
-
-    // Extra volumes: detached copies of the host paths, taken before the
-    // host's tree goes away, attached after the pivot so that guest paths
-    // (and any symlinks in them) resolve inside the jail only.
-    for i in 0..plan.volumes.len() {
-        let v = &plan.volumes[i];
-        let fd = check!(err, Step::VolumeOpen, i, open_tree(v.source.as_ptr(), AT_RECURSIVE));
-        if v.readonly {
-            check!(err, Step::VolumeOpen, i, set_attrs(fd, MOUNT_ATTR_RDONLY, true));
-        }
-        plan.volume_fds[i] = fd;
-    }
 
     check!(err, Step::PivotRoot, 0, libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as c_int);
     check!(err, Step::PivotRoot, 1, libc::umount2(c".".as_ptr(), libc::MNT_DETACH));
     check!(err, Step::PivotRoot, 2, libc::chdir(c"/".as_ptr()));
 
+    // Volumes are attached after the pivot, so that guest paths (and any
+    // symlinks in them) resolve inside the jail only.
     for i in 0..plan.volumes.len() {
         let v = &plan.volumes[i];
         for dir in v.mkdirs.iter() {
@@ -583,8 +581,9 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
                 fail(err, Step::VolumeTarget, i as u32, e);
             }
         }
-        check!(err, Step::VolumeMount, i, move_mount(plan.volume_fds[i], &v.target));
-        libc::close(plan.volume_fds[i]);
+        let fd = plan.mounts[MOUNT_FIRST_VOLUME + i];
+        check!(err, Step::VolumeMount, i, move_mount(fd, &v.target));
+        libc::close(fd);
     }
 
     // --- network: only loopback, up ----------------------------------------
@@ -642,29 +641,6 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
 
     libc::execve(AGENT_PATH_C.as_ptr(), plan.argv.as_ptr(), plan.envp.as_ptr());
     fail(err, Step::Exec, 0, errno())
-}
-
-unsafe fn open_tree(path: *const c_char, extra: c_uint) -> c_int {
-    libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path, OPEN_TREE_CLONE | libc::O_CLOEXEC as c_uint | extra)
-        as c_int
-}
-
-unsafe fn move_mount(fd: c_int, target: &CStr) -> c_int {
-    libc::syscall(libc::SYS_move_mount, fd, c"".as_ptr(), libc::AT_FDCWD, target.as_ptr(), MOVE_MOUNT_F_EMPTY_PATH)
-        as c_int
-}
-
-unsafe fn set_attrs(fd: c_int, attrs: u64, recursive: bool) -> c_int {
-    let attr = MountAttr { attr_set: attrs, attr_clr: 0, propagation: 0, userns_fd: 0 };
-    let flags = libc::AT_EMPTY_PATH as c_uint | if recursive { AT_RECURSIVE } else { 0 };
-    libc::syscall(
-        libc::SYS_mount_setattr,
-        fd,
-        c"".as_ptr(),
-        flags,
-        &attr as *const MountAttr,
-        std::mem::size_of::<MountAttr>(),
-    ) as c_int
 }
 
 /// `ip link set lo up` through the classic interface ioctls.
