@@ -429,7 +429,7 @@ fn guest_root_is_a_private_recorded_uid_range() {
     let base: u32 = lines[0][1].parse().expect("uid_map base");
     assert_eq!(lines[0], ["0", &base.to_string(), "65536"], "uid_map: {out:?}");
     assert_eq!(lines[1], lines[0], "gid_map differs: {out:?}");
-    assert!(base >= 0x6000_0000 && base < 0x6FFF_0000, "{base} is outside alcove's pool");
+    assert!((0x6000_0000..0x6FFF_0000).contains(&base), "{base} is outside alcove's pool");
     assert_eq!(lines[2], ["0:0"], "the base's files are not root's inside: {out:?}");
     assert_eq!(lines[3], ["0"], "{out:?}");
 

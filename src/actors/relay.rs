@@ -947,40 +947,37 @@ fn route_from_guest(core: &Shared, frame: Frame, fd: Option<OwnedFd>) {
             c.touch();
         }
     }
-    match target {
-        Some((slot, generation, tx, queue)) => {
-            let queued = queue.bytes.get() + wire as usize;
-            let why = if queued > queue.limit() {
-                Some("dropped: its queue exceeded what flow control allows")
-            } else {
-                if let Some(fd) = fd {
-                    queue.fds.borrow_mut().push_back(fd);
+    if let Some((slot, generation, tx, queue)) = target {
+        let queued = queue.bytes.get() + wire as usize;
+        let why = if queued > queue.limit() {
+            Some("dropped: its queue exceeded what flow control allows")
+        } else {
+            if let Some(fd) = fd {
+                queue.fds.borrow_mut().push_back(fd);
+            }
+            match tx.send(frame) {
+                Ok(()) => {
+                    queue.bytes.set(queued);
+                    core.borrow().counters.client_queued(queued);
+                    None
                 }
-                match tx.send(frame) {
-                    Ok(()) => {
-                        queue.bytes.set(queued);
-                        core.borrow().counters.client_queued(queued);
-                        None
-                    }
-                    Err(_) => Some("dropped: its writer stopped"),
-                }
-            };
-            if let Some(why) = why {
-                let mut c = core.borrow_mut();
-                c.counters.client_over_queue();
-                c.warnings.warn("client over its queue", || {
-                    tracing::warn!(slot, session = id, queued, why, "disconnecting client")
-                });
-                drop(c);
-                disconnect(core, slot, generation, why);
-                // The frame that did not fit is the disconnected client's
-                // last: credit it like any frame of a gone client.
-                if !terminal {
-                    core.borrow().owe_credit(id, wire);
-                }
+                Err(_) => Some("dropped: its writer stopped"),
+            }
+        };
+        if let Some(why) = why {
+            let mut c = core.borrow_mut();
+            c.counters.client_over_queue();
+            c.warnings.warn("client over its queue", || {
+                tracing::warn!(slot, session = id, queued, why, "disconnecting client")
+            });
+            drop(c);
+            disconnect(core, slot, generation, why);
+            // The frame that did not fit is the disconnected client's
+            // last: credit it like any frame of a gone client.
+            if !terminal {
+                core.borrow().owe_credit(id, wire);
             }
         }
-        None => {}
     }
 }
 

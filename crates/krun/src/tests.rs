@@ -143,6 +143,9 @@ impl Fixture {
             workdir: Some("/work".into()),
             user: Some("1000:1000".into()),
             ephemeral: false,
+            shm_mib: None,
+            tmp_mib: None,
+            disk_mib: None,
         }
     }
 
