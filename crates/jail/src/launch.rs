@@ -24,7 +24,7 @@ use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -371,7 +371,15 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
         return Started::Err(BackendError::Setup(msg));
     }
     drop(plan);
-    if let Err(e) = fs::write(record_path(&spec.sandbox_dir), format!("{isolation}\n")) {
+    // 0600 like every file of the home, whatever the umask.
+    let record = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(record_path(&spec.sandbox_dir))
+        .and_then(|mut f| f.write_all(format!("{isolation}\n").as_bytes()));
+    if let Err(e) = record {
         tracing::debug!(error = %e, "could not record the jail's isolation");
     }
     Started::Ok(
