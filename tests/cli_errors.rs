@@ -151,3 +151,36 @@ fn a_sandbox_process_that_cannot_start_says_why_in_one_line() {
     assert!(stderr.contains("failed to start") && stderr.contains("blocker/rt"), "{stderr}");
     assert!(a.ps().is_empty(), "{:?}", a.ps());
 }
+
+/// A tree made by debootstrap holds real device nodes under /dev: the import
+/// skips them with one line on stderr instead of refusing the archive.
+#[test]
+fn importing_a_tree_with_device_nodes_skips_them_with_one_line() {
+    cli_support::require_root();
+    let a = Alcove::new();
+    let tmp = tempfile::tempdir_in("/tmp").expect("tmp");
+    let tree = tmp.path().join("tree");
+    let cp =
+        std::process::Command::new("cp").arg("-a").arg(cli_support::shared_rootfs()).arg(&tree).status().expect("cp");
+    assert!(cp.success());
+    std::fs::create_dir_all(tree.join("dev")).expect("dev");
+    for (node, minor) in [("null", 3), ("zero", 5)] {
+        let _ = std::fs::remove_file(tree.join("dev").join(node));
+        let ok = std::process::Command::new("mknod")
+            .arg(tree.join("dev").join(node))
+            .args(["c", "1", &minor.to_string()])
+            .status()
+            .expect("mknod");
+        assert!(ok.success());
+    }
+    let tar = tmp.path().join("debootstrap.tar");
+    let status =
+        std::process::Command::new("tar").arg("-cf").arg(&tar).arg("-C").arg(&tree).arg(".").status().expect("tar");
+    assert!(status.success());
+    let out = a.run(&["rootfs", "import", "deb", tar.to_str().expect("utf8")]);
+    assert_eq!(out.code, 0, "{out:?}");
+    let notices: Vec<&str> = out.stderr.lines().filter(|l| l.contains("device node")).collect();
+    assert_eq!(notices, ["alcove: skipped 2 device nodes in /dev (a sandbox gets its own /dev)"], "{out:?}");
+    // The sandbox's own /dev/null works.
+    assert_eq!(a.ok(&["run", "--rm", "--rootfs", "deb", "--", "sh", "-c", "echo ok > /dev/null && echo ran"]), "ran\n");
+}

@@ -122,3 +122,58 @@ fn an_rm_sandbox_whose_cli_died_is_removed_by_its_own_process() {
     assert_eq!(sandbox_rows(&a, "orphan"), 0, "the orphaned --rm sandbox was left for a bystander");
     assert!(!a.home.join("sandboxes/orphan").exists());
 }
+
+/// Watches `path` for opens (inotify `IN_OPEN`).
+struct OpenWatch(std::fs::File);
+
+impl OpenWatch {
+    fn new(path: &Path) -> OpenWatch {
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscalls; the descriptor is owned by the File at once.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        assert!(fd >= 0, "inotify_init1: {}", std::io::Error::last_os_error());
+        let watch = OpenWatch(unsafe { std::fs::File::from_raw_fd(fd) });
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).expect("path");
+        // SAFETY: valid descriptor and NUL-terminated path.
+        assert!(unsafe { libc::inotify_add_watch(fd, c.as_ptr(), libc::IN_OPEN) } >= 0);
+        watch
+    }
+
+    /// Blocks until the file is opened.
+    fn wait_open(&mut self) {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let n = self.0.read(&mut buf).expect("inotify read");
+        assert!(n > 0);
+    }
+}
+
+#[test]
+fn a_dead_run_whose_lock_is_released_a_moment_later_is_still_reaped() {
+    // A killed sandbox process's leader shows as a zombie while its other
+    // threads are still exiting and still hold the sandbox's lock; the
+    // next ps must not report that dead run as Running.
+    let a = Alcove::new();
+    a.ok(&["create", "dying", "--backend", "mock"]);
+    let pid = a.ps_entry("dying").expect("listed")["pid"].as_u64().expect("pid") as u32;
+    let lock_path = a.home.join("sandboxes/dying/lock");
+    // SAFETY: kills the sandbox process this test created.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_gone(pid);
+    // Stand in for threads still exiting: take the lock (once the real
+    // process has let go of it) and hold it until ps has first tried it.
+    let held = std::fs::File::open(&lock_path).expect("lock file");
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(held.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let mut watch = OpenWatch::new(&lock_path);
+    let ps = a.cmd(&["ps", "-a", "--json"]).stdout(std::process::Stdio::piped()).spawn().expect("ps starts");
+    watch.wait_open();
+    drop(held);
+    let out = ps.wait_with_output().expect("ps ends");
+    assert!(out.status.success());
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("json");
+    let e = list.iter().find(|e| e["name"] == "dying").expect("listed");
+    assert_eq!((e["status"].as_str(), e["last_run"]["reason"].as_str()), (Some("Crashed"), Some("Crashed")), "{e}");
+}

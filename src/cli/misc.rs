@@ -42,7 +42,9 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
             alcove_rootfs::validate_name(&name)?;
             let progress = Progress::start(format!("importing {}", file.display()));
             let mut step = String::from("importing");
+            let mut notices = Vec::new();
             let info = store.import(&name, &file, &mut |p| match p {
+                alcove_rootfs::Progress::Notice(n) => notices.push(n),
                 alcove_rootfs::Progress::Step(s) => {
                     step = s;
                     progress.set(step.clone());
@@ -56,6 +58,9 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
                 }
             });
             progress.finish();
+            for n in &notices {
+                eprintln!("alcove: {n}");
+            }
             let info = info?;
             println!("{} ({}, {})", info.name, human_bytes(info.size_bytes), info.source);
             Ok(0)

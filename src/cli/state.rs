@@ -201,7 +201,10 @@ impl Ctx {
     /// `Defer::Yes`, a write the database cannot take now is left for a
     /// later call.
     fn reap_run(&self, run: &RunRecord, defer: Defer) -> CliResult<()> {
-        let _lock = match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
+        // The process is provably dead, but its lock can outlive it for a
+        // moment: a killed thread-group leader shows as a zombie while its
+        // other threads are still exiting and still share the descriptor.
+        let _lock = match SandboxLock::acquire(&self.lock_path(&run.sandbox), DEAD_HOLDER_WAIT) {
             Ok(Some(lock)) => Some(lock),
             Ok(None) => return Ok(()),
             // No directory: nothing of the sandbox can be running.
@@ -344,6 +347,11 @@ fn remove_cgroup_leftovers(name: &str, pid: u32) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// How long finalising a dead run waits for the lock its dying process
+/// (or another CLI finalising it too) still holds; a live holder (a new
+/// run of the sandbox) keeps it, and the run is left for a later call.
+const DEAD_HOLDER_WAIT: Duration = Duration::from_secs(2);
 
 /// How long removing a sandbox waits for its ending sandbox process to let
 /// go of the sandbox's lock.

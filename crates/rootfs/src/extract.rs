@@ -10,11 +10,17 @@
 //!   importing process, so these `lstat` checks cannot race with anyone.
 //! - Refused: absolute paths, `..` components, relative symlinks whose target climbs above the
 //!   root (resolved against the entry's directory), hard links whose target is absolute,
-//!   contains `..`, or does not already exist in the tree, character and block devices, and
-//!   fifos. Absolute symlink targets are allowed: they are resolved inside the guest, and this
-//!   crate never follows them.
-//! - Modes (including setuid/setgid/sticky) and symlinks are preserved; ownership and mtimes
-//!   are preserved when running as root (mtimes always). Directory metadata is applied last,
+//!   contains `..`, or does not already exist in the tree, and fifos. Absolute symlink
+//!   targets are allowed: they are resolved inside the guest, and this crate never follows
+//!   them.
+//! - Character and block devices are skipped, never created, and counted per directory
+//!   ([`Extractor::skipped_devices`]): trees made by debootstrap carry `/dev/null` and the
+//!   like, and the sandbox mounts its own `/dev` anyway.
+//! - No file of the tree is setuid or setgid on the host: those bits are cleared on regular
+//!   files (other users of the host could otherwise run a setuid-root binary from the store;
+//!   inside the sandbox `no_new_privs` makes them useless anyway). Other modes (sticky
+//!   included) and symlinks are preserved; ownership and mtimes are preserved when running as
+//!   root (mtimes always). Directory metadata is applied last,
 //!   deepest first, so read-only directories do not block their own contents.
 //! - Layer mode: `.wh.NAME` deletes `NAME` from lower layers and `.wh..wh..opq` empties its
 //!   directory of lower-layer contents. Whiteouts are applied in a first pass over the layer,
@@ -35,6 +41,8 @@ use crate::fsutil::is_root;
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 const AUFS_META_PREFIX: &str = ".wh..wh.";
+/// Setuid and setgid, cleared on every regular file extracted.
+const SETID_BITS: u32 = 0o6000;
 
 #[derive(Debug, Clone, Copy)]
 struct Meta {
@@ -49,6 +57,7 @@ pub(crate) struct Extractor {
     root: PathBuf,
     as_root: bool,
     dirs: BTreeMap<PathBuf, Meta>,
+    skipped_devices: BTreeMap<PathBuf, usize>,
 }
 
 /// A cleaned, relative entry path: its normal components only.
@@ -86,7 +95,24 @@ fn to_time(secs: u64) -> SystemTime {
 impl Extractor {
     /// An extractor writing into `root`, which must exist and be private to this process.
     pub(crate) fn new(root: &Path) -> Extractor {
-        Extractor { root: root.to_path_buf(), as_root: is_root(), dirs: BTreeMap::new() }
+        Extractor {
+            root: root.to_path_buf(),
+            as_root: is_root(),
+            dirs: BTreeMap::new(),
+            skipped_devices: BTreeMap::new(),
+        }
+    }
+
+    /// The device nodes skipped so far, as one line for the user (`None` if there were none):
+    /// how many, and in which directories.
+    pub(crate) fn skipped_devices(&self) -> Option<String> {
+        let total: usize = self.skipped_devices.values().sum();
+        if total == 0 {
+            return None;
+        }
+        let dirs: Vec<String> = self.skipped_devices.keys().map(|d| format!("/{}", d.display())).collect();
+        let noun = if total == 1 { "device node" } else { "device nodes" };
+        Some(format!("skipped {total} {noun} in {} (a sandbox gets its own /dev)", dirs.join(", ")))
     }
 
     /// Checks that every component of `parents` below the root is a real directory, creating
@@ -225,7 +251,9 @@ impl Extractor {
         };
         match kind {
             T::Char | T::Block => {
-                return Err(RootfsError::hostile(&name, "device nodes are not allowed in a root filesystem"))
+                let dir = rel.split_last().map(|(_, parents)| join(parents)).unwrap_or_default();
+                *self.skipped_devices.entry(dir).or_default() += 1;
+                return Ok(());
             }
             T::Fifo => return Err(RootfsError::hostile(&name, "fifos are not allowed in a root filesystem")),
             T::Regular | T::Continuous | T::GNUSparse | T::Directory | T::Symlink | T::Link => {}
@@ -311,7 +339,7 @@ impl Extractor {
                     std::os::unix::fs::fchown(&file, Some(meta.uid as u32), Some(meta.gid as u32))
                         .ctx(|| format!("setting the owner of {}", path.display()))?;
                 }
-                file.set_permissions(fs::Permissions::from_mode(meta.mode))
+                file.set_permissions(fs::Permissions::from_mode(meta.mode & !SETID_BITS))
                     .ctx(|| format!("setting the mode of {}", path.display()))?;
                 let t = to_time(meta.mtime);
                 file.set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))

@@ -93,6 +93,8 @@ pub struct RootfsInfo {
 pub enum Progress {
     /// A new step started.
     Step(String),
+    /// Something the user should know about the result, once (e.g. entries skipped).
+    Notice(String),
     /// Bytes of input processed in the current step.
     Bytes {
         /// Bytes done.
@@ -486,6 +488,9 @@ impl RootfsStore {
 
         let (source, image) = match image::detect(&unpacked)? {
             None => {
+                if let Some(notice) = ex.skipped_devices() {
+                    progress(Progress::Notice(notice));
+                }
                 ex.finish()?;
                 (format!("tar:{}", abs.display()), ImageConfig::default())
             }
@@ -510,6 +515,9 @@ impl RootfsStore {
                     let mut ticker = ByteTicker { count, total: Some(total), last: 0, progress };
                     ex.extract(reader, true, &mut || ticker.tick())?;
                     ticker.done();
+                }
+                if let Some(notice) = ex.skipped_devices() {
+                    progress(Progress::Notice(notice));
                 }
                 ex.finish()?;
                 remove_tree(&stage).ctx(|| format!("removing {}", stage.display()))?;
