@@ -50,6 +50,15 @@ pub enum RootfsError {
         /// What failed and how to provide a rootfs instead.
         hint: String,
     },
+    /// An image could not be pulled from its registry (unknown image or tag, registry down,
+    /// credentials refused, no variant for this platform, a blob that fails its digest…).
+    #[error("cannot pull image {reference}: {why}")]
+    Pull {
+        /// The reference as the user gave it.
+        reference: String,
+        /// What went wrong, one line.
+        why: String,
+    },
     /// An I/O operation failed.
     #[error("{context}: {source}")]
     Io {
@@ -65,6 +74,10 @@ impl RootfsError {
     /// Wraps an I/O error with a description of what was being done.
     pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
         RootfsError::Io { context: context.into(), source }
+    }
+
+    pub(crate) fn pull(reference: impl Into<String>, why: impl Into<String>) -> Self {
+        RootfsError::Pull { reference: reference.into(), why: why.into() }
     }
 
     pub(crate) fn hostile(entry: impl Into<String>, why: impl Into<String>) -> Self {

@@ -116,13 +116,13 @@ fn read_blob_json<T: for<'de> Deserialize<'de>>(stage: &Path, digest: &str) -> R
 }
 
 /// A content hasher for the digest algorithms OCI uses.
-enum Hasher {
+pub(crate) enum Hasher {
     Sha256(sha2::Sha256),
     Sha512(sha2::Sha512),
 }
 
 impl Hasher {
-    fn for_digest(digest: &str) -> Result<Hasher, RootfsError> {
+    pub(crate) fn for_digest(digest: &str) -> Result<Hasher, RootfsError> {
         use sha2::Digest;
         match digest.split_once(':').map(|(a, _)| a) {
             Some("sha256") => Ok(Hasher::Sha256(sha2::Sha256::new())),
@@ -131,7 +131,7 @@ impl Hasher {
         }
     }
 
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         use sha2::Digest;
         match self {
             Hasher::Sha256(h) => h.update(data),
@@ -139,7 +139,7 @@ impl Hasher {
         }
     }
 
-    fn check(self, digest: &str) -> Result<(), RootfsError> {
+    pub(crate) fn check(self, digest: &str) -> Result<(), RootfsError> {
         use sha2::Digest;
         let got: String = match self {
             Hasher::Sha256(h) => h.finalize().iter().map(|b| format!("{b:02x}")).collect(),
@@ -238,7 +238,7 @@ struct IndexOrManifest {
 }
 
 #[derive(Deserialize, Default)]
-struct ConfigFile {
+pub(crate) struct ConfigFile {
     #[serde(default)]
     config: Option<RunConfig>,
 }
@@ -257,7 +257,7 @@ struct RunConfig {
     user: Option<String>,
 }
 
-fn host_arch() -> &'static str {
+pub(crate) fn host_arch() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -332,7 +332,7 @@ fn docker(stage: &Path) -> Result<ImagePlan, RootfsError> {
     Ok(ImagePlan { kind: ImageKind::DockerSave, layers, config: to_image_config(config) })
 }
 
-fn to_image_config(file: ConfigFile) -> ImageConfig {
+pub(crate) fn to_image_config(file: ConfigFile) -> ImageConfig {
     let rc = file.config.unwrap_or_default();
     ImageConfig {
         env: rc

@@ -22,9 +22,10 @@ mod compress;
 mod deb;
 mod default;
 mod error;
-mod extract;
+pub(crate) mod extract;
 mod fsutil;
 mod image;
+pub mod registry;
 
 use std::fs;
 use std::io::{self, Read};
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use error::IoContext;
+pub use registry::{ImageInfo, PullOptions};
 pub use error::RootfsError;
 use extract::Extractor;
 use fsutil::{make_temp_dir, now_ms, remove_tree, rename_noreplace, tree_size, FileLock};
@@ -95,6 +97,17 @@ pub enum Progress {
     Step(String),
     /// Something the user should know about the result, once (e.g. entries skipped).
     Notice(String),
+    /// The state of one image layer while pulling.
+    Layer {
+        /// The layer's digest (`sha256:…`).
+        digest: String,
+        /// What is happening to it.
+        state: LayerState,
+        /// Compressed bytes downloaded so far.
+        done: u64,
+        /// Its compressed size, as the manifest states it.
+        total: u64,
+    },
     /// Bytes of input processed in the current step.
     Bytes {
         /// Bytes done.
@@ -102,6 +115,31 @@ pub enum Progress {
         /// Total bytes, when known.
         total: Option<u64>,
     },
+}
+
+/// Where a layer is while pulling (see [`Progress::Layer`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LayerState {
+    /// Already in the layer cache: nothing to download.
+    Cached,
+    /// Being downloaded.
+    Downloading,
+    /// Downloaded and verified, being unpacked into the cache.
+    Unpacking,
+    /// Unpacked into the cache.
+    Done,
+}
+
+impl LayerState {
+    /// A lowercase word for display and JSON events.
+    pub fn word(self) -> &'static str {
+        match self {
+            LayerState::Cached => "cached",
+            LayerState::Downloading => "downloading",
+            LayerState::Unpacking => "unpacking",
+            LayerState::Done => "done",
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -326,7 +364,14 @@ impl RootfsStore {
     /// Resolves a `--rootfs` argument: a path (it contains `/` or starts with `.`) must be an
     /// existing directory; anything else is the name of an imported rootfs, and `default` is
     /// built on first use.
+    /// An image reference (see [`registry::looks_like_reference`]) is used from the image
+    /// cache, pulled first if needed.
     pub fn resolve(&self, name_or_path: &str) -> Result<ResolvedRootfs, RootfsError> {
+        self.resolve_with(name_or_path, &PullOptions::default(), &mut |_| {})
+    }
+
+    /// [`RootfsStore::resolve`] for a name or a path only.
+    fn resolve_local(&self, name_or_path: &str) -> Result<ResolvedRootfs, RootfsError> {
         if name_or_path.contains('/') || name_or_path.starts_with('.') {
             let path = Path::new(name_or_path);
             let meta = fs::metadata(path).map_err(|e| {
