@@ -79,9 +79,13 @@ pub struct SandboxOpts {
     /// Remove the sandbox when it stops.
     #[arg(long)]
     pub rm: bool,
-    /// Root filesystem: the name of an imported rootfs, or a directory path.
-    #[arg(long, value_name = "NAME|PATH", default_value = "default")]
+    /// Root filesystem: the name of an imported rootfs, a directory path, or an image
+    /// reference (`name:tag`, `host/name[:tag][@digest]`), pulled on first use.
+    #[arg(long, value_name = "NAME|PATH|REF", default_value = "default")]
     pub rootfs: String,
+    /// Registry options, for a `--rootfs` that is an image reference.
+    #[command(flatten)]
+    pub registry: RegistryOpts,
     /// Guest backend.
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendArg,
@@ -303,6 +307,23 @@ pub enum RootfsCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Pull an image from a registry into the image cache.
+    Pull {
+        /// The image reference: `name[:tag][@digest]`, e.g. `busybox:1.36` or `127.0.0.1:5000/x:1`.
+        #[arg(value_name = "REF")]
+        reference: String,
+        /// No progress display.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print one JSON event per line.
+        #[arg(long)]
+        json: bool,
+        /// Registry options.
+        #[command(flatten)]
+        registry: RegistryOpts,
+    },
+    /// Remove pulled images (and their layers) that no sandbox uses.
+    Prune,
     /// List root filesystems.
     #[command(alias = "list")]
     Ls {
@@ -316,6 +337,18 @@ pub enum RootfsCommand {
         #[arg(required = true, value_name = "NAME")]
         names: Vec<String>,
     },
+}
+
+/// How to reach image registries (`rootfs pull`, and `run`/`create` with `--rootfs REF`).
+#[derive(Clone, Debug, Default, Args)]
+pub struct RegistryOpts {
+    /// Allow plain HTTP to this registry (`host` or `host:port`); registries on the loopback
+    /// always may. Repeatable.
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+    /// Credentials file in `~/.docker/config.json` format (default: that file).
+    #[arg(long = "registry-auth", value_name = "FILE")]
+    pub auth_file: Option<PathBuf>,
 }
 
 /// `alcove sandbox --config FILE|-`.

@@ -89,7 +89,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
                 }
             })?
         } else {
-            store.resolve(&opts.rootfs)?
+            super::pull::resolve_rootfs(&store, opts, &progress)?
         };
         progress.finish();
         alcove_rootfs::require_shell(&resolved.root).or_else(|e| {

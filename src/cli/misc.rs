@@ -1,4 +1,4 @@
-//! `alcove doctor` and `alcove rootfs import|ls|rm`.
+//! `alcove doctor` and `alcove rootfs import|ls|rm` (`pull` and `prune` are in `pull.rs`).
 
 use super::args::{DoctorArgs, RootfsCommand};
 use super::error::{CliError, CliResult};
@@ -56,6 +56,7 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
                     };
                     progress.set(format!("{step}: {amount}"));
                 }
+                alcove_rootfs::Progress::Layer { .. } => {}
             });
             progress.finish();
             for n in &notices {
@@ -65,10 +66,15 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
             println!("{} ({}, {})", info.name, human_bytes(info.size_bytes), info.source);
             Ok(0)
         }
+        RootfsCommand::Pull { reference, quiet, json, registry } => {
+            super::pull::pull(&store, &reference, quiet, json, &registry)
+        }
+        RootfsCommand::Prune => super::pull::prune(&store),
         RootfsCommand::Ls { json } => {
             let list = store.list()?;
+            let (images_table, images_json) = super::pull::images_listing(&store)?;
             if json {
-                let v: Vec<_> = list
+                let mut v: Vec<_> = list
                     .iter()
                     .map(|i| {
                         json!({
@@ -80,6 +86,12 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
                         })
                     })
                     .collect();
+                v.extend(images_json.into_iter().map(|mut i| {
+                    let name = i["references"][0].as_str().map(str::to_string).unwrap_or_else(|| i["digest"].to_string());
+                    i["name"] = json!(name);
+                    i["kind"] = json!("image");
+                    i
+                }));
                 let text = serde_json::to_string_pretty(&v).map_err(|e| CliError::msg(e.to_string()))?;
                 println!("{text}");
                 return Ok(0);
@@ -89,6 +101,10 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
                 t.row(vec![i.name.clone(), human_bytes(i.size_bytes), utc(i.created_at_ms), i.source.clone()]);
             }
             print!("{}", t.render(colour_stdout()));
+            if !images_json.is_empty() {
+                println!();
+                print!("{}", images_table.render(colour_stdout()));
+            }
             Ok(0)
         }
         RootfsCommand::Rm { names } => {

@@ -23,6 +23,7 @@ pub mod error;
 pub mod launch;
 pub mod misc;
 pub mod output;
+pub mod pull;
 pub mod session;
 pub mod show;
 pub mod state;
