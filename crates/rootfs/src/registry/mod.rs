@@ -164,13 +164,28 @@ impl RootfsStore {
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ImageInfo, RootfsError> {
         let parsed = parse(reference)?;
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .ctx(|| "starting the pull's runtime".to_string())?;
         let cache = Cache::new(&self.home);
         let _lock = cache.open_locked()?;
-        runtime.block_on(Puller::new(reference, parsed, options, &cache)?.run(progress))?;
+        // The pull runs on a thread of its own with its own runtime (callers may already be
+        // inside one); its progress comes back over a channel to the caller's callback.
+        let (tx, rx) = std::sync::mpsc::channel::<Progress>();
+        std::thread::scope(|scope| {
+            let cache = &cache;
+            let worker = scope.spawn(move || -> Result<(), RootfsError> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .ctx(|| "starting the pull's runtime".to_string())?;
+                let mut send = |p: Progress| {
+                    let _ = tx.send(p);
+                };
+                runtime.block_on(Puller::new(reference, parsed, options, cache)?.run(&mut send))
+            });
+            for p in rx {
+                progress(p);
+            }
+            worker.join().unwrap_or_else(|_| Err(RootfsError::pull(reference, "the pull thread panicked")))
+        })?;
         self.images()?
             .into_iter()
             .find(|i| i.references.iter().any(|r| r == reference))
@@ -228,6 +243,8 @@ impl<'a> Puller<'a> {
         cache: &'a Cache,
     ) -> Result<Puller<'a>, RootfsError> {
         let registry = reference.resolve_registry().to_string();
+        // TLS uses rustls with ring (no OpenSSL, no C build); reqwest needs it installed once.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = ClientConfig { platform_resolver: None, ..Default::default() };
         if auth::allows_plain_http(&registry, &options.insecure_registries) {
             config.protocol = ClientProtocol::HttpsExcept(vec![registry.clone()]);
@@ -343,7 +360,14 @@ impl<'a> Puller<'a> {
         let mut last_report = 0u64;
         progress(event(LayerState::Downloading, 0));
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.fail(format!("downloading layer {} failed: {e}", desc.digest)))?;
+            let chunk = chunk.map_err(|e| {
+                // oci-client checks the digest as the stream ends.
+                if e.to_string().to_ascii_lowercase().contains("digest") {
+                    self.fail(format!("layer {} does not match its digest; it was refused", desc.digest))
+                } else {
+                    self.fail(format!("downloading layer {} failed: {e}", desc.digest))
+                }
+            })?;
             hasher.update(&chunk);
             file.write_all(&chunk).ctx(|| format!("writing {}", blob_path.display()))?;
             done += chunk.len() as u64;
