@@ -44,7 +44,7 @@ fn two_images(reg: &Registry, dir: &Path) {
     let x = layout.image(
         host_arch(),
         &[base_layer(), &app_x],
-        json!({"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=from-image"], "WorkingDir": "/etc", "Cmd": ["sh"]}),
+        json!({"Env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "GREETING=from-image"], "WorkingDir": "/etc", "User": "alcove", "Cmd": ["sh"]}),
     );
     layout.tag("x1", x);
     let app_y = zstd_layer(tar_of(&[("etc/", b""), ("etc/.wh.hostname", b""), ("etc/app-marker", b"image y\n")]));
@@ -70,7 +70,15 @@ fn pull_by_tag_and_digest_shares_layers() {
     let x_digest = pulled_digest(&out);
     assert!(x_digest.starts_with("sha256:"), "{out}");
     assert_cache(&a, 2, 1);
-    a.ok(&["rootfs", "pull", &format!("{}/y:1", reg.addr)]);
+    // --json: one event per line, every layer reported done or cached, then the result.
+    let events: Vec<Value> = a
+        .ok(&["rootfs", "pull", "--json", &format!("{}/y:1", reg.addr)])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON event per line"))
+        .collect();
+    let layer_end = |state: &str| events.iter().filter(|e| e["event"] == "layer" && e["state"] == state).count();
+    assert_eq!((layer_end("cached"), layer_end("done")), (1, 1), "{events:?}");
+    assert_eq!(events.last().unwrap()["event"], "pulled", "{events:?}");
     // The busybox layer is stored (and unpacked) once for both images.
     assert_cache(&a, 3, 2);
 
@@ -117,9 +125,18 @@ fn run_on_a_pulled_image_applies_its_defaults() {
     two_images(&reg, work.path());
     let x_ref = format!("{}/x:1", reg.addr);
     // Not pulled yet: run pulls it, then uses it.
-    let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "sh", "-c", "cat /etc/app-marker; echo $GREETING"]);
-    assert_eq!(out, "image x\nfrom-image\n");
+    let script = "cat /etc/app-marker; echo $GREETING; pwd; id -u";
+    let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "sh", "-c", script]);
+    assert_eq!(out, "image x\nfrom-image\n/etc\n1000\n");
     assert_cache(&a, 2, 1);
+    // The command line wins over the image's defaults.
+    let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "-w", "/tmp", "-u", "0", "-e", "GREETING=cli", "--", "sh", "-c", script]);
+    assert_eq!(out, "image x\ncli\n/tmp\n0\n");
+    // A sandbox on the image keeps it from being pruned.
+    a.ok(&["create", "keep", "--rootfs", &x_ref]);
+    assert_eq!(a.ok(&["rootfs", "prune"]).trim(), "removed 0 images and 0 layers");
+    a.ok(&["rm", "-f", "keep"]);
+    assert_eq!(a.ok(&["rootfs", "prune"]).trim(), "removed 1 images and 2 layers");
     // Cached: the registry is not needed any more.
     drop(reg);
     let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "cat", "/etc/app-marker"]);

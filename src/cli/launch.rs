@@ -79,6 +79,8 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
     }
     let mut env = Vec::new();
     let mut rootfs = None;
+    // The image's defaults, under the command line's options.
+    let mut image_defaults = alcove_rootfs::ImageConfig::default();
     if backend != BackendKind::Mock {
         let store = alcove_rootfs::RootfsStore::new(ctx.home.clone());
         let progress = Progress::start(format!("resolving rootfs {}", opts.rootfs));
@@ -101,6 +103,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
             }
         })?;
         env.extend(resolved.image.env.clone());
+        image_defaults = resolved.image;
         rootfs = Some(resolved.root);
     }
     env.extend(opts.env.iter().cloned());
@@ -121,8 +124,8 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         disk_mib: opts.disk,
         mounts,
         env,
-        workdir: opts.workdir.clone(),
-        user: opts.user.clone(),
+        workdir: opts.workdir.clone().or(image_defaults.workdir),
+        user: opts.user.clone().or(image_defaults.user),
         ..GuestSpec::default()
     };
     if backend == BackendKind::Jail {
