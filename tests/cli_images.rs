@@ -132,15 +132,15 @@ fn run_on_a_pulled_image_applies_its_defaults() {
     // The command line wins over the image's defaults.
     let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "-w", "/tmp", "-u", "0", "-e", "GREETING=cli", "--", "sh", "-c", script]);
     assert_eq!(out, "image x\ncli\n/tmp\n0\n");
+    // Cached: the registry is not needed any more.
+    drop(reg);
+    let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "cat", "/etc/app-marker"]);
+    assert_eq!(out, "image x\n");
     // A sandbox on the image keeps it from being pruned.
     a.ok(&["create", "keep", "--rootfs", &x_ref]);
     assert_eq!(a.ok(&["rootfs", "prune"]).trim(), "removed 0 images and 0 layers");
     a.ok(&["rm", "-f", "keep"]);
     assert_eq!(a.ok(&["rootfs", "prune"]).trim(), "removed 1 images and 2 layers");
-    // Cached: the registry is not needed any more.
-    drop(reg);
-    let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "cat", "/etc/app-marker"]);
-    assert_eq!(out, "image x\n");
 }
 
 #[test]
