@@ -130,7 +130,22 @@ fn run_on_a_pulled_image_applies_its_defaults() {
     assert_eq!(out, "image x\nfrom-image\n/etc\n1000\n");
     assert_cache(&a, 2, 1);
     // The command line wins over the image's defaults.
-    let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "-w", "/tmp", "-u", "0", "-e", "GREETING=cli", "--", "sh", "-c", script]);
+    let out = a.ok(&[
+        "run",
+        "--rm",
+        "--rootfs",
+        &x_ref,
+        "-w",
+        "/tmp",
+        "-u",
+        "0",
+        "-e",
+        "GREETING=cli",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
     assert_eq!(out, "image x\ncli\n/tmp\n0\n");
     // Cached: the registry is not needed any more.
     drop(reg);
@@ -150,7 +165,11 @@ fn an_index_gives_the_host_platform_or_a_clear_error() {
     let work = tempfile::tempdir().unwrap();
     let mut layout = Layout::new(&work.path().join("layout"));
     let other_arch = if host_arch() == "arm64" { "amd64" } else { "arm64" };
-    let mine = layout.image(host_arch(), &[base_layer(), &gzip_layer(tar_of(&[("etc/", b""), ("etc/arch", b"mine\n")]))], json!({}));
+    let mine = layout.image(
+        host_arch(),
+        &[base_layer(), &gzip_layer(tar_of(&[("etc/", b""), ("etc/arch", b"mine\n")]))],
+        json!({}),
+    );
     let other = layout.image(other_arch, &[&gzip_layer(tar_of(&[("etc/", b""), ("etc/arch", b"other\n")]))], json!({}));
     layout.tag_index("multi", vec![other.clone(), mine]);
     layout.tag_index("foreign", vec![other]);
@@ -204,7 +223,8 @@ fn an_interrupted_pull_is_recovered() {
     // Stall once 64 KiB of responses went through: inside the busybox layer's blob.
     let proxy = StallingProxy::start(&reg.addr, 64 * 1024);
     let reference = format!("{}/x:1", proxy.addr);
-    let mut child = a.cmd(&["rootfs", "pull", "--quiet", &reference]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut child =
+        a.cmd(&["rootfs", "pull", "--quiet", &reference]).stdout(std::process::Stdio::null()).spawn().unwrap();
     proxy.stalled.recv_timeout(std::time::Duration::from_secs(60)).expect("the pull never reached the stall point");
     child.kill().unwrap();
     child.wait().unwrap();
@@ -228,7 +248,11 @@ fn auth_is_required_and_given() {
     let reg = Registry::start(Some(("alice", "s3cret")));
     let work = tempfile::tempdir().unwrap();
     let mut layout = Layout::new(&work.path().join("layout"));
-    let desc = layout.image(host_arch(), &[&gzip_layer(tar_of(&[("etc/", b""), ("etc/app-marker", b"private\n")]))], json!({}));
+    let desc = layout.image(
+        host_arch(),
+        &[&gzip_layer(tar_of(&[("etc/", b""), ("etc/app-marker", b"private\n")]))],
+        json!({}),
+    );
     layout.tag("t", desc);
     reg.push(&layout.dir, "t", "p:1");
     let reference = format!("{}/p:1", reg.addr);
@@ -262,7 +286,8 @@ fn bad_references_fail_cleanly() {
     let work = tempfile::tempdir().unwrap();
     two_images(&reg, work.path());
     let unknown_tag = format!("{}/x:nope", reg.addr);
-    a.run(&["rootfs", "pull", &unknown_tag]).assert_error(&format!("cannot pull image {unknown_tag}: the registry has no such image or tag"));
+    a.run(&["rootfs", "pull", &unknown_tag])
+        .assert_error(&format!("cannot pull image {unknown_tag}: the registry has no such image or tag"));
     let unknown_repo = format!("{}/nothing:1", reg.addr);
     a.run(&["rootfs", "pull", &unknown_repo]).assert_error("no such image or tag");
     a.run(&["run", "--rootfs", &unknown_repo, "--", "true"]).assert_error(&unknown_repo);

@@ -87,7 +87,8 @@ pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
                     })
                     .collect();
                 v.extend(images_json.into_iter().map(|mut i| {
-                    let name = i["references"][0].as_str().map(str::to_string).unwrap_or_else(|| i["digest"].to_string());
+                    let name =
+                        i["references"][0].as_str().map(str::to_string).unwrap_or_else(|| i["digest"].to_string());
                     i["name"] = json!(name);
                     i["kind"] = json!("image");
                     i

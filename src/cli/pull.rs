@@ -106,7 +106,8 @@ impl LayerBoard {
             } else {
                 String::new()
             };
-            let _ = writeln!(err, "\r\x1b[2K{}  {:<11} {}{rate}", short(digest), l.state.word(), amount(l.done, l.total));
+            let _ =
+                writeln!(err, "\r\x1b[2K{}  {:<11} {}{rate}", short(digest), l.state.word(), amount(l.done, l.total));
         }
         self.drawn = self.lines.len();
         let _ = err.flush();
@@ -121,7 +122,10 @@ pub fn pull(store: &RootfsStore, reference: &str, quiet: bool, json: bool, regis
     let result = store.pull(reference, &registry.pull_options(), &mut |p| match p {
         PullProgress::Layer { digest, state, done, total } => {
             if json {
-                println!("{}", json!({"event": "layer", "digest": digest, "state": state.word(), "done": done, "total": total}));
+                println!(
+                    "{}",
+                    json!({"event": "layer", "digest": digest, "state": state.word(), "done": done, "total": total})
+                );
             } else if show {
                 board.update(digest, state, done, total);
             }

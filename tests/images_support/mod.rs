@@ -167,7 +167,11 @@ pub fn tar_of_dir(root: &Path) -> Vec<u8> {
 pub fn gzip_layer(tar: Vec<u8>) -> Layer {
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&tar).unwrap();
-    Layer { blob: gz.finish().unwrap(), media_type: "application/vnd.oci.image.layer.v1.tar+gzip", diff_id: digest(&tar) }
+    Layer {
+        blob: gz.finish().unwrap(),
+        media_type: "application/vnd.oci.image.layer.v1.tar+gzip",
+        diff_id: digest(&tar),
+    }
 }
 
 /// A zstd layer of `tar`.
@@ -229,7 +233,8 @@ impl Layout {
 
     /// Tags an index of several image manifests; returns the index digest.
     pub fn tag_index(&mut self, tag: &str, manifests: Vec<Value>) -> String {
-        let index = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
+        let index =
+            json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests});
         let (d, s) = self.blob(index.to_string().as_bytes());
         self.index.push(json!({"mediaType": "application/vnd.oci.image.index.v1+json", "digest": d, "size": s,
                                "annotations": {"org.opencontainers.image.ref.name": tag}}));

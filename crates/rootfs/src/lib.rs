@@ -37,10 +37,10 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use error::IoContext;
-pub use registry::{ImageInfo, PullOptions};
 pub use error::RootfsError;
 use extract::Extractor;
 use fsutil::{make_temp_dir, now_ms, remove_tree, rename_noreplace, tree_size, FileLock};
+pub use registry::{ImageInfo, PullOptions};
 
 /// The name of the rootfs built on demand from busybox.
 pub const DEFAULT_NAME: &str = "default";

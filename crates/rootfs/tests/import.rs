@@ -61,6 +61,7 @@ fn plain_tar_import() {
                 assert!(total.is_some_and(|t| done <= t));
             }
             Progress::Notice(n) => panic!("no notice expected for a tree without devices: {n}"),
+            Progress::Layer { digest, .. } => panic!("an import downloads no layer: {digest}"),
         })
         .unwrap();
     assert!(!steps.is_empty() && bytes_seen, "progress reported: {steps:?}");

@@ -44,7 +44,11 @@ pub(crate) fn default_auth_file() -> Option<PathBuf> {
 fn keys_for(registry: &str) -> Vec<String> {
     let mut keys = vec![registry.to_string(), format!("https://{registry}"), format!("http://{registry}")];
     if registry == "index.docker.io" || registry == "docker.io" || registry == "registry-1.docker.io" {
-        keys.extend(["https://index.docker.io/v1/".to_string(), "docker.io".to_string(), "index.docker.io".to_string()]);
+        keys.extend([
+            "https://index.docker.io/v1/".to_string(),
+            "docker.io".to_string(),
+            "index.docker.io".to_string(),
+        ]);
     }
     keys
 }
@@ -62,9 +66,8 @@ pub(crate) fn credentials_for(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !required => return Ok(None),
         Err(e) => return Err(RootfsError::pull(reference, format!("cannot read auth file {}: {e}", path.display()))),
     };
-    let file: AuthFile = serde_json::from_slice(&bytes).map_err(|e| {
-        RootfsError::pull(reference, format!("auth file {} is not valid JSON: {e}", path.display()))
-    })?;
+    let file: AuthFile = serde_json::from_slice(&bytes)
+        .map_err(|e| RootfsError::pull(reference, format!("auth file {} is not valid JSON: {e}", path.display())))?;
     for key in keys_for(registry) {
         let Some(entry) = file.auths.get(&key) else { continue };
         if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
@@ -76,7 +79,10 @@ pub(crate) fn credentials_for(
             })?;
             let text = String::from_utf8(decoded).unwrap_or_default();
             let (u, p) = text.split_once(':').ok_or_else(|| {
-                RootfsError::pull(reference, format!("the auth entry for {key} in {} is not USER:PASSWORD", path.display()))
+                RootfsError::pull(
+                    reference,
+                    format!("the auth entry for {key} in {} is not USER:PASSWORD", path.display()),
+                )
             })?;
             return Ok(Some((u.to_string(), p.to_string())));
         }
@@ -133,7 +139,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(credentials_for("r", &path, "127.0.0.1:5000", true).unwrap(), Some(("u".into(), "p@ss".into())));
-        assert_eq!(credentials_for("r", &path, "index.docker.io", true).unwrap(), Some(("hub".into(), "secret".into())));
+        assert_eq!(
+            credentials_for("r", &path, "index.docker.io", true).unwrap(),
+            Some(("hub".into(), "secret".into()))
+        );
         assert_eq!(credentials_for("r", &path, "other:1", true).unwrap(), None);
         assert_eq!(credentials_for("r", &dir.path().join("absent"), "x", false).unwrap(), None);
         assert!(credentials_for("r", &dir.path().join("absent"), "x", true).is_err());

@@ -275,7 +275,8 @@ impl Assembler {
 
     /// Applies one unpacked layer: its whiteouts first, then its entries.
     pub(crate) fn apply(&mut self, layer_root: &Path) -> Result<(), RootfsError> {
-        self.whiteouts(layer_root, Path::new("")).ctx(|| format!("applying the whiteouts of {}", layer_root.display()))?;
+        self.whiteouts(layer_root, Path::new(""))
+            .ctx(|| format!("applying the whiteouts of {}", layer_root.display()))?;
         self.entries(layer_root, Path::new("")).ctx(|| format!("assembling {}", layer_root.display()))
     }
 
@@ -353,7 +354,8 @@ impl Assembler {
                 continue;
             }
             if self.as_root {
-                std::os::unix::fs::lchown(&path, Some(m.uid), Some(m.gid)).ctx(|| format!("chown {}", path.display()))?;
+                std::os::unix::fs::lchown(&path, Some(m.uid), Some(m.gid))
+                    .ctx(|| format!("chown {}", path.display()))?;
             }
             fs::set_permissions(&path, fs::Permissions::from_mode(m.mode))
                 .ctx(|| format!("chmod {}", path.display()))?;

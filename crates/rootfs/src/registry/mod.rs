@@ -243,7 +243,10 @@ impl<'a> Puller<'a> {
         cache: &'a Cache,
     ) -> Result<Puller<'a>, RootfsError> {
         let registry = reference.resolve_registry().to_string();
-        // TLS uses rustls with ring (no OpenSSL, no C build); reqwest needs it installed once.
+        // TLS uses rustls with ring (no OpenSSL, no aws-lc C build); reqwest needs a provider
+        // installed once. rustls deprecates ring's provider for lacking post-quantum key
+        // exchange, which image pulls do not need.
+        #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut config = ClientConfig { platform_resolver: None, ..Default::default() };
         if auth::allows_plain_http(&registry, &options.insecure_registries) {
@@ -282,7 +285,11 @@ impl<'a> Puller<'a> {
                 let chosen = index
                     .manifests
                     .iter()
-                    .find(|m| m.platform.as_ref().is_some_and(|p| p.os.to_string() == "linux" && p.architecture.to_string() == arch))
+                    .find(|m| {
+                        m.platform
+                            .as_ref()
+                            .is_some_and(|p| p.os.to_string() == "linux" && p.architecture.to_string() == arch)
+                    })
                     .ok_or_else(|| {
                         let have: Vec<String> = index.manifests.iter().map(platform_of).collect();
                         self.fail(format!("the image has no variant for linux/{arch} (it has {})", have.join(", ")))
@@ -342,7 +349,10 @@ impl<'a> Puller<'a> {
     async fn ensure_layer(&self, desc: &OciDescriptor, progress: &mut dyn FnMut(Progress)) -> Result<(), RootfsError> {
         let total = desc.size.max(0) as u64;
         let event = |state, done| Progress::Layer { digest: desc.digest.clone(), state, done, total };
-        let dest = self.cache.layer_dir(&desc.digest).ok_or_else(|| self.fail(format!("invalid layer digest {:?}", desc.digest)))?;
+        let dest = self
+            .cache
+            .layer_dir(&desc.digest)
+            .ok_or_else(|| self.fail(format!("invalid layer digest {:?}", desc.digest)))?;
         if dest.join("root").is_dir() {
             progress(event(LayerState::Cached, total));
             return Ok(());
@@ -406,18 +416,21 @@ impl<'a> Puller<'a> {
 
     /// Assembles the image root from its cached layers and publishes it under its digest.
     fn assemble(&self, digest: &str, layers: Vec<String>, config: crate::ImageConfig) -> Result<(), RootfsError> {
-        let dest = self.cache.image_dir(digest).ok_or_else(|| self.fail(format!("invalid manifest digest {digest:?}")))?;
+        let dest =
+            self.cache.image_dir(digest).ok_or_else(|| self.fail(format!("invalid manifest digest {digest:?}")))?;
         let tmp = TempDir(self.cache.temp_dir("image")?);
         let root = tmp.0.join("root");
         std::fs::create_dir(&root).ctx(|| format!("creating {}", root.display()))?;
         let mut assembler = Assembler::new(&root);
         for layer in &layers {
-            let dir = self.cache.layer_dir(layer).ok_or_else(|| self.fail(format!("invalid layer digest {layer:?}")))?;
+            let dir =
+                self.cache.layer_dir(layer).ok_or_else(|| self.fail(format!("invalid layer digest {layer:?}")))?;
             assembler.apply(&dir.join("root"))?;
         }
         assembler.finish()?;
         let record = ImageRecord { digest: digest.to_string(), layers, config, created_at_ms: now_ms() };
-        let json = serde_json::to_vec_pretty(&record).map_err(|e| RootfsError::io("encoding image.json", std::io::Error::other(e)))?;
+        let json = serde_json::to_vec_pretty(&record)
+            .map_err(|e| RootfsError::io("encoding image.json", std::io::Error::other(e)))?;
         std::fs::write(tmp.0.join("image.json"), json).ctx(|| "writing image.json".to_string())?;
         self.cache.publish(&tmp.0, &dest)?;
         std::mem::forget(tmp);
