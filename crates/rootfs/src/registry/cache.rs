@@ -21,7 +21,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -108,6 +108,9 @@ impl Cache {
         for d in [self.dir.clone(), self.dir.join("layers"), self.dir.join("by-digest"), self.dir.join("refs")] {
             fs::create_dir_all(&d).ctx(|| format!("creating {}", d.display()))?;
         }
+        // Owner-only like the rest of $ALCOVE_HOME; the trees inside stay 0755 for the guests.
+        fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+            .ctx(|| format!("setting the mode of {}", self.dir.display()))?;
         let lock_path = self.dir.join(".lock");
         let lock = FileLock::acquire(&lock_path).ctx(|| format!("locking {}", lock_path.display()))?;
         crate::fsutil::prune_stale_temps(&self.dir);
@@ -138,7 +141,14 @@ impl Cache {
         let refs = self.dir.join("refs");
         let name = escape_ref(reference);
         let tmp = refs.join(format!(".tmp-{name}-{}", std::process::id()));
-        fs::write(&tmp, format!("{digest}\n")).ctx(|| format!("writing {}", tmp.display()))?;
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .ctx(|| format!("writing {}", tmp.display()))?;
+        io::Write::write_all(&mut file, format!("{digest}\n").as_bytes()).ctx(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, refs.join(&name)).ctx(|| format!("recording {reference}"))
     }
 
