@@ -19,7 +19,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::manifest::{OciDescriptor, OciImageManifest, OciManifest};
 use oci_client::secrets::RegistryAuth;
@@ -31,6 +31,9 @@ use crate::fsutil::{now_ms, remove_tree, tree_size};
 use crate::image::{host_arch, to_image_config, ConfigFile, Hasher};
 use crate::{LayerState, Progress, ResolvedRootfs, RootfsStore};
 use cache::{Assembler, Cache, ImageRecord};
+
+/// How many layers download at once.
+const PARALLEL_DOWNLOADS: usize = 3;
 
 /// How to reach registries.
 #[derive(Debug, Clone, Default)]
@@ -176,10 +179,10 @@ impl RootfsStore {
                     .enable_all()
                     .build()
                     .ctx(|| "starting the pull's runtime".to_string())?;
-                let mut send = |p: Progress| {
+                let send = |p: Progress| {
                     let _ = tx.send(p);
                 };
-                runtime.block_on(Puller::new(reference, parsed, options, cache)?.run(&mut send))
+                runtime.block_on(Puller::new(reference, parsed, options, cache)?.run(&send))
             });
             for p in rx {
                 progress(p);
@@ -308,7 +311,7 @@ impl<'a> Puller<'a> {
         }
     }
 
-    async fn run(self, progress: &mut dyn FnMut(Progress)) -> Result<(), RootfsError> {
+    async fn run(self, progress: &dyn Fn(Progress)) -> Result<(), RootfsError> {
         progress(Progress::Step(format!("pulling {}", self.asked)));
         let (manifest, digest) = self.manifest().await?;
         if self.cache.image(&digest).is_none() {
@@ -317,8 +320,17 @@ impl<'a> Puller<'a> {
                 .map_err(|e| self.fail(format!("the image config is not valid JSON: {e}")))?;
             let layers: Vec<&OciDescriptor> =
                 manifest.layers.iter().filter(|l| !l.media_type.contains("foreign")).collect();
-            for layer in &layers {
-                self.ensure_layer(layer, progress).await?;
+            // Missing layers download concurrently (in manifest order, the first error cancels
+            // the others, whose temp directories go with them), then unpack one by one.
+            let downloads: Vec<Option<TempDir>> =
+                futures_util::stream::iter(layers.iter().map(|l| self.download_layer(l, progress)))
+                    .buffered(PARALLEL_DOWNLOADS)
+                    .try_collect()
+                    .await?;
+            for (layer, download) in layers.iter().zip(downloads) {
+                if let Some(tmp) = download {
+                    self.unpack_layer(layer, tmp, progress)?;
+                }
             }
             progress(Progress::Step(format!("assembling {}", self.asked)));
             self.assemble(&digest, layers.iter().map(|l| l.digest.clone()).collect(), to_image_config(config))?;
@@ -344,9 +356,13 @@ impl<'a> Puller<'a> {
         Ok(out)
     }
 
-    /// Makes sure the layer is unpacked in the cache: download to a temp file, verify, unpack
-    /// with the hostile-archive extractor, publish with one rename.
-    async fn ensure_layer(&self, desc: &OciDescriptor, progress: &mut dyn FnMut(Progress)) -> Result<(), RootfsError> {
+    /// Downloads a layer not in the cache into a temp directory (`blob`), checking its size and
+    /// digest. `None`: the layer is cached already.
+    async fn download_layer(
+        &self,
+        desc: &OciDescriptor,
+        progress: &dyn Fn(Progress),
+    ) -> Result<Option<TempDir>, RootfsError> {
         let total = desc.size.max(0) as u64;
         let event = |state, done| Progress::Layer { digest: desc.digest.clone(), state, done, total };
         let dest = self
@@ -355,7 +371,7 @@ impl<'a> Puller<'a> {
             .ok_or_else(|| self.fail(format!("invalid layer digest {:?}", desc.digest)))?;
         if dest.join("root").is_dir() {
             progress(event(LayerState::Cached, total));
-            return Ok(());
+            return Ok(None);
         }
         let tmp = TempDir(self.cache.temp_dir("layer")?);
         let blob_path = tmp.0.join("blob");
@@ -393,7 +409,20 @@ impl<'a> Puller<'a> {
         hasher
             .check(&desc.digest)
             .map_err(|_| self.fail(format!("layer {} does not match its digest; it was refused", desc.digest)))?;
-        progress(event(LayerState::Unpacking, done));
+        Ok(Some(tmp))
+    }
+
+    /// Unpacks a downloaded layer with the hostile-archive extractor and publishes it in the
+    /// cache with one rename.
+    fn unpack_layer(&self, desc: &OciDescriptor, tmp: TempDir, progress: &dyn Fn(Progress)) -> Result<(), RootfsError> {
+        let done = desc.size.max(0) as u64;
+        let event = |state| Progress::Layer { digest: desc.digest.clone(), state, done, total: done };
+        let dest = self
+            .cache
+            .layer_dir(&desc.digest)
+            .ok_or_else(|| self.fail(format!("invalid layer digest {:?}", desc.digest)))?;
+        let blob_path = tmp.0.join("blob");
+        progress(event(LayerState::Unpacking));
         let root = tmp.0.join("root");
         std::fs::create_dir(&root).ctx(|| format!("creating {}", root.display()))?;
         let stream = crate::open_layer(&blob_path)?;
@@ -410,7 +439,7 @@ impl<'a> Puller<'a> {
         std::fs::write(tmp.0.join("size"), size.to_string()).ctx(|| "writing the layer size".to_string())?;
         self.cache.publish(&tmp.0, &dest)?;
         std::mem::forget(tmp);
-        progress(event(LayerState::Done, done));
+        progress(event(LayerState::Done));
         Ok(())
     }
 
