@@ -123,7 +123,8 @@ fn run_on_a_pulled_image_applies_its_defaults() {
     let reg = Registry::start(None);
     let work = tempfile::tempdir().unwrap();
     two_images(&reg, work.path());
-    let x_ref = format!("{}/x:1", reg.addr);
+    let addr = reg.addr.clone();
+    let x_ref = format!("{addr}/x:1");
     // Not pulled yet: run pulls it, then uses it.
     let script = "cat /etc/app-marker; echo $GREETING; pwd; id -u";
     let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "sh", "-c", script]);
@@ -150,6 +151,12 @@ fn run_on_a_pulled_image_applies_its_defaults() {
     // Cached: the registry is not needed any more.
     drop(reg);
     let out = a.ok(&["run", "--rm", "--rootfs", &x_ref, "--", "cat", "/etc/app-marker"]);
+    assert_eq!(out, "image x\n");
+    // So is a reference pinned by the digest of a cached image.
+    let listing: Vec<Value> = serde_json::from_str(&a.ok(&["rootfs", "ls", "--json"])).unwrap();
+    let digest = listing.iter().find(|v| v["kind"] == "image").unwrap()["digest"].as_str().unwrap().to_string();
+    let pinned = format!("{addr}/x@{digest}");
+    let out = a.ok(&["run", "--rm", "--rootfs", &pinned, "--", "cat", "/etc/app-marker"]);
     assert_eq!(out, "image x\n");
     // A sandbox on the image keeps it from being pruned.
     a.ok(&["create", "keep", "--rootfs", &x_ref]);

@@ -148,7 +148,8 @@ impl Cache {
             .mode(0o600)
             .open(&tmp)
             .ctx(|| format!("writing {}", tmp.display()))?;
-        io::Write::write_all(&mut file, format!("{digest}\n").as_bytes()).ctx(|| format!("writing {}", tmp.display()))?;
+        io::Write::write_all(&mut file, format!("{digest}\n").as_bytes())
+            .ctx(|| format!("writing {}", tmp.display()))?;
         fs::rename(&tmp, refs.join(&name)).ctx(|| format!("recording {reference}"))
     }
 

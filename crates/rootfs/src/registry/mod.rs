@@ -152,7 +152,11 @@ impl RootfsStore {
             return self.resolve_local(arg);
         }
         let cache = Cache::new(&self.home);
-        if let Some((root, record)) = cache.ref_digest(arg).and_then(|d| cache.image(&d)) {
+        // A reference pulled before, or one pinned by the digest of a cached image manifest.
+        let pinned = parse(arg).ok().and_then(|r| r.digest().map(str::to_string));
+        let known =
+            cache.ref_digest(arg).and_then(|d| cache.image(&d)).or_else(|| pinned.and_then(|d| cache.image(&d)));
+        if let Some((root, record)) = known {
             return Ok(ResolvedRootfs { root, image: record.config });
         }
         self.pull(arg, options, progress).map(|i| ResolvedRootfs { root: i.root, image: i.image })
