@@ -32,6 +32,9 @@ use crate::image::{host_arch, to_image_config, ConfigFile, Hasher};
 use crate::{LayerState, Progress, ResolvedRootfs, RootfsStore};
 use cache::{Assembler, Cache, ImageRecord};
 
+/// Where a pull reports its progress (from several threads while unpacking).
+type Report<'a> = &'a (dyn Fn(Progress) + Sync);
+
 /// How many layers download at once.
 const PARALLEL_DOWNLOADS: usize = 3;
 
@@ -315,7 +318,7 @@ impl<'a> Puller<'a> {
         }
     }
 
-    async fn run(self, progress: &dyn Fn(Progress)) -> Result<(), RootfsError> {
+    async fn run(self, progress: Report<'_>) -> Result<(), RootfsError> {
         progress(Progress::Step(format!("pulling {}", self.asked)));
         let (manifest, digest) = self.manifest().await?;
         if self.cache.image(&digest).is_none() {
@@ -331,11 +334,9 @@ impl<'a> Puller<'a> {
                     .buffered(PARALLEL_DOWNLOADS)
                     .try_collect()
                     .await?;
-            for (layer, download) in layers.iter().zip(downloads) {
-                if let Some(tmp) = download {
-                    self.unpack_layer(layer, tmp, progress)?;
-                }
-            }
+            let work: Vec<(&OciDescriptor, TempDir)> =
+                layers.iter().copied().zip(downloads).filter_map(|(l, d)| d.map(|d| (l, d))).collect();
+            self.unpack_all(work, progress)?;
             progress(Progress::Step(format!("assembling {}", self.asked)));
             self.assemble(&digest, layers.iter().map(|l| l.digest.clone()).collect(), to_image_config(config))?;
         }
@@ -362,11 +363,7 @@ impl<'a> Puller<'a> {
 
     /// Downloads a layer not in the cache into a temp directory (`blob`), checking its size and
     /// digest. `None`: the layer is cached already.
-    async fn download_layer(
-        &self,
-        desc: &OciDescriptor,
-        progress: &dyn Fn(Progress),
-    ) -> Result<Option<TempDir>, RootfsError> {
+    async fn download_layer(&self, desc: &OciDescriptor, progress: Report<'_>) -> Result<Option<TempDir>, RootfsError> {
         let total = desc.size.max(0) as u64;
         let event = |state, done| Progress::Layer { digest: desc.digest.clone(), state, done, total };
         let dest = self
@@ -416,9 +413,35 @@ impl<'a> Puller<'a> {
         Ok(Some(tmp))
     }
 
+    /// Unpacks downloaded layers on up to one thread per core (each layer has its own
+    /// directory, so they are independent). A thread stops at its first error and that error
+    /// is returned; layers left in the queue are dropped with their temp directories.
+    fn unpack_all(&self, work: Vec<(&OciDescriptor, TempDir)>, progress: Report<'_>) -> Result<(), RootfsError> {
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(work.len());
+        let queue = std::sync::Mutex::new(work);
+        let next = || queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let results: Vec<Result<(), RootfsError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        while let Some((desc, tmp)) = next() {
+                            self.unpack_layer(desc, tmp, progress)?;
+                        }
+                        Ok(())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_else(|_| Err(self.fail("a layer unpacking thread panicked"))))
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
     /// Unpacks a downloaded layer with the hostile-archive extractor and publishes it in the
     /// cache with one rename.
-    fn unpack_layer(&self, desc: &OciDescriptor, tmp: TempDir, progress: &dyn Fn(Progress)) -> Result<(), RootfsError> {
+    fn unpack_layer(&self, desc: &OciDescriptor, tmp: TempDir, progress: Report<'_>) -> Result<(), RootfsError> {
         let done = desc.size.max(0) as u64;
         let event = |state| Progress::Layer { digest: desc.digest.clone(), state, done, total: done };
         let dest = self
