@@ -66,7 +66,10 @@ fn pull_by_tag_and_digest_shares_layers() {
     two_images(&reg, work.path());
 
     let x_ref = format!("{}/x:1", reg.addr);
-    let out = a.ok(&["rootfs", "pull", &x_ref]);
+    // Not a terminal: no progress, only the result line.
+    let pulled = a.run(&["rootfs", "pull", &x_ref]);
+    assert_eq!((pulled.code, pulled.stderr.as_str()), (0, ""), "{pulled:?}");
+    let out = pulled.stdout;
     let x_digest = pulled_digest(&out);
     assert!(x_digest.starts_with("sha256:"), "{out}");
     assert_cache(&a, 2, 1);
@@ -326,4 +329,40 @@ mod base64_free {
         }
         out
     }
+}
+
+#[test]
+fn a_terminal_shows_each_layer_and_quiet_hides_it() {
+    use expectrl::{Eof, Session};
+    let a = Alcove::new();
+    let reg = Registry::start(None);
+    let work = tempfile::tempdir().unwrap();
+    two_images(&reg, work.path());
+    let pull = |home: &Path, extra: &str| {
+        let script = format!("{} rootfs pull {extra} {}/x:1; echo rc=$?", cli_support::bin(), reg.addr);
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c").arg(script).env("ALCOVE_HOME", home).env("NO_COLOR", "1").env("TERM", "dumb");
+        let mut s = Session::spawn(cmd).expect("spawn in a pty");
+        s.set_expect_timeout(Some(std::time::Duration::from_secs(60)));
+        let all = s.expect(Eof).expect("the pull's output");
+        String::from_utf8_lossy(all.as_bytes()).into_owned()
+    };
+    let shown = pull(&a.home, "");
+    assert!(shown.contains("rc=0"), "{shown}");
+    // One line per layer: 12 hex digits of its digest, its state, bytes; redrawn in place.
+    let plain = shown.replace("\x1b[2K", "").replace("\x1b[2A", "");
+    let mut finished = std::collections::BTreeSet::new();
+    for line in plain.split(['\r', '\n']) {
+        let mut words = line.split_whitespace();
+        if let (Some(id), Some("done")) = (words.next(), words.next()) {
+            assert!(id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()), "{line:?}");
+            assert!(line.contains(" / "), "bytes of the total: {line:?}");
+            finished.insert(id.to_string());
+        }
+    }
+    assert_eq!(finished.len(), 2, "both layers of x:1 end done: {shown:?}");
+    assert!(plain.contains("downloading"), "{shown:?}");
+    let other = Alcove::new();
+    let quiet = pull(&other.home, "--quiet");
+    assert!(quiet.contains("rc=0") && !quiet.contains(" done "), "{quiet:?}");
 }
