@@ -17,7 +17,7 @@
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
 //! | [`CloseRelay`], [`RemoveSocket`] | Lifecycle → Relay |
-//! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetric`] | Lifecycle, Metrics → Db |
+//! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetrics`] | Lifecycle, Metrics → Db |
 
 use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
 use actix::prelude::*;
@@ -180,14 +180,14 @@ pub struct DbFinishRun {
     pub outcome: RunOutcome,
 }
 
-/// Stores one metric sample.
+/// Stores a batch of metric samples in one write.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<(), String>")]
-pub struct DbInsertMetric {
+pub struct DbInsertMetrics {
     /// Sandbox name.
     pub sandbox: String,
-    /// The sample.
-    pub sample: crate::store::MetricSample,
+    /// The samples, oldest first.
+    pub samples: Vec<crate::store::MetricSample>,
 }
 
 /// Lifecycle → Relay: the guest's end of the agent channel is ready to use.

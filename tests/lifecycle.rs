@@ -247,7 +247,12 @@ fn a_database_that_cannot_be_written_is_an_internal_error() {
 fn metrics_are_sampled_into_the_database() {
     let env = start(script(), policy());
     assert!(env.handle.wait_ready(WAIT));
-    std::thread::sleep(Duration::from_millis(150));
+    // The first sample is written at once, the next ones in a batch.
+    let deadline = std::time::Instant::now() + WAIT;
+    while env.store().metrics("box1", 100).expect("metrics").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "fewer than two samples were written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     env.handle.stop();
     env.handle.wait_timeout(WAIT).expect("ends");
     let samples = env.store().metrics("box1", 100).expect("metrics");

@@ -12,7 +12,7 @@
 //! still queued are dropped unwritten.
 
 use crate::config::ExitBudget;
-use crate::messages::{DbFinishRun, DbInsertMetric, DbSetStatus, DbStartRun};
+use crate::messages::{DbFinishRun, DbInsertMetrics, DbSetStatus, DbStartRun};
 use crate::store::{RunId, Store};
 use actix::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -90,15 +90,15 @@ impl Handler<DbFinishRun> for DbActor {
     }
 }
 
-impl Handler<DbInsertMetric> for DbActor {
+impl Handler<DbInsertMetrics> for DbActor {
     type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: DbInsertMetric, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DbInsertMetrics, _: &mut Self::Context) -> Self::Result {
         if !self.samples.is_open() {
             return Ok(());
         }
         self.store()?
-            .insert_metric_within(&msg.sandbox, &msg.sample, ExitBudget::SAMPLE_WAIT)
+            .insert_metrics_within(&msg.sandbox, &msg.samples, ExitBudget::SAMPLE_WAIT)
             .map_err(|e| e.to_string())
     }
 }
