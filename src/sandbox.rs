@@ -294,7 +294,9 @@ pub fn launch_with(
     };
     let observer = exit_observer(&opts, lifecycle.clone(), shared.clone());
 
-    match backend.launch(&opts.spec) {
+    let spec =
+        GuestSpec { heartbeat: Some(crate::actors::watchdog::agent_heartbeat(&opts.policy)), ..opts.spec.clone() };
+    match backend.launch(&spec) {
         Ok(launched) => {
             lifecycle.do_send(GuestLaunched { agent_channel: launched.agent_channel, control: launched.control });
             Ok((handle, GuestDriver { runner: Some(launched.runner), observer }))

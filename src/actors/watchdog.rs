@@ -90,6 +90,13 @@ fn rules_for(policy: &Policy, started_at: Duration, a: &Activity, now: Duration)
     None
 }
 
+/// How often the agent is asked to send heartbeats: a quarter of the
+/// heartbeat timeout (three may be late or lost), between 1 s and 30 s. An
+/// idle agent wakes only this often, and so does the relay that reads it.
+pub fn agent_heartbeat(policy: &Policy) -> Duration {
+    (policy.heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
 /// The clock time of the next look: the earliest moment any rule could
 /// fire, given what is known `now` (see the module's invariant).
 fn next_check(policy: &Policy, started_at: Duration, a: &Activity, now: Duration) -> Duration {
@@ -291,5 +298,14 @@ mod tests {
             looks += 1;
         }
         assert_eq!((looks, now), (1, secs(3600)));
+    }
+
+    #[test]
+    fn the_agent_beats_four_times_per_heartbeat_timeout_within_bounds() {
+        let with =
+            |t: u64| agent_heartbeat(&Policy { heartbeat_timeout: Duration::from_millis(t), ..Policy::default() });
+        assert_eq!(with(10_000), Duration::from_millis(2500));
+        assert_eq!(with(2_000), Duration::from_secs(1));
+        assert_eq!(with(864_000_000), Duration::from_secs(30));
     }
 }
