@@ -146,6 +146,7 @@ impl Fixture {
             shm_mib: None,
             tmp_mib: None,
             disk_mib: None,
+            heartbeat: Some(std::time::Duration::from_millis(2500)),
         }
     }
 
@@ -264,6 +265,7 @@ fn every_field_reaches_the_builder() {
                     VmVolume { device_id: "cache_1".into(), guest_path: "/cache".into(), readonly: true },
                 ],
             }),
+            heartbeat_ms: Some(2500),
         }
     );
 }
