@@ -102,7 +102,7 @@ pub fn ps(args: PsArgs) -> CliResult<i32> {
 
 /// `alcove inspect`.
 pub fn inspect(args: InspectArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     let sb = ctx.sandbox(&args.name)?;
     let runs = ctx.store.runs(&sb.name)?;
     let cfg = config_value(&sb);
@@ -240,7 +240,7 @@ fn order_logs(mut files: Vec<PathBuf>, source: LogSource) -> Vec<PathBuf> {
 
 /// `alcove logs`.
 pub async fn logs(args: LogsArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     ctx.sandbox(&args.name)?;
     let mut files = log_files(&ctx, &args.name, args.source);
     let mut out = std::io::stdout().lock();
@@ -299,7 +299,7 @@ async fn follow(ctx: &Ctx, args: &LogsArgs, mut current: Option<PathBuf>, mut po
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        ctx.reap()?;
+        ctx.reap_one(&args.name)?;
     }
 }
 
@@ -334,7 +334,7 @@ fn cpu_percent(newer: &MetricSample, older: &MetricSample) -> Option<f64> {
 
 /// `alcove metrics`.
 pub fn metrics(args: MetricsArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     let sb = ctx.sandbox(&args.name)?;
     let samples = ctx.store.metrics(&sb.name, 60)?;
     let cpu = match (samples.first(), samples.get(1)) {

@@ -2,8 +2,10 @@
 //! reaper.
 //!
 //! Invariants:
-//! - Every command that reads sandbox state opens it through [`Ctx::open`],
-//!   which runs the reaper first: a run still recorded `Running` whose
+//! - Every command that reads sandbox state opens it through [`Ctx::open`]
+//!   (`ps`: every sandbox) or [`Ctx::open_for`] (a command that names its
+//!   sandboxes: only those, so its cost does not grow with the number of
+//!   sandboxes), which run the reaper first: a run still recorded `Running` whose
 //!   process is gone (by [`crate::liveness`]: pid and start tick, never the
 //!   wall clock) is finalised with reason `Crashed`, which marks its sandbox
 //!   `Crashed`, and its stale socket and cgroups are removed — all while
@@ -57,10 +59,21 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Opens the store of [`alcove_client::paths::alcove_home`] and reaps.
+    /// Opens the store of [`alcove_client::paths::alcove_home`] and reaps
+    /// every sandbox.
     pub fn open() -> CliResult<Ctx> {
         let ctx = Ctx::open_quiet()?;
         ctx.reap()?;
+        Ok(ctx)
+    }
+
+    /// Opens the store and reaps only the sandboxes `names` (those that
+    /// exist): what a command that names them needs.
+    pub fn open_for<S: AsRef<str>>(names: &[S]) -> CliResult<Ctx> {
+        let ctx = Ctx::open_quiet()?;
+        for name in names {
+            ctx.reap_one(name.as_ref())?;
+        }
         Ok(ctx)
     }
 
@@ -165,34 +178,59 @@ impl Ctx {
             }
         }
         for (sb, last) in self.store.sandboxes_with_latest_run()? {
-            if let Some(run) = last.as_ref().filter(|r| r.status == RunStatus::Terminated) {
-                self.clean_unfinished_end(run)?;
-            }
-            let meta = self.meta(&sb.name);
-            if !meta.auto_remove || meta.owner.is_some_and(|o| o.is_alive()) {
-                continue;
-            }
-            // A sandbox with no run yet is being created by its CLI.
-            if last.is_none_or(|r| r.status != RunStatus::Terminated) {
-                continue;
-            }
-            let removed = match SandboxLock::try_acquire(&self.lock_path(&sb.name)) {
-                Ok(Some(lock)) => lock.remove_sandbox(&self.store, &sb.name),
-                // Held: its sandbox process is alive (and removes it itself).
-                Ok(None) => continue,
-                // No lock file: no sandbox process of it has ever run.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_unlocked(&sb.name),
-                Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", sb.name))),
-            };
-            match removed {
-                Ok(()) => {}
-                Err(crate::liveness::RemoveError::Store(e)) if deferrable(&e) => {}
-                Err(crate::liveness::RemoveError::Store(e)) => return Err(e.into()),
-                // The records are gone; a directory left over is not this CLI's failure.
-                Err(crate::liveness::RemoveError::Directory { .. }) => {}
-            }
+            self.reap_finished(&sb.name, last.as_ref())?;
         }
         Ok(())
+    }
+
+    /// [`Ctx::reap`] for sandbox `name` alone (nothing if it does not exist).
+    pub fn reap_one(&self, name: &str) -> CliResult<()> {
+        let latest = || match self.store.latest_run(name) {
+            Err(StoreError::NoSuchSandbox(_)) => Ok(None),
+            other => other,
+        };
+        let Some(run) = latest()? else {
+            return Ok(());
+        };
+        let last = if run.status == RunStatus::Running && !run_alive(&run) {
+            self.reap_run(&run, Defer::Yes)?;
+            latest()?
+        } else {
+            Some(run)
+        };
+        self.reap_finished(name, last.as_ref())
+    }
+
+    /// The reaper's part for a sandbox whose runs are judged: finishes an
+    /// interrupted end and removes it if it is an `--rm` sandbox nobody
+    /// else will remove.
+    fn reap_finished(&self, name: &str, last: Option<&RunRecord>) -> CliResult<()> {
+        if let Some(run) = last.filter(|r| r.status == RunStatus::Terminated) {
+            self.clean_unfinished_end(run)?;
+        }
+        // A sandbox with no run yet is being created by its CLI.
+        if last.is_none_or(|r| r.status != RunStatus::Terminated) {
+            return Ok(());
+        }
+        let meta = self.meta(name);
+        if !meta.auto_remove || meta.owner.is_some_and(|o| o.is_alive()) {
+            return Ok(());
+        }
+        let removed = match SandboxLock::try_acquire(&self.lock_path(name)) {
+            Ok(Some(lock)) => lock.remove_sandbox(&self.store, name),
+            // Held: its sandbox process is alive (and removes it itself).
+            Ok(None) => return Ok(()),
+            // No lock file: no sandbox process of it has ever run.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_unlocked(name),
+            Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {name}: {e}"))),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(crate::liveness::RemoveError::Store(e)) if deferrable(&e) => Ok(()),
+            Err(crate::liveness::RemoveError::Store(e)) => Err(e.into()),
+            // The records are gone; a directory left over is not this CLI's failure.
+            Err(crate::liveness::RemoveError::Directory { .. }) => Ok(()),
+        }
     }
 
     /// Finalises `run`, whose process is gone, as Crashed and cleans up what
