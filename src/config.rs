@@ -265,6 +265,8 @@ pub struct Outcome {
     pub reason: TerminationReason,
     /// The guest's exit code, when it exited.
     pub exit_code: Option<i32>,
+    /// The signal that killed the guest, when one did.
+    pub exit_signal: Option<i32>,
     /// Detail line.
     pub detail: Option<String>,
     /// Whether the run row and sandbox status were committed.

@@ -10,12 +10,14 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod backends;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod failpoint;
 pub mod liveness;
 pub mod messages;
+pub mod run_end;
 pub mod sandbox;
 pub mod standalone;
 

@@ -16,10 +16,12 @@
 //! | [`SendShutdown`] | Vm → Relay |
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
-//! | [`CloseRelay`], [`RemoveSocket`] | Lifecycle → Relay |
+//! | [`CloseRelay`] | Lifecycle → Relay |
+//! | [`RemoveSocket`] | unused since the Db actor removes agent.sock in [`crate::run_end::finish`]; kept for the relay's handler |
 //! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetric`] | Lifecycle, Metrics → Db |
 
-use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
+use crate::run_end::{Cleanup, RunEnd};
+use crate::store::{RunId, SandboxStatus, TerminationReason};
 use actix::prelude::*;
 use alcove_backend::{GuestControl, GuestExit};
 use alcove_protocol::Ready;
@@ -170,14 +172,18 @@ pub struct DbSetStatus {
     pub status: SandboxStatus,
 }
 
-/// Terminates the run and sets the sandbox's final status.
+/// Makes the run's end final through [`crate::run_end::finish`] (writes the
+/// run and the sandbox's final status, then removes agent.sock). Answers
+/// whether the run is recorded as ended.
 #[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "bool")]
 pub struct DbFinishRun {
-    /// The run.
-    pub run: RunId,
-    /// Its outcome.
-    pub outcome: RunOutcome,
+    /// The run (`None`: its row was never written; only the clean-up runs).
+    pub run: Option<RunId>,
+    /// How it ended.
+    pub end: RunEnd,
+    /// What to remove once it is written.
+    pub cleanup: Cleanup,
 }
 
 /// Stores one metric sample.

@@ -26,8 +26,7 @@ use crate::liveness::SandboxLock;
 use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions, SocketRemoval};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::guest_log::{BoundedLog, LogLimits, RUNTIME_LOG_LIMITS};
-use alcove_backend::mock::MockBackend;
-use alcove_backend::{GuestSpec, VmBackend};
+use alcove_backend::GuestSpec;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -74,7 +73,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     if cfg.backend == BackendKind::Jail {
         alcove_jail::cgroup::prewarm_attach();
     }
-    let backend = make_backend(&cfg)?;
+    let backend = crate::backends::make(&cfg)?;
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
     cfg.policy.validate().map_err(|e| e.to_string())?;
@@ -131,7 +130,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let outcome = handle.wait_timeout(cfg.policy.exit_budget);
     // The last act: the run's end is recorded and the backend has cleaned
     // up (the driver has returned).
-    crate::actors::relay::remove_socket(&socket_path);
+    crate::run_end::remove_socket(&socket_path);
     tracing::info!(?outcome, relay = ?handle.relay_stats(), "sandbox process exiting");
     if cfg.auto_remove && outcome.is_some() && parent.as_ref().is_none_or(|p| p.gone()) {
         // Nobody is left to read the outcome and remove the sandbox.
@@ -143,17 +142,6 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         Some(o) if o.recorded && o.reason != TerminationReason::InternalError => 0,
         _ => 1,
     })
-}
-
-fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
-    match cfg.backend {
-        BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        BackendKind::Jail => {
-            let options = alcove_jail::JailOptions::from_env().map_err(|e| e.to_string())?;
-            Ok(Box::new(alcove_jail::JailBackend::new(options)))
-        }
-        BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
-    }
 }
 
 /// Fills in what a real guest needs and the config may leave out: the static

@@ -21,9 +21,10 @@ use super::error::{one_line, CliError, CliResult};
 use super::output::Progress;
 use super::state::{run_alive, signal, Ctx};
 use crate::config::{BackendKind, Policy, SandboxConfig};
+use crate::run_end::{Recorded, RunEnd, Write};
 use alcove_backend::{GuestSpec, MountSpec};
 use alcove_client::Client;
-use alcove_store::{RunOutcome, RunStatus, TerminationReason};
+use alcove_store::RunStatus;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -416,7 +417,7 @@ async fn wait_gone(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) {
     let held = tokio::task::spawn_blocking(move || crate::liveness::SandboxLock::acquire(&path, wait)).await;
     if let Ok(Ok(Some(_lock))) = held {
         if ctx.socket_path(name).is_ok_and(|s| s.exists()) {
-            ctx.finish_cleanup(run);
+            ctx.finish(run, None);
         }
     }
 }
@@ -459,18 +460,10 @@ async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResul
         Ok(None) => return Err(CliError::msg(format!("sandbox {name} (pid {}) did not end when killed", run.pid))),
         Err(_) => None,
     };
-    let outcome = RunOutcome {
-        reason: TerminationReason::Signal,
-        exit_code: None,
-        exit_signal: Some(libc::SIGKILL),
-        detail: Some("the sandbox process did not stop when asked and was killed".into()),
-    };
-    match ctx.store.finish_run(run.id, &outcome) {
-        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_) | alcove_store::StoreError::NoSuchRun(_)) => {}
-        Err(e) => return Err(e.into()),
+    match ctx.finish(run, Some(&RunEnd::killed_by_cli())) {
+        Recorded::Failed(e) => Err(e.into()),
+        Recorded::Now | Recorded::Before | Recorded::Gone | Recorded::NoRun => Ok(()),
     }
-    ctx.finish_cleanup(run);
-    Ok(())
 }
 
 /// [`Ctx::wait_final`] without blocking the async runtime.
@@ -496,26 +489,24 @@ pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliRe
 /// finalised it with its own reason; one that failed before (no run, or
 /// one left Running) gets a run ended `InternalError` with `why`.
 pub fn record_failed_start(ctx: &Ctx, name: &str, why: &str) -> CliResult<()> {
-    let outcome = RunOutcome {
-        reason: TerminationReason::InternalError,
-        exit_code: None,
-        exit_signal: None,
-        detail: Some(why.to_string()),
-    };
-    match ctx.store.latest_run(name)? {
+    let run = match ctx.store.latest_run(name)? {
         Some(run) if run.status == RunStatus::Terminated => return Ok(()),
-        Some(run) => {
-            ctx.store.finish_run(run.id, &outcome)?;
-        }
+        Some(run) => run.id,
         None => {
             // The CLI records the attempt itself: the pid is its own, which
             // is gone by the time anyone reads the run.
             let me = crate::liveness::ProcessIdentity::current();
-            let run = ctx.store.start_run_of(name, std::process::id(), me.map(|p| p.start_ticks))?;
-            ctx.store.finish_run(run, &outcome)?;
+            ctx.store.start_run_of(name, std::process::id(), me.map(|p| p.start_ticks))?
         }
+    };
+    // Nothing to clean: the process failed before it claimed anything the
+    // next start would not replace.
+    let end = RunEnd::internal_error(None, why);
+    match crate::run_end::finish(Some(Write { store: &ctx.store, run, end: &end }), &Default::default()) {
+        Recorded::Failed(e) => Err(e.into()),
+        Recorded::Gone => Err(alcove_store::StoreError::NoSuchRun(run).into()),
+        Recorded::Now | Recorded::Before | Recorded::NoRun => Ok(()),
     }
-    Ok(())
 }
 
 /// Whether the newest run of `name` is running.

@@ -6,7 +6,8 @@
 //!   which runs the reaper first: a run still recorded `Running` whose
 //!   process is gone (by [`crate::liveness`]: pid and start tick, never the
 //!   wall clock) is finalised with reason `Crashed`, which marks its sandbox
-//!   `Crashed`, and its stale socket and cgroups are removed — all while
+//!   `Crashed`, and its stale socket and what its guest left (a jail's
+//!   cgroups, removed by its backend) go — all while
 //!   holding the sandbox's lock, so no sandbox process of it is starting or
 //!   ending meanwhile.
 //! - A bystander never removes an `--rm` sandbox that someone may still
@@ -22,7 +23,8 @@
 use super::error::{CliError, CliResult};
 use crate::config::SandboxConfig;
 use crate::liveness::{run_process_alive, ProcessIdentity, SandboxLock};
-use alcove_store::{RunOutcome, RunRecord, RunStatus, SandboxRecord, Store, StoreError, TerminationReason};
+use crate::run_end::{Cleanup, Leftovers, Recorded, RunEnd, Write};
+use alcove_store::{RunRecord, RunStatus, SandboxRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -211,36 +213,31 @@ impl Ctx {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", run.sandbox))),
         };
-        let outcome = RunOutcome {
-            reason: TerminationReason::Crashed,
-            exit_code: None,
-            exit_signal: None,
-            detail: Some(format!("the sandbox process (pid {}) is gone without recording how the run ended", run.pid)),
-        };
-        match self.store.finish_run(run.id, &outcome) {
-            Ok(()) => {}
-            // Finished by its process at the last moment, or removed by
-            // another CLI: either way it is no longer ours to clean.
-            Err(StoreError::AlreadyFinished(_) | StoreError::NoSuchRun(_) | StoreError::NoSuchSandbox(_)) => {
-                return Ok(())
-            }
+        match self.finish(run, Some(&RunEnd::crashed(run.pid))) {
             // Still Running in the records: a later call repairs it.
-            Err(e) if defer == Defer::Yes && deferrable(&e) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Recorded::Failed(e) if defer == Defer::Yes && deferrable(&e) => Ok(()),
+            Recorded::Failed(e) => Err(e.into()),
+            // Recorded now, by its process at the last moment, or removed
+            // by another CLI (then nothing was cleaned: not ours).
+            Recorded::Now | Recorded::Before | Recorded::Gone | Recorded::NoRun => Ok(()),
         }
-        self.finish_cleanup(run);
-        Ok(())
     }
 
-    /// Removes what a sandbox process that died left: its jail's cgroups,
-    /// then its socket. The socket file is the mark of an unfinished end,
-    /// so it stays while cgroups do (the next CLI call tries again).
-    pub fn finish_cleanup(&self, run: &RunRecord) {
-        if remove_cgroup_leftovers(&run.sandbox, run.pid) {
-            if let Ok(sock) = self.socket_path(&run.sandbox) {
-                let _ = std::fs::remove_file(sock);
-            }
-        }
+    /// Makes the end of `run`, whose process is gone, final
+    /// ([`crate::run_end::finish`]): writes `end` (when given), then
+    /// removes what the process left — its guest's leftovers through its
+    /// backend, then its socket, which stays as the mark of an unfinished
+    /// end while leftovers do (the next CLI call tries again).
+    pub fn finish(&self, run: &RunRecord, end: Option<&RunEnd>) -> Recorded {
+        let cleanup = Cleanup {
+            leftovers: Some(Leftovers {
+                backend: self.load_config(&run.sandbox).ok().map(|c| c.backend),
+                sandbox: run.sandbox.clone(),
+                pid: run.pid,
+            }),
+            socket: self.socket_path(&run.sandbox).ok(),
+        };
+        crate::run_end::finish(end.map(|end| Write { store: &self.store, run: run.id, end }), &cleanup)
     }
 
     /// After a run whose end is recorded: a socket file left with no sandbox
@@ -253,7 +250,7 @@ impl Ctx {
         }
         match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
             Ok(Some(_lock)) => {
-                self.finish_cleanup(run);
+                self.finish(run, None);
                 Ok(())
             }
             // Held: the process is alive and ending (or a new one starting).
@@ -324,28 +321,6 @@ enum Defer {
 /// no reason to fail the command the user asked for.
 fn deferrable(e: &StoreError) -> bool {
     matches!(e, StoreError::Full { .. } | StoreError::ReadOnly { .. } | StoreError::Busy { .. })
-}
-
-/// How long the cleanup after a dead sandbox process waits for its jail's
-/// cgroups to empty: a cgroup cannot be removed until its last task is
-/// reaped, which the host's init does in its own time (≈ 1.5 s on the
-/// project's machine).
-const CGROUP_RELEASE_WAIT: Duration = Duration::from_secs(5);
-
-/// Removes the cgroups a killed jail of `name` (sandbox process `pid`)
-/// left, waiting up to [`CGROUP_RELEASE_WAIT`]; true once none is left.
-fn remove_cgroup_leftovers(name: &str, pid: u32) -> bool {
-    let deadline = Instant::now() + CGROUP_RELEASE_WAIT;
-    loop {
-        alcove_jail::cgroup::remove_leftovers(name, pid);
-        if alcove_jail::cgroup::leftovers(name, pid).is_empty() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// How long finalising a dead run waits for the lock its dying process

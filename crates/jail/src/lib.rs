@@ -311,7 +311,29 @@ impl VmBackend for JailBackend {
         let jail = self.spawn(spec)?;
         Ok(Launched { agent_channel: jail.agent_channel, runner: Box::new(jail.runner), control: jail.control })
     }
+
+    /// Kills what is left in the cgroups of a jail whose sandbox process
+    /// died, and removes them, waiting up to [`CGROUP_RELEASE_WAIT`].
+    fn remove_leftovers(&self, sandbox: &str, pid: u32) -> bool {
+        let deadline = std::time::Instant::now() + CGROUP_RELEASE_WAIT;
+        loop {
+            cgroup::remove_leftovers(sandbox, pid);
+            if cgroup::leftovers(sandbox, pid).is_empty() {
+                return true;
+            }
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
 }
+
+/// How long the clean-up after a dead sandbox process waits for its jail's
+/// cgroups to empty: a cgroup cannot be removed until its last task is
+/// reaped, which the host's init does in its own time (≈ 1.5 s on the
+/// project's machine).
+pub const CGROUP_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl JailBackend {
     /// Validates `spec` and starts the jail (what `launch` does).
@@ -438,7 +460,7 @@ impl Shared {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            break GuestExit { code: 255, detail: Some(format!("waiting for the jail's PID 1 failed: {e}")) };
+            break GuestExit::exited(255).with_detail(format!("waiting for the jail's PID 1 failed: {e}"));
         };
         self.done.store(true, Ordering::SeqCst);
         exit
@@ -464,12 +486,11 @@ impl Shared {
 
 fn decode_status(status: libc::c_int) -> GuestExit {
     if libc::WIFEXITED(status) {
-        GuestExit { code: libc::WEXITSTATUS(status), detail: None }
+        GuestExit::exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        GuestExit { code: 128 + sig, detail: Some(format!("killed by signal {sig}")) }
+        GuestExit::killed(libc::WTERMSIG(status))
     } else {
-        GuestExit { code: 255, detail: Some(format!("unexpected wait status {status:#x}")) }
+        GuestExit::exited(255).with_detail(format!("unexpected wait status {status:#x}"))
     }
 }
 
@@ -559,8 +580,8 @@ mod tests {
 
     #[test]
     fn decodes_wait_status() {
-        assert_eq!(decode_status(3 << 8), GuestExit { code: 3, detail: None });
-        assert_eq!(decode_status(9), GuestExit { code: 137, detail: Some("killed by signal 9".into()) });
+        assert_eq!(decode_status(3 << 8), GuestExit::exited(3));
+        assert_eq!(decode_status(9), GuestExit::killed(9));
     }
 
     #[test]
