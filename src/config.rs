@@ -44,10 +44,12 @@ pub enum BackendKind {
     Mock,
 }
 
-/// Timing policies. Serialised as milliseconds.
+/// Timing policies as written (config file, command line, embedding
+/// program), in milliseconds. Not yet checked: a [`Policy`] is made from it
+/// once ([`Policy::try_from`]) and is valid from then on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Policy {
+pub struct PolicySpec {
     /// End the sandbox after this long without sessions, client frames or touches.
     #[serde(with = "opt_ms")]
     pub idle_timeout: Option<Duration>,
@@ -79,9 +81,9 @@ pub struct Policy {
     pub exit_budget: Duration,
 }
 
-impl Default for Policy {
-    fn default() -> Policy {
-        Policy {
+impl Default for PolicySpec {
+    fn default() -> PolicySpec {
+        PolicySpec {
             idle_timeout: None,
             max_duration: None,
             ready_timeout: Duration::from_secs(30),
@@ -95,32 +97,70 @@ impl Default for Policy {
     }
 }
 
-impl Policy {
+/// Timing policies that can work: made from a [`PolicySpec`] by
+/// [`Policy::try_from`], the one place they are checked, so a `Policy`
+/// anywhere (config file, CLI, embedding API) is valid. Reads its values
+/// through [`Deref`](std::ops::Deref) to the spec; serialised as the spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PolicySpec", into = "PolicySpec")]
+pub struct Policy(PolicySpec);
+
+impl TryFrom<PolicySpec> for Policy {
+    type Error = ConfigError;
+
     /// Refuses values that cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.watchdog_tick.is_zero() {
+    fn try_from(spec: PolicySpec) -> Result<Policy, ConfigError> {
+        if spec.watchdog_tick.is_zero() {
             return Err(ConfigError::Invalid("watchdog_tick must be above zero".into()));
         }
-        for (name, v) in [("idle_timeout", self.idle_timeout), ("max_duration", self.max_duration)] {
+        for (name, v) in [("idle_timeout", spec.idle_timeout), ("max_duration", spec.max_duration)] {
             if v.is_some_and(|d| d.is_zero()) {
                 return Err(ConfigError::Invalid(format!("{name} must be above zero when set")));
             }
         }
-        if self.shutdown_grace > self.drain_timeout {
+        if spec.shutdown_grace > spec.drain_timeout {
             return Err(ConfigError::Invalid("shutdown_grace must not exceed drain_timeout".into()));
         }
-        if self.exit_budget < ExitBudget::MINIMUM {
+        if spec.exit_budget < ExitBudget::MINIMUM {
             return Err(ConfigError::Invalid(format!(
                 "exit_budget must be at least {} ms",
                 ExitBudget::MINIMUM.as_millis()
             )));
         }
-        Ok(())
+        Ok(Policy(spec))
+    }
+}
+
+impl From<Policy> for PolicySpec {
+    fn from(policy: Policy) -> PolicySpec {
+        policy.0
+    }
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy(PolicySpec::default())
+    }
+}
+
+impl std::ops::Deref for Policy {
+    type Target = PolicySpec;
+
+    fn deref(&self) -> &PolicySpec {
+        &self.0
+    }
+}
+
+impl Policy {
+    /// The values, to change some and check them again
+    /// (`Policy::try_from(PolicySpec { idle_timeout, ..policy.spec() })`).
+    pub fn spec(&self) -> PolicySpec {
+        self.0
     }
 
-    /// How [`Policy::exit_budget`] is shared out.
+    /// How [`PolicySpec::exit_budget`] is shared out.
     pub fn exit_budget(&self) -> ExitBudget {
-        ExitBudget { total: self.exit_budget }
+        ExitBudget { total: self.0.exit_budget }
     }
 }
 
@@ -215,7 +255,6 @@ impl SandboxConfig {
     pub fn parse(text: &[u8], origin: &Path) -> Result<SandboxConfig, ConfigError> {
         let cfg: SandboxConfig = serde_json::from_slice(text)
             .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
-        cfg.policy.validate()?;
         alcove_client::paths::validate_name(&cfg.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(cfg)
     }
@@ -322,7 +361,8 @@ mod tests {
 
     #[test]
     fn policy_round_trips_in_milliseconds() {
-        let p = Policy { idle_timeout: Some(Duration::from_millis(1500)), ..Policy::default() };
+        let p = Policy::try_from(PolicySpec { idle_timeout: Some(Duration::from_millis(1500)), ..Default::default() })
+            .expect("valid");
         let json = serde_json::to_value(p).expect("serialises");
         assert_eq!(json["idle_timeout"], 1500);
         assert_eq!(json["max_duration"], serde_json::Value::Null);
@@ -332,10 +372,18 @@ mod tests {
 
     #[test]
     fn bad_policies_are_refused() {
-        assert!(Policy { watchdog_tick: Duration::ZERO, ..Policy::default() }.validate().is_err());
-        assert!(Policy { idle_timeout: Some(Duration::ZERO), ..Policy::default() }.validate().is_err());
-        assert!(Policy { shutdown_grace: Duration::from_secs(60), ..Policy::default() }.validate().is_err());
-        assert!(Policy { exit_budget: Duration::from_secs(1), ..Policy::default() }.validate().is_err());
-        assert!(Policy::default().validate().is_ok());
+        let check = |spec: PolicySpec| Policy::try_from(spec).map_err(|e| e.to_string());
+        let d = PolicySpec::default();
+        assert!(check(PolicySpec { watchdog_tick: Duration::ZERO, ..d }).is_err_and(|e| e.contains("watchdog_tick")));
+        assert!(
+            check(PolicySpec { idle_timeout: Some(Duration::ZERO), ..d }).is_err_and(|e| e.contains("idle_timeout"))
+        );
+        assert!(check(PolicySpec { shutdown_grace: Duration::from_secs(60), ..d }).is_err());
+        assert!(check(PolicySpec { exit_budget: Duration::from_secs(1), ..d }).is_err());
+        assert_eq!(check(d).map(|p| p.spec()), Ok(d));
+        // A file is checked as it is read: no invalid Policy can be deserialised.
+        let bad = serde_json::json!({ "watchdog_tick": 0 });
+        let err = serde_json::from_value::<Policy>(bad).expect_err("refused");
+        assert!(err.to_string().contains("watchdog_tick must be above zero"), "{err}");
     }
 }

@@ -231,7 +231,6 @@ impl GuestDriver {
 
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    opts.policy.validate()?;
     let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
     let listener = bind_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
@@ -260,10 +259,6 @@ pub fn launch_with(
     opts: SandboxOptions,
     backend: Box<dyn VmBackend>,
 ) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    if let Err(e) = opts.policy.validate() {
-        let _ = std::fs::remove_file(&opts.socket_path);
-        return Err(e.into());
-    }
     let shared = Arc::new(SharedState::default());
     let relay_counters = Arc::new(RelayCounters::default());
 

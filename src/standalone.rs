@@ -76,7 +76,6 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let backend = crate::backends::make(&cfg)?;
     let spec = complete_spec(&cfg)?;
     // Refuse a database that cannot be opened before claiming to run.
-    cfg.policy.validate().map_err(|e| e.to_string())?;
     let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);
     let store = Store::open_with(&cfg.db_path(), store_options).map_err(|e| e.to_string())?;
     let socket_path = cfg.socket_path().map_err(|e| e.to_string())?;

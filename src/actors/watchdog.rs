@@ -111,6 +111,7 @@ impl Actor for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PolicySpec;
 
     fn rules(policy: Policy) -> impl Fn(&Activity, u64) -> Option<TerminationReason> {
         move |a, now_s| rules_for(&policy, Duration::ZERO, a, Duration::from_secs(now_s)).map(|t| t.reason)
@@ -127,18 +128,22 @@ mod tests {
 
     #[test]
     fn never_ready_is_unresponsive_after_the_ready_timeout() {
-        let check = rules(Policy { ready_timeout: Duration::from_secs(30), ..Policy::default() });
+        let check = rules(
+            Policy::try_from(PolicySpec { ready_timeout: Duration::from_secs(30), ..PolicySpec::default() })
+                .expect("a valid policy"),
+        );
         assert_eq!(check(&Activity::default(), 29), None);
         assert_eq!(check(&Activity::default(), 30), Some(TerminationReason::AgentUnresponsive));
     }
 
     #[test]
     fn open_sessions_are_not_idle() {
-        let p = Policy {
+        let p = Policy::try_from(PolicySpec {
             idle_timeout: Some(Duration::from_secs(5)),
             heartbeat_timeout: Duration::from_secs(3600),
-            ..Policy::default()
-        };
+            ..PolicySpec::default()
+        })
+        .expect("a valid policy");
         let check = rules(p);
         let mut a = ready(1);
         assert_eq!(check(&a, 5), None);
@@ -149,18 +154,24 @@ mod tests {
 
     #[test]
     fn max_duration_counts_from_start() {
-        let check = rules(Policy {
-            max_duration: Some(Duration::from_secs(10)),
-            heartbeat_timeout: Duration::from_secs(3600),
-            ..Policy::default()
-        });
+        let check = rules(
+            Policy::try_from(PolicySpec {
+                max_duration: Some(Duration::from_secs(10)),
+                heartbeat_timeout: Duration::from_secs(3600),
+                ..PolicySpec::default()
+            })
+            .expect("a valid policy"),
+        );
         assert_eq!(check(&ready(1), 9), None);
         assert_eq!(check(&ready(1), 10), Some(TerminationReason::MaxDurationExceeded));
     }
 
     #[test]
     fn heartbeat_loss_is_unresponsive() {
-        let check = rules(Policy { heartbeat_timeout: Duration::from_secs(10), ..Policy::default() });
+        let check = rules(
+            Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(10), ..PolicySpec::default() })
+                .expect("a valid policy"),
+        );
         let mut a = ready(1);
         a.last_heartbeat = Some(Duration::from_secs(20));
         assert_eq!(check(&a, 29), None);

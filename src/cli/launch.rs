@@ -20,7 +20,7 @@ use super::args::{BackendArg, SandboxOpts};
 use super::error::{one_line, CliError, CliResult};
 use super::output::Progress;
 use super::state::{run_alive, signal, Ctx};
-use crate::config::{BackendKind, Policy, SandboxConfig};
+use crate::config::{BackendKind, Policy, PolicySpec, SandboxConfig};
 use crate::run_end::{Recorded, RunEnd, Write};
 use alcove_backend::{GuestSpec, MountSpec};
 use alcove_client::Client;
@@ -109,8 +109,9 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         BackendKind::Krun => alcove_krun::KrunConfig { libkrunfw: Some(ensure_libkrunfw(ctx)?), ..Default::default() },
         _ => Default::default(),
     };
-    let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
-    policy.validate().map_err(|e| CliError::msg(e.to_string()))?;
+    let policy =
+        PolicySpec { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..PolicySpec::default() };
+    let policy = Policy::try_from(policy).map_err(|e| CliError::msg(e.to_string()))?;
     let mut guest = GuestSpec {
         name: name.to_string(),
         rootfs,
