@@ -1,22 +1,39 @@
-//! The backends as the rest of alcove sees them: made from the
-//! configuration in one place ([`make`]), and asked — never called into
-//! directly — for the clean-up after a sandbox process that died
-//! ([`remove_leftovers`]). The CLI knows no backend crate for either.
+//! The backends as the rest of alcove sees them: made from a sandbox's
+//! [`BackendConfig`] in one place ([`make`]), with the settings it was
+//! created with; and the backend-level operations the CLI needs without
+//! knowing any backend crate: the pre-flight check before a sandbox is
+//! recorded ([`preflight`]) and the clean-up after a sandbox process that
+//! died ([`remove_leftovers`]).
 
-use crate::config::{BackendKind, SandboxConfig};
+use crate::config::{BackendConfig, BackendKind};
 use alcove_backend::mock::MockBackend;
-use alcove_backend::VmBackend;
+use alcove_backend::{GuestSpec, VmBackend};
 
-/// The backend that runs `cfg`'s guest.
-pub fn make(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
-    match cfg.backend {
-        BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        BackendKind::Jail => {
-            let options = alcove_jail::JailOptions::from_env().map_err(|e| e.to_string())?;
-            Ok(Box::new(alcove_jail::JailBackend::new(options)))
-        }
-        BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
+/// The backend that runs a guest configured with `config`.
+pub fn make(config: &BackendConfig) -> Box<dyn VmBackend> {
+    match config {
+        BackendConfig::Mock(script) => Box::new(MockBackend::new(script.clone())),
+        BackendConfig::Jail(options) => Box::new(alcove_jail::JailBackend::new(options.clone())),
+        BackendConfig::Krun(settings) => Box::new(alcove_krun::KrunBackend::new(settings.clone())),
     }
+}
+
+/// The jail settings of this environment (the user-namespace mode from
+/// `ALCOVE_JAIL_USERNS`), kept with a new sandbox for all its starts.
+pub fn jail_from_env() -> Result<BackendConfig, String> {
+    alcove_jail::JailOptions::from_env().map(BackendConfig::Jail).map_err(|e| e.to_string())
+}
+
+/// Checks, before anything is recorded, that this host can give `guest`
+/// what it asks of `config`'s backend, and fills in the defaults the
+/// backend will enforce (so `inspect` shows them). A jail refuses a limit
+/// the host cannot apply; the other backends check at launch.
+pub fn preflight(config: &BackendConfig, guest: &mut GuestSpec) -> Result<(), String> {
+    if let BackendConfig::Jail(options) = config {
+        alcove_jail::check(guest, options).map_err(|e| e.to_string())?;
+        alcove_jail::limits::fill_defaults(guest, options);
+    }
+    Ok(())
 }
 
 /// A backend of `kind` with default settings, for the backend-level

@@ -4,6 +4,7 @@
 use crate::store::TerminationReason;
 use alcove_backend::mock::MockScript;
 use alcove_backend::GuestSpec;
+use alcove_layout::Layout;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -42,6 +43,17 @@ pub enum BackendKind {
     Jail,
     /// In-process scripted guest.
     Mock,
+}
+
+impl BackendKind {
+    /// The name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Krun => "krun",
+            BackendKind::Jail => "jail",
+            BackendKind::Mock => "mock",
+        }
+    }
 }
 
 /// Timing policies as written (config file, command line, embedding
@@ -204,10 +216,63 @@ impl ExitBudget {
     }
 }
 
-/// Everything the standalone sandbox process needs.
+/// Which backend runs the guest, with that backend's own settings — the
+/// ones it was created with, never replaced by defaults at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// libkrun microVM.
+    Krun(alcove_krun::KrunConfig),
+    /// Linux-namespace jail.
+    Jail(alcove_jail::JailOptions),
+    /// In-process scripted guest.
+    Mock(MockScript),
+}
+
+impl BackendConfig {
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendConfig::Krun(_) => BackendKind::Krun,
+            BackendConfig::Jail(_) => BackendKind::Jail,
+            BackendConfig::Mock(_) => BackendKind::Mock,
+        }
+    }
+}
+
+/// Everything the standalone sandbox process needs. Read from and written
+/// as a [`SandboxConfigFile`], checked once on the way in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "SandboxConfigFile", into = "SandboxConfigFile")]
+pub struct SandboxConfig {
+    /// Sandbox name (valid, see [`alcove_layout::validate_name`]).
+    pub name: String,
+    /// `$ALCOVE_HOME`.
+    pub home: PathBuf,
+    /// The backend and its settings.
+    pub backend: BackendConfig,
+    /// The guest to create.
+    pub guest: GuestSpec,
+    /// Timing policies.
+    pub policy: Policy,
+    /// agent.sock; derived from home and name when absent.
+    pub socket_path: Option<PathBuf>,
+    /// The database; `home/alcove.db` when absent.
+    pub db_path: Option<PathBuf>,
+    /// Exit when this pid dies (an attached `alcove run`).
+    pub parent_pid: Option<u32>,
+    /// Remove the sandbox (records and directory) once its run has ended
+    /// (`--rm`). The attached CLI (`parent_pid`) does it after reading the
+    /// outcome; the sandbox process does it itself when there is none or it
+    /// is gone.
+    pub auto_remove: bool,
+}
+
+/// A sandbox configuration as written in its file (0600): the backend is
+/// named by `backend`, and its settings are in the field of that name
+/// (`"backend": "jail", "jail": { "user_namespace": "never" }`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SandboxConfig {
+pub struct SandboxConfigFile {
     /// Sandbox name.
     pub name: String,
     /// `$ALCOVE_HOME`.
@@ -217,15 +282,19 @@ pub struct SandboxConfig {
     /// The guest to create.
     #[serde(default)]
     pub guest: GuestSpec,
-    /// Timing policies.
+    /// Timing policies (checked as they are read).
     #[serde(default)]
     pub policy: Policy,
-    /// Script for the mock backend.
-    #[serde(default)]
-    pub mock: MockScript,
+    /// Settings of the mock backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockScript>,
     /// Settings of the krun backend.
-    #[serde(default)]
-    pub krun: alcove_krun::KrunConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub krun: Option<alcove_krun::KrunConfig>,
+    /// Settings of the jail backend; absent: the defaults, with the
+    /// user-namespace mode from `ALCOVE_JAIL_USERNS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<alcove_jail::JailOptions>,
     /// agent.sock; derived from home and name when absent.
     #[serde(default)]
     pub socket_path: Option<PathBuf>,
@@ -235,12 +304,78 @@ pub struct SandboxConfig {
     /// Exit when this pid dies (an attached `alcove run`).
     #[serde(default)]
     pub parent_pid: Option<u32>,
-    /// Remove the sandbox (records and directory) once its run has ended
-    /// (`--rm`). The attached CLI (`parent_pid`) does it after reading the
-    /// outcome; the sandbox process does it itself when there is none or it
-    /// is gone.
+    /// See [`SandboxConfig::auto_remove`].
     #[serde(default)]
     pub auto_remove: bool,
+}
+
+impl TryFrom<SandboxConfigFile> for SandboxConfig {
+    type Error = ConfigError;
+
+    /// Checks the name and picks the chosen backend's settings; settings
+    /// given for another backend are refused unless they are its defaults
+    /// (which older alcove versions wrote for every backend).
+    fn try_from(file: SandboxConfigFile) -> Result<SandboxConfig, ConfigError> {
+        alcove_layout::validate_name(&file.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let kind = file.backend;
+        let stray = |given: &str| {
+            ConfigError::Invalid(format!("{given} settings are given but the backend is {}", kind.as_str()))
+        };
+        if kind != BackendKind::Mock && file.mock.as_ref().is_some_and(|m| *m != MockScript::default()) {
+            return Err(stray("mock"));
+        }
+        if kind != BackendKind::Krun && file.krun.as_ref().is_some_and(|k| *k != Default::default()) {
+            return Err(stray("krun"));
+        }
+        if kind != BackendKind::Jail && file.jail.as_ref().is_some_and(|j| *j != Default::default()) {
+            return Err(stray("jail"));
+        }
+        let backend = match kind {
+            BackendKind::Mock => BackendConfig::Mock(file.mock.unwrap_or_default()),
+            BackendKind::Krun => BackendConfig::Krun(file.krun.unwrap_or_default()),
+            BackendKind::Jail => BackendConfig::Jail(match file.jail {
+                Some(options) => options,
+                None => alcove_jail::JailOptions::from_env().map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            }),
+        };
+        Ok(SandboxConfig {
+            name: file.name,
+            home: file.home,
+            backend,
+            guest: file.guest,
+            policy: file.policy,
+            socket_path: file.socket_path,
+            db_path: file.db_path,
+            parent_pid: file.parent_pid,
+            auto_remove: file.auto_remove,
+        })
+    }
+}
+
+impl From<SandboxConfig> for SandboxConfigFile {
+    fn from(cfg: SandboxConfig) -> SandboxConfigFile {
+        let (mut mock, mut krun, mut jail) = (None, None, None);
+        let kind = cfg.backend.kind();
+        match cfg.backend {
+            BackendConfig::Mock(m) => mock = Some(m),
+            BackendConfig::Krun(k) => krun = Some(k),
+            BackendConfig::Jail(j) => jail = Some(j),
+        }
+        SandboxConfigFile {
+            name: cfg.name,
+            home: cfg.home,
+            backend: kind,
+            guest: cfg.guest,
+            policy: cfg.policy,
+            mock,
+            krun,
+            jail,
+            socket_path: cfg.socket_path,
+            db_path: cfg.db_path,
+            parent_pid: cfg.parent_pid,
+            auto_remove: cfg.auto_remove,
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -253,33 +388,35 @@ impl SandboxConfig {
     /// Parses and checks a configuration read from `origin` (a file, or
     /// `-` for stdin).
     pub fn parse(text: &[u8], origin: &Path) -> Result<SandboxConfig, ConfigError> {
-        let cfg: SandboxConfig = serde_json::from_slice(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
-        alcove_client::paths::validate_name(&cfg.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Ok(cfg)
+        serde_json::from_slice(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Where the installation of this sandbox keeps things.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.home)
     }
 
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
-        self.db_path.clone().unwrap_or_else(|| self.home.join("alcove.db"))
+        self.db_path.clone().unwrap_or_else(|| self.layout().db())
     }
 
     /// `home/sandboxes/<name>`.
     pub fn sandbox_dir(&self) -> PathBuf {
-        self.home.join("sandboxes").join(&self.name)
+        self.layout().sandbox_dir(&self.name)
     }
 
     /// The log directory.
     pub fn log_dir(&self) -> PathBuf {
-        self.sandbox_dir().join("logs")
+        self.layout().log_dir(&self.name)
     }
 
     /// agent.sock.
     pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
         match &self.socket_path {
             Some(p) => Ok(p.clone()),
-            None => alcove_client::paths::socket_path(&self.home, &self.name)
-                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            None => self.layout().socket(&self.name).map_err(|e| ConfigError::Invalid(e.to_string())),
         }
     }
 
@@ -291,7 +428,7 @@ impl SandboxConfig {
             spec.sandbox_dir = self.sandbox_dir();
         }
         if spec.guest_log.as_os_str().is_empty() {
-            spec.guest_log = self.log_dir().join("guest.log");
+            spec.guest_log = self.layout().log_file(&self.name, alcove_layout::GUEST_LOG);
         }
         spec
     }

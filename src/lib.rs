@@ -22,5 +22,5 @@ pub mod sandbox;
 pub mod standalone;
 
 pub use alcove_store as store;
-pub use config::{BackendKind, Outcome, Policy, PolicySpec, SandboxConfig};
+pub use config::{BackendConfig, BackendKind, Outcome, Policy, PolicySpec, SandboxConfig};
 pub use sandbox::{launch, start, GuestDriver, SandboxHandle, SandboxOptions, StartError};

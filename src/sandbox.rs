@@ -48,6 +48,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// agent.sock's directory cannot be created or is not private.
+    #[error(transparent)]
+    SocketDir(#[from] alcove_layout::LayoutError),
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
     Thread {
@@ -232,8 +235,17 @@ impl GuestDriver {
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
     let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
-    let listener = bind_socket(&opts.socket_path)?;
+    let listener = bind_agent_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
+}
+
+/// Binds agent.sock (0600) in its directory, which
+/// [`alcove_layout::ensure_private_dir`] creates 0700 or refuses.
+pub fn bind_agent_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, StartError> {
+    if let Some(dir) = path.parent() {
+        alcove_layout::ensure_private_dir(dir)?;
+    }
+    Ok(bind_socket(path)?)
 }
 
 /// `store` with its retry budget (and each attempt's busy wait) cut to what

@@ -20,7 +20,7 @@ use super::args::{BackendArg, SandboxOpts};
 use super::error::{one_line, CliError, CliResult};
 use super::output::Progress;
 use super::state::{run_alive, signal, Ctx};
-use crate::config::{BackendKind, Policy, PolicySpec, SandboxConfig};
+use crate::config::{BackendConfig, BackendKind, Policy, PolicySpec, SandboxConfig};
 use crate::run_end::{Recorded, RunEnd, Write};
 use alcove_backend::{GuestSpec, MountSpec};
 use alcove_client::Client;
@@ -81,7 +81,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
     let mut env = Vec::new();
     let mut rootfs = None;
     if backend != BackendKind::Mock {
-        let store = alcove_rootfs::RootfsStore::new(ctx.home.clone());
+        let store = alcove_rootfs::RootfsStore::new(ctx.home().to_path_buf());
         let progress = Progress::start(format!("resolving rootfs {}", opts.rootfs));
         let resolved = if opts.rootfs == alcove_rootfs::DEFAULT_NAME {
             store.ensure_default(&mut |p| {
@@ -105,9 +105,14 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         rootfs = Some(resolved.root);
     }
     env.extend(opts.env.iter().cloned());
-    let krun = match backend {
-        BackendKind::Krun => alcove_krun::KrunConfig { libkrunfw: Some(ensure_libkrunfw(ctx)?), ..Default::default() },
-        _ => Default::default(),
+    let backend = match backend {
+        BackendKind::Krun => BackendConfig::Krun(alcove_krun::KrunConfig {
+            libkrunfw: Some(ensure_libkrunfw(ctx)?),
+            ..Default::default()
+        }),
+        // The options of this environment, kept with the sandbox for every start.
+        BackendKind::Jail => crate::backends::jail_from_env().map_err(CliError::msg)?,
+        BackendKind::Mock => BackendConfig::Mock(Default::default()),
     };
     let policy =
         PolicySpec { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..PolicySpec::default() };
@@ -127,22 +132,15 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         user: opts.user.clone(),
         ..GuestSpec::default()
     };
-    if backend == BackendKind::Jail {
-        // Pre-flight before anything is recorded: a limit asked for that
-        // this host cannot apply refuses the sandbox; then the defaults
-        // this host can enforce are filled in (and shown by `inspect`).
-        let jail = alcove_jail::JailOptions::from_env().map_err(|e| CliError::msg(e.to_string()))?;
-        alcove_jail::check(&guest, &jail).map_err(|e| CliError::msg(e.to_string()))?;
-        alcove_jail::limits::fill_defaults(&mut guest, &jail);
-    }
+    // Pre-flight before anything is recorded: a limit asked for that this
+    // host cannot apply refuses the sandbox.
+    crate::backends::preflight(&backend, &mut guest).map_err(CliError::msg)?;
     Ok(SandboxConfig {
         name: name.to_string(),
-        home: ctx.home.clone(),
+        home: ctx.home().to_path_buf(),
         backend,
         guest,
         policy,
-        mock: Default::default(),
-        krun,
         socket_path: None,
         db_path: None,
         parent_pid,
@@ -158,7 +156,7 @@ fn ensure_libkrunfw(ctx: &Ctx) -> CliResult<std::path::PathBuf> {
         Ok(p) => p,
         Err(alcove_hostprobe::KrunfwError::NotFound(_)) => {
             let progress = Progress::start("installing libkrunfw (the krun guest kernel)".to_string());
-            let installed = alcove_hostprobe::install_libkrunfw(&ctx.home, &mut |m| progress.set(m));
+            let installed = alcove_hostprobe::install_libkrunfw(ctx.home(), &mut |m| progress.set(m));
             progress.finish();
             installed.map_err(|e| CliError::msg(e.to_string()))?
         }
@@ -356,7 +354,7 @@ fn start_failure(ctx: &Ctx, name: &str, started: &mut Started, status: std::proc
 
 /// The last line of `logs/runtime.stderr` (panics, stray prints).
 fn runtime_stderr_tail(ctx: &Ctx, name: &str) -> Option<String> {
-    let text = std::fs::read_to_string(ctx.sandbox_dir(name).join("logs").join("runtime.stderr")).ok()?;
+    let text = std::fs::read_to_string(ctx.layout.log_file(name, alcove_layout::RUNTIME_STDERR)).ok()?;
     text.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(one_line)
 }
 

@@ -24,6 +24,7 @@ use super::error::{CliError, CliResult};
 use crate::config::SandboxConfig;
 use crate::liveness::{run_process_alive, ProcessIdentity, SandboxLock};
 use crate::run_end::{Cleanup, Leftovers, Recorded, RunEnd, Write};
+use alcove_layout::Layout;
 use alcove_store::{RunRecord, RunStatus, SandboxRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -52,14 +53,14 @@ pub struct CliMeta {
 
 /// The CLI's view of `$ALCOVE_HOME`.
 pub struct Ctx {
-    /// `$ALCOVE_HOME`.
-    pub home: PathBuf,
+    /// Where everything is (`$ALCOVE_HOME`, canonical, and the runtime directory).
+    pub layout: Layout,
     /// The database.
     pub store: Store,
 }
 
 impl Ctx {
-    /// Opens the store of [`alcove_client::paths::alcove_home`] and reaps.
+    /// Opens the store of [`alcove_layout::alcove_home`] and reaps.
     pub fn open() -> CliResult<Ctx> {
         let ctx = Ctx::open_quiet()?;
         ctx.reap()?;
@@ -68,35 +69,34 @@ impl Ctx {
 
     /// Opens the store without reaping.
     pub fn open_quiet() -> CliResult<Ctx> {
-        let home = alcove_client::paths::alcove_home();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&home)
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", home.display())))?;
-        let home = std::fs::canonicalize(&home).unwrap_or(home);
-        let store = Store::open(&home.join("alcove.db"))?;
-        Ok(Ctx { home, store })
+        let layout = Layout::from_env().ensure_home().map_err(|e| CliError::msg(e.to_string()))?;
+        let store = Store::open(&layout.db())?;
+        Ok(Ctx { layout, store })
+    }
+
+    /// `$ALCOVE_HOME`.
+    pub fn home(&self) -> &Path {
+        self.layout.home()
     }
 
     /// `sandboxes/NAME`.
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {
-        self.home.join("sandboxes").join(name)
+        self.layout.sandbox_dir(name)
     }
 
     /// `sandboxes/NAME/config.json`.
     pub fn config_path(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("config.json")
+        self.layout.config_file(name)
     }
 
     /// `sandboxes/NAME/cli.json`.
     pub fn meta_path(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("cli.json")
+        self.layout.cli_meta_file(name)
     }
 
     /// The sandbox's socket.
     pub fn socket_path(&self, name: &str) -> CliResult<PathBuf> {
-        alcove_client::paths::socket_path(&self.home, name).map_err(CliError::from)
+        self.layout.socket(name).map_err(|e| CliError::from(alcove_client::ClientError::from(e)))
     }
 
     /// The sandbox record, or a "no such sandbox" error.
@@ -134,7 +134,7 @@ impl Ctx {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir.join("logs"))
+            .create(self.layout.log_dir(name))
             .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))
     }
 
@@ -155,7 +155,7 @@ impl Ctx {
 
     /// `sandboxes/NAME/lock`, held by the sandbox process for its life.
     pub fn lock_path(&self, name: &str) -> PathBuf {
-        SandboxLock::path(&self.sandbox_dir(name))
+        self.layout.lock_file(name)
     }
 
     /// Finalises runs whose process is gone and removes finished `--rm`
@@ -231,7 +231,7 @@ impl Ctx {
     pub fn finish(&self, run: &RunRecord, end: Option<&RunEnd>) -> Recorded {
         let cleanup = Cleanup {
             leftovers: Some(Leftovers {
-                backend: self.load_config(&run.sandbox).ok().map(|c| c.backend),
+                backend: self.load_config(&run.sandbox).ok().map(|c| c.backend.kind()),
                 sandbox: run.sandbox.clone(),
                 pid: run.pid,
             }),

@@ -134,8 +134,10 @@ pub use validate::MAX_VOLUMES;
 /// ended (its writers are gone then, so this is only a bound).
 const GUEST_LOG_DRAIN: Duration = Duration::from_secs(2);
 
-/// Whether and how to put the jail in a new user namespace.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Whether and how to put the jail in a new user namespace. Written
+/// lowercase in a sandbox's configuration (`"never"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UserNamespace {
     /// Root: a private uid range (falling back to none where idmapped
     /// mounts do not work); not root: the caller mapped to root.
@@ -156,8 +158,10 @@ pub enum UserNamespace {
 /// (`bench/compare --only run` runs both); nothing sets it by default.
 pub const USERNS_ENV: &str = "ALCOVE_JAIL_USERNS";
 
-/// How the jail backend behaves.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How the jail backend behaves; part of a sandbox's configuration (its
+/// `jail` settings), so a sandbox runs with the options it was created with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JailOptions {
     /// User-namespace use.
     pub user_namespace: UserNamespace,
