@@ -10,21 +10,10 @@
 //!   that gives group and others no access ([`check_socket_dir`]).
 
 use crate::ClientError;
+use alcove_layout::Layout;
 pub use alcove_layout::{alcove_home, runtime_dir, MAX_NAME_LEN, MAX_RUNTIME_DIR_LEN, SUN_PATH_LEN};
-use alcove_layout::{Layout, LayoutError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-
-impl From<LayoutError> for ClientError {
-    fn from(e: LayoutError) -> ClientError {
-        match e {
-            LayoutError::InvalidName { name, reason } => ClientError::InvalidName { name, reason },
-            LayoutError::RuntimeDirTooLong { dir, len, max } => ClientError::RuntimeDirTooLong { dir, len, max },
-            LayoutError::Dir { dir, source } => ClientError::RuntimeDir { dir, source },
-            LayoutError::Untrusted { dir, reason } => ClientError::UntrustedSocketDir { dir, reason },
-        }
-    }
-}
 
 /// Creates [`runtime_dir`] (and its parents) if needed, sets it to mode 0700
 /// and returns it ([`Layout::ensure_runtime_dir`]).

@@ -68,17 +68,18 @@ pub enum LayoutError {
         /// The longest accepted length.
         max: usize,
     },
-    /// The directory could not be created or secured.
-    #[error("cannot use directory {dir}: {source}")]
-    Dir {
+    /// The runtime directory could not be created or secured.
+    #[error("cannot prepare runtime directory {dir}: {source}")]
+    RuntimeDir {
         /// The directory.
         dir: PathBuf,
         /// The OS error.
         source: std::io::Error,
     },
-    /// The directory is not one the caller may trust.
-    #[error("refusing directory {dir}: {reason}")]
-    Untrusted {
+    /// The runtime directory could let another user plant or replace a
+    /// socket: it must be the caller's, with mode 0700.
+    #[error("refusing the socket directory {}: {reason} (it must be owned by you with mode 0700; remove it, or set ALCOVE_RUNTIME_DIR to a directory of yours)", dir.display())]
+    UntrustedRuntimeDir {
         /// The directory.
         dir: PathBuf,
         /// What is wrong with it.
@@ -171,12 +172,12 @@ impl Layout {
 
     /// Creates the home (0700) if needed, and makes this layout use its
     /// canonical path (sockets are named after it).
-    pub fn ensure_home(self) -> Result<Layout, LayoutError> {
+    pub fn ensure_home(self) -> Result<Layout, std::io::Error> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.home)
-            .map_err(|source| LayoutError::Dir { dir: self.home.clone(), source })?;
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot create {}: {e}", self.home.display())))?;
         let home = std::fs::canonicalize(&self.home).unwrap_or(self.home);
         Ok(Layout { home, runtime: self.runtime })
     }
@@ -261,10 +262,10 @@ pub const RUNTIME_STDERR: &str = "runtime.stderr";
 /// [`Layout::ensure_runtime_dir`]).
 pub fn ensure_private_dir(dir: &Path) -> Result<(), LayoutError> {
     check_runtime_dir_len(dir)?;
-    let err = |source| LayoutError::Dir { dir: dir.to_path_buf(), source };
+    let err = |source| LayoutError::RuntimeDir { dir: dir.to_path_buf(), source };
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(err)?;
     let meta = std::fs::symlink_metadata(dir).map_err(err)?;
-    let untrusted = |reason: String| LayoutError::Untrusted { dir: dir.to_path_buf(), reason };
+    let untrusted = |reason: String| LayoutError::UntrustedRuntimeDir { dir: dir.to_path_buf(), reason };
     if !meta.is_dir() {
         return Err(untrusted("it is not a directory (a symlink is not followed)".into()));
     }
