@@ -10,8 +10,8 @@
 //!   that gives group and others no access ([`check_socket_dir`]).
 
 use crate::ClientError;
-use alcove_layout::Layout;
 pub use alcove_layout::{alcove_home, runtime_dir, MAX_NAME_LEN, MAX_RUNTIME_DIR_LEN, SUN_PATH_LEN};
+use alcove_layout::{Layout, LayoutError};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -19,14 +19,23 @@ use std::path::{Path, PathBuf};
 /// and returns it ([`Layout::ensure_runtime_dir`]).
 pub fn ensure_runtime_dir() -> Result<PathBuf, ClientError> {
     let layout = Layout::from_env();
-    layout.ensure_runtime_dir()?;
+    layout.ensure_runtime_dir().map_err(untrusted_as_socket_dir)?;
     Ok(layout.runtime_dir().to_path_buf())
 }
 
 /// Creates `dir` with mode 0700, or takes an existing one of the caller's
 /// (see [`alcove_layout::ensure_private_dir`]).
 pub fn ensure_dir(dir: &Path) -> Result<(), ClientError> {
-    Ok(alcove_layout::ensure_private_dir(dir)?)
+    alcove_layout::ensure_private_dir(dir).map_err(untrusted_as_socket_dir)
+}
+
+/// A runtime directory the caller may not trust is the client's
+/// [`ClientError::UntrustedSocketDir`], whichever side found it.
+fn untrusted_as_socket_dir(e: LayoutError) -> ClientError {
+    match e {
+        LayoutError::UntrustedRuntimeDir { dir, reason } => ClientError::UntrustedSocketDir { dir, reason },
+        other => ClientError::Layout(other),
+    }
 }
 
 fn euid() -> u32 {
