@@ -55,6 +55,7 @@ pub fn remove_leftovers(kind: Option<BackendKind>, sandbox: &str, pid: u32) -> b
         Some(k) => vec![k],
         None => vec![BackendKind::Jail, BackendKind::Krun, BackendKind::Mock],
     };
-    // Every backend cleans, even after one failed to.
-    kinds.into_iter().map(|k| of_kind(k).remove_leftovers(sandbox, pid)).fold(true, |all, gone| all && gone)
+    // Every backend cleans, even after one failed to (no short cut).
+    let gone: Vec<bool> = kinds.into_iter().map(|k| of_kind(k).remove_leftovers(sandbox, pid)).collect();
+    gone.into_iter().all(|g| g)
 }

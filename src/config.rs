@@ -113,7 +113,8 @@ impl Default for PolicySpec {
 /// [`Policy::try_from`], the one place they are checked, so a `Policy`
 /// anywhere (config file, CLI, embedding API) is valid. Reads its values
 /// through [`Deref`](std::ops::Deref) to the spec; serialised as the spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// `Policy::default()` is the default spec, which is valid (tested).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "PolicySpec", into = "PolicySpec")]
 pub struct Policy(PolicySpec);
 
@@ -146,12 +147,6 @@ impl TryFrom<PolicySpec> for Policy {
 impl From<Policy> for PolicySpec {
     fn from(policy: Policy) -> PolicySpec {
         policy.0
-    }
-}
-
-impl Default for Policy {
-    fn default() -> Policy {
-        Policy(PolicySpec::default())
     }
 }
 
