@@ -192,6 +192,11 @@ impl Layout {
         self.home.join("bin")
     }
 
+    /// Where libkrunfw is installed on first use.
+    pub fn lib_dir(&self) -> PathBuf {
+        self.home.join("lib")
+    }
+
     /// `sandboxes/NAME`.
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {
         self.home.join("sandboxes").join(name)
@@ -352,6 +357,7 @@ mod tests {
         let l = Layout::with_runtime_dir("/h", "/r");
         assert_eq!(l.db(), Path::new("/h/alcove.db"));
         assert_eq!(l.bin_dir(), Path::new("/h/bin"));
+        assert_eq!(l.lib_dir(), Path::new("/h/lib"));
         assert_eq!(l.config_file("s"), Path::new("/h/sandboxes/s/config.json"));
         assert_eq!(l.cli_meta_file("s"), Path::new("/h/sandboxes/s/cli.json"));
         assert_eq!(l.lock_file("s"), Path::new("/h/sandboxes/s/lock"));
