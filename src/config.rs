@@ -518,4 +518,45 @@ mod tests {
         let err = serde_json::from_value::<Policy>(bad).expect_err("refused");
         assert!(err.to_string().contains("watchdog_tick must be above zero"), "{err}");
     }
+
+    fn file(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({ "name": "s", "home": "/h", "backend": "jail" });
+        if let (Some(base), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            base.extend(extra);
+        }
+        v
+    }
+
+    fn parse(v: serde_json::Value) -> Result<SandboxConfig, String> {
+        SandboxConfig::parse(v.to_string().as_bytes(), Path::new("-")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_backend_settings_are_kept_and_written_back() {
+        let cfg = parse(file(serde_json::json!({ "jail": { "user_namespace": "never", "keep_sys_admin": true } })))
+            .expect("valid");
+        let BackendConfig::Jail(options) = &cfg.backend else { panic!("not a jail: {:?}", cfg.backend) };
+        assert_eq!(options.user_namespace, alcove_jail::UserNamespace::Never);
+        assert!(options.keep_sys_admin);
+        // Written as it was read: the kind as a string, the settings beside it.
+        let json = serde_json::to_value(&cfg).expect("serialises");
+        assert_eq!(json["backend"], "jail");
+        assert_eq!(json["jail"]["user_namespace"], "never");
+        assert!(json.get("mock").is_none() && json.get("krun").is_none(), "{json}");
+        let back = parse(json).expect("reads back");
+        assert_eq!(back.backend, cfg.backend);
+    }
+
+    #[test]
+    fn settings_for_another_backend_are_refused_unless_they_are_its_defaults() {
+        let err = parse(file(serde_json::json!({ "mock": { "crash_code": 3 } }))).expect_err("refused");
+        assert!(err.contains("mock settings are given but the backend is jail"), "{err}");
+        // What older versions wrote for every sandbox: the other backends' defaults.
+        let old = file(serde_json::json!({ "mock": MockScript::default(), "krun": alcove_krun::KrunConfig::default() }));
+        assert!(matches!(parse(old).expect("accepted").backend, BackendConfig::Jail(_)));
+        let err = parse(file(serde_json::json!({ "name": "../x" }))).expect_err("refused");
+        assert!(err.contains("invalid sandbox name"), "{err}");
+        let err = parse(file(serde_json::json!({ "policy": { "watchdog_tick": 0 } }))).expect_err("refused");
+        assert!(err.contains("watchdog_tick must be above zero"), "{err}");
+    }
 }
