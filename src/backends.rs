@@ -5,7 +5,7 @@
 //! recorded ([`preflight`]) and the clean-up after a sandbox process that
 //! died ([`remove_leftovers`]).
 
-use crate::config::{BackendConfig, BackendKind};
+use crate::config::BackendConfig;
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestSpec, VmBackend};
 
@@ -36,26 +36,21 @@ pub fn preflight(config: &BackendConfig, guest: &mut GuestSpec) -> Result<(), St
     Ok(())
 }
 
-/// A backend of `kind` with default settings, for the backend-level
-/// operations that need no configuration.
-fn of_kind(kind: BackendKind) -> Box<dyn VmBackend> {
-    match kind {
-        BackendKind::Mock => Box::new(MockBackend::new(Default::default())),
-        BackendKind::Jail => Box::new(alcove_jail::JailBackend::new(Default::default())),
-        BackendKind::Krun => Box::new(alcove_krun::KrunBackend::new(Default::default())),
-    }
-}
-
 /// Removes what the guest of sandbox `sandbox` left on the host after its
-/// sandbox process `pid` died ([`VmBackend::remove_leftovers`]). `kind`:
-/// the backend that ran it; `None` when its configuration is gone, and
-/// every backend looks. True once nothing is left.
-pub fn remove_leftovers(kind: Option<BackendKind>, sandbox: &str, pid: u32) -> bool {
-    let kinds = match kind {
-        Some(k) => vec![k],
-        None => vec![BackendKind::Jail, BackendKind::Krun, BackendKind::Mock],
+/// sandbox process `pid` died ([`VmBackend::remove_leftovers`]), asking the
+/// backend it was configured with (`config`, with its settings: a jail's
+/// cgroup parent); `None` when its configuration is gone, and every backend
+/// looks with its defaults. True once nothing is left.
+pub fn remove_leftovers(config: Option<&BackendConfig>, sandbox: &str, pid: u32) -> bool {
+    let backends: Vec<Box<dyn VmBackend>> = match config {
+        Some(config) => vec![make(config)],
+        None => vec![
+            make(&BackendConfig::Jail(Default::default())),
+            make(&BackendConfig::Krun(Default::default())),
+            make(&BackendConfig::Mock(Default::default())),
+        ],
     };
     // Every backend cleans, even after one failed to (no short cut).
-    let gone: Vec<bool> = kinds.into_iter().map(|k| of_kind(k).remove_leftovers(sandbox, pid)).collect();
+    let gone: Vec<bool> = backends.iter().map(|b| b.remove_leftovers(sandbox, pid)).collect();
     gone.into_iter().all(|g| g)
 }

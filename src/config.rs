@@ -552,7 +552,8 @@ mod tests {
         let err = parse(file(serde_json::json!({ "mock": { "crash_code": 3 } }))).expect_err("refused");
         assert!(err.contains("mock settings are given but the backend is jail"), "{err}");
         // What older versions wrote for every sandbox: the other backends' defaults.
-        let old = file(serde_json::json!({ "mock": MockScript::default(), "krun": alcove_krun::KrunConfig::default() }));
+        let old =
+            file(serde_json::json!({ "mock": MockScript::default(), "krun": alcove_krun::KrunConfig::default() }));
         assert!(matches!(parse(old).expect("accepted").backend, BackendConfig::Jail(_)));
         let err = parse(file(serde_json::json!({ "name": "../x" }))).expect_err("refused");
         assert!(err.contains("invalid sandbox name"), "{err}");

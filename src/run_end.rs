@@ -130,9 +130,9 @@ pub struct Cleanup {
 /// knows how to remove them (see [`crate::backends::remove_leftovers`]).
 #[derive(Clone, Debug)]
 pub struct Leftovers {
-    /// The backend that ran the guest; `None` when its record is gone
-    /// (every backend then looks).
-    pub backend: Option<crate::config::BackendKind>,
+    /// The backend that ran the guest, with its settings; `None` when its
+    /// configuration is gone (every backend then looks).
+    pub backend: Option<crate::config::BackendConfig>,
     /// The sandbox's name.
     pub sandbox: String,
     /// The dead sandbox process.
@@ -178,8 +178,10 @@ pub fn finish(write: Option<Write<'_>>, cleanup: &Cleanup) -> Recorded {
     if matches!(recorded, Recorded::Now) {
         crate::kill_point!("sandbox-after-run-end");
     }
-    let leftovers_gone =
-        cleanup.leftovers.as_ref().is_none_or(|l| crate::backends::remove_leftovers(l.backend, &l.sandbox, l.pid));
+    let leftovers_gone = cleanup
+        .leftovers
+        .as_ref()
+        .is_none_or(|l| crate::backends::remove_leftovers(l.backend.as_ref(), &l.sandbox, l.pid));
     if let (true, Some(socket)) = (leftovers_gone, &cleanup.socket) {
         remove_socket(socket);
     }

@@ -231,7 +231,7 @@ impl Ctx {
     pub fn finish(&self, run: &RunRecord, end: Option<&RunEnd>) -> Recorded {
         let cleanup = Cleanup {
             leftovers: Some(Leftovers {
-                backend: self.load_config(&run.sandbox).ok().map(|c| c.backend.kind()),
+                backend: self.load_config(&run.sandbox).ok().map(|c| c.backend),
                 sandbox: run.sandbox.clone(),
                 pid: run.pid,
             }),

@@ -200,10 +200,10 @@ pub fn parent_dir(h: &Hierarchy, parent: Option<&str>) -> PathBuf {
 /// without cleaning up (killed with SIGKILL): the leaves [`leftovers`]
 /// finds. Any process still inside is killed first. Best effort; returns
 /// how many cgroups were removed.
-pub fn remove_leftovers(name: &str, pid: u32) -> usize {
+pub fn remove_leftovers(name: &str, pid: u32, configured_parent: Option<&str>) -> usize {
     let mut removed = 0;
     let mut parents = Vec::new();
-    for dir in leftovers(name, pid) {
+    for dir in leftovers(name, pid, configured_parent) {
         for _ in 0..50 {
             for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(p) = p.trim().parse::<libc::pid_t>() {
@@ -231,10 +231,11 @@ pub fn remove_leftovers(name: &str, pid: u32) -> usize {
 /// The cgroups a jail of sandbox `name` started by the sandbox process
 /// `pid` left behind: the leaves `…/alcove/<name>-<pid>-<n>` in every
 /// hierarchy, looked for under the calling process's own cgroup (where the
-/// sandbox process it started put them) and under the hierarchy's root.
-/// A leaf stays until its last task is reaped, which the host's init may
-/// do only after a while.
-pub fn leftovers(name: &str, pid: u32) -> Vec<PathBuf> {
+/// sandbox process it started put them), under the hierarchy's root, and
+/// under `configured_parent` (the jail's [`crate::JailOptions::cgroup_parent`])
+/// when it had one. A leaf stays until its last task is reaped, which the
+/// host's init may do only after a while.
+pub fn leftovers(name: &str, pid: u32, configured_parent: Option<&str>) -> Vec<PathBuf> {
     let Ok(list) = hierarchies() else { return Vec::new() };
     let prefix = format!("{name}-{pid}-");
     let mut found = Vec::new();
@@ -244,6 +245,9 @@ pub fn leftovers(name: &str, pid: u32) -> Vec<PathBuf> {
         let mut parents = vec![h.mount.join("alcove")];
         if !own.is_empty() {
             parents.push(h.mount.join(own).join("alcove"));
+        }
+        if configured_parent.is_some() {
+            parents.push(parent_dir(h, configured_parent));
         }
         for parent in parents {
             let Ok(entries) = std::fs::read_dir(&parent) else { continue };

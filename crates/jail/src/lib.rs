@@ -317,12 +317,14 @@ impl VmBackend for JailBackend {
     }
 
     /// Kills what is left in the cgroups of a jail whose sandbox process
-    /// died, and removes them, waiting up to [`CGROUP_RELEASE_WAIT`].
+    /// died (looking under its configured cgroup parent too), and removes
+    /// them, waiting up to [`CGROUP_RELEASE_WAIT`].
     fn remove_leftovers(&self, sandbox: &str, pid: u32) -> bool {
+        let parent = self.options.cgroup_parent.as_deref();
         let deadline = std::time::Instant::now() + CGROUP_RELEASE_WAIT;
         loop {
-            cgroup::remove_leftovers(sandbox, pid);
-            if cgroup::leftovers(sandbox, pid).is_empty() {
+            cgroup::remove_leftovers(sandbox, pid, parent);
+            if cgroup::leftovers(sandbox, pid, parent).is_empty() {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
