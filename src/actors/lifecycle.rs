@@ -4,7 +4,8 @@
 //! States: Starting → Ready → Draining → Exited. The first [`Terminate`] to
 //! arrive fixes the reason (later ones are logged and ignored); only then is
 //! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
-//! cause, its exit code decides: 0 is Completed, anything else Failed.
+//! cause, its exit decides ([`RunEnd::decide`]): code 0 is Completed, any
+//! other code or a killing signal Failed.
 //!
 //! Finalisation runs once, in this order: close the relay (no new client,
 //! open sessions aborted), make the run's end final through the Db actor
@@ -12,8 +13,9 @@
 //! then remove agent.sock unless the caller does, see [`SocketRemoval`]),
 //! publish the [`Outcome`], acknowledge the exit observer, stop the actor
 //! system. A socket file with no live sandbox process behind it therefore
-//! marks an end that did not finish, for the CLI's reaper to clean up. The run row is written before anything else is handled
-//! (`ctx.wait`), so a finalisation never races its creation.
+//! marks an end that did not finish, for the CLI's reaper to clean up.
+//! The run row is written before anything else is handled (`ctx.wait`), so
+//! a finalisation never races its creation.
 
 use crate::actors::db::{DbActor, SampleGate};
 use crate::actors::metrics::Metrics;
