@@ -15,6 +15,9 @@
 //! process), or [`crate::JailOptions::cgroup_parent`] when set. `<leaf>` is
 //! `<name>-<pid>-<counter>`, unique per launch.
 //!
+//! Over 600 lines: one concern, cgroup v1 and v2 placement, limits, usage
+//! and clean-up side by side, whose parts share the hierarchy detection.
+//!
 //! Invariants:
 //! - Limits are written before the jail's first process joins, so no
 //!   process of the jail ever runs unlimited.
@@ -226,6 +229,28 @@ pub fn remove_leftovers(name: &str, pid: u32, configured_parent: Option<&str>) -
         let _ = std::fs::remove_dir(&parent);
     }
     removed
+}
+
+/// How long the clean-up after a dead sandbox process waits for its jail's
+/// cgroups to empty: a cgroup cannot be removed until its last task is
+/// reaped, which the host's init does in its own time (≈ 1.5 s on the
+/// project's machine).
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// [`remove_leftovers`] until [`leftovers`] finds none, for up to `wait`;
+/// true once none is left.
+pub fn remove_leftovers_within(name: &str, pid: u32, configured_parent: Option<&str>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        remove_leftovers(name, pid, configured_parent);
+        if leftovers(name, pid, configured_parent).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The cgroups a jail of sandbox `name` started by the sandbox process

@@ -316,30 +316,13 @@ impl VmBackend for JailBackend {
         Ok(Launched { agent_channel: jail.agent_channel, runner: Box::new(jail.runner), control: jail.control })
     }
 
-    /// Kills what is left in the cgroups of a jail whose sandbox process
-    /// died (looking under its configured cgroup parent too), and removes
-    /// them, waiting up to [`CGROUP_RELEASE_WAIT`].
+    /// The cgroups of a jail whose sandbox process died, under its
+    /// configured parent too ([`cgroup::remove_leftovers_within`]).
     fn remove_leftovers(&self, sandbox: &str, pid: u32) -> bool {
         let parent = self.options.cgroup_parent.as_deref();
-        let deadline = std::time::Instant::now() + CGROUP_RELEASE_WAIT;
-        loop {
-            cgroup::remove_leftovers(sandbox, pid, parent);
-            if cgroup::leftovers(sandbox, pid, parent).is_empty() {
-                return true;
-            }
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
+        cgroup::remove_leftovers_within(sandbox, pid, parent, cgroup::RELEASE_WAIT)
     }
 }
-
-/// How long the clean-up after a dead sandbox process waits for its jail's
-/// cgroups to empty: a cgroup cannot be removed until its last task is
-/// reaped, which the host's init does in its own time (≈ 1.5 s on the
-/// project's machine).
-pub const CGROUP_RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl JailBackend {
     /// Validates `spec` and starts the jail (what `launch` does).
