@@ -1,13 +1,16 @@
 //! The backends as the rest of alcove sees them: made from a sandbox's
 //! [`BackendConfig`] in one place ([`make`]), with the settings it was
 //! created with; and the backend-level operations the CLI needs without
-//! knowing any backend crate: the pre-flight check before a sandbox is
-//! recorded ([`preflight`]) and the clean-up after a sandbox process that
-//! died ([`remove_leftovers`]).
+//! knowing any backend crate: the settings of a new sandbox
+//! ([`jail_from_env`], [`krun_with`]), the pre-flight check before it is
+//! recorded ([`preflight`]), what `doctor` and `inspect` show of the jail's
+//! isolation ([`probe_jail_isolation`], [`recorded_isolation`]) and the
+//! clean-up after a sandbox process that died ([`remove_leftovers`]).
 
 use crate::config::BackendConfig;
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestSpec, VmBackend};
+use std::path::{Path, PathBuf};
 
 /// The backend that runs a guest configured with `config`.
 pub fn make(config: &BackendConfig) -> Box<dyn VmBackend> {
@@ -22,6 +25,23 @@ pub fn make(config: &BackendConfig) -> Box<dyn VmBackend> {
 /// `ALCOVE_JAIL_USERNS`), kept with a new sandbox for all its starts.
 pub fn jail_from_env() -> Result<BackendConfig, String> {
     alcove_jail::JailOptions::from_env().map(BackendConfig::Jail).map_err(|e| e.to_string())
+}
+
+/// krun settings with the guest kernel library `libkrunfw`.
+pub fn krun_with(libkrunfw: PathBuf) -> BackendConfig {
+    BackendConfig::Krun(alcove_krun::KrunConfig { libkrunfw: Some(libkrunfw), ..Default::default() })
+}
+
+/// Whether this host can give root-run jails a private uid range (tried
+/// under `scratch`), for `alcove doctor`.
+pub fn probe_jail_isolation(scratch: &Path) -> alcove_jail::IsolationProbe {
+    alcove_jail::probe_isolation(scratch)
+}
+
+/// The isolation the sandbox in `sandbox_dir` last ran with, as its jail
+/// recorded it (none for other backends), for `alcove inspect`.
+pub fn recorded_isolation(sandbox_dir: &Path) -> Option<String> {
+    alcove_jail::recorded_isolation(sandbox_dir)
 }
 
 /// Checks, before anything is recorded, that this host can give `guest`

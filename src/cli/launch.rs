@@ -106,10 +106,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
     }
     env.extend(opts.env.iter().cloned());
     let backend = match backend {
-        BackendKind::Krun => BackendConfig::Krun(alcove_krun::KrunConfig {
-            libkrunfw: Some(ensure_libkrunfw(ctx)?),
-            ..Default::default()
-        }),
+        BackendKind::Krun => crate::backends::krun_with(ensure_libkrunfw(ctx)?),
         // The options of this environment, kept with the sandbox for every start.
         BackendKind::Jail => crate::backends::jail_from_env().map_err(CliError::msg)?,
         BackendKind::Mock => BackendConfig::Mock(Default::default()),

@@ -12,7 +12,7 @@ pub fn doctor(args: DoctorArgs) -> CliResult<i32> {
     // Tried where the jails' layers live: alcove's home when it exists.
     let home = alcove_layout::alcove_home();
     let scratch = if home.is_dir() { home } else { std::env::temp_dir() };
-    let isolation = alcove_jail::probe_isolation(&scratch);
+    let isolation = crate::backends::probe_jail_isolation(&scratch);
     report.jail_isolation = Some(alcove_hostprobe::IsolationReport {
         idmapped_mounts: isolation.idmapped_mounts,
         detail: isolation.detail,

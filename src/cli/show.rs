@@ -109,7 +109,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
     let meta = ctx.meta(&sb.name);
     let dir = ctx.sandbox_dir(&sb.name);
     let socket = ctx.socket_path(&sb.name).ok();
-    let isolation = alcove_jail::recorded_isolation(&dir);
+    let isolation = crate::backends::recorded_isolation(&dir);
     let guest_log = ctx.layout.log_file(&sb.name, alcove_layout::GUEST_LOG);
     if args.json {
         print_json(&json!({
