@@ -136,13 +136,14 @@ pub struct Touch;
 
 /// Lifecycle → Relay: stop accepting (connections are refused from then
 /// on), abort open sessions and close clients. agent.sock itself stays until
-/// the run's end is committed (see [`RemoveSocket`]).
+/// the run's end is committed ([`crate::run_end::finish`] removes it).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct CloseRelay;
 
-/// Lifecycle → Relay, once the run's end is committed: remove agent.sock
-/// (when [`crate::sandbox::SocketRemoval::AfterRunEnd`]).
+/// Formerly Lifecycle → Relay: remove agent.sock. Nothing sends it any
+/// more ([`crate::run_end::finish`] removes the socket); kept only while
+/// the relay still has a handler for it, and to be deleted with that.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct RemoveSocket;
