@@ -13,6 +13,7 @@
 
 use crate::config::ExitBudget;
 use crate::messages::{DbFinishRun, DbInsertMetrics, DbSetStatus, DbStartRun};
+use crate::run_end::{finish, Recorded, Write};
 use crate::store::{RunId, Store};
 use actix::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,10 +84,24 @@ impl Handler<DbSetStatus> for DbActor {
 }
 
 impl Handler<DbFinishRun> for DbActor {
-    type Result = Result<(), String>;
+    type Result = bool;
 
-    fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> Self::Result {
-        self.store()?.finish_run(msg.run, &msg.outcome).map_err(|e| e.to_string())
+    fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> bool {
+        let store = match self.store() {
+            Ok(store) => Some(store),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the end of the run");
+                None
+            }
+        };
+        let write = store.zip(msg.run).map(|(store, run)| Write { store, run, end: &msg.end });
+        match finish(write, &msg.cleanup) {
+            Recorded::Failed(e) => {
+                tracing::error!(error = %e, "cannot record the end of the run");
+                false
+            }
+            recorded => recorded.is_final(),
+        }
     }
 }
 

@@ -177,6 +177,7 @@ impl Handler<GetLooks> for Watchdog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PolicySpec;
 
     fn rules(policy: Policy) -> impl Fn(&Activity, u64) -> Option<TerminationReason> {
         move |a, now_s| rules_for(&policy, Duration::ZERO, a, Duration::from_secs(now_s)).map(|t| t.reason)
@@ -193,18 +194,22 @@ mod tests {
 
     #[test]
     fn never_ready_is_unresponsive_after_the_ready_timeout() {
-        let check = rules(Policy { ready_timeout: Duration::from_secs(30), ..Policy::default() });
+        let check = rules(
+            Policy::try_from(PolicySpec { ready_timeout: Duration::from_secs(30), ..PolicySpec::default() })
+                .expect("a valid policy"),
+        );
         assert_eq!(check(&Activity::default(), 29), None);
         assert_eq!(check(&Activity::default(), 30), Some(TerminationReason::AgentUnresponsive));
     }
 
     #[test]
     fn open_sessions_are_not_idle() {
-        let p = Policy {
+        let p = Policy::try_from(PolicySpec {
             idle_timeout: Some(Duration::from_secs(5)),
             heartbeat_timeout: Duration::from_secs(3600),
-            ..Policy::default()
-        };
+            ..PolicySpec::default()
+        })
+        .expect("a valid policy");
         let check = rules(p);
         let mut a = ready(1);
         assert_eq!(check(&a, 5), None);
@@ -215,22 +220,32 @@ mod tests {
 
     #[test]
     fn max_duration_counts_from_start() {
-        let check = rules(Policy {
-            max_duration: Some(Duration::from_secs(10)),
-            heartbeat_timeout: Duration::from_secs(3600),
-            ..Policy::default()
-        });
+        let check = rules(
+            Policy::try_from(PolicySpec {
+                max_duration: Some(Duration::from_secs(10)),
+                heartbeat_timeout: Duration::from_secs(3600),
+                ..PolicySpec::default()
+            })
+            .expect("a valid policy"),
+        );
         assert_eq!(check(&ready(1), 9), None);
         assert_eq!(check(&ready(1), 10), Some(TerminationReason::MaxDurationExceeded));
     }
 
     #[test]
     fn heartbeat_loss_is_unresponsive() {
-        let check = rules(Policy { heartbeat_timeout: Duration::from_secs(10), ..Policy::default() });
+        let check = rules(
+            Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(10), ..PolicySpec::default() })
+                .expect("a valid policy"),
+        );
         let mut a = ready(1);
         a.last_heartbeat = Some(Duration::from_secs(20));
         assert_eq!(check(&a, 29), None);
         assert_eq!(check(&a, 30), Some(TerminationReason::AgentUnresponsive));
+    }
+
+    fn valid(spec: PolicySpec) -> Policy {
+        Policy::try_from(spec).expect("a valid policy")
     }
 
     fn secs(s: u64) -> Duration {
@@ -239,7 +254,11 @@ mod tests {
 
     #[test]
     fn before_ready_it_looks_every_tick_up_to_the_ready_timeout() {
-        let p = Policy { watchdog_tick: Duration::from_millis(100), ready_timeout: secs(30), ..Policy::default() };
+        let p = valid(PolicySpec {
+            watchdog_tick: Duration::from_millis(100),
+            ready_timeout: secs(30),
+            ..PolicySpec::default()
+        });
         let a = Activity::default();
         assert_eq!(next_check(&p, secs(0), &a, secs(1)), secs(1) + Duration::from_millis(100));
         assert_eq!(next_check(&p, secs(0), &a, Duration::from_millis(29_950)), secs(30));
@@ -247,24 +266,28 @@ mod tests {
 
     #[test]
     fn a_ready_idle_sandbox_sleeps_until_its_nearest_deadline() {
-        let p = Policy {
+        let p = valid(PolicySpec {
             idle_timeout: Some(secs(300)),
             max_duration: Some(secs(3600)),
             heartbeat_timeout: secs(864_000),
-            ..Policy::default()
-        };
+            ..PolicySpec::default()
+        });
         // Idle deadline: last activity + 300 s.
         assert_eq!(next_check(&p, secs(0), &ready(100), secs(150)), secs(400));
         // The max duration comes first near the end.
         assert_eq!(next_check(&p, secs(0), &ready(3500), secs(3550)), secs(3600));
         // Heartbeat loss is a deadline too.
-        let p = Policy { heartbeat_timeout: secs(10), ..p };
+        let p = valid(PolicySpec { heartbeat_timeout: secs(10), ..p.spec() });
         assert_eq!(next_check(&p, secs(0), &ready(100), secs(105)), secs(110));
     }
 
     #[test]
     fn with_open_sessions_the_next_look_is_at_most_one_idle_timeout_away() {
-        let p = Policy { idle_timeout: Some(secs(60)), heartbeat_timeout: secs(864_000), ..Policy::default() };
+        let p = valid(PolicySpec {
+            idle_timeout: Some(secs(60)),
+            heartbeat_timeout: secs(864_000),
+            ..PolicySpec::default()
+        });
         let mut a = ready(1);
         a.open_sessions = 2;
         // The session may end right now: idle cannot fire before now + 60 s.
@@ -273,7 +296,11 @@ mod tests {
 
     #[test]
     fn the_next_look_is_always_in_the_future() {
-        let p = Policy { heartbeat_timeout: secs(10), watchdog_tick: Duration::from_millis(5), ..Policy::default() };
+        let p = valid(PolicySpec {
+            heartbeat_timeout: secs(10),
+            watchdog_tick: Duration::from_millis(5),
+            ..PolicySpec::default()
+        });
         // A deadline equal to now (its rule declined) is not looked at again at once.
         let a = ready(0);
         assert!(next_check(&p, secs(0), &a, secs(10)) > secs(10));
@@ -284,12 +311,12 @@ mod tests {
         // An idle sandbox: ready at 0, nothing happens for an hour, no
         // heartbeat deadline near (host-driven liveness aside): the rules
         // are looked at once, at the idle deadline, instead of 36 000 ticks.
-        let p = Policy {
+        let p = valid(PolicySpec {
             idle_timeout: Some(secs(3600)),
             heartbeat_timeout: secs(864_000),
             watchdog_tick: Duration::from_millis(100),
-            ..Policy::default()
-        };
+            ..PolicySpec::default()
+        });
         let a = ready(0);
         let mut now = secs(0);
         let mut looks = 0;
@@ -302,8 +329,9 @@ mod tests {
 
     #[test]
     fn the_agent_beats_four_times_per_heartbeat_timeout_within_bounds() {
-        let with =
-            |t: u64| agent_heartbeat(&Policy { heartbeat_timeout: Duration::from_millis(t), ..Policy::default() });
+        let with = |t: u64| {
+            agent_heartbeat(&valid(PolicySpec { heartbeat_timeout: Duration::from_millis(t), ..PolicySpec::default() }))
+        };
         assert_eq!(with(10_000), Duration::from_millis(2500));
         assert_eq!(with(2_000), Duration::from_secs(1));
         assert_eq!(with(864_000_000), Duration::from_secs(30));

@@ -192,7 +192,7 @@ fn record_command_end(ctx: &Ctx, run: alcove_store::RunId, status: alcove_client
 /// Starts `alcove __supervise NAME` in its own session, detached.
 fn spawn_supervisor(ctx: &Ctx, name: &str) -> CliResult<()> {
     let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("cannot find the alcove executable: {e}")))?;
-    let log = ctx.sandbox_dir(name).join("logs").join("supervisor.err");
+    let log = ctx.layout.log_file(name, "supervisor.err");
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -221,7 +221,7 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
     let Some(argv) = meta.detached_command.clone() else {
         return Err(CliError::msg(format!("sandbox {} has no detached command", args.name)));
     };
-    let log_path = ctx.sandbox_dir(&args.name).join("logs").join("command.log");
+    let log_path = ctx.layout.log_file(&args.name, "command.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
