@@ -268,6 +268,7 @@ pub fn plan_with_krunfw(
         workdir: spec.workdir.clone(),
         user: spec.user.clone(),
         vm: Some(VmBoot { root, upper_tag: Some(UPPER_TAG.into()), mounts, volumes }),
+        heartbeat_ms: spec.heartbeat.map(|d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
     };
     Ok(VmPlan {
         vcpus,
