@@ -1,0 +1,5 @@
+//! stub
+/// x
+pub fn fuzz(_data: &[u8]) {}
+/// x
+pub fn prepare_process() {}
