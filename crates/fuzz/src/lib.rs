@@ -68,3 +68,12 @@ pub(crate) fn structured<'a, T: arbitrary::Arbitrary<'a>>(data: &'a [u8]) -> Opt
     let mut u = arbitrary::Unstructured::new(data);
     T::arbitrary(&mut u).ok()
 }
+
+/// A fresh temporary directory, on tmpfs (`/dev/shm`) where there is one:
+/// the targets that write (a database, an imported rootfs) then measure
+/// alcove, not the disk's fsync.
+pub fn scratch_dir() -> tempfile::TempDir {
+    let shm = std::path::Path::new("/dev/shm");
+    let builder = tempfile::Builder::new().prefix("alcove-fuzz-").tempdir_in(shm);
+    builder.or_else(|_| tempfile::Builder::new().prefix("alcove-fuzz-").tempdir()).expect("a temporary directory")
+}
