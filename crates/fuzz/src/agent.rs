@@ -41,14 +41,25 @@ const WAIT: Duration = Duration::from_secs(30);
 
 static SIGNALS: OnceLock<libc::sigset_t> = OnceLock::new();
 
-/// Blocks SIGCHLD, SIGTERM and SIGINT in this thread and so in every thread
-/// started later, as the agent's `main` does: the server reads them from a
-/// signalfd. Must run before any thread exists.
+/// Blocks SIGCHLD in this thread and so in every thread started later, as
+/// the agent's `main` does: the server reads it from a signalfd (SIGTERM and
+/// SIGINT keep their usual effect on the fuzzing process). Must run before
+/// any thread exists, or a SIGCHLD delivered to another thread is lost.
 pub fn prepare_process() {
-    SIGNALS.get_or_init(|| {
-        sys::block_signals(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT]).expect("blocking signals")
-    });
+    SIGNALS.get_or_init(|| sys::block_signals(&[libc::SIGCHLD]).expect("blocking SIGCHLD"));
 }
+
+/// The unit tests' harness starts threads before any test runs: block
+/// SIGCHLD before `main`, from the binary's constructors.
+#[cfg(test)]
+#[used]
+#[link_section = ".init_array"]
+static PREPARE_BEFORE_MAIN: extern "C" fn() = {
+    extern "C" fn prepare() {
+        prepare_process();
+    }
+    prepare
+};
 
 /// One input.
 #[derive(Arbitrary, Debug)]
@@ -340,8 +351,8 @@ fn read_all(sock: UnixStream) -> Vec<Frame> {
     frames
 }
 
-/// Runs a script against a fresh agent loop.
-pub fn run(script: &AgentScript) {
+/// Runs a script against a fresh agent loop; returns the agent's frames.
+pub fn run(script: &AgentScript) -> Vec<Frame> {
     let set = *SIGNALS.get().expect("agent::prepare_process ran first");
     let dir = crate::scratch_dir();
     let base: PathBuf = dir.path().to_path_buf();
@@ -422,5 +433,49 @@ pub fn run(script: &AgentScript) {
     }
     for id in started {
         assert!(terminals.contains_key(&id), "session {id} was started but never ended");
+    }
+    frames
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exec(program: Program, args: &[&str]) -> Exec {
+        Exec {
+            program,
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: vec![(EnvKey::Other, "x".into())],
+            cwd: None,
+            user: None,
+            tty: None,
+            stdin: false,
+            rlimit: None,
+            stdout_pipe: false,
+        }
+    }
+
+    #[test]
+    fn requests_reach_the_agent_and_every_session_ends_once() {
+        prepare_process();
+        let start = |id: u8, body: Body| HostFrame { id: Id::Small(id), flags: Flags::SESSION_START.bits(), body };
+        let script = AgentScript {
+            frames: vec![
+                start(0, Body::Exec(exec(Program::Echo, &["hi"]))),
+                start(1, Body::Fs(Fs::Stat(Place(vec![Part::A])))),
+                start(2, Body::Raw(vec![0xff, 0x00])),
+                HostFrame { id: Id::Small(5), flags: 0, body: Body::Credit(7) },
+            ],
+            final_grace_ms: 0,
+        };
+        let frames = run(&script);
+        let on = |id: u32| frames.iter().filter(move |f| f.id == id);
+        assert!(
+            on(1).any(|f| matches!(f.decode_body(), Ok(Message::ExecStarted { .. }))),
+            "the command was not started"
+        );
+        for id in [1, 2, 3] {
+            assert_eq!(on(id).filter(|f| f.flags.contains(Flags::TERMINAL)).count(), 1, "session {id}");
+        }
     }
 }

@@ -22,8 +22,13 @@ use alcove_protocol::{decode_message, encode_message, Frame, FrameDecoder, Hands
 
 /// Runs one input.
 pub fn fuzz(data: &[u8]) {
+    check(data);
+}
+
+/// Runs one input; returns how many frames it held.
+pub fn check(data: &[u8]) -> usize {
     let Some((&cut, stream)) = data.split_first() else {
-        return;
+        return 0;
     };
     let pieces = decode_in_pieces(stream, cut);
     let whole = decode_in_pieces(stream, 0);
@@ -39,6 +44,7 @@ pub fn fuzz(data: &[u8]) {
     }
     check_handshake(stream);
     check_agent_config(stream);
+    pieces.0.len()
 }
 
 /// Frames decoded from `stream` fed in reads of a size derived from `cut`
@@ -92,5 +98,23 @@ fn check_agent_config(stream: &[u8]) {
     if let Ok(cfg) = AgentConfig::from_json(stream) {
         let again = AgentConfig::from_json(&cfg.to_json()).expect("an agent config re-reads");
         assert_eq!(again, cfg, "agent config round trip");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alcove_protocol::{Flags, Message};
+
+    #[test]
+    fn valid_frames_cut_into_small_reads_are_all_decoded_and_checked() {
+        let mut stream = vec![3u8];
+        for (id, msg) in [(7, Message::ExecStdout { data: b"hello".to_vec() }), (0, Message::Touch)] {
+            stream.extend(Frame::message(id, Flags::NONE, &msg).expect("encodes").encode().expect("encodes"));
+        }
+        assert_eq!(check(&stream), 2);
+        // A broken header after them ends decoding: still the two frames.
+        stream.extend([0, 0, 0, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(check(&stream), 2);
     }
 }

@@ -252,13 +252,14 @@ fn mutated(mutations: &[Mutation]) -> Vec<u8> {
     serde_json::to_vec(&cfg).expect("a value serialises")
 }
 
-fn check_config_json(json: &Json) {
+/// Checks one config; returns whether it parsed.
+fn check_config_json(json: &Json) -> bool {
     let text = match json {
         Json::Raw(bytes) => bytes.clone(),
         Json::Mutated(ms) => mutated(ms),
     };
     let Ok(cfg) = SandboxConfig::parse(&text, Path::new("fuzz.json")) else {
-        return;
+        return false;
     };
     let value = serde_json::to_value(&cfg).expect("a parsed config serialises");
     let again = SandboxConfig::parse(&serde_json::to_vec(&value).expect("serialises"), Path::new("again.json"))
@@ -270,6 +271,7 @@ fn check_config_json(json: &Json) {
     let budget = cfg.policy.exit_budget();
     assert!(budget.final_write() <= budget.ack_wait(), "the final write outlasts its wait: {budget:?}");
     assert!(budget.ack_wait() <= cfg.policy.exit_budget, "the exit budget's parts exceed it: {budget:?}");
+    true
 }
 
 fn arg_text(a: &Arg) -> String {
@@ -319,5 +321,31 @@ fn check_specs(spec: &str) {
     let _ = parse_secs_or_zero(spec);
     if let Ok((k, _)) = parse_env(spec) {
         assert!(!k.is_empty() && !k.contains('\0'));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_config_parses_and_mutations_reach_validation() {
+        assert!(check_config_json(&Json::Mutated(Vec::new())), "the unmutated base config must parse");
+        let unknown = Mutation { path: 0, new_key: Some("no_such_field".into()), value: Some(JsonValue::Null) };
+        assert!(!check_config_json(&Json::Mutated(vec![unknown])), "unknown fields are refused");
+        assert!(!check_config_json(&Json::Raw(b"{".to_vec())));
+    }
+
+    #[test]
+    fn command_lines_and_specs_are_checked() {
+        let argv = [ArgWord::Run, ArgWord::Volume]
+            .map(Arg::Word)
+            .into_iter()
+            .chain([Arg::Free("/a:/b:ro".into()), Arg::Word(ArgWord::Idle), Arg::Seconds(1.5), Arg::Free("true".into())])
+            .collect::<Vec<_>>();
+        check_command_line(&argv);
+        check_specs("box:/etc/passwd");
+        check_specs("/a:/b:ro");
+        check_specs("1e400");
     }
 }

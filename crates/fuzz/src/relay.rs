@@ -57,6 +57,9 @@ enum Action {
     GuestFrame { frame: FrameSpec, fd: FdSpec },
     GuestGarbage { bytes: Vec<u8> },
     GuestHangup,
+    /// Waits until a client has received a frame (or a short bound passes):
+    /// lets routing happen between steps.
+    AwaitClient { client: u8 },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -280,6 +283,8 @@ impl Peer {
 struct Client {
     peer: Peer,
     range: Handshake,
+    /// Frames received after the handshake.
+    received: usize,
 }
 
 struct World {
@@ -289,6 +294,10 @@ struct World {
     clients: Vec<Option<Client>>,
     /// Every range handed out.
     ranges: Vec<Handshake>,
+    to_clients: usize,
+    to_guest: usize,
+    /// Longest wait of [`Action::AwaitClient`].
+    await_bound: Duration,
 }
 
 impl World {
@@ -307,7 +316,7 @@ impl World {
             assert!(!(overlaps && live), "range {range:?} overlaps the live client's {r:?}");
         }
         self.ranges.push(range);
-        Some(Client { peer: Peer::new(sock), range })
+        Some(Client { peer: Peer::new(sock), range, received: 0 })
     }
 
     fn id(&self, spec: &IdSpec) -> u32 {
@@ -368,6 +377,18 @@ impl World {
             Action::GuestGarbage { bytes } => {
                 self.guest.send(bytes, None);
             }
+            Action::AwaitClient { client } => {
+                let deadline = Instant::now() + self.await_bound;
+                let Some(i) = self.client_index(*client) else {
+                    return;
+                };
+                while self.clients[i].as_ref().is_some_and(|c| c.received == 0 && !c.peer.closed)
+                    && Instant::now() < deadline
+                {
+                    self.drain();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
             Action::GuestHangup => {
                 // The relay sees end of file; the guest still reads.
                 let _ = self.guest.sock.shutdown(std::net::Shutdown::Write);
@@ -378,7 +399,10 @@ impl World {
     /// Reads every socket and checks where each frame went.
     fn drain(&mut self) -> Vec<Frame> {
         for c in self.clients.iter_mut().flatten() {
-            for f in c.peer.drain("a client") {
+            let frames = c.peer.drain("a client");
+            self.to_clients += frames.len();
+            c.received += frames.len();
+            for f in frames {
                 assert!(
                     f.id == CONTROL_ID || c.range.contains(f.id),
                     "a client of range {:?} got a frame of session {}",
@@ -388,6 +412,7 @@ impl World {
             }
         }
         let to_guest = self.guest.drain("the guest");
+        self.to_guest += to_guest.len();
         for f in &to_guest {
             assert!(
                 f.id == CONTROL_ID || self.ranges.iter().any(|r| r.contains(f.id)),
@@ -408,8 +433,24 @@ fn pipe() -> (OwnedFd, OwnedFd) {
     unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
 }
 
+/// What one script did, for tests that prove the target reaches routing.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RelayReport {
+    /// Frames clients received after their handshake.
+    pub to_clients: usize,
+    /// Frames the guest received.
+    pub to_guest: usize,
+    /// The final probe's request reached the guest.
+    pub probe_routed: bool,
+}
+
 /// Runs a script against a fresh sandbox.
-pub fn run(script: &RelayScript) {
+pub fn run(script: &RelayScript) -> RelayReport {
+    run_with(script, Duration::from_millis(20))
+}
+
+/// [`run`], with the bound of [`Action::AwaitClient`].
+fn run_with(script: &RelayScript, await_bound: Duration) -> RelayReport {
     let dir = crate::scratch_dir();
     let socket = dir.path().join("run").join("agent.sock");
     let mut opts = SandboxOptions::new("fuzzbox", dir.path().join("alcove.db"), &socket);
@@ -417,7 +458,7 @@ pub fn run(script: &RelayScript) {
     let (tx, rx) = mpsc::channel();
     let handle = alcove::start(opts, Box::new(ScriptedGuest { guest_end: tx })).expect("the sandbox starts");
     let guest = rx.recv_timeout(WAIT).expect("the backend was launched");
-    let mut world = World { socket: socket.clone(), guest: Peer::new(guest), clients: Vec::new(), ranges: Vec::new() };
+    let mut world = World { socket: socket.clone(), guest: Peer::new(guest), clients: Vec::new(), ranges: Vec::new(), to_clients: 0, to_guest: 0, await_bound };
     let ready = Frame::message(CONTROL_ID, Flags::NONE, &Message::Ready(ready(PROTOCOL_VERSION))).expect("encodes");
     assert!(world.guest.send(&ready.encode().expect("encodes"), None));
     assert!(handle.wait_ready(WAIT), "the sandbox did not become ready");
@@ -426,24 +467,25 @@ pub fn run(script: &RelayScript) {
         world.apply(action);
         world.drain();
     }
-    probe(&mut world, &handle);
+    let probe_routed = probe(&mut world, &handle);
 
     handle.stop();
     let outcome = handle.wait_timeout(WAIT).expect("the sandbox did not stop in time");
     assert!(outcome.recorded, "the outcome was not recorded: {outcome:?}");
     assert_ne!(outcome.reason, TerminationReason::InternalError, "{outcome:?}");
     assert!(!socket.exists(), "agent.sock is left after the end");
+    RelayReport { to_clients: world.to_clients, to_guest: world.to_guest, probe_routed }
 }
 
 /// A new client's request must still reach the guest, unless the sandbox
 /// has ended (a hostile guest may end it: garbage, hang-up, Shutdown).
-fn probe(world: &mut World, handle: &alcove::SandboxHandle) {
+fn probe(world: &mut World, handle: &alcove::SandboxHandle) -> bool {
     if handle.outcome().is_some() || world.guest.closed {
-        return;
+        return false;
     }
     let Some(mut client) = world.connect() else {
         assert!(handle.wait_timeout(WAIT).is_some(), "a live sandbox refused a new client");
-        return;
+        return false;
     };
     let id = client.range.id_start;
     let exec = Message::ExecRequest(ExecRequest { argv: vec!["probe".into()], ..ExecRequest::default() });
@@ -453,13 +495,49 @@ fn probe(world: &mut World, handle: &alcove::SandboxHandle) {
     let deadline = Instant::now() + WAIT;
     loop {
         if world.drain().iter().any(|f| f.id == id) {
-            return;
+            return true;
         }
         if handle.outcome().is_some() || world.guest.closed {
-            return;
+            return false;
         }
         assert!(sent, "a new client could not send its request");
         assert!(Instant::now() < deadline, "the relay stopped routing: a new client's request never reached the guest");
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(id: IdSpec, flags: Flags, msg: MsgSpec) -> FrameSpec {
+        FrameSpec { id, flags: flags.bits(), body: BodySpec::Msg(msg) }
+    }
+
+    #[test]
+    fn a_guest_reply_reaches_its_client_and_routing_survives_hostile_steps() {
+        let own = || IdSpec::InRange { client: 0, offset: 0 };
+        let script = RelayScript {
+            actions: vec![
+                Action::Connect,
+                Action::Connect,
+                Action::ClientFrame {
+                    client: 0,
+                    frame: frame(own(), Flags::SESSION_START, MsgSpec::Exec { stdin: false, stdout_pipe: false }),
+                },
+                Action::GuestFrame { frame: frame(own(), Flags::NONE, MsgSpec::Stdout(b"hi".to_vec())), fd: FdSpec::None },
+                Action::AwaitClient { client: 0 },
+                Action::ClientGarbage { client: 1, bytes: vec![0xff; 32] },
+                Action::GuestFrame {
+                    frame: frame(IdSpec::Raw(u32::MAX), Flags::TERMINAL, MsgSpec::Exited(0)),
+                    fd: FdSpec::PipeWriteEnd,
+                },
+                Action::Disconnect { client: 0 },
+            ],
+        };
+        let report = run_with(&script, WAIT);
+        assert!(report.to_guest >= 1, "the request did not reach the guest: {report:?}");
+        assert!(report.to_clients >= 1, "the guest's output did not reach its client: {report:?}");
+        assert!(report.probe_routed, "routing did not survive: {report:?}");
     }
 }
