@@ -188,12 +188,8 @@ enum Fs {
     Copy(Place, Place),
 }
 
-const SCRIPTS: [&str; 4] = [
-    "echo out; echo err >&2; exit 3",
-    "cat; exit 0",
-    "read line; echo \"$line\"",
-    "kill -TERM $$",
-];
+const SCRIPTS: [&str; 4] =
+    ["echo out; echo err >&2; exit 3", "cat; exit 0", "read line; echo \"$line\"", "kill -TERM $$"];
 
 impl Place {
     fn path(&self, base: &Path) -> String {
@@ -405,7 +401,8 @@ pub fn run(script: &AgentScript) -> Vec<Frame> {
         }
     }
     let grace = u32::from(script.final_grace_ms % 50);
-    let shutdown = Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: grace }).expect("encodes");
+    let shutdown =
+        Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: grace }).expect("encodes");
     let _ = writer.write_all(&shutdown.encode().expect("encodes"));
 
     let outcome = done_rx.recv_timeout(WAIT).expect("the agent did not exit after Shutdown");

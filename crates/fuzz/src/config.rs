@@ -341,7 +341,12 @@ mod tests {
         let argv = [ArgWord::Run, ArgWord::Volume]
             .map(Arg::Word)
             .into_iter()
-            .chain([Arg::Free("/a:/b:ro".into()), Arg::Word(ArgWord::Idle), Arg::Seconds(1.5), Arg::Free("true".into())])
+            .chain([
+                Arg::Free("/a:/b:ro".into()),
+                Arg::Word(ArgWord::Idle),
+                Arg::Seconds(1.5),
+                Arg::Free("true".into()),
+            ])
             .collect::<Vec<_>>();
         check_command_line(&argv);
         check_specs("box:/etc/passwd");

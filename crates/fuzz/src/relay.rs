@@ -25,7 +25,9 @@
 
 use alcove::store::TerminationReason;
 use alcove::{Policy, SandboxOptions};
-use alcove_backend::{BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend};
+use alcove_backend::{
+    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend,
+};
 use alcove_protocol::{
     fdpass, BootTimings, ExecRequest, Flags, Frame, FrameDecoder, FsRequest, Handshake, Message, Ready, CONTROL_ID,
     HANDSHAKE_LEN, PROTOCOL_VERSION,
@@ -51,15 +53,30 @@ pub struct RelayScript {
 #[derive(Arbitrary, Debug)]
 enum Action {
     Connect,
-    Disconnect { client: u8 },
-    ClientFrame { client: u8, frame: FrameSpec },
-    ClientGarbage { client: u8, bytes: Vec<u8> },
-    GuestFrame { frame: FrameSpec, fd: FdSpec },
-    GuestGarbage { bytes: Vec<u8> },
+    Disconnect {
+        client: u8,
+    },
+    ClientFrame {
+        client: u8,
+        frame: FrameSpec,
+    },
+    ClientGarbage {
+        client: u8,
+        bytes: Vec<u8>,
+    },
+    GuestFrame {
+        frame: FrameSpec,
+        fd: FdSpec,
+    },
+    GuestGarbage {
+        bytes: Vec<u8>,
+    },
     GuestHangup,
     /// Waits until a client has received a frame (or a short bound passes):
     /// lets routing happen between steps.
-    AwaitClient { client: u8 },
+    AwaitClient {
+        client: u8,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -73,7 +90,10 @@ struct FrameSpec {
 enum IdSpec {
     Control,
     /// An id in the range of the `client`-th client ever connected.
-    InRange { client: u8, offset: u16 },
+    InRange {
+        client: u8,
+        offset: u16,
+    },
     Raw(u32),
 }
 
@@ -323,10 +343,12 @@ impl World {
         match spec {
             IdSpec::Control => CONTROL_ID,
             IdSpec::Raw(id) => *id,
-            IdSpec::InRange { client, offset } => match self.ranges.get(usize::from(*client) % self.ranges.len().max(1)) {
-                Some(r) => r.id_start + u32::from(*offset) % (r.id_end - r.id_start + 1),
-                None => u32::from(*offset),
-            },
+            IdSpec::InRange { client, offset } => {
+                match self.ranges.get(usize::from(*client) % self.ranges.len().max(1)) {
+                    Some(r) => r.id_start + u32::from(*offset) % (r.id_end - r.id_start + 1),
+                    None => u32::from(*offset),
+                }
+            }
         }
     }
 
@@ -458,7 +480,15 @@ fn run_with(script: &RelayScript, await_bound: Duration) -> RelayReport {
     let (tx, rx) = mpsc::channel();
     let handle = alcove::start(opts, Box::new(ScriptedGuest { guest_end: tx })).expect("the sandbox starts");
     let guest = rx.recv_timeout(WAIT).expect("the backend was launched");
-    let mut world = World { socket: socket.clone(), guest: Peer::new(guest), clients: Vec::new(), ranges: Vec::new(), to_clients: 0, to_guest: 0, await_bound };
+    let mut world = World {
+        socket: socket.clone(),
+        guest: Peer::new(guest),
+        clients: Vec::new(),
+        ranges: Vec::new(),
+        to_clients: 0,
+        to_guest: 0,
+        await_bound,
+    };
     let ready = Frame::message(CONTROL_ID, Flags::NONE, &Message::Ready(ready(PROTOCOL_VERSION))).expect("encodes");
     assert!(world.guest.send(&ready.encode().expect("encodes"), None));
     assert!(handle.wait_ready(WAIT), "the sandbox did not become ready");
@@ -525,7 +555,10 @@ mod tests {
                     client: 0,
                     frame: frame(own(), Flags::SESSION_START, MsgSpec::Exec { stdin: false, stdout_pipe: false }),
                 },
-                Action::GuestFrame { frame: frame(own(), Flags::NONE, MsgSpec::Stdout(b"hi".to_vec())), fd: FdSpec::None },
+                Action::GuestFrame {
+                    frame: frame(own(), Flags::NONE, MsgSpec::Stdout(b"hi".to_vec())),
+                    fd: FdSpec::None,
+                },
                 Action::AwaitClient { client: 0 },
                 Action::ClientGarbage { client: 1, bytes: vec![0xff; 32] },
                 Action::GuestFrame {

@@ -277,8 +277,13 @@ fn oci_archive(layers: &[Vec<u8>], gzip_layers: bool, flaw: &Flaw, canary: &str)
         if i == 0 && matches!(flaw, Flaw::WrongDigest) {
             digest = sha256_hex(b"something else");
         }
-        let media = if gzip_layers { "application/vnd.oci.image.layer.v1.tar+gzip" } else { "application/vnd.oci.image.layer.v1.tar" };
-        descriptors.push(serde_json::json!({"mediaType": media, "digest": format!("sha256:{digest}"), "size": blob.len()}));
+        let media = if gzip_layers {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar"
+        };
+        descriptors
+            .push(serde_json::json!({"mediaType": media, "digest": format!("sha256:{digest}"), "size": blob.len()}));
         match flaw {
             Flaw::MissingBlob if i == 0 => {}
             Flaw::BlobIsSymlink if i == 0 => {
