@@ -15,7 +15,10 @@
 //!   `Ready`, and every body decodes as a message;
 //! - a session never gets more terminal frames than frames were sent on
 //!   its id, and every id that got a session start (before any shutdown
-//!   was asked for) gets a terminal frame before the agent exits;
+//!   was asked for) gets a terminal frame before the agent exits, unless
+//!   the host let its flow-control window run out (the terminal frame
+//!   counts against the window): the script may credit every session
+//!   before the end, and then there is no exception;
 //! - the agent exits after `Shutdown` within a bound, with
 //!   [`Outcome::Shutdown`].
 
@@ -24,6 +27,7 @@ use alcove_agent::spawn::Defaults;
 use alcove_agent::sys::{self, Fd};
 use alcove_protocol::{
     fdpass, BootTimings, ExecRequest, Flags, Frame, FrameDecoder, FsRequest, Message, Rlimit, TtySize, CONTROL_ID,
+    INITIAL_WINDOW,
 };
 use arbitrary::Arbitrary;
 use std::collections::HashMap;
@@ -66,6 +70,9 @@ static PREPARE_BEFORE_MAIN: extern "C" fn() = {
 pub struct AgentScript {
     frames: Vec<HostFrame>,
     final_grace_ms: u8,
+    /// Before the closing `Shutdown`, credit every started session
+    /// generously, as a host whose clients keep reading does.
+    credit_at_end: bool,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -400,6 +407,12 @@ pub fn run(script: &AgentScript) -> Vec<Frame> {
             started.push(id);
         }
     }
+    if script.credit_at_end {
+        for id in &started {
+            let credit = Frame::message(*id, Flags::NONE, &Message::Credit { bytes: 64 << 20 }).expect("encodes");
+            let _ = writer.write_all(&credit.encode().expect("encodes"));
+        }
+    }
     let grace = u32::from(script.final_grace_ms % 50);
     let shutdown =
         Frame::message(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: grace }).expect("encodes");
@@ -417,11 +430,15 @@ pub fn run(script: &AgentScript) -> Vec<Frame> {
         "the agent's first frame is not Ready"
     );
     let mut terminals: HashMap<u32, u32> = HashMap::new();
+    let mut window_used: HashMap<u32, u64> = HashMap::new();
     for f in &frames {
         let msg = f.decode_body();
         assert!(msg.is_ok(), "the agent sent an undecodable body on session {}", f.id);
         if f.flags.contains(Flags::TERMINAL) {
             *terminals.entry(f.id).or_default() += 1;
+        }
+        if !matches!(msg, Ok(Message::Credit { .. })) {
+            *window_used.entry(f.id).or_default() += f.wire_len() as u64;
         }
     }
     for (id, n) in &terminals {
@@ -429,7 +446,13 @@ pub fn run(script: &AgentScript) -> Vec<Frame> {
         assert!(*n <= sent, "session {id} got {n} terminal frames for {sent} frames sent on it");
     }
     for id in started {
-        assert!(terminals.contains_key(&id), "session {id} was started but never ended");
+        // A session whose window the host let run out cannot send its
+        // terminal frame (it counts against the window, after the output
+        // still in the pipe): the host ends it (the relay aborts sessions
+        // still open at the end). Below half a window nothing can block it.
+        let blocked =
+            !script.credit_at_end && window_used.get(&id).copied().unwrap_or(0) >= u64::from(INITIAL_WINDOW / 2);
+        assert!(blocked || terminals.contains_key(&id), "session {id} was started but never ended");
     }
     frames
 }
@@ -464,6 +487,7 @@ mod tests {
                 HostFrame { id: Id::Small(5), flags: 0, body: Body::Credit(7) },
             ],
             final_grace_ms: 0,
+            credit_at_end: true,
         };
         let frames = run(&script);
         let on = |id: u32| frames.iter().filter(move |f| f.id == id);
