@@ -63,10 +63,15 @@ pub fn ignore_sigpipe() {
 }
 
 /// The structured input of `data`; `None` when the bytes cannot make one
-/// (arbitrary ran out of bytes in a way that is not useful to run).
-pub(crate) fn structured<'a, T: arbitrary::Arbitrary<'a>>(data: &'a [u8]) -> Option<T> {
+/// (arbitrary ran out of bytes in a way that is not useful to run). With
+/// `ALCOVE_FUZZ_SHOW` set, the input is printed (to read a saved failure).
+pub(crate) fn structured<'a, T: arbitrary::Arbitrary<'a> + std::fmt::Debug>(data: &'a [u8]) -> Option<T> {
     let mut u = arbitrary::Unstructured::new(data);
-    T::arbitrary(&mut u).ok()
+    let input = T::arbitrary(&mut u).ok();
+    if std::env::var_os("ALCOVE_FUZZ_SHOW").is_some() {
+        eprintln!("alcove-fuzz input: {input:#?}");
+    }
+    input
 }
 
 /// A fresh temporary directory, on tmpfs (`/dev/shm`) where there is one:
