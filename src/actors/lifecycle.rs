@@ -14,10 +14,7 @@
 //! marks an end that did not finish, for the CLI's reaper to clean up. The run row is written before anything else is handled
 //! (`ctx.wait`), so a finalisation never races its creation.
 
-use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::metrics::Metrics;
-use crate::actors::relay::Relay;
-use crate::actors::vm::VmActor;
+use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
@@ -117,6 +114,30 @@ impl SharedState {
     }
 }
 
+/// The messages Lifecycle sends, and to whom (given at construction by
+/// [`crate::sandbox`]'s `run_actor_system`, the one place that knows the
+/// whole graph).
+pub struct LifecyclePeers {
+    /// Db: the run row.
+    pub start_run: Recipient<DbStartRun>,
+    /// Db: the sandbox status.
+    pub set_status: Recipient<DbSetStatus>,
+    /// Db: the run's end.
+    pub finish_run: Recipient<DbFinishRun>,
+    /// Relay: the host end of the agent channel.
+    pub attach_guest: Recipient<AttachGuest>,
+    /// Relay: clients may have their handshake.
+    pub open_to_clients: Recipient<OpenToClients>,
+    /// Relay: stop accepting, abort open sessions.
+    pub close_relay: Recipient<CloseRelay>,
+    /// Relay: remove agent.sock.
+    pub remove_socket: Recipient<RemoveSocket>,
+    /// Vm: end the guest.
+    pub stop_guest: Recipient<StopGuest>,
+    /// Vm and Metrics: the guest's control handle.
+    pub attach_control: Vec<Recipient<AttachControl>>,
+}
+
 /// Decides how the sandbox ends.
 pub struct Lifecycle {
     name: String,
@@ -125,10 +146,7 @@ pub struct Lifecycle {
     state: State,
     cause: Option<Terminate>,
     run: Option<RunId>,
-    db: Addr<DbActor>,
-    vm: Option<Addr<VmActor>>,
-    relay: Option<Addr<Relay>>,
-    metrics: Option<Addr<Metrics>>,
+    peers: LifecyclePeers,
     shared: Arc<SharedState>,
     samples: SampleGate,
     socket_removal: SocketRemoval,
@@ -136,13 +154,12 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// A lifecycle for sandbox `name`; the other actors are attached with
-    /// [`Wire`] once they exist.
+    /// A lifecycle for sandbox `name`, sending to `peers`.
     pub fn new(
         name: String,
         config_json: String,
         pid: u32,
-        db: Addr<DbActor>,
+        peers: LifecyclePeers,
         samples: SampleGate,
         shared: Arc<SharedState>,
     ) -> Lifecycle {
@@ -153,10 +170,7 @@ impl Lifecycle {
             state: State::Starting,
             cause: None,
             run: None,
-            db,
-            vm: None,
-            relay: None,
-            metrics: None,
+            peers,
             shared,
             samples,
             socket_removal: SocketRemoval::AfterRunEnd,
@@ -174,7 +188,7 @@ impl Lifecycle {
     /// Records the sandbox status, then runs `then`. A failed write is a
     /// cause to end the sandbox (InternalError).
     fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>, then: impl FnOnce(&mut Self) + 'static) {
-        let db = self.db.clone();
+        let db = self.peers.set_status.clone();
         let msg = DbSetStatus { sandbox: self.name.clone(), status };
         ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx: &mut Context<Self>| {
             if let Some(err) = flatten(res) {
@@ -213,14 +227,12 @@ impl Lifecycle {
         };
         tracing::info!(reason = %cause.reason, ?exit_code, ?detail, "finalising");
         let outcome = RunOutcome { reason: cause.reason, exit_code, exit_signal: None, detail: detail.clone() };
-        let relay = self.relay.clone();
-        let db = self.db.clone();
+        let (close_relay, remove_socket_at) = (self.peers.close_relay.clone(), self.peers.remove_socket.clone());
+        let db = self.peers.finish_run.clone();
         let run = self.run;
         let remove_socket = self.socket_removal == SocketRemoval::AfterRunEnd;
         let fut = async move {
-            if let Some(relay) = &relay {
-                let _ = relay.send(CloseRelay).await;
-            }
+            let _ = close_relay.send(CloseRelay).await;
             crate::kill_point!("sandbox-during-finalisation");
             let recorded = match run {
                 Some(run) => match flatten(db.send(DbFinishRun { run, outcome }).await) {
@@ -235,8 +247,8 @@ impl Lifecycle {
                 },
                 None => false,
             };
-            if let (true, Some(relay)) = (remove_socket, &relay) {
-                let _ = relay.send(RemoveSocket).await;
+            if remove_socket {
+                let _ = remove_socket_at.send(RemoveSocket).await;
             }
             recorded
         };
@@ -264,7 +276,7 @@ impl Actor for Lifecycle {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let db = self.db.clone();
+        let db = self.peers.start_run.clone();
         let msg = DbStartRun {
             sandbox: self.name.clone(),
             config_json: self.config_json.clone(),
@@ -287,41 +299,14 @@ impl Actor for Lifecycle {
     }
 }
 
-/// Start-up → Lifecycle: the addresses of the other actors.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Wire {
-    /// The Vm actor.
-    pub vm: Addr<VmActor>,
-    /// The Relay.
-    pub relay: Addr<Relay>,
-    /// The metrics sampler.
-    pub metrics: Addr<Metrics>,
-}
-
-impl Handler<Wire> for Lifecycle {
-    type Result = ();
-
-    fn handle(&mut self, msg: Wire, _: &mut Self::Context) {
-        self.vm = Some(msg.vm);
-        self.relay = Some(msg.relay);
-        self.metrics = Some(msg.metrics);
-    }
-}
-
 impl Handler<GuestLaunched> for Lifecycle {
     type Result = ();
 
     fn handle(&mut self, msg: GuestLaunched, _: &mut Self::Context) {
         self.shared.update(|i| i.control = Some(msg.control.clone()));
-        if let Some(relay) = &self.relay {
-            relay.do_send(AttachGuest { channel: msg.agent_channel });
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.do_send(AttachControl { control: msg.control.clone() });
-        }
-        if let Some(vm) = &self.vm {
-            vm.do_send(AttachControl { control: msg.control });
+        self.peers.attach_guest.do_send(AttachGuest { channel: msg.agent_channel });
+        for peer in &self.peers.attach_control {
+            peer.do_send(AttachControl { control: msg.control.clone() });
         }
     }
 }
@@ -352,9 +337,7 @@ impl Handler<AgentReady> for Lifecycle {
         crate::kill_point!("sandbox-before-running");
         // Clients and waiters learn of readiness once the record says Running.
         self.set_status(SandboxStatus::Running, ctx, |this| {
-            if let Some(relay) = &this.relay {
-                relay.do_send(OpenToClients);
-            }
+            this.peers.open_to_clients.do_send(OpenToClients);
             this.shared.update(|i| i.ready = true);
             crate::kill_point!("sandbox-after-ready");
         });
@@ -375,9 +358,7 @@ impl Handler<Terminate> for Lifecycle {
         self.state = State::Draining;
         self.set_status(SandboxStatus::Draining, ctx, |_| {});
         crate::kill_point!("sandbox-during-stop");
-        if let Some(vm) = &self.vm {
-            vm.do_send(StopGuest { graceful });
-        }
+        self.peers.stop_guest.do_send(StopGuest { graceful });
     }
 }
 

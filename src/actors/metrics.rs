@@ -4,7 +4,6 @@
 //! first; otherwise the sandbox process itself is sampled from /proc/self,
 //! which for krun is the VMM and its guest memory.
 
-use crate::actors::db::DbActor;
 use crate::messages::{AttachControl, DbInsertMetric};
 use crate::store::MetricSample;
 use actix::prelude::*;
@@ -16,13 +15,14 @@ use std::time::Duration;
 pub struct Metrics {
     sandbox: String,
     interval: Duration,
-    db: Addr<DbActor>,
+    /// Db: the samples.
+    db: Recipient<DbInsertMetric>,
     control: Option<Arc<dyn GuestControl>>,
 }
 
 impl Metrics {
     /// A sampler for `sandbox`.
-    pub fn new(sandbox: String, interval: Duration, db: Addr<DbActor>) -> Metrics {
+    pub fn new(sandbox: String, interval: Duration, db: Recipient<DbInsertMetric>) -> Metrics {
         Metrics { sandbox, interval, db, control: None }
     }
 

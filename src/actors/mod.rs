@@ -2,7 +2,6 @@
 //! what and which messages flow where.
 
 pub mod db;
-pub mod flow;
 pub mod lifecycle;
 pub mod metrics;
 pub mod peer_log;

@@ -13,8 +13,6 @@
 //!    session, so it is not idle);
 //! 4. ready and no heartbeat for `heartbeat_timeout` → AgentUnresponsive.
 
-use crate::actors::lifecycle::Lifecycle;
-use crate::actors::relay::Relay;
 use crate::clock::Clock;
 use crate::config::Policy;
 use crate::messages::{Activity, GetActivity, Terminate};
@@ -28,16 +26,23 @@ pub struct Watchdog {
     policy: Policy,
     clock: Arc<dyn Clock>,
     started_at: Duration,
-    relay: Addr<Relay>,
-    lifecycle: Addr<Lifecycle>,
+    /// Relay: the activity snapshot.
+    activity: Recipient<GetActivity>,
+    /// Lifecycle: the cause, once a rule fires.
+    terminate: Recipient<Terminate>,
     fired: bool,
 }
 
 impl Watchdog {
     /// A watchdog whose start time is the clock's now.
-    pub fn new(policy: Policy, clock: Arc<dyn Clock>, relay: Addr<Relay>, lifecycle: Addr<Lifecycle>) -> Watchdog {
+    pub fn new(
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        activity: Recipient<GetActivity>,
+        terminate: Recipient<Terminate>,
+    ) -> Watchdog {
         let started_at = clock.now();
-        Watchdog { policy, clock, started_at, relay, lifecycle, fired: false }
+        Watchdog { policy, clock, started_at, activity, terminate, fired: false }
     }
 }
 
@@ -88,7 +93,7 @@ impl Actor for Watchdog {
             if this.fired {
                 return;
             }
-            let relay = this.relay.clone();
+            let relay = this.activity.clone();
             let fut = async move { relay.send(GetActivity).await };
             ctx.spawn(fut.into_actor(this).map(|res, this, ctx| {
                 let Ok(activity) = res else {
@@ -100,7 +105,7 @@ impl Actor for Watchdog {
                 if let Some(cause) = rules_for(&this.policy, this.started_at, &activity, this.clock.now()) {
                     tracing::info!(reason = %cause.reason, detail = ?cause.detail, "watchdog fired");
                     this.fired = true;
-                    this.lifecycle.do_send(cause);
+                    this.terminate.do_send(cause);
                     ctx.stop();
                 }
             }));
