@@ -144,8 +144,11 @@ impl MockLog {
     /// false if `timeout` passed first.
     pub fn wait_for(&self, e: &MockEvent, timeout: std::time::Duration) -> bool {
         let events = lock(&self.0 .0);
-        let (events, _) =
-            self.0 .1.wait_timeout_while(events, timeout, |events| !events.contains(e)).unwrap_or_else(|p| p.into_inner());
+        let (events, _) = self
+            .0
+             .1
+            .wait_timeout_while(events, timeout, |events| !events.contains(e))
+            .unwrap_or_else(|p| p.into_inner());
         events.contains(e)
     }
 }

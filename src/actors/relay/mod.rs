@@ -32,8 +32,8 @@
 //! discarded, not completed). Every bound on memory is stated in [`flow`]
 //! and [`route_table`].
 
-pub mod flow;
 mod client_io;
+pub mod flow;
 mod guest_io;
 mod route_table;
 mod socket;
@@ -43,8 +43,7 @@ pub use socket::{bind_socket, remove_socket, RelayError};
 
 use crate::clock::Clock;
 use crate::messages::{
-    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, RemoveSocket, SendShutdown, Terminate,
-    Touch,
+    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, RemoveSocket, SendShutdown, Terminate, Touch,
 };
 use crate::store::TerminationReason;
 use actix::prelude::*;

@@ -247,9 +247,8 @@ impl RouteTable {
                 }
             }
         }
-        self.warnings.warn("client refused", || {
-            tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use")
-        });
+        self.warnings
+            .warn("client refused", || tracing::warn!("refused a client: all {MAX_CLIENTS} client slots are in use"));
         None
     }
 
@@ -297,7 +296,10 @@ impl RouteTable {
             let kind = match frame.decode_body() {
                 Ok(Message::ExecRequest(_)) => SessionKind::Exec,
                 Ok(Message::FsRequest(_)) => SessionKind::Fs,
-                _ => return self.disconnect(client, &format!("dropped: session {} did not start with a request", frame.id)),
+                _ => {
+                    return self
+                        .disconnect(client, &format!("dropped: session {} did not start with a request", frame.id))
+                }
             };
             if self.sessions.contains_key(&frame.id) {
                 return self.disconnect(client, &format!("dropped: session id {} is already in use", frame.id));
@@ -466,9 +468,10 @@ impl RouteTable {
                 Vec::new()
             }
             Err(e) => {
-                self.warnings.warn("bad control frame", || {
-                    tracing::warn!(error = %e, "undecodable control frame from the agent")
-                });
+                self.warnings.warn(
+                    "bad control frame",
+                    || tracing::warn!(error = %e, "undecodable control frame from the agent"),
+                );
                 Vec::new()
             }
         }
@@ -566,7 +569,10 @@ impl RouteTable {
         }
         self.warnings.flush();
         if self.discarded_frames > 0 {
-            tracing::info!(frames = self.discarded_frames, "frames for sessions of disconnected clients were discarded");
+            tracing::info!(
+                frames = self.discarded_frames,
+                "frames for sessions of disconnected clients were discarded"
+            );
         }
         actions
     }
