@@ -195,7 +195,7 @@ async fn client_reader(
         if kept.strong_count() == 0 {
             return "the client was dropped".to_string();
         }
-        if events.send(RelayEvent::FromClient(key, ToGuest::charged(frame, &budget))).await.is_err() {
+        if events.send(RelayEvent::ClientFrame(key, ToGuest::charged(frame, &budget))).await.is_err() {
             return "the relay is gone".to_string();
         }
     }

@@ -58,7 +58,7 @@ pub(super) async fn guest_reader(mut read: FrameReader<FdReadHalf>, events: mpsc
         } else {
             Descriptor::None
         };
-        if events.send(RelayEvent::FromGuest(frame, descriptor)).await.is_err() {
+        if events.send(RelayEvent::GuestFrame(frame, descriptor)).await.is_err() {
             return;
         }
     }

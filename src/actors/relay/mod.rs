@@ -20,10 +20,10 @@
 //! - [`socket`]: creating and removing agent.sock.
 //!
 //! A frame from a client: its reader charges it to the client's budget →
-//! [`RelayEvent::FromClient`] → [`RouteTable::from_client`] (range check,
+//! [`RelayEvent::ClientFrame`] → [`RouteTable::client_frame`] (range check,
 //! session registration) → [`Action::ToGuest`] → the guest writer. A frame
-//! from the guest: the guest reader → [`RelayEvent::FromGuest`] →
-//! [`RouteTable::from_guest`] (route by id, queue bound) →
+//! from the guest: the guest reader → [`RelayEvent::GuestFrame`] →
+//! [`RouteTable::guest_frame`] (route by id, queue bound) →
 //! [`Action::ToClient`] → the client's writer → [`RelayEvent::ClientWrote`]
 //! → [`RouteTable::client_wrote`] → [`Action::Credit`] → the guest writer.
 //!
@@ -73,13 +73,13 @@ pub(crate) enum RelayEvent {
     /// Accepting a connection failed.
     AcceptFailed(std::io::Error),
     /// A client's frame, charged to its budget.
-    FromClient(ClientKey, ToGuest),
+    ClientFrame(ClientKey, ToGuest),
     /// A client's writer wrote an item to its socket.
     ClientWrote(ClientKey, Written),
     /// A client's connection ended, and why.
     ClientGone(ClientKey, String),
     /// A frame from the guest and the descriptor that came with it.
-    FromGuest(Frame, Descriptor),
+    GuestFrame(Frame, Descriptor),
     /// The agent channel broke framing.
     GuestBroken(String),
     /// The agent channel's writer has ended.
@@ -288,10 +288,10 @@ impl StreamHandler<RelayEvent> for Relay {
                 self.table.accept_failed(&e);
                 return;
             }
-            RelayEvent::FromClient(key, item) => self.table.from_client(key, item),
+            RelayEvent::ClientFrame(key, item) => self.table.client_frame(key, item),
             RelayEvent::ClientWrote(key, written) => self.table.client_wrote(key, written),
             RelayEvent::ClientGone(key, why) => self.table.disconnect(key, &why),
-            RelayEvent::FromGuest(frame, descriptor) => self.table.from_guest(frame, descriptor),
+            RelayEvent::GuestFrame(frame, descriptor) => self.table.guest_frame(frame, descriptor),
             RelayEvent::GuestBroken(e) => {
                 self.peers.terminate.do_send(Terminate::new(
                     TerminationReason::AgentUnresponsive,

@@ -259,7 +259,7 @@ impl RouteTable {
 
     /// A frame from `client` (charged to it while it travels). Frames of a
     /// client already gone are dropped.
-    pub(crate) fn from_client(&mut self, client: ClientKey, item: ToGuest) -> Vec<Action> {
+    pub(crate) fn client_frame(&mut self, client: ClientKey, item: ToGuest) -> Vec<Action> {
         if !self.is_live(client) {
             return Vec::new();
         }
@@ -411,7 +411,7 @@ impl RouteTable {
     }
 
     /// A frame from the guest, with the descriptor that came with it.
-    pub(crate) fn from_guest(&mut self, frame: Frame, descriptor: Descriptor) -> Vec<Action> {
+    pub(crate) fn guest_frame(&mut self, frame: Frame, descriptor: Descriptor) -> Vec<Action> {
         let fd = if frame.flags.contains(Flags::FD) { self.check_descriptor(frame.id, descriptor) } else { None };
         if frame.id == CONTROL_ID {
             return self.control_from_guest(frame);

@@ -127,7 +127,7 @@ fn a_generation_whose_ids_are_still_in_use_is_skipped() {
     let mut f = fixture();
     let first = f.table.admit().expect("a slot");
     let id = first.range().id_start;
-    assert_eq!(to_guest(&f.table.from_client(first, exec_start(id))).len(), 1);
+    assert_eq!(to_guest(&f.table.client_frame(first, exec_start(id))).len(), 1);
     // The client leaves; its session is killed but still open in the guest.
     let actions = f.table.disconnect(first, "gone");
     assert_eq!(to_guest(&actions), [(id, Message::ExecSignal { signal: libc::SIGKILL })]);
@@ -139,7 +139,7 @@ fn a_generation_whose_ids_are_still_in_use_is_skipped() {
         f.table.disconnect(next, "cycled");
     }
     // Once the guest ends the session, the ids are free again.
-    f.table.from_guest(exited(id), Descriptor::None);
+    f.table.guest_frame(exited(id), Descriptor::None);
     let reused = (0..SLOT_GENERATIONS).any(|_| {
         let next = f.table.admit().expect("a slot");
         f.table.disconnect(next, "cycled");
@@ -161,16 +161,16 @@ fn a_client_leaving_its_range_or_breaking_the_protocol_is_dropped_alone() {
     ];
     for (n, case) in cases.iter().enumerate() {
         let bad = f.table.admit().expect("a slot");
-        let actions = f.table.from_client(bad, case(bad));
+        let actions = f.table.client_frame(bad, case(bad));
         assert!(closes(&actions, bad), "case {n} did not drop the client: {actions:?}");
         assert!(to_guest(&actions).is_empty(), "case {n} reached the guest");
         // Later frames of a dropped client are ignored.
-        assert!(f.table.from_client(bad, exec_start(bad.range().id_start)).is_empty());
+        assert!(f.table.client_frame(bad, exec_start(bad.range().id_start)).is_empty());
     }
     let id = good.range().id_start;
-    assert_eq!(to_guest(&f.table.from_client(good, exec_start(id))).len(), 1);
+    assert_eq!(to_guest(&f.table.client_frame(good, exec_start(id))).len(), 1);
     // A session id may be started once.
-    let again = f.table.from_client(good, exec_start(id));
+    let again = f.table.client_frame(good, exec_start(id));
     assert!(closes(&again, good));
 }
 
@@ -179,8 +179,8 @@ fn a_disconnect_kills_exec_sessions_and_aborts_file_sessions() {
     let mut f = fixture();
     let c = f.table.admit().expect("a slot");
     let (exec, fs) = (c.range().id_start, c.range().id_start + 1);
-    f.table.from_client(c, exec_start(exec));
-    f.table.from_client(c, fs_start(fs));
+    f.table.client_frame(c, exec_start(exec));
+    f.table.client_frame(c, fs_start(fs));
     assert_eq!(f.table.activity().open_sessions, 2);
     let mut ended = to_guest(&f.table.disconnect(c, "gone"));
     ended.sort_by_key(|(id, _)| *id);
@@ -202,12 +202,12 @@ fn guest_frames_reach_their_client_and_earn_credit_once_written() {
     let mut f = fixture();
     let c = f.table.admit().expect("a slot");
     let id = c.range().id_start;
-    f.table.from_client(c, exec_start(id));
+    f.table.client_frame(c, exec_start(id));
     let chunk = stdout(id, 20_000);
     let wire = chunk.wire_len() as u32;
     let per_batch = CREDIT_BATCH.div_ceil(wire);
     for _ in 0..per_batch {
-        let actions = f.table.from_guest(chunk.clone(), Descriptor::None);
+        let actions = f.table.guest_frame(chunk.clone(), Descriptor::None);
         assert_eq!(to_client(&actions, c), [&chunk]);
         assert!(credits(&actions).is_empty(), "credit before the client was written to");
     }
@@ -221,11 +221,11 @@ fn guest_frames_reach_their_client_and_earn_credit_once_written() {
     // The terminal frame ends the session: no credit for it, no route after.
     f.clock.advance(Duration::from_secs(5));
     let end = exited(id);
-    assert_eq!(to_client(&f.table.from_guest(end.clone(), Descriptor::None), c), [&end]);
+    assert_eq!(to_client(&f.table.guest_frame(end.clone(), Descriptor::None), c), [&end]);
     assert_eq!(f.table.activity().last_activity, Duration::from_secs(5), "a session's end is activity");
     assert_eq!(f.table.activity().open_sessions, 0);
     assert!(f.table.client_wrote(c, Written::of(&end)).is_empty());
-    assert!(f.table.from_guest(stdout(id, 10), Descriptor::None).is_empty(), "a frame after the end was routed");
+    assert!(f.table.guest_frame(stdout(id, 10), Descriptor::None).is_empty(), "a frame after the end was routed");
 }
 
 #[test]
@@ -233,18 +233,18 @@ fn frames_of_a_gone_clients_session_are_credited_and_others_dropped() {
     let mut f = fixture();
     let c = f.table.admit().expect("a slot");
     let id = c.range().id_start;
-    f.table.from_client(c, exec_start(id));
+    f.table.client_frame(c, exec_start(id));
     f.table.disconnect(c, "gone");
     let chunk = stdout(id, 1000);
-    let actions = f.table.from_guest(chunk.clone(), Descriptor::None);
+    let actions = f.table.guest_frame(chunk.clone(), Descriptor::None);
     assert_eq!(credits(&actions), [(id, chunk.wire_len() as u32)]);
     assert!(!actions.iter().any(|a| matches!(a, Action::ToClient(..))));
     // A session nobody started earns nothing (the ledger cannot be grown
     // with made-up ids).
-    assert!(f.table.from_guest(stdout(id + 99, 1000), Descriptor::None).is_empty());
+    assert!(f.table.guest_frame(stdout(id + 99, 1000), Descriptor::None).is_empty());
     // The killed session's end removes its route.
-    assert!(f.table.from_guest(exited(id), Descriptor::None).is_empty());
-    assert!(f.table.from_guest(chunk, Descriptor::None).is_empty());
+    assert!(f.table.guest_frame(exited(id), Descriptor::None).is_empty());
+    assert!(f.table.guest_frame(chunk, Descriptor::None).is_empty());
 }
 
 #[test]
@@ -253,12 +253,12 @@ fn a_guest_beyond_its_window_loses_the_client_not_memory() {
     let victim = f.table.admit().expect("a slot");
     let other = f.table.admit().expect("a slot");
     let id = victim.range().id_start;
-    f.table.from_client(victim, exec_start(id));
+    f.table.client_frame(victim, exec_start(id));
     let chunk = stdout(id, 60_000);
     let limit = INITIAL_WINDOW as usize + CLIENT_QUEUE_SLACK;
     let mut queued = 0;
     loop {
-        let actions = f.table.from_guest(chunk.clone(), Descriptor::None);
+        let actions = f.table.guest_frame(chunk.clone(), Descriptor::None);
         if closes(&actions, victim) {
             // The frame that did not fit is credited like a gone client's.
             assert_eq!(credits(&actions), [(id, chunk.wire_len() as u32)]);
@@ -273,7 +273,7 @@ fn a_guest_beyond_its_window_loses_the_client_not_memory() {
     assert!(stats.peak_client_queue <= limit);
     // The other client is untouched.
     let oid = other.range().id_start;
-    assert_eq!(to_guest(&f.table.from_client(other, exec_start(oid))).len(), 1);
+    assert_eq!(to_guest(&f.table.client_frame(other, exec_start(oid))).len(), 1);
 }
 
 #[test]
@@ -282,10 +282,10 @@ fn the_session_beyond_the_cap_is_refused_by_the_relay() {
     let c = f.table.admit().expect("a slot");
     let first = c.range().id_start;
     for k in 0..MAX_SESSIONS_PER_CLIENT as u32 {
-        assert_eq!(to_guest(&f.table.from_client(c, exec_start(first + k))).len(), 1);
+        assert_eq!(to_guest(&f.table.client_frame(c, exec_start(first + k))).len(), 1);
     }
     let extra = first + MAX_SESSIONS_PER_CLIENT as u32;
-    let actions = f.table.from_client(c, exec_start(extra));
+    let actions = f.table.client_frame(c, exec_start(extra));
     assert!(to_guest(&actions).is_empty(), "the extra session reached the guest");
     let refused = to_client(&actions, c);
     assert_eq!(refused.len(), 1);
@@ -296,9 +296,9 @@ fn the_session_beyond_the_cap_is_refused_by_the_relay() {
     let refusal = Written::of(refused[0]);
     f.table.client_wrote(c, refusal);
     let end = exited(first);
-    f.table.from_guest(end.clone(), Descriptor::None);
+    f.table.guest_frame(end.clone(), Descriptor::None);
     f.table.client_wrote(c, Written::of(&end));
-    assert_eq!(to_guest(&f.table.from_client(c, exec_start(extra + 1))).len(), 1);
+    assert_eq!(to_guest(&f.table.client_frame(c, exec_start(extra + 1))).len(), 1);
 }
 
 #[test]
@@ -306,24 +306,24 @@ fn the_agents_ready_is_held_for_clients_until_running_is_recorded() {
     let mut f = fixture();
     f.clock.advance(Duration::from_secs(3));
     let ready = ready_frame(PROTOCOL_VERSION);
-    let actions = f.table.from_guest(ready.clone(), Descriptor::None);
+    let actions = f.table.guest_frame(ready.clone(), Descriptor::None);
     assert!(matches!(actions.as_slice(), [Action::AgentReady(r)] if r.protocol_version == PROTOCOL_VERSION));
     let a = f.table.activity();
     assert_eq!((a.ready_at, a.last_heartbeat), (Some(Duration::from_secs(3)), Some(Duration::from_secs(3))));
     // A second Ready changes nothing.
-    assert!(f.table.from_guest(ready_frame(PROTOCOL_VERSION), Descriptor::None).is_empty());
+    assert!(f.table.guest_frame(ready_frame(PROTOCOL_VERSION), Descriptor::None).is_empty());
     assert_eq!(f.table.open_to_clients(), Some(ready));
     assert_eq!(f.table.open_to_clients(), None);
     f.clock.advance(Duration::from_secs(2));
     let beat = frame(CONTROL_ID, Flags::NONE, &Message::Heartbeat { seq: 1, active_sessions: 0 });
-    assert!(f.table.from_guest(beat, Descriptor::None).is_empty());
+    assert!(f.table.guest_frame(beat, Descriptor::None).is_empty());
     assert_eq!(f.table.activity().last_heartbeat, Some(Duration::from_secs(5)));
 }
 
 #[test]
 fn an_agent_of_another_protocol_version_ends_the_sandbox() {
     let mut f = fixture();
-    let actions = f.table.from_guest(ready_frame(PROTOCOL_VERSION + 1), Descriptor::None);
+    let actions = f.table.guest_frame(ready_frame(PROTOCOL_VERSION + 1), Descriptor::None);
     assert!(
         matches!(actions.as_slice(), [Action::Terminate(t)] if t.reason == TerminationReason::InternalError),
         "{actions:?}"
@@ -337,10 +337,10 @@ fn a_clients_shutdown_flag_and_touch_are_control_not_traffic() {
     let c = f.table.admit().expect("a slot");
     f.clock.advance(Duration::from_secs(9));
     let touch = ToGuest::own(frame(CONTROL_ID, Flags::NONE, &Message::Touch));
-    assert!(f.table.from_client(c, touch).is_empty());
+    assert!(f.table.client_frame(c, touch).is_empty());
     assert_eq!(f.table.activity().last_activity, Duration::from_secs(9));
     let shutdown = ToGuest::own(frame(CONTROL_ID, Flags::SHUTDOWN, &Message::Touch));
-    let actions = f.table.from_client(c, shutdown);
+    let actions = f.table.client_frame(c, shutdown);
     assert!(matches!(actions.as_slice(), [Action::Terminate(t)] if t.reason == TerminationReason::ShutdownRequested));
 }
 
@@ -349,16 +349,16 @@ fn an_fd_frame_travels_with_its_pipe_or_not_at_all() {
     let mut f = fixture();
     let c = f.table.admit().expect("a slot");
     let id = c.range().id_start;
-    f.table.from_client(c, exec_start(id));
+    f.table.client_frame(c, exec_start(id));
     let handover = frame(id, Flags::FD, &Message::ExecStdout { data: Vec::new() });
     // Without a usable descriptor the frame is dropped and its bytes credited.
     for descriptor in [Descriptor::None, Descriptor::NotAPipe] {
-        let actions = f.table.from_guest(handover.clone(), descriptor);
+        let actions = f.table.guest_frame(handover.clone(), descriptor);
         assert_eq!(credits(&actions), [(id, handover.wire_len() as u32)]);
         assert!(to_client(&actions, c).is_empty());
     }
     let (read, _write) = pipe();
-    let actions = f.table.from_guest(handover.clone(), Descriptor::Pipe(read));
+    let actions = f.table.guest_frame(handover.clone(), Descriptor::Pipe(read));
     match actions.as_slice() {
         [Action::ToClient(k, ToClient { frame, fd: Some(_) })] => assert_eq!((*k, frame), (c, &handover)),
         other => panic!("{other:?}"),
@@ -372,8 +372,8 @@ fn closing_aborts_open_sessions_and_closes_every_client() {
     let b = f.table.admit().expect("a slot");
     let gone = f.table.admit().expect("a slot");
     let id = a.range().id_start;
-    f.table.from_client(a, exec_start(id));
-    f.table.from_client(gone, exec_start(gone.range().id_start));
+    f.table.client_frame(a, exec_start(id));
+    f.table.client_frame(gone, exec_start(gone.range().id_start));
     f.table.disconnect(gone, "gone");
     let actions = f.table.close();
     let aborted = to_client(&actions, a);
@@ -395,7 +395,7 @@ fn frames_are_refused_while_the_guest_is_detached() {
     let mut f = fixture();
     let c = f.table.admit().expect("a slot");
     f.table.detach_guest();
-    let actions = f.table.from_client(c, exec_start(c.range().id_start));
+    let actions = f.table.client_frame(c, exec_start(c.range().id_start));
     assert!(closes(&actions, c));
     assert!(to_guest(&actions).is_empty());
 }
@@ -405,7 +405,7 @@ fn an_undeliverable_frame_drops_its_client_and_is_credited() {
     let mut f = fixture();
     let c = f.table.admit().expect("a slot");
     let id = c.range().id_start;
-    f.table.from_client(c, exec_start(id));
+    f.table.client_frame(c, exec_start(id));
     let chunk = stdout(id, 500);
     let actions = f.table.undeliverable(c, &chunk);
     assert!(closes(&actions, c));
