@@ -21,8 +21,9 @@
 //!   of memory and the other clients keep their share of the queue;
 //! - *credit*: credit owed to the agent is merged per session in a
 //!   [`CreditLedger`] that the guest writer drains before any other frame;
-//!   adding to it never waits, so the guest reader and the client writers
-//!   never wait on the agent channel's other direction (a guest that answers
+//!   the actor adds to it without waiting, and the guest reader and the
+//!   client writers wait only on the actor, which never waits: none of them
+//!   waits on the agent channel's other direction (a guest that answers
 //!   stdin with credit from its reading thread cannot deadlock the relay).
 
 use alcove_protocol::{Frame, INITIAL_WINDOW};
