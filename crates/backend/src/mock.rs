@@ -215,6 +215,7 @@ impl VmBackend for MockBackend {
             agent_channel: host,
             runner: Box::new(MockRunner { exit_rx, log: self.log.clone() }),
             control: Arc::new(MockControl { exit_tx: Mutex::new(exit_tx), guest, log: self.log }),
+            network_device: None,
         })
     }
 }

@@ -9,6 +9,7 @@
 //! - A frame longer than the buffer given to `recv_frame` is truncated by
 //!   the kernel and then dropped by the parser; it never overruns anything.
 
+mod link;
 mod pair;
 mod tap;
 
@@ -16,6 +17,7 @@ mod tap;
 pub mod krun;
 
 pub use pair::{frame_pair, PairDevice};
+pub use link::{configure_here, LinkConfig};
 pub use tap::TapDevice;
 
 use std::io;
