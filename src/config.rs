@@ -201,6 +201,10 @@ pub struct SandboxConfig {
     /// is gone.
     #[serde(default)]
     pub auto_remove: bool,
+    /// The network (`--net`, `--net-rule`, `--dns`, `-p`); see
+    /// [`crate::net_settings`].
+    #[serde(default)]
+    pub network: crate::net_settings::NetworkSettings,
 }
 
 impl SandboxConfig {

@@ -20,6 +20,7 @@ use crate::actors::db::{DbActor, SampleGate};
 use crate::actors::flow::{RelayCounters, RelayStats};
 use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
 use crate::actors::metrics::Metrics;
+use crate::actors::network::{NetworkActor, StartNetwork};
 use crate::actors::relay::{bind_socket, Relay, RelayError};
 use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
@@ -83,6 +84,9 @@ pub struct SandboxOptions {
     pub pid: u32,
     /// Who removes agent.sock at the end.
     pub socket_removal: SocketRemoval,
+    /// The network engine's settings when the guest has a link
+    /// (`spec.network` set); `None`: loopback only, no engine.
+    pub network: Option<crate::net_settings::NetworkPlan>,
 }
 
 /// Who removes agent.sock when the sandbox ends.
@@ -117,6 +121,7 @@ impl SandboxOptions {
             clock: Arc::new(MonotonicClock::new()),
             pid: std::process::id(),
             socket_removal: SocketRemoval::default(),
+            network: None,
         }
     }
 }
@@ -276,7 +281,7 @@ pub fn launch_with(
             .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
-    let (lifecycle, relay) = match addr_rx.recv() {
+    let (lifecycle, relay, network) = match addr_rx.recv() {
         Ok(addrs) => addrs,
         Err(_) => {
             let _ = actor_thread.join();
@@ -296,6 +301,9 @@ pub fn launch_with(
 
     match backend.launch(&opts.spec) {
         Ok(launched) => {
+            if let Some(device) = launched.network_device {
+                network.do_send(StartNetwork { device });
+            }
             lifecycle.do_send(GuestLaunched { agent_channel: launched.agent_channel, control: launched.control });
             Ok((handle, GuestDriver { runner: Some(launched.runner), observer }))
         }
@@ -323,7 +331,7 @@ fn run_actor_system(
     store: Store,
     listener: std::os::unix::net::UnixListener,
     (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
-    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>)>,
+    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>, Addr<NetworkActor>)>,
 ) {
     let panic_shared = shared.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -356,10 +364,19 @@ fn run_actor_system(
                 Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone(), relay_counters)
                     .start();
             let vm = VmActor::new(opts.policy, relay.clone()).start();
-            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
+            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db.clone()).start();
+            // The network engine's owner; idle (no engine) without a link.
+            let network = NetworkActor::new(
+                opts.name.clone(),
+                opts.network.clone(),
+                db.recipient(),
+                metrics.clone().recipient(),
+                lifecycle.clone().recipient(),
+            )
+            .start();
             Watchdog::new(opts.policy, opts.clock.clone(), relay.clone(), lifecycle.clone()).start();
             lifecycle.do_send(Wire { vm, relay: relay.clone(), metrics });
-            let _ = addr_tx.send((lifecycle, relay));
+            let _ = addr_tx.send((lifecycle, relay, network));
         });
         if let Err(e) = system.run() {
             tracing::error!(error = %e, "the actor system failed");

@@ -75,7 +75,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         alcove_jail::cgroup::prewarm_attach();
     }
     let backend = make_backend(&cfg)?;
-    let spec = complete_spec(&cfg)?;
+    let network = network_plan(&cfg)?;
+    let mut spec = complete_spec(&cfg)?;
+    spec.network = network.as_ref().map(|n| n.guest_link());
     // Refuse a database that cannot be opened before claiming to run.
     cfg.policy.validate().map_err(|e| e.to_string())?;
     let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);
@@ -119,6 +121,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         } else {
             SocketRemoval::ByCaller
         },
+        network,
     };
     let socket_path = opts.socket_path.clone();
     let (handle, driver) = launch_with(store, listener, opts, backend).map_err(|e| e.to_string())?;
@@ -154,6 +157,16 @@ fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
         }
         BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
     }
+}
+
+/// The network engine's settings, checked again from the stored config;
+/// only the jail backend has a link today.
+fn network_plan(cfg: &SandboxConfig) -> Result<Option<crate::net_settings::NetworkPlan>, String> {
+    let plan = cfg.network.check().map_err(|e| e.to_string())?;
+    if plan.is_some() && cfg.backend != BackendKind::Jail {
+        return Err(format!("--net is available with the jail backend only (this sandbox uses {:?})", cfg.backend));
+    }
+    Ok(plan)
 }
 
 /// Fills in what a real guest needs and the config may leave out: the static

@@ -5,6 +5,7 @@
 //! which for krun is the VMM and its guest memory.
 
 use crate::actors::db::DbActor;
+use crate::actors::network::AttachNetCounters;
 use crate::messages::{AttachControl, DbInsertMetric};
 use crate::store::MetricSample;
 use actix::prelude::*;
@@ -18,24 +19,28 @@ pub struct Metrics {
     interval: Duration,
     db: Addr<DbActor>,
     control: Option<Arc<dyn GuestControl>>,
+    /// The network engine's counters, when the sandbox has a link.
+    network: Option<Arc<alcove_net::Counters>>,
 }
 
 impl Metrics {
     /// A sampler for `sandbox`.
     pub fn new(sandbox: String, interval: Duration, db: Addr<DbActor>) -> Metrics {
-        Metrics { sandbox, interval, db, control: None }
+        Metrics { sandbox, interval, db, control: None, network: None }
     }
 
     fn sample(&self) -> MetricSample {
         let usage = self.control.as_ref().and_then(|c| c.usage()).unwrap_or_else(process_usage);
+        // The guest's view: it receives what the engine sends it.
+        let net = self.network.as_ref().map(|c| c.snapshot()).unwrap_or_default();
         MetricSample {
             at_ms: now_ms(),
             cpu_usec: usage.cpu_usec,
             memory_bytes: usage.memory_bytes,
             io_read_bytes: usage.io_read_bytes,
             io_write_bytes: usage.io_write_bytes,
-            net_rx_bytes: 0,
-            net_tx_bytes: 0,
+            net_rx_bytes: net.tx_bytes,
+            net_tx_bytes: net.rx_bytes,
         }
     }
 }
@@ -59,6 +64,14 @@ impl Handler<AttachControl> for Metrics {
 
     fn handle(&mut self, msg: AttachControl, _: &mut Self::Context) {
         self.control = Some(msg.control);
+    }
+}
+
+impl Handler<AttachNetCounters> for Metrics {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachNetCounters, _: &mut Self::Context) {
+        self.network = Some(msg.0);
     }
 }
 

@@ -22,6 +22,7 @@ pub mod cp;
 pub mod error;
 pub mod launch;
 pub mod misc;
+pub mod net;
 pub mod output;
 pub mod session;
 pub mod show;
@@ -92,6 +93,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Cp(a) => cp::cp(a).await,
         Command::Doctor(a) => misc::doctor(a),
         Command::Rootfs(c) => misc::rootfs(c),
+        Command::Net(c) => net::command(c),
         Command::Supervise(a) => commands::supervise(a).await,
         Command::Sandbox(_) => Err(CliError::msg("the sandbox process cannot run inside the CLI runtime")),
     }

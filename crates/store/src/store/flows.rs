@@ -12,6 +12,7 @@ use super::{clamp, sandbox_id, Durability, Store};
 use crate::StoreError;
 use rusqlite::params;
 use serde::Serialize;
+use std::time::Duration;
 
 /// One flow as recorded.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -49,11 +50,19 @@ impl Store {
     /// Stores `rows` for `sandbox` and drops its rows beyond the newest
     /// `flow_retention`.
     pub fn insert_flows(&self, sandbox: &str, rows: &[FlowRow]) -> Result<(), StoreError> {
+        self.insert_flows_within(sandbox, rows, self.opts.retry_budget)
+    }
+
+    /// [`Store::insert_flows`], giving up ([`StoreError::Busy`]) once the
+    /// database has been busy for `budget` (at most the retry budget), so
+    /// flow records never hold up the run's final write for long.
+    pub fn insert_flows_within(&self, sandbox: &str, rows: &[FlowRow], budget: Duration) -> Result<(), StoreError> {
         if rows.is_empty() {
             return Ok(());
         }
         let keep = i64::try_from(self.opts.flow_retention).unwrap_or(i64::MAX);
-        self.write_with(Durability::Implied, "record network flows", |tx| {
+        let budget = budget.min(self.opts.retry_budget);
+        self.write_within(budget, Durability::Implied, "record network flows", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
             let mut insert = tx.prepare_cached(&format!(
                 "INSERT INTO network_flow (sandbox_id, {FLOW_COLUMNS}) \

@@ -1,0 +1,129 @@
+//! The network's command line: `--net`, `--net-rule`, `--dns`, `-p` on
+//! `run` and `create`, and `alcove net flows NAME`.
+//!
+//! Invariants:
+//! - Every value is checked by [`crate::net_settings::NetworkSettings::check`]
+//!   before the sandbox is recorded: a malformed value is one line, exit
+//!   125, nothing created.
+//! - A published port that is taken fails `create`/`run` here, before
+//!   anything starts (the sandbox process binds it again when its engine
+//!   starts).
+
+use super::error::{CliError, CliResult};
+use super::output::{colour_stdout, human_bytes, utc, Table};
+use super::state::Ctx;
+use crate::config::BackendKind;
+use crate::net_settings::NetworkSettings;
+use clap::{Args, Subcommand};
+
+/// Network options of `run` and `create`.
+#[derive(Clone, Debug, Default, Args)]
+pub struct NetOpts {
+    /// Network: none (loopback only, the default), public, private, host
+    /// (the host's loopback as host.alcove.internal) or all.
+    #[arg(long = "net", value_name = "PROFILE")]
+    pub net: Option<String>,
+    /// Ordered rule `allow|deny:DEST[:tcp|udp|icmp][:PORTS]` (DEST: CIDR,
+    /// domain, *.suffix, or public, private, loopback, link-local,
+    /// metadata, multicast); first match wins.
+    #[arg(long = "net-rule", value_name = "RULE")]
+    pub net_rule: Vec<String>,
+    /// DNS server `IP[:PORT]` the sandbox's resolver forwards to (default:
+    /// the host's).
+    #[arg(long = "dns", value_name = "IP[:PORT]")]
+    pub dns: Vec<String>,
+    /// Publish a guest port on the host: `[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]`
+    /// (default bind 127.0.0.1).
+    #[arg(short = 'p', long = "publish", value_name = "[IP:]HOST:GUEST[/udp]")]
+    pub publish: Vec<String>,
+    /// A connection the policy denies ends the sandbox (reason
+    /// NetworkPolicy) instead of only being refused.
+    #[arg(long = "net-deny-ends")]
+    pub net_deny_ends: bool,
+}
+
+/// `alcove net …`.
+#[derive(Debug, Subcommand)]
+pub enum NetCommand {
+    /// Show a sandbox's recorded network flows, oldest first.
+    Flows(FlowsArgs),
+}
+
+/// `alcove net flows`.
+#[derive(Debug, Args)]
+pub struct FlowsArgs {
+    /// The sandbox.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Only flows that were refused.
+    #[arg(long)]
+    pub denied: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 1000)]
+    pub limit: usize,
+}
+
+/// The checked `network` section for a new sandbox.
+pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<NetworkSettings> {
+    let settings = NetworkSettings {
+        profile: opts.net.clone(),
+        rules: opts.net_rule.clone(),
+        dns: opts.dns.clone(),
+        publish: opts.publish.clone(),
+        deny_ends_sandbox: opts.net_deny_ends,
+        guest_address: None,
+    };
+    let plan = settings.check().map_err(|e| CliError::msg(e.to_string()))?;
+    if let Some(plan) = &plan {
+        if backend != BackendKind::Jail {
+            return Err(CliError::msg(format!(
+                "--net is available with the jail backend only (use --backend jail; this sandbox would use {})",
+                format!("{backend:?}").to_lowercase()
+            )));
+        }
+        for mapping in &plan.ports {
+            // Bound and released at once: a taken port fails here, before
+            // anything is recorded or started.
+            alcove_net::ports::BoundPort::bind(*mapping).map_err(|e| CliError::msg(e.to_string()))?;
+        }
+    }
+    Ok(settings.resolved())
+}
+
+/// Runs an `alcove net` command.
+pub fn command(cmd: NetCommand) -> CliResult<i32> {
+    match cmd {
+        NetCommand::Flows(args) => flows(args),
+    }
+}
+
+fn flows(args: FlowsArgs) -> CliResult<i32> {
+    let ctx = Ctx::open()?;
+    let sb = ctx.sandbox(&args.name)?;
+    let rows = ctx.store.flows(&sb.name, args.denied, args.limit)?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&rows).map_err(|e| CliError::msg(e.to_string()))?;
+        println!("{text}");
+        return Ok(0);
+    }
+    let mut t = Table::new(&["STARTED", "PROTO", "GUEST", "REMOTE", "NAME", "VERDICT", "BY", "SENT", "RECEIVED", "END"]);
+    for r in &rows {
+        t.row(vec![
+            utc(r.started_at_ms),
+            r.protocol.clone(),
+            r.guest.clone(),
+            r.remote.clone(),
+            r.name.clone().unwrap_or_else(|| "-".into()),
+            if r.allowed { "allowed" } else { "denied" }.into(),
+            r.decided_by.clone(),
+            human_bytes(r.bytes_from_guest),
+            human_bytes(r.bytes_to_guest),
+            r.close.clone(),
+        ]);
+    }
+    print!("{}", t.render(colour_stdout()));
+    Ok(0)
+}
