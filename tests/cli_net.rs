@@ -286,3 +286,36 @@ fn bad_network_input_is_one_line_and_creates_nothing() {
         assert!(!a.home.join("sandboxes/bad").exists(), "a directory was left for {args:?}");
     }
 }
+
+#[test]
+fn with_net_deny_ends_a_violation_ends_the_sandbox_as_network_policy() {
+    let a = Alcove::new();
+    let port = line_server("should never arrive\n");
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "public", "--net-deny-ends", "strict"]);
+    let _ = a.run(&["exec", "strict", "sh", "-c", &format!("echo hi | nc -w 20 10.0.2.2 {port}; sleep 60")]);
+    let entry = a.wait_status("strict", "Stopped", DEADLINE);
+    assert_eq!(entry["last_run"]["reason"], "NetworkPolicy", "{entry}");
+    let detail = entry["last_run"]["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains(&format!("10.0.2.2:{port}")) && detail.contains("profile public"), "{entry}");
+    a.ok(&["rm", "strict"]);
+}
+
+#[test]
+fn metrics_count_the_sandboxes_network_bytes() {
+    let a = Alcove::new();
+    let port = line_server("hello from the host\n");
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "counted"]);
+    a.ok(&["exec", "counted", "sh", "-c", &format!("echo hi | nc -w 20 host.alcove.internal {port}")]);
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let m: Value = serde_json::from_str(&a.ok(&["metrics", "counted", "--json"])).expect("metrics JSON");
+        let (rx, tx) = (m["latest"]["net_rx_bytes"].as_u64(), m["latest"]["net_tx_bytes"].as_u64());
+        // Frames both ways carried at least the payloads.
+        if rx.unwrap_or(0) >= "hello from the host\n".len() as u64 && tx.unwrap_or(0) >= 3 {
+            break;
+        }
+        assert!(Instant::now() < end, "network bytes never reached the metrics: {m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    a.ok(&["rm", "-f", "counted"]);
+}
