@@ -16,6 +16,7 @@ pub mod config;
 pub mod failpoint;
 pub mod liveness;
 pub mod messages;
+pub mod net_control;
 pub mod net_settings;
 pub mod sandbox;
 pub mod standalone;

@@ -63,6 +63,9 @@ pub struct NetworkPlan {
     pub ports: Vec<PortMapping>,
     /// A policy denial ends the sandbox.
     pub deny_ends_sandbox: bool,
+    /// Where live changes are served ([`crate::net_control`]); set by the
+    /// sandbox process.
+    pub control_socket: Option<std::path::PathBuf>,
 }
 
 impl NetworkSettings {
@@ -96,7 +99,7 @@ impl NetworkSettings {
             ipv6_egress: alcove_net::config::host_has_ipv6_egress(),
             ..NetConfig::default()
         };
-        Ok(Some(NetworkPlan { config, ports, deny_ends_sandbox: self.deny_ends_sandbox }))
+        Ok(Some(NetworkPlan { config, ports, deny_ends_sandbox: self.deny_ends_sandbox, control_socket: None }))
     }
 
     /// The settings with the guest's address filled in (when enabled).

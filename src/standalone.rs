@@ -75,7 +75,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         alcove_jail::cgroup::prewarm_attach();
     }
     let backend = make_backend(&cfg)?;
-    let network = network_plan(&cfg)?;
+    let mut network = network_plan(&cfg)?;
     let mut spec = complete_spec(&cfg)?;
     spec.network = network.as_ref().map(|n| n.guest_link());
     // Refuse a database that cannot be opened before claiming to run.
@@ -104,6 +104,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     let _log_guard = redirect_logs(&log_dir)?;
+    if let Some(plan) = network.as_mut() {
+        plan.control_socket = Some(crate::net_control::socket_path(&socket_path));
+    }
 
     let opts = SandboxOptions {
         name: cfg.name.clone(),

@@ -319,3 +319,80 @@ fn metrics_count_the_sandboxes_network_bytes() {
     }
     a.ok(&["rm", "-f", "counted"]);
 }
+
+/// A TCP server on 127.0.0.1 that greets each client and keeps the
+/// connection open until the client goes.
+fn holding_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = s.write_all(b"ready\n");
+                let mut sink = Vec::new();
+                let _ = s.read_to_end(&mut sink);
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_live_policy_change_cuts_an_open_flow() {
+    use std::io::BufRead;
+    let a = Alcove::new();
+    let port = holding_server();
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "live"]);
+    let mut held = a
+        .cmd(&["exec", "live", "sh", "-c", &format!(
+            // nc's stdin stays open (a writer that never writes) and the
+            // shell waits for nc alone, so only a reset ends it early.
+            "mkfifo /tmp/in; (sleep 600 >/tmp/in 2>/dev/null &); nc host.alcove.internal {port} </tmp/in; echo nc-ended"
+        )])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(held.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("ready"), "the flow never opened");
+
+    let out = a.ok(&["net", "policy", "live", "--net", "public"]);
+    assert_eq!(out, "1 flow(s) revoked\n");
+    // The guest's connection was reset: nc ends without its peer closing.
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("nc-ended"));
+    let _ = held.kill();
+    let _ = held.wait();
+    let row = wait_flow(&a, "live", false, |r| r["remote"] == format!("10.0.2.2:{port}").as_str());
+    assert_eq!(row["close"], "revoked", "{row}");
+    // The new policy holds for new flows.
+    let out = a.ok(&["exec", "live", "sh", "-c", &format!("nc -w 20 10.0.2.2 {port} </dev/null; echo rc=$?")]);
+    assert!(out.ends_with("rc=1\n"), "{out}");
+
+    // A malformed rule is one line and changes nothing.
+    a.run(&["net", "policy", "live", "--net-rule", "permit:1.2.3.4"]).assert_error("permit:1.2.3.4");
+    a.ok(&["rm", "-f", "live"]);
+}
+
+#[test]
+fn ports_are_added_listed_and_removed_at_run_time() {
+    let a = Alcove::new();
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "ported"]);
+    let added = a.ok(&["port", "add", "ported", "127.0.0.1:0:8080"]);
+    let mapping = added.trim().to_string();
+    assert!(mapping.starts_with("127.0.0.1:") && mapping.ends_with(":8080/tcp"), "{added}");
+    let host_port: u16 = mapping.split(':').nth(1).unwrap().parse().unwrap();
+    assert_ne!(host_port, 0);
+    assert_eq!(a.ok(&["port", "ls", "ported"]), format!("{mapping}\n"));
+    // The port is really bound on the host.
+    TcpStream::connect(("127.0.0.1", host_port)).expect("the added port listens");
+    a.ok(&["port", "rm", "ported", &mapping]);
+    assert_eq!(a.ok(&["port", "ls", "ported"]), "");
+    assert!(TcpStream::connect(("127.0.0.1", host_port)).is_err(), "a removed port still listens");
+    a.run(&["port", "rm", "ported", &mapping]).assert_error("is not published");
+    a.run(&["port", "add", "ported", "8080"]).assert_error("invalid port mapping");
+
+    // A sandbox without a network has nothing to change.
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "isolated"]);
+    a.run(&["port", "ls", "isolated"]).assert_error("is it running with --net?");
+    a.ok(&["rm", "-f", "ported", "isolated"]);
+}

@@ -9,6 +9,9 @@
 //!   channel into [`NetEvents`] batches; every flow record goes to Db
 //!   ([`DbInsertFlows`]), and the engine's counters go to Metrics once
 //!   ([`AttachNetCounters`]).
+//! - Live changes (`alcove net policy`, `alcove port`) arrive on the
+//!   sandbox's network control socket ([`crate::net_control`]), served
+//!   while the engine lives.
 //! - A policy denial ends the sandbox (reason NetworkPolicy) only when the
 //!   settings say so; refusals by a bound or a martian address never do.
 //!
@@ -20,6 +23,7 @@
 //!   `--net` costs nothing here.
 
 use crate::messages::Terminate;
+use crate::net_control::ControlServer;
 use crate::net_settings::NetworkPlan;
 use crate::store::{FlowRow, TerminationReason};
 use actix::prelude::*;
@@ -68,7 +72,9 @@ pub struct NetworkActor {
     plan: Option<NetworkPlan>,
     /// A policy denial ends the sandbox.
     deny_ends_sandbox: bool,
-    engine: Option<Network>,
+    /// Serves live changes; dropped before the engine (field order).
+    control: Option<ControlServer>,
+    engine: Option<Arc<Network>>,
     db: Recipient<DbInsertFlows>,
     metrics: Recipient<AttachNetCounters>,
     lifecycle: Recipient<Terminate>,
@@ -84,7 +90,7 @@ impl NetworkActor {
         lifecycle: Recipient<Terminate>,
     ) -> NetworkActor {
         let deny_ends_sandbox = plan.as_ref().is_some_and(|p| p.deny_ends_sandbox);
-        NetworkActor { sandbox, plan, deny_ends_sandbox, engine: None, db, metrics, lifecycle }
+        NetworkActor { sandbox, plan, deny_ends_sandbox, control: None, engine: None, db, metrics, lifecycle }
     }
 
     fn start_engine(&mut self, device: NetworkDevice, ctx: &mut Context<Self>) -> Result<(), String> {
@@ -107,6 +113,12 @@ impl NetworkActor {
             })
             .map_err(|e| format!("cannot start the network event thread: {e}"))?;
         self.metrics.do_send(AttachNetCounters(engine.shared_counters()));
+        let engine = Arc::new(engine);
+        if let Some(path) = plan.control_socket {
+            let server = ControlServer::start(path.clone(), Arc::downgrade(&engine))
+                .map_err(|e| format!("cannot serve {}: {e}", path.display()))?;
+            self.control = Some(server);
+        }
         self.engine = Some(engine);
         Ok(())
     }

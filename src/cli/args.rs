@@ -51,9 +51,12 @@ pub enum Command {
     /// Manage root filesystems.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
-    /// Inspect a sandbox's network.
+    /// Inspect and change a sandbox's network.
     #[command(subcommand)]
     Net(super::net::NetCommand),
+    /// Published ports of a running sandbox.
+    #[command(subcommand)]
+    Port(super::net::PortCommand),
     /// The sandbox process itself (started by the other commands).
     #[command(hide = true)]
     Sandbox(SandboxArgs),

@@ -94,6 +94,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Doctor(a) => misc::doctor(a),
         Command::Rootfs(c) => misc::rootfs(c),
         Command::Net(c) => net::command(c),
+        Command::Port(c) => net::port(c),
         Command::Supervise(a) => commands::supervise(a).await,
         Command::Sandbox(_) => Err(CliError::msg("the sandbox process cannot run inside the CLI runtime")),
     }

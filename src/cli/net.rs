@@ -1,5 +1,7 @@
 //! The network's command line: `--net`, `--net-rule`, `--dns`, `-p` on
-//! `run` and `create`, and `alcove net flows NAME`.
+//! `run` and `create`; `alcove net flows NAME`; live changes of a running
+//! sandbox (`alcove net policy`, `alcove port add|rm|ls`) through its
+//! network control socket ([`crate::net_control`]).
 //!
 //! Invariants:
 //! - Every value is checked by [`crate::net_settings::NetworkSettings::check`]
@@ -13,6 +15,7 @@ use super::error::{CliError, CliResult};
 use super::output::{colour_stdout, human_bytes, utc, Table};
 use super::state::Ctx;
 use crate::config::BackendKind;
+use crate::net_control::Request;
 use crate::net_settings::NetworkSettings;
 use clap::{Args, Subcommand};
 
@@ -47,6 +50,54 @@ pub struct NetOpts {
 pub enum NetCommand {
     /// Show a sandbox's recorded network flows, oldest first.
     Flows(FlowsArgs),
+    /// Replace a running sandbox's network policy at once; flows it no
+    /// longer allows are reset. (The sandbox's next start uses the policy
+    /// it was created with.)
+    Policy(PolicyArgs),
+}
+
+/// `alcove net policy`.
+#[derive(Debug, Args)]
+pub struct PolicyArgs {
+    /// The sandbox.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The profile (default: the one the sandbox was created with).
+    #[arg(long = "net", value_name = "PROFILE")]
+    pub net: Option<String>,
+    /// The new ordered rules (none given: no rules).
+    #[arg(long = "net-rule", value_name = "RULE")]
+    pub net_rule: Vec<String>,
+}
+
+/// `alcove port …`: published ports of a running sandbox.
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Publish a guest port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]`.
+    Add(PortArgs),
+    /// Stop publishing a port.
+    Rm(PortArgs),
+    /// List the published ports.
+    Ls(PortLsArgs),
+}
+
+/// `alcove port add|rm`.
+#[derive(Debug, Args)]
+pub struct PortArgs {
+    /// The sandbox.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// The mapping.
+    #[arg(value_name = "[IP:]HOST:GUEST[/udp]")]
+    pub mapping: String,
+}
+
+/// `alcove port ls`.
+#[derive(Debug, Args)]
+pub struct PortLsArgs {
+    /// The sandbox.
+    #[arg(value_name = "NAME")]
+    pub name: String,
 }
 
 /// `alcove net flows`.
@@ -97,6 +148,57 @@ pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<NetworkSettin
 pub fn command(cmd: NetCommand) -> CliResult<i32> {
     match cmd {
         NetCommand::Flows(args) => flows(args),
+        NetCommand::Policy(args) => policy(args),
+    }
+}
+
+/// Runs an `alcove port` command.
+pub fn port(cmd: PortCommand) -> CliResult<i32> {
+    let (name, request) = match cmd {
+        PortCommand::Add(a) => {
+            a.mapping.parse::<alcove_net::PortMapping>().map_err(|e| CliError::msg(e.to_string()))?;
+            (a.name, Request::AddPort { mapping: a.mapping })
+        }
+        PortCommand::Rm(a) => {
+            a.mapping.parse::<alcove_net::PortMapping>().map_err(|e| CliError::msg(e.to_string()))?;
+            (a.name, Request::RemovePort { mapping: a.mapping })
+        }
+        PortCommand::Ls(a) => (a.name, Request::ListPorts),
+    };
+    let answer = live(&name, &request)?;
+    for p in answer.ports {
+        println!("{p}");
+    }
+    Ok(0)
+}
+
+fn policy(args: PolicyArgs) -> CliResult<i32> {
+    let profile = match args.net {
+        Some(p) => p,
+        None => {
+            let ctx = Ctx::open()?;
+            let sb = ctx.sandbox(&args.name)?;
+            let cfg: serde_json::Value = serde_json::from_str(&sb.config_json).unwrap_or_default();
+            cfg["network"]["profile"].as_str().unwrap_or("public").to_string()
+        }
+    };
+    // Checked here too, so a bad rule never needs the sandbox to answer.
+    crate::net_control::parse_policy(&profile, &args.net_rule).map_err(|e| CliError::msg(e.to_string()))?;
+    let answer = live(&args.name, &Request::SetPolicy { profile, rules: args.net_rule })?;
+    println!("{} flow(s) revoked", answer.revoked.unwrap_or(0));
+    Ok(0)
+}
+
+/// Sends a live request to the running sandbox `name`.
+fn live(name: &str, request: &Request) -> CliResult<crate::net_control::Response> {
+    let ctx = Ctx::open()?;
+    ctx.sandbox(name)?;
+    let agent = alcove_client::paths::socket_path(&ctx.home, name).map_err(|e| CliError::msg(e.to_string()))?;
+    let answer = crate::net_control::call(&agent, request)
+        .map_err(|e| CliError::msg(format!("sandbox {name}: {e} (is it running with --net?)")))?;
+    match answer.error {
+        Some(e) => Err(CliError::msg(format!("sandbox {name}: {e}"))),
+        None => Ok(answer),
     }
 }
 
