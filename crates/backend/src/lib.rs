@@ -19,6 +19,7 @@
 pub mod console;
 pub mod guest_log;
 pub mod mock;
+pub mod names;
 mod spec;
 
 pub use spec::{GuestNetwork, GuestSpec, MountSpec};
