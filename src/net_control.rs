@@ -204,14 +204,11 @@ fn serve(listener: UnixListener, engine: Weak<Network>) {
 /// Sends `request` to the sandbox whose agent socket is `agent_socket`.
 pub fn call(agent_socket: &Path, request: &Request) -> Result<Response, String> {
     let path = socket_path(agent_socket);
-    let mut stream =
-        UnixStream::connect(&path).map_err(|e| format!("the sandbox's network is not running ({e})"))?;
+    let mut stream = UnixStream::connect(&path).map_err(|e| format!("the sandbox's network is not running ({e})"))?;
     let text = serde_json::to_string(request).map_err(|e| e.to_string())?;
     writeln!(stream, "{text}").map_err(|e| format!("cannot reach the sandbox's network: {e}"))?;
     let mut line = String::new();
-    BufReader::new(stream)
-        .read_line(&mut line)
-        .map_err(|e| format!("no answer from the sandbox's network: {e}"))?;
+    BufReader::new(stream).read_line(&mut line).map_err(|e| format!("no answer from the sandbox's network: {e}"))?;
     serde_json::from_str(&line).map_err(|e| format!("bad answer from the sandbox's network: {e}"))
 }
 

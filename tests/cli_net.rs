@@ -132,7 +132,8 @@ fn without_net_a_sandbox_has_loopback_and_its_name_files() {
     let rootfs = a.rootfs_arg();
     let script = "ls /sys/class/net; echo --; cat /etc/hosts; echo --; cat /etc/hostname";
     for extra in [&[][..], &["--net", "none"][..]] {
-        let args = [&["run", "--rootfs", &rootfs, "--name", "plain"][..], extra, &["--", "sh", "-c", script][..]].concat();
+        let args =
+            [&["run", "--rootfs", &rootfs, "--name", "plain"][..], extra, &["--", "sh", "-c", script][..]].concat();
         let out = a.ok(&args);
         let parts: Vec<&str> = out.split("--\n").collect();
         assert_eq!(parts[0].trim(), "lo", "{out}");
@@ -345,11 +346,17 @@ fn a_live_policy_change_cuts_an_open_flow() {
     let port = holding_server();
     a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "live"]);
     let mut held = a
-        .cmd(&["exec", "live", "sh", "-c", &format!(
+        .cmd(&[
+            "exec",
+            "live",
+            "sh",
+            "-c",
+            &format!(
             // nc's stdin stays open (a writer that never writes) and the
             // shell waits for nc alone, so only a reset ends it early.
             "mkfifo /tmp/in; (sleep 600 >/tmp/in 2>/dev/null &); nc host.alcove.internal {port} </tmp/in; echo nc-ended"
-        )])
+        ),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

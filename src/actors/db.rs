@@ -113,8 +113,6 @@ impl Handler<DbInsertFlows> for DbActor {
         if !self.samples.is_open() {
             return Ok(());
         }
-        self.store()?
-            .insert_flows_within(&msg.sandbox, &msg.rows, ExitBudget::SAMPLE_WAIT)
-            .map_err(|e| e.to_string())
+        self.store()?.insert_flows_within(&msg.sandbox, &msg.rows, ExitBudget::SAMPLE_WAIT).map_err(|e| e.to_string())
     }
 }

@@ -211,7 +211,8 @@ fn flows(args: FlowsArgs) -> CliResult<i32> {
         println!("{text}");
         return Ok(0);
     }
-    let mut t = Table::new(&["STARTED", "PROTO", "GUEST", "REMOTE", "NAME", "VERDICT", "BY", "SENT", "RECEIVED", "END"]);
+    let mut t =
+        Table::new(&["STARTED", "PROTO", "GUEST", "REMOTE", "NAME", "VERDICT", "BY", "SENT", "RECEIVED", "END"]);
     for r in &rows {
         t.row(vec![
             utc(r.started_at_ms),

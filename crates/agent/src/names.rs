@@ -25,7 +25,10 @@ pub fn install(files: &[NameFile], root: &Path, upper: &Path, keep: &Path) -> io
     for file in files {
         let Some(name) = file.path.strip_prefix("/etc/").filter(|n| !n.is_empty() && !n.contains('/') && *n != "..")
         else {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("name file {:?} is not under /etc", file.path)));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("name file {:?} is not under /etc", file.path),
+            ));
         };
         let last = keep.join(name);
         let in_upper = upper.join("etc").join(name);

@@ -73,10 +73,8 @@ fn a_version_1_database_gains_start_ticks_and_keeps_its_runs() {
     drop(store);
     // Back to schema v1, as an older alcove left it.
     let raw = Connection::open(&path).expect("raw open");
-    raw.execute_batch(
-        "DROP TABLE network_flow; ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;",
-    )
-    .expect("downgrade");
+    raw.execute_batch("DROP TABLE network_flow; ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;")
+        .expect("downgrade");
     drop(raw);
     let store = Store::open(&path).expect("migrates");
     let old = store.latest_run("old").expect("read").expect("kept");

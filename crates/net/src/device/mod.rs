@@ -16,8 +16,8 @@ mod tap;
 #[cfg(feature = "krun")]
 pub mod krun;
 
-pub use pair::{frame_pair, PairDevice};
 pub use link::{configure_here, LinkConfig};
+pub use pair::{frame_pair, PairDevice};
 pub use tap::TapDevice;
 
 use std::io;
