@@ -16,8 +16,11 @@
 //! - Best effort where the guest's /etc cannot take a mount point (a
 //!   rootless jail over a rootfs the caller does not own): the file is
 //!   then not bound, and the jail starts as before.
-//! - Files are 0644 and replaced by rename, so a half-written file is
-//!   never seen.
+//! - The files are 0644 (every guest user reads them) in the 0700
+//!   `sandbox_dir/etc`; alcove's copies are 0600. Both are replaced by
+//!   rename, so a half-written file is never seen.
+//! - As with docker, a bound file cannot be replaced by rename or removed
+//!   inside the guest (`sed -i`, `rm`: EBUSY); writing it in place works.
 
 use crate::validate::Volume;
 use alcove_backend::names::render;
@@ -69,13 +72,14 @@ fn refresh(path: &Path, last: &Path, content: &str) -> std::io::Result<()> {
             return Ok(());
         }
     }
-    write_replacing(last, content)?;
-    write_replacing(path, content)
+    // The copy is alcove's alone; the file itself is read by every guest user.
+    write_replacing(last, content, 0o600)?;
+    write_replacing(path, content, 0o644)
 }
 
-fn write_replacing(path: &Path, content: &str) -> std::io::Result<()> {
+fn write_replacing(path: &Path, content: &str, mode: u32) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+    let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
     f.write_all(content.as_bytes())?;
     drop(f);
     fs::rename(&tmp, path)
