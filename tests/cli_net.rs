@@ -403,3 +403,16 @@ fn ports_are_added_listed_and_removed_at_run_time() {
     a.run(&["port", "ls", "isolated"]).assert_error("is it running with --net?");
     a.ok(&["rm", "-f", "ported", "isolated"]);
 }
+
+#[test]
+fn a_networked_run_ends_with_its_commands_outcome() {
+    let a = Alcove::new();
+    // The guest's link vanishes with it; that must not become the reason.
+    for (script, code, reason) in [("true", 0, "Completed"), ("exit 7", 7, "Failed")] {
+        let out = a.run(&["run", "--rootfs", &a.rootfs_arg(), "--net", "host", "--name", "ended", "--", "sh", "-c", script]);
+        assert_eq!(out.code, code, "{out:?}");
+        let entry = a.ps_entry("ended").expect("kept");
+        assert_eq!(entry["last_run"]["reason"], reason, "{entry}");
+        a.ok(&["rm", "ended"]);
+    }
+}

@@ -13,7 +13,8 @@
 //!   sandbox's network control socket ([`crate::net_control`]), served
 //!   while the engine lives.
 //! - A policy denial ends the sandbox (reason NetworkPolicy) only when the
-//!   settings say so; refusals by a bound or a martian address never do.
+//!   settings say so; refusals by a bound or a martian address never do,
+//!   nor does the engine stopping (its link goes away with the guest).
 //!
 //! Invariants:
 //! - The engine lives exactly as long as this actor: dropping the actor
@@ -155,12 +156,12 @@ impl Handler<NetEvents> for NetworkActor {
                     }
                     rows.push(flow_row(&record));
                 }
+                // Not a cause to end the sandbox: the guest's link vanishes
+                // with its namespace when the guest ends, and the engine
+                // then stops on the device error, possibly before the
+                // guest's exit reaches Lifecycle (whose first cause wins).
                 NetEvent::Stopped { error: Some(e) } => {
-                    tracing::error!(error = %e, "the network engine stopped");
-                    self.lifecycle.do_send(Terminate::new(
-                        TerminationReason::InternalError,
-                        format!("the network engine stopped: {e}"),
-                    ));
+                    tracing::warn!(error = %e, "the network engine stopped");
                 }
                 NetEvent::Stopped { error: None } => {}
             }
