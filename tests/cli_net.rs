@@ -277,6 +277,10 @@ fn bad_network_input_is_one_line_and_creates_nothing() {
         (vec!["--net".into(), "host".into(), "--dns".into(), "resolver".into()], "invalid DNS server \"resolver\""),
         (vec!["--dns".into(), "127.0.0.1".into()], "--dns needs a network"),
         (vec!["--net".into(), "host".into(), "-p".into(), format!("{taken_port}:80")], "cannot publish"),
+        (
+            vec!["--backend".into(), "krun".into(), "--net".into(), "host".into()],
+            "--net is available with the jail backend only",
+        ),
     ];
     for (extra, needle) in cases {
         let mut args: Vec<String> = vec!["create".into(), "--rootfs".into(), a.rootfs_arg()];
@@ -415,4 +419,21 @@ fn a_networked_run_ends_with_its_commands_outcome() {
         assert_eq!(entry["last_run"]["reason"], reason, "{entry}");
         a.ok(&["rm", "ended"]);
     }
+}
+
+#[test]
+fn a_stopped_networked_sandbox_starts_again_with_its_network() {
+    let a = Alcove::new();
+    let port = line_server("hello again\n");
+    let host_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mapping = format!("127.0.0.1:{host_port}:8080");
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "-p", &mapping, "again"]);
+    let nc = format!("echo hi | nc -w 20 host.alcove.internal {port}");
+    assert_eq!(a.ok(&["exec", "again", "sh", "-c", &nc]), "hello again\n");
+    a.ok(&["stop", "again"]);
+    assert!(TcpStream::connect(("127.0.0.1", host_port)).is_err(), "a stopped sandbox still publishes its port");
+    a.ok(&["start", "again"]);
+    assert_eq!(a.ok(&["exec", "again", "sh", "-c", &nc]), "hello again\n");
+    assert_eq!(a.ok(&["port", "ls", "again"]), format!("{mapping}/tcp\n"));
+    a.ok(&["rm", "-f", "again"]);
 }
