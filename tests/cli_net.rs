@@ -413,7 +413,8 @@ fn a_networked_run_ends_with_its_commands_outcome() {
     let a = Alcove::new();
     // The guest's link vanishes with it; that must not become the reason.
     for (script, code, reason) in [("true", 0, "Completed"), ("exit 7", 7, "Failed")] {
-        let out = a.run(&["run", "--rootfs", &a.rootfs_arg(), "--net", "host", "--name", "ended", "--", "sh", "-c", script]);
+        let out =
+            a.run(&["run", "--rootfs", &a.rootfs_arg(), "--net", "host", "--name", "ended", "--", "sh", "-c", script]);
         assert_eq!(out.code, code, "{out:?}");
         let entry = a.ps_entry("ended").expect("kept");
         assert_eq!(entry["last_run"]["reason"], reason, "{entry}");

@@ -144,6 +144,28 @@ pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<NetworkSettin
     Ok(settings.resolved())
 }
 
+/// One line for `inspect`: profile, guest address, rules, ports, resolvers.
+pub fn describe(network: Option<&serde_json::Value>) -> String {
+    let settings: NetworkSettings = network.and_then(|v| serde_json::from_value(v.clone()).ok()).unwrap_or_default();
+    if !settings.enabled() {
+        return "none (loopback only)".into();
+    }
+    let mut parts = vec![settings.profile.clone().unwrap_or_else(|| "public".into())];
+    if let Some(addr) = settings.guest_address {
+        parts.push(format!("address {addr}"));
+    }
+    if !settings.rules.is_empty() {
+        parts.push(format!("rules {}", settings.rules.join(" ")));
+    }
+    if !settings.publish.is_empty() {
+        parts.push(format!("ports {}", settings.publish.join(" ")));
+    }
+    if !settings.dns.is_empty() {
+        parts.push(format!("dns {}", settings.dns.join(" ")));
+    }
+    parts.join(", ")
+}
+
 /// Runs an `alcove net` command.
 pub fn command(cmd: NetCommand) -> CliResult<i32> {
     match cmd {
@@ -229,4 +251,17 @@ fn flows(args: FlowsArgs) -> CliResult<i32> {
     }
     print!("{}", t.render(colour_stdout()));
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inspect_describes_the_network_in_one_line() {
+        assert_eq!(describe(None), "none (loopback only)");
+        let v = serde_json::json!({"profile": "host", "rules": ["deny:a.test"], "publish": ["8080:80"],
+            "dns": [], "deny_ends_sandbox": false, "guest_address": "10.0.2.15"});
+        assert_eq!(describe(Some(&v)), "host, address 10.0.2.15, rules deny:a.test, ports 8080:80");
+    }
 }

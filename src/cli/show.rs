@@ -174,6 +174,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
         })
         .unwrap_or_default();
     kv("Volumes", if mounts.is_empty() { "-".into() } else { mounts.join(", ") });
+    kv("Network", super::net::describe(cfg.get("network")));
     kv("Idle timeout", ms(policy.get("idle_timeout")));
     kv("Max duration", ms(policy.get("max_duration")));
     kv("Remove on stop", meta.auto_remove.to_string());
