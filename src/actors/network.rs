@@ -116,9 +116,11 @@ impl NetworkActor {
         self.metrics.do_send(AttachNetCounters(engine.shared_counters()));
         let engine = Arc::new(engine);
         if let Some(path) = plan.control_socket {
-            let server = ControlServer::start(path.clone(), Arc::downgrade(&engine))
-                .map_err(|e| format!("cannot serve {}: {e}", path.display()))?;
-            self.control = Some(server);
+            // Live changes are a convenience: the network runs without them.
+            match ControlServer::start(path.clone(), Arc::downgrade(&engine)) {
+                Ok(server) => self.control = Some(server),
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "no live network control"),
+            }
         }
         self.engine = Some(engine);
         Ok(())
