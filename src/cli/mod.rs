@@ -2,7 +2,8 @@
 //!
 //! Docker-like habits: `run`, `create`, `exec`, `stop`, `start`, `kill`,
 //! `rm`, `touch`, `ps`, `inspect`, `logs`, `metrics`, `cp`, `doctor`,
-//! `rootfs`. The CLI talks to sandboxes only through `alcove-client` and to
+//! `rootfs`, `net`, `port`. The CLI talks to sandboxes only through `alcove-client` (and a
+//! networked sandbox's live network control socket, `crate::net_control`) and to
 //! records only through `alcove-store`; it never reaches into actors.
 //!
 //! Invariants:
