@@ -198,7 +198,7 @@ fn policy(args: PolicyArgs) -> CliResult<i32> {
     let profile = match args.net {
         Some(p) => p,
         None => {
-            let ctx = Ctx::open()?;
+            let ctx = Ctx::open_for(&[&args.name])?;
             let sb = ctx.sandbox(&args.name)?;
             let cfg: serde_json::Value = serde_json::from_str(&sb.config_json).unwrap_or_default();
             cfg["network"]["profile"].as_str().unwrap_or("public").to_string()
@@ -213,9 +213,9 @@ fn policy(args: PolicyArgs) -> CliResult<i32> {
 
 /// Sends a live request to the running sandbox `name`.
 fn live(name: &str, request: &Request) -> CliResult<crate::net_control::Response> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[name])?;
     ctx.sandbox(name)?;
-    let agent = alcove_client::paths::socket_path(&ctx.home, name).map_err(|e| CliError::msg(e.to_string()))?;
+    let agent = ctx.socket_path(name)?;
     let answer = crate::net_control::call(&agent, request)
         .map_err(|e| CliError::msg(format!("sandbox {name}: {e} (is it running with --net?)")))?;
     match answer.error {
@@ -225,7 +225,7 @@ fn live(name: &str, request: &Request) -> CliResult<crate::net_control::Response
 }
 
 fn flows(args: FlowsArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     let sb = ctx.sandbox(&args.name)?;
     let rows = ctx.store.flows(&sb.name, args.denied, args.limit)?;
     if args.json {

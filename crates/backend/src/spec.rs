@@ -47,6 +47,10 @@ pub struct GuestSpec {
     /// its overlay `volatile`, so unmounting it does not sync the host
     /// filesystem under `upper/`).
     pub ephemeral: bool,
+    /// How often the agent sends a heartbeat; `None`: the agent's default.
+    /// Set by the sandbox process from its policy, never by a user config.
+    #[serde(skip)]
+    pub heartbeat: Option<std::time::Duration>,
     /// The guest's network link (`--net`); `None`: loopback only.
     pub network: Option<GuestNetwork>,
 }

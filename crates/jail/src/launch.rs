@@ -158,6 +158,7 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
         workdir: spec.workdir.clone(),
         user: spec.user.clone(),
         vm: None,
+        heartbeat_ms: spec.heartbeat.map(|d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
     }
     .to_json();
     let (config_r, config_w) = tri!(pipe());

@@ -62,7 +62,7 @@ fn section<'a>(out: &'a str, name: &str) -> &'a str {
 fn a_jail_without_network_gets_hosts_and_hostname_and_only_loopback() {
     let fx = Fixture::new();
     let (exit, out, device) = run(&fx.spec("names-only"), SHOW);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     let hosts = section(&out, "hosts");
     assert!(hosts.lines().any(|l| l.split_whitespace().eq(["127.0.0.1", "localhost"])), "{hosts}");
     assert!(hosts.lines().any(|l| l.starts_with("::1") && l.split_whitespace().any(|w| w == "localhost")), "{hosts}");
@@ -82,9 +82,9 @@ fn a_guests_own_edit_of_hosts_survives_a_restart() {
     let fx = Fixture::new();
     let spec = fx.spec("kept-edit");
     let (exit, out, _) = run(&spec, "echo '192.0.2.7 mine.example' >> /etc/hosts && echo ok >&3");
-    assert_eq!((exit.code, out.as_str()), (0, "ok\n"), "{}", fx.guest_log());
+    assert_eq!((exit.code, out.as_str()), (Some(0), "ok\n"), "{}", fx.guest_log());
     let (exit, out, _) = run(&spec, SHOW);
-    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(exit.code, Some(0), "{out}");
     let hosts = section(&out, "hosts");
     assert!(hosts.contains("192.0.2.7 mine.example"), "the guest's edit was overwritten:\n{hosts}");
     assert!(hosts.contains("localhost"), "{hosts}");
@@ -95,7 +95,7 @@ fn a_base_rootfs_file_is_replaced_in_the_guest_only() {
     let fx = Fixture::new();
     std::fs::write(fx.rootfs().join("etc/hosts"), "10.9.9.9 stale-build-host\n").unwrap();
     let (exit, out, _) = run(&fx.spec("base-hosts"), SHOW);
-    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(exit.code, Some(0), "{out}");
     assert!(!section(&out, "hosts").contains("stale-build-host"), "{out}");
     assert_eq!(std::fs::read_to_string(fx.rootfs().join("etc/hosts")).unwrap(), "10.9.9.9 stale-build-host\n");
 }
@@ -110,7 +110,7 @@ fn a_networked_jail_has_eth0_configured_before_pid1_runs() {
         echo \"mtu=$(cat /sys/class/net/eth0/mtu)\" >&3"
     );
     let (exit, out, device) = run(&spec, &script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     let hosts = section(&out, "hosts");
     assert!(hosts.lines().any(|l| l.split_whitespace().eq(["10.0.2.2", "host.alcove.internal"])), "{hosts}");
     assert!(hosts.lines().any(|l| l.split_whitespace().eq(["10.0.2.15", "linked"])), "{hosts}");

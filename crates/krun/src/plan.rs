@@ -277,6 +277,7 @@ pub fn plan_with_krunfw(
                 .map(|(path, content)| NameFile { path: path.into(), content })
                 .collect(),
         }),
+        heartbeat_ms: spec.heartbeat.map(|d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
     };
     Ok(VmPlan {
         vcpus,

@@ -419,6 +419,23 @@ fn retention_keeps_exactly_the_newest_samples() {
 }
 
 #[test]
+fn a_batch_of_samples_is_stored_whole_with_the_same_retention() {
+    let dir = tmp();
+    let opts = StoreOptions { metric_retention: 5, ..StoreOptions::default() };
+    let store = Store::open_with(&db_path(&dir), opts).expect("open");
+    store.create_sandbox("a", "{}").expect("create");
+    let batch: Vec<_> = (1..=8).map(sample).collect();
+    store.insert_metrics_within("a", &batch, Duration::from_secs(1)).expect("batch");
+    let a = store.metrics("a", 100).expect("metrics a");
+    assert_eq!(a.iter().map(|m| m.at_ms).collect::<Vec<_>>(), [8, 7, 6, 5, 4]);
+    assert_eq!(a[0], sample(8));
+    // An empty batch is no write at all, even for a sandbox that is gone.
+    store.insert_metrics_within("ghost", &[], Duration::from_secs(1)).expect("empty");
+    let err = store.insert_metrics_within("ghost", &batch, Duration::from_secs(1)).expect_err("ghost");
+    assert!(matches!(err, StoreError::NoSuchSandbox(_)), "{err:?}");
+}
+
+#[test]
 fn huge_counters_saturate() {
     let dir = tmp();
     let store = Store::open(&db_path(&dir)).expect("open");
