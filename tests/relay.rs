@@ -5,7 +5,7 @@
 mod common;
 
 use alcove::store::TerminationReason;
-use alcove::Policy;
+use alcove::{Policy, PolicySpec};
 use alcove_backend::mock::MockEvent;
 use alcove_protocol::{fdpass, Flags, Frame, Message, CONTROL_ID, INITIAL_WINDOW, PROTOCOL_VERSION};
 use common::*;
@@ -304,7 +304,11 @@ fn wait_for_event(env: &Env, event: &MockEvent) {
 
 #[test]
 fn an_interrupted_upload_ends_with_its_client_and_wedges_nothing() {
-    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(60)), ..policy() });
+    let env = start(
+        script(),
+        Policy::try_from(PolicySpec { idle_timeout: Some(Duration::from_secs(60)), ..policy().spec() })
+            .expect("a valid policy"),
+    );
     assert!(env.handle.wait_ready(WAIT));
     // An upload that stops mid-way: its client is killed (the guest, a mock,
     // never answers a file session by itself).

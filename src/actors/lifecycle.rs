@@ -4,26 +4,31 @@
 //! States: Starting → Ready → Draining → Exited. The first [`Terminate`] to
 //! arrive fixes the reason (later ones are logged and ignored); only then is
 //! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
-//! cause, its exit code decides: 0 is Completed, anything else Failed.
+//! cause, its exit decides ([`RunEnd::decide`]): code 0 is Completed, any
+//! other code or a killing signal Failed.
 //!
-//! Finalisation runs once, in this order: close the relay (no new client,
-//! open sessions aborted), commit the run row and the sandbox status,
-//! remove agent.sock (unless the caller does, see [`SocketRemoval`]),
+//! Finalisation runs once, in this order: close the relay (no new client;
+//! the guest's last frames routed, then open sessions aborted), make the run's end final through the Db actor
+//! ([`crate::run_end::finish`]: commit the run row and the sandbox status,
+//! then remove agent.sock unless the caller does, see [`SocketRemoval`]),
 //! publish the [`Outcome`], acknowledge the exit observer, stop the actor
 //! system. A socket file with no live sandbox process behind it therefore
-//! marks an end that did not finish, for the CLI's reaper to clean up. The run row is written before anything else is handled
-//! (`ctx.wait`), so a finalisation never races its creation.
+//! marks an end that did not finish, for the CLI's reaper to clean up.
+//! The run row is written before anything else is handled (`ctx.wait`), so
+//! a finalisation never races its creation.
 
 use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
-    LaunchFailed, OpenToClients, RemoveSocket, StopGuest, Terminate, VmExited,
+    LaunchFailed, OpenToClients, StopGuest, Terminate, VmExited,
 };
+use crate::run_end::{Cleanup, RunEnd};
 use crate::sandbox::SocketRemoval;
-use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
+use crate::store::{RunId, SandboxStatus, TerminationReason};
 use actix::prelude::*;
-use alcove_backend::GuestControl;
+use alcove_backend::{GuestControl, GuestExit};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -130,8 +135,6 @@ pub struct LifecyclePeers {
     pub open_to_clients: Recipient<OpenToClients>,
     /// Relay: stop accepting, abort open sessions.
     pub close_relay: Recipient<CloseRelay>,
-    /// Relay: remove agent.sock.
-    pub remove_socket: Recipient<RemoveSocket>,
     /// Vm: end the guest.
     pub stop_guest: Recipient<StopGuest>,
     /// Vm and Metrics: the guest's control handle.
@@ -149,7 +152,8 @@ pub struct Lifecycle {
     peers: LifecyclePeers,
     shared: Arc<SharedState>,
     samples: SampleGate,
-    socket_removal: SocketRemoval,
+    /// agent.sock, when Lifecycle removes it at the end.
+    socket_after_end: Option<PathBuf>,
     finalising: bool,
 }
 
@@ -173,15 +177,16 @@ impl Lifecycle {
             peers,
             shared,
             samples,
-            socket_removal: SocketRemoval::AfterRunEnd,
+            socket_after_end: None,
             finalising: false,
         }
     }
 
-    /// Who removes agent.sock at the end (default: Lifecycle, through the
-    /// relay, once the run's end is committed).
-    pub fn with_socket_removal(mut self, removal: SocketRemoval) -> Lifecycle {
-        self.socket_removal = removal;
+    /// Who removes agent.sock (`socket`) at the end: with
+    /// [`SocketRemoval::AfterRunEnd`], Lifecycle once the run's end is
+    /// committed (default: nobody, e.g. a test without a socket).
+    pub fn with_socket_removal(mut self, removal: SocketRemoval, socket: PathBuf) -> Lifecycle {
+        self.socket_after_end = (removal == SocketRemoval::AfterRunEnd).then_some(socket);
         self
     }
 
@@ -201,14 +206,8 @@ impl Lifecycle {
         }));
     }
 
-    /// The one path to the end: fixes the outcome and commits it.
-    fn finalise(
-        &mut self,
-        exit_code: Option<i32>,
-        exit_detail: Option<String>,
-        ack: crossbeam_channel::Sender<()>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// The one path to the end: fixes the run's end and makes it final.
+    fn finalise(&mut self, exit: Option<GuestExit>, ack: crossbeam_channel::Sender<()>, ctx: &mut Context<Self>) {
         if self.finalising {
             let _ = ack.send(());
             return;
@@ -216,47 +215,31 @@ impl Lifecycle {
         self.finalising = true;
         // The final write goes ahead of any sample still queued for the database.
         self.samples.close();
-        let cause = self.cause.take().unwrap_or_else(|| match exit_code {
-            Some(0) => Terminate { reason: TerminationReason::Completed, detail: None, force: false },
-            Some(code) => Terminate::new(TerminationReason::Failed, format!("the guest exited with code {code}")),
-            None => Terminate::new(TerminationReason::InternalError, "the guest ended without an exit code"),
-        });
-        let detail = match (cause.detail, exit_detail) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.or(b),
-        };
-        tracing::info!(reason = %cause.reason, ?exit_code, ?detail, "finalising");
-        let outcome = RunOutcome { reason: cause.reason, exit_code, exit_signal: None, detail: detail.clone() };
-        let (close_relay, remove_socket_at) = (self.peers.close_relay.clone(), self.peers.remove_socket.clone());
+        let end = RunEnd::decide(self.cause.take(), exit.as_ref());
+        tracing::info!(reason = %end.reason, exit_code = ?end.exit_code, exit_signal = ?end.exit_signal, detail = ?end.detail, "finalising");
+        let close_relay = self.peers.close_relay.clone();
         let db = self.peers.finish_run.clone();
-        let run = self.run;
-        let remove_socket = self.socket_removal == SocketRemoval::AfterRunEnd;
+        let finish = DbFinishRun {
+            run: self.run,
+            end: end.clone(),
+            cleanup: Cleanup { leftovers: None, socket: self.socket_after_end.clone() },
+        };
         let fut = async move {
             let _ = close_relay.send(CloseRelay).await;
             crate::kill_point!("sandbox-during-finalisation");
-            let recorded = match run {
-                Some(run) => match flatten(db.send(DbFinishRun { run, outcome }).await) {
-                    None => {
-                        crate::kill_point!("sandbox-after-run-end");
-                        true
-                    }
-                    Some(err) => {
-                        tracing::error!(error = %err, "cannot record the end of the run");
-                        false
-                    }
-                },
-                None => false,
-            };
-            if remove_socket {
-                let _ = remove_socket_at.send(RemoveSocket).await;
+            let cleanup = finish.cleanup.clone();
+            match db.send(finish).await {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    tracing::error!(error = %e, "the database actor is gone; the run's end is not recorded");
+                    crate::run_end::finish(None, &cleanup);
+                    false
+                }
             }
-            recorded
         };
         ctx.wait(fut.into_actor(self).map(move |recorded, this, _| {
             this.state = State::Exited;
-            this.shared.update(|i| {
-                i.outcome = Some(Outcome { reason: cause.reason, exit_code, detail, recorded });
-            });
+            this.shared.update(|i| i.outcome = Some(Outcome::of(end, recorded)));
             let _ = ack.send(());
             System::current().stop();
         }));
@@ -321,7 +304,7 @@ impl Handler<LaunchFailed> for Lifecycle {
                 format!("the guest could not start: {}", msg.error),
             ));
         }
-        self.finalise(None, None, msg.ack, ctx);
+        self.finalise(None, msg.ack, ctx);
     }
 }
 
@@ -366,6 +349,6 @@ impl Handler<VmExited> for Lifecycle {
     type Result = ();
 
     fn handle(&mut self, msg: VmExited, ctx: &mut Self::Context) {
-        self.finalise(Some(msg.exit.code), msg.exit.detail, msg.ack, ctx);
+        self.finalise(Some(msg.exit), msg.ack, ctx);
     }
 }

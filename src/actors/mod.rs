@@ -4,6 +4,7 @@
 pub mod db;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod peer_log;
 pub mod relay;
 pub mod vm;

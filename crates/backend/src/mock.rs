@@ -228,6 +228,7 @@ impl VmBackend for MockBackend {
             agent_channel: host,
             runner: Box::new(MockRunner { exit_rx, log: self.log.clone() }),
             control: Arc::new(MockControl { exit_tx: Mutex::new(exit_tx), guest, log: self.log }),
+            network_device: None,
         })
     }
 }
@@ -243,7 +244,7 @@ impl GuestRunner for MockRunner {
         // guest's threads are gone, which is a crash.
         let code = self.exit_rx.recv().unwrap_or(139);
         self.log.push(MockEvent::Exited(code));
-        observer.guest_exited(GuestExit { code, detail: None });
+        observer.guest_exited(GuestExit::exited(code));
     }
 }
 
@@ -701,7 +702,7 @@ mod tests {
         send(ch, CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: 10 });
         let (tx, rx) = mpsc::channel();
         l.runner.run(ExitObserver::new(move |e| tx.send(e.code).expect("test alive")));
-        assert_eq!(rx.recv().expect("exit reported"), 0);
+        assert_eq!(rx.recv().expect("exit reported"), Some(0));
         let events = log.events();
         let shutdown = events.iter().position(|e| *e == MockEvent::ShutdownReceived).expect("shutdown seen");
         let exited = events.iter().position(|e| *e == MockEvent::Exited(0)).expect("exit seen");

@@ -34,8 +34,14 @@ use tokio::sync::mpsc;
 /// Guest frames read and not yet routed, at most.
 pub(super) const GUEST_FRAMES_IN_FLIGHT: usize = 4;
 
-/// Reads the agent channel until it closes or breaks framing.
-pub(super) async fn guest_reader(mut read: FrameReader<FdReadHalf>, events: mpsc::Sender<RelayEvent>) {
+/// Reads the agent channel until it closes or breaks framing, then says
+/// so (after every frame it read).
+pub(super) async fn guest_reader(read: FrameReader<FdReadHalf>, events: mpsc::Sender<RelayEvent>) {
+    read_guest(read, &events).await;
+    let _ = events.send(RelayEvent::GuestReaderGone).await;
+}
+
+async fn read_guest(mut read: FrameReader<FdReadHalf>, events: &mpsc::Sender<RelayEvent>) {
     loop {
         let frame = match read.read_frame().await {
             Ok(Some(f)) => f,

@@ -17,7 +17,7 @@
 //! - [`guest_io`]: the agent channel's reader and writer;
 //! - [`flow`]: the budgets and the credit ledger the tasks share, and the
 //!   counters behind [`RelayStats`](flow::RelayStats);
-//! - [`socket`]: creating and removing agent.sock.
+//! - [`socket`]: binding agent.sock.
 //!
 //! A frame from a client: its reader charges it to the client's budget →
 //! [`RelayEvent::ClientFrame`] → [`RouteTable::client_frame`] (range check,
@@ -37,13 +37,15 @@ pub mod flow;
 mod guest_io;
 mod route_table;
 mod socket;
+#[cfg(test)]
+mod tests;
 
 pub use route_table::MAX_CLIENTS;
-pub use socket::{bind_socket, remove_socket, RelayError};
+pub use socket::{bind_socket, RelayError};
 
 use crate::clock::Clock;
 use crate::messages::{
-    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, RemoveSocket, SendShutdown, Terminate, Touch,
+    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch,
 };
 use crate::store::TerminationReason;
 use actix::prelude::*;
@@ -65,6 +67,11 @@ use tokio::sync::{mpsc, watch};
 /// queued for the actor at most. Each client's frames are also bounded by
 /// its budget; this bounds the rest (connections, write reports).
 const HOST_EVENTS_IN_FLIGHT: usize = 256;
+/// How long closing waits for the guest's channel to end, so that frames
+/// the guest wrote just before it ended reach their clients. Part of
+/// [`crate::config::ExitBudget::HANDOFF`]; a channel some guest process
+/// still holds open costs this much at the end, no more.
+const GUEST_DRAIN: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the relay's tasks report to the actor.
 pub(crate) enum RelayEvent {
@@ -84,6 +91,9 @@ pub(crate) enum RelayEvent {
     GuestBroken(String),
     /// The agent channel's writer has ended.
     GuestWriterGone,
+    /// The agent channel's reader has ended: every frame the guest wrote
+    /// has been reported before this.
+    GuestReaderGone,
 }
 
 /// The messages the Relay sends, and to whom (given at construction).
@@ -155,6 +165,8 @@ pub struct Relay {
     /// The agent's `Ready`, once clients may have it.
     ready: watch::Sender<Option<Frame>>,
     closing: watch::Sender<bool>,
+    /// True while the guest's reader may still report frames.
+    guest_reading: watch::Sender<bool>,
     listener: Option<std::os::unix::net::UnixListener>,
     socket_path: PathBuf,
 }
@@ -181,6 +193,7 @@ impl Relay {
             inbox: Some(Inbox(inbox)),
             ready: watch::channel(None).0,
             closing: watch::channel(false).0,
+            guest_reading: watch::channel(false).0,
             listener: Some(listener),
             socket_path,
         }
@@ -248,6 +261,7 @@ impl Relay {
         let (tx, queue) = mpsc::unbounded_channel();
         self.guest = Some(tx);
         self.table.attach_guest();
+        self.guest_reading.send_replace(true);
         actix::spawn(guest_io::guest_writer(write, queue, self.credits.clone(), self.events.clone()));
         let (guest_events, guest_inbox) = mpsc::channel(guest_io::GUEST_FRAMES_IN_FLIGHT);
         ctx.add_stream(Inbox(guest_inbox));
@@ -302,6 +316,10 @@ impl StreamHandler<RelayEvent> for Relay {
             RelayEvent::GuestWriterGone => {
                 self.guest = None;
                 self.table.detach_guest();
+                return;
+            }
+            RelayEvent::GuestReaderGone => {
+                self.guest_reading.send_replace(false);
                 return;
             }
         };
@@ -362,19 +380,23 @@ impl Handler<SendShutdown> for Relay {
 }
 
 impl Handler<CloseRelay> for Relay {
-    type Result = ();
+    type Result = ResponseActFuture<Self, ()>;
 
-    fn handle(&mut self, _: CloseRelay, _: &mut Self::Context) {
-        let actions = self.table.close();
-        self.carry_out(actions);
+    /// Stops accepting at once; then, once the guest's last frames are
+    /// routed (its reader has ended, or [`GUEST_DRAIN`] has passed), ends
+    /// the sessions still open and lets each client's writer drain and
+    /// close. The guest has usually just ended, so its final frames (a
+    /// command's exit) are in the channel: they go to their clients rather
+    /// than being replaced by `SessionAborted`.
+    fn handle(&mut self, _: CloseRelay, _: &mut Self::Context) -> Self::Result {
         self.closing.send_replace(true);
-    }
-}
-
-impl Handler<RemoveSocket> for Relay {
-    type Result = ();
-
-    fn handle(&mut self, _: RemoveSocket, _: &mut Self::Context) {
-        remove_socket(&self.socket_path);
+        let mut reading = self.guest_reading.subscribe();
+        let drained = async move {
+            let _ = tokio::time::timeout(GUEST_DRAIN, reading.wait_for(|reading| !reading)).await;
+        };
+        Box::pin(drained.into_actor(self).map(|(), this, _| {
+            let actions = this.table.close();
+            this.carry_out(actions);
+        }))
     }
 }
