@@ -15,7 +15,7 @@
 //! so these figures bound the relay from below; the figures of the real
 //! agent are in `bench/compare` (see BENCHMARKS.md).
 
-use alcove::{Policy, SandboxHandle, SandboxOptions};
+use alcove::{Policy, PolicySpec, SandboxHandle, SandboxOptions};
 use alcove_backend::mock::{MockBackend, MockScript};
 use alcove_client::{Client, ExecEvent, ExecOptions};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -33,7 +33,9 @@ impl Sandbox {
     fn start() -> Sandbox {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut opts = SandboxOptions::new("bench", dir.path().join("alcove.db"), dir.path().join("run/bench.sock"));
-        opts.policy = Policy { heartbeat_timeout: Duration::from_secs(3600), ..Policy::default() };
+        opts.policy =
+            Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(3600), ..Policy::default().spec() })
+                .expect("a valid policy");
         let backend = MockBackend::new(MockScript::default());
         let handle = alcove::start(opts, Box::new(backend)).expect("the sandbox starts");
         assert!(handle.wait_ready(Duration::from_secs(10)), "the mock guest never became ready");

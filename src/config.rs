@@ -4,6 +4,7 @@
 use crate::store::TerminationReason;
 use alcove_backend::mock::MockScript;
 use alcove_backend::GuestSpec;
+use alcove_layout::Layout;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -44,10 +45,23 @@ pub enum BackendKind {
     Mock,
 }
 
-/// Timing policies. Serialised as milliseconds.
+impl BackendKind {
+    /// The name used in configs and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Krun => "krun",
+            BackendKind::Jail => "jail",
+            BackendKind::Mock => "mock",
+        }
+    }
+}
+
+/// Timing policies as written (config file, command line, embedding
+/// program), in milliseconds. Not yet checked: a [`Policy`] is made from it
+/// once ([`Policy::try_from`]) and is valid from then on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct Policy {
+pub struct PolicySpec {
     /// End the sandbox after this long without sessions, client frames or touches.
     #[serde(with = "opt_ms")]
     pub idle_timeout: Option<Duration>,
@@ -79,9 +93,9 @@ pub struct Policy {
     pub exit_budget: Duration,
 }
 
-impl Default for Policy {
-    fn default() -> Policy {
-        Policy {
+impl Default for PolicySpec {
+    fn default() -> PolicySpec {
+        PolicySpec {
             idle_timeout: None,
             max_duration: None,
             ready_timeout: Duration::from_secs(30),
@@ -95,32 +109,65 @@ impl Default for Policy {
     }
 }
 
-impl Policy {
+/// Timing policies that can work: made from a [`PolicySpec`] by
+/// [`Policy::try_from`], the one place they are checked, so a `Policy`
+/// anywhere (config file, CLI, embedding API) is valid. Reads its values
+/// through [`Deref`](std::ops::Deref) to the spec; serialised as the spec.
+/// `Policy::default()` is the default spec, which is valid (tested).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "PolicySpec", into = "PolicySpec")]
+pub struct Policy(PolicySpec);
+
+impl TryFrom<PolicySpec> for Policy {
+    type Error = ConfigError;
+
     /// Refuses values that cannot work.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.watchdog_tick.is_zero() {
+    fn try_from(spec: PolicySpec) -> Result<Policy, ConfigError> {
+        if spec.watchdog_tick.is_zero() {
             return Err(ConfigError::Invalid("watchdog_tick must be above zero".into()));
         }
-        for (name, v) in [("idle_timeout", self.idle_timeout), ("max_duration", self.max_duration)] {
+        for (name, v) in [("idle_timeout", spec.idle_timeout), ("max_duration", spec.max_duration)] {
             if v.is_some_and(|d| d.is_zero()) {
                 return Err(ConfigError::Invalid(format!("{name} must be above zero when set")));
             }
         }
-        if self.shutdown_grace > self.drain_timeout {
+        if spec.shutdown_grace > spec.drain_timeout {
             return Err(ConfigError::Invalid("shutdown_grace must not exceed drain_timeout".into()));
         }
-        if self.exit_budget < ExitBudget::MINIMUM {
+        if spec.exit_budget < ExitBudget::MINIMUM {
             return Err(ConfigError::Invalid(format!(
                 "exit_budget must be at least {} ms",
                 ExitBudget::MINIMUM.as_millis()
             )));
         }
-        Ok(())
+        Ok(Policy(spec))
+    }
+}
+
+impl From<Policy> for PolicySpec {
+    fn from(policy: Policy) -> PolicySpec {
+        policy.0
+    }
+}
+
+impl std::ops::Deref for Policy {
+    type Target = PolicySpec;
+
+    fn deref(&self) -> &PolicySpec {
+        &self.0
+    }
+}
+
+impl Policy {
+    /// The values, to change some and check them again
+    /// (`Policy::try_from(PolicySpec { idle_timeout, ..policy.spec() })`).
+    pub fn spec(&self) -> PolicySpec {
+        self.0
     }
 
-    /// How [`Policy::exit_budget`] is shared out.
+    /// How [`PolicySpec::exit_budget`] is shared out.
     pub fn exit_budget(&self) -> ExitBudget {
-        ExitBudget { total: self.exit_budget }
+        ExitBudget { total: self.0.exit_budget }
     }
 }
 
@@ -164,10 +211,66 @@ impl ExitBudget {
     }
 }
 
-/// Everything the standalone sandbox process needs.
+/// Which backend runs the guest, with that backend's own settings — the
+/// ones it was created with, never replaced by defaults at start.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BackendConfig {
+    /// libkrun microVM.
+    Krun(alcove_krun::KrunConfig),
+    /// Linux-namespace jail.
+    Jail(alcove_jail::JailOptions),
+    /// In-process scripted guest.
+    Mock(MockScript),
+}
+
+impl BackendConfig {
+    /// Which backend this is.
+    pub fn kind(&self) -> BackendKind {
+        match self {
+            BackendConfig::Krun(_) => BackendKind::Krun,
+            BackendConfig::Jail(_) => BackendKind::Jail,
+            BackendConfig::Mock(_) => BackendKind::Mock,
+        }
+    }
+}
+
+/// Everything the standalone sandbox process needs. Read from and written
+/// as a [`SandboxConfigFile`], checked once on the way in.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(try_from = "SandboxConfigFile", into = "SandboxConfigFile")]
+pub struct SandboxConfig {
+    /// Sandbox name (valid, see [`alcove_layout::validate_name`]).
+    pub name: String,
+    /// `$ALCOVE_HOME`.
+    pub home: PathBuf,
+    /// The backend and its settings.
+    pub backend: BackendConfig,
+    /// The guest to create.
+    pub guest: GuestSpec,
+    /// Timing policies.
+    pub policy: Policy,
+    /// agent.sock; derived from home and name when absent.
+    pub socket_path: Option<PathBuf>,
+    /// The database; `home/alcove.db` when absent.
+    pub db_path: Option<PathBuf>,
+    /// Exit when this pid dies (an attached `alcove run`).
+    pub parent_pid: Option<u32>,
+    /// Remove the sandbox (records and directory) once its run has ended
+    /// (`--rm`). The attached CLI (`parent_pid`) does it after reading the
+    /// outcome; the sandbox process does it itself when there is none or it
+    /// is gone.
+    pub auto_remove: bool,
+    /// The network (`--net`, `--net-rule`, `--dns`, `-p`); see
+    /// [`crate::net_settings`].
+    pub network: crate::net_settings::NetworkSettings,
+}
+
+/// A sandbox configuration as written in its file (0600): the backend is
+/// named by `backend`, and its settings are in the field of that name
+/// (`"backend": "jail", "jail": { "user_namespace": "never" }`).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SandboxConfig {
+pub struct SandboxConfigFile {
     /// Sandbox name.
     pub name: String,
     /// `$ALCOVE_HOME`.
@@ -177,15 +280,19 @@ pub struct SandboxConfig {
     /// The guest to create.
     #[serde(default)]
     pub guest: GuestSpec,
-    /// Timing policies.
+    /// Timing policies (checked as they are read).
     #[serde(default)]
     pub policy: Policy,
-    /// Script for the mock backend.
-    #[serde(default)]
-    pub mock: MockScript,
+    /// Settings of the mock backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mock: Option<MockScript>,
     /// Settings of the krun backend.
-    #[serde(default)]
-    pub krun: alcove_krun::KrunConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub krun: Option<alcove_krun::KrunConfig>,
+    /// Settings of the jail backend; absent: the defaults, with the
+    /// user-namespace mode from `ALCOVE_JAIL_USERNS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jail: Option<alcove_jail::JailOptions>,
     /// agent.sock; derived from home and name when absent.
     #[serde(default)]
     pub socket_path: Option<PathBuf>,
@@ -195,12 +302,84 @@ pub struct SandboxConfig {
     /// Exit when this pid dies (an attached `alcove run`).
     #[serde(default)]
     pub parent_pid: Option<u32>,
-    /// Remove the sandbox (records and directory) once its run has ended
-    /// (`--rm`). The attached CLI (`parent_pid`) does it after reading the
-    /// outcome; the sandbox process does it itself when there is none or it
-    /// is gone.
+    /// See [`SandboxConfig::auto_remove`].
     #[serde(default)]
     pub auto_remove: bool,
+    /// The network (`--net`, `--net-rule`, `--dns`, `-p`); see
+    /// [`crate::net_settings`].
+    #[serde(default)]
+    pub network: crate::net_settings::NetworkSettings,
+}
+
+impl TryFrom<SandboxConfigFile> for SandboxConfig {
+    type Error = ConfigError;
+
+    /// Checks the name and picks the chosen backend's settings; settings
+    /// given for another backend are refused unless they are its defaults
+    /// (which older alcove versions wrote for every backend).
+    fn try_from(file: SandboxConfigFile) -> Result<SandboxConfig, ConfigError> {
+        alcove_layout::validate_name(&file.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let kind = file.backend;
+        let stray = |given: &str| {
+            ConfigError::Invalid(format!("{given} settings are given but the backend is {}", kind.as_str()))
+        };
+        if kind != BackendKind::Mock && file.mock.as_ref().is_some_and(|m| *m != MockScript::default()) {
+            return Err(stray("mock"));
+        }
+        if kind != BackendKind::Krun && file.krun.as_ref().is_some_and(|k| *k != Default::default()) {
+            return Err(stray("krun"));
+        }
+        if kind != BackendKind::Jail && file.jail.as_ref().is_some_and(|j| *j != Default::default()) {
+            return Err(stray("jail"));
+        }
+        let backend = match kind {
+            BackendKind::Mock => BackendConfig::Mock(file.mock.unwrap_or_default()),
+            BackendKind::Krun => BackendConfig::Krun(file.krun.unwrap_or_default()),
+            BackendKind::Jail => BackendConfig::Jail(match file.jail {
+                Some(options) => options,
+                None => alcove_jail::JailOptions::from_env().map_err(|e| ConfigError::Invalid(e.to_string()))?,
+            }),
+        };
+        Ok(SandboxConfig {
+            name: file.name,
+            home: file.home,
+            backend,
+            guest: file.guest,
+            policy: file.policy,
+            socket_path: file.socket_path,
+            db_path: file.db_path,
+            parent_pid: file.parent_pid,
+            auto_remove: file.auto_remove,
+            network: file.network,
+        })
+    }
+}
+
+impl From<SandboxConfig> for SandboxConfigFile {
+    fn from(cfg: SandboxConfig) -> SandboxConfigFile {
+        let (mut mock, mut krun, mut jail) = (None, None, None);
+        let kind = cfg.backend.kind();
+        match cfg.backend {
+            BackendConfig::Mock(m) => mock = Some(m),
+            BackendConfig::Krun(k) => krun = Some(k),
+            BackendConfig::Jail(j) => jail = Some(j),
+        }
+        SandboxConfigFile {
+            name: cfg.name,
+            home: cfg.home,
+            backend: kind,
+            guest: cfg.guest,
+            policy: cfg.policy,
+            mock,
+            krun,
+            jail,
+            socket_path: cfg.socket_path,
+            db_path: cfg.db_path,
+            parent_pid: cfg.parent_pid,
+            auto_remove: cfg.auto_remove,
+            network: cfg.network,
+        }
+    }
 }
 
 impl SandboxConfig {
@@ -213,34 +392,35 @@ impl SandboxConfig {
     /// Parses and checks a configuration read from `origin` (a file, or
     /// `-` for stdin).
     pub fn parse(text: &[u8], origin: &Path) -> Result<SandboxConfig, ConfigError> {
-        let cfg: SandboxConfig = serde_json::from_slice(text)
-            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })?;
-        cfg.policy.validate()?;
-        alcove_client::paths::validate_name(&cfg.name).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Ok(cfg)
+        serde_json::from_slice(text)
+            .map_err(|e| ConfigError::Parse { path: origin.to_path_buf(), message: e.to_string() })
+    }
+
+    /// Where the installation of this sandbox keeps things.
+    pub fn layout(&self) -> Layout {
+        Layout::new(&self.home)
     }
 
     /// The database file.
     pub fn db_path(&self) -> PathBuf {
-        self.db_path.clone().unwrap_or_else(|| self.home.join("alcove.db"))
+        self.db_path.clone().unwrap_or_else(|| self.layout().db())
     }
 
     /// `home/sandboxes/<name>`.
     pub fn sandbox_dir(&self) -> PathBuf {
-        self.home.join("sandboxes").join(&self.name)
+        self.layout().sandbox_dir(&self.name)
     }
 
     /// The log directory.
     pub fn log_dir(&self) -> PathBuf {
-        self.sandbox_dir().join("logs")
+        self.layout().log_dir(&self.name)
     }
 
     /// agent.sock.
     pub fn socket_path(&self) -> Result<PathBuf, ConfigError> {
         match &self.socket_path {
             Some(p) => Ok(p.clone()),
-            None => alcove_client::paths::socket_path(&self.home, &self.name)
-                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            None => self.layout().socket(&self.name).map_err(|e| ConfigError::Invalid(e.to_string())),
         }
     }
 
@@ -252,7 +432,7 @@ impl SandboxConfig {
             spec.sandbox_dir = self.sandbox_dir();
         }
         if spec.guest_log.as_os_str().is_empty() {
-            spec.guest_log = self.log_dir().join("guest.log");
+            spec.guest_log = self.layout().log_file(&self.name, alcove_layout::GUEST_LOG);
         }
         spec
     }
@@ -265,6 +445,8 @@ pub struct Outcome {
     pub reason: TerminationReason,
     /// The guest's exit code, when it exited.
     pub exit_code: Option<i32>,
+    /// The signal that killed the guest, when one did.
+    pub exit_signal: Option<i32>,
     /// Detail line.
     pub detail: Option<String>,
     /// Whether the run row and sandbox status were committed.
@@ -320,7 +502,8 @@ mod tests {
 
     #[test]
     fn policy_round_trips_in_milliseconds() {
-        let p = Policy { idle_timeout: Some(Duration::from_millis(1500)), ..Policy::default() };
+        let p = Policy::try_from(PolicySpec { idle_timeout: Some(Duration::from_millis(1500)), ..Default::default() })
+            .expect("valid");
         let json = serde_json::to_value(p).expect("serialises");
         assert_eq!(json["idle_timeout"], 1500);
         assert_eq!(json["max_duration"], serde_json::Value::Null);
@@ -330,10 +513,60 @@ mod tests {
 
     #[test]
     fn bad_policies_are_refused() {
-        assert!(Policy { watchdog_tick: Duration::ZERO, ..Policy::default() }.validate().is_err());
-        assert!(Policy { idle_timeout: Some(Duration::ZERO), ..Policy::default() }.validate().is_err());
-        assert!(Policy { shutdown_grace: Duration::from_secs(60), ..Policy::default() }.validate().is_err());
-        assert!(Policy { exit_budget: Duration::from_secs(1), ..Policy::default() }.validate().is_err());
-        assert!(Policy::default().validate().is_ok());
+        let check = |spec: PolicySpec| Policy::try_from(spec).map_err(|e| e.to_string());
+        let d = PolicySpec::default();
+        assert!(check(PolicySpec { watchdog_tick: Duration::ZERO, ..d }).is_err_and(|e| e.contains("watchdog_tick")));
+        assert!(
+            check(PolicySpec { idle_timeout: Some(Duration::ZERO), ..d }).is_err_and(|e| e.contains("idle_timeout"))
+        );
+        assert!(check(PolicySpec { shutdown_grace: Duration::from_secs(60), ..d }).is_err());
+        assert!(check(PolicySpec { exit_budget: Duration::from_secs(1), ..d }).is_err());
+        assert_eq!(check(d).map(|p| p.spec()), Ok(d));
+        // A file is checked as it is read: no invalid Policy can be deserialised.
+        let bad = serde_json::json!({ "watchdog_tick": 0 });
+        let err = serde_json::from_value::<Policy>(bad).expect_err("refused");
+        assert!(err.to_string().contains("watchdog_tick must be above zero"), "{err}");
+    }
+
+    fn file(extra: serde_json::Value) -> serde_json::Value {
+        let mut v = serde_json::json!({ "name": "s", "home": "/h", "backend": "jail" });
+        if let (Some(base), serde_json::Value::Object(extra)) = (v.as_object_mut(), extra) {
+            base.extend(extra);
+        }
+        v
+    }
+
+    fn parse(v: serde_json::Value) -> Result<SandboxConfig, String> {
+        SandboxConfig::parse(v.to_string().as_bytes(), Path::new("-")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_backend_settings_are_kept_and_written_back() {
+        let cfg = parse(file(serde_json::json!({ "jail": { "user_namespace": "never", "keep_sys_admin": true } })))
+            .expect("valid");
+        let BackendConfig::Jail(options) = &cfg.backend else { panic!("not a jail: {:?}", cfg.backend) };
+        assert_eq!(options.user_namespace, alcove_jail::UserNamespace::Never);
+        assert!(options.keep_sys_admin);
+        // Written as it was read: the kind as a string, the settings beside it.
+        let json = serde_json::to_value(&cfg).expect("serialises");
+        assert_eq!(json["backend"], "jail");
+        assert_eq!(json["jail"]["user_namespace"], "never");
+        assert!(json.get("mock").is_none() && json.get("krun").is_none(), "{json}");
+        let back = parse(json).expect("reads back");
+        assert_eq!(back.backend, cfg.backend);
+    }
+
+    #[test]
+    fn settings_for_another_backend_are_refused_unless_they_are_its_defaults() {
+        let err = parse(file(serde_json::json!({ "mock": { "crash_code": 3 } }))).expect_err("refused");
+        assert!(err.contains("mock settings are given but the backend is jail"), "{err}");
+        // What older versions wrote for every sandbox: the other backends' defaults.
+        let old =
+            file(serde_json::json!({ "mock": MockScript::default(), "krun": alcove_krun::KrunConfig::default() }));
+        assert!(matches!(parse(old).expect("accepted").backend, BackendConfig::Jail(_)));
+        let err = parse(file(serde_json::json!({ "name": "../x" }))).expect_err("refused");
+        assert!(err.contains("invalid sandbox name"), "{err}");
+        let err = parse(file(serde_json::json!({ "policy": { "watchdog_tick": 0 } }))).expect_err("refused");
+        assert!(err.contains("watchdog_tick must be above zero"), "{err}");
     }
 }

@@ -16,7 +16,7 @@
 //! | `sandbox-during-exec` | sandbox | an exec session's request reached the relay |
 //! | `sandbox-during-stop` | sandbox | the reason is fixed, the guest not yet told to stop |
 //! | `sandbox-during-finalisation` | sandbox | the guest has ended, the run's end not yet written |
-//! | `sandbox-after-run-end` | sandbox | the run's end is committed, agent.sock not yet removed |
+//! | `sandbox-after-run-end` | sandbox (or a CLI that ends a dead run) | the run's end is committed by `run_end::finish`, agent.sock not yet removed |
 
 /// Arms the kill point named by `ALCOVE_KILL_AT`, if any. Called first
 /// thing by the CLI and by the sandbox process.

@@ -10,15 +10,19 @@
 #![warn(missing_docs)]
 
 pub mod actors;
+pub mod backends;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod failpoint;
 pub mod liveness;
 pub mod messages;
+pub mod net_control;
+pub mod net_settings;
+pub mod run_end;
 pub mod sandbox;
 pub mod standalone;
 
 pub use alcove_store as store;
-pub use config::{BackendKind, Outcome, Policy, SandboxConfig};
+pub use config::{BackendConfig, BackendKind, Outcome, Policy, PolicySpec, SandboxConfig};
 pub use sandbox::{launch, start, GuestDriver, SandboxHandle, SandboxOptions, StartError};

@@ -120,11 +120,6 @@ pub enum RemoveError {
 }
 
 impl SandboxLock {
-    /// The lock file of the sandbox whose directory is `sandbox_dir`.
-    pub fn path(sandbox_dir: &Path) -> PathBuf {
-        sandbox_dir.join("lock")
-    }
-
     /// Takes the lock if nobody holds it: `Ok(None)` when a live process
     /// does. Never creates the file (`NotFound`: no sandbox process of this
     /// sandbox has run since it was created, or the sandbox is gone), so a
@@ -259,7 +254,7 @@ mod tests {
     #[test]
     fn the_lock_excludes_other_holders_until_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = SandboxLock::path(dir.path());
+        let path = dir.path().join("lock");
         assert!(!SandboxLock::is_held(&path));
         // Only the sandbox process creates the file.
         assert_eq!(SandboxLock::try_acquire(&path).err().map(|e| e.kind()), Some(io::ErrorKind::NotFound));

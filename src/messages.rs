@@ -16,10 +16,11 @@
 //! | [`SendShutdown`] | Vm → Relay |
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
-//! | [`CloseRelay`], [`RemoveSocket`] | Lifecycle → Relay |
-//! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetric`] | Lifecycle, Metrics → Db |
+//! | [`CloseRelay`] | Lifecycle → Relay |
+//! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetrics`] | Lifecycle, Metrics → Db |
 
-use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
+use crate::run_end::{Cleanup, RunEnd};
+use crate::store::{RunId, SandboxStatus, TerminationReason};
 use actix::prelude::*;
 use alcove_backend::{GuestControl, GuestExit};
 use alcove_protocol::Ready;
@@ -134,16 +135,10 @@ pub struct Touch;
 
 /// Lifecycle → Relay: stop accepting (connections are refused from then
 /// on), abort open sessions and close clients. agent.sock itself stays until
-/// the run's end is committed (see [`RemoveSocket`]).
+/// the run's end is committed ([`crate::run_end::finish`] removes it).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct CloseRelay;
-
-/// Lifecycle → Relay, once the run's end is committed: remove agent.sock
-/// (when [`crate::sandbox::SocketRemoval::AfterRunEnd`]).
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub struct RemoveSocket;
 
 /// Creates the sandbox row if needed and inserts a Running run.
 #[derive(Message, Clone, Debug)]
@@ -170,24 +165,28 @@ pub struct DbSetStatus {
     pub status: SandboxStatus,
 }
 
-/// Terminates the run and sets the sandbox's final status.
+/// Makes the run's end final through [`crate::run_end::finish`] (writes the
+/// run and the sandbox's final status, then removes agent.sock). Answers
+/// whether the run is recorded as ended.
 #[derive(Message, Clone, Debug)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "bool")]
 pub struct DbFinishRun {
-    /// The run.
-    pub run: RunId,
-    /// Its outcome.
-    pub outcome: RunOutcome,
+    /// The run (`None`: its row was never written; only the clean-up runs).
+    pub run: Option<RunId>,
+    /// How it ended.
+    pub end: RunEnd,
+    /// What to remove once it is written.
+    pub cleanup: Cleanup,
 }
 
-/// Stores one metric sample.
+/// Stores a batch of metric samples in one write.
 #[derive(Message, Clone, Debug)]
 #[rtype(result = "Result<(), String>")]
-pub struct DbInsertMetric {
+pub struct DbInsertMetrics {
     /// Sandbox name.
     pub sandbox: String,
-    /// The sample.
-    pub sample: crate::store::MetricSample,
+    /// The samples, oldest first.
+    pub samples: Vec<crate::store::MetricSample>,
 }
 
 /// Lifecycle → Relay: the guest's end of the agent channel is ready to use.

@@ -17,16 +17,18 @@
 //! run Running or the process hanging.
 
 use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::flow::{RelayCounters, RelayStats};
-use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
+use crate::actors::lifecycle::{Lifecycle, LifecyclePeers, SharedState};
 use crate::actors::metrics::Metrics;
-use crate::actors::relay::{bind_socket, Relay, RelayError};
+use crate::actors::network::{NetworkActor, StartNetwork};
+use crate::actors::relay::flow::{RelayCounters, RelayStats};
+use crate::actors::relay::{bind_socket, Relay, RelayError, RelayPeers};
 use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{ExitBudget, Outcome, Policy};
 use crate::messages::{GuestLaunched, LaunchFailed, Terminate, Touch, VmExited};
-use crate::store::{RunOutcome, Store, StoreError, StoreOptions, TerminationReason};
+use crate::run_end::{finish, Cleanup, RunEnd, Write};
+use crate::store::{Store, StoreError, StoreOptions, TerminationReason};
 use actix::prelude::*;
 use alcove_backend::{ExitObserver, GuestExit, GuestRunner, GuestSpec, VmBackend};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,9 @@ pub enum StartError {
     /// The configuration is invalid.
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
+    /// agent.sock's directory cannot be created or is not private.
+    #[error(transparent)]
+    SocketDir(#[from] alcove_layout::LayoutError),
     /// A thread could not be started.
     #[error("cannot start the {what} thread: {source}")]
     Thread {
@@ -83,6 +88,9 @@ pub struct SandboxOptions {
     pub pid: u32,
     /// Who removes agent.sock at the end.
     pub socket_removal: SocketRemoval,
+    /// The network engine's settings when the guest has a link
+    /// (`spec.network` set); `None`: loopback only, no engine.
+    pub network: Option<crate::net_settings::NetworkPlan>,
 }
 
 /// Who removes agent.sock when the sandbox ends.
@@ -117,6 +125,7 @@ impl SandboxOptions {
             clock: Arc::new(MonotonicClock::new()),
             pid: std::process::id(),
             socket_removal: SocketRemoval::default(),
+            network: None,
         }
     }
 }
@@ -124,7 +133,7 @@ impl SandboxOptions {
 /// Control of a running sandbox from outside the actor system.
 pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
-    relay: Addr<Relay>,
+    touch: Recipient<Touch>,
     relay_counters: Arc<RelayCounters>,
     shared: Arc<SharedState>,
     socket_path: PathBuf,
@@ -151,11 +160,11 @@ impl SandboxHandle {
 
     /// Counts as activity for the idle timeout.
     pub fn touch(&self) {
-        self.relay.do_send(Touch);
+        self.touch.do_send(Touch);
     }
 
     /// What the relay has held for its clients and the guest (high-water
-    /// marks; see [`crate::actors::flow`]).
+    /// marks; see [`crate::actors::relay::flow`]).
     pub fn relay_stats(&self) -> RelayStats {
         self.relay_counters.stats()
     }
@@ -201,7 +210,7 @@ impl SandboxHandle {
 }
 
 fn lost_outcome(detail: &str) -> Outcome {
-    Outcome { reason: TerminationReason::InternalError, exit_code: None, detail: Some(detail.into()), recorded: false }
+    Outcome::of(RunEnd::internal_error(None, detail), false)
 }
 
 /// Drives the guest to its end. Must be run exactly once.
@@ -230,10 +239,18 @@ impl GuestDriver {
 
 /// Starts a sandbox with `backend`; see the module docs.
 pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    opts.policy.validate()?;
     let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
-    let listener = bind_socket(&opts.socket_path)?;
+    let listener = bind_agent_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
+}
+
+/// Binds agent.sock (0600) in its directory, which
+/// [`alcove_layout::ensure_private_dir`] creates 0700 or refuses.
+pub fn bind_agent_socket(path: &Path) -> Result<std::os::unix::net::UnixListener, StartError> {
+    if let Some(dir) = path.parent() {
+        alcove_layout::ensure_private_dir(dir)?;
+    }
+    Ok(bind_socket(path)?)
 }
 
 /// `store` with its retry budget (and each attempt's busy wait) cut to what
@@ -259,10 +276,6 @@ pub fn launch_with(
     opts: SandboxOptions,
     backend: Box<dyn VmBackend>,
 ) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    if let Err(e) = opts.policy.validate() {
-        let _ = std::fs::remove_file(&opts.socket_path);
-        return Err(e.into());
-    }
     let shared = Arc::new(SharedState::default());
     let relay_counters = Arc::new(RelayCounters::default());
 
@@ -276,7 +289,7 @@ pub fn launch_with(
             .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
-    let (lifecycle, relay) = match addr_rx.recv() {
+    let (lifecycle, touch, network) = match addr_rx.recv() {
         Ok(addrs) => addrs,
         Err(_) => {
             let _ = actor_thread.join();
@@ -286,7 +299,7 @@ pub fn launch_with(
     };
     let handle = SandboxHandle {
         lifecycle: lifecycle.clone(),
-        relay,
+        touch,
         relay_counters,
         shared: shared.clone(),
         socket_path: opts.socket_path.clone(),
@@ -294,8 +307,13 @@ pub fn launch_with(
     };
     let observer = exit_observer(&opts, lifecycle.clone(), shared.clone());
 
-    match backend.launch(&opts.spec) {
+    let spec =
+        GuestSpec { heartbeat: Some(crate::actors::watchdog::agent_heartbeat(&opts.policy)), ..opts.spec.clone() };
+    match backend.launch(&spec) {
         Ok(launched) => {
+            if let Some(device) = launched.network_device {
+                network.do_send(StartNetwork { device });
+            }
             lifecycle.do_send(GuestLaunched { agent_channel: launched.agent_channel, control: launched.control });
             Ok((handle, GuestDriver { runner: Some(launched.runner), observer }))
         }
@@ -318,12 +336,18 @@ pub fn start(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<Sandbo
     Ok(handle)
 }
 
+/// Starts the actors on this thread and runs them until Lifecycle stops
+/// the system. The one place that knows the whole graph: each actor is
+/// given, at construction, a `Recipient` for each message it sends (see
+/// docs/ARCHITECTURE.md, "Actors and messages"). Lifecycle's context is
+/// made first, so the actors that report to it can hold its address
+/// before it runs; it is started last, with the addresses of all of them.
 fn run_actor_system(
     opts: SandboxOptions,
     store: Store,
     listener: std::os::unix::net::UnixListener,
     (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
-    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>)>,
+    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Recipient<Touch>, Recipient<StartNetwork>)>,
 ) {
     let panic_shared = shared.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -342,24 +366,44 @@ fn run_actor_system(
                 };
                 DbActor::new(store, db_samples.clone())
             });
-            let lifecycle = Lifecycle::new(
-                opts.name.clone(),
-                opts.config_json.clone(),
-                opts.pid,
-                db.clone(),
-                samples,
-                shared.clone(),
+            let lifecycle_ctx = Context::<Lifecycle>::new();
+            let lifecycle = lifecycle_ctx.address();
+            let relay = Relay::new(
+                listener,
+                opts.socket_path.clone(),
+                opts.clock.clone(),
+                RelayPeers { agent_ready: lifecycle.clone().recipient(), terminate: lifecycle.clone().recipient() },
+                relay_counters,
             )
-            .with_socket_removal(opts.socket_removal)
             .start();
-            let relay =
-                Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone(), relay_counters)
-                    .start();
-            let vm = VmActor::new(opts.policy, relay.clone()).start();
-            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
-            Watchdog::new(opts.policy, opts.clock.clone(), relay.clone(), lifecycle.clone()).start();
-            lifecycle.do_send(Wire { vm, relay: relay.clone(), metrics });
-            let _ = addr_tx.send((lifecycle, relay));
+            let vm = VmActor::new(opts.policy, relay.clone().recipient()).start();
+            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db.clone().recipient()).start();
+            // The network engine's owner; idle (no engine) without a link.
+            let network = NetworkActor::new(
+                opts.name.clone(),
+                opts.network.clone(),
+                db.clone().recipient(),
+                metrics.clone().recipient(),
+                lifecycle.clone().recipient(),
+            )
+            .start();
+            Watchdog::new(opts.policy, opts.clock.clone(), relay.clone().recipient(), lifecycle.clone().recipient())
+                .start();
+            let peers = LifecyclePeers {
+                start_run: db.clone().recipient(),
+                set_status: db.clone().recipient(),
+                finish_run: db.recipient(),
+                attach_guest: relay.clone().recipient(),
+                open_to_clients: relay.clone().recipient(),
+                close_relay: relay.clone().recipient(),
+                stop_guest: vm.clone().recipient(),
+                attach_control: vec![metrics.recipient(), vm.recipient()],
+            };
+            lifecycle_ctx.run(
+                Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, peers, samples, shared.clone())
+                    .with_socket_removal(opts.socket_removal, opts.socket_path.clone()),
+            );
+            let _ = addr_tx.send((lifecycle, relay.recipient(), network.recipient()));
         });
         if let Err(e) = system.run() {
             tracing::error!(error = %e, "the actor system failed");
@@ -377,44 +421,39 @@ fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<
     let opts = opts.clone();
     ExitObserver::new(move |exit: GuestExit| {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        let code = exit.code;
-        lifecycle.do_send(VmExited { exit, ack: ack_tx });
+        lifecycle.do_send(VmExited { exit: exit.clone(), ack: ack_tx });
         if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
-            last_resort(&opts, &shared, Some(code), "the actor system did not finalise the run in time");
+            last_resort(&opts, &shared, Some(&exit), "the actor system did not finalise the run in time");
         }
     })
 }
 
-/// Finalises from the calling thread when the actors could not: writes the
-/// run's end with a fresh connection, then removes the socket (unless the
-/// caller does).
-fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit_code: Option<i32>, detail: &str) {
+/// Finalises from the calling thread when the actors could not: makes the
+/// run's end final ([`finish`]) with a fresh connection, removing the
+/// socket unless the caller does.
+fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit: Option<&GuestExit>, detail: &str) {
     tracing::error!(detail, "finalising without the actor system");
-    let outcome = RunOutcome {
-        reason: TerminationReason::InternalError,
-        exit_code,
-        exit_signal: None,
-        detail: Some(detail.into()),
+    let end = RunEnd::internal_error(exit, detail);
+    let cleanup = Cleanup {
+        leftovers: None,
+        socket: (opts.socket_removal == SocketRemoval::AfterRunEnd).then(|| opts.socket_path.clone()),
     };
-    let recorded = match shared.run() {
-        Some(run) => {
-            let short = StoreOptions {
-                retry_budget: ExitBudget::LAST_RESORT / 2,
-                busy_timeout: ExitBudget::LAST_RESORT / 4,
-                ..opts.store.clone()
-            };
-            match Store::open_with(&opts.db_path, short).and_then(|s| s.finish_run(run, &outcome)) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!(error = %e, "the last-resort write failed");
-                    false
-                }
-            }
+    let short = StoreOptions {
+        retry_budget: ExitBudget::LAST_RESORT / 2,
+        busy_timeout: ExitBudget::LAST_RESORT / 4,
+        ..opts.store.clone()
+    };
+    let store = shared.run().map(|run| (Store::open_with(&opts.db_path, short), run));
+    let recorded = match &store {
+        Some((Ok(store), run)) => finish(Some(Write { store, run: *run, end: &end }), &cleanup),
+        Some((Err(e), _)) => {
+            tracing::error!(error = %e, "the last-resort write failed");
+            finish(None, &cleanup)
         }
-        None => false,
+        None => finish(None, &cleanup),
     };
-    if opts.socket_removal == SocketRemoval::AfterRunEnd {
-        crate::actors::relay::remove_socket(&opts.socket_path);
+    if let crate::run_end::Recorded::Failed(e) = &recorded {
+        tracing::error!(error = %e, "the last-resort write failed");
     }
-    shared.set_outcome_if_unset(Outcome { reason: outcome.reason, exit_code, detail: outcome.detail, recorded });
+    shared.set_outcome_if_unset(Outcome::of(end, recorded.is_final()));
 }

@@ -20,14 +20,12 @@
 //! When the config names a parent pid (an attached `alcove run`), that
 //! process's death stops the sandbox too.
 
-use crate::actors::relay::bind_socket;
 use crate::config::{BackendKind, SandboxConfig};
 use crate::liveness::SandboxLock;
 use crate::sandbox::{launch_with, SandboxHandle, SandboxOptions, SocketRemoval};
 use crate::store::{Store, TerminationReason};
 use alcove_backend::guest_log::{BoundedLog, LogLimits, RUNTIME_LOG_LIMITS};
-use alcove_backend::mock::MockBackend;
-use alcove_backend::{GuestSpec, VmBackend};
+use alcove_backend::GuestSpec;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -71,13 +69,14 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         SandboxConfig::load(config_path)
     }
     .map_err(|e| e.to_string())?;
-    if cfg.backend == BackendKind::Jail {
+    if cfg.backend.kind() == BackendKind::Jail {
         alcove_jail::cgroup::prewarm_attach();
     }
-    let backend = make_backend(&cfg)?;
-    let spec = complete_spec(&cfg)?;
+    let backend = crate::backends::make(&cfg.backend);
+    let mut network = network_plan(&cfg)?;
+    let mut spec = complete_spec(&cfg)?;
+    spec.network = network.as_ref().map(|n| n.guest_link());
     // Refuse a database that cannot be opened before claiming to run.
-    cfg.policy.validate().map_err(|e| e.to_string())?;
     let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);
     let store = Store::open_with(&cfg.db_path(), store_options).map_err(|e| e.to_string())?;
     let socket_path = cfg.socket_path().map_err(|e| e.to_string())?;
@@ -88,20 +87,23 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         .map_err(|e| format!("cannot create log directory {}: {e}", log_dir.display()))?;
     // Held until this process ends. A previous process of this sandbox may
     // still be ending (its run is final, its exit is not).
-    let lock_path = SandboxLock::path(&cfg.sandbox_dir());
+    let lock_path = cfg.layout().lock_file(&cfg.name);
     let lock = SandboxLock::acquire_for_life(&lock_path, cfg.policy.exit_budget)
         .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?
         .ok_or_else(|| format!("sandbox {} is already run by another sandbox process", cfg.name))?;
     // The attached CLI, watched through a pidfd opened while it waits for us.
     let parent = cfg.parent_pid.map(ParentWatch::open);
     // Bound before the pid line, so the CLI's first connect succeeds.
-    let listener = bind_socket(&socket_path).map_err(|e| e.to_string())?;
+    let listener = crate::sandbox::bind_agent_socket(&socket_path).map_err(|e| e.to_string())?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{{\"pid\":{}}}", std::process::id()).map_err(|e| format!("cannot write to stdout: {e}"))?;
         out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     let _log_guard = redirect_logs(&log_dir)?;
+    if let Some(plan) = network.as_mut() {
+        plan.control_socket = Some(crate::net_control::socket_path(&socket_path));
+    }
 
     let opts = SandboxOptions {
         name: cfg.name.clone(),
@@ -114,11 +116,12 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         clock: Arc::new(crate::clock::MonotonicClock::new()),
         pid: std::process::id(),
         // A krun guest's driver never returns: the process ends inside it.
-        socket_removal: if cfg.backend == BackendKind::Krun {
+        socket_removal: if cfg.backend.kind() == BackendKind::Krun {
             SocketRemoval::AfterRunEnd
         } else {
             SocketRemoval::ByCaller
         },
+        network,
     };
     let socket_path = opts.socket_path.clone();
     let (handle, driver) = launch_with(store, listener, opts, backend).map_err(|e| e.to_string())?;
@@ -131,7 +134,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let outcome = handle.wait_timeout(cfg.policy.exit_budget);
     // The last act: the run's end is recorded and the backend has cleaned
     // up (the driver has returned).
-    crate::actors::relay::remove_socket(&socket_path);
+    crate::run_end::remove_socket(&socket_path);
     tracing::info!(?outcome, relay = ?handle.relay_stats(), "sandbox process exiting");
     if cfg.auto_remove && outcome.is_some() && parent.as_ref().is_none_or(|p| p.gone()) {
         // Nobody is left to read the outcome and remove the sandbox.
@@ -145,28 +148,30 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     })
 }
 
-fn make_backend(cfg: &SandboxConfig) -> Result<Box<dyn VmBackend>, String> {
-    match cfg.backend {
-        BackendKind::Mock => Ok(Box::new(MockBackend::new(cfg.mock.clone()))),
-        BackendKind::Jail => {
-            let options = alcove_jail::JailOptions::from_env().map_err(|e| e.to_string())?;
-            Ok(Box::new(alcove_jail::JailBackend::new(options)))
-        }
-        BackendKind::Krun => Ok(Box::new(alcove_krun::KrunBackend::new(cfg.krun.clone()))),
+/// The network engine's settings, checked again from the stored config;
+/// only the jail backend has a link today.
+fn network_plan(cfg: &SandboxConfig) -> Result<Option<crate::net_settings::NetworkPlan>, String> {
+    let plan = cfg.network.check().map_err(|e| e.to_string())?;
+    if plan.is_some() && cfg.backend.kind() != BackendKind::Jail {
+        return Err(format!(
+            "--net is available with the jail backend only (this sandbox uses {:?})",
+            cfg.backend.kind()
+        ));
     }
+    Ok(plan)
 }
 
 /// Fills in what a real guest needs and the config may leave out: the static
 /// agent (embedded in this binary) and the default rootfs.
 fn complete_spec(cfg: &SandboxConfig) -> Result<GuestSpec, String> {
     let mut spec = cfg.guest_spec();
-    if cfg.backend == BackendKind::Mock {
+    if cfg.backend.kind() == BackendKind::Mock {
         return Ok(spec);
     }
     if spec.agent_binary.is_none() {
         let path = match std::env::var_os(alcove_agent_bin::AGENT_BIN_ENV) {
             Some(_) => alcove_agent_bin::agent_path(),
-            None => alcove_agent_bin::install_into(&cfg.home.join("bin")),
+            None => alcove_agent_bin::install_into(&cfg.layout().bin_dir()),
         };
         spec.agent_binary = Some(path.map_err(|e| e.to_string())?);
     }
@@ -209,7 +214,7 @@ fn redirect_logs(dir: &Path) -> Result<tracing_appender::non_blocking::WorkerGua
 
 /// `dir/runtime.log`, bounded by `limits`.
 fn runtime_log(dir: &Path, limits: LogLimits) -> Result<BoundedLog, String> {
-    let path = dir.join("runtime.log");
+    let path = dir.join(alcove_layout::RUNTIME_LOG);
     BoundedLog::open(&path, limits).map_err(|e| format!("cannot open runtime log {}: {e}", path.display()))
 }
 
@@ -219,9 +224,9 @@ fn runtime_log(dir: &Path, limits: LogLimits) -> Result<BoundedLog, String> {
 /// disk before the process dies.
 fn runtime_stderr(dir: &Path, limits: LogLimits) -> Result<std::fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt;
-    let path = dir.join("runtime.stderr");
+    let path = dir.join(alcove_layout::RUNTIME_STDERR);
     if std::fs::symlink_metadata(&path).is_ok_and(|m| m.len() > limits.max_file_bytes) {
-        let _ = std::fs::rename(&path, dir.join("runtime.stderr.1"));
+        let _ = std::fs::rename(&path, path.with_extension("stderr.1"));
     }
     std::fs::OpenOptions::new()
         .create(true)

@@ -219,3 +219,62 @@ fn stop_forces_commands_that_ignore_sigterm_after_the_timeout() {
         log = std::fs::read_to_string(a.home.join("sandboxes/stubborn/logs/command.log")).unwrap_or_default();
     }
 }
+
+/// The cgroup directories named `NAME-*` anywhere under /sys/fs/cgroup.
+fn cgroups_of(name: &str) -> Vec<String> {
+    let out = std::process::Command::new("find")
+        .args(["/sys/fs/cgroup", "-type", "d", "-name", &format!("{name}-*")])
+        .output()
+        .expect("find runs");
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+/// Removes the test's own cgroup directories (`alcove-test-PID` under each
+/// hierarchy, deepest first) when dropped, also after a failed assertion.
+struct TestCgroups(String);
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        let out = std::process::Command::new("find")
+            .args(["/sys/fs/cgroup", "-depth", "-type", "d", "-path", &format!("*/{}*", self.0)])
+            .output()
+            .expect("find runs");
+        for dir in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+#[test]
+fn the_reaper_removes_a_dead_jails_cgroups_under_its_configured_parent() {
+    let _cleanup = TestCgroups(format!("alcove-test-{}", std::process::id()));
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    a.ok(&["create", "cgp", "--backend", "jail", "--rootfs", &rootfs]);
+    a.ok(&["stop", "cgp"]);
+    // The sandbox's jail options name a cgroup parent of their own.
+    let parent = format!("alcove-test-{}/custom", std::process::id());
+    let config_path = a.home.join("sandboxes/cgp/config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config_path).expect("config")).expect("JSON");
+    config["jail"]["cgroup_parent"] = serde_json::Value::String(parent.clone());
+    std::fs::write(&config_path, serde_json::to_vec(&config).expect("JSON")).expect("written");
+    a.ok(&["start", "cgp"]);
+    let placed = cgroups_of("cgp");
+    assert!(!placed.is_empty() && placed.iter().all(|d| d.contains(&parent)), "{placed:?}");
+
+    // The sandbox process dies without its clean-up; its jail dies with it
+    // (PDEATHSIG), leaving the cgroups behind for the next CLI call.
+    let pid = a.inspect("cgp")["runs"][0]["pid"].as_i64().expect("pid") as i32;
+    // SAFETY: kill has no memory-safety preconditions; the pid is our sandbox process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        assert!(Instant::now() < deadline, "the sandbox process {pid} did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let e = a.ps_entry("cgp").expect("listed");
+    assert_eq!(e["last_run"]["reason"], "Crashed", "{e}");
+    assert_eq!(cgroups_of("cgp"), Vec::<String>::new(), "cgroups left under {parent}");
+    a.ok(&["rm", "-f", "cgp"]);
+}

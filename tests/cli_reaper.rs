@@ -177,3 +177,33 @@ fn a_dead_run_whose_lock_is_released_a_moment_later_is_still_reaped() {
     let e = list.iter().find(|e| e["name"] == "dying").expect("listed");
     assert_eq!((e["status"].as_str(), e["last_run"]["reason"].as_str()), (Some("Crashed"), Some("Crashed")), "{e}");
 }
+
+#[test]
+fn a_command_that_names_a_sandbox_reaps_only_that_one() {
+    // Its cost must not grow with the number of sandboxes: `inspect B`
+    // leaves A's dead run to whoever looks at A (or `ps`).
+    let a = Alcove::new();
+    a.ok(&["create", "dead", "--backend", "mock"]);
+    a.ok(&["create", "other", "--backend", "mock"]);
+    let pid = a.ps_entry("dead").expect("listed")["pid"].as_u64().expect("pid") as u32;
+    // SAFETY: kills the sandbox process this test created.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    wait_gone(pid);
+    let status = |name: &str| -> String {
+        db(&a)
+            .query_row(
+                "SELECT r.status FROM run r JOIN sandbox s ON s.id = r.sandbox_id WHERE s.name = ?1 \
+                 ORDER BY r.id DESC LIMIT 1",
+                [name],
+                |r| r.get(0),
+            )
+            .expect("run row")
+    };
+    a.ok(&["inspect", "other", "--json"]);
+    a.ok(&["exec", "other", "--", "echo", "hi"]);
+    assert_eq!(status("dead"), "Running", "a command about another sandbox reaped this one");
+    let e = a.inspect("dead");
+    assert_eq!(e["status"], "Crashed", "{e}");
+    assert_eq!(status("dead"), "Terminated");
+    a.ok(&["rm", "-f", "dead", "other"]);
+}

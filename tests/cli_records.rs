@@ -86,3 +86,34 @@ fn a_run_records_how_its_command_ended() {
     assert_eq!(e["last_run"]["reason"], "Failed", "{e}");
     assert_eq!(e["last_run"]["exit_signal"], 15, "{e}");
 }
+
+/// The host pids of the children of `pid` (every thread's list).
+fn children_of(pid: u64) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks of the sandbox process");
+    let mut found = Vec::new();
+    for task in tasks.filter_map(Result::ok) {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        found.extend(list.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+    }
+    found
+}
+
+#[test]
+fn a_jail_killed_by_sigkill_is_recorded_as_signal_9() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    a.ok(&["create", "k9", "--backend", "jail", "--rootfs", &rootfs]);
+    let sandbox_pid = a.inspect("k9")["runs"][0]["pid"].as_u64().expect("the run's pid");
+    // The jail's PID 1 (the agent) is the sandbox process's only child.
+    let init = children_of(sandbox_pid);
+    assert_eq!(init.len(), 1, "children of the sandbox process: {init:?}");
+    // SAFETY: kill has no memory-safety preconditions; the pid is our sandbox's child.
+    assert_eq!(unsafe { libc::kill(init[0], libc::SIGKILL) }, 0);
+    let e = a.wait_status("k9", "Stopped", std::time::Duration::from_secs(30));
+    let run = &a.inspect("k9")["runs"][0];
+    assert_eq!(run["reason"], "Failed", "{e}\n{run}");
+    assert_eq!(run["exit_signal"], 9, "{run}");
+    assert_eq!(run["exit_code"], serde_json::Value::Null, "{run}");
+    assert!(a.ok(&["ps", "-a"]).contains("signal 9"), "{}", a.ok(&["ps", "-a"]));
+    a.ok(&["rm", "-f", "k9"]);
+}

@@ -482,3 +482,17 @@ async fn an_oom_kill_in_one_sandbox_is_not_blamed_on_another() {
     hungry.stop().await;
     quiet.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_jail_options_of_the_config_are_honoured() {
+    // Root gets a private uid range by default; the config asks for none.
+    let sb = Sandbox::start("e2e-opts", serde_json::json!({ "jail": { "user_namespace": "never" } }));
+    let c = sb.client().await;
+    let record = alcove_jail::recorded_isolation(&sb.dir.path().join("home/sandboxes/e2e-opts"));
+    assert!(record.as_deref().is_some_and(|r| r.starts_with("no user namespace")), "{record:?}");
+    // Guest root is host root: no uid map other than the identity.
+    let (map, _, _) = out(&c, "cat /proc/self/uid_map").await;
+    assert_eq!(map.split_whitespace().collect::<Vec<_>>(), ["0", "0", "4294967295"], "{map}");
+    drop(c);
+    sb.stop().await;
+}

@@ -5,7 +5,7 @@
 mod common;
 
 use alcove::store::{SandboxStatus, TerminationReason};
-use alcove::Policy;
+use alcove::{Policy, PolicySpec};
 use alcove_backend::mock::{MockEvent, MockScript};
 use alcove_protocol::{Flags, Message, CONTROL_ID};
 use common::*;
@@ -32,7 +32,11 @@ fn guest_exit_nonzero_is_failed_with_its_code() {
 
 #[test]
 fn idle_sandbox_times_out() {
-    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(300)), ..policy() });
+    let env = start(
+        script(),
+        Policy::try_from(PolicySpec { idle_timeout: Some(Duration::from_secs(300)), ..policy().spec() })
+            .expect("a valid policy"),
+    );
     assert!(env.handle.wait_ready(WAIT));
     assert_eq!(env.sandbox().status, SandboxStatus::Running);
     env.clock.advance(Duration::from_secs(299));
@@ -46,7 +50,11 @@ fn idle_sandbox_times_out() {
 
 #[test]
 fn a_long_command_without_input_is_not_idle() {
-    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(60)), ..policy() });
+    let env = start(
+        script(),
+        Policy::try_from(PolicySpec { idle_timeout: Some(Duration::from_secs(60)), ..policy().spec() })
+            .expect("a valid policy"),
+    );
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     let id = client.range.id_start;
@@ -70,7 +78,11 @@ fn a_long_command_without_input_is_not_idle() {
 
 #[test]
 fn touch_resets_the_idle_clock() {
-    let env = start(script(), Policy { idle_timeout: Some(Duration::from_secs(60)), ..policy() });
+    let env = start(
+        script(),
+        Policy::try_from(PolicySpec { idle_timeout: Some(Duration::from_secs(60)), ..policy().spec() })
+            .expect("a valid policy"),
+    );
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     // Each touch lands 40 s after the previous one, so without them the
@@ -94,7 +106,11 @@ fn touch_resets_the_idle_clock() {
 
 #[test]
 fn max_duration_ends_even_a_busy_sandbox() {
-    let env = start(script(), Policy { max_duration: Some(Duration::from_secs(30)), ..policy() });
+    let env = start(
+        script(),
+        Policy::try_from(PolicySpec { max_duration: Some(Duration::from_secs(30)), ..policy().spec() })
+            .expect("a valid policy"),
+    );
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     client.exec(client.range.id_start, &["sleep", "600000"], false);
@@ -161,7 +177,8 @@ fn a_guest_that_hangs_on_shutdown_is_forced_after_the_drain_timeout() {
 fn an_agent_that_is_never_ready_is_unresponsive() {
     let env = start(
         MockScript { ready_after_ms: None, ..script() },
-        Policy { ready_timeout: Duration::from_secs(30), ..policy() },
+        Policy::try_from(PolicySpec { ready_timeout: Duration::from_secs(30), ..policy().spec() })
+            .expect("a valid policy"),
     );
     assert!(!env.handle.wait_ready(Duration::from_millis(50)));
     assert_eq!(env.sandbox().status, SandboxStatus::Starting);
@@ -177,7 +194,8 @@ fn an_agent_that_is_never_ready_is_unresponsive() {
 fn lost_heartbeats_are_unresponsive() {
     let env = start(
         MockScript { heartbeats_stop_after: Some(2), ..script() },
-        Policy { heartbeat_timeout: Duration::from_secs(10), ..policy() },
+        Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(10), ..policy().spec() })
+            .expect("a valid policy"),
     );
     assert!(env.handle.wait_ready(WAIT));
     // The same steps as `heartbeats_keep_a_sandbox_alive` (5 s of clock, then
@@ -195,7 +213,11 @@ fn lost_heartbeats_are_unresponsive() {
 
 #[test]
 fn heartbeats_keep_a_sandbox_alive() {
-    let env = start(script(), Policy { heartbeat_timeout: Duration::from_secs(10), ..policy() });
+    let env = start(
+        script(),
+        Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(10), ..policy().spec() })
+            .expect("a valid policy"),
+    );
     assert!(env.handle.wait_ready(WAIT));
     for _ in 0..5 {
         env.clock.advance(Duration::from_secs(5));
@@ -247,7 +269,12 @@ fn a_database_that_cannot_be_written_is_an_internal_error() {
 fn metrics_are_sampled_into_the_database() {
     let env = start(script(), policy());
     assert!(env.handle.wait_ready(WAIT));
-    std::thread::sleep(Duration::from_millis(150));
+    // The first sample is written at once, the next ones in a batch.
+    let deadline = std::time::Instant::now() + WAIT;
+    while env.store().metrics("box1", 100).expect("metrics").len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "fewer than two samples were written");
+        std::thread::sleep(Duration::from_millis(5));
+    }
     env.handle.stop();
     env.handle.wait_timeout(WAIT).expect("ends");
     let samples = env.store().metrics("box1", 100).expect("metrics");

@@ -11,8 +11,10 @@
 //! closes the [`SampleGate`] (before it sends the final write) the samples
 //! still queued are dropped unwritten.
 
+use crate::actors::network::DbInsertFlows;
 use crate::config::ExitBudget;
-use crate::messages::{DbFinishRun, DbInsertMetric, DbSetStatus, DbStartRun};
+use crate::messages::{DbFinishRun, DbInsertMetrics, DbSetStatus, DbStartRun};
+use crate::run_end::{finish, Recorded, Write};
 use crate::store::{RunId, Store};
 use actix::prelude::*;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,22 +85,49 @@ impl Handler<DbSetStatus> for DbActor {
 }
 
 impl Handler<DbFinishRun> for DbActor {
-    type Result = Result<(), String>;
+    type Result = bool;
 
-    fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> Self::Result {
-        self.store()?.finish_run(msg.run, &msg.outcome).map_err(|e| e.to_string())
+    fn handle(&mut self, msg: DbFinishRun, _: &mut Self::Context) -> bool {
+        let store = match self.store() {
+            Ok(store) => Some(store),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record the end of the run");
+                None
+            }
+        };
+        let write = store.zip(msg.run).map(|(store, run)| Write { store, run, end: &msg.end });
+        match finish(write, &msg.cleanup) {
+            Recorded::Failed(e) => {
+                tracing::error!(error = %e, "cannot record the end of the run");
+                false
+            }
+            recorded => recorded.is_final(),
+        }
     }
 }
 
-impl Handler<DbInsertMetric> for DbActor {
+impl Handler<DbInsertMetrics> for DbActor {
     type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: DbInsertMetric, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: DbInsertMetrics, _: &mut Self::Context) -> Self::Result {
         if !self.samples.is_open() {
             return Ok(());
         }
         self.store()?
-            .insert_metric_within(&msg.sandbox, &msg.sample, ExitBudget::SAMPLE_WAIT)
+            .insert_metrics_within(&msg.sandbox, &msg.samples, ExitBudget::SAMPLE_WAIT)
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<DbInsertFlows> for DbActor {
+    type Result = Result<(), String>;
+
+    /// Flow records are written like samples: not once the run is ending,
+    /// and never waiting long for a busy database.
+    fn handle(&mut self, msg: DbInsertFlows, _: &mut Self::Context) -> Self::Result {
+        if !self.samples.is_open() {
+            return Ok(());
+        }
+        self.store()?.insert_flows_within(&msg.sandbox, &msg.rows, ExitBudget::SAMPLE_WAIT).map_err(|e| e.to_string())
     }
 }

@@ -4,29 +4,31 @@
 //! States: Starting → Ready → Draining → Exited. The first [`Terminate`] to
 //! arrive fixes the reason (later ones are logged and ignored); only then is
 //! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
-//! cause, its exit code decides: 0 is Completed, anything else Failed.
+//! cause, its exit decides ([`RunEnd::decide`]): code 0 is Completed, any
+//! other code or a killing signal Failed.
 //!
-//! Finalisation runs once, in this order: close the relay (no new client,
-//! open sessions aborted), commit the run row and the sandbox status,
-//! remove agent.sock (unless the caller does, see [`SocketRemoval`]),
+//! Finalisation runs once, in this order: close the relay (no new client;
+//! the guest's last frames routed, then open sessions aborted), make the run's end final through the Db actor
+//! ([`crate::run_end::finish`]: commit the run row and the sandbox status,
+//! then remove agent.sock unless the caller does, see [`SocketRemoval`]),
 //! publish the [`Outcome`], acknowledge the exit observer, stop the actor
 //! system. A socket file with no live sandbox process behind it therefore
-//! marks an end that did not finish, for the CLI's reaper to clean up. The run row is written before anything else is handled
-//! (`ctx.wait`), so a finalisation never races its creation.
+//! marks an end that did not finish, for the CLI's reaper to clean up.
+//! The run row is written before anything else is handled (`ctx.wait`), so
+//! a finalisation never races its creation.
 
-use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::metrics::Metrics;
-use crate::actors::relay::Relay;
-use crate::actors::vm::VmActor;
+use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
-    LaunchFailed, OpenToClients, RemoveSocket, StopGuest, Terminate, VmExited,
+    LaunchFailed, OpenToClients, StopGuest, Terminate, VmExited,
 };
+use crate::run_end::{Cleanup, RunEnd};
 use crate::sandbox::SocketRemoval;
-use crate::store::{RunId, RunOutcome, SandboxStatus, TerminationReason};
+use crate::store::{RunId, SandboxStatus, TerminationReason};
 use actix::prelude::*;
-use alcove_backend::GuestControl;
+use alcove_backend::{GuestControl, GuestExit};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -117,6 +119,28 @@ impl SharedState {
     }
 }
 
+/// The messages Lifecycle sends, and to whom (given at construction by
+/// [`crate::sandbox`]'s `run_actor_system`, the one place that knows the
+/// whole graph).
+pub struct LifecyclePeers {
+    /// Db: the run row.
+    pub start_run: Recipient<DbStartRun>,
+    /// Db: the sandbox status.
+    pub set_status: Recipient<DbSetStatus>,
+    /// Db: the run's end.
+    pub finish_run: Recipient<DbFinishRun>,
+    /// Relay: the host end of the agent channel.
+    pub attach_guest: Recipient<AttachGuest>,
+    /// Relay: clients may have their handshake.
+    pub open_to_clients: Recipient<OpenToClients>,
+    /// Relay: stop accepting, abort open sessions.
+    pub close_relay: Recipient<CloseRelay>,
+    /// Vm: end the guest.
+    pub stop_guest: Recipient<StopGuest>,
+    /// Vm and Metrics: the guest's control handle.
+    pub attach_control: Vec<Recipient<AttachControl>>,
+}
+
 /// Decides how the sandbox ends.
 pub struct Lifecycle {
     name: String,
@@ -125,24 +149,21 @@ pub struct Lifecycle {
     state: State,
     cause: Option<Terminate>,
     run: Option<RunId>,
-    db: Addr<DbActor>,
-    vm: Option<Addr<VmActor>>,
-    relay: Option<Addr<Relay>>,
-    metrics: Option<Addr<Metrics>>,
+    peers: LifecyclePeers,
     shared: Arc<SharedState>,
     samples: SampleGate,
-    socket_removal: SocketRemoval,
+    /// agent.sock, when Lifecycle removes it at the end.
+    socket_after_end: Option<PathBuf>,
     finalising: bool,
 }
 
 impl Lifecycle {
-    /// A lifecycle for sandbox `name`; the other actors are attached with
-    /// [`Wire`] once they exist.
+    /// A lifecycle for sandbox `name`, sending to `peers`.
     pub fn new(
         name: String,
         config_json: String,
         pid: u32,
-        db: Addr<DbActor>,
+        peers: LifecyclePeers,
         samples: SampleGate,
         shared: Arc<SharedState>,
     ) -> Lifecycle {
@@ -153,28 +174,26 @@ impl Lifecycle {
             state: State::Starting,
             cause: None,
             run: None,
-            db,
-            vm: None,
-            relay: None,
-            metrics: None,
+            peers,
             shared,
             samples,
-            socket_removal: SocketRemoval::AfterRunEnd,
+            socket_after_end: None,
             finalising: false,
         }
     }
 
-    /// Who removes agent.sock at the end (default: Lifecycle, through the
-    /// relay, once the run's end is committed).
-    pub fn with_socket_removal(mut self, removal: SocketRemoval) -> Lifecycle {
-        self.socket_removal = removal;
+    /// Who removes agent.sock (`socket`) at the end: with
+    /// [`SocketRemoval::AfterRunEnd`], Lifecycle once the run's end is
+    /// committed (default: nobody, e.g. a test without a socket).
+    pub fn with_socket_removal(mut self, removal: SocketRemoval, socket: PathBuf) -> Lifecycle {
+        self.socket_after_end = (removal == SocketRemoval::AfterRunEnd).then_some(socket);
         self
     }
 
     /// Records the sandbox status, then runs `then`. A failed write is a
     /// cause to end the sandbox (InternalError).
     fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>, then: impl FnOnce(&mut Self) + 'static) {
-        let db = self.db.clone();
+        let db = self.peers.set_status.clone();
         let msg = DbSetStatus { sandbox: self.name.clone(), status };
         ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx: &mut Context<Self>| {
             if let Some(err) = flatten(res) {
@@ -187,14 +206,8 @@ impl Lifecycle {
         }));
     }
 
-    /// The one path to the end: fixes the outcome and commits it.
-    fn finalise(
-        &mut self,
-        exit_code: Option<i32>,
-        exit_detail: Option<String>,
-        ack: crossbeam_channel::Sender<()>,
-        ctx: &mut Context<Self>,
-    ) {
+    /// The one path to the end: fixes the run's end and makes it final.
+    fn finalise(&mut self, exit: Option<GuestExit>, ack: crossbeam_channel::Sender<()>, ctx: &mut Context<Self>) {
         if self.finalising {
             let _ = ack.send(());
             return;
@@ -202,49 +215,31 @@ impl Lifecycle {
         self.finalising = true;
         // The final write goes ahead of any sample still queued for the database.
         self.samples.close();
-        let cause = self.cause.take().unwrap_or_else(|| match exit_code {
-            Some(0) => Terminate { reason: TerminationReason::Completed, detail: None, force: false },
-            Some(code) => Terminate::new(TerminationReason::Failed, format!("the guest exited with code {code}")),
-            None => Terminate::new(TerminationReason::InternalError, "the guest ended without an exit code"),
-        });
-        let detail = match (cause.detail, exit_detail) {
-            (Some(a), Some(b)) => Some(format!("{a}; {b}")),
-            (a, b) => a.or(b),
+        let end = RunEnd::decide(self.cause.take(), exit.as_ref());
+        tracing::info!(reason = %end.reason, exit_code = ?end.exit_code, exit_signal = ?end.exit_signal, detail = ?end.detail, "finalising");
+        let close_relay = self.peers.close_relay.clone();
+        let db = self.peers.finish_run.clone();
+        let finish = DbFinishRun {
+            run: self.run,
+            end: end.clone(),
+            cleanup: Cleanup { leftovers: None, socket: self.socket_after_end.clone() },
         };
-        tracing::info!(reason = %cause.reason, ?exit_code, ?detail, "finalising");
-        let outcome = RunOutcome { reason: cause.reason, exit_code, exit_signal: None, detail: detail.clone() };
-        let relay = self.relay.clone();
-        let db = self.db.clone();
-        let run = self.run;
-        let remove_socket = self.socket_removal == SocketRemoval::AfterRunEnd;
         let fut = async move {
-            if let Some(relay) = &relay {
-                let _ = relay.send(CloseRelay).await;
-            }
+            let _ = close_relay.send(CloseRelay).await;
             crate::kill_point!("sandbox-during-finalisation");
-            let recorded = match run {
-                Some(run) => match flatten(db.send(DbFinishRun { run, outcome }).await) {
-                    None => {
-                        crate::kill_point!("sandbox-after-run-end");
-                        true
-                    }
-                    Some(err) => {
-                        tracing::error!(error = %err, "cannot record the end of the run");
-                        false
-                    }
-                },
-                None => false,
-            };
-            if let (true, Some(relay)) = (remove_socket, &relay) {
-                let _ = relay.send(RemoveSocket).await;
+            let cleanup = finish.cleanup.clone();
+            match db.send(finish).await {
+                Ok(recorded) => recorded,
+                Err(e) => {
+                    tracing::error!(error = %e, "the database actor is gone; the run's end is not recorded");
+                    crate::run_end::finish(None, &cleanup);
+                    false
+                }
             }
-            recorded
         };
         ctx.wait(fut.into_actor(self).map(move |recorded, this, _| {
             this.state = State::Exited;
-            this.shared.update(|i| {
-                i.outcome = Some(Outcome { reason: cause.reason, exit_code, detail, recorded });
-            });
+            this.shared.update(|i| i.outcome = Some(Outcome::of(end, recorded)));
             let _ = ack.send(());
             System::current().stop();
         }));
@@ -264,7 +259,7 @@ impl Actor for Lifecycle {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let db = self.db.clone();
+        let db = self.peers.start_run.clone();
         let msg = DbStartRun {
             sandbox: self.name.clone(),
             config_json: self.config_json.clone(),
@@ -287,41 +282,14 @@ impl Actor for Lifecycle {
     }
 }
 
-/// Start-up → Lifecycle: the addresses of the other actors.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Wire {
-    /// The Vm actor.
-    pub vm: Addr<VmActor>,
-    /// The Relay.
-    pub relay: Addr<Relay>,
-    /// The metrics sampler.
-    pub metrics: Addr<Metrics>,
-}
-
-impl Handler<Wire> for Lifecycle {
-    type Result = ();
-
-    fn handle(&mut self, msg: Wire, _: &mut Self::Context) {
-        self.vm = Some(msg.vm);
-        self.relay = Some(msg.relay);
-        self.metrics = Some(msg.metrics);
-    }
-}
-
 impl Handler<GuestLaunched> for Lifecycle {
     type Result = ();
 
     fn handle(&mut self, msg: GuestLaunched, _: &mut Self::Context) {
         self.shared.update(|i| i.control = Some(msg.control.clone()));
-        if let Some(relay) = &self.relay {
-            relay.do_send(AttachGuest { channel: msg.agent_channel });
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.do_send(AttachControl { control: msg.control.clone() });
-        }
-        if let Some(vm) = &self.vm {
-            vm.do_send(AttachControl { control: msg.control });
+        self.peers.attach_guest.do_send(AttachGuest { channel: msg.agent_channel });
+        for peer in &self.peers.attach_control {
+            peer.do_send(AttachControl { control: msg.control.clone() });
         }
     }
 }
@@ -336,7 +304,7 @@ impl Handler<LaunchFailed> for Lifecycle {
                 format!("the guest could not start: {}", msg.error),
             ));
         }
-        self.finalise(None, None, msg.ack, ctx);
+        self.finalise(None, msg.ack, ctx);
     }
 }
 
@@ -352,9 +320,7 @@ impl Handler<AgentReady> for Lifecycle {
         crate::kill_point!("sandbox-before-running");
         // Clients and waiters learn of readiness once the record says Running.
         self.set_status(SandboxStatus::Running, ctx, |this| {
-            if let Some(relay) = &this.relay {
-                relay.do_send(OpenToClients);
-            }
+            this.peers.open_to_clients.do_send(OpenToClients);
             this.shared.update(|i| i.ready = true);
             crate::kill_point!("sandbox-after-ready");
         });
@@ -375,9 +341,7 @@ impl Handler<Terminate> for Lifecycle {
         self.state = State::Draining;
         self.set_status(SandboxStatus::Draining, ctx, |_| {});
         crate::kill_point!("sandbox-during-stop");
-        if let Some(vm) = &self.vm {
-            vm.do_send(StopGuest { graceful });
-        }
+        self.peers.stop_guest.do_send(StopGuest { graceful });
     }
 }
 
@@ -385,6 +349,6 @@ impl Handler<VmExited> for Lifecycle {
     type Result = ();
 
     fn handle(&mut self, msg: VmExited, ctx: &mut Self::Context) {
-        self.finalise(Some(msg.exit.code), msg.exit.detail, msg.ack, ctx);
+        self.finalise(Some(msg.exit), msg.ack, ctx);
     }
 }

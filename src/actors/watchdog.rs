@@ -1,10 +1,14 @@
 //! The Watchdog actor: idle timeout, max duration, ready timeout and
 //! heartbeat loss.
 //!
-//! Every `watchdog_tick` it asks the Relay for an [`Activity`] snapshot and
-//! compares it with the injected [`Clock`]. The first rule that fires sends
-//! one [`Terminate`] to Lifecycle and the watchdog stops: deciding between
-//! competing causes is Lifecycle's job, not the watchdog's. Rules, in order:
+//! It asks the Relay for an [`Activity`] snapshot, compares it with the
+//! injected [`Clock`], and then sleeps on that clock until the earliest
+//! moment a rule could fire ([`next_check`]): an idle sandbox wakes only at
+//! its deadlines, not on a tick. Before the agent is ready it looks every
+//! `watchdog_tick` (readiness is not announced to it, and comes soon).
+//! The first rule that fires sends one [`Terminate`] to Lifecycle and the
+//! watchdog stops: deciding between competing causes is Lifecycle's job,
+//! not the watchdog's. Rules, in order:
 //!
 //! 1. not ready `ready_timeout` after start → AgentUnresponsive;
 //! 2. `max_duration` after start → MaxDurationExceeded;
@@ -12,9 +16,12 @@
 //!    `idle_timeout` → IdleTimeout (a long command that reads nothing is a
 //!    session, so it is not idle);
 //! 4. ready and no heartbeat for `heartbeat_timeout` → AgentUnresponsive.
+//!
+//! Invariant: no rule can fire between two looks. Every input of the rules
+//! only moves their deadlines later (activity, heartbeats), except a session
+//! ending, and while sessions are open the next look is at most
+//! `idle_timeout` away — the soonest an idle timeout can follow their end.
 
-use crate::actors::lifecycle::Lifecycle;
-use crate::actors::relay::Relay;
 use crate::clock::Clock;
 use crate::config::Policy;
 use crate::messages::{Activity, GetActivity, Terminate};
@@ -28,16 +35,24 @@ pub struct Watchdog {
     policy: Policy,
     clock: Arc<dyn Clock>,
     started_at: Duration,
-    relay: Addr<Relay>,
-    lifecycle: Addr<Lifecycle>,
+    /// Relay: the activity snapshot.
+    activity: Recipient<GetActivity>,
+    /// Lifecycle: the cause, once a rule fires.
+    terminate: Recipient<Terminate>,
     fired: bool,
+    looks: u64,
 }
 
 impl Watchdog {
     /// A watchdog whose start time is the clock's now.
-    pub fn new(policy: Policy, clock: Arc<dyn Clock>, relay: Addr<Relay>, lifecycle: Addr<Lifecycle>) -> Watchdog {
+    pub fn new(
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        activity: Recipient<GetActivity>,
+        terminate: Recipient<Terminate>,
+    ) -> Watchdog {
         let started_at = clock.now();
-        Watchdog { policy, clock, started_at, relay, lifecycle, fired: false }
+        Watchdog { policy, clock, started_at, activity, terminate, fired: false, looks: 0 }
     }
 }
 
@@ -80,37 +95,94 @@ fn rules_for(policy: &Policy, started_at: Duration, a: &Activity, now: Duration)
     None
 }
 
+/// How often the agent is asked to send heartbeats: a quarter of the
+/// heartbeat timeout (three may be late or lost), between 1 s and 30 s. An
+/// idle agent wakes only this often, and so does the relay that reads it.
+pub fn agent_heartbeat(policy: &Policy) -> Duration {
+    (policy.heartbeat_timeout / 4).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// The clock time of the next look: the earliest moment any rule could
+/// fire, given what is known `now` (see the module's invariant).
+fn next_check(policy: &Policy, started_at: Duration, a: &Activity, now: Duration) -> Duration {
+    let mut next = Vec::with_capacity(4);
+    if let Some(max) = policy.max_duration {
+        next.push(started_at + max);
+    }
+    match a.ready_at {
+        None => {
+            next.push(started_at + policy.ready_timeout);
+            next.push(now + policy.watchdog_tick);
+        }
+        Some(ready_at) => {
+            if let Some(idle) = policy.idle_timeout {
+                next.push(if a.open_sessions == 0 { a.last_activity.max(ready_at) + idle } else { now + idle });
+            }
+            next.push(a.last_heartbeat.unwrap_or(ready_at).max(ready_at) + policy.heartbeat_timeout);
+        }
+    }
+    let soonest = next.into_iter().min().unwrap_or(now + policy.watchdog_tick);
+    // A deadline not after `now` belongs to a rule that just declined to
+    // fire; never spin on it.
+    if soonest > now {
+        soonest
+    } else {
+        now + policy.watchdog_tick
+    }
+}
+
+impl Watchdog {
+    /// Looks at the activity, then fires or sleeps until the next look.
+    fn look(&mut self, ctx: &mut Context<Self>) {
+        let relay = self.activity.clone();
+        let fut = async move { relay.send(GetActivity).await };
+        ctx.spawn(fut.into_actor(self).map(|res, this, ctx| {
+            // The relay is gone: the sandbox is ending, nothing to watch.
+            let Ok(activity) = res else { return };
+            if this.fired {
+                return;
+            }
+            let now = this.clock.now();
+            if let Some(cause) = rules_for(&this.policy, this.started_at, &activity, now) {
+                tracing::info!(reason = %cause.reason, detail = ?cause.detail, "watchdog fired");
+                this.fired = true;
+                this.terminate.do_send(cause);
+                ctx.stop();
+                return;
+            }
+            this.looks += 1;
+            let at = next_check(&this.policy, this.started_at, &activity, now);
+            ctx.spawn(this.clock.sleep_until(at).into_actor(this).map(|(), this, ctx| this.look(ctx)));
+        }));
+    }
+}
+
 impl Actor for Watchdog {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.run_interval(self.policy.watchdog_tick, |this, ctx| {
-            if this.fired {
-                return;
-            }
-            let relay = this.relay.clone();
-            let fut = async move { relay.send(GetActivity).await };
-            ctx.spawn(fut.into_actor(this).map(|res, this, ctx| {
-                let Ok(activity) = res else {
-                    return;
-                };
-                if this.fired {
-                    return;
-                }
-                if let Some(cause) = rules_for(&this.policy, this.started_at, &activity, this.clock.now()) {
-                    tracing::info!(reason = %cause.reason, detail = ?cause.detail, "watchdog fired");
-                    this.fired = true;
-                    this.lifecycle.do_send(cause);
-                    ctx.stop();
-                }
-            }));
-        });
+        self.look(ctx);
+    }
+}
+
+/// How many times the watchdog has looked without firing (for tests of
+/// idle wake-ups).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct GetLooks;
+
+impl Handler<GetLooks> for Watchdog {
+    type Result = u64;
+
+    fn handle(&mut self, _: GetLooks, _: &mut Self::Context) -> u64 {
+        self.looks
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PolicySpec;
 
     fn rules(policy: Policy) -> impl Fn(&Activity, u64) -> Option<TerminationReason> {
         move |a, now_s| rules_for(&policy, Duration::ZERO, a, Duration::from_secs(now_s)).map(|t| t.reason)
@@ -127,18 +199,22 @@ mod tests {
 
     #[test]
     fn never_ready_is_unresponsive_after_the_ready_timeout() {
-        let check = rules(Policy { ready_timeout: Duration::from_secs(30), ..Policy::default() });
+        let check = rules(
+            Policy::try_from(PolicySpec { ready_timeout: Duration::from_secs(30), ..PolicySpec::default() })
+                .expect("a valid policy"),
+        );
         assert_eq!(check(&Activity::default(), 29), None);
         assert_eq!(check(&Activity::default(), 30), Some(TerminationReason::AgentUnresponsive));
     }
 
     #[test]
     fn open_sessions_are_not_idle() {
-        let p = Policy {
+        let p = Policy::try_from(PolicySpec {
             idle_timeout: Some(Duration::from_secs(5)),
             heartbeat_timeout: Duration::from_secs(3600),
-            ..Policy::default()
-        };
+            ..PolicySpec::default()
+        })
+        .expect("a valid policy");
         let check = rules(p);
         let mut a = ready(1);
         assert_eq!(check(&a, 5), None);
@@ -149,21 +225,120 @@ mod tests {
 
     #[test]
     fn max_duration_counts_from_start() {
-        let check = rules(Policy {
-            max_duration: Some(Duration::from_secs(10)),
-            heartbeat_timeout: Duration::from_secs(3600),
-            ..Policy::default()
-        });
+        let check = rules(
+            Policy::try_from(PolicySpec {
+                max_duration: Some(Duration::from_secs(10)),
+                heartbeat_timeout: Duration::from_secs(3600),
+                ..PolicySpec::default()
+            })
+            .expect("a valid policy"),
+        );
         assert_eq!(check(&ready(1), 9), None);
         assert_eq!(check(&ready(1), 10), Some(TerminationReason::MaxDurationExceeded));
     }
 
     #[test]
     fn heartbeat_loss_is_unresponsive() {
-        let check = rules(Policy { heartbeat_timeout: Duration::from_secs(10), ..Policy::default() });
+        let check = rules(
+            Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(10), ..PolicySpec::default() })
+                .expect("a valid policy"),
+        );
         let mut a = ready(1);
         a.last_heartbeat = Some(Duration::from_secs(20));
         assert_eq!(check(&a, 29), None);
         assert_eq!(check(&a, 30), Some(TerminationReason::AgentUnresponsive));
+    }
+
+    fn valid(spec: PolicySpec) -> Policy {
+        Policy::try_from(spec).expect("a valid policy")
+    }
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
+    #[test]
+    fn before_ready_it_looks_every_tick_up_to_the_ready_timeout() {
+        let p = valid(PolicySpec {
+            watchdog_tick: Duration::from_millis(100),
+            ready_timeout: secs(30),
+            ..PolicySpec::default()
+        });
+        let a = Activity::default();
+        assert_eq!(next_check(&p, secs(0), &a, secs(1)), secs(1) + Duration::from_millis(100));
+        assert_eq!(next_check(&p, secs(0), &a, Duration::from_millis(29_950)), secs(30));
+    }
+
+    #[test]
+    fn a_ready_idle_sandbox_sleeps_until_its_nearest_deadline() {
+        let p = valid(PolicySpec {
+            idle_timeout: Some(secs(300)),
+            max_duration: Some(secs(3600)),
+            heartbeat_timeout: secs(864_000),
+            ..PolicySpec::default()
+        });
+        // Idle deadline: last activity + 300 s.
+        assert_eq!(next_check(&p, secs(0), &ready(100), secs(150)), secs(400));
+        // The max duration comes first near the end.
+        assert_eq!(next_check(&p, secs(0), &ready(3500), secs(3550)), secs(3600));
+        // Heartbeat loss is a deadline too.
+        let p = valid(PolicySpec { heartbeat_timeout: secs(10), ..p.spec() });
+        assert_eq!(next_check(&p, secs(0), &ready(100), secs(105)), secs(110));
+    }
+
+    #[test]
+    fn with_open_sessions_the_next_look_is_at_most_one_idle_timeout_away() {
+        let p = valid(PolicySpec {
+            idle_timeout: Some(secs(60)),
+            heartbeat_timeout: secs(864_000),
+            ..PolicySpec::default()
+        });
+        let mut a = ready(1);
+        a.open_sessions = 2;
+        // The session may end right now: idle cannot fire before now + 60 s.
+        assert_eq!(next_check(&p, secs(0), &a, secs(1000)), secs(1060));
+    }
+
+    #[test]
+    fn the_next_look_is_always_in_the_future() {
+        let p = valid(PolicySpec {
+            heartbeat_timeout: secs(10),
+            watchdog_tick: Duration::from_millis(5),
+            ..PolicySpec::default()
+        });
+        // A deadline equal to now (its rule declined) is not looked at again at once.
+        let a = ready(0);
+        assert!(next_check(&p, secs(0), &a, secs(10)) > secs(10));
+    }
+
+    #[test]
+    fn an_hour_of_idle_wakes_only_at_deadlines() {
+        // An idle sandbox: ready at 0, nothing happens for an hour, no
+        // heartbeat deadline near (host-driven liveness aside): the rules
+        // are looked at once, at the idle deadline, instead of 36 000 ticks.
+        let p = valid(PolicySpec {
+            idle_timeout: Some(secs(3600)),
+            heartbeat_timeout: secs(864_000),
+            watchdog_tick: Duration::from_millis(100),
+            ..PolicySpec::default()
+        });
+        let a = ready(0);
+        let mut now = secs(0);
+        let mut looks = 0;
+        while rules_for(&p, secs(0), &a, now).is_none() {
+            now = next_check(&p, secs(0), &a, now);
+            looks += 1;
+        }
+        assert_eq!((looks, now), (1, secs(3600)));
+    }
+
+    #[test]
+    fn the_agent_beats_four_times_per_heartbeat_timeout_within_bounds() {
+        let with = |t: u64| {
+            agent_heartbeat(&valid(PolicySpec { heartbeat_timeout: Duration::from_millis(t), ..PolicySpec::default() }))
+        };
+        assert_eq!(with(10_000), Duration::from_millis(2500));
+        assert_eq!(with(2_000), Duration::from_secs(1));
+        assert_eq!(with(864_000_000), Duration::from_secs(30));
     }
 }

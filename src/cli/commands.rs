@@ -83,7 +83,7 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
     alcove_client::paths::validate_name(&name)?;
     // Loads while this process opens the records and prepares the sandbox.
     let process = launch::spawn_pending()?;
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&name])?;
     if args.detach {
         if args.interactive || args.tty {
             return Err(CliError::msg("-d cannot be combined with -i or -t"));
@@ -192,7 +192,7 @@ fn record_command_end(ctx: &Ctx, run: alcove_store::RunId, status: alcove_client
 /// Starts `alcove __supervise NAME` in its own session, detached.
 fn spawn_supervisor(ctx: &Ctx, name: &str) -> CliResult<()> {
     let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("cannot find the alcove executable: {e}")))?;
-    let log = ctx.sandbox_dir(name).join("logs").join("supervisor.err");
+    let log = ctx.layout.log_file(name, "supervisor.err");
     let err = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -221,7 +221,7 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
     let Some(argv) = meta.detached_command.clone() else {
         return Err(CliError::msg(format!("sandbox {} has no detached command", args.name)));
     };
-    let log_path = ctx.sandbox_dir(&args.name).join("logs").join("command.log");
+    let log_path = ctx.layout.log_file(&args.name, "command.log");
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -252,7 +252,7 @@ pub async fn supervise(args: SuperviseArgs) -> CliResult<i32> {
 pub async fn create(args: CreateArgs) -> CliResult<i32> {
     alcove_client::paths::validate_name(&args.name)?;
     let process = launch::spawn_pending()?;
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     let opts = args.opts;
     let meta = CliMeta {
         auto_remove: opts.rm,
@@ -275,7 +275,7 @@ pub async fn exec(args: ExecArgs) -> CliResult<i32> {
     let (client, ctx) = match Client::connect(&args.name).await {
         Ok(client) => (client, None),
         Err(_) => {
-            let ctx = Ctx::open()?;
+            let ctx = Ctx::open_for(&[&args.name])?;
             (launch::connect(&ctx, &args.name).await?, Some(ctx))
         }
     };
@@ -294,7 +294,7 @@ pub async fn exec(args: ExecArgs) -> CliResult<i32> {
             drop(client);
             let ctx = match ctx {
                 Some(ctx) => ctx,
-                None => Ctx::open()?,
+                None => Ctx::open_for(&[&args.name])?,
             };
             let _ = launch::wait_final_async(&ctx, &args.name, Duration::from_secs(3)).await;
             let last = ctx.store.latest_run(&args.name).ok().flatten();
@@ -326,7 +326,7 @@ where
 
 /// `alcove stop`.
 pub async fn stop(args: StopArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&args.names)?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
         ctx.sandbox(&name)?;
@@ -341,7 +341,7 @@ pub async fn stop(args: StopArgs) -> CliResult<i32> {
 
 /// `alcove start`.
 pub async fn start(args: NamesArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&args.names)?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
         let sb = ctx.sandbox(&name)?;
@@ -373,7 +373,7 @@ pub async fn start(args: NamesArgs) -> CliResult<i32> {
 
 /// `alcove kill`.
 pub async fn kill(args: NamesArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&args.names)?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
         ctx.sandbox(&name)?;
@@ -390,7 +390,7 @@ pub async fn kill(args: NamesArgs) -> CliResult<i32> {
 
 /// `alcove rm`.
 pub async fn rm(args: RmArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&args.names)?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
         ctx.sandbox(&name)?;
@@ -409,7 +409,7 @@ pub async fn rm(args: RmArgs) -> CliResult<i32> {
 
 /// `alcove touch`.
 pub async fn touch(args: NamesArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&args.names)?;
     let ctx = &ctx;
     for_each(&args.names, |name| async move {
         let client = launch::connect(ctx, &name).await?;

@@ -66,7 +66,14 @@ fn join_guest(dir: &str, name: &str) -> String {
 pub async fn cp(args: CpArgs) -> CliResult<i32> {
     let src = parse_endpoint(&args.src)?;
     let dst = parse_endpoint(&args.dst)?;
-    let ctx = Ctx::open()?;
+    let named: Vec<&str> = [&src, &dst]
+        .into_iter()
+        .filter_map(|e| match e {
+            Endpoint::Guest { name, .. } => Some(name.as_str()),
+            Endpoint::Host(_) => None,
+        })
+        .collect();
+    let ctx = Ctx::open_for(&named)?;
     match (src, dst) {
         (Endpoint::Host(_), Endpoint::Host(_)) => {
             Err(CliError::msg("one of SRC and DST must be in a sandbox (NAME:/path)"))

@@ -20,10 +20,11 @@ use super::args::{BackendArg, SandboxOpts};
 use super::error::{one_line, CliError, CliResult};
 use super::output::Progress;
 use super::state::{run_alive, signal, Ctx};
-use crate::config::{BackendKind, Policy, SandboxConfig};
+use crate::config::{BackendConfig, BackendKind, Policy, PolicySpec, SandboxConfig};
+use crate::run_end::{Recorded, RunEnd, Write};
 use alcove_backend::{GuestSpec, MountSpec};
 use alcove_client::Client;
-use alcove_store::{RunOutcome, RunStatus, TerminationReason};
+use alcove_store::RunStatus;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -77,10 +78,12 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
             return Err(CliError::msg(format!("--workdir {w:?} must be an absolute path")));
         }
     }
+    // Before the rootfs is resolved (or built): bad input costs nothing.
+    let network = super::net::settings(&opts.net, backend)?;
     let mut env = Vec::new();
     let mut rootfs = None;
     if backend != BackendKind::Mock {
-        let store = alcove_rootfs::RootfsStore::new(ctx.home.clone());
+        let store = alcove_rootfs::RootfsStore::new(ctx.home().to_path_buf());
         let progress = Progress::start(format!("resolving rootfs {}", opts.rootfs));
         let resolved = if opts.rootfs == alcove_rootfs::DEFAULT_NAME {
             store.ensure_default(&mut |p| {
@@ -104,12 +107,15 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         rootfs = Some(resolved.root);
     }
     env.extend(opts.env.iter().cloned());
-    let krun = match backend {
-        BackendKind::Krun => alcove_krun::KrunConfig { libkrunfw: Some(ensure_libkrunfw(ctx)?), ..Default::default() },
-        _ => Default::default(),
+    let backend = match backend {
+        BackendKind::Krun => crate::backends::krun_with(ensure_libkrunfw(ctx)?),
+        // The options of this environment, kept with the sandbox for every start.
+        BackendKind::Jail => crate::backends::jail_from_env().map_err(CliError::msg)?,
+        BackendKind::Mock => BackendConfig::Mock(Default::default()),
     };
-    let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
-    policy.validate().map_err(|e| CliError::msg(e.to_string()))?;
+    let policy =
+        PolicySpec { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..PolicySpec::default() };
+    let policy = Policy::try_from(policy).map_err(|e| CliError::msg(e.to_string()))?;
     let mut guest = GuestSpec {
         name: name.to_string(),
         rootfs,
@@ -125,26 +131,20 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         user: opts.user.clone(),
         ..GuestSpec::default()
     };
-    if backend == BackendKind::Jail {
-        // Pre-flight before anything is recorded: a limit asked for that
-        // this host cannot apply refuses the sandbox; then the defaults
-        // this host can enforce are filled in (and shown by `inspect`).
-        let jail = alcove_jail::JailOptions::from_env().map_err(|e| CliError::msg(e.to_string()))?;
-        alcove_jail::check(&guest, &jail).map_err(|e| CliError::msg(e.to_string()))?;
-        alcove_jail::limits::fill_defaults(&mut guest, &jail);
-    }
+    // Pre-flight before anything is recorded: a limit asked for that this
+    // host cannot apply refuses the sandbox.
+    crate::backends::preflight(&backend, &mut guest).map_err(CliError::msg)?;
     Ok(SandboxConfig {
         name: name.to_string(),
-        home: ctx.home.clone(),
+        home: ctx.home().to_path_buf(),
         backend,
         guest,
         policy,
-        mock: Default::default(),
-        krun,
         socket_path: None,
         db_path: None,
         parent_pid,
         auto_remove: false,
+        network,
     })
 }
 
@@ -156,7 +156,7 @@ fn ensure_libkrunfw(ctx: &Ctx) -> CliResult<std::path::PathBuf> {
         Ok(p) => p,
         Err(alcove_hostprobe::KrunfwError::NotFound(_)) => {
             let progress = Progress::start("installing libkrunfw (the krun guest kernel)".to_string());
-            let installed = alcove_hostprobe::install_libkrunfw(&ctx.home, &mut |m| progress.set(m));
+            let installed = alcove_hostprobe::install_libkrunfw(ctx.home(), &mut |m| progress.set(m));
             progress.finish();
             installed.map_err(|e| CliError::msg(e.to_string()))?
         }
@@ -354,7 +354,7 @@ fn start_failure(ctx: &Ctx, name: &str, started: &mut Started, status: std::proc
 
 /// The last line of `logs/runtime.stderr` (panics, stray prints).
 fn runtime_stderr_tail(ctx: &Ctx, name: &str) -> Option<String> {
-    let text = std::fs::read_to_string(ctx.sandbox_dir(name).join("logs").join("runtime.stderr")).ok()?;
+    let text = std::fs::read_to_string(ctx.layout.log_file(name, alcove_layout::RUNTIME_STDERR)).ok()?;
     text.lines().rev().map(str::trim).find(|l| !l.is_empty()).map(one_line)
 }
 
@@ -416,7 +416,7 @@ async fn wait_gone(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) {
     let held = tokio::task::spawn_blocking(move || crate::liveness::SandboxLock::acquire(&path, wait)).await;
     if let Ok(Ok(Some(_lock))) = held {
         if ctx.socket_path(name).is_ok_and(|s| s.exists()) {
-            ctx.finish_cleanup(run);
+            ctx.finish(run, None);
         }
     }
 }
@@ -459,18 +459,10 @@ async fn force(ctx: &Ctx, name: &str, run: &alcove_store::RunRecord) -> CliResul
         Ok(None) => return Err(CliError::msg(format!("sandbox {name} (pid {}) did not end when killed", run.pid))),
         Err(_) => None,
     };
-    let outcome = RunOutcome {
-        reason: TerminationReason::Signal,
-        exit_code: None,
-        exit_signal: Some(libc::SIGKILL),
-        detail: Some("the sandbox process did not stop when asked and was killed".into()),
-    };
-    match ctx.store.finish_run(run.id, &outcome) {
-        Ok(()) | Err(alcove_store::StoreError::AlreadyFinished(_) | alcove_store::StoreError::NoSuchRun(_)) => {}
-        Err(e) => return Err(e.into()),
+    match ctx.finish(run, Some(&RunEnd::killed_by_cli())) {
+        Recorded::Failed(e) => Err(e.into()),
+        Recorded::Now | Recorded::Before | Recorded::Gone | Recorded::NoRun => Ok(()),
     }
-    ctx.finish_cleanup(run);
-    Ok(())
 }
 
 /// [`Ctx::wait_final`] without blocking the async runtime.
@@ -496,26 +488,24 @@ pub async fn wait_final_async(ctx: &Ctx, name: &str, timeout: Duration) -> CliRe
 /// finalised it with its own reason; one that failed before (no run, or
 /// one left Running) gets a run ended `InternalError` with `why`.
 pub fn record_failed_start(ctx: &Ctx, name: &str, why: &str) -> CliResult<()> {
-    let outcome = RunOutcome {
-        reason: TerminationReason::InternalError,
-        exit_code: None,
-        exit_signal: None,
-        detail: Some(why.to_string()),
-    };
-    match ctx.store.latest_run(name)? {
+    let run = match ctx.store.latest_run(name)? {
         Some(run) if run.status == RunStatus::Terminated => return Ok(()),
-        Some(run) => {
-            ctx.store.finish_run(run.id, &outcome)?;
-        }
+        Some(run) => run.id,
         None => {
             // The CLI records the attempt itself: the pid is its own, which
             // is gone by the time anyone reads the run.
             let me = crate::liveness::ProcessIdentity::current();
-            let run = ctx.store.start_run_of(name, std::process::id(), me.map(|p| p.start_ticks))?;
-            ctx.store.finish_run(run, &outcome)?;
+            ctx.store.start_run_of(name, std::process::id(), me.map(|p| p.start_ticks))?
         }
+    };
+    // Nothing to clean: the process failed before it claimed anything the
+    // next start would not replace.
+    let end = RunEnd::internal_error(None, why);
+    match crate::run_end::finish(Some(Write { store: &ctx.store, run, end: &end }), &Default::default()) {
+        Recorded::Failed(e) => Err(e.into()),
+        Recorded::Gone => Err(alcove_store::StoreError::NoSuchRun(run).into()),
+        Recorded::Now | Recorded::Before | Recorded::NoRun => Ok(()),
     }
-    Ok(())
 }
 
 /// Whether the newest run of `name` is running.

@@ -10,9 +10,9 @@ use serde_json::json;
 pub fn doctor(args: DoctorArgs) -> CliResult<i32> {
     let mut report = alcove_hostprobe::probe();
     // Tried where the jails' layers live: alcove's home when it exists.
-    let home = alcove_client::paths::alcove_home();
+    let home = alcove_layout::alcove_home();
     let scratch = if home.is_dir() { home } else { std::env::temp_dir() };
-    let isolation = alcove_jail::probe_isolation(&scratch);
+    let isolation = crate::backends::probe_jail_isolation(&scratch);
     report.jail_isolation = Some(alcove_hostprobe::IsolationReport {
         idmapped_mounts: isolation.idmapped_mounts,
         detail: isolation.detail,
@@ -35,7 +35,7 @@ pub fn doctor(args: DoctorArgs) -> CliResult<i32> {
 
 /// `alcove rootfs …`.
 pub fn rootfs(cmd: RootfsCommand) -> CliResult<i32> {
-    let home = alcove_client::paths::alcove_home();
+    let home = alcove_layout::alcove_home();
     let store = RootfsStore::new(home);
     match cmd {
         RootfsCommand::Import { name, file } => {

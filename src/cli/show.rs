@@ -68,6 +68,7 @@ pub fn ps(args: PsArgs) -> CliResult<i32> {
                     "created_at_ms": sb.created_at_ms,
                     "updated_at_ms": sb.updated_at_ms,
                     "last_run": last.as_ref().map(run_json),
+                    "network": cfg.get("network").cloned().unwrap_or(Value::Null),
                 })
             })
             .collect();
@@ -102,26 +103,28 @@ pub fn ps(args: PsArgs) -> CliResult<i32> {
 
 /// `alcove inspect`.
 pub fn inspect(args: InspectArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     let sb = ctx.sandbox(&args.name)?;
     let runs = ctx.store.runs(&sb.name)?;
     let cfg = config_value(&sb);
     let meta = ctx.meta(&sb.name);
     let dir = ctx.sandbox_dir(&sb.name);
     let socket = ctx.socket_path(&sb.name).ok();
-    let isolation = alcove_jail::recorded_isolation(&dir);
+    let isolation = crate::backends::recorded_isolation(&dir);
+    let guest_log = ctx.layout.log_file(&sb.name, alcove_layout::GUEST_LOG);
     if args.json {
         print_json(&json!({
             "name": sb.name,
             "status": sb.status,
             "created_at_ms": sb.created_at_ms,
             "updated_at_ms": sb.updated_at_ms,
+            "network": cfg.get("network").cloned().unwrap_or(Value::Null),
             "config": cfg,
             "auto_remove": meta.auto_remove,
             "rootfs": meta.rootfs,
             "detached_command": meta.detached_command,
             "dir": dir,
-            "guest_log": dir.join("logs").join("guest.log"),
+            "guest_log": guest_log,
             "socket": socket,
             "isolation": isolation,
             "runs": runs.iter().map(run_json).collect::<Vec<_>>(),
@@ -172,11 +175,12 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
         })
         .unwrap_or_default();
     kv("Volumes", if mounts.is_empty() { "-".into() } else { mounts.join(", ") });
+    kv("Network", super::net::describe(cfg.get("network")));
     kv("Idle timeout", ms(policy.get("idle_timeout")));
     kv("Max duration", ms(policy.get("max_duration")));
     kv("Remove on stop", meta.auto_remove.to_string());
     kv("Directory", dir.display().to_string());
-    kv("Guest log", dir.join("logs").join("guest.log").display().to_string());
+    kv("Guest log", guest_log.display().to_string());
     if let Some(s) = &socket {
         kv("Socket", s.display().to_string());
     }
@@ -205,7 +209,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
 
 /// The log files of a source, oldest first.
 fn log_files(ctx: &Ctx, name: &str, source: LogSource) -> Vec<PathBuf> {
-    let dir = ctx.sandbox_dir(name).join("logs");
+    let dir = ctx.layout.log_dir(name);
     let files: Vec<PathBuf> =
         std::fs::read_dir(&dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
     order_logs(files, source)
@@ -216,8 +220,8 @@ fn log_files(ctx: &Ctx, name: &str, source: LogSource) -> Vec<PathBuf> {
 /// dated `runtime.YYYY-MM-DD.log` of older versions sort by date, first.
 fn order_logs(mut files: Vec<PathBuf>, source: LogSource) -> Vec<PathBuf> {
     let current = match source {
-        LogSource::Runtime => "runtime.log",
-        LogSource::Guest => "guest.log",
+        LogSource::Runtime => alcove_layout::RUNTIME_LOG,
+        LogSource::Guest => alcove_layout::GUEST_LOG,
     };
     let rotation = |f: &str| f.strip_prefix(current)?.strip_prefix('.')?.parse::<u32>().ok();
     files.retain(|p| {
@@ -240,7 +244,7 @@ fn order_logs(mut files: Vec<PathBuf>, source: LogSource) -> Vec<PathBuf> {
 
 /// `alcove logs`.
 pub async fn logs(args: LogsArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     ctx.sandbox(&args.name)?;
     let mut files = log_files(&ctx, &args.name, args.source);
     let mut out = std::io::stdout().lock();
@@ -299,7 +303,7 @@ async fn follow(ctx: &Ctx, args: &LogsArgs, mut current: Option<PathBuf>, mut po
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
-        ctx.reap()?;
+        ctx.reap_one(&args.name)?;
     }
 }
 
@@ -334,7 +338,7 @@ fn cpu_percent(newer: &MetricSample, older: &MetricSample) -> Option<f64> {
 
 /// `alcove metrics`.
 pub fn metrics(args: MetricsArgs) -> CliResult<i32> {
-    let ctx = Ctx::open()?;
+    let ctx = Ctx::open_for(&[&args.name])?;
     let sb = ctx.sandbox(&args.name)?;
     let samples = ctx.store.metrics(&sb.name, 60)?;
     let cpu = match (samples.first(), samples.get(1)) {

@@ -2,11 +2,14 @@
 //! reaper.
 //!
 //! Invariants:
-//! - Every command that reads sandbox state opens it through [`Ctx::open`],
-//!   which runs the reaper first: a run still recorded `Running` whose
+//! - Every command that reads sandbox state opens it through [`Ctx::open`]
+//!   (`ps`: every sandbox) or [`Ctx::open_for`] (a command that names its
+//!   sandboxes: only those, so its cost does not grow with the number of
+//!   sandboxes), which run the reaper first: a run still recorded `Running` whose
 //!   process is gone (by [`crate::liveness`]: pid and start tick, never the
 //!   wall clock) is finalised with reason `Crashed`, which marks its sandbox
-//!   `Crashed`, and its stale socket and cgroups are removed — all while
+//!   `Crashed`, and its stale socket and what its guest left (a jail's
+//!   cgroups, removed by its backend) go — all while
 //!   holding the sandbox's lock, so no sandbox process of it is starting or
 //!   ending meanwhile.
 //! - A bystander never removes an `--rm` sandbox that someone may still
@@ -22,7 +25,9 @@
 use super::error::{CliError, CliResult};
 use crate::config::SandboxConfig;
 use crate::liveness::{run_process_alive, ProcessIdentity, SandboxLock};
-use alcove_store::{RunOutcome, RunRecord, RunStatus, SandboxRecord, Store, StoreError, TerminationReason};
+use crate::run_end::{Cleanup, Leftovers, Recorded, RunEnd, Write};
+use alcove_layout::Layout;
+use alcove_store::{RunRecord, RunStatus, SandboxRecord, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -50,51 +55,61 @@ pub struct CliMeta {
 
 /// The CLI's view of `$ALCOVE_HOME`.
 pub struct Ctx {
-    /// `$ALCOVE_HOME`.
-    pub home: PathBuf,
+    /// Where everything is (`$ALCOVE_HOME`, canonical, and the runtime directory).
+    pub layout: Layout,
     /// The database.
     pub store: Store,
 }
 
 impl Ctx {
-    /// Opens the store of [`alcove_client::paths::alcove_home`] and reaps.
+    /// Opens the store of [`alcove_layout::alcove_home`] and reaps every
+    /// sandbox.
     pub fn open() -> CliResult<Ctx> {
         let ctx = Ctx::open_quiet()?;
         ctx.reap()?;
         Ok(ctx)
     }
 
+    /// Opens the store and reaps only the sandboxes `names` (those that
+    /// exist): what a command that names them needs.
+    pub fn open_for<S: AsRef<str>>(names: &[S]) -> CliResult<Ctx> {
+        let ctx = Ctx::open_quiet()?;
+        for name in names {
+            ctx.reap_one(name.as_ref())?;
+        }
+        Ok(ctx)
+    }
+
     /// Opens the store without reaping.
     pub fn open_quiet() -> CliResult<Ctx> {
-        let home = alcove_client::paths::alcove_home();
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&home)
-            .map_err(|e| CliError::msg(format!("cannot create {}: {e}", home.display())))?;
-        let home = std::fs::canonicalize(&home).unwrap_or(home);
-        let store = Store::open(&home.join("alcove.db"))?;
-        Ok(Ctx { home, store })
+        let layout = Layout::from_env().ensure_home().map_err(|e| CliError::msg(e.to_string()))?;
+        let store = Store::open(&layout.db())?;
+        Ok(Ctx { layout, store })
+    }
+
+    /// `$ALCOVE_HOME`.
+    pub fn home(&self) -> &Path {
+        self.layout.home()
     }
 
     /// `sandboxes/NAME`.
     pub fn sandbox_dir(&self, name: &str) -> PathBuf {
-        self.home.join("sandboxes").join(name)
+        self.layout.sandbox_dir(name)
     }
 
     /// `sandboxes/NAME/config.json`.
     pub fn config_path(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("config.json")
+        self.layout.config_file(name)
     }
 
     /// `sandboxes/NAME/cli.json`.
     pub fn meta_path(&self, name: &str) -> PathBuf {
-        self.sandbox_dir(name).join("cli.json")
+        self.layout.cli_meta_file(name)
     }
 
     /// The sandbox's socket.
     pub fn socket_path(&self, name: &str) -> CliResult<PathBuf> {
-        alcove_client::paths::socket_path(&self.home, name).map_err(CliError::from)
+        self.layout.socket(name).map_err(|e| CliError::from(alcove_client::ClientError::from(e)))
     }
 
     /// The sandbox record, or a "no such sandbox" error.
@@ -132,7 +147,7 @@ impl Ctx {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir.join("logs"))
+            .create(self.layout.log_dir(name))
             .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))
     }
 
@@ -153,7 +168,7 @@ impl Ctx {
 
     /// `sandboxes/NAME/lock`, held by the sandbox process for its life.
     pub fn lock_path(&self, name: &str) -> PathBuf {
-        SandboxLock::path(&self.sandbox_dir(name))
+        self.layout.lock_file(name)
     }
 
     /// Finalises runs whose process is gone and removes finished `--rm`
@@ -165,34 +180,59 @@ impl Ctx {
             }
         }
         for (sb, last) in self.store.sandboxes_with_latest_run()? {
-            if let Some(run) = last.as_ref().filter(|r| r.status == RunStatus::Terminated) {
-                self.clean_unfinished_end(run)?;
-            }
-            let meta = self.meta(&sb.name);
-            if !meta.auto_remove || meta.owner.is_some_and(|o| o.is_alive()) {
-                continue;
-            }
-            // A sandbox with no run yet is being created by its CLI.
-            if last.is_none_or(|r| r.status != RunStatus::Terminated) {
-                continue;
-            }
-            let removed = match SandboxLock::try_acquire(&self.lock_path(&sb.name)) {
-                Ok(Some(lock)) => lock.remove_sandbox(&self.store, &sb.name),
-                // Held: its sandbox process is alive (and removes it itself).
-                Ok(None) => continue,
-                // No lock file: no sandbox process of it has ever run.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_unlocked(&sb.name),
-                Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", sb.name))),
-            };
-            match removed {
-                Ok(()) => {}
-                Err(crate::liveness::RemoveError::Store(e)) if deferrable(&e) => {}
-                Err(crate::liveness::RemoveError::Store(e)) => return Err(e.into()),
-                // The records are gone; a directory left over is not this CLI's failure.
-                Err(crate::liveness::RemoveError::Directory { .. }) => {}
-            }
+            self.reap_finished(&sb.name, last.as_ref())?;
         }
         Ok(())
+    }
+
+    /// [`Ctx::reap`] for sandbox `name` alone (nothing if it does not exist).
+    pub fn reap_one(&self, name: &str) -> CliResult<()> {
+        let latest = || match self.store.latest_run(name) {
+            Err(StoreError::NoSuchSandbox(_)) => Ok(None),
+            other => other,
+        };
+        let Some(run) = latest()? else {
+            return Ok(());
+        };
+        let last = if run.status == RunStatus::Running && !run_alive(&run) {
+            self.reap_run(&run, Defer::Yes)?;
+            latest()?
+        } else {
+            Some(run)
+        };
+        self.reap_finished(name, last.as_ref())
+    }
+
+    /// The reaper's part for a sandbox whose runs are judged: finishes an
+    /// interrupted end and removes it if it is an `--rm` sandbox nobody
+    /// else will remove.
+    fn reap_finished(&self, name: &str, last: Option<&RunRecord>) -> CliResult<()> {
+        if let Some(run) = last.filter(|r| r.status == RunStatus::Terminated) {
+            self.clean_unfinished_end(run)?;
+        }
+        // A sandbox with no run yet is being created by its CLI.
+        if last.is_none_or(|r| r.status != RunStatus::Terminated) {
+            return Ok(());
+        }
+        let meta = self.meta(name);
+        if !meta.auto_remove || meta.owner.is_some_and(|o| o.is_alive()) {
+            return Ok(());
+        }
+        let removed = match SandboxLock::try_acquire(&self.lock_path(name)) {
+            Ok(Some(lock)) => lock.remove_sandbox(&self.store, name),
+            // Held: its sandbox process is alive (and removes it itself).
+            Ok(None) => return Ok(()),
+            // No lock file: no sandbox process of it has ever run.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.remove_unlocked(name),
+            Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {name}: {e}"))),
+        };
+        match removed {
+            Ok(()) => Ok(()),
+            Err(crate::liveness::RemoveError::Store(e)) if deferrable(&e) => Ok(()),
+            Err(crate::liveness::RemoveError::Store(e)) => Err(e.into()),
+            // The records are gone; a directory left over is not this CLI's failure.
+            Err(crate::liveness::RemoveError::Directory { .. }) => Ok(()),
+        }
     }
 
     /// Finalises `run`, whose process is gone, as Crashed and cleans up what
@@ -211,36 +251,31 @@ impl Ctx {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(CliError::msg(format!("cannot lock sandbox {}: {e}", run.sandbox))),
         };
-        let outcome = RunOutcome {
-            reason: TerminationReason::Crashed,
-            exit_code: None,
-            exit_signal: None,
-            detail: Some(format!("the sandbox process (pid {}) is gone without recording how the run ended", run.pid)),
-        };
-        match self.store.finish_run(run.id, &outcome) {
-            Ok(()) => {}
-            // Finished by its process at the last moment, or removed by
-            // another CLI: either way it is no longer ours to clean.
-            Err(StoreError::AlreadyFinished(_) | StoreError::NoSuchRun(_) | StoreError::NoSuchSandbox(_)) => {
-                return Ok(())
-            }
+        match self.finish(run, Some(&RunEnd::crashed(run.pid))) {
             // Still Running in the records: a later call repairs it.
-            Err(e) if defer == Defer::Yes && deferrable(&e) => return Ok(()),
-            Err(e) => return Err(e.into()),
+            Recorded::Failed(e) if defer == Defer::Yes && deferrable(&e) => Ok(()),
+            Recorded::Failed(e) => Err(e.into()),
+            // Recorded now, by its process at the last moment, or removed
+            // by another CLI (then nothing was cleaned: not ours).
+            Recorded::Now | Recorded::Before | Recorded::Gone | Recorded::NoRun => Ok(()),
         }
-        self.finish_cleanup(run);
-        Ok(())
     }
 
-    /// Removes what a sandbox process that died left: its jail's cgroups,
-    /// then its socket. The socket file is the mark of an unfinished end,
-    /// so it stays while cgroups do (the next CLI call tries again).
-    pub fn finish_cleanup(&self, run: &RunRecord) {
-        if remove_cgroup_leftovers(&run.sandbox, run.pid) {
-            if let Ok(sock) = self.socket_path(&run.sandbox) {
-                let _ = std::fs::remove_file(sock);
-            }
-        }
+    /// Makes the end of `run`, whose process is gone, final
+    /// ([`crate::run_end::finish`]): writes `end` (when given), then
+    /// removes what the process left — its guest's leftovers through its
+    /// backend, then its socket, which stays as the mark of an unfinished
+    /// end while leftovers do (the next CLI call tries again).
+    pub fn finish(&self, run: &RunRecord, end: Option<&RunEnd>) -> Recorded {
+        let cleanup = Cleanup {
+            leftovers: Some(Leftovers {
+                backend: self.load_config(&run.sandbox).ok().map(|c| c.backend),
+                sandbox: run.sandbox.clone(),
+                pid: run.pid,
+            }),
+            socket: self.socket_path(&run.sandbox).ok(),
+        };
+        crate::run_end::finish(end.map(|end| Write { store: &self.store, run: run.id, end }), &cleanup)
     }
 
     /// After a run whose end is recorded: a socket file left with no sandbox
@@ -253,7 +288,7 @@ impl Ctx {
         }
         match SandboxLock::try_acquire(&self.lock_path(&run.sandbox)) {
             Ok(Some(_lock)) => {
-                self.finish_cleanup(run);
+                self.finish(run, None);
                 Ok(())
             }
             // Held: the process is alive and ending (or a new one starting).
@@ -324,28 +359,6 @@ enum Defer {
 /// no reason to fail the command the user asked for.
 fn deferrable(e: &StoreError) -> bool {
     matches!(e, StoreError::Full { .. } | StoreError::ReadOnly { .. } | StoreError::Busy { .. })
-}
-
-/// How long the cleanup after a dead sandbox process waits for its jail's
-/// cgroups to empty: a cgroup cannot be removed until its last task is
-/// reaped, which the host's init does in its own time (≈ 1.5 s on the
-/// project's machine).
-const CGROUP_RELEASE_WAIT: Duration = Duration::from_secs(5);
-
-/// Removes the cgroups a killed jail of `name` (sandbox process `pid`)
-/// left, waiting up to [`CGROUP_RELEASE_WAIT`]; true once none is left.
-fn remove_cgroup_leftovers(name: &str, pid: u32) -> bool {
-    let deadline = Instant::now() + CGROUP_RELEASE_WAIT;
-    loop {
-        alcove_jail::cgroup::remove_leftovers(name, pid);
-        if alcove_jail::cgroup::leftovers(name, pid).is_empty() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// How long finalising a dead run waits for the lock its dying process

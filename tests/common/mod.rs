@@ -4,7 +4,7 @@
 
 use alcove::clock::ManualClock;
 use alcove::store::{RunRecord, RunStatus, SandboxRecord, Store};
-use alcove::{Policy, SandboxHandle, SandboxOptions};
+use alcove::{Policy, PolicySpec, SandboxHandle, SandboxOptions};
 use alcove_backend::mock::{MockBackend, MockGate, MockLog, MockScript};
 use alcove_protocol::{fdpass, ExecRequest, Flags, Frame, Handshake, Message, HANDSHAKE_LEN};
 use std::io::Read;
@@ -28,15 +28,16 @@ pub struct Env {
 
 /// A policy for tests: fast ticks, generous timeouts unless a test sets them.
 pub fn policy() -> Policy {
-    Policy {
+    Policy::try_from(PolicySpec {
         ready_timeout: Duration::from_secs(864_000),
         heartbeat_timeout: Duration::from_secs(864_000),
         drain_timeout: Duration::from_millis(500),
         shutdown_grace: Duration::from_millis(100),
         watchdog_tick: Duration::from_millis(5),
         metrics_interval: Duration::from_millis(20),
-        ..Policy::default()
-    }
+        ..PolicySpec::default()
+    })
+    .expect("a valid policy")
 }
 
 /// A script that is ready at once and beats every 20 ms.

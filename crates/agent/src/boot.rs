@@ -21,6 +21,10 @@ use alcove_protocol::BootTimings;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The shortest heartbeat period the agent accepts (a config asking for
+/// less would only burn the guest's CPU).
+const MIN_HEARTBEAT_MS: u32 = 100;
+
 macro_rules! log {
     ($($arg:tt)*) => { $crate::logging::log(format_args!($($arg)*)) };
 }
@@ -174,8 +178,10 @@ pub fn main_with_args(args: Vec<String>) -> i32 {
         user: config.user.clone(),
         hostname: config.hostname.clone(),
     };
-    let server_cfg =
-        ServerConfig { defaults, root: PathBuf::from("/"), pid1, heartbeat: Duration::from_secs(1), channel_is_port };
+    let heartbeat = Duration::from_millis(u64::from(
+        config.heartbeat_ms.unwrap_or(alcove_protocol::agent_config::DEFAULT_HEARTBEAT_MS).max(MIN_HEARTBEAT_MS),
+    ));
+    let server_cfg = ServerConfig { defaults, root: PathBuf::from("/"), pid1, heartbeat, channel_is_port };
     let server = match Server::new(server_cfg, chan, sigfd) {
         Ok(s) => s,
         Err(e) => return fatal(&format!("cannot start serving: {e}"), &opts, boot_root.as_ref()),

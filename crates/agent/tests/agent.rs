@@ -35,6 +35,26 @@ fn ready_carries_the_protocol_version_and_heartbeats_follow() {
 }
 
 #[test]
+fn the_heartbeat_period_comes_from_the_config() {
+    // The host asks for beats every 200 ms: three arrive far sooner than
+    // the default period (1 s) would bring them, none closer than the floor.
+    let mut a = Agent::start_with(&AgentConfig {
+        hostname: "test-box".into(),
+        heartbeat_ms: Some(200),
+        ..AgentConfig::default()
+    });
+    let start = Instant::now();
+    let mut beats = 0;
+    while beats < 3 {
+        if let (_, Message::Heartbeat { .. }) = a.recv_msg(CONTROL_ID) {
+            beats += 1;
+        }
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(1900), "{took:?}");
+}
+
+#[test]
 fn exec_keeps_stdout_and_stderr_apart_and_reports_the_exit_code() {
     let mut a = Agent::start();
     let r = a.sh("echo out; echo err >&2; echo more; exit 3");

@@ -19,9 +19,10 @@
 pub mod console;
 pub mod guest_log;
 pub mod mock;
+pub mod names;
 mod spec;
 
-pub use spec::{GuestSpec, MountSpec};
+pub use spec::{GuestNetwork, GuestSpec, MountSpec};
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -70,6 +71,16 @@ pub trait VmBackend: Send {
     /// must happen here, before anything irreversible, so bad input becomes a
     /// clear error and an InternalError run rather than a half-built guest.
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError>;
+
+    /// Removes what a guest of sandbox `sandbox` left on the host when its
+    /// sandbox process `pid` died before its own clean-up (a jail's
+    /// cgroups); may wait a bounded while for the kernel to release them.
+    /// True once nothing is left. Called by whoever finalises a run whose
+    /// process is gone (the CLI's reaper), never while that process lives.
+    fn remove_leftovers(&self, sandbox: &str, pid: u32) -> bool {
+        let _ = (sandbox, pid);
+        true
+    }
 }
 
 /// A guest that has been created.
@@ -80,6 +91,22 @@ pub struct Launched {
     pub runner: Box<dyn GuestRunner>,
     /// Ends the guest and reads its usage; shared with the Vm actor.
     pub control: Arc<dyn GuestControl>,
+    /// The host end of the guest's network link when the spec asked for
+    /// one: a TAP device's descriptor (a jail). `None` otherwise.
+    pub network_device: Option<NetworkDevice>,
+}
+
+/// The host end of a guest's network link.
+#[derive(Debug)]
+pub enum NetworkDevice {
+    /// A TAP device (`IFF_TAP | IFF_NO_PI`, non-blocking) created inside
+    /// the guest's network namespace, and its name there.
+    Tap {
+        /// The device's descriptor.
+        fd: std::os::fd::OwnedFd,
+        /// The interface's name inside the guest.
+        name: String,
+    },
 }
 
 /// Runs a guest to its end.
@@ -117,14 +144,36 @@ pub struct GuestUsage {
     pub io_write_bytes: u64,
 }
 
-/// How a guest ended.
+/// How a guest ended: by itself with an exit code, or killed by a signal
+/// (a jail's PID 1 killed by SIGKILL is `signal: Some(9)`, not code 137).
+/// A guest whose end says neither (a VMM that lost it) has both `None`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestExit {
     /// Exit code of the guest's init (a jail's PID 1; a VM's reported code).
-    pub code: i32,
-    /// Set when the guest did not end by itself in an orderly way (killed by
-    /// a signal, VMM error); recorded as the run's detail.
+    pub code: Option<i32>,
+    /// The signal that killed the guest's init.
+    pub signal: Option<i32>,
+    /// Set when the guest did not end by itself in an orderly way (VMM
+    /// error, a failed wait); recorded as the run's detail.
     pub detail: Option<String>,
+}
+
+impl GuestExit {
+    /// The guest's init exited with `code`.
+    pub fn exited(code: i32) -> GuestExit {
+        GuestExit { code: Some(code), signal: None, detail: None }
+    }
+
+    /// The guest's init was killed by `signal`.
+    pub fn killed(signal: i32) -> GuestExit {
+        GuestExit { code: None, signal: Some(signal), detail: None }
+    }
+
+    /// The same end, with `detail` saying what was unusual about it.
+    pub fn with_detail(mut self, detail: impl Into<String>) -> GuestExit {
+        self.detail = Some(detail.into());
+        self
+    }
 }
 
 /// The exit-observer contract: one synchronous call, from any thread, that

@@ -13,33 +13,10 @@ use std::time::Duration;
 /// Why a client operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    /// A sandbox name does not match `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`.
-    #[error("invalid sandbox name {name:?}: {reason}")]
-    InvalidName {
-        /// The refused name.
-        name: String,
-        /// What is wrong with it.
-        reason: &'static str,
-    },
-    /// The runtime directory is so long that socket paths in it would exceed
-    /// the 108-byte `sun_path` limit.
-    #[error("runtime directory {dir} is {len} bytes long; socket paths need it to be at most {max} bytes (set ALCOVE_RUNTIME_DIR to a shorter path)")]
-    RuntimeDirTooLong {
-        /// The directory.
-        dir: PathBuf,
-        /// Its length in bytes.
-        len: usize,
-        /// The longest accepted length.
-        max: usize,
-    },
-    /// The runtime directory could not be created or secured.
-    #[error("cannot prepare runtime directory {dir}: {source}")]
-    RuntimeDir {
-        /// The directory.
-        dir: PathBuf,
-        /// The underlying failure.
-        source: io::Error,
-    },
+    /// A sandbox name is invalid, or its socket path cannot be made or its
+    /// runtime directory prepared (see [`alcove_layout::LayoutError`]).
+    #[error(transparent)]
+    Layout(#[from] alcove_layout::LayoutError),
     /// The directory holding a sandbox socket could let another user plant
     /// or replace the socket: it must be owned by the caller or root and
     /// give no access to group or others (mode 0700).

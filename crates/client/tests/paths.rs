@@ -7,6 +7,7 @@ use alcove_client::paths::{
     SUN_PATH_LEN,
 };
 use alcove_client::{Client, ClientError};
+use alcove_layout::LayoutError;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -42,12 +43,18 @@ fn socket_paths_always_fit_in_sun_path() {
     // One byte more is refused with a clear error.
     let too_long = dir_of_len(tmp.path(), MAX_RUNTIME_DIR_LEN + 1);
     let err = socket_path_in(&too_long, &home, "a").expect_err("too long");
-    assert!(matches!(&err, ClientError::RuntimeDirTooLong { len, .. } if *len == MAX_RUNTIME_DIR_LEN + 1), "{err:?}");
+    assert!(
+        matches!(&err, ClientError::Layout(LayoutError::RuntimeDirTooLong { len, .. }) if *len == MAX_RUNTIME_DIR_LEN + 1),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("set ALCOVE_RUNTIME_DIR to a shorter path"), "{err}");
 
     // Invalid names never reach the filesystem.
     for bad in ["", "-x", "a/b", &"n".repeat(64)] {
-        assert!(matches!(socket_path_in(&run, &home, bad), Err(ClientError::InvalidName { .. })), "{bad:?}");
+        assert!(
+            matches!(socket_path_in(&run, &home, bad), Err(ClientError::Layout(LayoutError::InvalidName { .. }))),
+            "{bad:?}"
+        );
     }
 }
 
@@ -104,8 +111,8 @@ async fn environment_selects_home_and_runtime_dir() {
     // A runtime dir too long for socket paths is refused before use.
     let long = dir_of_len(tmp.path(), MAX_RUNTIME_DIR_LEN + 10);
     std::env::set_var("ALCOVE_RUNTIME_DIR", &long);
-    assert!(matches!(ensure_runtime_dir(), Err(ClientError::RuntimeDirTooLong { .. })));
-    assert!(matches!(Client::connect("web-1").await, Err(ClientError::RuntimeDirTooLong { .. })));
+    assert!(matches!(ensure_runtime_dir(), Err(ClientError::Layout(LayoutError::RuntimeDirTooLong { .. }))));
+    assert!(matches!(Client::connect("web-1").await, Err(ClientError::Layout(LayoutError::RuntimeDirTooLong { .. }))));
     assert!(!long.exists());
 
     // Defaults.

@@ -16,7 +16,7 @@
 
 use alcove::cli::args::{parse_env, parse_secs, parse_secs_or_zero, Cli, Command, SandboxOpts};
 use alcove::cli::cp::{parse_endpoint, Endpoint};
-use alcove::{BackendKind, Policy, SandboxConfig};
+use alcove::{BackendConfig, Policy, PolicySpec, SandboxConfig};
 use alcove_backend::{GuestSpec, MountSpec};
 use arbitrary::Arbitrary;
 use clap::Parser;
@@ -170,15 +170,14 @@ fn base_config() -> Value {
     let cfg = SandboxConfig {
         name: "box1".into(),
         home: "/nonexistent/alcove-fuzz-home".into(),
-        backend: BackendKind::Mock,
+        backend: BackendConfig::Mock(Default::default()),
         guest: GuestSpec::default(),
         policy: Policy::default(),
-        mock: Default::default(),
-        krun: Default::default(),
         socket_path: None,
         db_path: None,
         parent_pid: None,
         auto_remove: false,
+        network: Default::default(),
     };
     serde_json::to_value(&cfg).expect("a config serialises")
 }
@@ -303,8 +302,9 @@ fn check_command_line(argv: &[Arg]) {
                 assert!(m.guest.starts_with('/') && !m.host.as_os_str().is_empty(), "volume {v:?} parsed to {m:?}");
             }
         }
-        let policy = Policy { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..Policy::default() };
-        let _ = policy.validate();
+        let spec =
+            PolicySpec { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..PolicySpec::default() };
+        let _ = Policy::try_from(spec);
     }
 }
 

@@ -24,7 +24,7 @@
 //! (a pure routing table) needs no change here.
 
 use alcove::store::TerminationReason;
-use alcove::{Policy, SandboxOptions};
+use alcove::{Policy, PolicySpec, SandboxOptions};
 use alcove_backend::{
     BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend,
 };
@@ -204,6 +204,7 @@ impl VmBackend for ScriptedGuest {
             agent_channel: host,
             runner: Box::new(Runner { exit: rx }),
             control: std::sync::Arc::new(Control { exit: Mutex::new(tx) }),
+            network_device: None,
         })
     }
 }
@@ -211,7 +212,7 @@ impl VmBackend for ScriptedGuest {
 impl GuestRunner for Runner {
     fn run(self: Box<Self>, observer: ExitObserver) {
         let code = self.exit.recv().unwrap_or(137);
-        observer.guest_exited(GuestExit { code, detail: None });
+        observer.guest_exited(GuestExit::exited(code));
     }
 }
 
@@ -222,15 +223,16 @@ impl GuestControl for Control {
 }
 
 fn policy() -> Policy {
-    Policy {
+    Policy::try_from(PolicySpec {
         ready_timeout: Duration::from_secs(3600),
         heartbeat_timeout: Duration::from_secs(3600),
         drain_timeout: Duration::from_millis(20),
         shutdown_grace: Duration::from_millis(10),
         watchdog_tick: Duration::from_millis(50),
         metrics_interval: Duration::ZERO,
-        ..Policy::default()
-    }
+        ..PolicySpec::default()
+    })
+    .expect("a valid policy")
 }
 
 /// One end of a socket as the target sees it: what it has read, decoded.

@@ -90,18 +90,11 @@ impl KrunfwError {
     }
 }
 
-/// `$ALCOVE_HOME`, defaulting to `~/.alcove`.
-pub fn alcove_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("ALCOVE_HOME").filter(|h| !h.is_empty()) {
-        return PathBuf::from(h);
-    }
-    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".alcove")
-}
+pub use alcove_layout::alcove_home;
 
 /// Where [`install_libkrunfw`] puts the library under `home`.
 pub fn home_krunfw_path(home: &Path) -> PathBuf {
-    home.join("lib").join(KRUNFW_SONAME)
+    alcove_layout::Layout::new(home).lib_dir().join(KRUNFW_SONAME)
 }
 
 /// Finds libkrunfw: `explicit`, then `$ALCOVE_LIBKRUNFW`, then

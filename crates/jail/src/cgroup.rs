@@ -15,6 +15,9 @@
 //! process), or [`crate::JailOptions::cgroup_parent`] when set. `<leaf>` is
 //! `<name>-<pid>-<counter>`, unique per launch.
 //!
+//! Over 600 lines: one concern, cgroup v1 and v2 placement, limits, usage
+//! and clean-up side by side, whose parts share the hierarchy detection.
+//!
 //! Invariants:
 //! - Limits are written before the jail's first process joins, so no
 //!   process of the jail ever runs unlimited.
@@ -200,10 +203,10 @@ pub fn parent_dir(h: &Hierarchy, parent: Option<&str>) -> PathBuf {
 /// without cleaning up (killed with SIGKILL): the leaves [`leftovers`]
 /// finds. Any process still inside is killed first. Best effort; returns
 /// how many cgroups were removed.
-pub fn remove_leftovers(name: &str, pid: u32) -> usize {
+pub fn remove_leftovers(name: &str, pid: u32, configured_parent: Option<&str>) -> usize {
     let mut removed = 0;
     let mut parents = Vec::new();
-    for dir in leftovers(name, pid) {
+    for dir in leftovers(name, pid, configured_parent) {
         for _ in 0..50 {
             for p in read(&dir.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(p) = p.trim().parse::<libc::pid_t>() {
@@ -228,13 +231,36 @@ pub fn remove_leftovers(name: &str, pid: u32) -> usize {
     removed
 }
 
+/// How long the clean-up after a dead sandbox process waits for its jail's
+/// cgroups to empty: a cgroup cannot be removed until its last task is
+/// reaped, which the host's init does in its own time (≈ 1.5 s on the
+/// project's machine).
+pub const RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// [`remove_leftovers`] until [`leftovers`] finds none, for up to `wait`;
+/// true once none is left.
+pub fn remove_leftovers_within(name: &str, pid: u32, configured_parent: Option<&str>, wait: Duration) -> bool {
+    let deadline = Instant::now() + wait;
+    loop {
+        remove_leftovers(name, pid, configured_parent);
+        if leftovers(name, pid, configured_parent).is_empty() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The cgroups a jail of sandbox `name` started by the sandbox process
 /// `pid` left behind: the leaves `…/alcove/<name>-<pid>-<n>` in every
 /// hierarchy, looked for under the calling process's own cgroup (where the
-/// sandbox process it started put them) and under the hierarchy's root.
-/// A leaf stays until its last task is reaped, which the host's init may
-/// do only after a while.
-pub fn leftovers(name: &str, pid: u32) -> Vec<PathBuf> {
+/// sandbox process it started put them), under the hierarchy's root, and
+/// under `configured_parent` (the jail's [`crate::JailOptions::cgroup_parent`])
+/// when it had one. A leaf stays until its last task is reaped, which the
+/// host's init may do only after a while.
+pub fn leftovers(name: &str, pid: u32, configured_parent: Option<&str>) -> Vec<PathBuf> {
     let Ok(list) = hierarchies() else { return Vec::new() };
     let prefix = format!("{name}-{pid}-");
     let mut found = Vec::new();
@@ -244,6 +270,9 @@ pub fn leftovers(name: &str, pid: u32) -> Vec<PathBuf> {
         let mut parents = vec![h.mount.join("alcove")];
         if !own.is_empty() {
             parents.push(h.mount.join(own).join("alcove"));
+        }
+        if configured_parent.is_some() {
+            parents.push(parent_dir(h, configured_parent));
         }
         for parent in parents {
             let Ok(entries) = std::fs::read_dir(&parent) else { continue };

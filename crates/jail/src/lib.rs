@@ -111,6 +111,7 @@ pub mod idmap;
 mod launch;
 pub mod limits;
 pub mod mounts;
+pub mod names;
 pub mod policy;
 mod sys;
 mod validate;
@@ -134,8 +135,10 @@ pub use validate::MAX_VOLUMES;
 /// ended (its writers are gone then, so this is only a bound).
 const GUEST_LOG_DRAIN: Duration = Duration::from_secs(2);
 
-/// Whether and how to put the jail in a new user namespace.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Whether and how to put the jail in a new user namespace. Written
+/// lowercase in a sandbox's configuration (`"never"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UserNamespace {
     /// Root: a private uid range (falling back to none where idmapped
     /// mounts do not work); not root: the caller mapped to root.
@@ -156,8 +159,10 @@ pub enum UserNamespace {
 /// (`bench/compare --only run` runs both); nothing sets it by default.
 pub const USERNS_ENV: &str = "ALCOVE_JAIL_USERNS";
 
-/// How the jail backend behaves.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// How the jail backend behaves; part of a sandbox's configuration (its
+/// `jail` settings), so a sandbox runs with the options it was created with.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct JailOptions {
     /// User-namespace use.
     pub user_namespace: UserNamespace,
@@ -300,6 +305,8 @@ pub struct Jail {
     pub runner: JailRunner,
     /// Ends the jail, reads usage.
     pub control: Arc<JailControl>,
+    /// The host end of the jail's `eth0` when the spec asked for a network.
+    pub network_device: Option<alcove_backend::NetworkDevice>,
 }
 
 impl VmBackend for JailBackend {
@@ -309,7 +316,19 @@ impl VmBackend for JailBackend {
 
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError> {
         let jail = self.spawn(spec)?;
-        Ok(Launched { agent_channel: jail.agent_channel, runner: Box::new(jail.runner), control: jail.control })
+        Ok(Launched {
+            agent_channel: jail.agent_channel,
+            runner: Box::new(jail.runner),
+            control: jail.control,
+            network_device: jail.network_device,
+        })
+    }
+
+    /// The cgroups of a jail whose sandbox process died, under its
+    /// configured parent too ([`cgroup::remove_leftovers_within`]).
+    fn remove_leftovers(&self, sandbox: &str, pid: u32) -> bool {
+        let parent = self.options.cgroup_parent.as_deref();
+        cgroup::remove_leftovers_within(sandbox, pid, parent, cgroup::RELEASE_WAIT)
     }
 }
 
@@ -317,7 +336,9 @@ impl JailBackend {
     /// Validates `spec` and starts the jail (what `launch` does).
     pub fn spawn(&self, spec: &GuestSpec) -> Result<Jail, BackendError> {
         JailBackend::check_host(&self.options)?;
-        let checked = validate::validate(spec)?;
+        let mut checked = validate::validate(spec)?;
+        let name_files = names::prepare(spec, &checked.volumes)?;
+        checked.volumes.extend(name_files);
         let isolation = launch::decide(&self.options, spec)?;
         let started = match launch::start(&self.options, spec, &checked, &isolation) {
             launch::Started::Idmap(reason) => {
@@ -326,8 +347,8 @@ impl JailBackend {
             }
             other => other,
         };
-        let (agent_channel, shared) = match started {
-            launch::Started::Ok(channel, shared) => (channel, Arc::new(shared)),
+        let (agent_channel, shared, network_device) = match started {
+            launch::Started::Ok(channel, shared, network_device) => (channel, Arc::new(shared), network_device),
             launch::Started::Idmap(reason) => return Err(BackendError::Setup(reason)),
             launch::Started::Err(e) => return Err(e),
         };
@@ -335,6 +356,7 @@ impl JailBackend {
             agent_channel,
             runner: JailRunner { shared: shared.clone(), ran: false },
             control: Arc::new(JailControl { shared }),
+            network_device,
         })
     }
 }
@@ -438,7 +460,7 @@ impl Shared {
             if e.kind() == std::io::ErrorKind::Interrupted {
                 continue;
             }
-            break GuestExit { code: 255, detail: Some(format!("waiting for the jail's PID 1 failed: {e}")) };
+            break GuestExit::exited(255).with_detail(format!("waiting for the jail's PID 1 failed: {e}"));
         };
         self.done.store(true, Ordering::SeqCst);
         exit
@@ -464,12 +486,11 @@ impl Shared {
 
 fn decode_status(status: libc::c_int) -> GuestExit {
     if libc::WIFEXITED(status) {
-        GuestExit { code: libc::WEXITSTATUS(status), detail: None }
+        GuestExit::exited(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {
-        let sig = libc::WTERMSIG(status);
-        GuestExit { code: 128 + sig, detail: Some(format!("killed by signal {sig}")) }
+        GuestExit::killed(libc::WTERMSIG(status))
     } else {
-        GuestExit { code: 255, detail: Some(format!("unexpected wait status {status:#x}")) }
+        GuestExit::exited(255).with_detail(format!("unexpected wait status {status:#x}"))
     }
 }
 
@@ -559,8 +580,8 @@ mod tests {
 
     #[test]
     fn decodes_wait_status() {
-        assert_eq!(decode_status(3 << 8), GuestExit { code: 3, detail: None });
-        assert_eq!(decode_status(9), GuestExit { code: 137, detail: Some("killed by signal 9".into()) });
+        assert_eq!(decode_status(3 << 8), GuestExit::exited(3));
+        assert_eq!(decode_status(9), GuestExit::killed(9));
     }
 
     #[test]

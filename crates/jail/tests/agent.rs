@@ -142,7 +142,7 @@ fn agent_reports_ready_and_runs_commands_in_the_jail() {
         .write_to(&mut jail.agent_channel)
         .expect("send");
     let exit = jail.runner.wait();
-    assert_eq!(exit, GuestExit { code: 0, detail: None }, "log: {}", fx.guest_log());
+    assert_eq!(exit, GuestExit::exited(0), "log: {}", fx.guest_log());
     for p in paths {
         assert!(!p.exists(), "{} left behind", p.display());
     }

@@ -36,7 +36,7 @@ fn run_with(user_namespace: UserNamespace, spec: &GuestSpec, script: &str) -> (G
         let _ = channel.read_to_string(&mut out);
         out
     });
-    let Jail { agent_channel, runner, control } = jail;
+    let Jail { agent_channel, runner, control, .. } = jail;
     drop(agent_channel);
     let isolation = control.isolation().clone();
     let exit = runner.wait();
@@ -75,7 +75,7 @@ fn every_guest_writable_or_host_provided_mount_is_nosuid_nodev() {
     let mut spec = fx.spec("nodev");
     spec.mounts = vec![MountSpec { host: vol, guest: "/data".into(), readonly: false }];
     let (exit, out, _) = run(&spec, "cat /proc/self/mountinfo >&3");
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     for target in ["/", "/tmp", "/dev/shm", "/dev", "/data", "/.alcove/agent"] {
         let opts = mount_options(&out, target);
         let flags: Vec<&str> = opts.split(',').collect();
@@ -103,7 +103,7 @@ fn a_device_node_on_a_volume_cannot_be_opened() {
         if mkfifo /tmp/fifo 2>/dev/null; then echo "fifo=yes" >&3; else echo "fifo=no" >&3; fi
     "#;
     let (exit, out, _) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "open"), "no", "a device node on a volume was opened");
     assert_eq!(line(&out, "mknod"), "no");
     assert_eq!(line(&out, "fifo"), "yes", "plain mknod of a FIFO must keep working");
@@ -119,7 +119,7 @@ const CAPBND: &str = r#"echo "capbnd=$(grep CapBnd /proc/self/status | tr -d ' \
 fn host_root_mode_drops_net_admin_sys_boot_and_setfcap() {
     let fx = Fixture::new();
     let (exit, out, isolation) = run_with(UserNamespace::Never, &fx.spec("hostroot"), CAPBND);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert!(matches!(isolation, Isolation::HostRoot { .. }), "{isolation:?}");
     let bnd = bounding_set(&out);
     for (cap, name) in [
@@ -148,7 +148,7 @@ fn guest_root_is_a_private_recorded_host_range() {
         if sethostname x 2>/dev/null || hostname other 2>/dev/null; then echo "uts=changed" >&3; else echo "uts=kept" >&3; fi
     "#;
     let (exit, out, isolation) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     let Isolation::Private { base, count } = isolation else { panic!("not a private range: {isolation:?}") };
     assert_eq!(count, alcove_jail::idmap::RANGE_SIZE);
     assert!(base >= alcove_jail::idmap::POOL_START, "base {base} is below alcove's pool");
@@ -183,7 +183,7 @@ fn a_sandbox_keeps_its_range_across_starts_and_another_gets_its_own() {
     let probe = r#"echo "uid=$(id -u)" >&3; echo x > /file-$$ "#;
     let (_, _, first) = run(&spec, probe);
     let (exit, out, again) = run(&spec, r#"echo "owner=$(stat -c %u /file-1)" >&3"#);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(first, again, "a restarted sandbox changed ranges");
     assert_eq!(line(&out, "owner"), "0", "the first start's files are not root's any more");
 
@@ -217,7 +217,7 @@ fn volumes_keep_their_owners_through_the_idmap() {
         if touch /ro/x 2>/dev/null; then echo "ro=writable" >&3; else echo "ro=readonly" >&3; fi
     "#;
     let (exit, out, _) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "owner"), "1000:1000");
     assert_eq!(line(&out, "write"), "ok");
     assert_eq!(line(&out, "ro"), "readonly");
@@ -243,7 +243,7 @@ fn cgroup_namespace_and_masked_paths() {
         echo "oom_file=$(ls /sys/fs/cgroup/memory/memory.oom_control 2>/dev/null)" >&3
     "#;
     let (exit, out, _) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "cgroup").trim(), "/", "the host's cgroup paths are visible");
     for f in ["kcore", "keys", "latency_stats", "timer_list", "timer_stats", "sched_debug"] {
         assert_eq!(line(&out, f).trim(), "0", "/proc/{f} is readable");
@@ -268,7 +268,7 @@ fn tmp_and_shm_are_sized() {
     let mut spec = fx.spec("sized");
     spec.memory_mib = Some(256);
     let (exit, out, _) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "shm"), (alcove_jail::limits::DEFAULT_SHM_MIB * 1024).to_string());
     assert_eq!(line(&out, "tmp"), (128 * 1024).to_string(), "/tmp is not half the memory limit");
 
@@ -278,7 +278,7 @@ fn tmp_and_shm_are_sized() {
     spec.tmp_mib = Some(20);
     spec.shm_mib = Some(10);
     let (exit, out, _) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(exit.code, Some(0), "{out}");
     assert_eq!(line(&out, "tmp"), (20 * 1024).to_string());
     assert_eq!(line(&out, "shm"), (10 * 1024).to_string());
 }
@@ -294,11 +294,11 @@ fn disk_limit_bounds_the_writable_layer_and_survives_restart() {
         echo kept > /kept.txt && echo "write=ok" >&3
     "#;
     let (exit, out, _) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "dd"), "full", "64 MiB fit into a 32 MiB layer");
     assert_eq!(line(&out, "write"), "ok", "the layer is unusable after it was full");
     let (exit, out, _) = run(&spec, r#"echo "kept=$(cat /kept.txt)" >&3"#);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "kept"), "kept");
     // Nothing of the image stays mounted or attached on the host: the loop
     // device is released by the kernel once the jail's namespace is gone

@@ -38,7 +38,7 @@ fn collect(jail: &Jail) -> std::thread::JoinHandle<String> {
 fn run(spec: &GuestSpec, script: &str) -> (GuestExit, String) {
     let jail = backend(script).spawn(spec).expect("jail starts");
     let reader = collect(&jail);
-    let Jail { agent_channel, runner, control: _control } = jail;
+    let Jail { agent_channel, runner, control: _control, .. } = jail;
     drop(agent_channel);
     let exit = runner.wait();
     (exit, reader.join().expect("reader"))
@@ -80,7 +80,7 @@ fn isolation_basics() {
         exit 0
     "#;
     let (exit, out) = run(&spec, script);
-    assert_eq!(exit, GuestExit { code: 0, detail: None }, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit, GuestExit::exited(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "pid"), "1");
     assert_eq!(line(&out, "hostname"), "iso-basics");
     // PID 1 (sh) and the `ls` of the command substitution, at most a pipeline.
@@ -119,7 +119,7 @@ fn writes_land_in_upper_and_persist_across_restart() {
         echo done=1 >&3
     "#;
     let (exit, out) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "done"), "1");
     // The base rootfs is untouched.
     assert_eq!(std::fs::read_to_string(fx.rootfs().join("etc/base.txt")).expect("read"), "from the base\n");
@@ -133,7 +133,7 @@ fn writes_land_in_upper_and_persist_across_restart() {
 
     // A second start over the same sandbox dir sees them.
     let (exit, out) = run(&spec, r#"echo "base=$(cat /etc/base.txt)" >&3; echo "new=$(cat /created.txt)" >&3"#);
-    assert_eq!(exit.code, 0, "{out}");
+    assert_eq!(exit.code, Some(0), "{out}");
     assert_eq!(line(&out, "base"), "changed");
     assert_eq!(line(&out, "new"), "new");
 }
@@ -156,7 +156,7 @@ fn host_paths_outside_mounts_are_unreachable() {
         secret = secret.display(),
     );
     let (exit, out) = run(&spec, &script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "secret"), "hidden");
     assert_eq!(line(&out, "via_proc"), "hidden");
     // Only the jail's own memory cgroup is shown (for its OOM counter), read-only:
@@ -192,7 +192,7 @@ fn extra_mounts_read_only_and_read_write() {
         if echo x > /etc/single.conf 2>/dev/null; then echo "file_write=yes" >&3; else echo "file_write=no" >&3; fi
     "#;
     let (exit, out) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "rw"), "ok");
     assert_eq!(std::fs::read_to_string(rw.join("written.txt")).expect("host sees it"), "from-guest\n");
     assert_eq!(line(&out, "ro_read"), "read me");
@@ -220,7 +220,7 @@ fn dev_nodes_work() {
         echo "devs=$(ls /dev | tr '\n' ' ')" >&3
     "#;
     let (exit, out) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "null"), "ok");
     assert_eq!(line(&out, "zero").trim(), "4096");
     assert_eq!(line(&out, "urandom").trim(), "32");
@@ -248,7 +248,7 @@ fn memory_limit_oom_kills_the_hog_and_pid1_survives() {
         echo "pid1=alive" >&3
     "#;
     let (exit, out) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "dd"), "137", "the hog was not SIGKILLed:\n{out}");
     assert_eq!(line(&out, "pid1"), "alive");
 }
@@ -276,7 +276,7 @@ fn pids_limit_caps_process_count() {
         std::fs::read_to_string(pids_dir.join("pids.current")).expect("read").trim().parse().expect("number");
     assert!((8..=10).contains(&current), "{current} processes with a limit of 10");
     jail.control.force_stop();
-    assert_eq!(jail.runner.wait().code, 137);
+    assert_eq!(jail.runner.wait().signal, Some(libc::SIGKILL));
 }
 
 #[test]
@@ -288,7 +288,7 @@ fn only_an_ephemeral_layer_is_mounted_volatile() {
     "#;
     let kept = fx.spec("durable");
     let (exit, out) = run(&kept, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "volatile"), "no");
 
     let mut spec = fx.spec("throwaway");
@@ -296,7 +296,7 @@ fn only_an_ephemeral_layer_is_mounted_volatile() {
     spec.guest_log = spec.sandbox_dir.join("guest.log");
     spec.ephemeral = true;
     let (exit, out) = run(&spec, script);
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "volatile"), "yes");
     // The run's writes still reach its upper layer.
     assert_eq!(std::fs::read_to_string(spec.sandbox_dir.join("upper/kept")).expect("written").trim(), "data");
@@ -320,7 +320,7 @@ fn the_jail_is_in_every_one_of_its_cgroups() {
         assert!(members.len() >= 2, "{} holds {members:?}, not the jail's PID 1 and its sleep", p.display());
     }
     jail.control.force_stop();
-    assert_eq!(jail.runner.wait().code, 137);
+    assert_eq!(jail.runner.wait().signal, Some(libc::SIGKILL));
 }
 
 #[test]
@@ -346,7 +346,7 @@ fn nothing_is_left_after_exit_and_exit_codes_reach_the_observer() {
         ExitObserver::new(move |exit| seen.lock().expect("lock").push(exit))
     };
     launched.runner.run(observer);
-    assert_eq!(*seen.lock().expect("lock"), vec![GuestExit { code: 7, detail: None }]);
+    assert_eq!(*seen.lock().expect("lock"), vec![GuestExit::exited(7)]);
 
     // The runner reports the exit while it removes the cgroup; by the time
     // it returns both are done.
@@ -357,7 +357,7 @@ fn nothing_is_left_after_exit_and_exit_codes_reach_the_observer() {
         ExitObserver::new(move |exit| seen.lock().expect("lock").push(exit))
     };
     Box::new(jail.runner).run(observer);
-    assert_eq!(*seen2.lock().expect("lock"), vec![GuestExit { code: 7, detail: None }]);
+    assert_eq!(*seen2.lock().expect("lock"), vec![GuestExit::exited(7)]);
     for p in &paths {
         assert!(!p.exists(), "{} left behind", p.display());
     }
@@ -391,7 +391,7 @@ fn force_stop_kills_everything_promptly() {
     let control = jail.control.clone();
     let exit = jail.runner.wait();
     assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
-    assert_eq!(exit, GuestExit { code: 137, detail: Some("killed by signal 9".into()) });
+    assert_eq!(exit, GuestExit::killed(9));
     for pid in pids {
         assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived");
     }
@@ -426,7 +426,7 @@ fn usage_counts_cpu() {
         .expect("cpu cgroup");
     assert_eq!(std::fs::read_to_string(quota_file).expect("read").trim(), "100000");
     jail.control.force_stop();
-    assert_eq!(jail.runner.wait().code, 137);
+    assert_eq!(jail.runner.wait().signal, Some(libc::SIGKILL));
 }
 
 #[test]
@@ -536,11 +536,11 @@ fn user_namespace_mode_runs_the_same_jail() {
     });
     let jail = backend.spawn(&spec).expect("starts in a user namespace");
     let reader = collect(&jail);
-    let Jail { agent_channel, runner, control: _c } = jail;
+    let Jail { agent_channel, runner, control: _c, .. } = jail;
     drop(agent_channel);
     let exit = runner.wait();
     let out = reader.join().expect("reader");
-    assert_eq!(exit.code, 0, "{out}\n{}", fx.guest_log());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", fx.guest_log());
     assert_eq!(line(&out, "pid"), "1");
     assert_eq!(line(&out, "hostname"), "userns");
     assert_eq!(line(&out, "uidmap"), "0 0 1");
@@ -621,12 +621,12 @@ fn rootless_child() {
     "#;
     let jail = backend(script).spawn(&spec).expect("an unprivileged jail starts");
     let reader = collect(&jail);
-    let Jail { agent_channel, runner, control } = jail;
+    let Jail { agent_channel, runner, control, .. } = jail;
     drop(agent_channel);
     assert!(control.cgroup_paths().is_empty(), "no cgroup is expected without privileges");
     let exit = runner.wait();
     let out = reader.join().expect("reader");
-    assert_eq!(exit.code, 0, "{out}\n{}", std::fs::read_to_string(sandbox.join("guest.log")).unwrap_or_default());
+    assert_eq!(exit.code, Some(0), "{out}\n{}", std::fs::read_to_string(sandbox.join("guest.log")).unwrap_or_default());
     assert_eq!(line(&out, "pid"), "1");
     assert_eq!(line(&out, "uid"), "0");
     assert_eq!(line(&out, "hostname"), "rootless");

@@ -58,7 +58,13 @@ fn main() {
     let _channel = launched.agent_channel;
     let start = Instant::now();
     launched.runner.run(ExitObserver::new(move |e| {
-        println!("exit observer: code={} after {:?} detail={:?}", e.code, start.elapsed(), e.detail);
+        println!(
+            "exit observer: code={:?} signal={:?} after {:?} detail={:?}",
+            e.code,
+            e.signal,
+            start.elapsed(),
+            e.detail
+        );
     }));
     std::process::exit(3);
 }

@@ -126,30 +126,21 @@ impl ExitState {
 /// Interprets msb_krun's exit code (see the crate docs).
 pub fn interpret_exit(vmm_code: i32, guest_reported: bool, forced: bool) -> GuestExit {
     if guest_reported {
-        return GuestExit { code: vmm_code, detail: None };
+        return GuestExit::exited(vmm_code);
     }
     if forced {
-        return GuestExit {
-            code: vmm_code,
-            detail: Some("the host stopped the microVM before the guest reported an exit code".into()),
-        };
+        return GuestExit::exited(vmm_code)
+            .with_detail("the host stopped the microVM before the guest reported an exit code");
     }
     if vmm_code != 0 {
-        return GuestExit {
-            code: vmm_code,
-            detail: Some(format!(
-                "the VMM stopped the microVM with code {vmm_code} before the guest reported an exit code \
-                 (a vCPU failed, e.g. KVM_EXIT_INTERNAL_ERROR; see the guest log)"
-            )),
-        };
+        return GuestExit::exited(vmm_code).with_detail(format!(
+            "the VMM stopped the microVM with code {vmm_code} before the guest reported an exit code \
+             (a vCPU failed, e.g. KVM_EXIT_INTERNAL_ERROR; see the guest log)"
+        ));
     }
-    GuestExit {
-        code: 1,
-        detail: Some(
-            "the microVM stopped without the guest reporting an exit code (kernel panic, reboot, or init exited)"
-                .into(),
-        ),
-    }
+    GuestExit::exited(1).with_detail(
+        "the microVM stopped without the guest reporting an exit code (kernel panic, reboot, or init exited)",
+    )
 }
 
 impl VmBackend for KrunBackend {
@@ -177,7 +168,12 @@ impl VmBackend for KrunBackend {
         let vm = builder.build().map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
         let _ = state.guest_code.set(vm.exit_code());
         let control = Arc::new(KrunControl { exit: vm.exit_handle(), state: Arc::clone(&state) });
-        Ok(Launched { agent_channel: host_end, runner: Box::new(KrunRunner { vm, state, _console: console }), control })
+        Ok(Launched {
+            agent_channel: host_end,
+            runner: Box::new(KrunRunner { vm, state, _console: console }),
+            control,
+            network_device: None,
+        })
     }
 }
 
@@ -232,7 +228,7 @@ impl GuestRunner for KrunRunner {
             Err(e) => e,
         };
         tracing::error!(error = %err, "the microVM could not start");
-        state.report(GuestExit { code: 1, detail: Some(format!("the microVM could not start: {err}")) });
+        state.report(GuestExit::exited(1).with_detail(format!("the microVM could not start: {err}")));
     }
 }
 

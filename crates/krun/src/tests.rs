@@ -146,6 +146,8 @@ impl Fixture {
             shm_mib: None,
             tmp_mib: None,
             disk_mib: None,
+            network: None,
+            heartbeat: Some(std::time::Duration::from_millis(2500)),
         }
     }
 
@@ -263,9 +265,18 @@ fn every_field_reaches_the_builder() {
                     VmVolume { device_id: "data".into(), guest_path: "/data".into(), readonly: false },
                     VmVolume { device_id: "cache_1".into(), guest_path: "/cache".into(), readonly: true },
                 ],
+                // The same name files a jail gets.
+                name_files: alcove_backend::names::render(&spec)
+                    .into_iter()
+                    .map(|(path, content)| alcove_protocol::agent_config::NameFile { path: path.into(), content })
+                    .collect(),
             }),
+            heartbeat_ms: Some(2500),
         }
     );
+    let names = &plan.agent_config.vm.as_ref().expect("vm").name_files;
+    let hosts = names.iter().find(|f| f.path == "/etc/hosts").expect("an /etc/hosts");
+    assert!(hosts.content.contains("127.0.0.1\tlocalhost") && hosts.content.contains("box1"), "{hosts:?}");
 }
 
 /// Every share reaches the builder as a [`ShareFs`] serving the right
@@ -648,19 +659,19 @@ fn write_boot_share_survives_existing_files() {
 #[test]
 fn exit_codes_are_interpreted() {
     // The guest reported through the virtio-fs ioctl: as is.
-    assert_eq!(interpret_exit(0, true, false), GuestExit { code: 0, detail: None });
-    assert_eq!(interpret_exit(42, true, true), GuestExit { code: 42, detail: None });
+    assert_eq!(interpret_exit(0, true, false), GuestExit::exited(0));
+    assert_eq!(interpret_exit(42, true, true), GuestExit::exited(42));
     // The host stopped it.
     let e = interpret_exit(0, false, true);
-    assert_eq!(e.code, 0);
+    assert_eq!(e.code, Some(0));
     assert!(e.detail.expect("detail").contains("host stopped"));
     // A vCPU failure (KVM_EXIT_INTERNAL_ERROR → FC_EXIT_CODE_GENERIC_ERROR).
     let e = interpret_exit(1, false, false);
-    assert_eq!(e.code, 1);
+    assert_eq!(e.code, Some(1));
     assert!(e.detail.expect("detail").contains("KVM_EXIT_INTERNAL_ERROR"));
     // A power-off without a report is not success.
     let e = interpret_exit(0, false, false);
-    assert_eq!(e.code, 1);
+    assert_eq!(e.code, Some(1));
     assert!(e.detail.expect("detail").contains("without the guest reporting"));
 }
 
@@ -676,9 +687,9 @@ fn the_exit_state_reports_once() {
     assert!(!state.guest_reported());
     cell.store(3, Ordering::SeqCst);
     assert!(state.guest_reported());
-    state.report(GuestExit { code: 3, detail: None });
-    state.report(GuestExit { code: 9, detail: None });
-    assert_eq!(*seen.lock().expect("lock"), vec![GuestExit { code: 3, detail: None }]);
+    state.report(GuestExit::exited(3));
+    state.report(GuestExit::exited(9));
+    assert_eq!(*seen.lock().expect("lock"), vec![GuestExit::exited(3)]);
 }
 
 /// msb_krun opens the console output with `File::create(path)`: through the

@@ -354,7 +354,12 @@ fn child_main(mode: &str) {
         _ => _keep = Some(channel),
     }
     launched.runner.run(ExitObserver::new(move |e| {
-        println!("OBSERVER code={} after_ms={} detail={:?}", e.code, start.elapsed().as_millis(), e.detail);
+        println!(
+            "OBSERVER code={} after_ms={} detail={:?}",
+            e.code.unwrap_or(-1),
+            start.elapsed().as_millis(),
+            e.detail
+        );
         let _ = std::io::stdout().flush();
     }));
     println!("RUNNER RETURNED");

@@ -23,7 +23,15 @@ pub struct AgentConfig {
     /// How to assemble the root filesystem inside a VM; `None` in a jail,
     /// where the host has already pivoted into it.
     pub vm: Option<VmBoot>,
+    /// Milliseconds between two heartbeats; `None`: [`DEFAULT_HEARTBEAT_MS`].
+    /// The host sets it from its heartbeat timeout, so an idle guest wakes
+    /// no more often than that timeout needs.
+    #[serde(default)]
+    pub heartbeat_ms: Option<u32>,
 }
+
+/// The agent's heartbeat period when the host names none.
+pub const DEFAULT_HEARTBEAT_MS: u32 = 1000;
 
 /// Where the agent runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +56,19 @@ pub struct VmBoot {
     pub mounts: Vec<VmMount>,
     /// Extra disk-image volumes.
     pub volumes: Vec<VmVolume>,
+    /// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` to write into the
+    /// root's writable layer unless the guest has edited its own copy.
+    #[serde(default)]
+    pub name_files: Vec<NameFile>,
+}
+
+/// A file the agent puts in the guest's root at boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameFile {
+    /// Absolute guest path (under `/etc`).
+    pub path: String,
+    /// The content.
+    pub content: String,
 }
 
 /// The lower layer of a VM's root.

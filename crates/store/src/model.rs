@@ -208,7 +208,7 @@ pub struct RunOutcome {
 
 /// One metrics sample of a sandbox. Counters are cumulative as read from the
 /// host; values above `i64::MAX` are stored as `i64::MAX`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MetricSample {
     /// Sample time, ms since the Unix epoch.
     pub at_ms: i64,

@@ -22,6 +22,9 @@ use crate::model::{
 use crate::schema::{self, Identity, SCHEMA_VERSION};
 use crate::StoreError;
 
+mod flows;
+pub use flows::FlowRow;
+
 /// Tuning of a [`Store`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -31,6 +34,8 @@ pub struct StoreOptions {
     pub retry_budget: Duration,
     /// Metric rows kept per sandbox (the newest ones). 0 keeps none.
     pub metric_retention: usize,
+    /// Network flow rows kept per sandbox (the newest ones). 0 keeps none.
+    pub flow_retention: usize,
 }
 
 impl Default for StoreOptions {
@@ -39,6 +44,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(10),
             metric_retention: 3600,
+            flow_retention: 10_000,
         }
     }
 }
@@ -409,29 +415,34 @@ impl Store {
     /// Stores one sample and drops the sandbox's samples beyond the newest
     /// [`StoreOptions::metric_retention`] (ordered by `at_ms`, then insertion).
     pub fn insert_metric(&self, sandbox: &str, sample: &MetricSample) -> Result<(), StoreError> {
-        self.insert_metric_within(sandbox, sample, self.opts.retry_budget)
+        self.insert_metrics_within(sandbox, std::slice::from_ref(sample), self.opts.retry_budget)
     }
 
-    /// [`Store::insert_metric`], giving up ([`StoreError::Busy`]) once the
-    /// database has been busy for `budget` (at most the retry budget): a
-    /// sample is worth less than the writes that may wait behind it.
-    pub fn insert_metric_within(
+    /// Stores a batch of samples in one transaction (one write, however
+    /// many samples), then applies the retention as [`Store::insert_metric`]
+    /// does. Gives up ([`StoreError::Busy`]) once the database has been busy
+    /// for `budget` (at most the retry budget): samples are worth less than
+    /// the writes that may wait behind them.
+    pub fn insert_metrics_within(
         &self,
         sandbox: &str,
-        sample: &MetricSample,
+        samples: &[MetricSample],
         budget: Duration,
     ) -> Result<(), StoreError> {
+        if samples.is_empty() {
+            return Ok(());
+        }
         let budget = budget.min(self.opts.retry_budget);
         let keep = i64::try_from(self.opts.metric_retention).unwrap_or(i64::MAX);
+        let insert = format!(
+            "INSERT INTO sandbox_metric (sandbox_id, {METRIC_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+        );
         // A sample lost to a power loss is only a gap in a time series.
-        self.write_within(budget, Durability::Implied, "record a metric sample", |tx| {
+        self.write_within(budget, Durability::Implied, "record metric samples", |tx| {
             let sid = sandbox_id(tx, sandbox)?;
-            tx.execute(
-                &format!(
-                    "INSERT INTO sandbox_metric (sandbox_id, {METRIC_COLUMNS}) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-                ),
-                params![
+            let mut stmt = tx.prepare_cached(&insert)?;
+            for sample in samples {
+                stmt.execute(params![
                     sid,
                     sample.at_ms,
                     clamp(sample.cpu_usec),
@@ -440,8 +451,8 @@ impl Store {
                     clamp(sample.io_write_bytes),
                     clamp(sample.net_rx_bytes),
                     clamp(sample.net_tx_bytes)
-                ],
-            )?;
+                ])?;
+            }
             tx.execute(
                 "DELETE FROM sandbox_metric WHERE sandbox_id = ?1 AND id IN (\
                  SELECT id FROM sandbox_metric WHERE sandbox_id = ?1 \

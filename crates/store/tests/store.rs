@@ -73,7 +73,8 @@ fn a_version_1_database_gains_start_ticks_and_keeps_its_runs() {
     drop(store);
     // Back to schema v1, as an older alcove left it.
     let raw = Connection::open(&path).expect("raw open");
-    raw.execute_batch("ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;").expect("downgrade");
+    raw.execute_batch("DROP TABLE network_flow; ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;")
+        .expect("downgrade");
     drop(raw);
     let store = Store::open(&path).expect("migrates");
     let old = store.latest_run("old").expect("read").expect("kept");
@@ -81,6 +82,8 @@ fn a_version_1_database_gains_start_ticks_and_keeps_its_runs() {
     let new = store.start_run_of("old", 78, Some(123_456)).expect("run");
     let again = store.latest_run("old").expect("read").expect("new run");
     assert_eq!((again.id, again.pid_start_ticks), (new, Some(123_456)));
+    // ... and the network_flow table of version 3.
+    assert!(store.flows("old", false, 10).expect("flows table").is_empty());
 }
 
 #[test]
@@ -416,6 +419,23 @@ fn retention_keeps_exactly_the_newest_samples() {
 }
 
 #[test]
+fn a_batch_of_samples_is_stored_whole_with_the_same_retention() {
+    let dir = tmp();
+    let opts = StoreOptions { metric_retention: 5, ..StoreOptions::default() };
+    let store = Store::open_with(&db_path(&dir), opts).expect("open");
+    store.create_sandbox("a", "{}").expect("create");
+    let batch: Vec<_> = (1..=8).map(sample).collect();
+    store.insert_metrics_within("a", &batch, Duration::from_secs(1)).expect("batch");
+    let a = store.metrics("a", 100).expect("metrics a");
+    assert_eq!(a.iter().map(|m| m.at_ms).collect::<Vec<_>>(), [8, 7, 6, 5, 4]);
+    assert_eq!(a[0], sample(8));
+    // An empty batch is no write at all, even for a sandbox that is gone.
+    store.insert_metrics_within("ghost", &[], Duration::from_secs(1)).expect("empty");
+    let err = store.insert_metrics_within("ghost", &batch, Duration::from_secs(1)).expect_err("ghost");
+    assert!(matches!(err, StoreError::NoSuchSandbox(_)), "{err:?}");
+}
+
+#[test]
 fn huge_counters_saturate() {
     let dir = tmp();
     let store = Store::open(&db_path(&dir)).expect("open");
@@ -452,6 +472,7 @@ fn writer_waits_for_a_lock_released_within_the_budget() {
         busy_timeout: Duration::from_millis(20),
         retry_budget: Duration::from_secs(10),
         metric_retention: 10,
+        flow_retention: 10,
     };
     let store = Store::open_with(&path, opts).expect("open");
     let holder = hold_exclusive_lock(&path, Duration::from_millis(300));
@@ -472,6 +493,7 @@ fn writer_gives_up_with_busy_when_the_lock_outlives_the_budget() {
         busy_timeout: Duration::from_secs(5),
         retry_budget: Duration::from_millis(150),
         metric_retention: 10,
+        flow_retention: 10,
     };
     let store = Store::open_with(&path, opts).expect("open");
     let holder = hold_exclusive_lock(&path, Duration::from_millis(1200));
