@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Compares the guest agent's own CPU time between alcove builds.
 
-    ALCOVE_HOME=... ALCOVE_RUNTIME_DIR=... bench/agent_cpu_ab.py ROUNDS BIN_A BIN_B [BIN_C ...]
+    ALCOVE_HOME=... ALCOVE_RUNTIME_DIR=... bench/agent_cpu_ab.py [--actors] ROUNDS BIN_A BIN_B [BIN_C ...]
 
 Each build creates its own sandbox (a jail), so each agent is the one its
 build embeds. Every round runs, for each build in alternating order:
@@ -12,7 +12,10 @@ CPU time of the agent's event loop (its main thread's run time in
 nanoseconds, the first field of `/proc/PID/schedstat`; not the tick-sampled
 `utime`/`stime`) is read before and after each command; the output is the
 mean per command. CPU time is far steadier than wall time on a shared
-machine, since waiting for a core does not count. $ALCOVE_HOME must already hold the default rootfs (after
+machine, since waiting for a core does not count. With --actors the
+thread measured is instead the sandbox process's `alcove-actors` thread:
+the host side of every command (the relay, its socket tasks and the other
+actors), so a build's relay can be compared by its own CPU time. $ALCOVE_HOME must already hold the default rootfs (after
 one `alcove run`). Needs root, like `alcove create`.
 """
 import json
@@ -38,6 +41,16 @@ def agent_pid(binary, name):
     return int(children[0])
 
 
+def actors_tid(binary, name):
+    """The sandbox process's `alcove-actors` thread (the relay's)."""
+    out = subprocess.run([binary, "ps", "--json"], check=True, capture_output=True).stdout
+    sandbox = next(int(e["pid"]) for e in json.loads(out) if e.get("name") == name and e.get("pid"))
+    for tid in os.listdir("/proc/%d/task" % sandbox):
+        if open("/proc/%d/task/%s/comm" % (sandbox, tid)).read().strip() == "alcove-actors":
+            return int(tid)
+    raise AssertionError("no alcove-actors thread in %d" % sandbox)
+
+
 def run_true(argv):
     subprocess.run([*argv, "true"], check=True, stdin=subprocess.DEVNULL)
 
@@ -57,16 +70,22 @@ CASES = [("exec true", run_true), ("256 MiB dd, relayed (spliced frames)", run_r
 
 
 def main():
-    if len(sys.argv) < 4:
+    args = sys.argv[1:]
+    actors = args[:1] == ["--actors"]
+    if actors:
+        args = args[1:]
+    if len(args) < 3:
         print(__doc__, file=sys.stderr)
         return 2
-    rounds, bins = int(sys.argv[1]), sys.argv[2:]
+    rounds, bins = int(args[0]), args[1:]
+    measured = actors_tid if actors else agent_pid
+    what = "alcove-actors" if actors else "agent"
     builds = [("%s %s" % ("ABCDEFGHIJ"[i % 10], b), b, "agent-cpu-%d-%d" % (os.getpid(), i)) for i, b in enumerate(bins)]
     for _, b, name in builds:
         subprocess.run([b, "create", name], check=True, stdout=subprocess.DEVNULL)
     spent = {(label, case): 0 for label, _, _ in builds for case, _ in CASES}
     try:
-        pids = {label: agent_pid(b, name) for label, b, name in builds}
+        pids = {label: measured(b, name) for label, b, name in builds}
         for i in range(rounds):
             for label, b, name in builds if i % 2 == 0 else builds[::-1]:
                 for case, fn in CASES:
@@ -78,7 +97,7 @@ def main():
             subprocess.run([b, "rm", "-f", name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for case, _ in CASES:
         for label, _, _ in builds:
-            print("%s, %s: agent CPU %.3f ms per command (%d rounds)" % (case, label, spent[(label, case)] / 1e6 / rounds, rounds))
+            print("%s, %s: %s CPU %.3f ms per command (%d rounds)" % (case, label, what, spent[(label, case)] / 1e6 / rounds, rounds))
     return 0
 
 

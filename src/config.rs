@@ -260,6 +260,9 @@ pub struct SandboxConfig {
     /// outcome; the sandbox process does it itself when there is none or it
     /// is gone.
     pub auto_remove: bool,
+    /// The network (`--net`, `--net-rule`, `--dns`, `-p`); see
+    /// [`crate::net_settings`].
+    pub network: crate::net_settings::NetworkSettings,
 }
 
 /// A sandbox configuration as written in its file (0600): the backend is
@@ -302,6 +305,10 @@ pub struct SandboxConfigFile {
     /// See [`SandboxConfig::auto_remove`].
     #[serde(default)]
     pub auto_remove: bool,
+    /// The network (`--net`, `--net-rule`, `--dns`, `-p`); see
+    /// [`crate::net_settings`].
+    #[serde(default)]
+    pub network: crate::net_settings::NetworkSettings,
 }
 
 impl TryFrom<SandboxConfigFile> for SandboxConfig {
@@ -343,6 +350,7 @@ impl TryFrom<SandboxConfigFile> for SandboxConfig {
             db_path: file.db_path,
             parent_pid: file.parent_pid,
             auto_remove: file.auto_remove,
+            network: file.network,
         })
     }
 }
@@ -369,6 +377,7 @@ impl From<SandboxConfig> for SandboxConfigFile {
             db_path: cfg.db_path,
             parent_pid: cfg.parent_pid,
             auto_remove: cfg.auto_remove,
+            network: cfg.network,
         }
     }
 }

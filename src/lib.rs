@@ -17,6 +17,8 @@ pub mod config;
 pub mod failpoint;
 pub mod liveness;
 pub mod messages;
+pub mod net_control;
+pub mod net_settings;
 pub mod run_end;
 pub mod sandbox;
 pub mod standalone;

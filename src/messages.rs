@@ -17,7 +17,6 @@
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
 //! | [`CloseRelay`] | Lifecycle → Relay |
-//! | [`RemoveSocket`] | unused since the Db actor removes agent.sock in [`crate::run_end::finish`]; kept for the relay's handler |
 //! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetrics`] | Lifecycle, Metrics → Db |
 
 use crate::run_end::{Cleanup, RunEnd};
@@ -140,13 +139,6 @@ pub struct Touch;
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
 pub struct CloseRelay;
-
-/// Formerly Lifecycle → Relay: remove agent.sock. Nothing sends it any
-/// more ([`crate::run_end::finish`] removes the socket); kept only while
-/// the relay still has a handler for it, and to be deleted with that.
-#[derive(Message, Clone, Copy, Debug)]
-#[rtype(result = "()")]
-pub struct RemoveSocket;
 
 /// Creates the sandbox row if needed and inserts a Running run.
 #[derive(Message, Clone, Debug)]

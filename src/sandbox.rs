@@ -17,10 +17,11 @@
 //! run Running or the process hanging.
 
 use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::flow::{RelayCounters, RelayStats};
-use crate::actors::lifecycle::{Lifecycle, SharedState, Wire};
+use crate::actors::lifecycle::{Lifecycle, LifecyclePeers, SharedState};
 use crate::actors::metrics::Metrics;
-use crate::actors::relay::{bind_socket, Relay, RelayError};
+use crate::actors::network::{NetworkActor, StartNetwork};
+use crate::actors::relay::flow::{RelayCounters, RelayStats};
+use crate::actors::relay::{bind_socket, Relay, RelayError, RelayPeers};
 use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
@@ -87,6 +88,9 @@ pub struct SandboxOptions {
     pub pid: u32,
     /// Who removes agent.sock at the end.
     pub socket_removal: SocketRemoval,
+    /// The network engine's settings when the guest has a link
+    /// (`spec.network` set); `None`: loopback only, no engine.
+    pub network: Option<crate::net_settings::NetworkPlan>,
 }
 
 /// Who removes agent.sock when the sandbox ends.
@@ -121,6 +125,7 @@ impl SandboxOptions {
             clock: Arc::new(MonotonicClock::new()),
             pid: std::process::id(),
             socket_removal: SocketRemoval::default(),
+            network: None,
         }
     }
 }
@@ -128,7 +133,7 @@ impl SandboxOptions {
 /// Control of a running sandbox from outside the actor system.
 pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
-    relay: Addr<Relay>,
+    touch: Recipient<Touch>,
     relay_counters: Arc<RelayCounters>,
     shared: Arc<SharedState>,
     socket_path: PathBuf,
@@ -155,11 +160,11 @@ impl SandboxHandle {
 
     /// Counts as activity for the idle timeout.
     pub fn touch(&self) {
-        self.relay.do_send(Touch);
+        self.touch.do_send(Touch);
     }
 
     /// What the relay has held for its clients and the guest (high-water
-    /// marks; see [`crate::actors::flow`]).
+    /// marks; see [`crate::actors::relay::flow`]).
     pub fn relay_stats(&self) -> RelayStats {
         self.relay_counters.stats()
     }
@@ -284,7 +289,7 @@ pub fn launch_with(
             .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
-    let (lifecycle, relay) = match addr_rx.recv() {
+    let (lifecycle, touch, network) = match addr_rx.recv() {
         Ok(addrs) => addrs,
         Err(_) => {
             let _ = actor_thread.join();
@@ -294,7 +299,7 @@ pub fn launch_with(
     };
     let handle = SandboxHandle {
         lifecycle: lifecycle.clone(),
-        relay,
+        touch,
         relay_counters,
         shared: shared.clone(),
         socket_path: opts.socket_path.clone(),
@@ -306,6 +311,9 @@ pub fn launch_with(
         GuestSpec { heartbeat: Some(crate::actors::watchdog::agent_heartbeat(&opts.policy)), ..opts.spec.clone() };
     match backend.launch(&spec) {
         Ok(launched) => {
+            if let Some(device) = launched.network_device {
+                network.do_send(StartNetwork { device });
+            }
             lifecycle.do_send(GuestLaunched { agent_channel: launched.agent_channel, control: launched.control });
             Ok((handle, GuestDriver { runner: Some(launched.runner), observer }))
         }
@@ -328,12 +336,18 @@ pub fn start(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<Sandbo
     Ok(handle)
 }
 
+/// Starts the actors on this thread and runs them until Lifecycle stops
+/// the system. The one place that knows the whole graph: each actor is
+/// given, at construction, a `Recipient` for each message it sends (see
+/// docs/ARCHITECTURE.md, "Actors and messages"). Lifecycle's context is
+/// made first, so the actors that report to it can hold its address
+/// before it runs; it is started last, with the addresses of all of them.
 fn run_actor_system(
     opts: SandboxOptions,
     store: Store,
     listener: std::os::unix::net::UnixListener,
     (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
-    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Addr<Relay>)>,
+    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Recipient<Touch>, Recipient<StartNetwork>)>,
 ) {
     let panic_shared = shared.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -352,24 +366,44 @@ fn run_actor_system(
                 };
                 DbActor::new(store, db_samples.clone())
             });
-            let lifecycle = Lifecycle::new(
-                opts.name.clone(),
-                opts.config_json.clone(),
-                opts.pid,
-                db.clone(),
-                samples,
-                shared.clone(),
+            let lifecycle_ctx = Context::<Lifecycle>::new();
+            let lifecycle = lifecycle_ctx.address();
+            let relay = Relay::new(
+                listener,
+                opts.socket_path.clone(),
+                opts.clock.clone(),
+                RelayPeers { agent_ready: lifecycle.clone().recipient(), terminate: lifecycle.clone().recipient() },
+                relay_counters,
             )
-            .with_socket_removal(opts.socket_removal, opts.socket_path.clone())
             .start();
-            let relay =
-                Relay::new(listener, opts.socket_path.clone(), opts.clock.clone(), lifecycle.clone(), relay_counters)
-                    .start();
-            let vm = VmActor::new(opts.policy, relay.clone()).start();
-            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db).start();
-            Watchdog::new(opts.policy, opts.clock.clone(), relay.clone(), lifecycle.clone()).start();
-            lifecycle.do_send(Wire { vm, relay: relay.clone(), metrics });
-            let _ = addr_tx.send((lifecycle, relay));
+            let vm = VmActor::new(opts.policy, relay.clone().recipient()).start();
+            let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db.clone().recipient()).start();
+            // The network engine's owner; idle (no engine) without a link.
+            let network = NetworkActor::new(
+                opts.name.clone(),
+                opts.network.clone(),
+                db.clone().recipient(),
+                metrics.clone().recipient(),
+                lifecycle.clone().recipient(),
+            )
+            .start();
+            Watchdog::new(opts.policy, opts.clock.clone(), relay.clone().recipient(), lifecycle.clone().recipient())
+                .start();
+            let peers = LifecyclePeers {
+                start_run: db.clone().recipient(),
+                set_status: db.clone().recipient(),
+                finish_run: db.recipient(),
+                attach_guest: relay.clone().recipient(),
+                open_to_clients: relay.clone().recipient(),
+                close_relay: relay.clone().recipient(),
+                stop_guest: vm.clone().recipient(),
+                attach_control: vec![metrics.recipient(), vm.recipient()],
+            };
+            lifecycle_ctx.run(
+                Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, peers, samples, shared.clone())
+                    .with_socket_removal(opts.socket_removal, opts.socket_path.clone()),
+            );
+            let _ = addr_tx.send((lifecycle, relay.recipient(), network.recipient()));
         });
         if let Err(e) = system.run() {
             tracing::error!(error = %e, "the actor system failed");

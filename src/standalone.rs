@@ -73,7 +73,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         alcove_jail::cgroup::prewarm_attach();
     }
     let backend = crate::backends::make(&cfg.backend);
-    let spec = complete_spec(&cfg)?;
+    let mut network = network_plan(&cfg)?;
+    let mut spec = complete_spec(&cfg)?;
+    spec.network = network.as_ref().map(|n| n.guest_link());
     // Refuse a database that cannot be opened before claiming to run.
     let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);
     let store = Store::open_with(&cfg.db_path(), store_options).map_err(|e| e.to_string())?;
@@ -99,6 +101,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         out.flush().map_err(|e| format!("cannot write to stdout: {e}"))?;
     }
     let _log_guard = redirect_logs(&log_dir)?;
+    if let Some(plan) = network.as_mut() {
+        plan.control_socket = Some(crate::net_control::socket_path(&socket_path));
+    }
 
     let opts = SandboxOptions {
         name: cfg.name.clone(),
@@ -116,6 +121,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         } else {
             SocketRemoval::ByCaller
         },
+        network,
     };
     let socket_path = opts.socket_path.clone();
     let (handle, driver) = launch_with(store, listener, opts, backend).map_err(|e| e.to_string())?;
@@ -140,6 +146,19 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
         Some(o) if o.recorded && o.reason != TerminationReason::InternalError => 0,
         _ => 1,
     })
+}
+
+/// The network engine's settings, checked again from the stored config;
+/// only the jail backend has a link today.
+fn network_plan(cfg: &SandboxConfig) -> Result<Option<crate::net_settings::NetworkPlan>, String> {
+    let plan = cfg.network.check().map_err(|e| e.to_string())?;
+    if plan.is_some() && cfg.backend.kind() != BackendKind::Jail {
+        return Err(format!(
+            "--net is available with the jail backend only (this sandbox uses {:?})",
+            cfg.backend.kind()
+        ));
+    }
+    Ok(plan)
 }
 
 /// Fills in what a real guest needs and the config may leave out: the static

@@ -21,8 +21,9 @@ fn mode(p: &Path) -> u32 {
 }
 
 /// Every path under `home` whose mode is not owner-only, skipping the
-/// contents of the jail's overlay directories (guest-facing, under a 0700
-/// sandbox directory that is checked).
+/// contents of the jail's overlay directories and of `etc/` (the name
+/// files bound into the guest, 0644 for its users) — guest-facing, under a
+/// 0700 sandbox directory that is checked.
 fn not_private(home: &Path) -> Vec<String> {
     let mut bad = Vec::new();
     let mut stack = vec![home.to_path_buf()];
@@ -36,7 +37,7 @@ fn not_private(home: &Path) -> Vec<String> {
             let md = std::fs::symlink_metadata(&p).expect("md");
             let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if md.is_dir() {
-                if ["upper", "work", "merged", "boot", "upper-vm"].contains(&name) {
+                if ["upper", "work", "merged", "boot", "upper-vm", "etc"].contains(&name) {
                     continue;
                 }
                 stack.push(p);
@@ -72,6 +73,8 @@ fn the_cli_and_the_sandbox_process_keep_the_home_private_under_umask_0() {
     }
     assert!(a.home.join("bin").is_dir() && a.home.join("alcove.db").is_file());
     assert_eq!(mode(&a.home.join("sandboxes/box")), 0o700);
+    assert_eq!(mode(&a.home.join("sandboxes/box/etc")), 0o700);
+    assert_eq!(mode(&a.home.join("sandboxes/box/etc/.hosts.alcove")), 0o600);
     let bad = not_private(&a.home);
     assert!(bad.is_empty(), "not owner-only: {bad:#?}");
 }

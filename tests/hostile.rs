@@ -8,7 +8,7 @@ mod crowd;
 #[path = "common/process.rs"]
 mod process;
 
-use alcove::actors::flow;
+use alcove::actors::relay::flow;
 use alcove_backend::mock::MockEvent;
 use alcove_protocol::{ExecRequest, Flags, Frame, Message, INITIAL_WINDOW};
 use common::RawClient;

@@ -70,9 +70,15 @@ fn one_hundred_twenty_eight_clients_at_once_with_disjoint_ranges() {
     let id = clients[5].range.id_start + 2;
     clients[5].exec(id, &["echo", "still"], false);
     assert_eq!(clients[5].collect(id).0, b"still\n");
-    // A freed slot is reused.
-    drop(clients.pop());
-    std::thread::sleep(Duration::from_millis(50));
+    // A freed slot is reused. The leaving client has a session open: the
+    // relay kills it as it frees the slot, so the guest's record of that
+    // SIGKILL says the slot is free.
+    let mut leaving = clients.pop().expect("a client");
+    let lid = leaving.range.id_start + 3;
+    leaving.exec(lid, &["sleep", "600000"], false);
+    assert!(matches!(leaving.recv(), Some((_, _, Message::ExecStarted { .. }))));
+    drop(leaving);
+    wait_for_event(&env, &MockEvent::Signalled { id: lid, signal: libc::SIGKILL });
     let mut again = RawClient::connect(&env.socket());
     let id = again.range.id_start;
     again.exec(id, &["echo", "reused"], false);
@@ -120,11 +126,7 @@ fn disconnecting_kills_the_clients_open_sessions() {
     client.exec(id, &["sleep", "600000"], false);
     assert!(matches!(client.recv(), Some((_, _, Message::ExecStarted { .. }))));
     drop(client);
-    let deadline = Instant::now() + WAIT;
-    while !env.log.contains(&MockEvent::Signalled { id, signal: libc::SIGKILL }) {
-        assert!(Instant::now() < deadline, "the session was not killed: {:?}", env.log.events());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for_event(&env, &MockEvent::Signalled { id, signal: libc::SIGKILL });
 }
 
 #[test]
@@ -171,7 +173,8 @@ fn a_slow_client_stalls_only_itself() {
     let slow_id = slow.range.id_start;
     let total = 16 * INITIAL_WINDOW as usize;
     slow.exec(slow_id, &["stream", &total.to_string()], false);
-    std::thread::sleep(Duration::from_millis(200));
+    // The guest waits for credit: the slow client holds all it will.
+    wait_for_event(&env, &MockEvent::WindowFull { id: slow_id });
     // Others keep working, promptly.
     let mut fast = RawClient::connect(&env.socket());
     for n in 0..20 {
@@ -296,11 +299,7 @@ fn a_client_sending_a_descriptor_frame_is_dropped_alone() {
 
 /// Waits until the mock guest has logged `event`.
 fn wait_for_event(env: &Env, event: &MockEvent) {
-    let deadline = Instant::now() + WAIT;
-    while !env.log.contains(event) {
-        assert!(Instant::now() < deadline, "never saw {event:?}: {:?}", env.log.events());
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    assert!(env.log.wait_for(event, WAIT), "never saw {event:?}: {:?}", env.log.events());
 }
 
 #[test]

@@ -11,6 +11,7 @@
 //! closes the [`SampleGate`] (before it sends the final write) the samples
 //! still queued are dropped unwritten.
 
+use crate::actors::network::DbInsertFlows;
 use crate::config::ExitBudget;
 use crate::messages::{DbFinishRun, DbInsertMetrics, DbSetStatus, DbStartRun};
 use crate::run_end::{finish, Recorded, Write};
@@ -115,5 +116,18 @@ impl Handler<DbInsertMetrics> for DbActor {
         self.store()?
             .insert_metrics_within(&msg.sandbox, &msg.samples, ExitBudget::SAMPLE_WAIT)
             .map_err(|e| e.to_string())
+    }
+}
+
+impl Handler<DbInsertFlows> for DbActor {
+    type Result = Result<(), String>;
+
+    /// Flow records are written like samples: not once the run is ending,
+    /// and never waiting long for a busy database.
+    fn handle(&mut self, msg: DbInsertFlows, _: &mut Self::Context) -> Self::Result {
+        if !self.samples.is_open() {
+            return Ok(());
+        }
+        self.store()?.insert_flows_within(&msg.sandbox, &msg.rows, ExitBudget::SAMPLE_WAIT).map_err(|e| e.to_string())
     }
 }

@@ -7,8 +7,8 @@
 //! cause, its exit decides ([`RunEnd::decide`]): code 0 is Completed, any
 //! other code or a killing signal Failed.
 //!
-//! Finalisation runs once, in this order: close the relay (no new client,
-//! open sessions aborted), make the run's end final through the Db actor
+//! Finalisation runs once, in this order: close the relay (no new client;
+//! the guest's last frames routed, then open sessions aborted), make the run's end final through the Db actor
 //! ([`crate::run_end::finish`]: commit the run row and the sandbox status,
 //! then remove agent.sock unless the caller does, see [`SocketRemoval`]),
 //! publish the [`Outcome`], acknowledge the exit observer, stop the actor
@@ -17,10 +17,7 @@
 //! The run row is written before anything else is handled (`ctx.wait`), so
 //! a finalisation never races its creation.
 
-use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::metrics::Metrics;
-use crate::actors::relay::Relay;
-use crate::actors::vm::VmActor;
+use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
@@ -122,6 +119,28 @@ impl SharedState {
     }
 }
 
+/// The messages Lifecycle sends, and to whom (given at construction by
+/// [`crate::sandbox`]'s `run_actor_system`, the one place that knows the
+/// whole graph).
+pub struct LifecyclePeers {
+    /// Db: the run row.
+    pub start_run: Recipient<DbStartRun>,
+    /// Db: the sandbox status.
+    pub set_status: Recipient<DbSetStatus>,
+    /// Db: the run's end.
+    pub finish_run: Recipient<DbFinishRun>,
+    /// Relay: the host end of the agent channel.
+    pub attach_guest: Recipient<AttachGuest>,
+    /// Relay: clients may have their handshake.
+    pub open_to_clients: Recipient<OpenToClients>,
+    /// Relay: stop accepting, abort open sessions.
+    pub close_relay: Recipient<CloseRelay>,
+    /// Vm: end the guest.
+    pub stop_guest: Recipient<StopGuest>,
+    /// Vm and Metrics: the guest's control handle.
+    pub attach_control: Vec<Recipient<AttachControl>>,
+}
+
 /// Decides how the sandbox ends.
 pub struct Lifecycle {
     name: String,
@@ -130,10 +149,7 @@ pub struct Lifecycle {
     state: State,
     cause: Option<Terminate>,
     run: Option<RunId>,
-    db: Addr<DbActor>,
-    vm: Option<Addr<VmActor>>,
-    relay: Option<Addr<Relay>>,
-    metrics: Option<Addr<Metrics>>,
+    peers: LifecyclePeers,
     shared: Arc<SharedState>,
     samples: SampleGate,
     /// agent.sock, when Lifecycle removes it at the end.
@@ -142,13 +158,12 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// A lifecycle for sandbox `name`; the other actors are attached with
-    /// [`Wire`] once they exist.
+    /// A lifecycle for sandbox `name`, sending to `peers`.
     pub fn new(
         name: String,
         config_json: String,
         pid: u32,
-        db: Addr<DbActor>,
+        peers: LifecyclePeers,
         samples: SampleGate,
         shared: Arc<SharedState>,
     ) -> Lifecycle {
@@ -159,10 +174,7 @@ impl Lifecycle {
             state: State::Starting,
             cause: None,
             run: None,
-            db,
-            vm: None,
-            relay: None,
-            metrics: None,
+            peers,
             shared,
             samples,
             socket_after_end: None,
@@ -181,7 +193,7 @@ impl Lifecycle {
     /// Records the sandbox status, then runs `then`. A failed write is a
     /// cause to end the sandbox (InternalError).
     fn set_status(&self, status: SandboxStatus, ctx: &mut Context<Self>, then: impl FnOnce(&mut Self) + 'static) {
-        let db = self.db.clone();
+        let db = self.peers.set_status.clone();
         let msg = DbSetStatus { sandbox: self.name.clone(), status };
         ctx.spawn(async move { db.send(msg).await }.into_actor(self).map(|res, this, ctx: &mut Context<Self>| {
             if let Some(err) = flatten(res) {
@@ -205,17 +217,15 @@ impl Lifecycle {
         self.samples.close();
         let end = RunEnd::decide(self.cause.take(), exit.as_ref());
         tracing::info!(reason = %end.reason, exit_code = ?end.exit_code, exit_signal = ?end.exit_signal, detail = ?end.detail, "finalising");
-        let relay = self.relay.clone();
-        let db = self.db.clone();
+        let close_relay = self.peers.close_relay.clone();
+        let db = self.peers.finish_run.clone();
         let finish = DbFinishRun {
             run: self.run,
             end: end.clone(),
             cleanup: Cleanup { leftovers: None, socket: self.socket_after_end.clone() },
         };
         let fut = async move {
-            if let Some(relay) = &relay {
-                let _ = relay.send(CloseRelay).await;
-            }
+            let _ = close_relay.send(CloseRelay).await;
             crate::kill_point!("sandbox-during-finalisation");
             let cleanup = finish.cleanup.clone();
             match db.send(finish).await {
@@ -249,7 +259,7 @@ impl Actor for Lifecycle {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let db = self.db.clone();
+        let db = self.peers.start_run.clone();
         let msg = DbStartRun {
             sandbox: self.name.clone(),
             config_json: self.config_json.clone(),
@@ -272,41 +282,14 @@ impl Actor for Lifecycle {
     }
 }
 
-/// Start-up → Lifecycle: the addresses of the other actors.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Wire {
-    /// The Vm actor.
-    pub vm: Addr<VmActor>,
-    /// The Relay.
-    pub relay: Addr<Relay>,
-    /// The metrics sampler.
-    pub metrics: Addr<Metrics>,
-}
-
-impl Handler<Wire> for Lifecycle {
-    type Result = ();
-
-    fn handle(&mut self, msg: Wire, _: &mut Self::Context) {
-        self.vm = Some(msg.vm);
-        self.relay = Some(msg.relay);
-        self.metrics = Some(msg.metrics);
-    }
-}
-
 impl Handler<GuestLaunched> for Lifecycle {
     type Result = ();
 
     fn handle(&mut self, msg: GuestLaunched, _: &mut Self::Context) {
         self.shared.update(|i| i.control = Some(msg.control.clone()));
-        if let Some(relay) = &self.relay {
-            relay.do_send(AttachGuest { channel: msg.agent_channel });
-        }
-        if let Some(metrics) = &self.metrics {
-            metrics.do_send(AttachControl { control: msg.control.clone() });
-        }
-        if let Some(vm) = &self.vm {
-            vm.do_send(AttachControl { control: msg.control });
+        self.peers.attach_guest.do_send(AttachGuest { channel: msg.agent_channel });
+        for peer in &self.peers.attach_control {
+            peer.do_send(AttachControl { control: msg.control.clone() });
         }
     }
 }
@@ -337,9 +320,7 @@ impl Handler<AgentReady> for Lifecycle {
         crate::kill_point!("sandbox-before-running");
         // Clients and waiters learn of readiness once the record says Running.
         self.set_status(SandboxStatus::Running, ctx, |this| {
-            if let Some(relay) = &this.relay {
-                relay.do_send(OpenToClients);
-            }
+            this.peers.open_to_clients.do_send(OpenToClients);
             this.shared.update(|i| i.ready = true);
             crate::kill_point!("sandbox-after-ready");
         });
@@ -360,9 +341,7 @@ impl Handler<Terminate> for Lifecycle {
         self.state = State::Draining;
         self.set_status(SandboxStatus::Draining, ctx, |_| {});
         crate::kill_point!("sandbox-during-stop");
-        if let Some(vm) = &self.vm {
-            vm.do_send(StopGuest { graceful });
-        }
+        self.peers.stop_guest.do_send(StopGuest { graceful });
     }
 }
 

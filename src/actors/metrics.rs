@@ -15,7 +15,7 @@
 //! still unwritten when the run starts to end are dropped with the queue
 //! (see the Db actor): a sample is worth less than the run's final write.
 
-use crate::actors::db::DbActor;
+use crate::actors::network::AttachNetCounters;
 use crate::messages::{AttachControl, DbInsertMetrics};
 use crate::store::MetricSample;
 use actix::prelude::*;
@@ -71,11 +71,14 @@ impl Schedule {
 }
 
 /// Whether nothing worth a closer look happened between two samples: under
-/// 0.5 % of a CPU, memory within 1 MiB, under 64 KiB of disk I/O.
+/// 0.5 % of a CPU, memory within 1 MiB, under 64 KiB of disk and network I/O.
 fn is_quiet(prev: &MetricSample, next: &MetricSample) -> bool {
     let elapsed_us = (next.at_ms.saturating_sub(prev.at_ms).max(1) as u64) * 1000;
     let cpu = next.cpu_usec.saturating_sub(prev.cpu_usec);
-    let io = next.io_read_bytes.abs_diff(prev.io_read_bytes) + next.io_write_bytes.abs_diff(prev.io_write_bytes);
+    let io = next.io_read_bytes.abs_diff(prev.io_read_bytes)
+        + next.io_write_bytes.abs_diff(prev.io_write_bytes)
+        + next.net_rx_bytes.abs_diff(prev.net_rx_bytes)
+        + next.net_tx_bytes.abs_diff(prev.net_tx_bytes);
     cpu * 200 <= elapsed_us && next.memory_bytes.abs_diff(prev.memory_bytes) < 1 << 20 && io < 64 << 10
 }
 
@@ -83,27 +86,32 @@ fn is_quiet(prev: &MetricSample, next: &MetricSample) -> bool {
 pub struct Metrics {
     sandbox: String,
     interval: Duration,
-    db: Addr<DbActor>,
+    /// Db: the samples.
+    db: Recipient<DbInsertMetrics>,
     control: Option<Arc<dyn GuestControl>>,
+    /// The network engine's counters, when the sandbox has a link.
+    network: Option<Arc<alcove_net::Counters>>,
     schedule: Schedule,
 }
 
 impl Metrics {
     /// A sampler for `sandbox`.
-    pub fn new(sandbox: String, interval: Duration, db: Addr<DbActor>) -> Metrics {
-        Metrics { sandbox, interval, db, control: None, schedule: Schedule::new(interval) }
+    pub fn new(sandbox: String, interval: Duration, db: Recipient<DbInsertMetrics>) -> Metrics {
+        Metrics { sandbox, interval, db, control: None, network: None, schedule: Schedule::new(interval) }
     }
 
     fn sample(&self) -> MetricSample {
         let usage = self.control.as_ref().and_then(|c| c.usage()).unwrap_or_else(process_usage);
+        // The guest's view: it receives what the engine sends it.
+        let net = self.network.as_ref().map(|c| c.snapshot()).unwrap_or_default();
         MetricSample {
             at_ms: now_ms(),
             cpu_usec: usage.cpu_usec,
             memory_bytes: usage.memory_bytes,
             io_read_bytes: usage.io_read_bytes,
             io_write_bytes: usage.io_write_bytes,
-            net_rx_bytes: 0,
-            net_tx_bytes: 0,
+            net_rx_bytes: net.tx_bytes,
+            net_tx_bytes: net.rx_bytes,
         }
     }
 
@@ -146,6 +154,14 @@ impl Handler<AttachControl> for Metrics {
 
     fn handle(&mut self, msg: AttachControl, _: &mut Self::Context) {
         self.control = Some(msg.control);
+    }
+}
+
+impl Handler<AttachNetCounters> for Metrics {
+    type Result = ();
+
+    fn handle(&mut self, msg: AttachNetCounters, _: &mut Self::Context) {
+        self.network = Some(msg.0);
     }
 }
 

@@ -2,9 +2,9 @@
 //! what and which messages flow where.
 
 pub mod db;
-pub mod flow;
 pub mod lifecycle;
 pub mod metrics;
+pub mod network;
 pub mod peer_log;
 pub mod relay;
 pub mod vm;

@@ -7,7 +7,6 @@
 //! observed here: the backend's runner reports it to Lifecycle through the
 //! exit observer.
 
-use crate::actors::relay::Relay;
 use crate::config::Policy;
 use crate::messages::{AttachControl, SendShutdown, StopGuest};
 use actix::prelude::*;
@@ -17,7 +16,8 @@ use std::sync::Arc;
 /// Owns the guest's control handle.
 pub struct VmActor {
     policy: Policy,
-    relay: Addr<Relay>,
+    /// Relay: ask the agent to shut down.
+    send_shutdown: Recipient<SendShutdown>,
     control: Option<Arc<dyn GuestControl>>,
     /// A stop that arrived before the guest existed.
     pending: Option<StopGuest>,
@@ -26,8 +26,8 @@ pub struct VmActor {
 
 impl VmActor {
     /// A Vm actor that will get its control handle later.
-    pub fn new(policy: Policy, relay: Addr<Relay>) -> VmActor {
-        VmActor { policy, relay, control: None, pending: None, stopping: false }
+    pub fn new(policy: Policy, send_shutdown: Recipient<SendShutdown>) -> VmActor {
+        VmActor { policy, send_shutdown, control: None, pending: None, stopping: false }
     }
 
     fn force(&self) {
@@ -51,7 +51,7 @@ impl VmActor {
             return;
         }
         let drain = self.policy.drain_timeout;
-        let relay = self.relay.clone();
+        let relay = self.send_shutdown.clone();
         let grace = self.policy.shutdown_grace;
         ctx.spawn(async move { relay.send(SendShutdown { grace }).await.unwrap_or(false) }.into_actor(self).map(
             move |sent, this, ctx| {

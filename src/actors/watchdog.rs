@@ -22,8 +22,6 @@
 //! ending, and while sessions are open the next look is at most
 //! `idle_timeout` away — the soonest an idle timeout can follow their end.
 
-use crate::actors::lifecycle::Lifecycle;
-use crate::actors::relay::Relay;
 use crate::clock::Clock;
 use crate::config::Policy;
 use crate::messages::{Activity, GetActivity, Terminate};
@@ -37,17 +35,24 @@ pub struct Watchdog {
     policy: Policy,
     clock: Arc<dyn Clock>,
     started_at: Duration,
-    relay: Addr<Relay>,
-    lifecycle: Addr<Lifecycle>,
+    /// Relay: the activity snapshot.
+    activity: Recipient<GetActivity>,
+    /// Lifecycle: the cause, once a rule fires.
+    terminate: Recipient<Terminate>,
     fired: bool,
     looks: u64,
 }
 
 impl Watchdog {
     /// A watchdog whose start time is the clock's now.
-    pub fn new(policy: Policy, clock: Arc<dyn Clock>, relay: Addr<Relay>, lifecycle: Addr<Lifecycle>) -> Watchdog {
+    pub fn new(
+        policy: Policy,
+        clock: Arc<dyn Clock>,
+        activity: Recipient<GetActivity>,
+        terminate: Recipient<Terminate>,
+    ) -> Watchdog {
         let started_at = clock.now();
-        Watchdog { policy, clock, started_at, relay, lifecycle, fired: false, looks: 0 }
+        Watchdog { policy, clock, started_at, activity, terminate, fired: false, looks: 0 }
     }
 }
 
@@ -129,7 +134,7 @@ fn next_check(policy: &Policy, started_at: Duration, a: &Activity, now: Duration
 impl Watchdog {
     /// Looks at the activity, then fires or sleeps until the next look.
     fn look(&mut self, ctx: &mut Context<Self>) {
-        let relay = self.relay.clone();
+        let relay = self.activity.clone();
         let fut = async move { relay.send(GetActivity).await };
         ctx.spawn(fut.into_actor(self).map(|res, this, ctx| {
             // The relay is gone: the sandbox is ending, nothing to watch.
@@ -141,7 +146,7 @@ impl Watchdog {
             if let Some(cause) = rules_for(&this.policy, this.started_at, &activity, now) {
                 tracing::info!(reason = %cause.reason, detail = ?cause.detail, "watchdog fired");
                 this.fired = true;
-                this.lifecycle.do_send(cause);
+                this.terminate.do_send(cause);
                 ctx.stop();
                 return;
             }

@@ -51,6 +51,12 @@ pub enum Command {
     /// Manage root filesystems.
     #[command(subcommand)]
     Rootfs(RootfsCommand),
+    /// Inspect and change a sandbox's network.
+    #[command(subcommand)]
+    Net(super::net::NetCommand),
+    /// Published ports of a running sandbox.
+    #[command(subcommand)]
+    Port(super::net::PortCommand),
     /// The sandbox process itself (started by the other commands).
     #[command(hide = true)]
     Sandbox(SandboxArgs),
@@ -125,6 +131,9 @@ pub struct SandboxOpts {
     /// User for commands (name or uid, optionally `:group`).
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
+    /// Network options.
+    #[command(flatten)]
+    pub net: super::net::NetOpts,
 }
 
 /// `alcove run`.

@@ -78,6 +78,8 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
             return Err(CliError::msg(format!("--workdir {w:?} must be an absolute path")));
         }
     }
+    // Before the rootfs is resolved (or built): bad input costs nothing.
+    let network = super::net::settings(&opts.net, backend)?;
     let mut env = Vec::new();
     let mut rootfs = None;
     // The image's defaults, under the command line's options.
@@ -145,6 +147,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         db_path: None,
         parent_pid,
         auto_remove: false,
+        network,
     })
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Docker-like habits: `run`, `create`, `exec`, `stop`, `start`, `kill`,
 //! `rm`, `touch`, `ps`, `inspect`, `logs`, `metrics`, `cp`, `doctor`,
-//! `rootfs`. The CLI talks to sandboxes only through `alcove-client` and to
+//! `rootfs`, `net`, `port`. The CLI talks to sandboxes only through `alcove-client` (and a
+//! networked sandbox's live network control socket, `crate::net_control`) and to
 //! records only through `alcove-store`; it never reaches into actors.
 //!
 //! Invariants:
@@ -22,6 +23,7 @@ pub mod cp;
 pub mod error;
 pub mod launch;
 pub mod misc;
+pub mod net;
 pub mod output;
 pub mod pull;
 pub mod session;
@@ -93,6 +95,8 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Cp(a) => cp::cp(a).await,
         Command::Doctor(a) => misc::doctor(a),
         Command::Rootfs(c) => misc::rootfs(c),
+        Command::Net(c) => net::command(c),
+        Command::Port(c) => net::port(c),
         Command::Supervise(a) => commands::supervise(a).await,
         Command::Sandbox(_) => Err(CliError::msg("the sandbox process cannot run inside the CLI runtime")),
     }

@@ -68,6 +68,7 @@ pub fn ps(args: PsArgs) -> CliResult<i32> {
                     "created_at_ms": sb.created_at_ms,
                     "updated_at_ms": sb.updated_at_ms,
                     "last_run": last.as_ref().map(run_json),
+                    "network": cfg.get("network").cloned().unwrap_or(Value::Null),
                 })
             })
             .collect();
@@ -117,6 +118,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
             "status": sb.status,
             "created_at_ms": sb.created_at_ms,
             "updated_at_ms": sb.updated_at_ms,
+            "network": cfg.get("network").cloned().unwrap_or(Value::Null),
             "config": cfg,
             "auto_remove": meta.auto_remove,
             "rootfs": meta.rootfs,
@@ -173,6 +175,7 @@ pub fn inspect(args: InspectArgs) -> CliResult<i32> {
         })
         .unwrap_or_default();
     kv("Volumes", if mounts.is_empty() { "-".into() } else { mounts.join(", ") });
+    kv("Network", super::net::describe(cfg.get("network")));
     kv("Idle timeout", ms(policy.get("idle_timeout")));
     kv("Max duration", ms(policy.get("max_duration")));
     kv("Remove on stop", meta.auto_remove.to_string());

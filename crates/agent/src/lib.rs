@@ -12,6 +12,7 @@ pub mod cli;
 pub mod fsops;
 pub mod logging;
 pub mod mounts;
+pub mod names;
 pub mod oom;
 pub mod server;
 pub mod spawn;

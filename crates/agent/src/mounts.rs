@@ -445,6 +445,7 @@ mod tests {
             upper_tag: Some("upper".into()),
             mounts: vec![VmMount { tag: "data".into(), guest_path: "/data".into(), readonly: true }],
             volumes: vec![VmVolume { device_id: "vol1".into(), guest_path: "/var/lib/db".into(), readonly: false }],
+            name_files: vec![],
         };
         let st = Stage::new("/.alcove/stage");
         let plan = vm_root_plan(&boot, &st).expect("plan");
@@ -487,6 +488,7 @@ mod tests {
             upper_tag: None,
             mounts: vec![],
             volumes: vec![],
+            name_files: vec![],
         };
         let plan = vm_root_plan(&boot, &Stage::new("/s")).expect("plan");
         assert!(plan.contains(&mount("rootfs", "/s/lower", "virtiofs", flags::RDONLY, None)));
@@ -502,6 +504,7 @@ mod tests {
             upper_tag: None,
             mounts: vec![VmMount { tag: "x".into(), guest_path: "/a/../../etc".into(), readonly: false }],
             volumes: vec![],
+            name_files: vec![],
         };
         assert!(matches!(vm_root_plan(&boot, &Stage::new("/s")), Err(MountError::BadGuestPath(_))));
         assert_eq!(under("/s/root", "/"), "/s/root");

@@ -79,6 +79,11 @@ pub fn assemble_root(boot: &VmBoot) -> Result<(), MountError> {
     let stage = Stage::new(STAGE_DIR);
     let plan = mounts::vm_root_plan(boot, &stage)?;
     mounts::run_all(&plan)?;
+    // Best effort: a guest without its name files still runs.
+    let (upper, keep) = (Path::new(&stage.rw).join("upper"), Path::new(&stage.rw).join(".alcove-names"));
+    if let Err(e) = crate::names::install(&boot.name_files, Path::new(&stage.root), &upper, &keep) {
+        log!("warning: cannot write the name files: {e}");
+    }
     mounts::pivot_into(&stage.root)
 }
 

@@ -348,6 +348,40 @@ fn an_upload_ended_by_the_host_leaves_no_file() {
     assert_eq!(write_file(&mut a, &dest.display().to_string(), 0o600, b"whole"), Ok(FsReply::Done { bytes: 5 }));
 }
 
+/// Found by fuzzing (`crates/fuzz`, target `agent`; RELIABILITY.md,
+/// "Fuzzing"): a file session still open when a shutdown's grace ended got
+/// no terminal frame; the agent waited out its final drain for it and
+/// exited with the half-written upload's temporary file left behind. Fails
+/// on e5d225b (no terminal frame: the channel closes first).
+#[test]
+fn an_upload_open_at_shutdown_ends_with_an_error_and_leaves_no_file() {
+    let mut a = Agent::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let dest = dir.path().join("upload.bin");
+    let id = a.new_id();
+    let req = FsRequest::Write { path: dest.display().to_string(), mode: 0o644 };
+    a.send(id, Flags::SESSION_START, &Message::FsRequest(req));
+    a.send(id, Flags::NONE, &Message::FsData { data: vec![1; 4096] });
+    a.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: 0 });
+    let end = loop {
+        let (f, m) = a.recv_msg(id);
+        match m {
+            Message::Credit { .. } => {}
+            Message::FsResponse(r) => {
+                assert!(f.flags.contains(Flags::TERMINAL));
+                break r;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(end.is_err(), "{end:?}");
+    let st = a.wait_exit(TIMEOUT).expect("agent exits");
+    assert_eq!(st.code(), Some(0));
+    assert!(!dest.exists(), "a cut-short upload was completed");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).expect("list").collect();
+    assert!(left.is_empty(), "temporary files left: {left:?}");
+}
+
 #[test]
 fn file_operations_round_trip_a_20_mib_file() {
     let mut a = Agent::start();

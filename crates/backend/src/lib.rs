@@ -19,9 +19,10 @@
 pub mod console;
 pub mod guest_log;
 pub mod mock;
+pub mod names;
 mod spec;
 
-pub use spec::{GuestSpec, MountSpec};
+pub use spec::{GuestNetwork, GuestSpec, MountSpec};
 
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
@@ -90,6 +91,22 @@ pub struct Launched {
     pub runner: Box<dyn GuestRunner>,
     /// Ends the guest and reads its usage; shared with the Vm actor.
     pub control: Arc<dyn GuestControl>,
+    /// The host end of the guest's network link when the spec asked for
+    /// one: a TAP device's descriptor (a jail). `None` otherwise.
+    pub network_device: Option<NetworkDevice>,
+}
+
+/// The host end of a guest's network link.
+#[derive(Debug)]
+pub enum NetworkDevice {
+    /// A TAP device (`IFF_TAP | IFF_NO_PI`, non-blocking) created inside
+    /// the guest's network namespace, and its name there.
+    Tap {
+        /// The device's descriptor.
+        fd: std::os::fd::OwnedFd,
+        /// The interface's name inside the guest.
+        name: String,
+    },
 }
 
 /// Runs a guest to its end.

@@ -122,21 +122,34 @@ pub enum MockEvent {
 
 /// Shared, append-only record of [`MockEvent`]s.
 #[derive(Clone, Debug, Default)]
-pub struct MockLog(Arc<Mutex<Vec<MockEvent>>>);
+pub struct MockLog(Arc<(Mutex<Vec<MockEvent>>, Condvar)>);
 
 impl MockLog {
     fn push(&self, e: MockEvent) {
-        lock(&self.0).push(e);
+        lock(&self.0 .0).push(e);
+        self.0 .1.notify_all();
     }
 
     /// A copy of every event so far.
     pub fn events(&self) -> Vec<MockEvent> {
-        lock(&self.0).clone()
+        lock(&self.0 .0).clone()
     }
 
     /// Whether `e` happened.
     pub fn contains(&self, e: &MockEvent) -> bool {
-        lock(&self.0).contains(e)
+        lock(&self.0 .0).contains(e)
+    }
+
+    /// Waits until `e` has happened (woken by each new event, no polling);
+    /// false if `timeout` passed first.
+    pub fn wait_for(&self, e: &MockEvent, timeout: std::time::Duration) -> bool {
+        let events = lock(&self.0 .0);
+        let (events, _) = self
+            .0
+             .1
+            .wait_timeout_while(events, timeout, |events| !events.contains(e))
+            .unwrap_or_else(|p| p.into_inner());
+        events.contains(e)
     }
 }
 
@@ -215,6 +228,7 @@ impl VmBackend for MockBackend {
             agent_channel: host,
             runner: Box::new(MockRunner { exit_rx, log: self.log.clone() }),
             control: Arc::new(MockControl { exit_tx: Mutex::new(exit_tx), guest, log: self.log }),
+            network_device: None,
         })
     }
 }
@@ -642,6 +656,19 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), BackendErr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waiting_for_an_event_wakes_when_it_is_logged() {
+        let log = MockLog::default();
+        assert!(!log.wait_for(&MockEvent::Aborted { id: 1 }, std::time::Duration::ZERO));
+        let writer = log.clone();
+        let t = std::thread::spawn(move || {
+            writer.push(MockEvent::Aborted { id: 2 });
+            writer.push(MockEvent::Aborted { id: 1 });
+        });
+        assert!(log.wait_for(&MockEvent::Aborted { id: 1 }, std::time::Duration::from_secs(60)));
+        t.join().expect("the writer");
+    }
 
     fn launch(script: MockScript) -> (Launched, MockLog) {
         let backend = MockBackend::new(script);

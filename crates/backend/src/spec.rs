@@ -1,6 +1,7 @@
 //! What a backend is asked to run.
 
 use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 /// Everything a backend needs to create one guest. Backend-specific
@@ -50,6 +51,37 @@ pub struct GuestSpec {
     /// Set by the sandbox process from its policy, never by a user config.
     #[serde(skip)]
     pub heartbeat: Option<std::time::Duration>,
+    /// The guest's network link (`--net`); `None`: loopback only.
+    pub network: Option<GuestNetwork>,
+}
+
+/// The guest's side of its network link: what `eth0` is configured with
+/// before any command runs, and what `/etc/hosts` and `/etc/resolv.conf`
+/// name. The host side (the engine) owns the other end of the link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestNetwork {
+    /// The interface's name in the guest.
+    pub interface: String,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+    /// The link MTU.
+    pub mtu: u32,
+    /// The guest's IPv4 address and prefix length.
+    pub address_v4: Ipv4Addr,
+    /// Prefix length of [`GuestNetwork::address_v4`].
+    pub prefix_v4: u8,
+    /// The default IPv4 gateway; also the resolver.
+    pub gateway_v4: Ipv4Addr,
+    /// The guest's IPv6 address (`None`: IPv4 only).
+    pub address_v6: Option<Ipv6Addr>,
+    /// Prefix length of [`GuestNetwork::address_v6`].
+    pub prefix_v6: u8,
+    /// The default IPv6 gateway.
+    pub gateway_v6: Option<Ipv6Addr>,
+    /// The address `host.alcove.internal` resolves to (the host's loopback
+    /// through the engine).
+    pub host_alias_v4: Ipv4Addr,
 }
 
 /// A host path made visible in the guest.

@@ -17,7 +17,7 @@ use crate::mounts::{self, MountError, OverlaySpec, UpperDirs};
 use crate::validate::{cstring, overlay_safe, parents, pipe, Checked};
 use crate::{disk, idmap, is_root, policy, Isolation, JailOptions, Shared};
 use alcove_backend::guest_log::{log_pipe, GUEST_LOG_LIMITS};
-use alcove_backend::{BackendError, GuestSpec};
+use alcove_backend::{BackendError, GuestNetwork, GuestSpec, NetworkDevice};
 use alcove_protocol::agent_config::{AgentConfig, AgentMode};
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -32,8 +32,8 @@ use std::sync::Mutex;
 
 /// How a launch ended.
 pub(crate) enum Started {
-    /// Running.
-    Ok(UnixStream, Shared),
+    /// Running (with the host end of its network link, if asked for).
+    Ok(UnixStream, Shared, Option<NetworkDevice>),
     /// The private uid range could not be used here; why.
     Idmap(String),
     /// Any other failure.
@@ -195,6 +195,7 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
             target: tri!(cstring("mount guest path", v.guest.as_bytes())),
             mkdirs,
             is_dir: v.is_dir,
+            optional: v.optional,
         });
     }
     let source = if host_mounts { MountSource::Host } else { tri!(child_mount_source(spec, checked, &upper, &work)) };
@@ -312,6 +313,13 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
 
     or_abort!(write_id_maps(pid, isolation));
+    // The guest's eth0, created and configured by the host inside the
+    // jail's network namespace before the child may run: no guest process
+    // ever needs CAP_NET_ADMIN for it.
+    let network_device = match &spec.network {
+        Some(link) => Some(or_abort!(network_link(pid, link))),
+        None => None,
+    };
     // Detached mounts whose last close would wait out an RCU grace period
     // (see `mounts`): kept until the jail's clean-up.
     let mut held: Vec<OwnedFd> = Vec::new();
@@ -395,7 +403,26 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
             held_mounts: Mutex::new(held),
             done: AtomicBool::new(false),
         },
+        network_device,
     )
+}
+
+/// Creates the jail's TAP inside its network namespace and configures it
+/// there (address, prefix, MAC, default route, MTU).
+fn network_link(pid: libc::pid_t, link: &GuestNetwork) -> Result<NetworkDevice, BackendError> {
+    let config = alcove_net::device::LinkConfig {
+        name: link.interface.clone(),
+        mtu: link.mtu,
+        mac: link.mac,
+        address_v4: link.address_v4,
+        prefix_v4: link.prefix_v4,
+        gateway_v4: link.gateway_v4,
+    };
+    let netns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let tap = alcove_net::device::TapDevice::create_configured_in_netns(&netns, &config)
+        .map_err(|e| BackendError::io(format!("creating the jail's {}", link.interface), e))?;
+    let (fd, name) = tap.into_parts();
+    Ok(NetworkDevice::Tap { fd, name })
 }
 
 /// Creates `dir` and any missing parent, 0700 whatever the umask.

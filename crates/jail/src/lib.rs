@@ -111,6 +111,7 @@ pub mod idmap;
 mod launch;
 pub mod limits;
 pub mod mounts;
+pub mod names;
 pub mod policy;
 mod sys;
 mod validate;
@@ -304,6 +305,8 @@ pub struct Jail {
     pub runner: JailRunner,
     /// Ends the jail, reads usage.
     pub control: Arc<JailControl>,
+    /// The host end of the jail's `eth0` when the spec asked for a network.
+    pub network_device: Option<alcove_backend::NetworkDevice>,
 }
 
 impl VmBackend for JailBackend {
@@ -313,7 +316,12 @@ impl VmBackend for JailBackend {
 
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError> {
         let jail = self.spawn(spec)?;
-        Ok(Launched { agent_channel: jail.agent_channel, runner: Box::new(jail.runner), control: jail.control })
+        Ok(Launched {
+            agent_channel: jail.agent_channel,
+            runner: Box::new(jail.runner),
+            control: jail.control,
+            network_device: jail.network_device,
+        })
     }
 
     /// The cgroups of a jail whose sandbox process died, under its
@@ -328,7 +336,9 @@ impl JailBackend {
     /// Validates `spec` and starts the jail (what `launch` does).
     pub fn spawn(&self, spec: &GuestSpec) -> Result<Jail, BackendError> {
         JailBackend::check_host(&self.options)?;
-        let checked = validate::validate(spec)?;
+        let mut checked = validate::validate(spec)?;
+        let name_files = names::prepare(spec, &checked.volumes)?;
+        checked.volumes.extend(name_files);
         let isolation = launch::decide(&self.options, spec)?;
         let started = match launch::start(&self.options, spec, &checked, &isolation) {
             launch::Started::Idmap(reason) => {
@@ -337,8 +347,8 @@ impl JailBackend {
             }
             other => other,
         };
-        let (agent_channel, shared) = match started {
-            launch::Started::Ok(channel, shared) => (channel, Arc::new(shared)),
+        let (agent_channel, shared, network_device) = match started {
+            launch::Started::Ok(channel, shared, network_device) => (channel, Arc::new(shared), network_device),
             launch::Started::Idmap(reason) => return Err(BackendError::Setup(reason)),
             launch::Started::Err(e) => return Err(e),
         };
@@ -346,6 +356,7 @@ impl JailBackend {
             agent_channel,
             runner: JailRunner { shared: shared.clone(), ran: false },
             control: Arc::new(JailControl { shared }),
+            network_device,
         })
     }
 }

@@ -27,6 +27,9 @@ pub(crate) struct Volume {
     pub guest: String,
     pub is_dir: bool,
     pub readonly: bool,
+    /// Skipped, not a failure, when its mount point cannot be made (alcove's
+    /// own name files in a rootless jail whose /etc the caller cannot write).
+    pub optional: bool,
 }
 
 /// A spec that passed validation, with paths resolved.
@@ -117,7 +120,13 @@ pub(crate) fn validate(spec: &GuestSpec) -> Result<Checked, BackendError> {
             .map_err(|e| invalid(format!("mount host path {} is not usable: {e}", m.host.display())))?;
         let host =
             fs::canonicalize(&m.host).map_err(|e| invalid(format!("mount host path {}: {e}", m.host.display())))?;
-        volumes.push(Volume { host, guest: norm.to_string(), is_dir: meta.is_dir(), readonly: m.readonly });
+        volumes.push(Volume {
+            host,
+            guest: norm.to_string(),
+            is_dir: meta.is_dir(),
+            readonly: m.readonly,
+            optional: false,
+        });
     }
 
     if volumes.len() > MAX_VOLUMES {

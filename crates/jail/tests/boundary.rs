@@ -36,7 +36,7 @@ fn run_with(user_namespace: UserNamespace, spec: &GuestSpec, script: &str) -> (G
         let _ = channel.read_to_string(&mut out);
         out
     });
-    let Jail { agent_channel, runner, control } = jail;
+    let Jail { agent_channel, runner, control, .. } = jail;
     drop(agent_channel);
     let isolation = control.isolation().clone();
     let exit = runner.wait();

@@ -22,7 +22,7 @@ fn a_flooding_guest_cannot_grow_the_guest_log_beyond_its_bound() {
         init_argv: Some(vec!["sh".into(), "-c".into(), script]),
         ..JailOptions::default()
     });
-    let Jail { agent_channel, runner, control: _control } = backend.spawn(&spec).expect("jail starts");
+    let Jail { agent_channel, runner, control: _control, .. } = backend.spawn(&spec).expect("jail starts");
     drop(agent_channel);
     let exit = runner.wait();
     assert_eq!(exit.code, Some(0), "{exit:?}");

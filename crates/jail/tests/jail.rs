@@ -38,7 +38,7 @@ fn collect(jail: &Jail) -> std::thread::JoinHandle<String> {
 fn run(spec: &GuestSpec, script: &str) -> (GuestExit, String) {
     let jail = backend(script).spawn(spec).expect("jail starts");
     let reader = collect(&jail);
-    let Jail { agent_channel, runner, control: _control } = jail;
+    let Jail { agent_channel, runner, control: _control, .. } = jail;
     drop(agent_channel);
     let exit = runner.wait();
     (exit, reader.join().expect("reader"))
@@ -536,7 +536,7 @@ fn user_namespace_mode_runs_the_same_jail() {
     });
     let jail = backend.spawn(&spec).expect("starts in a user namespace");
     let reader = collect(&jail);
-    let Jail { agent_channel, runner, control: _c } = jail;
+    let Jail { agent_channel, runner, control: _c, .. } = jail;
     drop(agent_channel);
     let exit = runner.wait();
     let out = reader.join().expect("reader");
@@ -621,7 +621,7 @@ fn rootless_child() {
     "#;
     let jail = backend(script).spawn(&spec).expect("an unprivileged jail starts");
     let reader = collect(&jail);
-    let Jail { agent_channel, runner, control } = jail;
+    let Jail { agent_channel, runner, control, .. } = jail;
     drop(agent_channel);
     assert!(control.cgroup_paths().is_empty(), "no cgroup is expected without privileges");
     let exit = runner.wait();

@@ -168,7 +168,12 @@ impl VmBackend for KrunBackend {
         let vm = builder.build().map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
         let _ = state.guest_code.set(vm.exit_code());
         let control = Arc::new(KrunControl { exit: vm.exit_handle(), state: Arc::clone(&state) });
-        Ok(Launched { agent_channel: host_end, runner: Box::new(KrunRunner { vm, state, _console: console }), control })
+        Ok(Launched {
+            agent_channel: host_end,
+            runner: Box::new(KrunRunner { vm, state, _console: console }),
+            control,
+            network_device: None,
+        })
     }
 }
 

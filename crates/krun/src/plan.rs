@@ -28,7 +28,7 @@
 
 use crate::config::{DiskFormat, KrunConfig, KrunRoot, KrunVolume};
 use alcove_backend::{BackendError, GuestSpec};
-use alcove_protocol::agent_config::{AgentConfig, AgentMode, VmBoot, VmMount, VmRoot, VmVolume};
+use alcove_protocol::agent_config::{AgentConfig, AgentMode, NameFile, VmBoot, VmMount, VmRoot, VmVolume};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -267,7 +267,16 @@ pub fn plan_with_krunfw(
         env: spec.env.clone(),
         workdir: spec.workdir.clone(),
         user: spec.user.clone(),
-        vm: Some(VmBoot { root, upper_tag: Some(UPPER_TAG.into()), mounts, volumes }),
+        vm: Some(VmBoot {
+            root,
+            upper_tag: Some(UPPER_TAG.into()),
+            mounts,
+            volumes,
+            name_files: alcove_backend::names::render(spec)
+                .into_iter()
+                .map(|(path, content)| NameFile { path: path.into(), content })
+                .collect(),
+        }),
         heartbeat_ms: spec.heartbeat.map(|d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
     };
     Ok(VmPlan {

@@ -146,6 +146,7 @@ impl Fixture {
             shm_mib: None,
             tmp_mib: None,
             disk_mib: None,
+            network: None,
             heartbeat: Some(std::time::Duration::from_millis(2500)),
         }
     }
@@ -264,10 +265,18 @@ fn every_field_reaches_the_builder() {
                     VmVolume { device_id: "data".into(), guest_path: "/data".into(), readonly: false },
                     VmVolume { device_id: "cache_1".into(), guest_path: "/cache".into(), readonly: true },
                 ],
+                // The same name files a jail gets.
+                name_files: alcove_backend::names::render(&spec)
+                    .into_iter()
+                    .map(|(path, content)| alcove_protocol::agent_config::NameFile { path: path.into(), content })
+                    .collect(),
             }),
             heartbeat_ms: Some(2500),
         }
     );
+    let names = &plan.agent_config.vm.as_ref().expect("vm").name_files;
+    let hosts = names.iter().find(|f| f.path == "/etc/hosts").expect("an /etc/hosts");
+    assert!(hosts.content.contains("127.0.0.1\tlocalhost") && hosts.content.contains("box1"), "{hosts:?}");
 }
 
 /// Every share reaches the builder as a [`ShareFs`] serving the right

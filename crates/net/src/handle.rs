@@ -134,6 +134,12 @@ impl Network {
         self.counters.snapshot()
     }
 
+    /// The live counters themselves, for an owner that samples them on its
+    /// own schedule (the sandbox's Metrics actor).
+    pub fn shared_counters(&self) -> Arc<Counters> {
+        self.counters.clone()
+    }
+
     /// Stops the engine (every connection is reset) and waits for it.
     pub fn stop(mut self) {
         self.stop_and_join();

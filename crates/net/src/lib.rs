@@ -59,6 +59,6 @@ pub mod ports;
 mod wire;
 
 pub use config::{AddressPlan, Limits, NetConfig, HOST_NAME};
-pub use flows::{CloseReason, CounterSnapshot, Direction, FlowRecord, NetEvent};
+pub use flows::{CloseReason, CounterSnapshot, Counters, Direction, FlowRecord, NetEvent};
 pub use handle::{NetError, Network};
 pub use ports::{BoundPort, PortMapping, PortProto};

@@ -23,7 +23,10 @@ struct Netns {
 
 impl Netns {
     fn new() -> Netns {
-        let name = format!("alcove-net-{}", std::process::id());
+        // Tests run in parallel: one namespace each.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("alcove-net-{}-{n}", std::process::id());
         run("ip", &["netns", "add", &name]);
         std::fs::create_dir_all(format!("/etc/netns/{name}")).unwrap();
         std::fs::write(format!("/etc/netns/{name}/resolv.conf"), "nameserver 10.0.2.1\n").unwrap();
@@ -133,4 +136,34 @@ fn busybox_in_a_namespace_uses_the_engine() {
     let NetEvent::Denied(record) = denied else { unreachable!() };
     assert_eq!(record.guest.ip(), std::net::IpAddr::from([10, 0, 2, 15]));
     net.stop();
+}
+
+/// The guest's link made ready from the host: address, prefix, MAC and
+/// default route set inside the namespace without any process in it.
+#[test]
+fn a_configured_tap_has_its_address_and_default_route() {
+    let ns = Netns::new();
+    let link = alcove_net::device::LinkConfig {
+        name: "eth0".into(),
+        mtu: 1400,
+        mac: [0x02, 0x61, 0x6c, 0x63, 0x00, 0x02],
+        address_v4: "10.0.2.15".parse().unwrap(),
+        prefix_v4: 24,
+        gateway_v4: "10.0.2.1".parse().unwrap(),
+    };
+    let tap = TapDevice::create_configured_in_netns(Path::new(&format!("/run/netns/{}", ns.name)), &link).unwrap();
+    let show = |args: &[&str]| {
+        let out = Command::new("ip").args(["-n", &ns.name]).args(args).output().unwrap();
+        assert!(out.status.success(), "ip {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let addr = show(&["-4", "addr", "show", "dev", "eth0"]);
+    assert!(addr.contains("inet 10.0.2.15/24"), "{addr}");
+    let link_line = show(&["link", "show", "dev", "eth0"]);
+    assert!(link_line.contains("mtu 1400") && link_line.contains("02:61:6c:63:00:02"), "{link_line}");
+    let routes = show(&["-4", "route"]);
+    assert!(routes.contains("default via 10.0.2.1 dev eth0"), "{routes}");
+    let (fd, name) = tap.into_parts();
+    assert_eq!(name, "eth0");
+    drop(TapDevice::from_fd(fd, name));
 }

@@ -56,6 +56,19 @@ pub struct VmBoot {
     pub mounts: Vec<VmMount>,
     /// Extra disk-image volumes.
     pub volumes: Vec<VmVolume>,
+    /// `/etc/hosts`, `/etc/hostname`, `/etc/resolv.conf` to write into the
+    /// root's writable layer unless the guest has edited its own copy.
+    #[serde(default)]
+    pub name_files: Vec<NameFile>,
+}
+
+/// A file the agent puts in the guest's root at boot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameFile {
+    /// Absolute guest path (under `/etc`).
+    pub path: String,
+    /// The content.
+    pub content: String,
 }
 
 /// The lower layer of a VM's root.

@@ -27,7 +27,9 @@
 //! - run ids are never reused, even after their sandbox is deleted;
 //! - at most [`StoreOptions::metric_retention`] metric rows are kept per
 //!   sandbox (the newest ones);
-//! - deleting a sandbox deletes its runs and metrics.
+//! - at most [`StoreOptions::flow_retention`] network flow rows are kept
+//!   per sandbox (the newest ones);
+//! - deleting a sandbox deletes its runs, metrics and flows.
 #![warn(missing_docs)]
 
 mod error;
@@ -41,4 +43,4 @@ pub use model::{
     TerminationReason,
 };
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
-pub use store::{Store, StoreOptions};
+pub use store::{FlowRow, Store, StoreOptions};

@@ -51,7 +51,7 @@ pub const APPLICATION_ID: i32 = 0x414C_4356;
 
 /// Migration steps: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// Append new steps; never edit a released one.
-const MIGRATIONS: &[&str] = &[V1, V2];
+const MIGRATIONS: &[&str] = &[V1, V2, V3];
 
 /// The newest schema version this build knows (and creates).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -108,6 +108,28 @@ ALTER TABLE run ADD COLUMN pid_start_ticks INTEGER CHECK (pid_start_ticks IS NUL
 "#;
 
 /// What [`inspect`] found in a file SQLite could read.
+/// Network flow records (issue 15), bounded per sandbox like metrics.
+const V3: &str = r#"
+CREATE TABLE network_flow (
+    id               INTEGER PRIMARY KEY,
+    sandbox_id       INTEGER NOT NULL REFERENCES sandbox(id) ON DELETE CASCADE,
+    started_at_ms    INTEGER NOT NULL,
+    duration_ms      INTEGER NOT NULL CHECK (duration_ms >= 0),
+    protocol         TEXT    NOT NULL CHECK (protocol IN ('tcp', 'udp', 'icmp')),
+    direction        TEXT    NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+    guest            TEXT    NOT NULL,
+    remote           TEXT    NOT NULL,
+    name             TEXT,
+    allowed          INTEGER NOT NULL CHECK (allowed IN (0, 1)),
+    decided_by       TEXT    NOT NULL,
+    bytes_from_guest INTEGER NOT NULL CHECK (bytes_from_guest >= 0),
+    bytes_to_guest   INTEGER NOT NULL CHECK (bytes_to_guest >= 0),
+    close            TEXT    NOT NULL
+) STRICT;
+
+CREATE INDEX network_flow_newest ON network_flow(sandbox_id, id DESC);
+"#;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Identity {
     /// No schema yet: ours to initialise.
@@ -173,7 +195,16 @@ mod tests {
         names.sort();
         assert_eq!(
             names,
-            ["run", "run_by_sandbox", "run_running", "sandbox", "sandbox_metric", "sandbox_metric_newest"]
+            [
+                "network_flow",
+                "network_flow_newest",
+                "run",
+                "run_by_sandbox",
+                "run_running",
+                "sandbox",
+                "sandbox_metric",
+                "sandbox_metric_newest"
+            ]
         );
         // Migrating an up-to-date database is a no-op.
         migrate(&conn, SCHEMA_VERSION).expect("no-op migrate");

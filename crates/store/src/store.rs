@@ -22,6 +22,9 @@ use crate::model::{
 use crate::schema::{self, Identity, SCHEMA_VERSION};
 use crate::StoreError;
 
+mod flows;
+pub use flows::FlowRow;
+
 /// Tuning of a [`Store`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -31,6 +34,8 @@ pub struct StoreOptions {
     pub retry_budget: Duration,
     /// Metric rows kept per sandbox (the newest ones). 0 keeps none.
     pub metric_retention: usize,
+    /// Network flow rows kept per sandbox (the newest ones). 0 keeps none.
+    pub flow_retention: usize,
 }
 
 impl Default for StoreOptions {
@@ -39,6 +44,7 @@ impl Default for StoreOptions {
             busy_timeout: Duration::from_secs(5),
             retry_budget: Duration::from_secs(10),
             metric_retention: 3600,
+            flow_retention: 10_000,
         }
     }
 }

@@ -73,7 +73,8 @@ fn a_version_1_database_gains_start_ticks_and_keeps_its_runs() {
     drop(store);
     // Back to schema v1, as an older alcove left it.
     let raw = Connection::open(&path).expect("raw open");
-    raw.execute_batch("ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;").expect("downgrade");
+    raw.execute_batch("DROP TABLE network_flow; ALTER TABLE run DROP COLUMN pid_start_ticks; PRAGMA user_version = 1;")
+        .expect("downgrade");
     drop(raw);
     let store = Store::open(&path).expect("migrates");
     let old = store.latest_run("old").expect("read").expect("kept");
@@ -81,6 +82,8 @@ fn a_version_1_database_gains_start_ticks_and_keeps_its_runs() {
     let new = store.start_run_of("old", 78, Some(123_456)).expect("run");
     let again = store.latest_run("old").expect("read").expect("new run");
     assert_eq!((again.id, again.pid_start_ticks), (new, Some(123_456)));
+    // ... and the network_flow table of version 3.
+    assert!(store.flows("old", false, 10).expect("flows table").is_empty());
 }
 
 #[test]
@@ -469,6 +472,7 @@ fn writer_waits_for_a_lock_released_within_the_budget() {
         busy_timeout: Duration::from_millis(20),
         retry_budget: Duration::from_secs(10),
         metric_retention: 10,
+        flow_retention: 10,
     };
     let store = Store::open_with(&path, opts).expect("open");
     let holder = hold_exclusive_lock(&path, Duration::from_millis(300));
@@ -489,6 +493,7 @@ fn writer_gives_up_with_busy_when_the_lock_outlives_the_budget() {
         busy_timeout: Duration::from_secs(5),
         retry_budget: Duration::from_millis(150),
         metric_retention: 10,
+        flow_retention: 10,
     };
     let store = Store::open_with(&path, opts).expect("open");
     let holder = hold_exclusive_lock(&path, Duration::from_millis(1200));

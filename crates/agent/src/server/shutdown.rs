@@ -13,6 +13,8 @@
 //! - A shutdown begins once; later requests (another grace) change nothing.
 //! - Once shutting down, no new session starts (exec and file requests are
 //!   refused with an error).
+//! - When the grace ends, file sessions still open end with a terminal
+//!   error (an upload cut short is discarded), as commands get SIGKILL.
 
 use super::session::Kind;
 use super::Server;
@@ -101,6 +103,24 @@ impl Server {
                 log!("grace over; killing what is left");
                 self.kill_everything(libc::SIGKILL);
             }
+            self.abort_file_sessions();
+        }
+    }
+
+    /// Ends every file session with a terminal error when the grace is
+    /// over, as commands get SIGKILL then: an upload cut short is
+    /// discarded, and no session is left for the final drain to wait on.
+    fn abort_file_sessions(&mut self) {
+        let open: Vec<u32> = self
+            .sessions
+            .ids()
+            .into_iter()
+            .filter(|id| {
+                self.sessions.get(id).is_some_and(|s| matches!(s.kind, Kind::Read(_) | Kind::Write(_) | Kind::Pending))
+            })
+            .collect();
+        for id in open {
+            self.abort_session(id, "the sandbox is shutting down");
         }
     }
 

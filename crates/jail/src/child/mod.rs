@@ -48,6 +48,8 @@ pub(crate) struct VolumePlan {
     pub mkdirs: Vec<CString>,
     /// The source is a directory (else a file: an empty file is the mount point).
     pub is_dir: bool,
+    /// When the mount point cannot be made, skip the volume instead of failing.
+    pub optional: bool,
 }
 
 /// The jail's own memory cgroup, shown read-only where the agent looks for
@@ -571,17 +573,26 @@ pub(crate) unsafe fn child_main(plan: &mut ChildPlan) -> ! {
     // symlinks in them) resolve inside the jail only.
     for i in 0..plan.volumes.len() {
         let v = &plan.volumes[i];
+        let fd = plan.mounts[MOUNT_FIRST_VOLUME + i];
+        let mut target_error = 0;
         for dir in v.mkdirs.iter() {
             if libc::mkdir(dir.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
-                fail(err, Step::VolumeTarget, i as u32, errno());
+                target_error = errno();
+                break;
             }
         }
-        if !v.is_dir {
+        if target_error == 0 && !v.is_dir {
             if let Err(e) = ensure_file(&v.target, 0o644) {
-                fail(err, Step::VolumeTarget, i as u32, e);
+                target_error = e;
             }
         }
-        let fd = plan.mounts[MOUNT_FIRST_VOLUME + i];
+        if target_error != 0 {
+            if v.optional {
+                libc::close(fd);
+                continue;
+            }
+            fail(err, Step::VolumeTarget, i as u32, target_error);
+        }
         check!(err, Step::VolumeMount, i, move_mount(fd, &v.target));
         libc::close(fd);
     }

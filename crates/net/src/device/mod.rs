@@ -9,12 +9,14 @@
 //! - A frame longer than the buffer given to `recv_frame` is truncated by
 //!   the kernel and then dropped by the parser; it never overruns anything.
 
+mod link;
 mod pair;
 mod tap;
 
 #[cfg(feature = "krun")]
 pub mod krun;
 
+pub use link::{configure_here, LinkConfig};
 pub use pair::{frame_pair, PairDevice};
 pub use tap::TapDevice;
 

@@ -82,6 +82,39 @@ impl TapDevice {
         })
     }
 
+    /// [`TapDevice::create_in_netns`], then the guest's address, prefix
+    /// and default route ([`super::link::configure_here`]) from the same
+    /// helper thread: the link is ready before any guest process runs, and
+    /// no guest process needs `CAP_NET_ADMIN` for it.
+    pub fn create_configured_in_netns(netns: &Path, link: &super::LinkConfig) -> io::Result<TapDevice> {
+        let ns = File::open(netns)?;
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    // SAFETY: setns on this helper thread only; `ns` is an open namespace file.
+                    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    let tap = Self::create_here(&link.name, link.mtu)?;
+                    super::link::configure_here(link)?;
+                    Ok(tap)
+                })
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("TAP helper thread panicked")))
+        })
+    }
+
+    /// Wraps a TAP descriptor made elsewhere (by a backend, handed over
+    /// with the guest). It must be non-blocking and `IFF_NO_PI`.
+    pub fn from_fd(fd: OwnedFd, name: impl Into<String>) -> TapDevice {
+        TapDevice { fd, name: name.into() }
+    }
+
+    /// The descriptor and the interface's name.
+    pub fn into_parts(self) -> (OwnedFd, String) {
+        (self.fd, self.name)
+    }
+
     /// Creates TAP interface `name` in the calling thread's namespace.
     pub fn create_here(name: &str, mtu: u32) -> io::Result<TapDevice> {
         let path = c"/dev/net/tun";

@@ -1,8 +1,12 @@
 //! What the relay holds in memory for its peers, and the bounds on it.
 //!
-//! The relay runs every task on one thread; these types are shared between
-//! those tasks (`Rc`, `Cell`), except [`RelayCounters`], which the
-//! [`crate::SandboxHandle`] reads from other threads.
+//! The relay runs every task on one thread. Two of these types are shared
+//! between the relay's tasks ([`GuestBudget`] between a client's reader and
+//! the guest writer, [`CreditLedger`] between the actor and the guest
+//! writer); both hold their state in `Cell`s, moved out and back in by
+//! methods that call nothing else meanwhile, so no borrow can be held
+//! across an await or re-entered. [`RelayCounters`] is atomic: the
+//! [`crate::SandboxHandle`] reads it from other threads.
 //!
 //! Invariants (each checked by a test in tests/hostile.rs):
 //! - *towards a client*: at most one flow-control window per open session
@@ -17,15 +21,17 @@
 //!   of memory and the other clients keep their share of the queue;
 //! - *credit*: credit owed to the agent is merged per session in a
 //!   [`CreditLedger`] that the guest writer drains before any other frame;
-//!   adding to it never waits, so the guest reader and the client writers
-//!   never wait on the agent channel's other direction (a guest that answers
+//!   the actor adds to it without waiting, and the guest reader and the
+//!   client writers wait only on the actor, which never waits: none of them
+//!   waits on the agent channel's other direction (a guest that answers
 //!   stdin with credit from its reading thread cannot deadlock the relay).
 
 use alcove_protocol::{Frame, INITIAL_WINDOW};
-use std::cell::{Cell, RefCell};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::sync::Notify;
 
 /// Bytes of frames one client may have queued towards the guest before its
@@ -100,13 +106,18 @@ impl RelayCounters {
 }
 
 /// One client's share of the queue towards the guest.
-#[derive(Default)]
 pub(crate) struct GuestBudget {
     queued: Cell<usize>,
     freed: Notify,
+    counters: Arc<RelayCounters>,
 }
 
 impl GuestBudget {
+    /// An empty budget whose charges are also counted in `counters`.
+    pub(crate) fn new(counters: Arc<RelayCounters>) -> GuestBudget {
+        GuestBudget { queued: Cell::new(0), freed: Notify::new(), counters }
+    }
+
     /// Waits until the client may queue another frame.
     pub(crate) async fn wait_for_room(&self) {
         while self.queued.get() >= CLIENT_GUEST_BUDGET {
@@ -116,7 +127,9 @@ impl GuestBudget {
 }
 
 /// A frame for the agent channel, charged to the client that sent it (none
-/// for the relay's own frames).
+/// for the relay's own frames). The charge is given back when the item is
+/// dropped — written, refused or lost with the channel alike — so no
+/// client's reader can wait for bytes nobody will release.
 pub(crate) struct ToGuest {
     pub(crate) frame: Frame,
     charge: Option<Rc<GuestBudget>>,
@@ -128,24 +141,31 @@ impl ToGuest {
         ToGuest { frame, charge: None }
     }
 
-    /// A client's frame, charged to `budget` until the guest writer has
-    /// written it.
-    pub(crate) fn charged(frame: Frame, budget: &Rc<GuestBudget>, counters: &RelayCounters) -> ToGuest {
+    /// A client's frame, charged to `budget` until it is dropped.
+    pub(crate) fn charged(frame: Frame, budget: &Rc<GuestBudget>) -> ToGuest {
         let bytes = frame.wire_len();
         let queued = budget.queued.get() + bytes;
         budget.queued.set(queued);
+        let counters = &budget.counters;
         counters.peak_client_to_guest.fetch_max(queued, Ordering::Relaxed);
         let total = counters.guest_queue.fetch_add(bytes, Ordering::Relaxed) + bytes;
         counters.peak_guest_queue.fetch_max(total, Ordering::Relaxed);
         ToGuest { frame, charge: Some(budget.clone()) }
     }
+}
 
-    /// Gives the frame's bytes back to its client (written, or dropped).
-    pub(crate) fn release(&mut self, counters: &RelayCounters) {
+impl std::fmt::Debug for ToGuest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToGuest").field("frame", &self.frame).field("charged", &self.charge.is_some()).finish()
+    }
+}
+
+impl Drop for ToGuest {
+    fn drop(&mut self) {
         if let Some(budget) = self.charge.take() {
             let bytes = self.frame.wire_len();
             budget.queued.set(budget.queued.get().saturating_sub(bytes));
-            counters.guest_queue.fetch_sub(bytes, Ordering::Relaxed);
+            budget.counters.guest_queue.fetch_sub(bytes, Ordering::Relaxed);
             budget.freed.notify_one();
         }
     }
@@ -155,7 +175,7 @@ impl ToGuest {
 /// sends it. Never waits; holds one entry per session with credit pending.
 #[derive(Default)]
 pub(crate) struct CreditLedger {
-    owed: RefCell<HashMap<u32, u32>>,
+    owed: Cell<HashMap<u32, u32>>,
     ready: Notify,
 }
 
@@ -164,19 +184,20 @@ impl CreditLedger {
         if bytes == 0 {
             return;
         }
-        let mut owed = self.owed.borrow_mut();
+        let mut owed = self.owed.take();
         let due = owed.entry(id).or_insert(0);
         *due = due.saturating_add(bytes);
+        self.owed.set(owed);
         self.ready.notify_one();
     }
 
     /// Everything owed, emptying the ledger.
     pub(crate) fn take(&self) -> Vec<(u32, u32)> {
-        let mut owed = self.owed.borrow_mut();
-        if owed.is_empty() {
-            return Vec::new();
-        }
-        owed.drain().collect()
+        let mut owed = self.owed.take();
+        let all = owed.drain().collect();
+        // The emptied map goes back, keeping its allocation.
+        self.owed.set(owed);
+        all
     }
 
     /// Resolves when credit has been added since the last call.
@@ -195,22 +216,24 @@ mod tests {
     }
 
     #[test]
-    fn a_budget_is_charged_until_its_frame_is_released() {
-        let counters = RelayCounters::default();
-        let budget = Rc::new(GuestBudget::default());
-        let mut a = ToGuest::charged(stdin_frame(1000), &budget, &counters);
-        let mut b = ToGuest::charged(stdin_frame(2000), &budget, &counters);
-        let both = a.frame.wire_len() + b.frame.wire_len();
-        assert_eq!(budget.queued.get(), both);
-        assert_eq!(counters.stats().guest_queue, both);
-        a.release(&counters);
-        a.release(&counters);
-        assert_eq!(budget.queued.get(), b.frame.wire_len(), "a frame is released once");
-        b.release(&counters);
+    fn a_budget_is_charged_until_its_frame_is_dropped() {
+        let counters = Arc::new(RelayCounters::default());
+        let budget = Rc::new(GuestBudget::new(counters.clone()));
+        let a = ToGuest::charged(stdin_frame(1000), &budget);
+        let b = ToGuest::charged(stdin_frame(2000), &budget);
+        let (a_len, b_len) = (a.frame.wire_len(), b.frame.wire_len());
+        assert_eq!(budget.queued.get(), a_len + b_len);
+        assert_eq!(counters.stats().guest_queue, a_len + b_len);
+        drop(a);
+        assert_eq!(budget.queued.get(), b_len);
+        // The relay's own frames are charged to nobody.
+        drop(ToGuest::own(stdin_frame(5000)));
+        assert_eq!(budget.queued.get(), b_len);
+        drop(b);
         let s = counters.stats();
         assert_eq!(
             (budget.queued.get(), s.guest_queue, s.peak_guest_queue, s.peak_client_to_guest),
-            (0, 0, both, both)
+            (0, 0, a_len + b_len, a_len + b_len)
         );
     }
 

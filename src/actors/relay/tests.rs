@@ -1,0 +1,114 @@
+//! The Relay actor alone, between a raw client and a scripted agent channel:
+//! how it closes when the guest has just ended.
+
+use super::*;
+use crate::clock::MonotonicClock;
+use alcove_protocol::async_io::{read_frame, write_frame};
+use alcove_protocol::{ExecRequest, ExitStatus, Handshake, Ready, HANDSHAKE_LEN, PROTOCOL_VERSION};
+use tokio::io::AsyncReadExt;
+
+/// Stands in for Lifecycle: passes `AgentReady` on, keeps causes.
+struct Peer {
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Actor for Peer {
+    type Context = Context<Self>;
+}
+
+impl Handler<AgentReady> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, _: AgentReady, _: &mut Self::Context) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Handler<Terminate> for Peer {
+    type Result = ();
+
+    fn handle(&mut self, msg: Terminate, _: &mut Self::Context) {
+        tracing::info!(reason = %msg.reason, "cause");
+    }
+}
+
+fn frame(id: u32, flags: Flags, msg: &Message) -> Frame {
+    Frame::message(id, flags, msg).expect("encodes")
+}
+
+/// A relay serving a socket in `dir`, with its guest end and a connected
+/// client past its handshake.
+async fn relay_with_client(dir: &std::path::Path) -> (Addr<Relay>, UnixStream, UnixStream, Handshake) {
+    let path = dir.join("agent.sock");
+    let listener = bind_socket(&path).expect("binds");
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let peer = Peer { ready: Some(ready_tx) }.start();
+    let peers = RelayPeers { agent_ready: peer.clone().recipient(), terminate: peer.recipient() };
+    let relay = Relay::new(listener, path.clone(), Arc::new(MonotonicClock::new()), peers, Arc::default()).start();
+    let (host_end, guest_end) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    relay.send(AttachGuest { channel: host_end }).await.expect("attached");
+    guest_end.set_nonblocking(true).expect("nonblocking");
+    let mut guest = UnixStream::from_std(guest_end).expect("tokio stream");
+    let ready = Ready { protocol_version: PROTOCOL_VERSION, agent_version: "test".into(), boot: Default::default() };
+    write_frame(&mut guest, &frame(CONTROL_ID, Flags::NONE, &Message::Ready(ready))).await.expect("ready");
+    ready_rx.await.expect("the relay reports the agent ready");
+    relay.send(OpenToClients).await.expect("opened");
+    let mut client = UnixStream::connect(&path).await.expect("connects");
+    let mut hs = [0u8; HANDSHAKE_LEN];
+    client.read_exact(&mut hs).await.expect("handshake");
+    let range = Handshake::decode(hs).expect("a range");
+    let greeting = read_frame(&mut client).await.expect("reads").expect("the agent's Ready");
+    assert!(matches!(greeting.decode_body(), Ok(Message::Ready(_))));
+    (relay, guest, client, range)
+}
+
+#[test]
+fn frames_the_guest_wrote_before_it_ended_reach_their_client_after_close_begins() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    System::new().block_on(async {
+        let (relay, mut guest, mut client, range) = relay_with_client(dir.path()).await;
+        let id = range.id_start;
+        let exec = ExecRequest { argv: vec!["sleep".into(), "30".into()], ..ExecRequest::default() };
+        write_frame(&mut client, &frame(id, Flags::SESSION_START, &Message::ExecRequest(exec))).await.expect("exec");
+        let request = read_frame(&mut guest).await.expect("reads").expect("the exec request reaches the guest");
+        assert_eq!(request.id, id);
+
+        // The guest's end is observed (Lifecycle closes the relay) before
+        // the relay has read the last frames the guest wrote: the mailbox
+        // is in order, so once GetActivity is answered the close has begun.
+        let closed = relay.send(CloseRelay);
+        relay.send(GetActivity).await.expect("answers");
+        let status = ExitStatus { code: Some(143), signal: None, oom_killed: false };
+        write_frame(&mut guest, &frame(id, Flags::TERMINAL, &Message::ExecExited(status))).await.expect("exit");
+        drop(guest);
+        closed.await.expect("closes");
+
+        let last = read_frame(&mut client).await.expect("reads").expect("a terminal frame");
+        assert_eq!(last.id, id);
+        assert_eq!(last.decode_body().expect("decodes"), Message::ExecExited(status), "not aborted");
+        assert!(read_frame(&mut client).await.expect("reads").is_none(), "then the relay closes the client");
+    });
+}
+
+#[test]
+fn a_guest_that_never_closes_its_channel_delays_the_close_by_a_bounded_drain() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    System::new().block_on(async {
+        let (relay, mut guest, mut client, range) = relay_with_client(dir.path()).await;
+        let id = range.id_start;
+        let exec = ExecRequest { argv: vec!["sleep".into(), "30".into()], ..ExecRequest::default() };
+        write_frame(&mut client, &frame(id, Flags::SESSION_START, &Message::ExecRequest(exec))).await.expect("exec");
+        read_frame(&mut guest).await.expect("reads").expect("the exec request reaches the guest");
+
+        // The guest's end is kept open (a channel some process still holds):
+        // the close still completes, and the open session is aborted.
+        relay.send(CloseRelay).await.expect("closes");
+        let last = read_frame(&mut client).await.expect("reads").expect("a terminal frame");
+        assert_eq!(last.id, id);
+        assert!(last.flags.contains(Flags::TERMINAL));
+        assert!(matches!(last.decode_body(), Ok(Message::SessionAborted { .. })), "{:?}", last.decode_body());
+        drop(guest);
+    });
+}

@@ -1,0 +1,199 @@
+//! A sandbox's network settings: the `network` section of its
+//! configuration (`--net`, `--net-rule`, `--dns`, `-p`), kept as written so
+//! `inspect` shows what was asked for, and checked into the engine's types.
+//!
+//! Invariants:
+//! - [`NetworkSettings::check`] is the one parser: the CLI calls it before
+//!   anything is recorded (bad input is one line, exit 125) and the sandbox
+//!   process calls it again on the stored configuration.
+//! - A sandbox has a network link only when [`NetworkSettings::enabled`]:
+//!   `--net` other than `none`, or any rule or published port. Without one
+//!   it keeps loopback only and no engine starts.
+
+use alcove_backend::GuestNetwork;
+use alcove_net::policy::{Policy, Profile, Rule};
+use alcove_net::{AddressPlan, NetConfig, PortMapping};
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+
+/// The `network` section of a sandbox's configuration.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkSettings {
+    /// The `--net` profile (`none`, `public`, `private`, `host`, `all`);
+    /// absent: `none` unless rules or ports ask for a link, then `public`.
+    pub profile: Option<String>,
+    /// `--net-rule` rules, in order.
+    pub rules: Vec<String>,
+    /// `--dns IP[:PORT]` resolvers; empty: the host's.
+    pub dns: Vec<String>,
+    /// `-p [HOST_IP:]HOST_PORT:GUEST_PORT[/udp]` published ports.
+    pub publish: Vec<String>,
+    /// A denied flow ends the sandbox (reason NetworkPolicy) instead of
+    /// only being refused.
+    pub deny_ends_sandbox: bool,
+    /// The guest's address, filled in when the link is enabled (shown by
+    /// `inspect` and `ps --json`).
+    pub guest_address: Option<IpAddr>,
+}
+
+/// Why the settings were refused: one line naming the bad value.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkSettingsError {
+    /// A malformed profile or rule.
+    #[error(transparent)]
+    Policy(#[from] alcove_net::policy::PolicyError),
+    /// A malformed port mapping.
+    #[error(transparent)]
+    Port(#[from] alcove_net::ports::PortError),
+    /// A malformed `--dns` address.
+    #[error("invalid DNS server {0:?} (expected IP or IP:PORT, e.g. 127.0.0.1:5353 or [::1]:53)")]
+    Dns(String),
+    /// Options that need a network link without one.
+    #[error("{0} needs a network (--net public, private, host or all)")]
+    NeedsNetwork(&'static str),
+}
+
+/// Settings checked into what the engine takes.
+#[derive(Clone, Debug)]
+pub struct NetworkPlan {
+    /// The engine's configuration (policy, resolvers, address plan).
+    pub config: NetConfig,
+    /// Ports to publish at start.
+    pub ports: Vec<PortMapping>,
+    /// A policy denial ends the sandbox.
+    pub deny_ends_sandbox: bool,
+    /// Where live changes are served ([`crate::net_control`]); set by the
+    /// sandbox process.
+    pub control_socket: Option<std::path::PathBuf>,
+}
+
+impl NetworkSettings {
+    /// Whether the sandbox gets a network link.
+    pub fn enabled(&self) -> bool {
+        self.profile.as_deref().is_some_and(|p| p != "none") || !self.rules.is_empty() || !self.publish.is_empty()
+    }
+
+    /// Parses everything; `Ok(None)` for a sandbox without a link.
+    pub fn check(&self) -> Result<Option<NetworkPlan>, NetworkSettingsError> {
+        let profile = match &self.profile {
+            Some(p) => p.parse::<Profile>()?,
+            None => Profile::Public,
+        };
+        let rules = self.rules.iter().map(|r| r.parse::<Rule>()).collect::<Result<Vec<_>, _>>()?;
+        let ports = self.publish.iter().map(|p| p.parse::<PortMapping>()).collect::<Result<Vec<_>, _>>()?;
+        let dns = self.dns.iter().map(|d| parse_dns(d)).collect::<Result<Vec<_>, _>>()?;
+        if !self.enabled() {
+            if !dns.is_empty() {
+                return Err(NetworkSettingsError::NeedsNetwork("--dns"));
+            }
+            if self.deny_ends_sandbox {
+                return Err(NetworkSettingsError::NeedsNetwork("--net-deny-ends"));
+            }
+            return Ok(None);
+        }
+        let dns_upstreams = if dns.is_empty() { host_resolvers() } else { dns };
+        let config = NetConfig {
+            policy: Policy { profile, rules },
+            dns_upstreams,
+            ipv6_egress: alcove_net::config::host_has_ipv6_egress(),
+            ..NetConfig::default()
+        };
+        Ok(Some(NetworkPlan { config, ports, deny_ends_sandbox: self.deny_ends_sandbox, control_socket: None }))
+    }
+
+    /// The settings with the guest's address filled in (when enabled).
+    pub fn resolved(mut self) -> NetworkSettings {
+        self.guest_address = self.enabled().then(|| IpAddr::V4(AddressPlan::default().guest_v4));
+        self
+    }
+}
+
+impl NetworkPlan {
+    /// The guest's side of the link, for the backend.
+    pub fn guest_link(&self) -> GuestNetwork {
+        let plan = &self.config.plan;
+        GuestNetwork {
+            interface: "eth0".into(),
+            mac: plan.guest_mac,
+            mtu: self.config.mtu as u32,
+            address_v4: plan.guest_v4,
+            prefix_v4: plan.prefix_v4,
+            gateway_v4: plan.gateway_v4,
+            address_v6: None,
+            prefix_v6: plan.prefix_v6,
+            gateway_v6: None,
+            host_alias_v4: plan.host_v4,
+        }
+    }
+}
+
+fn parse_dns(text: &str) -> Result<SocketAddr, NetworkSettingsError> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)).map_err(|_| NetworkSettingsError::Dns(text.into()))
+}
+
+/// The host's resolvers from /etc/resolv.conf.
+fn host_resolvers() -> Vec<SocketAddr> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .map(|t| alcove_net::config::resolvers_from_resolv_conf(&t))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(profile: Option<&str>) -> NetworkSettings {
+        NetworkSettings { profile: profile.map(Into::into), ..NetworkSettings::default() }
+    }
+
+    #[test]
+    fn no_net_and_net_none_have_no_link() {
+        assert!(settings(None).check().unwrap().is_none());
+        assert!(settings(Some("none")).check().unwrap().is_none());
+        assert!(settings(None).resolved().guest_address.is_none());
+    }
+
+    #[test]
+    fn a_profile_rules_and_ports_make_a_plan() {
+        let s = NetworkSettings {
+            profile: Some("host".into()),
+            rules: vec!["deny:*.example.com".into()],
+            dns: vec!["127.0.0.1:5353".into(), "::1".into()],
+            publish: vec!["0:80".into()],
+            ..NetworkSettings::default()
+        };
+        let plan = s.check().unwrap().expect("a link");
+        assert_eq!(plan.config.policy.profile, Profile::Host);
+        assert_eq!(plan.config.policy.rules.len(), 1);
+        assert_eq!(plan.config.dns_upstreams, ["127.0.0.1:5353".parse().unwrap(), "[::1]:53".parse().unwrap()]);
+        assert_eq!(plan.ports[0].guest_port, 80);
+        assert_eq!(plan.guest_link().address_v4.to_string(), "10.0.2.15");
+        assert_eq!(s.resolved().guest_address.map(|a| a.to_string()).as_deref(), Some("10.0.2.15"));
+        // Rules alone ask for a link with the default profile.
+        let rules_only = NetworkSettings { rules: vec!["allow:10.0.0.0/8".into()], ..NetworkSettings::default() };
+        assert_eq!(rules_only.check().unwrap().unwrap().config.policy.profile, Profile::Public);
+    }
+
+    #[test]
+    fn bad_values_are_one_line_naming_the_value() {
+        let cases = [
+            (NetworkSettings { profile: Some("everywhere".into()), ..Default::default() }, "everywhere"),
+            (NetworkSettings { rules: vec!["permit:1.2.3.4".into()], ..Default::default() }, "permit:1.2.3.4"),
+            (NetworkSettings { rules: vec!["allow:10.0.0.0/33".into()], ..Default::default() }, "10.0.0.0/33"),
+            (NetworkSettings { publish: vec!["80".into()], ..Default::default() }, "\"80\""),
+            (
+                NetworkSettings { profile: Some("all".into()), dns: vec!["resolver".into()], ..Default::default() },
+                "resolver",
+            ),
+            (NetworkSettings { dns: vec!["127.0.0.1".into()], ..Default::default() }, "--dns needs a network"),
+        ];
+        for (s, want) in cases {
+            let e = s.check().expect_err(want).to_string();
+            assert!(e.contains(want) && !e.contains('\n'), "{want}: {e}");
+        }
+    }
+}
