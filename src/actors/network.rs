@@ -64,6 +64,10 @@ pub struct AttachNetCounters(pub Arc<Counters>);
 #[rtype(result = "()")]
 pub struct NetEvents(pub Vec<NetEvent>);
 
+/// The verdict of a flow that carried a secret's placeholder where it does
+/// not belong (the start of its close text).
+pub const SECRET_VIOLATION: &str = "secret_violation";
+
 /// Most events one [`NetEvents`] batch carries.
 const MAX_BATCH: usize = 256;
 
@@ -218,6 +222,9 @@ fn close_text(close: &CloseReason) -> String {
         CloseReason::Shutdown => "shutdown".into(),
         CloseReason::Answered(what) => format!("answered {what}"),
         CloseReason::Blocked(why) => format!("blocked: {why}"),
+        CloseReason::SecretViolation { secret, host, how } => {
+            format!("{SECRET_VIOLATION}: secret {secret} sent to {host} {how}")
+        }
     }
 }
 

@@ -50,6 +50,9 @@ pub enum CloseReason {
     Answered(String),
     /// A stream filter (interception) ended the flow, for this reason.
     Blocked(String),
+    /// A secret's placeholder went where it does not belong (verdict
+    /// `secret_violation`): which secret, to which host, how. Never the value.
+    SecretViolation { secret: String, host: String, how: String },
 }
 
 /// One flow, as recorded when it ends.

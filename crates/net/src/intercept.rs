@@ -14,8 +14,11 @@
 //!   reads no more input until it drains.
 //! - A filter error ends the flow with RST on both sides and a
 //!   [`crate::NetEvent::Denied`] record whose close reason is
-//!   [`crate::CloseReason::Blocked`] with the filter's reason (which must
-//!   never contain a secret's value).
+//!   [`crate::CloseReason::Blocked`] with the filter's reason, or
+//!   [`crate::CloseReason::SecretViolation`] (neither ever contains a
+//!   secret's value).
+//! - `resolved_names` are the names the engine's DNS returned for the
+//!   address, plus `host.alcove.internal` for the host address.
 //! - `--net-rate` does not throttle filtered flows (their bytes are bounded
 //!   by [`FILTER_BUFFER`] per side instead).
 
@@ -49,8 +52,34 @@ pub struct FilterOutput {
 
 /// Why a filter ended its flow (recorded; must not carry secret values).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct FilterError(pub String);
+pub enum FilterError {
+    /// The flow could not go on (recorded as [`crate::CloseReason::Blocked`]).
+    #[error("{0}")]
+    Blocked(String),
+    /// A secret's placeholder was sent where it does not belong (recorded
+    /// as [`crate::CloseReason::SecretViolation`]).
+    #[error("secret {secret} sent to {host} {how}")]
+    SecretViolation {
+        /// The secret's name (never its value).
+        secret: String,
+        /// Where it was going.
+        host: String,
+        /// How (`in plaintext`, `in a DNS question`, ...).
+        how: String,
+    },
+}
+
+impl FilterError {
+    /// The flow record's close reason for this error.
+    pub fn close_reason(&self) -> crate::CloseReason {
+        match self {
+            FilterError::Blocked(why) => crate::CloseReason::Blocked(why.clone()),
+            FilterError::SecretViolation { secret, host, how } => {
+                crate::CloseReason::SecretViolation { secret: secret.clone(), host: host.clone(), how: how.clone() }
+            }
+        }
+    }
+}
 
 /// A byte-stream transformer between the guest and the host.
 pub trait StreamFilter: Send {
@@ -63,4 +92,10 @@ pub trait StreamFilter: Send {
 /// Chooses the flows a filter sees.
 pub trait Interceptor: Send {
     fn intercept(&mut self, flow: &FlowInfo<'_>) -> Option<Box<dyn StreamFilter>>;
+
+    /// A DNS question the guest asked (lower case, no trailing dot); an
+    /// error refuses it (answered REFUSED, recorded as denied).
+    fn dns_query(&mut self, _name: &str) -> Option<FilterError> {
+        None
+    }
 }

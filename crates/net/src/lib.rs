@@ -56,6 +56,7 @@ mod handle;
 pub mod intercept;
 pub mod policy;
 pub mod ports;
+pub mod secrets;
 mod wire;
 
 pub use config::{AddressPlan, Limits, NetConfig, HOST_NAME};

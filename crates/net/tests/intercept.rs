@@ -16,7 +16,7 @@ struct Upper;
 impl StreamFilter for Upper {
     fn guest_bytes(&mut self, data: &[u8], out: &mut FilterOutput) -> Result<(), FilterError> {
         if data.windows(6).any(|w| w == b"SECRET") {
-            return Err(FilterError("placeholder sent to a host it is not bound to".into()));
+            return Err(FilterError::Blocked("placeholder sent to a host it is not bound to".into()));
         }
         out.to_host.extend_from_slice(data);
         Ok(())

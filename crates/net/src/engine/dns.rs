@@ -157,6 +157,12 @@ impl Engine {
         let query = request.queries[0].clone();
         let name = normalize_name(&query.name.to_ascii());
         meta.name = Some(name.clone());
+        if let Some(violation) = self.interceptor.as_mut().and_then(|i| i.dns_query(&name)) {
+            // A secret's placeholder in a question: refused, never forwarded.
+            let reply = respond(&request, ResponseCode::Refused);
+            self.dns_reply(reply_to, &reply, &mut meta);
+            return self.emit(NetEvent::Denied(meta.record(false, violation.close_reason())));
+        }
         let qtype = query.query_type;
         let local = name == HOST_NAME || name.ends_with(".alcove.internal") || name == "alcove.internal";
         if local {

@@ -71,7 +71,7 @@ fn pump(flow: &mut TcpFlow, socket: &mut Socket<'static>) -> Result<(), CloseRea
             let n = socket.recv_slice(&mut chunk).unwrap_or(0);
             if n > 0 {
                 meta.bytes_from_guest += n as u64;
-                f.filter.guest_bytes(&chunk[..n], &mut f.out).map_err(|e| CloseReason::Blocked(e.0))?;
+                f.filter.guest_bytes(&chunk[..n], &mut f.out).map_err(|e| e.close_reason())?;
                 progressed = true;
             }
         }
@@ -80,7 +80,7 @@ fn pump(flow: &mut TcpFlow, socket: &mut Socket<'static>) -> Result<(), CloseRea
             match stream.read(&mut chunk) {
                 Ok(0) => *host_eof = true,
                 Ok(n) => {
-                    f.filter.host_bytes(&chunk[..n], &mut f.out).map_err(|e| CloseReason::Blocked(e.0))?;
+                    f.filter.host_bytes(&chunk[..n], &mut f.out).map_err(|e| e.close_reason())?;
                     progressed = true;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => *host_readable = false,

@@ -125,12 +125,7 @@ impl Engine {
     /// The names the guest resolved `addr` for (and the host name for the
     /// host address).
     pub(super) fn names_for(&self, addr: IpAddr) -> Vec<String> {
-        let mut names = self.pins.names(addr).to_vec();
-        let plan = &self.cfg.plan;
-        if addr == IpAddr::V4(plan.host_v4) || addr == IpAddr::V6(plan.host_v6) {
-            names.push(HOST_NAME.to_string());
-        }
-        names
+        names_for(&self.pins, &self.cfg.plan, addr)
     }
 
     /// The policy decision for a new outbound flow, bounds and martians first.
@@ -360,7 +355,7 @@ impl Engine {
             }
             if flow.sni_checked {
                 if let (Some(interceptor), Some(stream)) = (self.interceptor.as_mut(), flow.host.as_ref()) {
-                    let names = self.pins.names(flow.meta.remote.ip()).to_vec();
+                    let names = names_for(&self.pins, &self.cfg.plan, flow.meta.remote.ip());
                     let info = crate::intercept::FlowInfo {
                         id: flow.meta.id,
                         guest: flow.meta.guest,
@@ -481,13 +476,14 @@ impl Engine {
                 None if flow.fin_to_host && flow.host_eof => CloseReason::Closed,
                 None => CloseReason::GuestReset,
             };
-            if matches!(reason, CloseReason::GuestReset | CloseReason::Revoked | CloseReason::Blocked(_)) {
+            let blocked = matches!(reason, CloseReason::Blocked(_) | CloseReason::SecretViolation { .. });
+            if blocked || matches!(reason, CloseReason::GuestReset | CloseReason::Revoked) {
                 if let Some(stream) = &flow.host {
                     reset_on_drop(stream);
                 }
             }
             match reason {
-                CloseReason::Blocked(_) => self.emit(NetEvent::Denied(flow.meta.record(false, reason))),
+                _ if blocked => self.emit(NetEvent::Denied(flow.meta.record(false, reason))),
                 _ => self.emit(NetEvent::Flow(flow.meta.record(true, reason))),
             }
         }
@@ -557,6 +553,16 @@ impl Engine {
             }
         }
     }
+}
+
+/// The names the guest resolved `addr` for, plus the host name for the
+/// host address.
+fn names_for(pins: &super::pins::Pins, plan: &crate::config::AddressPlan, addr: IpAddr) -> Vec<String> {
+    let mut names = pins.names(addr).to_vec();
+    if addr == IpAddr::V4(plan.host_v4) || addr == IpAddr::V6(plan.host_v6) {
+        names.push(HOST_NAME.to_string());
+    }
+    names
 }
 
 /// Starts a non-blocking connect to `target`.
