@@ -21,6 +21,7 @@ pub mod net_control;
 pub mod net_settings;
 pub mod run_end;
 pub mod sandbox;
+pub mod secrets;
 pub mod standalone;
 
 pub use alcove_store as store;

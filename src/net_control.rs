@@ -1,5 +1,5 @@
-//! Live control of a running sandbox's network: `alcove net policy` and
-//! `alcove port add|rm|ls` reach the sandbox process's engine through its
+//! Live control of a running sandbox's network: `alcove net policy`,
+//! `alcove port add|rm|ls` and `alcove secret set` reach the sandbox process's engine through its
 //! own socket (`<agent.sock without .sock>.net.sock`, beside agent.sock in
 //! the same 0700 runtime directory), one JSON request and one JSON answer
 //! per line.
@@ -17,6 +17,7 @@
 //!   replaces the running one atomically (the engine's `set_policy`).
 
 use alcove_net::policy::{Policy, Profile, Rule};
+use alcove_net::secrets::Secrets;
 use alcove_net::{Network, PortMapping};
 use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
@@ -50,6 +51,26 @@ pub enum Request {
     },
     /// The published ports.
     ListPorts,
+    /// Replace a secret's value (`alcove secret set`); requests from now on
+    /// use it.
+    SetSecret {
+        /// The secret's name.
+        name: String,
+        /// The new value.
+        value: RedactedValue,
+    },
+}
+
+/// A secret's value on the control socket: serialized as a plain string,
+/// never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RedactedValue(pub String);
+
+impl std::fmt::Debug for RedactedValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// One answer.
@@ -96,8 +117,15 @@ pub fn parse_policy(profile: &str, rules: &[String]) -> Result<Policy, alcove_ne
     Ok(Policy { profile, rules })
 }
 
-fn apply(net: &Network, request: Request) -> Response {
+fn apply(net: &Network, secrets: Option<&Secrets>, request: Request) -> Response {
     match request {
+        Request::SetSecret { name, value } => match secrets {
+            None => Response::error("this sandbox has no secrets"),
+            Some(secrets) => match secrets.set_value(&name, value.0.into_bytes()) {
+                Ok(()) => Response::default(),
+                Err(e) => Response::error(e),
+            },
+        },
         Request::SetPolicy { profile, rules } => match parse_policy(&profile, &rules) {
             Err(e) => Response::error(e),
             Ok(policy) => match net.set_policy(policy) {
@@ -136,7 +164,7 @@ pub struct ControlServer {
 impl ControlServer {
     /// Binds `path` (0600) and serves requests on the `alcove-net-control`
     /// thread while `engine` lives.
-    pub fn start(path: PathBuf, engine: Weak<Network>) -> std::io::Result<ControlServer> {
+    pub fn start(path: PathBuf, engine: Weak<Network>, secrets: Option<Secrets>) -> std::io::Result<ControlServer> {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -144,7 +172,7 @@ impl ControlServer {
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let serving = listener.try_clone()?;
-        std::thread::Builder::new().name("alcove-net-control".into()).spawn(move || serve(serving, engine))?;
+        std::thread::Builder::new().name("alcove-net-control".into()).spawn(move || serve(serving, engine, secrets))?;
         Ok(ControlServer { listener, path })
     }
 }
@@ -174,7 +202,7 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-fn serve(listener: UnixListener, engine: Weak<Network>) {
+fn serve(listener: UnixListener, engine: Weak<Network>, secrets: Option<Secrets>) {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     for stream in listener.incoming() {
@@ -191,7 +219,7 @@ fn serve(listener: UnixListener, engine: Weak<Network>) {
             continue;
         }
         let answer = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => apply(&net, request),
+            Ok(request) => apply(&net, secrets.as_ref(), request),
             Err(e) => Response::error(format!("malformed request: {e}")),
         };
         drop(net);
@@ -226,7 +254,19 @@ mod tests {
         let (net, _events) = Network::start(NetConfig::default(), Box::new(engine_end), Vec::new()).unwrap();
         let net = Arc::new(net);
         let agent = dir.path().join("0123.sock");
-        let server = ControlServer::start(socket_path(&agent), Arc::downgrade(&net)).unwrap();
+        let secrets = Secrets::new(vec![alcove_net::secrets::Secret {
+            name: "KEY".into(),
+            placeholder: "alcoveph00".into(),
+            hosts: vec!["a.test".parse().unwrap()],
+            value: Arc::new(b"old".to_vec()),
+        }]);
+        let server = ControlServer::start(socket_path(&agent), Arc::downgrade(&net), Some(secrets.clone())).unwrap();
+        let set = |name: &str| Request::SetSecret { name: name.into(), value: RedactedValue("new".into()) };
+        assert_eq!(call(&agent, &set("KEY")).unwrap(), Response::default());
+        assert_eq!(secrets.snapshot()[0].value.as_slice(), b"new");
+        let unknown = call(&agent, &set("NOPE")).unwrap();
+        assert!(unknown.error.is_some_and(|e| e.contains("NOPE")));
+        assert!(!format!("{:?}", set("KEY")).contains("new"), "Debug shows a value");
 
         let r = call(&agent, &Request::SetPolicy { profile: "host".into(), rules: vec!["deny:a.test".into()] });
         assert_eq!(r.unwrap(), Response { revoked: Some(0), ..Response::default() });

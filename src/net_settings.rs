@@ -35,6 +35,37 @@ pub struct NetworkSettings {
     /// The guest's address, filled in when the link is enabled (shown by
     /// `inspect` and `ps --json`).
     pub guest_address: Option<IpAddr>,
+    /// `--secret`: names, hosts, placeholders; never values
+    /// ([`crate::secrets`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretSetting>,
+    /// `--tls-upstream-ca FILE`: upstreams of intercepted connections are
+    /// verified against these certificates instead of the host's store.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_upstream_ca: Option<std::path::PathBuf>,
+    /// `--tls-intercept-port`: destination ports whose TLS to a secret's
+    /// hosts is intercepted; empty: 443.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub intercept_ports: Vec<u16>,
+    /// `--on-secret-violation terminate`: a placeholder sent where it does
+    /// not belong ends the sandbox (reason NetworkPolicy).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub secret_violation_ends: bool,
+}
+
+/// One `--secret` as configured (the value is kept apart, see
+/// [`crate::secrets`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretSetting {
+    /// The guest's environment variable.
+    pub name: String,
+    /// Host patterns (`api.example.com`, `*.example.com`).
+    pub hosts: Vec<String>,
+    /// Where the value came from: `env:VAR`, `file:PATH` or `literal`.
+    pub source: String,
+    /// What the guest sees instead of the value.
+    pub placeholder: String,
 }
 
 /// Why the settings were refused: one line naming the bad value.
@@ -52,6 +83,12 @@ pub enum NetworkSettingsError {
     /// Options that need a network link without one.
     #[error("{0} needs a network (--net public, private, host or all)")]
     NeedsNetwork(&'static str),
+    /// A malformed secret host pattern (from a configuration written by hand).
+    #[error("secret {0}: {1}")]
+    SecretHost(String, alcove_net::secrets::HostPatternError),
+    /// An intercepted port of 0.
+    #[error("--tls-intercept-port 0 is not a port")]
+    InterceptPort,
 }
 
 /// Settings checked into what the engine takes.
@@ -66,12 +103,34 @@ pub struct NetworkPlan {
     /// Where live changes are served ([`crate::net_control`]); set by the
     /// sandbox process.
     pub control_socket: Option<std::path::PathBuf>,
+    /// Interception for secrets; set by the sandbox process once it has
+    /// read the values and made the CA.
+    pub secrets: Option<SecretsPlan>,
+}
+
+/// The secrets' part of a running network.
+#[derive(Clone)]
+pub struct SecretsPlan {
+    /// What the engine's interceptor needs.
+    pub config: alcove_net::secrets::SecretsConfig,
+    /// A violation ends the sandbox.
+    pub violation_ends: bool,
+}
+
+impl std::fmt::Debug for SecretsPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the values.
+        f.debug_struct("SecretsPlan").field("violation_ends", &self.violation_ends).finish_non_exhaustive()
+    }
 }
 
 impl NetworkSettings {
     /// Whether the sandbox gets a network link.
     pub fn enabled(&self) -> bool {
-        self.profile.as_deref().is_some_and(|p| p != "none") || !self.rules.is_empty() || !self.publish.is_empty()
+        self.profile.as_deref().is_some_and(|p| p != "none")
+            || !self.rules.is_empty()
+            || !self.publish.is_empty()
+            || !self.secrets.is_empty()
     }
 
     /// Parses everything; `Ok(None)` for a sandbox without a link.
@@ -83,12 +142,26 @@ impl NetworkSettings {
         let rules = self.rules.iter().map(|r| r.parse::<Rule>()).collect::<Result<Vec<_>, _>>()?;
         let ports = self.publish.iter().map(|p| p.parse::<PortMapping>()).collect::<Result<Vec<_>, _>>()?;
         let dns = self.dns.iter().map(|d| parse_dns(d)).collect::<Result<Vec<_>, _>>()?;
+        for secret in &self.secrets {
+            for host in &secret.hosts {
+                host.parse::<alcove_net::secrets::HostPattern>()
+                    .map_err(|e| NetworkSettingsError::SecretHost(secret.name.clone(), e))?;
+            }
+        }
+        if self.intercept_ports.contains(&0) {
+            return Err(NetworkSettingsError::InterceptPort);
+        }
         if !self.enabled() {
             if !dns.is_empty() {
                 return Err(NetworkSettingsError::NeedsNetwork("--dns"));
             }
             if self.deny_ends_sandbox {
                 return Err(NetworkSettingsError::NeedsNetwork("--net-deny-ends"));
+            }
+            if self.secret_violation_ends || self.tls_upstream_ca.is_some() || !self.intercept_ports.is_empty() {
+                return Err(NetworkSettingsError::NeedsNetwork(
+                    "--on-secret-violation, --tls-upstream-ca or --tls-intercept-port",
+                ));
             }
             return Ok(None);
         }
@@ -99,7 +172,13 @@ impl NetworkSettings {
             ipv6_egress: alcove_net::config::host_has_ipv6_egress(),
             ..NetConfig::default()
         };
-        Ok(Some(NetworkPlan { config, ports, deny_ends_sandbox: self.deny_ends_sandbox, control_socket: None }))
+        Ok(Some(NetworkPlan {
+            config,
+            ports,
+            deny_ends_sandbox: self.deny_ends_sandbox,
+            control_socket: None,
+            secrets: None,
+        }))
     }
 
     /// The settings with the guest's address filled in (when enabled).

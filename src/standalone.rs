@@ -75,6 +75,9 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let backend = crate::backends::make(&cfg.backend);
     let mut network = network_plan(&cfg)?;
     let mut spec = complete_spec(&cfg)?;
+    if let Some(plan) = network.as_mut() {
+        crate::secrets::prepare(&cfg, plan, &mut spec)?;
+    }
     spec.network = network.as_ref().map(|n| n.guest_link());
     // Refuse a database that cannot be opened before claiming to run.
     let store_options = crate::sandbox::store_options_within(&Default::default(), &cfg.policy);

@@ -12,6 +12,10 @@
 //! - Live changes (`alcove net policy`, `alcove port`) arrive on the
 //!   sandbox's network control socket ([`crate::net_control`]), served
 //!   while the engine lives.
+//! - With secrets, the engine runs with their interceptor
+//!   ([`alcove_net::secrets`]); a secret violation ends the sandbox (reason
+//!   NetworkPolicy) with `--on-secret-violation terminate`, naming the
+//!   secret and host, never the value.
 //! - A policy denial ends the sandbox (reason NetworkPolicy) only when the
 //!   settings say so; refusals by a bound or a martian address never do,
 //!   nor does the engine stopping (its link goes away with the guest).
@@ -77,6 +81,8 @@ pub struct NetworkActor {
     plan: Option<NetworkPlan>,
     /// A policy denial ends the sandbox.
     deny_ends_sandbox: bool,
+    /// A secret violation ends the sandbox.
+    secret_violation_ends: bool,
     /// Serves live changes; dropped before the engine (field order).
     control: Option<ControlServer>,
     engine: Option<Arc<Network>>,
@@ -95,7 +101,18 @@ impl NetworkActor {
         lifecycle: Recipient<Terminate>,
     ) -> NetworkActor {
         let deny_ends_sandbox = plan.as_ref().is_some_and(|p| p.deny_ends_sandbox);
-        NetworkActor { sandbox, plan, deny_ends_sandbox, control: None, engine: None, db, metrics, lifecycle }
+        let secret_violation_ends = plan.as_ref().and_then(|p| p.secrets.as_ref()).is_some_and(|s| s.violation_ends);
+        NetworkActor {
+            sandbox,
+            plan,
+            deny_ends_sandbox,
+            secret_violation_ends,
+            control: None,
+            engine: None,
+            db,
+            metrics,
+            lifecycle,
+        }
     }
 
     fn start_engine(&mut self, device: NetworkDevice, ctx: &mut Context<Self>) -> Result<(), String> {
@@ -105,7 +122,13 @@ impl NetworkActor {
         };
         let ports = plan.ports.iter().map(|m| BoundPort::bind(*m)).collect::<Result<Vec<_>, _>>();
         let ports = ports.map_err(|e| e.to_string())?;
-        let (engine, events) = Network::start(plan.config, Box::new(device), ports).map_err(|e| e.to_string())?;
+        let secrets = plan.secrets.as_ref().map(|s| s.config.secrets.clone());
+        let interceptor = plan.secrets.map(|s| {
+            Box::new(alcove_net::secrets::SecretsInterceptor::new(s.config))
+                as Box<dyn alcove_net::intercept::Interceptor>
+        });
+        let (engine, events) = Network::start_with_interceptor(plan.config, Box::new(device), ports, interceptor)
+            .map_err(|e| e.to_string())?;
         let addr = ctx.address();
         std::thread::Builder::new()
             .name("alcove-net-events".into())
@@ -121,7 +144,7 @@ impl NetworkActor {
         let engine = Arc::new(engine);
         if let Some(path) = plan.control_socket {
             // Live changes are a convenience: the network runs without them.
-            match ControlServer::start(path.clone(), Arc::downgrade(&engine)) {
+            match ControlServer::start(path.clone(), Arc::downgrade(&engine), secrets) {
                 Ok(server) => self.control = Some(server),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "no live network control"),
             }
@@ -152,11 +175,16 @@ impl Handler<NetEvents> for NetworkActor {
 
     fn handle(&mut self, msg: NetEvents, _: &mut Self::Context) {
         let deny_ends = self.deny_ends_sandbox;
+        let secret_ends = self.secret_violation_ends;
         let mut rows = Vec::with_capacity(msg.0.len());
         for event in msg.0 {
             match event {
                 NetEvent::Flow(record) => rows.push(flow_row(&record)),
                 NetEvent::Denied(record) => {
+                    if secret_ends && matches!(record.close, CloseReason::SecretViolation { .. }) {
+                        let why = format!("secret violation: {}", close_text(&record.close));
+                        self.lifecycle.do_send(Terminate::new(TerminationReason::NetworkPolicy, why));
+                    }
                     if deny_ends && is_policy_denial(&record.decided_by) {
                         self.lifecycle.do_send(Terminate::new(TerminationReason::NetworkPolicy, violation(&record)));
                     }

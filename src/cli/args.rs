@@ -57,6 +57,9 @@ pub enum Command {
     /// Published ports of a running sandbox.
     #[command(subcommand)]
     Port(super::net::PortCommand),
+    /// Secrets of a running sandbox.
+    #[command(subcommand)]
+    Secret(super::net::SecretCommand),
     /// The sandbox process itself (started by the other commands).
     #[command(hide = true)]
     Sandbox(SandboxArgs),

@@ -34,7 +34,7 @@ async fn create_and_start(
     if ctx.store.sandbox(name)?.is_some() {
         return Err(CliError::msg(format!("a sandbox named {name:?} already exists")));
     }
-    let mut cfg = launch::build_config(ctx, name, opts, parent_pid)?;
+    let (mut cfg, secret_values) = launch::build_config(ctx, name, opts, parent_pid)?;
     // A sandbox removed when its run ends never reuses its writable layer.
     cfg.guest.ephemeral = meta.auto_remove;
     cfg.auto_remove = meta.auto_remove;
@@ -50,6 +50,9 @@ async fn create_and_start(
     let meta_remove = meta.auto_remove;
     let result = async {
         ctx.write_meta(name, &meta)?;
+        if !secret_values.is_empty() {
+            ctx.write_secrets(name, &secret_values)?;
+        }
         let mut started = process.configure(ctx, &cfg)?;
         let progress = Progress::start(format!("starting sandbox {name}"));
         let client = launch::wait_ready(ctx, name, &mut started, cfg.policy.ready_timeout).await;

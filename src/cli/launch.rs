@@ -63,8 +63,14 @@ pub fn resolve_backend(arg: BackendArg) -> BackendKind {
 
 /// Builds the config of a new sandbox from the command-line options:
 /// resolves the rootfs (building the default one if needed, with a progress
-/// display) and checks volumes.
-pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Option<u32>) -> CliResult<SandboxConfig> {
+/// display) and checks volumes. Returns the secrets' values apart: they are
+/// never part of the config.
+pub fn build_config(
+    ctx: &Ctx,
+    name: &str,
+    opts: &SandboxOpts,
+    parent_pid: Option<u32>,
+) -> CliResult<(SandboxConfig, crate::secrets::SecretValues)> {
     let backend = resolve_backend(opts.backend);
     let mut mounts = Vec::new();
     for v in &opts.volume {
@@ -79,7 +85,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         }
     }
     // Before the rootfs is resolved (or built): bad input costs nothing.
-    let network = super::net::settings(&opts.net, backend)?;
+    let (network, secret_values) = super::net::settings(&opts.net, backend)?;
     let mut env = Vec::new();
     let mut rootfs = None;
     // The image's defaults, under the command line's options.
@@ -137,7 +143,7 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
     // Pre-flight before anything is recorded: a limit asked for that this
     // host cannot apply refuses the sandbox.
     crate::backends::preflight(&backend, &mut guest).map_err(CliError::msg)?;
-    Ok(SandboxConfig {
+    let cfg = SandboxConfig {
         name: name.to_string(),
         home: ctx.home().to_path_buf(),
         backend,
@@ -148,7 +154,8 @@ pub fn build_config(ctx: &Ctx, name: &str, opts: &SandboxOpts, parent_pid: Optio
         parent_pid,
         auto_remove: false,
         network,
-    })
+    };
+    Ok((cfg, secret_values))
 }
 
 /// The guest kernel library for krun: found where `alcove_hostprobe`

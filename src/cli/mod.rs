@@ -97,6 +97,7 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Rootfs(c) => misc::rootfs(c),
         Command::Net(c) => net::command(c),
         Command::Port(c) => net::port(c),
+        Command::Secret(c) => net::secret(c),
         Command::Supervise(a) => commands::supervise(a).await,
         Command::Sandbox(_) => Err(CliError::msg("the sandbox process cannot run inside the CLI runtime")),
     }

@@ -43,6 +43,34 @@ pub struct NetOpts {
     /// NetworkPolicy) instead of only being refused.
     #[arg(long = "net-deny-ends")]
     pub net_deny_ends: bool,
+    /// A secret the guest can use but never read: `NAME=SOURCE@HOST[,HOST...]`
+    /// (SOURCE: env:VAR, file:PATH or a literal; HOST: a name or *.suffix).
+    /// The guest's NAME holds a placeholder, replaced by the value in HTTPS
+    /// requests to the hosts.
+    #[arg(long = "secret", value_name = "NAME=SOURCE@HOSTS")]
+    pub secret: Vec<String>,
+    /// Verify the upstream servers of intercepted connections against the
+    /// PEM certificates in FILE instead of the host's trust store.
+    #[arg(long = "tls-upstream-ca", value_name = "FILE")]
+    pub tls_upstream_ca: Option<std::path::PathBuf>,
+    /// A destination port whose TLS to a secret's hosts is intercepted
+    /// (default 443; repeatable).
+    #[arg(long = "tls-intercept-port", value_name = "PORT")]
+    pub tls_intercept_port: Vec<u16>,
+    /// What a secret's placeholder sent where it does not belong does:
+    /// block the connection, or also terminate the sandbox (NetworkPolicy).
+    #[arg(long = "on-secret-violation", value_enum, default_value = "block")]
+    pub on_secret_violation: SecretViolationArg,
+}
+
+/// `--on-secret-violation`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SecretViolationArg {
+    /// Refuse the connection (recorded with verdict secret_violation).
+    #[default]
+    Block,
+    /// Refuse it and end the sandbox with reason NetworkPolicy.
+    Terminate,
 }
 
 /// `alcove net …`.
@@ -68,6 +96,47 @@ pub struct PolicyArgs {
     /// The new ordered rules (none given: no rules).
     #[arg(long = "net-rule", value_name = "RULE")]
     pub net_rule: Vec<String>,
+}
+
+/// `alcove secret …`: secrets of a running sandbox.
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Replace a secret's value on a running sandbox (`NAME=SOURCE`, SOURCE:
+    /// env:VAR, file:PATH or a literal); new requests use it at once, and
+    /// so does the sandbox's next start.
+    Set(SecretSetArgs),
+}
+
+/// `alcove secret set`.
+#[derive(Debug, Args)]
+pub struct SecretSetArgs {
+    /// The sandbox.
+    #[arg(value_name = "SANDBOX")]
+    pub name: String,
+    /// `NAME=SOURCE`.
+    #[arg(value_name = "NAME=SOURCE")]
+    pub secret: String,
+}
+
+/// Runs an `alcove secret` command.
+pub fn secret(cmd: SecretCommand) -> CliResult<i32> {
+    let SecretCommand::Set(args) = cmd;
+    let (name, value) = crate::secrets::parse_rotation(&args.secret).map_err(|e| CliError::msg(e.to_string()))?;
+    let ctx = Ctx::open_for(&[&args.name])?;
+    let sb = ctx.sandbox(&args.name)?;
+    let cfg: serde_json::Value = serde_json::from_str(&sb.config_json).unwrap_or_default();
+    let known = cfg["network"]["secrets"].as_array().is_some_and(|s| s.iter().any(|s| s["name"] == name.as_str()));
+    if !known {
+        return Err(CliError::msg(format!("sandbox {}: no secret named {name:?}", args.name)));
+    }
+    let request = Request::SetSecret { name: name.clone(), value: crate::net_control::RedactedValue(value.clone()) };
+    live(&args.name, &request)?;
+    // The next start reads the values again.
+    let dir = ctx.sandbox_dir(&args.name);
+    let mut values = crate::secrets::read_values(&dir).unwrap_or_default();
+    values.insert(name, value);
+    ctx.write_secrets(&args.name, &values)?;
+    Ok(0)
 }
 
 /// `alcove port …`: published ports of a running sandbox.
@@ -117,8 +186,19 @@ pub struct FlowsArgs {
     pub limit: usize,
 }
 
-/// The checked `network` section for a new sandbox.
-pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<NetworkSettings> {
+/// The checked `network` section for a new sandbox, and its secrets'
+/// values (kept apart from it, see [`crate::secrets`]).
+pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<(NetworkSettings, crate::secrets::SecretValues)> {
+    let (secrets, values) = crate::secrets::parse_all(&opts.secret).map_err(|e| CliError::msg(e.to_string()))?;
+    let tls_upstream_ca = match &opts.tls_upstream_ca {
+        Some(path) => {
+            crate::secrets::read_upstream_ca(path).map_err(|e| CliError::msg(e.to_string()))?;
+            let absolute = std::fs::canonicalize(path)
+                .map_err(|e| CliError::msg(format!("--tls-upstream-ca {}: {e}", path.display())))?;
+            Some(absolute)
+        }
+        None => None,
+    };
     let settings = NetworkSettings {
         profile: opts.net.clone(),
         rules: opts.net_rule.clone(),
@@ -126,6 +206,10 @@ pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<NetworkSettin
         publish: opts.publish.clone(),
         deny_ends_sandbox: opts.net_deny_ends,
         guest_address: None,
+        secrets,
+        tls_upstream_ca,
+        intercept_ports: opts.tls_intercept_port.clone(),
+        secret_violation_ends: opts.on_secret_violation == SecretViolationArg::Terminate,
     };
     let plan = settings.check().map_err(|e| CliError::msg(e.to_string()))?;
     if let Some(plan) = &plan {
@@ -141,7 +225,7 @@ pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<NetworkSettin
             alcove_net::ports::BoundPort::bind(*mapping).map_err(|e| CliError::msg(e.to_string()))?;
         }
     }
-    Ok(settings.resolved())
+    Ok((settings.resolved(), values))
 }
 
 /// One line for `inspect`: profile, guest address, rules, ports, resolvers.
@@ -242,7 +326,14 @@ fn flows(args: FlowsArgs) -> CliResult<i32> {
             r.guest.clone(),
             r.remote.clone(),
             r.name.clone().unwrap_or_else(|| "-".into()),
-            if r.allowed { "allowed" } else { "denied" }.into(),
+            if r.close.starts_with(crate::actors::network::SECRET_VIOLATION) {
+                crate::actors::network::SECRET_VIOLATION
+            } else if r.allowed {
+                "allowed"
+            } else {
+                "denied"
+            }
+            .into(),
             r.decided_by.clone(),
             human_bytes(r.bytes_from_guest),
             human_bytes(r.bytes_to_guest),

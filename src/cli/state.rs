@@ -151,6 +151,15 @@ impl Ctx {
             .map_err(|e| CliError::msg(format!("cannot create {}: {e}", dir.display())))
     }
 
+    /// Writes a sandbox's secret values (`secrets.json`, 0600; see
+    /// [`crate::secrets`]).
+    pub fn write_secrets(&self, name: &str, values: &crate::secrets::SecretValues) -> CliResult<()> {
+        self.make_dirs(name)?;
+        let dir = self.sandbox_dir(name);
+        crate::secrets::write_values(&dir, values)
+            .map_err(|e| CliError::msg(format!("cannot write {}: {e}", crate::secrets::values_path(&dir).display())))
+    }
+
     /// Reads the stored sandbox config file.
     pub fn load_config(&self, name: &str) -> CliResult<SandboxConfig> {
         SandboxConfig::load(&self.config_path(name)).map_err(|e| CliError::msg(e.to_string()))

@@ -39,6 +39,7 @@ pub mod substitute;
 pub mod tls;
 
 use crate::intercept::{FilterError, FlowInfo, Interceptor, StreamFilter};
+pub use rustls::pki_types::CertificateDer;
 use std::sync::{Arc, RwLock};
 
 /// Bodies up to this size are buffered and substituted; larger bodies pass
@@ -201,9 +202,68 @@ pub struct SecretsConfig {
     /// The sandbox's CA (its certificate is what the guest trusts).
     pub ca: Arc<ca::SandboxCa>,
     /// Trust for upstream servers.
-    pub upstream_roots: Arc<rustls::RootCertStore>,
+    pub upstream: Arc<UpstreamTrust>,
     /// Destination ports whose TLS is intercepted for a secret's hosts.
     pub ports: Vec<u16>,
+}
+
+/// What upstream servers are verified against: the host's trust store
+/// (loaded at the first interception, off the sandbox's start), or only
+/// the certificates given (`--tls-upstream-ca`).
+pub struct UpstreamTrust {
+    given: Option<Vec<rustls::pki_types::CertificateDer<'static>>>,
+    loaded: std::sync::OnceLock<Arc<rustls::RootCertStore>>,
+}
+
+impl UpstreamTrust {
+    /// The host's trust store (`rustls-native-certs`).
+    pub fn native() -> UpstreamTrust {
+        UpstreamTrust { given: None, loaded: std::sync::OnceLock::new() }
+    }
+
+    /// Only these certificates.
+    pub fn only(certs: Vec<rustls::pki_types::CertificateDer<'static>>) -> UpstreamTrust {
+        UpstreamTrust { given: Some(certs), loaded: std::sync::OnceLock::new() }
+    }
+
+    /// The roots, loaded once.
+    pub fn roots(&self) -> Arc<rustls::RootCertStore> {
+        self.loaded
+            .get_or_init(|| {
+                let mut store = rustls::RootCertStore::empty();
+                match &self.given {
+                    Some(certs) => {
+                        store.add_parsable_certificates(certs.iter().cloned());
+                    }
+                    None => {
+                        let found = rustls_native_certs::load_native_certs();
+                        for e in &found.errors {
+                            tracing::warn!(error = %e, "loading the host's trust store");
+                        }
+                        store.add_parsable_certificates(found.certs);
+                    }
+                }
+                Arc::new(store)
+            })
+            .clone()
+    }
+}
+
+/// Parses PEM certificates (an `--tls-upstream-ca` file); none is an error.
+pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let certs = rustls::pki_types::CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("not PEM certificates: {e}"))?;
+    if certs.is_empty() {
+        return Err("no PEM certificate in it".into());
+    }
+    let mut store = rustls::RootCertStore::empty();
+    let (_, bad) = store.add_parsable_certificates(certs.iter().cloned());
+    if bad > 0 {
+        return Err(format!("{bad} certificate(s) in it do not parse"));
+    }
+    Ok(certs)
 }
 
 /// The engine's interceptor for secrets.

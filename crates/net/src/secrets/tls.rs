@@ -111,7 +111,7 @@ impl TlsFilter {
         let mut client = rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| blocked("interception of", sni, e))?
-            .with_root_certificates(cfg.upstream_roots.clone())
+            .with_root_certificates(cfg.upstream.roots())
             .with_no_client_auth();
         client.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = ServerName::try_from(sni.to_string()).map_err(|e| blocked("interception of", sni, e))?;

@@ -13,7 +13,7 @@ const PH: &str = "alcoveph0123456789abcdef0123456789abcdef";
 const VALUE: &str = "sk-live-value";
 
 struct Upstream {
-    roots: rustls::RootCertStore,
+    roots_der: Vec<rustls::pki_types::CertificateDer<'static>>,
     config: Arc<rustls::ServerConfig>,
 }
 
@@ -28,15 +28,14 @@ fn upstream(name: &str, start: SystemTime, life: Duration) -> Upstream {
     params.not_before = start.into();
     params.not_after = (start + life).into();
     let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.der().clone()).unwrap();
+    let roots_der = vec![ca.der().clone()];
     let config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
         .unwrap();
-    Upstream { roots, config: Arc::new(config) }
+    Upstream { roots_der, config: Arc::new(config) }
 }
 
 fn config(up: &Upstream) -> SecretsConfig {
@@ -48,7 +47,7 @@ fn config(up: &Upstream) -> SecretsConfig {
             value: Arc::new(VALUE.as_bytes().to_vec()),
         }]),
         ca: Arc::new(SandboxCa::generate(SystemTime::now()).unwrap()),
-        upstream_roots: Arc::new(up.roots.clone()),
+        upstream: Arc::new(crate::secrets::UpstreamTrust::only(up.roots_der.clone())),
         ports: vec![443],
     }
 }
@@ -186,6 +185,18 @@ fn an_upstream_the_roots_do_not_know_is_refused() {
     let mut server = ServerConnection::new(stranger.config.clone()).unwrap();
     let result = pump(&mut filter, &mut guest, &mut server, b"GET / HTTP/1.1\r\nHost: api.test\r\n\r\n", b"");
     assert!(matches!(result, Err(FilterError::Blocked(why)) if why.contains("TLS to api.test")));
+}
+
+#[test]
+fn upstream_ca_files_must_hold_certificates() {
+    let up = upstream("a.test", SystemTime::now(), Duration::from_secs(60));
+    let pem = format!(
+        "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &up.roots_der[0])
+    );
+    assert_eq!(crate::secrets::parse_pem_certs(pem.as_bytes()).unwrap().len(), 1);
+    assert!(crate::secrets::parse_pem_certs(b"hello").is_err());
+    assert!(crate::secrets::parse_pem_certs(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n").is_err());
 }
 
 #[test]
