@@ -247,6 +247,12 @@ pub fn describe(network: Option<&serde_json::Value>) -> String {
     if !settings.dns.is_empty() {
         parts.push(format!("dns {}", settings.dns.join(" ")));
     }
+    if !settings.secrets.is_empty() {
+        // Names and hosts; never values.
+        let secrets: Vec<String> =
+            settings.secrets.iter().map(|s| format!("{} ({})", s.name, s.hosts.join(" "))).collect();
+        parts.push(format!("secrets {}", secrets.join(" ")));
+    }
     parts.join(", ")
 }
 
