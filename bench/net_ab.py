@@ -3,7 +3,10 @@
 without extra flags (e.g. `--net public`), alternated so drift of the
 machine hits both alike.
 
-    bench/net_ab.py [--rounds N] [--rootfs DIR] BIN_A BIN_B [-- FLAGS_OF_B...]
+    bench/net_ab.py [--rounds N] [--rootfs DIR] [--flags-a "FLAGS"] BIN_A BIN_B [-- FLAGS_OF_B...]
+
+`--flags-a` gives side A flags of its own (split on spaces), e.g. to
+compare `--net public` against `--net public --secret ...`.
 
 Each side gets its own $ALCOVE_HOME (/tmp/net-ab-a, /tmp/net-ab-b), so
 builds with different database schemas can be compared; both run the
@@ -21,6 +24,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--rootfs", default="/tmp/alcv-test-rootfs/rootfs/default/root")
+    ap.add_argument("--flags-a", default="")
     ap.add_argument("a")
     ap.add_argument("b")
     ap.add_argument("flags_b", nargs=argparse.REMAINDER)
@@ -36,7 +40,7 @@ def main() -> int:
         for key in ("A", "B") if i % 2 == 0 else ("B", "A"):
             (binary, home) = sides[key]
             env = dict(os.environ, ALCOVE_HOME=home, ALCOVE_RUNTIME_DIR=f"{runtime}/{key}")
-            extra = flags_b if key == "B" else []
+            extra = flags_b if key == "B" else args.flags_a.split()
             cmd = binary + ["run", "--rm", "--rootfs", args.rootfs] + extra + ["--", "echo", "hello"]
             start = time.perf_counter()
             p = subprocess.run(cmd, env=env, capture_output=True)

@@ -92,6 +92,8 @@ pub struct TlsFilter {
     upstream: ClientConnection,
     rewriter: Rewriter,
     plain: Vec<u8>,
+    upstream_closed: bool,
+    guest_closed: bool,
 }
 
 fn blocked(what: &str, sni: &str, e: impl std::fmt::Display) -> FilterError {
@@ -128,6 +130,8 @@ impl TlsFilter {
             upstream,
             rewriter: Rewriter::new(cfg.secrets.clone(), gates),
             plain: Vec::new(),
+            upstream_closed: false,
+            guest_closed: false,
         })
     }
 
@@ -142,14 +146,15 @@ impl TlsFilter {
     }
 }
 
-/// Everything readable as plaintext from a connection's reader.
-fn drain_plaintext(reader: &mut rustls::Reader<'_>, into: &mut Vec<u8>) -> std::io::Result<()> {
+/// Everything readable as plaintext from a connection's reader; true once
+/// the peer has closed (close_notify).
+fn drain_plaintext(reader: &mut rustls::Reader<'_>, into: &mut Vec<u8>) -> std::io::Result<bool> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match reader.read(&mut chunk) {
-            Ok(0) => return Ok(()),
+            Ok(0) => return Ok(true),
             Ok(n) => into.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
     }
@@ -161,7 +166,7 @@ impl StreamFilter for TlsFilter {
             self.guest.read_tls(&mut data).map_err(|e| blocked("TLS with the guest for", &self.sni, e))?;
             self.guest.process_new_packets().map_err(|e| blocked("TLS with the guest for", &self.sni, e))?;
             self.plain.clear();
-            drain_plaintext(&mut self.guest.reader(), &mut self.plain)
+            let closed = drain_plaintext(&mut self.guest.reader(), &mut self.plain)
                 .map_err(|e| blocked("TLS with the guest for", &self.sni, e))?;
             if !self.plain.is_empty() {
                 let mut upstream_plain = Vec::with_capacity(self.plain.len());
@@ -169,6 +174,12 @@ impl StreamFilter for TlsFilter {
                 self.rewriter.feed(&self.plain, &mut upstream_plain, &mut local)?;
                 self.upstream.writer().write_all(&upstream_plain).map_err(|e| blocked("TLS to", &self.sni, e))?;
                 self.guest.writer().write_all(&local).map_err(|e| blocked("TLS with the guest for", &self.sni, e))?;
+            }
+            if closed && !self.guest_closed {
+                // After the plaintext before it: the guest's close_notify
+                // becomes ours toward the upstream.
+                self.guest_closed = true;
+                self.upstream.send_close_notify();
             }
         }
         self.flush(out)
@@ -179,13 +190,18 @@ impl StreamFilter for TlsFilter {
             self.upstream.read_tls(&mut data).map_err(|e| blocked("TLS to", &self.sni, e))?;
             self.upstream.process_new_packets().map_err(|e| blocked("TLS to", &self.sni, e))?;
             self.plain.clear();
-            drain_plaintext(&mut self.upstream.reader(), &mut self.plain)
+            let closed = drain_plaintext(&mut self.upstream.reader(), &mut self.plain)
                 .map_err(|e| blocked("TLS to", &self.sni, e))?;
             if !self.plain.is_empty() {
                 self.guest
                     .writer()
                     .write_all(&self.plain)
                     .map_err(|e| blocked("TLS with the guest for", &self.sni, e))?;
+            }
+            if closed && !self.upstream_closed {
+                // The upstream's close_notify becomes ours toward the guest.
+                self.upstream_closed = true;
+                self.guest.send_close_notify();
             }
         }
         self.flush(out)

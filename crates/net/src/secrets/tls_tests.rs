@@ -70,6 +70,8 @@ struct Seen {
     upstream_plain: Vec<u8>,
     guest_plain: Vec<u8>,
     guest_alpn: Option<Vec<u8>>,
+    /// The guest saw the upstream's close_notify.
+    guest_closed: bool,
 }
 
 /// Pumps the three parties until nothing moves; the upstream answers `reply`
@@ -100,6 +102,7 @@ fn pump(
             drain_plaintext(&mut server.reader(), &mut seen.upstream_plain).unwrap();
             if !replied && seen.upstream_plain.windows(4).any(|w| w == b"\r\n\r\n") {
                 server.writer().write_all(reply).unwrap();
+                server.send_close_notify();
                 replied = true;
             }
         }
@@ -123,7 +126,7 @@ fn pump(
             if !to_guest.is_empty() {
                 guest.read_tls(&mut to_guest.as_slice()).unwrap();
                 guest.process_new_packets().unwrap();
-                drain_plaintext(&mut guest.reader(), &mut seen.guest_plain).unwrap();
+                seen.guest_closed |= drain_plaintext(&mut guest.reader(), &mut seen.guest_plain).unwrap();
             }
         }
         if !moved {
@@ -155,6 +158,7 @@ fn the_upstream_gets_the_value_and_the_guest_only_the_reply() {
     assert!(!upstream_text.contains(PH));
     assert!(seen.guest_plain.ends_with(b"\r\n\r\nok"), "{:?}", String::from_utf8_lossy(&seen.guest_plain));
     assert_eq!(seen.guest_alpn.as_deref(), Some(&b"http/1.1"[..]), "only http/1.1 is offered to the guest");
+    assert!(seen.guest_closed, "the upstream's close_notify reaches the guest");
 }
 
 #[test]
