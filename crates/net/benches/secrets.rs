@@ -187,5 +187,22 @@ fn https(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, https);
+/// What `--secret` adds to a sandbox's start (the CA) and to the first
+/// intercepted connection to a name (its leaf; later ones are cached).
+fn ca(c: &mut Criterion) {
+    let mut group = c.benchmark_group("ca");
+    group.bench_function("generate", |b| b.iter(|| SandboxCa::generate(SystemTime::now()).unwrap()));
+    let ca = SandboxCa::generate(SystemTime::now()).unwrap();
+    let mut n = 0u64;
+    group.bench_function("leaf_new_name", |b| {
+        b.iter(|| {
+            n += 1;
+            ca.leaf(&format!("h{n}.example.test"), SystemTime::now()).unwrap()
+        })
+    });
+    group.bench_function("leaf_cached", |b| b.iter(|| ca.leaf("h1.example.test", SystemTime::now()).unwrap()));
+    group.finish();
+}
+
+criterion_group!(benches, https, ca);
 criterion_main!(benches);
