@@ -256,6 +256,16 @@ fn the_upstream_gets_the_value_and_the_guest_only_the_placeholder() {
     let heads = server.heads();
     assert!(heads[1].contains("x-api-key: rotated-value-77\r\n"), "{heads:?}");
     a.run(&["secret", "set", "keyed", "NOPE=x"]).assert_error("no secret named \"NOPE\"");
+
+    // A restart makes a new CA and keeps the rotated value.
+    a.ok(&["stop", "keyed"]);
+    a.ok(&["start", "keyed"]);
+    let ca_after = a.ok(&["exec", "keyed", "cat", "/etc/alcove/tls/ca.pem"]);
+    assert_ne!(ca, ca_after, "the CA is made again at each start");
+    let out = curl(&a, "keyed", server.port, "X-Api-Key: $API_KEY");
+    assert_eq!(out.code, 0, "{out:?}");
+    let heads = server.heads();
+    assert!(heads[2].contains("x-api-key: rotated-value-77\r\n"), "{heads:?}");
     a.ok(&["rm", "-f", "keyed"]);
 }
 
