@@ -28,7 +28,9 @@
 //! ```
 //!
 //! Secrets (TLS interception) plug in through
-//! [`Network::start_with_interceptor`] and the [`intercept`] traits.
+//! [`Network::start_with_interceptor`] and the [`intercept`] traits;
+//! [`secrets::SecretsInterceptor`] is the one alcove uses (a per-sandbox CA,
+//! gated HTTP/1.1 placeholder substitution, violation checks).
 //!
 //! # Invariants (the whole crate)
 //!
