@@ -70,7 +70,6 @@ fn valid_name(name: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
-        && name.split('.').count() >= 1
 }
 
 impl std::str::FromStr for HostPattern {
