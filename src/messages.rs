@@ -134,7 +134,8 @@ pub struct Activity {
 pub struct Touch;
 
 /// Lifecycle → Relay: stop accepting (connections are refused from then
-/// on), abort open sessions and close clients. agent.sock itself stays until
+/// on), route the guest's last frames (until its channel ends, briefly),
+/// then abort open sessions and close clients. agent.sock itself stays until
 /// the run's end is committed ([`crate::run_end::finish`] removes it).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
