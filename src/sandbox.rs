@@ -10,27 +10,27 @@
 //! embedding program usually calls [`GuestDriver::spawn`].
 //!
 //! Threads: the caller's (backend launch, then the driver), `alcove-actors`
-//! (actix System: Lifecycle, Vm, Relay, Watchdog, Metrics), `alcove-db`
+//! (actix System: Lifecycle, Guest, Relay, Watchdog, Metrics), `alcove-db`
 //! (SyncArbiter with the Db actor), plus whatever the backend starts. A panic
 //! on the actor thread forces the guest off, and the exit observer's budget
 //! then finalises the run from the driver's thread, so no failure leaves a
 //! run Running or the process hanging.
 
 use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::lifecycle::{Lifecycle, LifecyclePeers, SharedState};
+use crate::actors::guest::GuestActor;
+use crate::actors::lifecycle::{Lifecycle, LifecyclePeers, Published};
 use crate::actors::metrics::Metrics;
 use crate::actors::network::{NetworkActor, StartNetwork};
 use crate::actors::relay::flow::{RelayCounters, RelayStats};
 use crate::actors::relay::{bind_socket, Relay, RelayError, RelayPeers};
-use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{ExitBudget, Outcome, Policy};
-use crate::messages::{GuestLaunched, LaunchFailed, Terminate, Touch, VmExited};
+use crate::messages::{GuestExited, GuestLaunched, LaunchFailed, Terminate, Touch};
 use crate::run_end::{finish, Cleanup, RunEnd, Write};
 use crate::store::{Store, StoreError, StoreOptions, TerminationReason};
 use actix::prelude::*;
-use alcove_backend::{ExitObserver, GuestExit, GuestRunner, GuestSpec, VmBackend};
+use alcove_backend::{ExitObserver, GuestBackend, GuestExit, GuestRunner, GuestSpec};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -135,7 +135,7 @@ pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
     touch: Recipient<Touch>,
     relay_counters: Arc<RelayCounters>,
-    shared: Arc<SharedState>,
+    shared: Arc<Published>,
     socket_path: PathBuf,
     actor_thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -238,7 +238,10 @@ impl GuestDriver {
 }
 
 /// Starts a sandbox with `backend`; see the module docs.
-pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
+pub fn launch(
+    opts: SandboxOptions,
+    backend: Box<dyn GuestBackend>,
+) -> Result<(SandboxHandle, GuestDriver), StartError> {
     let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
     let listener = bind_agent_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
@@ -274,9 +277,9 @@ pub fn launch_with(
     store: Store,
     listener: std::os::unix::net::UnixListener,
     opts: SandboxOptions,
-    backend: Box<dyn VmBackend>,
+    backend: Box<dyn GuestBackend>,
 ) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    let shared = Arc::new(SharedState::default());
+    let shared = Arc::new(Published::default());
     let relay_counters = Arc::new(RelayCounters::default());
 
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
@@ -330,7 +333,7 @@ pub fn launch_with(
 }
 
 /// [`launch`] with the guest driven on its own thread.
-pub fn start(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<SandboxHandle, StartError> {
+pub fn start(opts: SandboxOptions, backend: Box<dyn GuestBackend>) -> Result<SandboxHandle, StartError> {
     let (handle, driver) = launch(opts, backend)?;
     driver.spawn()?;
     Ok(handle)
@@ -346,7 +349,7 @@ fn run_actor_system(
     opts: SandboxOptions,
     store: Store,
     listener: std::os::unix::net::UnixListener,
-    (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
+    (shared, relay_counters): (Arc<Published>, Arc<RelayCounters>),
     addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Recipient<Touch>, Recipient<StartNetwork>)>,
 ) {
     let panic_shared = shared.clone();
@@ -376,7 +379,7 @@ fn run_actor_system(
                 relay_counters,
             )
             .start();
-            let vm = VmActor::new(opts.policy, relay.clone().recipient()).start();
+            let vm = GuestActor::new(opts.policy, relay.clone().recipient()).start();
             let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db.clone().recipient()).start();
             // The network engine's owner; idle (no engine) without a link.
             let network = NetworkActor::new(
@@ -417,11 +420,11 @@ fn run_actor_system(
     }
 }
 
-fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<SharedState>) -> ExitObserver {
+fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<Published>) -> ExitObserver {
     let opts = opts.clone();
     ExitObserver::new(move |exit: GuestExit| {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        lifecycle.do_send(VmExited { exit: exit.clone(), ack: ack_tx });
+        lifecycle.do_send(GuestExited { exit: exit.clone(), ack: ack_tx });
         if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
             last_resort(&opts, &shared, Some(&exit), "the actor system did not finalise the run in time");
         }
@@ -431,7 +434,7 @@ fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<
 /// Finalises from the calling thread when the actors could not: makes the
 /// run's end final ([`finish`]) with a fresh connection, removing the
 /// socket unless the caller does.
-fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit: Option<&GuestExit>, detail: &str) {
+fn last_resort(opts: &SandboxOptions, shared: &Published, exit: Option<&GuestExit>, detail: &str) {
     tracing::error!(detail, "finalising without the actor system");
     let end = RunEnd::internal_error(exit, detail);
     let cleanup = Cleanup {

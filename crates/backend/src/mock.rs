@@ -34,7 +34,7 @@
 //! read the channel, the reader blocks and reads nothing either. A
 //! [`MockGate`] stops the reader on purpose (a guest that does not read).
 
-use crate::{BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend};
+use crate::{BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched};
 use alcove_protocol::fdpass;
 use alcove_protocol::{
     BootTimings, ExecRequest, ExitStatus, Flags, Frame, Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID,
@@ -210,11 +210,7 @@ impl MockBackend {
     }
 }
 
-impl VmBackend for MockBackend {
-    fn kind(&self) -> &'static str {
-        "mock"
-    }
-
+impl GuestBackend for MockBackend {
     fn launch(self: Box<Self>, _spec: &GuestSpec) -> Result<Launched, BackendError> {
         if let Some(msg) = &self.script.fail_launch {
             return Err(BackendError::Setup(msg.clone()));

@@ -130,9 +130,9 @@ pub struct Hierarchy {
 /// kernel's global threadgroup lock (see [`Cgroup::self_join_files`]), but
 /// its cgroup2 placement is a `cgroup.procs` write by the sandbox process,
 /// and the first such write after a quiet spell waits out an RCU grace
-/// period (5–20 ms measured); paying it here, in parallel with the sandbox
+/// period (milliseconds; BENCHMARKS.md); paying it here, in parallel with the sandbox
 /// process's start-up, mostly takes it off the jail's critical path (the
-/// lock stays fast for roughly 10 ms after a write). Best effort: errors are
+/// lock stays fast for a while after a write). Best effort: errors are
 /// ignored and nothing changes membership; on hosts where
 /// the jail uses v1 only the thread writes nothing.
 pub fn prewarm_attach() {

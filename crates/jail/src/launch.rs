@@ -15,7 +15,7 @@ use crate::cgroup::Cgroup;
 use crate::child::{self, ChildPlan, MountSource, Step, VolumePlan, MOUNT_FIRST_VOLUME};
 use crate::mounts::{self, MountError, OverlaySpec, UpperDirs};
 use crate::validate::{cstring, overlay_safe, parents, pipe, Checked};
-use crate::{disk, idmap, is_root, policy, Isolation, JailOptions, Shared};
+use crate::{disk, idmap, is_root, policy, Isolation, JailOptions, JailProcess};
 use alcove_backend::guest_log::{log_pipe, GUEST_LOG_LIMITS};
 use alcove_backend::{BackendError, GuestNetwork, GuestSpec, NetworkDevice};
 use alcove_protocol::agent_config::{AgentConfig, AgentMode};
@@ -33,7 +33,7 @@ use std::sync::Mutex;
 /// How a launch ended.
 pub(crate) enum Started {
     /// Running (with the host end of its network link, if asked for).
-    Ok(UnixStream, Shared, Option<NetworkDevice>),
+    Ok(UnixStream, JailProcess, Option<NetworkDevice>),
     /// The private uid range could not be used here; why.
     Idmap(String),
     /// Any other failure.
@@ -393,7 +393,7 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     }
     Started::Ok(
         host_channel,
-        Shared {
+        JailProcess {
             pid,
             pidfd,
             cgroup,

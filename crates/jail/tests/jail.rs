@@ -5,7 +5,7 @@
 //! what the script reports on fd 3 (the agent channel) from the host end.
 
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, MountSpec, VmBackend,
+    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, MountSpec,
 };
 use alcove_jail::{Jail, JailBackend, JailOptions, UserNamespace};
 use std::io::{BufRead, BufReader, Read};
