@@ -26,7 +26,7 @@ use crate::actors::relay::{bind_socket, Relay, RelayError, RelayPeers};
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{ExitBudget, Outcome, Policy};
-use crate::messages::{GuestExited, GuestLaunched, LaunchFailed, Terminate, Touch};
+use crate::messages::{Activity, GetActivity, GuestExited, GuestLaunched, LaunchFailed, Terminate, Touch};
 use crate::run_end::{finish, Cleanup, RunEnd, Write};
 use crate::store::{Store, StoreError, StoreOptions, TerminationReason};
 use actix::prelude::*;
@@ -130,10 +130,14 @@ impl SandboxOptions {
     }
 }
 
+/// What the handle sends the relay.
+type RelayForHandle = (Recipient<Touch>, Recipient<GetActivity>);
+
 /// Control of a running sandbox from outside the actor system.
 pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
     touch: Recipient<Touch>,
+    activity: Recipient<GetActivity>,
     relay_counters: Arc<RelayCounters>,
     shared: Arc<Published>,
     socket_path: PathBuf,
@@ -161,6 +165,16 @@ impl SandboxHandle {
     /// Counts as activity for the idle timeout.
     pub fn touch(&self) {
         self.touch.do_send(Touch);
+    }
+
+    /// What the watchdog's rules look at (readiness, the last heartbeat and
+    /// activity on the sandbox's clock, open sessions), asked of the relay;
+    /// `None` once the sandbox has ended. Blocks the calling thread until the
+    /// relay answers: not for use on an async runtime's thread.
+    pub fn activity(&self) -> Option<Activity> {
+        let ask = self.activity.send(GetActivity);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().ok()?;
+        runtime.block_on(ask).ok()
     }
 
     /// What the relay has held for its clients and the guest (high-water
@@ -292,7 +306,7 @@ pub fn launch_with(
             .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
-    let (lifecycle, touch, network) = match addr_rx.recv() {
+    let (lifecycle, (touch, activity), network) = match addr_rx.recv() {
         Ok(addrs) => addrs,
         Err(_) => {
             let _ = actor_thread.join();
@@ -303,6 +317,7 @@ pub fn launch_with(
     let handle = SandboxHandle {
         lifecycle: lifecycle.clone(),
         touch,
+        activity,
         relay_counters,
         shared: shared.clone(),
         socket_path: opts.socket_path.clone(),
@@ -350,7 +365,7 @@ fn run_actor_system(
     store: Store,
     listener: std::os::unix::net::UnixListener,
     (shared, relay_counters): (Arc<Published>, Arc<RelayCounters>),
-    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Recipient<Touch>, Recipient<StartNetwork>)>,
+    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, RelayForHandle, Recipient<StartNetwork>)>,
 ) {
     let panic_shared = shared.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -406,7 +421,7 @@ fn run_actor_system(
                 Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, peers, samples, shared.clone())
                     .with_socket_removal(opts.socket_removal, opts.socket_path.clone()),
             );
-            let _ = addr_tx.send((lifecycle, relay.recipient(), network.recipient()));
+            let _ = addr_tx.send((lifecycle, (relay.clone().recipient(), relay.recipient()), network.recipient()));
         });
         if let Err(e) = system.run() {
             tracing::error!(error = %e, "the actor system failed");

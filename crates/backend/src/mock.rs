@@ -1,6 +1,9 @@
 //! The mock backend: an in-process guest that speaks the real protocol over
 //! the real agent channel.
 //!
+//! Over 600 lines on purpose: the mock is one complete scripted agent (exec,
+//! stdin, credit, pipes, shutdown) whose parts share one session table.
+//!
 //! It exists for actor-level tests and for the standalone sandbox process's
 //! `mock` backend. A [`MockScript`] says how it behaves: when (or whether) it
 //! becomes ready, how often it sends heartbeats and when it stops, whether it

@@ -1,6 +1,10 @@
 //! Cgroup placement, limits, usage and clean-up for one jail, on cgroup v1,
 //! v2 or a mix of both.
 //!
+//! Over 600 lines on purpose: v1, v2 and mixed hierarchies share every
+//! operation (place, limit, sample, remove); split by version, each operation
+//! would be split in two.
+//!
 //! Detection: `/proc/self/mountinfo` lists the cgroup mounts; a v1 mount's
 //! super options name its controllers, a v2 mount's root `cgroup.controllers`
 //! lists the controllers it owns (a controller bound to a v1 hierarchy is

@@ -2,6 +2,8 @@
 //! the host's mounts and the go message (see the crate documentation for
 //! the order and the reasons).
 //!
+//! Over 600 lines on purpose: one launch, in the order it happens.
+//!
 //! Invariants:
 //! - nothing irreversible happens before [`crate::validate`] passed;
 //! - until the go message, the child has done nothing visible; every
