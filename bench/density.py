@@ -141,6 +141,11 @@ class Density:
         self.grow_alcove(n)
         roots = self.sandbox_pids()
         assert len(roots) == n, (len(roots), n)
+        # Just grown: each sandbox still samples its metrics often (the gap
+        # grows while it stays quiet); then settled, the state of a pool.
+        fresh_cpu = idle_cpu(roots, self.args.idle_seconds) if n else 0.0
+        if n:
+            time.sleep(self.args.settle_seconds)
         cpu = idle_cpu(roots, self.args.idle_seconds) if n else 0.0
         pss = sum_mem(tree(roots))[1] if n else 0
         creates, runs, execs, ps = self.probe_alcove()
@@ -159,6 +164,7 @@ class Density:
             "n": n,
             "alcove": {
                 "idle_cpu_pct_of_one_core": cpu * 100,
+                "fresh_cpu_pct_of_one_core": fresh_cpu * 100,
                 "pss_mib": pss / 1048576,
                 "create_ms": median_ms(creates),
                 "run_rm_true_ms": median_ms(runs),
@@ -191,14 +197,15 @@ class Density:
             self.measure(n)
 
     def report(self):
-        print("| N | alcove idle CPU (% of a core) | crun idle CPU | alcove PSS | crun PSS "
+        print("| N | alcove idle CPU (% of a core), settled | just grown | crun idle CPU | alcove PSS | crun PSS "
               "| create | crun run -d | run --rm true | exec true | ps |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in self.rows:
             a, c = r["alcove"], r["crun"]
             ex = "%.1f ms" % a["exec_true_ms"] if a["exec_true_ms"] is not None else "—"
-            print("| %d | %.2f | %.2f | %.0f MiB | %.0f MiB | %.1f ms | %.1f ms | %.1f ms | %s | %.1f ms |" % (
-                r["n"], a["idle_cpu_pct_of_one_core"], c["idle_cpu_pct_of_one_core"], a["pss_mib"], c["pss_mib"],
+            print("| %d | %.2f | %.2f | %.2f | %.0f MiB | %.0f MiB | %.1f ms | %.1f ms | %.1f ms | %s | %.1f ms |" % (
+                r["n"], a["idle_cpu_pct_of_one_core"], a["fresh_cpu_pct_of_one_core"], c["idle_cpu_pct_of_one_core"],
+                a["pss_mib"], c["pss_mib"],
                 a["create_ms"], c["run_d_ms"], a["run_rm_true_ms"], ex, a["ps_ms"]))
 
 
@@ -207,6 +214,8 @@ def main():
     ap.add_argument("--alcove", required=True)
     ap.add_argument("--counts", default="0,100,500,1000", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--settle-seconds", type=float, default=70.0,
+                    help="wait after growing before the settled idle window (metrics reach their longest gap)")
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--json")
     args = ap.parse_args()
