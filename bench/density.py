@@ -4,7 +4,7 @@
 Run it through `bench/density` (see there and BENCHMARKS.md). Sandboxes are
 made with `alcove create` on the default rootfs (jail backend) and left
 idle; containers with `crun run -d` of `sleep` on the same rootfs. CPU is
-the sum of utime + stime over the idle window of every process the
+the sum of every thread's run time (schedstat) over the idle window of every process the
 sandboxes (or containers) consist of, as a share of one core.
 """
 
@@ -21,24 +21,26 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import descendants, make_bundle, proc_children, sum_mem  # noqa: E402
 
-HZ = os.sysconf("SC_CLK_TCK")
-
-
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def cpu_ticks(pids):
+def cpu_seconds(pids):
+    """CPU time of every thread of `pids`, from schedstat (nanoseconds;
+    /proc/PID/stat's ticks are too coarse for a mostly idle crowd)."""
     total = 0
     for p in pids:
         try:
-            with open("/proc/%d/stat" % p) as f:
-                st = f.read()
+            tids = os.listdir("/proc/%d/task" % p)
         except OSError:
             continue
-        fields = st[st.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+        for t in tids:
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (p, t)) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def tree(roots):
@@ -52,10 +54,10 @@ def tree(roots):
 def idle_cpu(roots, seconds):
     """Share of one core used by `roots` and their descendants."""
     pids = tree(roots)
-    t0, c0 = time.monotonic(), cpu_ticks(pids)
+    t0, c0 = time.monotonic(), cpu_seconds(pids)
     time.sleep(seconds)
-    t1, c1 = time.monotonic(), cpu_ticks(pids)
-    return (c1 - c0) / HZ / (t1 - t0)
+    t1, c1 = time.monotonic(), cpu_seconds(pids)
+    return (c1 - c0) / (t1 - t0)
 
 
 def timed(argv, env=None, expect=None, detached=False):
