@@ -4,7 +4,7 @@
 Run it through `bench/density` (see there and BENCHMARKS.md). Sandboxes are
 made with `alcove create` on the default rootfs (jail backend) and left
 idle; containers with `crun run -d` of `sleep` on the same rootfs. CPU is
-the sum of utime + stime over the idle window of every process the
+the sum of every thread's run time (schedstat) over the idle window of every process the
 sandboxes (or containers) consist of, as a share of one core.
 """
 
@@ -21,24 +21,26 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import descendants, make_bundle, proc_children, sum_mem  # noqa: E402
 
-HZ = os.sysconf("SC_CLK_TCK")
-
-
 def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def cpu_ticks(pids):
+def cpu_seconds(pids):
+    """CPU time of every thread of `pids`, from schedstat (nanoseconds;
+    /proc/PID/stat's ticks are too coarse for a mostly idle crowd)."""
     total = 0
     for p in pids:
         try:
-            with open("/proc/%d/stat" % p) as f:
-                st = f.read()
+            tids = os.listdir("/proc/%d/task" % p)
         except OSError:
             continue
-        fields = st[st.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])
-    return total
+        for t in tids:
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (p, t)) as f:
+                    total += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+    return total / 1e9
 
 
 def tree(roots):
@@ -52,10 +54,10 @@ def tree(roots):
 def idle_cpu(roots, seconds):
     """Share of one core used by `roots` and their descendants."""
     pids = tree(roots)
-    t0, c0 = time.monotonic(), cpu_ticks(pids)
+    t0, c0 = time.monotonic(), cpu_seconds(pids)
     time.sleep(seconds)
-    t1, c1 = time.monotonic(), cpu_ticks(pids)
-    return (c1 - c0) / HZ / (t1 - t0)
+    t1, c1 = time.monotonic(), cpu_seconds(pids)
+    return (c1 - c0) / (t1 - t0)
 
 
 def timed(argv, env=None, expect=None, detached=False):
@@ -141,6 +143,11 @@ class Density:
         self.grow_alcove(n)
         roots = self.sandbox_pids()
         assert len(roots) == n, (len(roots), n)
+        # Just grown: each sandbox still samples its metrics often (the gap
+        # grows while it stays quiet); then settled, the state of a pool.
+        fresh_cpu = idle_cpu(roots, self.args.idle_seconds) if n else 0.0
+        if n:
+            time.sleep(self.args.settle_seconds)
         cpu = idle_cpu(roots, self.args.idle_seconds) if n else 0.0
         pss = sum_mem(tree(roots))[1] if n else 0
         creates, runs, execs, ps = self.probe_alcove()
@@ -159,6 +166,7 @@ class Density:
             "n": n,
             "alcove": {
                 "idle_cpu_pct_of_one_core": cpu * 100,
+                "fresh_cpu_pct_of_one_core": fresh_cpu * 100,
                 "pss_mib": pss / 1048576,
                 "create_ms": median_ms(creates),
                 "run_rm_true_ms": median_ms(runs),
@@ -191,14 +199,15 @@ class Density:
             self.measure(n)
 
     def report(self):
-        print("| N | alcove idle CPU (% of a core) | crun idle CPU | alcove PSS | crun PSS "
+        print("| N | alcove idle CPU (% of a core), settled | just grown | crun idle CPU | alcove PSS | crun PSS "
               "| create | crun run -d | run --rm true | exec true | ps |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         for r in self.rows:
             a, c = r["alcove"], r["crun"]
             ex = "%.1f ms" % a["exec_true_ms"] if a["exec_true_ms"] is not None else "—"
-            print("| %d | %.2f | %.2f | %.0f MiB | %.0f MiB | %.1f ms | %.1f ms | %.1f ms | %s | %.1f ms |" % (
-                r["n"], a["idle_cpu_pct_of_one_core"], c["idle_cpu_pct_of_one_core"], a["pss_mib"], c["pss_mib"],
+            print("| %d | %.2f | %.2f | %.2f | %.0f MiB | %.0f MiB | %.1f ms | %.1f ms | %.1f ms | %s | %.1f ms |" % (
+                r["n"], a["idle_cpu_pct_of_one_core"], a["fresh_cpu_pct_of_one_core"], c["idle_cpu_pct_of_one_core"],
+                a["pss_mib"], c["pss_mib"],
                 a["create_ms"], c["run_d_ms"], a["run_rm_true_ms"], ex, a["ps_ms"]))
 
 
@@ -207,6 +216,8 @@ def main():
     ap.add_argument("--alcove", required=True)
     ap.add_argument("--counts", default="0,100,500,1000", type=lambda s: [int(x) for x in s.split(",")])
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--settle-seconds", type=float, default=70.0,
+                    help="wait after growing before the settled idle window (metrics reach their longest gap)")
     ap.add_argument("--probes", type=int, default=10)
     ap.add_argument("--json")
     args = ap.parse_args()

@@ -9,11 +9,11 @@
 
 use crate::config::BackendConfig;
 use alcove_backend::mock::MockBackend;
-use alcove_backend::{GuestSpec, VmBackend};
+use alcove_backend::{GuestBackend, GuestSpec};
 use std::path::{Path, PathBuf};
 
 /// The backend that runs a guest configured with `config`.
-pub fn make(config: &BackendConfig) -> Box<dyn VmBackend> {
+pub fn make(config: &BackendConfig) -> Box<dyn GuestBackend> {
     match config {
         BackendConfig::Mock(script) => Box::new(MockBackend::new(script.clone())),
         BackendConfig::Jail(options) => Box::new(alcove_jail::JailBackend::new(options.clone())),
@@ -57,12 +57,12 @@ pub fn preflight(config: &BackendConfig, guest: &mut GuestSpec) -> Result<(), St
 }
 
 /// Removes what the guest of sandbox `sandbox` left on the host after its
-/// sandbox process `pid` died ([`VmBackend::remove_leftovers`]), asking the
+/// sandbox process `pid` died ([`GuestBackend::remove_leftovers`]), asking the
 /// backend it was configured with (`config`, with its settings: a jail's
 /// cgroup parent); `None` when its configuration is gone, and every backend
 /// looks with its defaults. True once nothing is left.
 pub fn remove_leftovers(config: Option<&BackendConfig>, sandbox: &str, pid: u32) -> bool {
-    let backends: Vec<Box<dyn VmBackend>> = match config {
+    let backends: Vec<Box<dyn GuestBackend>> = match config {
         Some(config) => vec![make(config)],
         None => vec![
             make(&BackendConfig::Jail(Default::default())),

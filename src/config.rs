@@ -71,7 +71,10 @@ pub struct PolicySpec {
     /// The agent must be ready within this long.
     #[serde(with = "ms")]
     pub ready_timeout: Duration,
-    /// After ready, a gap between heartbeats longer than this is a lost agent.
+    /// After ready, this long without a heartbeat or any other frame from
+    /// the agent is a lost agent. 30 s by default: the agent beats every
+    /// quarter of it, so an idle sandbox wakes every 7.5 s for it (see
+    /// docs/ARCHITECTURE.md, "Idle means idle").
     #[serde(with = "ms")]
     pub heartbeat_timeout: Duration,
     /// How long a graceful stop may take before the guest is forced off.
@@ -99,7 +102,7 @@ impl Default for PolicySpec {
             idle_timeout: None,
             max_duration: None,
             ready_timeout: Duration::from_secs(30),
-            heartbeat_timeout: Duration::from_secs(10),
+            heartbeat_timeout: Duration::from_secs(30),
             drain_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             watchdog_tick: Duration::from_millis(100),

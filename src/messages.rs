@@ -6,14 +6,14 @@
 //! |---|---|
 //! | [`GuestLaunched`] | sandbox start-up → Lifecycle (which hands the parts on) |
 //! | [`AttachGuest`] | Lifecycle → Relay |
-//! | [`AttachControl`] | Lifecycle → Vm, Metrics |
+//! | [`AttachControl`] | Lifecycle → Guest, Metrics |
 //! | [`LaunchFailed`] | sandbox start-up → Lifecycle |
 //! | [`AgentReady`] | Relay → Lifecycle |
 //! | [`OpenToClients`] | Lifecycle → Relay (once Running is recorded) |
 //! | [`Terminate`] | Watchdog, Relay, signal handler, Db failures, embedding handle → Lifecycle |
-//! | [`VmExited`] | exit observer (any thread) → Lifecycle |
-//! | [`StopGuest`] | Lifecycle → Vm (only after the reason is fixed) |
-//! | [`SendShutdown`] | Vm → Relay |
+//! | [`GuestExited`] | exit observer (any thread) → Lifecycle |
+//! | [`StopGuest`] | Lifecycle → Guest (only after the reason is fixed) |
+//! | [`SendShutdown`] | Guest → Relay |
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
 //! | [`CloseRelay`] | Lifecycle → Relay |
@@ -34,11 +34,11 @@ use std::time::Duration;
 pub struct GuestLaunched {
     /// Host end of the agent channel, for the Relay.
     pub agent_channel: UnixStream,
-    /// Stop and usage handle, for Vm and Metrics.
+    /// Stop and usage handle, for Guest and Metrics.
     pub control: Arc<dyn GuestControl>,
 }
 
-/// The backend could not create the guest; there will be no [`VmExited`], so
+/// The backend could not create the guest; there will be no [`GuestExited`], so
 /// Lifecycle finalises the run itself. `ack` is answered when it has.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -86,14 +86,14 @@ impl Terminate {
 /// until Lifecycle has committed the outcome and removed the socket.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct VmExited {
+pub struct GuestExited {
     /// How the guest ended.
     pub exit: GuestExit,
     /// Answered once the run is final.
     pub ack: crossbeam_channel::Sender<()>,
 }
 
-/// Lifecycle → Vm: end the guest. `graceful` asks the agent first and waits
+/// Lifecycle → Guest: end the guest. `graceful` asks the agent first and waits
 /// `drain_timeout` before forcing.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
@@ -102,7 +102,7 @@ pub struct StopGuest {
     pub graceful: bool,
 }
 
-/// Vm → Relay: send `Shutdown` to the agent.
+/// Guest → Relay: send `Shutdown` to the agent.
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "bool")]
 pub struct SendShutdown {
@@ -134,7 +134,8 @@ pub struct Activity {
 pub struct Touch;
 
 /// Lifecycle → Relay: stop accepting (connections are refused from then
-/// on), abort open sessions and close clients. agent.sock itself stays until
+/// on), route the guest's last frames (until its channel ends, briefly),
+/// then abort open sessions and close clients. agent.sock itself stays until
 /// the run's end is committed ([`crate::run_end::finish`] removes it).
 #[derive(Message, Clone, Copy, Debug)]
 #[rtype(result = "()")]
@@ -204,7 +205,7 @@ pub struct AttachGuest {
 #[rtype(result = "()")]
 pub struct OpenToClients;
 
-/// Lifecycle → Vm and Metrics: the guest control handle.
+/// Lifecycle → Guest and Metrics: the guest control handle.
 #[derive(Message, Clone)]
 #[rtype(result = "()")]
 pub struct AttachControl {

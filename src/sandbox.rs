@@ -10,27 +10,27 @@
 //! embedding program usually calls [`GuestDriver::spawn`].
 //!
 //! Threads: the caller's (backend launch, then the driver), `alcove-actors`
-//! (actix System: Lifecycle, Vm, Relay, Watchdog, Metrics), `alcove-db`
+//! (actix System: Lifecycle, Guest, Relay, Watchdog, Metrics), `alcove-db`
 //! (SyncArbiter with the Db actor), plus whatever the backend starts. A panic
 //! on the actor thread forces the guest off, and the exit observer's budget
 //! then finalises the run from the driver's thread, so no failure leaves a
 //! run Running or the process hanging.
 
 use crate::actors::db::{DbActor, SampleGate};
-use crate::actors::lifecycle::{Lifecycle, LifecyclePeers, SharedState};
+use crate::actors::guest::GuestActor;
+use crate::actors::lifecycle::{Lifecycle, LifecyclePeers, Published};
 use crate::actors::metrics::Metrics;
 use crate::actors::network::{NetworkActor, StartNetwork};
 use crate::actors::relay::flow::{RelayCounters, RelayStats};
 use crate::actors::relay::{bind_socket, Relay, RelayError, RelayPeers};
-use crate::actors::vm::VmActor;
 use crate::actors::watchdog::Watchdog;
 use crate::clock::{Clock, MonotonicClock};
 use crate::config::{ExitBudget, Outcome, Policy};
-use crate::messages::{GuestLaunched, LaunchFailed, Terminate, Touch, VmExited};
+use crate::messages::{Activity, GetActivity, GuestExited, GuestLaunched, LaunchFailed, Terminate, Touch};
 use crate::run_end::{finish, Cleanup, RunEnd, Write};
 use crate::store::{Store, StoreError, StoreOptions, TerminationReason};
 use actix::prelude::*;
-use alcove_backend::{ExitObserver, GuestExit, GuestRunner, GuestSpec, VmBackend};
+use alcove_backend::{ExitObserver, GuestBackend, GuestExit, GuestRunner, GuestSpec};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -130,12 +130,16 @@ impl SandboxOptions {
     }
 }
 
+/// What the handle sends the relay.
+type RelayForHandle = (Recipient<Touch>, Recipient<GetActivity>);
+
 /// Control of a running sandbox from outside the actor system.
 pub struct SandboxHandle {
     lifecycle: Addr<Lifecycle>,
     touch: Recipient<Touch>,
+    activity: Recipient<GetActivity>,
     relay_counters: Arc<RelayCounters>,
-    shared: Arc<SharedState>,
+    shared: Arc<Published>,
     socket_path: PathBuf,
     actor_thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -161,6 +165,16 @@ impl SandboxHandle {
     /// Counts as activity for the idle timeout.
     pub fn touch(&self) {
         self.touch.do_send(Touch);
+    }
+
+    /// What the watchdog's rules look at (readiness, the last heartbeat and
+    /// activity on the sandbox's clock, open sessions), asked of the relay;
+    /// `None` once the sandbox has ended. Blocks the calling thread until the
+    /// relay answers: not for use on an async runtime's thread.
+    pub fn activity(&self) -> Option<Activity> {
+        let ask = self.activity.send(GetActivity);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().ok()?;
+        runtime.block_on(ask).ok()
     }
 
     /// What the relay has held for its clients and the guest (high-water
@@ -238,7 +252,10 @@ impl GuestDriver {
 }
 
 /// Starts a sandbox with `backend`; see the module docs.
-pub fn launch(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<(SandboxHandle, GuestDriver), StartError> {
+pub fn launch(
+    opts: SandboxOptions,
+    backend: Box<dyn GuestBackend>,
+) -> Result<(SandboxHandle, GuestDriver), StartError> {
     let store = Store::open_with(&opts.db_path, store_options_within(&opts.store, &opts.policy))?;
     let listener = bind_agent_socket(&opts.socket_path)?;
     launch_with(store, listener, opts, backend)
@@ -274,9 +291,9 @@ pub fn launch_with(
     store: Store,
     listener: std::os::unix::net::UnixListener,
     opts: SandboxOptions,
-    backend: Box<dyn VmBackend>,
+    backend: Box<dyn GuestBackend>,
 ) -> Result<(SandboxHandle, GuestDriver), StartError> {
-    let shared = Arc::new(SharedState::default());
+    let shared = Arc::new(Published::default());
     let relay_counters = Arc::new(RelayCounters::default());
 
     let (addr_tx, addr_rx) = crossbeam_channel::bounded(1);
@@ -289,7 +306,7 @@ pub fn launch_with(
             .spawn(move || run_actor_system(opts, store, listener, (shared, counters), addr_tx))
             .map_err(|source| StartError::Thread { what: "actor", source })?
     };
-    let (lifecycle, touch, network) = match addr_rx.recv() {
+    let (lifecycle, (touch, activity), network) = match addr_rx.recv() {
         Ok(addrs) => addrs,
         Err(_) => {
             let _ = actor_thread.join();
@@ -300,6 +317,7 @@ pub fn launch_with(
     let handle = SandboxHandle {
         lifecycle: lifecycle.clone(),
         touch,
+        activity,
         relay_counters,
         shared: shared.clone(),
         socket_path: opts.socket_path.clone(),
@@ -330,7 +348,7 @@ pub fn launch_with(
 }
 
 /// [`launch`] with the guest driven on its own thread.
-pub fn start(opts: SandboxOptions, backend: Box<dyn VmBackend>) -> Result<SandboxHandle, StartError> {
+pub fn start(opts: SandboxOptions, backend: Box<dyn GuestBackend>) -> Result<SandboxHandle, StartError> {
     let (handle, driver) = launch(opts, backend)?;
     driver.spawn()?;
     Ok(handle)
@@ -346,8 +364,8 @@ fn run_actor_system(
     opts: SandboxOptions,
     store: Store,
     listener: std::os::unix::net::UnixListener,
-    (shared, relay_counters): (Arc<SharedState>, Arc<RelayCounters>),
-    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, Recipient<Touch>, Recipient<StartNetwork>)>,
+    (shared, relay_counters): (Arc<Published>, Arc<RelayCounters>),
+    addr_tx: crossbeam_channel::Sender<(Addr<Lifecycle>, RelayForHandle, Recipient<StartNetwork>)>,
 ) {
     let panic_shared = shared.clone();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
@@ -376,7 +394,7 @@ fn run_actor_system(
                 relay_counters,
             )
             .start();
-            let vm = VmActor::new(opts.policy, relay.clone().recipient()).start();
+            let vm = GuestActor::new(opts.policy, relay.clone().recipient()).start();
             let metrics = Metrics::new(opts.name.clone(), opts.policy.metrics_interval, db.clone().recipient()).start();
             // The network engine's owner; idle (no engine) without a link.
             let network = NetworkActor::new(
@@ -403,7 +421,7 @@ fn run_actor_system(
                 Lifecycle::new(opts.name.clone(), opts.config_json.clone(), opts.pid, peers, samples, shared.clone())
                     .with_socket_removal(opts.socket_removal, opts.socket_path.clone()),
             );
-            let _ = addr_tx.send((lifecycle, relay.recipient(), network.recipient()));
+            let _ = addr_tx.send((lifecycle, (relay.clone().recipient(), relay.recipient()), network.recipient()));
         });
         if let Err(e) = system.run() {
             tracing::error!(error = %e, "the actor system failed");
@@ -417,11 +435,11 @@ fn run_actor_system(
     }
 }
 
-fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<SharedState>) -> ExitObserver {
+fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<Published>) -> ExitObserver {
     let opts = opts.clone();
     ExitObserver::new(move |exit: GuestExit| {
         let (ack_tx, ack_rx) = crossbeam_channel::bounded(1);
-        lifecycle.do_send(VmExited { exit: exit.clone(), ack: ack_tx });
+        lifecycle.do_send(GuestExited { exit: exit.clone(), ack: ack_tx });
         if ack_rx.recv_timeout(opts.policy.exit_budget().ack_wait()).is_err() {
             last_resort(&opts, &shared, Some(&exit), "the actor system did not finalise the run in time");
         }
@@ -431,7 +449,7 @@ fn exit_observer(opts: &SandboxOptions, lifecycle: Addr<Lifecycle>, shared: Arc<
 /// Finalises from the calling thread when the actors could not: makes the
 /// run's end final ([`finish`]) with a fresh connection, removing the
 /// socket unless the caller does.
-fn last_resort(opts: &SandboxOptions, shared: &SharedState, exit: Option<&GuestExit>, detail: &str) {
+fn last_resort(opts: &SandboxOptions, shared: &Published, exit: Option<&GuestExit>, detail: &str) {
     tracing::error!(detail, "finalising without the actor system");
     let end = RunEnd::internal_error(exit, detail);
     let cleanup = Cleanup {

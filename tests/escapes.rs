@@ -2,6 +2,9 @@
 //! standard list): every one must fail, the sandbox must survive each, and
 //! a limit that is hit is reported.
 //!
+//! Over 600 lines on purpose: the standard list of escapes, one test each,
+//! against one shared harness.
+//!
 //! How an attempt is judged:
 //! - shell attempts (busybox, the default rootfs) have a set-up that must
 //!   succeed first — an attempt that fails only because its target is

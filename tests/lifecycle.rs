@@ -4,6 +4,7 @@
 
 mod common;
 
+use alcove::clock::Clock;
 use alcove::store::{SandboxStatus, TerminationReason};
 use alcove::{Policy, PolicySpec};
 use alcove_backend::mock::{MockEvent, MockScript};
@@ -86,20 +87,20 @@ fn touch_resets_the_idle_clock() {
     assert!(env.handle.wait_ready(WAIT));
     let mut client = RawClient::connect(&env.socket());
     // Each touch lands 40 s after the previous one, so without them the
-    // sandbox would be idle for 80 s by the second round. The short sleep
-    // only lets the touch cross from this thread to the relay before the
-    // clock moves again; the wait then gives the watchdog (5 ms ticks) many
-    // looks at a sandbox that must not time out.
+    // sandbox would be idle for 80 s by the second round. Each is seen by
+    // the relay before the clock moves again.
     for _ in 0..3 {
         env.clock.advance(Duration::from_secs(40));
         client.send(CONTROL_ID, Flags::NONE, &Message::Touch);
-        std::thread::sleep(Duration::from_millis(30));
-        assert!(env.handle.wait_timeout(Duration::from_millis(150)).is_none(), "touched sandbox timed out");
+        let now = env.clock.now();
+        env.wait_activity("the client's touch", |a| a.last_activity == now);
+        assert!(env.handle.outcome().is_none(), "touched sandbox timed out");
     }
     env.clock.advance(Duration::from_secs(40));
     env.handle.touch();
-    std::thread::sleep(Duration::from_millis(30));
-    assert!(env.handle.wait_timeout(Duration::from_millis(150)).is_none(), "touched sandbox timed out");
+    let now = env.clock.now();
+    env.wait_activity("the handle's touch", |a| a.last_activity == now);
+    assert!(env.handle.outcome().is_none(), "touched sandbox timed out");
     env.clock.advance(Duration::from_secs(61));
     assert_eq!(env.handle.wait_timeout(WAIT).expect("ends").reason, TerminationReason::IdleTimeout);
 }
@@ -193,18 +194,15 @@ fn an_agent_that_is_never_ready_is_unresponsive() {
 #[test]
 fn lost_heartbeats_are_unresponsive() {
     let env = start(
-        MockScript { heartbeats_stop_after: Some(2), ..script() },
+        MockScript { heartbeats_stop_after: Some(0), ..script() },
         Policy::try_from(PolicySpec { heartbeat_timeout: Duration::from_secs(10), ..policy().spec() })
             .expect("a valid policy"),
     );
     assert!(env.handle.wait_ready(WAIT));
-    // The same steps as `heartbeats_keep_a_sandbox_alive` (5 s of clock, then
-    // time for real heartbeats, every 20 ms, to land): a beating agent
-    // survives them, so only the silence can end this one.
-    for _ in 0..3 {
-        env.clock.advance(Duration::from_secs(5));
-        std::thread::sleep(Duration::from_millis(80));
-    }
+    // A silent agent: its Ready was its last sign of life.
+    env.clock.advance(Duration::from_secs(5));
+    assert!(env.handle.outcome().is_none());
+    env.clock.advance(Duration::from_secs(5));
     let outcome = env.handle.wait_timeout(WAIT).expect("ends");
     assert_eq!(outcome.reason, TerminationReason::AgentUnresponsive);
     assert!(outcome.detail.as_deref().is_some_and(|d| d.contains("heartbeat")), "{outcome:?}");
@@ -219,10 +217,12 @@ fn heartbeats_keep_a_sandbox_alive() {
             .expect("a valid policy"),
     );
     assert!(env.handle.wait_ready(WAIT));
+    // Half a heartbeat timeout at a time, each followed by a real heartbeat
+    // (the mock beats every 20 ms): 25 s in all, never 10 s of silence.
     for _ in 0..5 {
         env.clock.advance(Duration::from_secs(5));
-        // A real heartbeat (every 20 ms) lands before the next advance.
-        std::thread::sleep(Duration::from_millis(80));
+        let now = env.clock.now();
+        env.wait_activity("a heartbeat after the clock moved", |a| a.last_heartbeat == Some(now));
         assert!(env.handle.outcome().is_none(), "a beating agent was called unresponsive");
     }
     env.handle.stop();

@@ -216,7 +216,8 @@ fn a_stalled_client_with_many_small_frames_is_held_back_not_dropped() {
     // more than a window's worth, while the client reads nothing for a while.
     let n = 100_000;
     client.exec(id, &["lines", &n.to_string()], false);
-    std::thread::sleep(Duration::from_millis(500));
+    // The guest has filled the session's window while the client read nothing.
+    assert!(env.log.wait_for(&MockEvent::WindowFull { id }, WAIT), "the guest never waited for credit");
     let (out, end) = client.collect(id);
     assert!(matches!(end, Message::ExecExited(s) if s.code == Some(0)), "{end:?}");
     let text = String::from_utf8(out).expect("utf-8");

@@ -3,7 +3,7 @@
 //!
 //! States: Starting → Ready → Draining → Exited. The first [`Terminate`] to
 //! arrive fixes the reason (later ones are logged and ignored); only then is
-//! Vm told to stop. When the guest ends ([`VmExited`]) without an earlier
+//! Guest told to stop. When the guest ends ([`GuestExited`]) without an earlier
 //! cause, its exit decides ([`RunEnd::decide`]): code 0 is Completed, any
 //! other code or a killing signal Failed.
 //!
@@ -20,8 +20,8 @@
 use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
-    AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestLaunched,
-    LaunchFailed, OpenToClients, StopGuest, Terminate, VmExited,
+    AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestExited,
+    GuestLaunched, LaunchFailed, OpenToClients, StopGuest, Terminate,
 };
 use crate::run_end::{Cleanup, RunEnd};
 use crate::sandbox::SocketRemoval;
@@ -48,25 +48,25 @@ pub enum State {
 /// State shared between the actors and the threads outside the actor system
 /// (the embedding handle, the exit observer).
 #[derive(Default)]
-pub struct SharedState {
-    inner: Mutex<Inner>,
+pub struct Published {
+    facts: Mutex<Facts>,
     changed: Condvar,
 }
 
 #[derive(Default)]
-struct Inner {
+struct Facts {
     ready: bool,
     outcome: Option<Outcome>,
     run: Option<RunId>,
     control: Option<Arc<dyn GuestControl>>,
 }
 
-impl SharedState {
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+impl Published {
+    fn lock(&self) -> MutexGuard<'_, Facts> {
+        self.facts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn update(&self, f: impl FnOnce(&mut Inner)) {
+    fn update(&self, f: impl FnOnce(&mut Facts)) {
         f(&mut self.lock());
         self.changed.notify_all();
     }
@@ -135,9 +135,9 @@ pub struct LifecyclePeers {
     pub open_to_clients: Recipient<OpenToClients>,
     /// Relay: stop accepting, abort open sessions.
     pub close_relay: Recipient<CloseRelay>,
-    /// Vm: end the guest.
+    /// Guest: end the guest.
     pub stop_guest: Recipient<StopGuest>,
-    /// Vm and Metrics: the guest's control handle.
+    /// Guest and Metrics: the guest's control handle.
     pub attach_control: Vec<Recipient<AttachControl>>,
 }
 
@@ -150,7 +150,7 @@ pub struct Lifecycle {
     cause: Option<Terminate>,
     run: Option<RunId>,
     peers: LifecyclePeers,
-    shared: Arc<SharedState>,
+    shared: Arc<Published>,
     samples: SampleGate,
     /// agent.sock, when Lifecycle removes it at the end.
     socket_after_end: Option<PathBuf>,
@@ -165,7 +165,7 @@ impl Lifecycle {
         pid: u32,
         peers: LifecyclePeers,
         samples: SampleGate,
-        shared: Arc<SharedState>,
+        shared: Arc<Published>,
     ) -> Lifecycle {
         Lifecycle {
             name,
@@ -345,10 +345,10 @@ impl Handler<Terminate> for Lifecycle {
     }
 }
 
-impl Handler<VmExited> for Lifecycle {
+impl Handler<GuestExited> for Lifecycle {
     type Result = ();
 
-    fn handle(&mut self, msg: VmExited, ctx: &mut Self::Context) {
+    fn handle(&mut self, msg: GuestExited, ctx: &mut Self::Context) {
         self.finalise(Some(msg.exit), msg.ack, ctx);
     }
 }

@@ -2,10 +2,10 @@
 //! what and which messages flow where.
 
 pub mod db;
+pub mod guest;
 pub mod lifecycle;
 pub mod metrics;
 pub mod network;
 pub mod peer_log;
 pub mod relay;
-pub mod vm;
 pub mod watchdog;

@@ -15,7 +15,8 @@
 //! 3. ready, no open session, and no client frame, touch or session end for
 //!    `idle_timeout` → IdleTimeout (a long command that reads nothing is a
 //!    session, so it is not idle);
-//! 4. ready and no heartbeat for `heartbeat_timeout` → AgentUnresponsive.
+//! 4. ready and no heartbeat (nor any other frame from the agent, which
+//!    the relay counts as one) for `heartbeat_timeout` → AgentUnresponsive.
 //!
 //! Invariant: no rule can fire between two looks. Every input of the rules
 //! only moves their deadlines later (activity, heartbeats), except a session
@@ -40,7 +41,6 @@ pub struct Watchdog {
     /// Lifecycle: the cause, once a rule fires.
     terminate: Recipient<Terminate>,
     fired: bool,
-    looks: u64,
 }
 
 impl Watchdog {
@@ -52,7 +52,7 @@ impl Watchdog {
         terminate: Recipient<Terminate>,
     ) -> Watchdog {
         let started_at = clock.now();
-        Watchdog { policy, clock, started_at, activity, terminate, fired: false, looks: 0 }
+        Watchdog { policy, clock, started_at, activity, terminate, fired: false }
     }
 }
 
@@ -150,7 +150,6 @@ impl Watchdog {
                 ctx.stop();
                 return;
             }
-            this.looks += 1;
             let at = next_check(&this.policy, this.started_at, &activity, now);
             ctx.spawn(this.clock.sleep_until(at).into_actor(this).map(|(), this, ctx| this.look(ctx)));
         }));
@@ -165,23 +164,10 @@ impl Actor for Watchdog {
     }
 }
 
-/// How many times the watchdog has looked without firing (for tests of
-/// idle wake-ups).
-#[derive(Message)]
-#[rtype(result = "u64")]
-pub struct GetLooks;
-
-impl Handler<GetLooks> for Watchdog {
-    type Result = u64;
-
-    fn handle(&mut self, _: GetLooks, _: &mut Self::Context) -> u64 {
-        self.looks
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use crate::config::PolicySpec;
 
     fn rules(policy: Policy) -> impl Fn(&Activity, u64) -> Option<TerminationReason> {
@@ -340,5 +326,76 @@ mod tests {
         assert_eq!(with(10_000), Duration::from_millis(2500));
         assert_eq!(with(2_000), Duration::from_secs(1));
         assert_eq!(with(864_000_000), Duration::from_secs(30));
+    }
+
+    /// The relay's part: a fixed activity; says when it was asked.
+    struct FixedActivity {
+        activity: Activity,
+        clock: ManualClock,
+        asked: tokio::sync::mpsc::UnboundedSender<Duration>,
+    }
+
+    impl Actor for FixedActivity {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<GetActivity> for FixedActivity {
+        type Result = MessageResult<GetActivity>;
+
+        fn handle(&mut self, _: GetActivity, _: &mut Self::Context) -> Self::Result {
+            let _ = self.asked.send(self.clock.now());
+            MessageResult(self.activity)
+        }
+    }
+
+    /// Lifecycle's part: the cause and the time it came.
+    struct Causes {
+        clock: ManualClock,
+        tx: Option<tokio::sync::oneshot::Sender<(TerminationReason, Duration)>>,
+    }
+
+    impl Actor for Causes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Terminate> for Causes {
+        type Result = ();
+
+        fn handle(&mut self, msg: Terminate, _: &mut Self::Context) {
+            if let Some(tx) = self.tx.take() {
+                let _ = tx.send((msg.reason, self.clock.now()));
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_sandbox_is_looked_at_only_at_its_deadline_over_an_hour_of_manual_time() {
+        actix::System::new().block_on(async {
+            let clock = ManualClock::new();
+            let policy = valid(PolicySpec {
+                idle_timeout: Some(secs(3600)),
+                heartbeat_timeout: secs(864_000),
+                watchdog_tick: Duration::from_millis(100),
+                ..PolicySpec::default()
+            });
+            let (asked_tx, mut asked) = tokio::sync::mpsc::unbounded_channel();
+            let relay = FixedActivity { activity: ready(0), clock: clock.clone(), asked: asked_tx }.start();
+            let (tx, ended) = tokio::sync::oneshot::channel();
+            let lifecycle = Causes { clock: clock.clone(), tx: Some(tx) }.start();
+            Watchdog::new(policy, Arc::new(clock.clone()), relay.recipient(), lifecycle.recipient()).start();
+            assert_eq!(asked.recv().await, Some(secs(0)), "the first look");
+            // A minute at a time, each step given the chance to wake it.
+            for _ in 0..59 {
+                clock.advance(secs(60));
+                for _ in 0..10 {
+                    tokio::task::yield_now().await;
+                }
+                assert!(asked.try_recv().is_err(), "looked at {:?}, before any deadline", clock.now());
+            }
+            clock.advance(secs(60));
+            assert_eq!(ended.await.expect("a cause"), (TerminationReason::IdleTimeout, secs(3600)));
+            assert_eq!(asked.try_recv().ok(), Some(secs(3600)), "one look, at the deadline");
+            assert!(asked.try_recv().is_err());
+        });
     }
 }

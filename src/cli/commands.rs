@@ -96,7 +96,6 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
             rootfs: args.opts.rootfs.clone(),
             backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
             detached_command: Some(args.command.clone()),
-            interactive: false,
             owner: None,
         };
         let (_client, _started) = create_and_start(&ctx, process, &name, &args.opts, None, meta).await?;
@@ -110,7 +109,6 @@ pub async fn run(args: RunArgs) -> CliResult<i32> {
         rootfs: args.opts.rootfs.clone(),
         backend_requested: format!("{:?}", args.opts.backend).to_lowercase(),
         detached_command: None,
-        interactive: args.interactive,
         owner: None,
     };
     let (client, mut started) =
@@ -262,7 +260,6 @@ pub async fn create(args: CreateArgs) -> CliResult<i32> {
         rootfs: opts.rootfs.clone(),
         backend_requested: format!("{:?}", opts.backend).to_lowercase(),
         detached_command: None,
-        interactive: false,
         owner: None,
     };
     let (_client, _started) = create_and_start(&ctx, process, &args.name, &opts, None, meta).await?;

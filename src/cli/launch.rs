@@ -226,7 +226,7 @@ fn pidfd_open(pid: u32) -> Option<std::os::fd::OwnedFd> {
 }
 
 /// A sandbox process started ahead of its configuration: it loads the
-/// program (≈ 1.5 ms on the project's host) while the CLI records the
+/// program while the CLI records the
 /// sandbox, then waits for [`Pending::configure`]. Dropping it unconfigured
 /// closes its stdin, and it exits without a word.
 pub struct Pending {

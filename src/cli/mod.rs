@@ -20,12 +20,13 @@
 pub mod args;
 pub mod commands;
 pub mod cp;
+pub mod doctor;
 pub mod error;
 pub mod launch;
-pub mod misc;
 pub mod net;
 pub mod output;
 pub mod pull;
+pub mod rootfs;
 pub mod session;
 pub mod show;
 pub mod state;
@@ -93,8 +94,8 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Logs(a) => show::logs(a).await,
         Command::Metrics(a) => show::metrics(a),
         Command::Cp(a) => cp::cp(a).await,
-        Command::Doctor(a) => misc::doctor(a),
-        Command::Rootfs(c) => misc::rootfs(c),
+        Command::Doctor(a) => doctor::doctor(a),
+        Command::Rootfs(c) => rootfs::rootfs(c),
         Command::Net(c) => net::command(c),
         Command::Port(c) => net::port(c),
         Command::Secret(c) => net::secret(c),

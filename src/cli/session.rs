@@ -121,8 +121,8 @@ const STDOUT_PIPE_BYTES: libc::c_int = 1024 * 1024;
 
 /// Grows stdout to [`STDOUT_PIPE_BYTES`] when it is a smaller pipe. With the
 /// default 64 KiB pipe every 128 KiB output frame needs two wake-ups of the
-/// reader, which capped `alcove exec … | reader` near 600 MB/s (the same cap
-/// `crun exec` hits). Best effort: a refusal (pipe quota) changes nothing.
+/// reader, which capped `alcove exec … | reader` well below the socket's
+/// speed (as it caps `crun exec`; BENCHMARKS.md). Best effort: a refusal (pipe quota) changes nothing.
 fn grow_stdout_pipe() {
     // SAFETY: fstat fills a local stat; F_GETPIPE_SZ/F_SETPIPE_SZ only read or
     // change the capacity of the pipe on fd 1, never its contents.

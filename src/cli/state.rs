@@ -46,8 +46,6 @@ pub struct CliMeta {
     pub backend_requested: String,
     /// The command of a `run -d`, run by the supervisor.
     pub detached_command: Option<Vec<String>>,
-    /// Whether the detached command has stdin (never: kept for clarity).
-    pub interactive: bool,
     /// The attached CLI that removes an `auto_remove` sandbox after reading
     /// its outcome; `None` when its sandbox process removes itself.
     pub owner: Option<ProcessIdentity>,
@@ -382,8 +380,8 @@ pub const REMOVE_WAIT: Duration = Duration::from_secs(10);
 /// Writes `data` to `path` with mode 0600 (replacing it atomically).
 /// `durable`: fsync before the rename, so a host crash leaves the old or the
 /// new content. Files of a sandbox removed when its run ends skip it: they
-/// die with the run anyway, and two fsyncs cost 1–3 ms of every
-/// `alcove run` (far more while the disk is busy).
+/// die with the run anyway, and two fsyncs are a visible share of every
+/// `alcove run` (more while the disk is busy; BENCHMARKS.md).
 pub fn write_private(path: &Path, data: &[u8], durable: bool) -> CliResult<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");

@@ -65,6 +65,20 @@ pub fn start(script: MockScript, policy: Policy) -> Env {
 }
 
 impl Env {
+    /// Asks the relay until its activity satisfies `done` (each answer is
+    /// an event: the relay has handled everything sent before it was asked).
+    pub fn wait_activity(&self, what: &str, done: impl Fn(&alcove::messages::Activity) -> bool) {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let activity = self.handle.activity().expect("the sandbox is running");
+            if done(&activity) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "never saw {what}: {activity:?}");
+            std::thread::yield_now();
+        }
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.handle.socket_path().to_path_buf()
     }

@@ -1,6 +1,10 @@
 //! Starting commands: request validation, environment, user, rlimits, PTYs,
 //! and the fork/exec with an error pipe that classifies failures.
 //!
+//! Over 600 lines on purpose: the path from request to `exec` is one
+//! sequence whose order is part of its safety; split, it would no longer read
+//! top-down.
+//!
 //! Invariants:
 //! - Everything that allocates or reads files ([`prepare`]) happens before
 //!   `fork`; the child only makes async-signal-safe system calls.

@@ -1,4 +1,7 @@
 //! End-to-end tests of the real agent binary over a socketpair.
+//!
+//! Over 600 lines on purpose: the agent's whole protocol surface against one
+//! real binary, one integration test file for the area.
 
 mod common;
 

@@ -1,6 +1,6 @@
 //! The seam between alcove's actors and the thing that runs a guest.
 //!
-//! A backend ([`VmBackend`]) turns a [`GuestSpec`] into a running guest and
+//! A backend ([`GuestBackend`]) turns a [`GuestSpec`] into a running guest and
 //! hands back three things ([`Launched`]):
 //!
 //! - the host end of the **agent channel**, a connected `SOCK_STREAM` Unix
@@ -63,10 +63,7 @@ impl BackendError {
 }
 
 /// A guest backend: krun, jail or mock.
-pub trait VmBackend: Send {
-    /// The backend's name as used in configs (`krun`, `jail`, `mock`).
-    fn kind(&self) -> &'static str;
-
+pub trait GuestBackend: Send {
     /// Validates the spec and creates the guest. Every check that can fail
     /// must happen here, before anything irreversible, so bad input becomes a
     /// clear error and an InternalError run rather than a half-built guest.

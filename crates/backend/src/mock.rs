@@ -1,6 +1,9 @@
 //! The mock backend: an in-process guest that speaks the real protocol over
 //! the real agent channel.
 //!
+//! Over 600 lines on purpose: the mock is one complete scripted agent (exec,
+//! stdin, credit, pipes, shutdown) whose parts share one session table.
+//!
 //! It exists for actor-level tests and for the standalone sandbox process's
 //! `mock` backend. A [`MockScript`] says how it behaves: when (or whether) it
 //! becomes ready, how often it sends heartbeats and when it stops, whether it
@@ -34,7 +37,7 @@
 //! read the channel, the reader blocks and reads nothing either. A
 //! [`MockGate`] stops the reader on purpose (a guest that does not read).
 
-use crate::{BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend};
+use crate::{BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched};
 use alcove_protocol::fdpass;
 use alcove_protocol::{
     BootTimings, ExecRequest, ExitStatus, Flags, Frame, Message, Ready, SpawnError, SpawnErrorKind, CONTROL_ID,
@@ -210,11 +213,7 @@ impl MockBackend {
     }
 }
 
-impl VmBackend for MockBackend {
-    fn kind(&self) -> &'static str {
-        "mock"
-    }
-
+impl GuestBackend for MockBackend {
     fn launch(self: Box<Self>, _spec: &GuestSpec) -> Result<Launched, BackendError> {
         if let Some(msg) = &self.script.fail_launch {
             return Err(BackendError::Setup(msg.clone()));

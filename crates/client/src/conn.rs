@@ -52,10 +52,10 @@ const WRITE_BUFFER: usize = 64 * 1024;
 /// dropped.
 #[derive(Clone)]
 pub struct Client {
-    pub(crate) inner: Arc<Inner>,
+    pub(crate) conn: Arc<Connection>,
 }
 
-pub(crate) struct Inner {
+pub(crate) struct Connection {
     router: Arc<Router>,
     out: mpsc::UnboundedSender<Frame>,
     handshake: Handshake,
@@ -63,7 +63,7 @@ pub(crate) struct Inner {
     reader: JoinHandle<()>,
 }
 
-impl Drop for Inner {
+impl Drop for Connection {
     fn drop(&mut self) {
         self.reader.abort();
     }
@@ -234,7 +234,7 @@ impl Router {
 /// A session's handle on the connection: its id, its window and the sender.
 pub(crate) struct SessionLink {
     pub(crate) id: u32,
-    inner: Arc<Inner>,
+    conn: Arc<Connection>,
     window: Arc<Window>,
 }
 
@@ -249,13 +249,13 @@ impl SessionLink {
     /// enqueue happen under the router lock, so a frame of a finished session
     /// can never be queued after the request of a new session reusing its id.
     fn enqueue(&self, frame: Frame) -> Result<(), ClientError> {
-        let st = self.inner.router.lock();
+        let st = self.conn.router.lock();
         if !st.open {
             return Err(ClientError::Disconnected);
         }
         match st.sessions.get(&self.id) {
             Some(slot) if Arc::ptr_eq(&slot.window, &self.window) => {
-                self.inner.out.send(frame).map_err(|_| ClientError::Disconnected)
+                self.conn.out.send(frame).map_err(|_| ClientError::Disconnected)
             }
             _ => Err(ClientError::SessionClosed),
         }
@@ -278,7 +278,7 @@ impl SessionLink {
 
     /// The error for a closed session: disconnected or ended.
     pub(crate) fn closed_error(&self) -> ClientError {
-        if self.inner.router.is_open() {
+        if self.conn.router.is_open() {
             ClientError::SessionClosed
         } else {
             ClientError::Disconnected
@@ -286,7 +286,7 @@ impl SessionLink {
     }
 }
 
-impl Inner {
+impl Connection {
     fn send(&self, id: u32, flags: Flags, msg: &Message) -> Result<(), ClientError> {
         let frame = Frame::message(id, flags, msg).map_err(|e| ClientError::Encode(e.to_string()))?;
         let st = self.router.lock();
@@ -356,40 +356,40 @@ impl Client {
         let (out, out_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, out_rx, router.clone()));
         let reader = tokio::spawn(read_loop(rd, router.clone()));
-        Ok(Client { inner: Arc::new(Inner { router, out, handshake, ready, reader }) })
+        Ok(Client { conn: Arc::new(Connection { router, out, handshake, ready, reader }) })
     }
 
     /// The agent's `Ready` message received in the handshake.
     pub fn ready(&self) -> &Ready {
-        &self.inner.ready
+        &self.conn.ready
     }
 
     /// The session id range granted by the relay.
     pub fn id_range(&self) -> Handshake {
-        self.inner.handshake
+        self.conn.handshake
     }
 
     /// Whether the connection is still up.
     pub fn is_connected(&self) -> bool {
-        self.inner.router.is_open()
+        self.conn.router.is_open()
     }
 
     /// Waits until the connection has ended.
     pub async fn closed(&self) {
-        let mut rx = self.inner.router.closed.subscribe();
+        let mut rx = self.conn.router.closed.subscribe();
         // The sender lives in the router, which this client keeps alive.
         let _ = rx.wait_for(|closed| *closed).await;
     }
 
     /// Marks activity for the sandbox's idle timeout.
     pub fn touch(&self) -> Result<(), ClientError> {
-        self.inner.send(CONTROL_ID, Flags::NONE, &Message::Touch)
+        self.conn.send(CONTROL_ID, Flags::NONE, &Message::Touch)
     }
 
     /// Asks the sandbox to stop (SIGTERM to every command, `grace_ms`, then
     /// SIGKILL, sync, power off) and waits until it closes the connection.
     pub async fn shutdown(&self, grace_ms: u32) -> Result<(), ClientError> {
-        self.inner.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })?;
+        self.conn.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })?;
         self.closed().await;
         Ok(())
     }
@@ -407,10 +407,10 @@ impl Client {
         stdout: Option<OutputSink>,
     ) -> Result<(Arc<SessionLink>, mpsc::UnboundedReceiver<Message>), ClientError> {
         let frame = Frame::message(0, Flags::SESSION_START, request).map_err(|e| ClientError::Encode(e.to_string()))?;
-        let (id, rx, window) = self.inner.router.allocate(stdout)?;
-        let link = Arc::new(SessionLink { id, inner: self.inner.clone(), window });
+        let (id, rx, window) = self.conn.router.allocate(stdout)?;
+        let link = Arc::new(SessionLink { id, conn: self.conn.clone(), window });
         if let Err(e) = link.enqueue(Frame { id, ..frame }) {
-            self.inner.router.release(id);
+            self.conn.router.release(id);
             return Err(e);
         }
         Ok((link, rx))

@@ -3,6 +3,9 @@
 //! in range and never shared by two open sessions, data chunks within
 //! MAX_CHUNK, never more than INITIAL_WINDOW un-credited bytes) and records
 //! what it saw in `Stats` for the tests to assert.
+//!
+//! Over 600 lines on purpose: one area (the client's session rules) against one
+//! fake, in one file, as the project keeps one integration test file per area.
 
 use alcove_client::protocol::async_io::{read_frame, write_frame};
 use alcove_client::protocol::fdpass::send_with_fd;

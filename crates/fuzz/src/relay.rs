@@ -26,7 +26,7 @@
 use alcove::store::TerminationReason;
 use alcove::{Policy, PolicySpec, SandboxOptions};
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend,
+    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched,
 };
 use alcove_protocol::{
     fdpass, BootTimings, ExecRequest, Flags, Frame, FrameDecoder, FsRequest, Handshake, Message, Ready, CONTROL_ID,
@@ -191,11 +191,7 @@ struct Control {
     exit: Mutex<mpsc::Sender<i32>>,
 }
 
-impl VmBackend for ScriptedGuest {
-    fn kind(&self) -> &'static str {
-        "mock"
-    }
-
+impl GuestBackend for ScriptedGuest {
     fn launch(self: Box<Self>, _spec: &GuestSpec) -> Result<Launched, BackendError> {
         let (host, guest) = UnixStream::pair().map_err(|e| BackendError::io("creating the agent channel", e))?;
         self.guest_end.send(guest).map_err(|_| BackendError::Setup("the fuzz target is gone".into()))?;

@@ -1,6 +1,10 @@
 //! Cgroup placement, limits, usage and clean-up for one jail, on cgroup v1,
 //! v2 or a mix of both.
 //!
+//! Over 600 lines on purpose: v1, v2 and mixed hierarchies share every
+//! operation (place, limit, sample, remove); split by version, each operation
+//! would be split in two.
+//!
 //! Detection: `/proc/self/mountinfo` lists the cgroup mounts; a v1 mount's
 //! super options name its controllers, a v2 mount's root `cgroup.controllers`
 //! lists the controllers it owns (a controller bound to a v1 hierarchy is
@@ -130,9 +134,9 @@ pub struct Hierarchy {
 /// kernel's global threadgroup lock (see [`Cgroup::self_join_files`]), but
 /// its cgroup2 placement is a `cgroup.procs` write by the sandbox process,
 /// and the first such write after a quiet spell waits out an RCU grace
-/// period (5–20 ms measured); paying it here, in parallel with the sandbox
+/// period (milliseconds; BENCHMARKS.md); paying it here, in parallel with the sandbox
 /// process's start-up, mostly takes it off the jail's critical path (the
-/// lock stays fast for roughly 10 ms after a write). Best effort: errors are
+/// lock stays fast for a while after a write). Best effort: errors are
 /// ignored and nothing changes membership; on hosts where
 /// the jail uses v1 only the thread writes nothing.
 pub fn prewarm_attach() {

@@ -111,8 +111,7 @@ impl Registry {
     /// jails from each other, and a stopped sandbox's layer is unreachable
     /// in its 0700 directory; its next start claims again and
     /// [`own_upper`] moves the layer into whatever range it gets. (Two
-    /// `fsync`s here cost 0.3 ms idle and several ms under I/O load, on
-    /// every creation.)
+    /// `fsync`s here are paid on every creation, more under I/O load.)
     pub fn claim(&self, owner: &Path) -> Result<u32, IdmapError> {
         let lock_path = self.dir.join(".lock");
         let lock = OpenOptions::new()

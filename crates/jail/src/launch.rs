@@ -2,6 +2,8 @@
 //! the host's mounts and the go message (see the crate documentation for
 //! the order and the reasons).
 //!
+//! Over 600 lines on purpose: one launch, in the order it happens.
+//!
 //! Invariants:
 //! - nothing irreversible happens before [`crate::validate`] passed;
 //! - until the go message, the child has done nothing visible; every
@@ -15,7 +17,7 @@ use crate::cgroup::Cgroup;
 use crate::child::{self, ChildPlan, MountSource, Step, VolumePlan, MOUNT_FIRST_VOLUME};
 use crate::mounts::{self, MountError, OverlaySpec, UpperDirs};
 use crate::validate::{cstring, overlay_safe, parents, pipe, Checked};
-use crate::{disk, idmap, is_root, policy, Isolation, JailOptions, Shared};
+use crate::{disk, idmap, is_root, policy, Isolation, JailOptions, JailProcess};
 use alcove_backend::guest_log::{log_pipe, GUEST_LOG_LIMITS};
 use alcove_backend::{BackendError, GuestNetwork, GuestSpec, NetworkDevice};
 use alcove_protocol::agent_config::{AgentConfig, AgentMode};
@@ -33,7 +35,7 @@ use std::sync::Mutex;
 /// How a launch ended.
 pub(crate) enum Started {
     /// Running (with the host end of its network link, if asked for).
-    Ok(UnixStream, Shared, Option<NetworkDevice>),
+    Ok(UnixStream, JailProcess, Option<NetworkDevice>),
     /// The private uid range could not be used here; why.
     Idmap(String),
     /// Any other failure.
@@ -393,7 +395,7 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     }
     Started::Ok(
         host_channel,
-        Shared {
+        JailProcess {
             pid,
             pidfd,
             cgroup,

@@ -4,7 +4,7 @@
 //!
 //! # API
 //!
-//! [`JailBackend::new`] with [`JailOptions`]; [`VmBackend::launch`] (type
+//! [`JailBackend::new`] with [`JailOptions`]; [`GuestBackend::launch`] (type
 //! erased) or [`JailBackend::spawn`] (concrete [`Jail`]: the agent channel,
 //! a [`JailRunner`] whose [`JailRunner::wait`] reaps PID 1 and cleans up,
 //! and a [`JailControl`] with `force_stop`, `usage`, `pid`, `cgroup_paths`
@@ -95,7 +95,7 @@
 //!   `CAP_SYS_RESOURCE`; skipped where withheld).
 //! - **Lifetime**: the child has `PR_SET_PDEATHSIG=SIGKILL` (set again
 //!   after it changed ids), so the jail dies with the *thread* that called
-//!   [`VmBackend::launch`]. Killing PID 1 ends the whole pid namespace; the
+//!   [`GuestBackend::launch`]. Killing PID 1 ends the whole pid namespace; the
 //!   runner then reports the exit and removes the cgroup, and the mount
 //!   namespace vanishes with its last process, leaving no mount behind.
 //!
@@ -117,7 +117,7 @@ mod sys;
 mod validate;
 
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, GuestUsage, Launched, VmBackend,
+    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, GuestUsage, Launched,
 };
 use cgroup::Cgroup;
 use std::fmt;
@@ -296,7 +296,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// A running jail, with concrete handle types (what [`VmBackend::launch`]
+/// A running jail, with concrete handle types (what [`GuestBackend::launch`]
 /// returns, before type erasure).
 pub struct Jail {
     /// Host end of the agent channel (the jail's fd 3).
@@ -309,11 +309,7 @@ pub struct Jail {
     pub network_device: Option<alcove_backend::NetworkDevice>,
 }
 
-impl VmBackend for JailBackend {
-    fn kind(&self) -> &'static str {
-        "jail"
-    }
-
+impl GuestBackend for JailBackend {
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError> {
         let jail = self.spawn(spec)?;
         Ok(Launched {
@@ -401,8 +397,8 @@ pub fn probe_isolation(scratch: &std::path::Path) -> IsolationProbe {
     }
 }
 
-/// State shared by the runner and the control handle.
-pub(crate) struct Shared {
+/// The jail's PID 1 and what it holds, shared by the runner and the control handle.
+pub(crate) struct JailProcess {
     pid: libc::pid_t,
     pidfd: OwnedFd,
     cgroup: Option<Cgroup>,
@@ -418,7 +414,7 @@ pub(crate) struct Shared {
     done: AtomicBool,
 }
 
-impl Shared {
+impl JailProcess {
     fn kill(&self) {
         if self.done.load(Ordering::SeqCst) {
             return;
@@ -446,7 +442,7 @@ impl Shared {
         exit
     }
 
-    /// Reaps PID 1 (after which [`Shared::done`] holds and nothing reads the
+    /// Reaps PID 1 (after which [`JailProcess::done`] holds and nothing reads the
     /// cgroup any more). Returns how it ended.
     fn reap(&self) -> GuestExit {
         let mut status = 0;
@@ -496,7 +492,7 @@ fn decode_status(status: libc::c_int) -> GuestExit {
 
 /// Waits for the jail's PID 1 on the calling thread.
 pub struct JailRunner {
-    shared: Arc<Shared>,
+    shared: Arc<JailProcess>,
     ran: bool,
 }
 
@@ -510,7 +506,7 @@ impl JailRunner {
 
 impl GuestRunner for JailRunner {
     /// Reports the exit as soon as PID 1 is reaped, and removes the cgroup
-    /// meanwhile on a second thread: the cgroup's `rmdir`s (0.3–1 ms) and
+    /// meanwhile on a second thread: the cgroup's `rmdir`s and
     /// the run's finalisation no longer wait for each other. The call still
     /// returns only when both are done.
     fn run(mut self: Box<Self>, observer: ExitObserver) {
@@ -541,7 +537,7 @@ impl Drop for JailRunner {
 
 /// Ends the jail and reads its usage, from any thread.
 pub struct JailControl {
-    shared: Arc<Shared>,
+    shared: Arc<JailProcess>,
 }
 
 impl JailControl {

@@ -17,8 +17,7 @@
 //! - the detached idmapped lower layers outlive the overlay's creation and
 //!   are handed back to the caller ([`Overlay::layers`]): closing the last
 //!   descriptor of a detached mount unmounts it, and that waits for an RCU
-//!   grace period (0.8 ms on average, up to 8 ms, measured on this
-//!   project's machines), so the launch closes them off its path, when the
+//!   grace period (BENCHMARKS.md has what it costs here), so the launch closes them off its path, when the
 //!   jail is cleaned up;
 //! - a lower layer that cannot be idmapped is an [`MountError::Idmap`]
 //!   error, which makes the caller fall back to a jail without a user

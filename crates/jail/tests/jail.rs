@@ -1,11 +1,13 @@
 //! End-to-end tests of the jail backend with a busybox init (root required).
 //!
+//! Over 600 lines on purpose: one integration test file for the area.
+//!
 //! Each test builds a tiny rootfs holding the host's static busybox, runs a
 //! shell script as the jail's PID 1 (`JailOptions::init_argv`), and reads
 //! what the script reports on fd 3 (the agent channel) from the host end.
 
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, MountSpec, VmBackend,
+    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, MountSpec,
 };
 use alcove_jail::{Jail, JailBackend, JailOptions, UserNamespace};
 use std::io::{BufRead, BufReader, Read};

@@ -9,7 +9,7 @@
 //! Without vmx/svm (kvm_pvm) expect `code=1` after ~10 s
 //! (`KVM_EXIT_INTERNAL_ERROR`).
 
-use alcove_backend::{ExitObserver, GuestSpec, VmBackend};
+use alcove_backend::{ExitObserver, GuestBackend, GuestSpec};
 use alcove_krun::{KrunBackend, KrunConfig};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -63,7 +63,7 @@ pub use plan::{HostLimits, VmPlan};
 
 use alcove_backend::guest_log::{log_pipe, LogPump, GUEST_LOG_LIMITS};
 use alcove_backend::{
-    BackendError, ExitObserver, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, VmBackend,
+    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched,
 };
 use msb_krun::{ExitHandle, Vm};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -143,11 +143,7 @@ pub fn interpret_exit(vmm_code: i32, guest_reported: bool, forced: bool) -> Gues
     )
 }
 
-impl VmBackend for KrunBackend {
-    fn kind(&self) -> &'static str {
-        "krun"
-    }
-
+impl GuestBackend for KrunBackend {
     fn launch(self: Box<Self>, spec: &GuestSpec) -> Result<Launched, BackendError> {
         let host = self.host.unwrap_or_else(HostLimits::current);
         let mut plan = plan::plan(&self.config, spec, &host)?;

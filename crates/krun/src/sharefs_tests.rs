@@ -6,6 +6,8 @@
 //! directory above the share (and writes there), the wrapper refuses the
 //! same requests. Writable mode: ordinary work inside the share reaches the
 //! host, and the exit-code ioctl still reaches the VM's exit-code cell.
+//!
+//! Over 600 lines on purpose: one test per request kind and mode.
 
 use super::*;
 use msb_krun_devices::virtio::fs::fuse::ROOT_ID;

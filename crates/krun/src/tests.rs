@@ -1,6 +1,9 @@
 //! Unit tests: every setting reaches the builder (through a recording
 //! configurator), every bad input is refused before anything is created, and
 //! the exit hook's interpretation.
+//!
+//! Over 600 lines on purpose: one list of settings and refusals, each a short
+//! unit test against the same recording configurator.
 
 use super::*;
 use crate::plan::{plan_with_krunfw, write_boot_share, DiskPlan, ExecPlan, AGENT_GUEST_PATH, BOOT_DIR, UPPER_DIR};

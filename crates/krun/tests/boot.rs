@@ -20,7 +20,7 @@
 //! libkrunfw is installed once per target dir by `install_libkrunfw`; when
 //! pip cannot fetch it the tests print why and skip.
 
-use alcove_backend::{ExitObserver, GuestSpec, MountSpec, VmBackend};
+use alcove_backend::{ExitObserver, GuestBackend, GuestSpec, MountSpec};
 use alcove_krun::{KrunBackend, KrunConfig, KrunRoot};
 use std::fs;
 use std::io::Write;

@@ -1,5 +1,9 @@
 //! Root filesystem management for alcove.
 //!
+//! Over 600 lines on purpose: the whole `RootfsStore` API (names, import,
+//! list, remove, image defaults) in one place; extraction and the registry
+//! live in their own modules.
+//!
 //! A rootfs named `NAME` lives in `$ALCOVE_HOME/rootfs/NAME/`: the tree in `root/` and its
 //! metadata (image defaults, source, creation time, size) in `image.json`. Names follow
 //! `[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}`.

@@ -1,5 +1,8 @@
 //! [`Store`]: the connection, the retry discipline and every query.
 //!
+//! Over 600 lines on purpose: every query sits next to the one retry
+//! discipline it must use (network flows are in `store/flows.rs`).
+//!
 //! All writes go through `Store::write`, which opens `BEGIN IMMEDIATE`, runs
 //! the body, commits, and on `SQLITE_BUSY`/`SQLITE_LOCKED` (from any of those
 //! steps) rolls back and retries with exponential backoff until

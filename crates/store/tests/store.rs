@@ -1,4 +1,6 @@
 //! Integration tests of alcove-store against real SQLite files.
+//!
+//! Over 600 lines on purpose: one integration test file for the area.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

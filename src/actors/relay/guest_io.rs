@@ -26,23 +26,40 @@ use alcove_protocol::fdpass::{self, FdReadHalf};
 use alcove_protocol::{Flags, Frame, Message};
 use std::io;
 use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::unix::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
 
 /// Guest frames read and not yet routed, at most.
 pub(super) const GUEST_FRAMES_IN_FLIGHT: usize = 4;
 
-/// Reads the agent channel until it closes or breaks framing, then says
-/// so (after every frame it read).
-pub(super) async fn guest_reader(read: FrameReader<FdReadHalf>, events: mpsc::Sender<RelayEvent>) {
-    read_guest(read, &events).await;
+/// Reads the agent channel until it closes or breaks framing, or until the
+/// relay is closing and nothing more is readable, then says so (after every
+/// frame it read).
+pub(super) async fn guest_reader(
+    read: FrameReader<FdReadHalf>,
+    events: mpsc::Sender<RelayEvent>,
+    closing: watch::Receiver<bool>,
+) {
+    read_guest(read, &events, closing).await;
     let _ = events.send(RelayEvent::GuestReaderGone).await;
 }
 
-async fn read_guest(mut read: FrameReader<FdReadHalf>, events: &mpsc::Sender<RelayEvent>) {
+async fn read_guest(
+    mut read: FrameReader<FdReadHalf>,
+    events: &mpsc::Sender<RelayEvent>,
+    mut closing: watch::Receiver<bool>,
+) {
     loop {
+        // Between frames (nothing buffered) is where waiting is safe to
+        // give up: a frame half read would be lost.
+        if read.buffered() == 0 && !wait_readable(read.get_ref().stream(), &mut closing).await {
+            tracing::debug!("the relay is closing and the agent channel has nothing more");
+            return;
+        }
         let frame = match read.read_frame().await {
             Ok(Some(f)) => f,
             Ok(None) => {
@@ -68,6 +85,30 @@ async fn read_guest(mut read: FrameReader<FdReadHalf>, events: &mpsc::Sender<Rel
             return;
         }
     }
+}
+
+/// Waits until the channel has bytes or its end to read; false once the
+/// relay is closing and it has neither right now: what the guest wrote
+/// before it ended (a channel whose far end a VMM keeps open never ends) has
+/// all been read.
+async fn wait_readable(stream: &UnixStream, closing: &mut watch::Receiver<bool>) -> bool {
+    if !*closing.borrow() {
+        tokio::select! {
+            biased;
+            // An error is the read's to report.
+            _ = stream.readable() => return true,
+            _ = closing.wait_for(|c| *c) => {}
+        }
+    }
+    readable_now(stream)
+}
+
+/// Whether a read would return at once (data, end of stream or an error).
+fn readable_now(stream: &UnixStream) -> bool {
+    let mut fds = [libc::pollfd { fd: stream.as_raw_fd(), events: libc::POLLIN | libc::POLLRDHUP, revents: 0 }];
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, 0) };
+    n != 0
 }
 
 /// The one writer of the agent channel: owed credit first, then queued

@@ -67,10 +67,10 @@ use tokio::sync::{mpsc, watch};
 /// queued for the actor at most. Each client's frames are also bounded by
 /// its budget; this bounds the rest (connections, write reports).
 const HOST_EVENTS_IN_FLIGHT: usize = 256;
-/// How long closing waits for the guest's channel to end, so that frames
-/// the guest wrote just before it ended reach their clients. Part of
-/// [`crate::config::ExitBudget::HANDOFF`]; a channel some guest process
-/// still holds open costs this much at the end, no more.
+/// How long closing waits at most for the guest's reader to read what the
+/// guest wrote before it ended (it stops at the channel's end, or when
+/// nothing more is readable). Part of [`crate::config::ExitBudget::HANDOFF`];
+/// reached only when routing those frames is held up (a stalled client).
 const GUEST_DRAIN: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// What the relay's tasks report to the actor.
@@ -265,7 +265,8 @@ impl Relay {
         actix::spawn(guest_io::guest_writer(write, queue, self.credits.clone(), self.events.clone()));
         let (guest_events, guest_inbox) = mpsc::channel(guest_io::GUEST_FRAMES_IN_FLIGHT);
         ctx.add_stream(Inbox(guest_inbox));
-        actix::spawn(guest_io::guest_reader(FrameReader::new(FdReadHalf::new(read), 256 * 1024), guest_events));
+        let reader = FrameReader::new(FdReadHalf::new(read), 256 * 1024);
+        actix::spawn(guest_io::guest_reader(reader, guest_events, self.closing.subscribe()));
     }
 }
 
@@ -383,7 +384,8 @@ impl Handler<CloseRelay> for Relay {
     type Result = ResponseActFuture<Self, ()>;
 
     /// Stops accepting at once; then, once the guest's last frames are
-    /// routed (its reader has ended, or [`GUEST_DRAIN`] has passed), ends
+    /// routed (its reader has read all there is and ended, or
+    /// [`GUEST_DRAIN`] has passed), ends
     /// the sessions still open and lets each client's writer drain and
     /// close. The guest has usually just ended, so its final frames (a
     /// command's exit) are in the channel: they go to their clients rather

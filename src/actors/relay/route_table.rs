@@ -416,6 +416,12 @@ impl RouteTable {
         if frame.id == CONTROL_ID {
             return self.control_from_guest(frame);
         }
+        // Any frame of a ready agent shows it alive, as a heartbeat does:
+        // a busy agent's heartbeats are not what keeps it from being
+        // judged unresponsive, and it may send them less often.
+        if self.ready_at.is_some() {
+            self.last_heartbeat = Some(self.clock.now());
+        }
         if frame.flags.contains(Flags::FD) && fd.is_none() {
             // Without its descriptor the frame would tell the client a lie;
             // its window bytes go back to the agent.

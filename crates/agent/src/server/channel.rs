@@ -46,6 +46,10 @@ pub(super) struct Channel {
     /// The channel refused the start of a spliced frame: no output is read
     /// until it is writable again.
     pub(super) full: bool,
+    /// Frames the channel has taken so far (queued, spliced or handed
+    /// over): what shows the host the agent is alive, with or without a
+    /// heartbeat (see [`super::heartbeat`]).
+    pub(super) frames_out: u64,
 }
 
 /// A spliced frame the channel has taken only partly.
@@ -83,6 +87,7 @@ impl Channel {
             host_gone: false,
             pending_splice: None,
             full: false,
+            frames_out: 0,
         })
     }
 
@@ -92,6 +97,7 @@ impl Channel {
             log!("dropping an unencodable frame on session {}: {e}", f.id);
             return 0;
         }
+        self.frames_out += 1;
         f.wire_len()
     }
 

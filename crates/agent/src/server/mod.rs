@@ -40,6 +40,7 @@ use alcove_protocol::{
 };
 use channel::{Channel, PORT_RETRY};
 use fs::FsWorkers;
+use heartbeat::Heartbeat;
 use session::{Kind, SessionTable};
 use shutdown::{ShutdownState, FINAL_DRAIN};
 use std::io;
@@ -69,6 +70,7 @@ macro_rules! log {
 mod channel;
 mod exec;
 mod fs;
+mod heartbeat;
 mod inbound;
 mod output;
 mod session;
@@ -99,12 +101,6 @@ pub struct ServerConfig {
     /// the host side is not connected yet or right now, not that it is gone
     /// for good; the agent backs off and retries instead of exiting.
     pub channel_is_port: bool,
-}
-
-/// When the next heartbeat is due, and its number.
-struct Heartbeat {
-    seq: u64,
-    next_at: Instant,
 }
 
 /// What a polled descriptor stands for.
@@ -166,7 +162,7 @@ impl Server {
     pub fn new(cfg: ServerConfig, chan: Fd, sigfd: Fd) -> io::Result<Server> {
         let channel = Channel::new(chan, cfg.channel_is_port)?;
         let workers = FsWorkers::new()?;
-        let heartbeat = Heartbeat { seq: 0, next_at: Instant::now() + cfg.heartbeat };
+        let heartbeat = Heartbeat::new(cfg.heartbeat, Instant::now());
         Ok(Server {
             cfg,
             channel,
@@ -218,7 +214,7 @@ impl Server {
             fds.push(libc::pollfd { fd, events, revents: 0 });
             targets.push(t);
         };
-        let mut timeout = self.heartbeat.next_at.saturating_duration_since(now);
+        let mut timeout = self.heartbeat.next_at().saturating_duration_since(now);
         if std::mem::take(&mut self.busy) {
             timeout = Duration::ZERO;
         }
@@ -334,16 +330,11 @@ impl Server {
     }
 
     fn send_heartbeat(&mut self) {
-        let now = Instant::now();
-        if now < self.heartbeat.next_at {
+        let Some(seq) = self.heartbeat.due(Instant::now(), self.channel.frames_out) else {
             return;
-        }
-        self.heartbeat.seq += 1;
-        let msg = Message::Heartbeat { seq: self.heartbeat.seq, active_sessions: self.sessions.len() as u32 };
+        };
+        let msg = Message::Heartbeat { seq, active_sessions: self.sessions.len() as u32 };
         self.channel.push_frame(&encode(CONTROL_ID, Flags::NONE, &msg));
-        self.heartbeat.next_at += self.cfg.heartbeat;
-        if self.heartbeat.next_at < now {
-            self.heartbeat.next_at = now + self.cfg.heartbeat;
-        }
+        self.heartbeat.sent(self.channel.frames_out);
     }
 }

@@ -161,6 +161,7 @@ impl Server {
         }
         match fdpass::send_fd_msg(self.channel.fd.raw(), &bytes, pipe.raw()) {
             Ok(n) => {
+                self.channel.frames_out += 1;
                 // The host holds the pipe now; the agent's copy closes.
                 stream.fd = None;
                 stream.path = OutputPath::HandedOver;
@@ -261,7 +262,10 @@ impl Server {
         };
         let head = prefix.as_bytes();
         let prefix_sent = match sys::write(self.channel.fd.raw(), head) {
-            Ok(k) if k > 0 => k,
+            Ok(k) if k > 0 => {
+                self.channel.frames_out += 1;
+                k
+            }
             Ok(_) => return SpliceOutcome::NotSent,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 // Nothing committed: leave the output in its pipe until the

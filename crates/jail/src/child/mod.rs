@@ -1,5 +1,8 @@
 //! The jail's first process between `clone` and `exec`.
 //!
+//! Over 600 lines on purpose: one straight-line function whose order is the
+//! security argument (below), with its helpers.
+//!
 //! Invariants:
 //! - Everything the child needs is prepared by the parent in a
 //!   [`ChildPlan`] before `clone`: paths as C strings, argv/envp arrays, the

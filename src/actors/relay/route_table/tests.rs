@@ -321,6 +321,24 @@ fn the_agents_ready_is_held_for_clients_until_running_is_recorded() {
 }
 
 #[test]
+fn any_frame_from_a_ready_agent_counts_as_a_heartbeat() {
+    let mut f = fixture();
+    let c = f.table.admit().expect("a slot");
+    let id = c.range().id_start;
+    f.table.client_frame(c, exec_start(id));
+    // Before Ready, output says nothing of the heartbeat.
+    f.clock.advance(Duration::from_secs(1));
+    f.table.guest_frame(stdout(id, 10), Descriptor::None);
+    assert_eq!(f.table.activity().last_heartbeat, None);
+    f.table.guest_frame(ready_frame(PROTOCOL_VERSION), Descriptor::None);
+    f.clock.advance(Duration::from_secs(40));
+    f.table.guest_frame(stdout(id, 10), Descriptor::None);
+    let a = f.table.activity();
+    assert_eq!(a.last_heartbeat, Some(Duration::from_secs(41)));
+    assert_eq!(a.last_activity, Duration::from_secs(1), "guest output is not client activity");
+}
+
+#[test]
 fn an_agent_of_another_protocol_version_ends_the_sandbox() {
     let mut f = fixture();
     let actions = f.table.guest_frame(ready_frame(PROTOCOL_VERSION + 1), Descriptor::None);

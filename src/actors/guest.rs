@@ -1,4 +1,4 @@
-//! The Vm actor: owns the guest's control handle and carries out stops.
+//! The Guest actor: owns the guest's control handle and carries out stops.
 //!
 //! It acts only on [`StopGuest`] from Lifecycle, which has already fixed the
 //! termination reason. A graceful stop asks the agent to shut down (through
@@ -14,7 +14,7 @@ use alcove_backend::GuestControl;
 use std::sync::Arc;
 
 /// Owns the guest's control handle.
-pub struct VmActor {
+pub struct GuestActor {
     policy: Policy,
     /// Relay: ask the agent to shut down.
     send_shutdown: Recipient<SendShutdown>,
@@ -24,10 +24,10 @@ pub struct VmActor {
     stopping: bool,
 }
 
-impl VmActor {
-    /// A Vm actor that will get its control handle later.
-    pub fn new(policy: Policy, send_shutdown: Recipient<SendShutdown>) -> VmActor {
-        VmActor { policy, send_shutdown, control: None, pending: None, stopping: false }
+impl GuestActor {
+    /// A Guest actor that will get its control handle later.
+    pub fn new(policy: Policy, send_shutdown: Recipient<SendShutdown>) -> GuestActor {
+        GuestActor { policy, send_shutdown, control: None, pending: None, stopping: false }
     }
 
     fn force(&self) {
@@ -72,11 +72,11 @@ impl VmActor {
     }
 }
 
-impl Actor for VmActor {
+impl Actor for GuestActor {
     type Context = Context<Self>;
 }
 
-impl Handler<AttachControl> for VmActor {
+impl Handler<AttachControl> for GuestActor {
     type Result = ();
 
     fn handle(&mut self, msg: AttachControl, ctx: &mut Self::Context) {
@@ -87,7 +87,7 @@ impl Handler<AttachControl> for VmActor {
     }
 }
 
-impl Handler<StopGuest> for VmActor {
+impl Handler<StopGuest> for GuestActor {
     type Result = ();
 
     fn handle(&mut self, msg: StopGuest, ctx: &mut Self::Context) {
