@@ -274,7 +274,13 @@ class AsyncSandbox:
         return self._native.name
 
     @property
+    def home(self) -> str:
+        """The alcove home (``$ALCOVE_HOME``) the sandbox belongs to."""
+        return str(self._native.home)
+
+    @property
     def pid(self) -> int:
+        """The pid of the sandbox's process on the host."""
         return self._native.pid
 
     async def exec(

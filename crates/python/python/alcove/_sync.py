@@ -237,6 +237,11 @@ class Sandbox:
         return self._native.name
 
     @property
+    def home(self) -> str:
+        """The alcove home (``$ALCOVE_HOME``) the sandbox belongs to."""
+        return str(self._native.home)
+
+    @property
     def pid(self) -> int:
         """The pid of the sandbox's process on the host."""
         return self._native.pid
