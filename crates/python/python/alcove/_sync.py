@@ -217,7 +217,7 @@ class Sandbox:
         ``public``, ``private``, ``host`` or ``all``. ``home`` replaces
         ``$ALCOVE_HOME``. ``backend`` is ``auto``, ``jail`` or ``krun``.
         ``executable`` is the ``alcove`` program that runs the sandbox
-        (default: the one in the wheel, else ``$ALCOVE_BIN``, else ``PATH``).
+        (default: ``$ALCOVE_BIN``, else the one in the wheel, else ``PATH``).
         """
         s = settings(
             name, rootfs, memory, cpus, idle_timeout, max_duration, network, net_rules, env,
