@@ -161,3 +161,13 @@ def test_metrics_are_read_from_the_records(make) -> None:
     with make() as sb:
         sample = sb.metrics()
         assert sample is None or sample.memory_bytes >= 0
+
+
+def test_a_stream_let_go_early_kills_its_command(make) -> None:
+    with make() as sb:
+        stream = sb.exec_stream(["sleep", "600"])
+        assert next(stream).kind == "started"
+        assert sb.exec(["pidof", "sleep"]).ok
+        del stream
+        # The kill is sent when the stream goes; the guest reaps the command.
+        assert sb.exec(["sh", "-c", "while pidof sleep >/dev/null; do sleep 0.05; done"], timeout=30).ok

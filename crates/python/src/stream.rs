@@ -9,6 +9,8 @@
 //!   (or the stream is dropped).
 //! - Only one `next` runs at a time (an async mutex); input calls never wait
 //!   for it.
+//! - A stream let go before its last event kills its command (SIGKILL):
+//!   nothing runs on that nobody reads.
 
 use crate::errors::Error;
 use crate::{blocking, spawn, Value};
@@ -47,6 +49,19 @@ impl Inner {
         }
     }
 }
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Dropped before its last event (the Python object was let go): the
+        // command would run on unseen, so it is killed.
+        if self.output.get_mut().is_some() {
+            let _ = self.input.signal(SIGKILL);
+        }
+    }
+}
+
+/// Linux SIGKILL.
+const SIGKILL: i32 = 9;
 
 /// A running command.
 #[pyclass(frozen, module = "alcove._alcove")]
