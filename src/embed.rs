@@ -36,7 +36,9 @@
 //! - The sandbox process is the host's child; a thread reaps it when it
 //!   exits, so none is left a zombie.
 //! - No [`Sandbox`] holds a database connection (one is opened per
-//!   operation), so a handle can be shared between threads.
+//!   operation), so a handle can be shared between threads; the operations
+//!   that use one run on a blocking thread of the caller's tokio runtime, so
+//!   every future here is `Send`.
 
 use crate::cli::args::{BackendArg, SandboxOpts};
 use crate::cli::commands::create_and_start;
@@ -290,6 +292,10 @@ impl SandboxBuilder {
     /// Creates the sandbox and starts it; returns once it accepts
     /// commands, with a connected client.
     pub async fn start(self) -> Result<Sandbox, EmbedError> {
+        off_the_runtime(move || self.start_here()).await
+    }
+
+    async fn start_here(self) -> Result<Sandbox, EmbedError> {
         alcove_client::paths::validate_name(&self.name)?;
         let opts = self.options()?;
         let exe = alcove_executable(self.executable.as_deref())?;
@@ -454,6 +460,11 @@ impl Sandbox {
     /// Connects to the running sandbox `name` of the installation at `home`
     /// (`None`: `$ALCOVE_HOME`), with the CLI's reaper run on it first.
     pub async fn connect(home: Option<&Path>, name: &str) -> Result<Sandbox, EmbedError> {
+        let (home, name) = (home.map(Path::to_path_buf), name.to_string());
+        off_the_runtime(move || async move { Sandbox::connect_here(home.as_deref(), &name).await }).await
+    }
+
+    async fn connect_here(home: Option<&Path>, name: &str) -> Result<Sandbox, EmbedError> {
         alcove_client::paths::validate_name(name)?;
         let layout = layout_of(home);
         let ctx = Ctx::open_quiet_in(layout.clone())?;
@@ -500,6 +511,11 @@ impl Sandbox {
     /// after SIGTERM, then a forced stop. Returns whether it was running.
     /// An auto-remove sandbox is removed afterwards.
     pub async fn stop(&self, timeout: Duration) -> Result<bool, EmbedError> {
+        let this = self.clone();
+        off_the_runtime(move || async move { this.stop_here(timeout).await }).await
+    }
+
+    async fn stop_here(&self, timeout: Duration) -> Result<bool, EmbedError> {
         let ctx = self.ctx()?;
         let stopped = launch::stop(&ctx, &self.name, timeout).await?;
         if self.auto_remove {
@@ -510,6 +526,11 @@ impl Sandbox {
 
     /// Forces it off as `alcove kill` does. Returns whether it was running.
     pub async fn kill(&self) -> Result<bool, EmbedError> {
+        let this = self.clone();
+        off_the_runtime(move || async move { this.kill_here().await }).await
+    }
+
+    async fn kill_here(&self) -> Result<bool, EmbedError> {
         let ctx = self.ctx()?;
         let killed = launch::kill(&ctx, &self.name).await?;
         if self.auto_remove {
@@ -521,6 +542,11 @@ impl Sandbox {
     /// Forces it off if running and removes it with its records and files,
     /// as `alcove rm -f` does.
     pub async fn remove(&self) -> Result<(), EmbedError> {
+        let this = self.clone();
+        off_the_runtime(move || async move { this.remove_here().await }).await
+    }
+
+    async fn remove_here(&self) -> Result<(), EmbedError> {
         let ctx = self.ctx()?;
         launch::kill(&ctx, &self.name).await?;
         remove_if_present(&ctx, &self.name)
@@ -543,6 +569,23 @@ impl Sandbox {
         }
         Ok(ctx.store.metrics(&self.name, 1).map_err(CliError::from)?.into_iter().next())
     }
+}
+
+/// Runs the future `make` returns on a blocking thread of the caller's
+/// tokio runtime and awaits it there. The CLI's start and stop keep a
+/// database connection (not `Sync`) across their waits, so their futures
+/// are not `Send`; run this way, the embedding API's are, and a host can
+/// `tokio::spawn` them.
+async fn off_the_runtime<T, F, Fut>(make: F) -> Result<T, EmbedError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, EmbedError>>,
+{
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || handle.block_on(make()))
+        .await
+        .map_err(|e| EmbedError::Failed(format!("the operation failed: {e}")))?
 }
 
 fn remove_if_present(ctx: &Ctx, name: &str) -> Result<(), EmbedError> {

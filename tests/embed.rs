@@ -49,7 +49,9 @@ fn the_example_starts_a_sandbox_the_cli_sees_and_removes_it() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
 
     let builder = Sandbox::builder("embedded").home(&home).backend(Backend::Jail).rootfs(rootfs.clone());
-    let (sandbox, seen) = rt.block_on(example::start_and_use(builder)).expect("the example runs");
+    // The embedding API's futures are Send: a host may spawn them.
+    let (sandbox, seen) =
+        rt.block_on(async { tokio::spawn(example::start_and_use(builder)).await.expect("joins") }).expect("the example runs");
     let _guard = KillOnDrop(sandbox.pid());
     assert_eq!(seen.kernel, "Linux");
     assert_eq!(seen.file, b"hello from the host\n");

@@ -104,7 +104,7 @@ impl NativeSandbox {
 
     fn lifecycle_op(&self, what: Lifecycle) -> PyResult<Op> {
         let shared = self.open()?;
-        Ok(on_blocking_thread(move || async move {
+        Ok(Box::pin(async move {
             let sandbox = &shared.sandbox;
             Ok(match what {
                 Lifecycle::Stop(t) => Value::Bool(sandbox.stop(t).await?),
@@ -117,23 +117,6 @@ impl NativeSandbox {
             })
         }))
     }
-}
-
-/// Runs the future `make` returns on a blocking thread of the runtime: the
-/// embedding API's start and stop hold a database connection across their
-/// waits, so their futures cannot move between the runtime's threads.
-fn on_blocking_thread<F, Fut>(make: F) -> Op
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: Future<Output = Result<Value, Error>> + 'static,
-{
-    Box::pin(async move {
-        let handle = tokio::runtime::Handle::current();
-        match tokio::task::spawn_blocking(move || handle.block_on(make())).await {
-            Ok(result) => result,
-            Err(e) => Err(Error::Start(format!("the operation failed: {e}"))),
-        }
-    })
 }
 
 enum Lifecycle {
@@ -249,7 +232,7 @@ fn builder(settings: &Bound<'_, PyDict>) -> PyResult<alcove::SandboxBuilder> {
 
 fn create_op(settings: &Bound<'_, PyDict>) -> PyResult<Op> {
     let b = builder(settings)?;
-    Ok(on_blocking_thread(move || async move {
+    Ok(Box::pin(async move {
         let sandbox = b.start().await.map_err(|e| match e {
             alcove::EmbedError::Failed(m) => Error::Start(m),
             e => Error::Embed(e),
@@ -259,7 +242,7 @@ fn create_op(settings: &Bound<'_, PyDict>) -> PyResult<Op> {
 }
 
 fn connect_op(name: String, home: Option<PathBuf>) -> Op {
-    on_blocking_thread(move || async move {
+    Box::pin(async move {
         let sandbox = Sandbox::connect(home.as_deref(), &name).await?;
         Ok(Value::Sandbox(NativeSandbox::new(sandbox)))
     })
