@@ -112,9 +112,9 @@ impl std::str::FromStr for Backend {
             "auto" => Ok(Backend::Auto),
             "jail" => Ok(Backend::Jail),
             "krun" => Ok(Backend::Krun),
-            other => Err(EmbedError::InvalidArgument(format!(
-                "unknown backend {other:?} (expected auto, jail or krun)"
-            ))),
+            other => {
+                Err(EmbedError::InvalidArgument(format!("unknown backend {other:?} (expected auto, jail or krun)")))
+            }
         }
     }
 }
@@ -473,10 +473,13 @@ impl Sandbox {
             return Err(EmbedError::NotFound(name.to_string()));
         }
         let Some(run) = ctx.running_run(name)? else { return Err(EmbedError::NotRunning(name.to_string())) };
-        let client = Client::connect_path(&layout.socket(name).map_err(ClientError::from)?).await.map_err(|e| match e {
-            ClientError::NoListener { .. } | ClientError::HandshakeClosed => EmbedError::NotRunning(name.to_string()),
-            e => EmbedError::Client(e),
-        })?;
+        let client =
+            Client::connect_path(&layout.socket(name).map_err(ClientError::from)?).await.map_err(|e| match e {
+                ClientError::NoListener { .. } | ClientError::HandshakeClosed => {
+                    EmbedError::NotRunning(name.to_string())
+                }
+                e => EmbedError::Client(e),
+            })?;
         let auto_remove = ctx.meta(name).auto_remove;
         Ok(Sandbox { name: name.to_string(), layout, client, pid: run.pid, auto_remove })
     }
@@ -601,11 +604,11 @@ mod tests {
 
     #[test]
     fn bad_settings_are_refused_before_anything_starts() {
-        let e = Sandbox::builder("x").memory_mib(1).options().err().expect("refused");
+        let e = Sandbox::builder("x").memory_mib(1).options().expect_err("refused");
         assert_eq!(e.to_string(), "memory must be between 16 and 16777216 MiB, not 1");
-        let e = Sandbox::builder("x").idle_timeout(Duration::ZERO).options().err().expect("refused");
+        let e = Sandbox::builder("x").idle_timeout(Duration::ZERO).options().expect_err("refused");
         assert!(matches!(e, EmbedError::InvalidArgument(_)), "{e:?}");
-        let e = Sandbox::builder("x").env("A=B", "c").options().err().expect("refused");
+        let e = Sandbox::builder("x").env("A=B", "c").options().expect_err("refused");
         assert!(e.to_string().contains("\"A=B\""), "{e}");
     }
 
@@ -635,7 +638,7 @@ mod tests {
 
     #[test]
     fn an_explicit_executable_must_exist() {
-        let e = alcove_executable(Some(Path::new("/nonexistent/alcove"))).err().expect("refused");
+        let e = alcove_executable(Some(Path::new("/nonexistent/alcove"))).expect_err("refused");
         assert!(matches!(e, EmbedError::NoExecutable(_)), "{e:?}");
     }
 }

@@ -27,6 +27,6 @@ pub mod sandbox;
 pub mod standalone;
 
 pub use alcove_store as store;
-pub use embed::{Backend, EmbedError, Sandbox, SandboxBuilder, SandboxInfo};
 pub use config::{BackendConfig, BackendKind, Outcome, Policy, PolicySpec, SandboxConfig};
+pub use embed::{Backend, EmbedError, Sandbox, SandboxBuilder, SandboxInfo};
 pub use sandbox::{launch, start, GuestDriver, SandboxHandle, SandboxOptions, StartError};

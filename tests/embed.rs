@@ -4,17 +4,22 @@
 //! bad settings and names fail with one line before anything starts, and
 //! removing it leaves no process and no record.
 
+mod cli_support;
 #[path = "../examples/embed.rs"]
 #[allow(dead_code)]
 mod example;
-mod cli_support;
 
 use alcove::{Backend, EmbedError, Sandbox};
 use cli_support::{require_root, shared_rootfs};
 use std::process::Command;
 
 fn alcove(home: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(cli_support::bin()).args(args).env("ALCOVE_HOME", home).env("NO_COLOR", "1").output().expect("run alcove")
+    Command::new(cli_support::bin())
+        .args(args)
+        .env("ALCOVE_HOME", home)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run alcove")
 }
 
 fn process_alive(pid: u32) -> bool {
@@ -50,8 +55,9 @@ fn the_example_starts_a_sandbox_the_cli_sees_and_removes_it() {
 
     let builder = Sandbox::builder("embedded").home(&home).backend(Backend::Jail).rootfs(rootfs.clone());
     // The embedding API's futures are Send: a host may spawn them.
-    let (sandbox, seen) =
-        rt.block_on(async { tokio::spawn(example::start_and_use(builder)).await.expect("joins") }).expect("the example runs");
+    let (sandbox, seen) = rt
+        .block_on(async { tokio::spawn(example::start_and_use(builder)).await.expect("joins") })
+        .expect("the example runs");
     let _guard = KillOnDrop(sandbox.pid());
     assert_eq!(seen.kernel, "Linux");
     assert_eq!(seen.file, b"hello from the host\n");

@@ -242,9 +242,8 @@ pub fn spawn_pending_with(exe: &Path) -> CliResult<Pending> {
     let mut cmd = Command::new(exe);
     cmd.arg("sandbox").arg("--config").arg("-");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| CliError::msg(format!("cannot start the sandbox process {}: {e}", exe.display())))?;
+    let mut child =
+        cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the sandbox process {}: {e}", exe.display())))?;
     match child.stdin.take() {
         Some(stdin) => Ok(Pending { child, stdin }),
         None => Err(CliError::msg("the sandbox process has no stdin")),

@@ -60,9 +60,7 @@ impl Error {
                     ClientError::Spawn(s) => ("SpawnError", msg, Some(s.kind.as_str())),
                     ClientError::Fs(f) => ("FileError", msg, Some(fs_kind(f.kind))),
                     ClientError::Timeout(_) => ("Timeout", msg, None),
-                    ClientError::NotRunning { .. } | ClientError::NoListener { .. } => {
-                        ("SandboxNotRunning", msg, None)
-                    }
+                    ClientError::NotRunning { .. } | ClientError::NoListener { .. } => ("SandboxNotRunning", msg, None),
                     ClientError::Disconnected | ClientError::Aborted(_) | ClientError::HandshakeClosed => {
                         ("ConnectionLost", msg, None)
                     }

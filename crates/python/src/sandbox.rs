@@ -70,9 +70,12 @@ impl NativeSandbox {
     {
         let shared = self.open()?;
         Ok(Box::pin(async move {
-            let _slot = shared.sessions.clone().acquire_owned().await.map_err(|_| {
-                Error::Closed(format!("the handle of sandbox {} is closed", shared.sandbox.name()))
-            })?;
+            let _slot = shared
+                .sessions
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed(format!("the handle of sandbox {} is closed", shared.sandbox.name())))?;
             f(shared.sandbox.client().clone()).await
         }))
     }
@@ -94,9 +97,12 @@ impl NativeSandbox {
         opts.stdin = stdin || tty.is_some();
         let shared = self.open()?;
         Ok(Box::pin(async move {
-            let slot = shared.sessions.clone().acquire_owned().await.map_err(|_| {
-                Error::Closed(format!("the handle of sandbox {} is closed", shared.sandbox.name()))
-            })?;
+            let slot = shared
+                .sessions
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|_| Error::Closed(format!("the handle of sandbox {} is closed", shared.sandbox.name())))?;
             let session = shared.sandbox.client().exec(opts).await?;
             Ok(Value::Stream(NativeStream::new(session, slot)))
         }))
