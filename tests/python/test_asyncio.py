@@ -92,3 +92,20 @@ def test_async_stop_and_kill(home, make) -> None:
 
     run(main())
     assert ps(home) == []
+
+
+def test_a_cancelled_exec_kills_its_command(make) -> None:
+    with make() as created:
+
+        async def main() -> None:
+            sb = await alcove.AsyncSandbox.connect(created.name, home=created.home)
+            task = asyncio.ensure_future(sb.exec(["sh", "-c", "touch /tmp/started; exec sleep 600"]))
+            # Cancelled once the command is known to run.
+            await sb.exec(["sh", "-c", "while [ ! -e /tmp/started ]; do sleep 0.01; done"], timeout=30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            gone = await sb.exec(["sh", "-c", "while pidof sleep >/dev/null; do sleep 0.05; done"], timeout=30)
+            assert gone.ok
+
+        run(main())

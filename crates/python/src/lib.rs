@@ -130,13 +130,29 @@ where
     }
 }
 
+/// A spawned operation, which the Python side cancels when its asyncio
+/// future is cancelled.
+#[pyclass(frozen, module = "alcove._alcove")]
+pub(crate) struct NativeTask {
+    handle: tokio::task::AbortHandle,
+}
+
+#[pymethods]
+impl NativeTask {
+    /// Stops the operation: its future is dropped (a command it ran is
+    /// killed) and `done` is never called.
+    fn cancel(&self) {
+        self.handle.abort();
+    }
+}
+
 /// Spawns `fut` on the runtime; when it ends, calls `done(True, value)` or
 /// `done(False, exception)` from a runtime thread, with the GIL.
-pub(crate) fn spawn<F>(done: Py<PyAny>, fut: F)
+pub(crate) fn spawn<F>(done: Py<PyAny>, fut: F) -> NativeTask
 where
     F: Future<Output = Result<Value, Error>> + Send + 'static,
 {
-    runtime().spawn(async move {
+    let task = runtime().spawn(async move {
         let result = fut.await;
         Python::attach(|py| {
             let (ok, value) = match result.map(|v| v.into_py(py)) {
@@ -150,6 +166,7 @@ where
             }
         });
     });
+    NativeTask { handle: task.abort_handle() }
 }
 
 /// Every sandbox of the installation at `home` (`None`: `$ALCOVE_HOME`), as
@@ -171,6 +188,7 @@ fn generated_name() -> String {
 fn _alcove(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sandbox::NativeSandbox>()?;
     m.add_class::<stream::NativeStream>()?;
+    m.add_class::<NativeTask>()?;
     m.add_function(wrap_pyfunction!(list_sandboxes, m)?)?;
     m.add_function(wrap_pyfunction!(generated_name, m)?)?;
     m.add("MAX_CONCURRENT_SESSIONS", sandbox::MAX_CONCURRENT_SESSIONS)?;

@@ -83,11 +83,32 @@ impl NativeSandbox {
     fn exec_op(&self, argv: Vec<String>, stdin: Option<Vec<u8>>, cmd: Command) -> PyResult<Op> {
         let opts = cmd.options(argv)?;
         self.session(move |client| async move {
-            let out = match stdin {
-                Some(input) => client.exec_output_with_input(opts, &input).await?,
-                None => client.exec_output(opts).await?,
+            let mut opts = opts;
+            opts.stdin = stdin.is_some();
+            let (input, output) = client.exec(opts).await?.split();
+            // Dropped before the command's end (its asyncio future was
+            // cancelled): nobody waits for it, so it is killed.
+            let mut guard = crate::stream::KillOnDrop::new(input.clone());
+            let feed = async {
+                // A command that exits before reading everything ends the
+                // session; the outcome is then the collected output's.
+                if let Some(data) = &stdin {
+                    if input.write_stdin(data).await.is_ok() {
+                        let _ = input.close_stdin();
+                    }
+                }
             };
-            Ok(Value::Output(out))
+            let collect = output.collect();
+            tokio::pin!(feed, collect);
+            let mut fed = false;
+            let out = loop {
+                tokio::select! {
+                    out = &mut collect => break out,
+                    () = &mut feed, if !fed => fed = true,
+                }
+            };
+            guard.disarm();
+            Ok(Value::Output(out?))
         })
     }
 
@@ -284,9 +305,8 @@ impl NativeSandbox {
     }
 
     #[staticmethod]
-    fn create_async(done: Py<PyAny>, settings: &Bound<'_, PyDict>) -> PyResult<()> {
-        spawn(done, create_op(settings)?);
-        Ok(())
+    fn create_async(done: Py<PyAny>, settings: &Bound<'_, PyDict>) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, create_op(settings)?))
     }
 
     #[staticmethod]
@@ -297,8 +317,8 @@ impl NativeSandbox {
 
     #[staticmethod]
     #[pyo3(signature = (done, name, home=None))]
-    fn connect_async(done: Py<PyAny>, name: String, home: Option<PathBuf>) {
-        spawn(done, connect_op(name, home));
+    fn connect_async(done: Py<PyAny>, name: String, home: Option<PathBuf>) -> crate::NativeTask {
+        spawn(done, connect_op(name, home))
     }
 
     #[getter]
@@ -352,9 +372,8 @@ impl NativeSandbox {
         cwd: Option<String>,
         user: Option<String>,
         timeout: Option<f64>,
-    ) -> PyResult<()> {
-        spawn(done, self.exec_op(argv, stdin, Command { env, cwd, user, timeout })?);
-        Ok(())
+    ) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, self.exec_op(argv, stdin, Command { env, cwd, user, timeout })?))
     }
 
     #[pyo3(signature = (argv, env=Vec::new(), cwd=None, user=None, timeout=None, tty=None, stdin=false))]
@@ -385,9 +404,8 @@ impl NativeSandbox {
         timeout: Option<f64>,
         tty: Option<(u16, u16)>,
         stdin: bool,
-    ) -> PyResult<()> {
-        spawn(done, self.stream_op(argv, Command { env, cwd, user, timeout }, tty, stdin)?);
-        Ok(())
+    ) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, self.stream_op(argv, Command { env, cwd, user, timeout }, tty, stdin)?))
     }
 
     /// File operations: `op` is read, write, list, stat, remove or mkdir.
@@ -413,36 +431,32 @@ impl NativeSandbox {
         data: Option<Vec<u8>>,
         mode: u32,
         flag: bool,
-    ) -> PyResult<()> {
-        spawn(done, self.files_op(op, path, data, mode, flag)?);
-        Ok(())
+    ) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, self.files_op(op, path, data, mode, flag)?))
     }
 
     fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<Py<PyAny>> {
         blocking(py, self.lifecycle_op(Lifecycle::Stop(stop_timeout(timeout)?))?)
     }
 
-    fn stop_async(&self, done: Py<PyAny>, timeout: f64) -> PyResult<()> {
-        spawn(done, self.lifecycle_op(Lifecycle::Stop(stop_timeout(timeout)?))?);
-        Ok(())
+    fn stop_async(&self, done: Py<PyAny>, timeout: f64) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, self.lifecycle_op(Lifecycle::Stop(stop_timeout(timeout)?))?))
     }
 
     fn kill(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         blocking(py, self.lifecycle_op(Lifecycle::Kill)?)
     }
 
-    fn kill_async(&self, done: Py<PyAny>) -> PyResult<()> {
-        spawn(done, self.lifecycle_op(Lifecycle::Kill)?);
-        Ok(())
+    fn kill_async(&self, done: Py<PyAny>) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, self.lifecycle_op(Lifecycle::Kill)?))
     }
 
     fn remove(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         blocking(py, self.lifecycle_op(Lifecycle::Remove)?)
     }
 
-    fn remove_async(&self, done: Py<PyAny>) -> PyResult<()> {
-        spawn(done, self.lifecycle_op(Lifecycle::Remove)?);
-        Ok(())
+    fn remove_async(&self, done: Py<PyAny>) -> PyResult<crate::NativeTask> {
+        Ok(spawn(done, self.lifecycle_op(Lifecycle::Remove)?))
     }
 
     /// The sandbox's record as JSON text.

@@ -63,6 +63,27 @@ impl Drop for Inner {
 /// Linux SIGKILL.
 const SIGKILL: i32 = 9;
 
+/// Kills a command when dropped, unless disarmed once the command ended.
+pub(crate) struct KillOnDrop(Option<ExecInput>);
+
+impl KillOnDrop {
+    pub(crate) fn new(input: ExecInput) -> KillOnDrop {
+        KillOnDrop(Some(input))
+    }
+
+    pub(crate) fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(input) = self.0.take() {
+            let _ = input.signal(SIGKILL);
+        }
+    }
+}
+
 /// A running command.
 #[pyclass(frozen, module = "alcove._alcove")]
 pub struct NativeStream {
@@ -102,9 +123,9 @@ impl NativeStream {
         blocking(py, async move { inner.next().await })
     }
 
-    fn next_async(&self, done: Py<PyAny>) {
+    fn next_async(&self, done: Py<PyAny>) -> crate::NativeTask {
         let inner = self.inner.clone();
-        spawn(done, async move { inner.next().await });
+        spawn(done, async move { inner.next().await })
     }
 
     /// Sends bytes to stdin, waiting for the guest's flow-control credit.
@@ -116,12 +137,12 @@ impl NativeStream {
         })
     }
 
-    fn write_async(&self, done: Py<PyAny>, data: Vec<u8>) {
+    fn write_async(&self, done: Py<PyAny>, data: Vec<u8>) -> crate::NativeTask {
         let inner = self.inner.clone();
         spawn(done, async move {
             inner.input.write_stdin(&data).await?;
             Ok(Value::None)
-        });
+        })
     }
 
     /// Closes stdin (the command reads end of file).

@@ -47,8 +47,12 @@ def _settle(fut: "asyncio.Future[Any]", ok: bool, value: Any) -> None:
         fut.set_exception(value)
 
 
-def _call(start: Callable[[Callable[[bool, Any], None]], None]) -> "asyncio.Future[Any]":
-    """Runs ``start(done)``; the future resolves when alcove calls ``done(ok, value)``."""
+def _call(start: Callable[[Callable[[bool, Any], None]], Any]) -> "asyncio.Future[Any]":
+    """Runs ``start(done)``; the future resolves when alcove calls ``done(ok, value)``.
+
+    Cancelling the future (``asyncio.wait_for``, a cancelled task) cancels
+    the operation: a command it runs is killed.
+    """
     loop = asyncio.get_running_loop()
     fut = loop.create_future()
 
@@ -58,7 +62,13 @@ def _call(start: Callable[[Callable[[bool, Any], None]], None]) -> "asyncio.Futu
         except RuntimeError:
             pass  # the loop is closed: nobody waits any more
 
-    start(done)
+    task = start(done)
+
+    def cancelled(f: "asyncio.Future[Any]") -> None:
+        if f.cancelled():
+            task.cancel()
+
+    fut.add_done_callback(cancelled)
     return fut
 
 
