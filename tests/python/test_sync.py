@@ -171,3 +171,10 @@ def test_a_stream_let_go_early_kills_its_command(make) -> None:
         del stream
         # The kill is sent when the stream goes; the guest reaps the command.
         assert sb.exec(["sh", "-c", "while pidof sleep >/dev/null; do sleep 0.05; done"], timeout=30).ok
+
+
+def test_a_command_over_the_memory_limit_is_reported_oom_killed(make) -> None:
+    with make(memory=32) as sb:
+        r = sb.exec(["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}"])
+        assert (r.signal, r.oom_killed) == (9, True), r
+        assert sb.exec(["true"]).ok
