@@ -118,15 +118,47 @@ impl Value {
     }
 }
 
+/// How often a blocking call on the main thread lets Python's signal
+/// handlers run (Ctrl-C).
+const SIGNAL_CHECK: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether this is the process's main thread, the only one Python runs
+/// signal handlers on.
+fn on_main_thread() -> bool {
+    // SAFETY: getpid and gettid have no preconditions.
+    unsafe { libc::getpid() == libc::gettid() }
+}
+
 /// Runs `fut` to its end on the runtime, with the GIL released meanwhile.
+/// On the main thread a signal handler that raises (Ctrl-C's
+/// `KeyboardInterrupt`) ends the wait: `fut` is dropped, which kills a
+/// command it ran, and the exception propagates.
 pub(crate) fn blocking<F>(py: Python<'_>, fut: F) -> PyResult<Py<PyAny>>
 where
     F: Future<Output = Result<Value, Error>> + Send,
 {
-    let result = py.detach(|| runtime().block_on(fut));
+    let watch_signals = on_main_thread();
+    let result = py.detach(|| {
+        runtime().block_on(async {
+            if !watch_signals {
+                return Ok(fut.await);
+            }
+            tokio::pin!(fut);
+            let start = tokio::time::Instant::now() + SIGNAL_CHECK;
+            let mut tick = tokio::time::interval_at(start, SIGNAL_CHECK);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tokio::select! {
+                    out = &mut fut => return Ok(out),
+                    _ = tick.tick() => Python::attach(|py| py.check_signals())?,
+                }
+            }
+        })
+    });
     match result {
-        Ok(v) => v.into_py(py),
-        Err(e) => Err(e.into_py_err(py)),
+        Ok(Ok(v)) => v.into_py(py),
+        Ok(Err(e)) => Err(e.into_py_err(py)),
+        Err(interrupted) => Err(interrupted),
     }
 }
 
