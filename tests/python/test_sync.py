@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 import alcove
@@ -159,8 +161,14 @@ def test_auto_remove_sandboxes_go_when_stopped(home, make) -> None:
 
 def test_metrics_are_read_from_the_records(make) -> None:
     with make() as sb:
-        sample = sb.metrics()
-        assert sample is None or sample.memory_bytes >= 0
+        # The sandbox writes its first sample one metrics interval (1 s)
+        # after its start: wait for that record, bounded.
+        deadline = time.monotonic() + 30
+        while (sample := sb.metrics()) is None:
+            assert time.monotonic() < deadline, "no metric sample recorded within 30 s"
+            time.sleep(0.05)
+        assert sample.memory_bytes > 0
+        assert sample.at_ms >= sb.info().created_at_ms
 
 
 def test_a_stream_let_go_early_kills_its_command(make) -> None:
