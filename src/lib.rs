@@ -7,6 +7,8 @@
 //! The process is an actor system ([`actors`]) whose messages are in
 //! [`messages`]. It can run standalone (`alcove sandbox --config FILE`, see
 //! [`standalone`]) or embedded in a host program ([`sandbox::start`]).
+//! A host program that wants sandboxes the CLI also sees and manages starts
+//! them with [`Sandbox::builder`] ([`embed`]).
 #![warn(missing_docs)]
 
 pub mod actors;
@@ -14,6 +16,7 @@ pub mod backends;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod embed;
 pub mod failpoint;
 pub mod liveness;
 pub mod messages;
@@ -26,4 +29,5 @@ pub mod standalone;
 
 pub use alcove_store as store;
 pub use config::{BackendConfig, BackendKind, Outcome, Policy, PolicySpec, SandboxConfig};
+pub use embed::{Backend, EmbedError, Sandbox, SandboxBuilder, SandboxInfo};
 pub use sandbox::{launch, start, GuestDriver, SandboxHandle, SandboxOptions, StartError};

@@ -19,8 +19,8 @@ const RUN_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Creates the sandbox row and starts the sandbox in `process`, a sandbox
 /// process the caller spawned first (see [`launch::spawn_pending`]); returns
-/// the ready client.
-async fn create_and_start(
+/// the ready client. Also the embedding API's start ([`crate::embed`]).
+pub(crate) async fn create_and_start(
     ctx: &Ctx,
     process: launch::Pending,
     name: &str,

@@ -240,10 +240,17 @@ pub struct Pending {
 /// pipe read only if it fails before it is ready.
 pub fn spawn_pending() -> CliResult<Pending> {
     let exe = std::env::current_exe().map_err(|e| CliError::msg(format!("cannot find the alcove executable: {e}")))?;
+    spawn_pending_with(&exe)
+}
+
+/// [`spawn_pending`] with the `alcove` executable at `exe` (a host program
+/// embedding alcove is not that executable itself; see [`crate::embed`]).
+pub fn spawn_pending_with(exe: &Path) -> CliResult<Pending> {
     let mut cmd = Command::new(exe);
     cmd.arg("sandbox").arg("--config").arg("-");
     cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the sandbox process: {e}")))?;
+    let mut child =
+        cmd.spawn().map_err(|e| CliError::msg(format!("cannot start the sandbox process {}: {e}", exe.display())))?;
     match child.stdin.take() {
         Some(stdin) => Ok(Pending { child, stdin }),
         None => Err(CliError::msg("the sandbox process has no stdin")),

@@ -80,7 +80,13 @@ impl Ctx {
 
     /// Opens the store without reaping.
     pub fn open_quiet() -> CliResult<Ctx> {
-        let layout = Layout::from_env().ensure_home().map_err(|e| CliError::msg(e.to_string()))?;
+        Ctx::open_quiet_in(Layout::from_env())
+    }
+
+    /// Opens the store of `layout` without reaping (the embedding API's
+    /// installations, which may not be the environment's).
+    pub fn open_quiet_in(layout: Layout) -> CliResult<Ctx> {
+        let layout = layout.ensure_home().map_err(|e| CliError::msg(e.to_string()))?;
         let store = Store::open(&layout.db())?;
         Ok(Ctx { layout, store })
     }
