@@ -254,7 +254,6 @@ impl SandboxBuilder {
             rootfs: self.rootfs.clone(),
             backend_requested: format!("{:?}", self.backend).to_lowercase(),
             detached_command: None,
-            interactive: false,
             owner: None,
         };
         let (client, started) = create_and_start(&ctx, process, &self.name, &opts, None, meta).await?;
