@@ -1,0 +1,2 @@
+mod bundle;
+fn main() {}
