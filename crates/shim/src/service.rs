@@ -1,0 +1,347 @@
+//! containerd's shim v2 contract: the `Shim` entry points (start, delete,
+//! serve) and the ttrpc `containerd.task.v2.Task` service over
+//! [`Container`]s.
+//!
+//! Invariants:
+//! - One shim process serves the containers containerd groups onto it, by
+//!   id (one for `ctr`; a pod's containers later). The map holds a
+//!   container from a successful Create until its Delete.
+//! - Every error reaches containerd as one line with a ttrpc code:
+//!   InvalidArgument for a bundle alcove refuses, NotFound for an unknown
+//!   id, FailedPrecondition for a call out of order, Internal otherwise.
+//! - Events follow containerd's order: TaskCreate after Create, TaskStart
+//!   after Start, TaskExit once per process after its output is written,
+//!   TaskDelete after Delete.
+//! - The pid containerd sees for a task is the host pid of its sandbox
+//!   process (the command's own pid is a pid in the sandbox's namespace).
+
+use crate::container::{self, Container, ContainerError, CreateRequest};
+use crate::mount::RootfsMount;
+use crate::process::{Exit, Phase, Process, ProcessError, Stdio};
+use async_trait::async_trait;
+use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
+use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
+use containerd_shim::protos::protobuf::MessageDyn;
+use containerd_shim::protos::shim_async::Task;
+use containerd_shim::protos::topics;
+use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
+use containerd_shim::protos::ttrpc::{self, context::Context, Code};
+use containerd_shim::protos::types::task::Status;
+use containerd_shim::publisher::RemotePublisher;
+use containerd_shim::{api, Config, Flags, StartOpts, TtrpcResult};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The runtime name containerd knows this shim by.
+pub const RUNTIME_ID: &str = "io.containerd.alcove.v2";
+
+/// The shim: what `start`/`delete` need, and the task service it serves.
+#[derive(Clone)]
+pub struct AlcoveShim {
+    namespace: String,
+    /// The ttrpc socket this process serves on (`unix://…`; empty for
+    /// `start` and `delete`).
+    socket: String,
+    exit: Arc<ExitSignal>,
+}
+
+#[async_trait]
+impl Shim for AlcoveShim {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, config: &mut Config) -> Self {
+        // The crate's reaper waits for every child; the embedding API waits
+        // for its sandbox processes itself.
+        config.no_reaper = true;
+        AlcoveShim {
+            namespace: args.namespace.clone(),
+            socket: args.socket.clone(),
+            exit: Arc::new(ExitSignal::default()),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> Result<String, containerd_shim::Error> {
+        let grouping = opts.id.clone();
+        spawn(opts, &grouping, Vec::new()).await
+    }
+
+    async fn delete_shim(&mut self) -> Result<api::DeleteResponse, containerd_shim::Error> {
+        // containerd runs `delete` in the bundle directory after a shim died.
+        let bundle = std::env::current_dir().map_err(|e| containerd_shim::Error::Other(e.to_string()))?;
+        container::clean_up_bundle(&bundle).map_err(containerd_shim::Error::Other)?;
+        Ok(api::DeleteResponse {
+            exit_status: 128 + libc::SIGKILL as u32,
+            exited_at: Some(timestamp(SystemTime::now())).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+        // The crate removes the socket through a file in the bundle, which
+        // containerd may have removed by now: a socket left behind would
+        // refuse the next shim of the same id (AddrInUse).
+        let path = self.socket.strip_prefix("unix://").unwrap_or(&self.socket);
+        if !path.is_empty() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        TaskService {
+            inner: Arc::new(Inner {
+                namespace: self.namespace.clone(),
+                exit: self.exit.clone(),
+                publisher,
+                containers: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+}
+
+/// The ttrpc Task service.
+#[derive(Clone)]
+pub struct TaskService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    namespace: String,
+    exit: Arc<ExitSignal>,
+    publisher: RemotePublisher,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+}
+
+/// A failure as containerd receives it.
+#[derive(Debug, thiserror::Error)]
+enum ServiceError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("container {0} not found")]
+    NoContainer(String),
+    #[error("process {0} not found")]
+    NoProcess(String),
+    #[error("{0}")]
+    Precondition(String),
+}
+
+impl From<ServiceError> for ttrpc::Error {
+    fn from(e: ServiceError) -> ttrpc::Error {
+        let code = match &e {
+            ServiceError::Container(ContainerError::Bundle(_) | ContainerError::NoRootfs(_)) => {
+                Code::INVALID_ARGUMENT
+            }
+            ServiceError::Container(ContainerError::Sandbox(alcove::EmbedError::InvalidArgument(_))) => {
+                Code::INVALID_ARGUMENT
+            }
+            ServiceError::Container(ContainerError::Mount(crate::mount::MountError::UnsupportedType(_))) => {
+                Code::INVALID_ARGUMENT
+            }
+            ServiceError::NoContainer(_) | ServiceError::NoProcess(_) => Code::NOT_FOUND,
+            ServiceError::Process(ProcessError::AlreadyStarted(_)) | ServiceError::Precondition(_) => {
+                Code::FAILED_PRECONDITION
+            }
+            ServiceError::Process(ProcessError::NotRunning(_)) => Code::NOT_FOUND,
+            _ => Code::INTERNAL,
+        };
+        ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))
+    }
+}
+
+fn timestamp(t: SystemTime) -> Timestamp {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    Timestamp { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32, ..Default::default() }
+}
+
+impl Inner {
+    fn container(&self, id: &str) -> Result<Arc<Container>, ServiceError> {
+        self.containers.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| {
+            ServiceError::NoContainer(id.to_string())
+        })
+    }
+
+    fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>), ServiceError> {
+        let c = self.container(id)?;
+        let p = c.process(exec_id).ok_or_else(|| ServiceError::NoProcess(exec_id.to_string()))?;
+        Ok((c, p))
+    }
+
+    async fn publish(&self, topic: &str, event: Box<dyn MessageDyn>) {
+        // An event containerd cannot take is logged, never fatal to the task.
+        if let Err(e) = self.publisher.publish(Context::default(), topic, &self.namespace, event).await {
+            log::warn!("publishing {topic}: {e}");
+        }
+    }
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> TtrpcResult<api::CreateTaskResponse> {
+        if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
+            return Err(ServiceError::Precondition("checkpoint/restore is not supported by alcove".into()).into());
+        }
+        if req.terminal {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                "terminals (-t) are not supported by the alcove shim yet",
+            )));
+        }
+        if self.inner.container(&req.id).is_ok() {
+            return Err(ServiceError::Precondition(format!("container {} already exists", req.id)).into());
+        }
+        let stdio = Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let rootfs = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount { kind: m.type_.clone(), source: m.source.clone(), options: m.options.clone() })
+            .collect();
+        let create = CreateRequest {
+            id: req.id.clone(),
+            namespace: self.inner.namespace.clone(),
+            bundle: PathBuf::from(&req.bundle),
+            rootfs,
+            stdio,
+        };
+        let container = Arc::new(Container::create(create).await.map_err(ServiceError::from)?);
+        let pid = container.sandbox.pid();
+        self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).insert(req.id.clone(), container);
+        let event = TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            })
+            .into(),
+            pid,
+            ..Default::default()
+        };
+        self.inner.publish(topics::TASK_CREATE_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::CreateTaskResponse { pid, ..Default::default() })
+    }
+
+    async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
+        let (container, process) = self.inner.process(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Err(ServiceError::Precondition("exec is not supported by the alcove shim yet".into()).into());
+        }
+        let pid = container.sandbox.pid();
+        let inner = self.inner.clone();
+        let (container_id, process_id) = (req.id.clone(), process.id.clone());
+        let on_exit = move |exit: Exit| {
+            let event = TaskExit {
+                container_id,
+                id: process_id,
+                pid,
+                exit_status: exit.code,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            };
+            tokio::spawn(async move { inner.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await });
+        };
+        process.start(container.sandbox.client(), on_exit).await.map_err(ServiceError::from)?;
+        let event = TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
+        self.inner.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::StartResponse { pid, ..Default::default() })
+    }
+
+    async fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> TtrpcResult<api::StateResponse> {
+        let (container, process) = self.inner.process(&req.id, &req.exec_id)?;
+        let mut resp = api::StateResponse {
+            id: process.id.clone(),
+            bundle: container.bundle.display().to_string(),
+            pid: container.sandbox.pid(),
+            stdin: process.stdio.stdin.clone(),
+            stdout: process.stdio.stdout.clone(),
+            stderr: process.stdio.stderr.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        };
+        resp.status = match process.phase() {
+            Phase::Created => Status::CREATED,
+            Phase::Running { .. } => Status::RUNNING,
+            Phase::Exited(exit) => {
+                resp.exit_status = exit.code;
+                resp.exited_at = Some(timestamp(exit.at)).into();
+                Status::STOPPED
+            }
+        }
+        .into();
+        Ok(resp)
+    }
+
+    async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
+        let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
+        let exit = process.wait().await;
+        Ok(api::WaitResponse { exit_status: exit.code, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
+        match process.phase() {
+            // Killing a task that never started ends it, as runc's does.
+            Phase::Created => process.finish(Exit { code: 128 + req.signal, at: SystemTime::now() }),
+            Phase::Running { .. } => process.signal(req.signal).map_err(ServiceError::from)?,
+            Phase::Exited(_) => {
+                return Err(ServiceError::Process(ProcessError::NotRunning(process.id.clone())).into());
+            }
+        }
+        Ok(api::Empty::default())
+    }
+
+    async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
+        let (container, process) = self.inner.process(&req.id, &req.exec_id)?;
+        if !req.exec_id.is_empty() {
+            return Err(ServiceError::NoProcess(req.exec_id.clone()).into());
+        }
+        let exit = match process.phase() {
+            Phase::Running { .. } => {
+                return Err(ServiceError::Precondition(format!("task {} is running: kill it first", req.id)).into())
+            }
+            Phase::Exited(exit) => exit,
+            // Deleting a created task ends it unstarted.
+            Phase::Created => Exit { code: 128 + libc::SIGKILL as u32, at: SystemTime::now() },
+        };
+        container.destroy().await.map_err(ServiceError::from)?;
+        process.finish(exit);
+        self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.id);
+        let pid = container.sandbox.pid();
+        let event = TaskDelete {
+            container_id: req.id.clone(),
+            pid,
+            exit_status: exit.code,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        };
+        self.inner.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::DeleteResponse { pid, exit_status: exit.code, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+    }
+
+    async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.inner.container(&req.id).map(|c| c.sandbox.pid()).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(&self, _ctx: &TtrpcContext, _req: api::ShutdownRequest) -> TtrpcResult<api::Empty> {
+        // containerd asks after every Delete; the shim ends once it serves
+        // no container.
+        if self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+            self.inner.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}
