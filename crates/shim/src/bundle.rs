@@ -32,7 +32,6 @@ use std::time::Duration;
 /// The prefix of annotations that select alcove options.
 pub const ANNOTATION_PREFIX: &str = "io.alcove.";
 
-
 /// Why a bundle is refused. Each message is one line naming the field.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum BundleError {
@@ -396,11 +395,15 @@ fn read_process(p: Process, task: &mut TaskSpec) -> Result<(), BundleError> {
         return Err(unsupported("process.user.umask", "not supported yet"));
     }
     if let Some(g) = p.user.additional_gids.iter().find(|g| **g != p.user.gid && **g != 0) {
-        return Err(unsupported("process.user.additionalGids", format!("supplementary group {g} is not supported yet")));
+        return Err(unsupported(
+            "process.user.additionalGids",
+            format!("supplementary group {g} is not supported yet"),
+        ));
     }
     if let Some(caps) = &p.capabilities {
         let all = [&caps.bounding, &caps.effective, &caps.inheritable, &caps.permitted, &caps.ambient];
-        if let Some(extra) = all.iter().flat_map(|set| set.iter()).find(|c| !DEFAULT_CAPABILITIES.contains(&c.as_str())) {
+        if let Some(extra) = all.iter().flat_map(|set| set.iter()).find(|c| !DEFAULT_CAPABILITIES.contains(&c.as_str()))
+        {
             return Err(unsupported("process.capabilities", format!("{extra} is beyond what a sandbox may have")));
         }
     }

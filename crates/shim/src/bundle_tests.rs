@@ -102,10 +102,7 @@ fn what_alcove_cannot_honour_is_refused_by_name() {
                 }))
             }),
         ),
-        (
-            "linux.namespaces[network].path",
-            Box::new(|v| v["linux"]["namespaces"][4]["path"] = "/proc/1/ns/net".into()),
-        ),
+        ("linux.namespaces[network].path", Box::new(|v| v["linux"]["namespaces"][4]["path"] = "/proc/1/ns/net".into())),
         ("linux.sysctl", Box::new(|v| v["linux"]["sysctl"] = serde_json::json!({"net.ipv4.ip_forward": "1"}))),
         ("linux.uidMappings", Box::new(|v| v["linux"]["uidMappings"] = serde_json::json!([{"a": 1}]))),
         (

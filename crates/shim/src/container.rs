@@ -126,7 +126,14 @@ impl Container {
             .map_err(|source| undo_mount(ContainerError::Read { path: SANDBOX_MARKER.into(), source }))?;
         let sandbox = builder(&name, &rootfs, &spec).start().await.map_err(|e| undo_mount(e.into()))?;
         let init = Arc::new(Process::new(req.id.clone(), main_command(&spec), req.stdio));
-        Ok(Container { id: req.id, bundle: req.bundle, mounted_rootfs, sandbox, init, execs: Mutex::new(HashMap::new()) })
+        Ok(Container {
+            id: req.id,
+            bundle: req.bundle,
+            mounted_rootfs,
+            sandbox,
+            init,
+            execs: Mutex::new(HashMap::new()),
+        })
     }
 
     /// Removes the sandbox and unmounts the rootfs.

@@ -106,11 +106,11 @@ fn mount_one(m: &RootfsMount, target: &Path) -> Result<(), MountError> {
     let target_c = cstring(target, "the target")?;
     let kind = CString::new(m.kind.as_str()).map_err(|_| MountError::Nul("the type"))?;
     let data = CString::new(parsed.data).map_err(|_| MountError::Nul("an option"))?;
-    let sys = |op| MountError::Sys { op, target: target.display().to_string(), source: std::io::Error::last_os_error() };
+    let sys =
+        |op| MountError::Sys { op, target: target.display().to_string(), source: std::io::Error::last_os_error() };
     // SAFETY: every pointer is a NUL-terminated string that outlives the call.
-    let rc = unsafe {
-        libc::mount(source.as_ptr(), target_c.as_ptr(), kind.as_ptr(), parsed.flags, data.as_ptr().cast())
-    };
+    let rc =
+        unsafe { libc::mount(source.as_ptr(), target_c.as_ptr(), kind.as_ptr(), parsed.flags, data.as_ptr().cast()) };
     if rc != 0 {
         return Err(sys("mount"));
     }

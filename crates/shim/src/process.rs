@@ -164,9 +164,9 @@ impl Process {
     /// Sends `signal` to it.
     pub fn signal(&self, signal: u32) -> Result<(), ProcessError> {
         match self.phase() {
-            Phase::Running { input, .. } => input
-                .signal(signal as i32)
-                .map_err(|source| ProcessError::Client { id: self.id.clone(), source }),
+            Phase::Running { input, .. } => {
+                input.signal(signal as i32).map_err(|source| ProcessError::Client { id: self.id.clone(), source })
+            }
             _ => Err(ProcessError::NotRunning(self.id.clone())),
         }
     }

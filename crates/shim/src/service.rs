@@ -133,9 +133,7 @@ enum ServiceError {
 impl From<ServiceError> for ttrpc::Error {
     fn from(e: ServiceError) -> ttrpc::Error {
         let code = match &e {
-            ServiceError::Container(ContainerError::Bundle(_) | ContainerError::NoRootfs(_)) => {
-                Code::INVALID_ARGUMENT
-            }
+            ServiceError::Container(ContainerError::Bundle(_) | ContainerError::NoRootfs(_)) => Code::INVALID_ARGUMENT,
             ServiceError::Container(ContainerError::Sandbox(alcove::EmbedError::InvalidArgument(_))) => {
                 Code::INVALID_ARGUMENT
             }
@@ -160,9 +158,12 @@ fn timestamp(t: SystemTime) -> Timestamp {
 
 impl Inner {
     fn container(&self, id: &str) -> Result<Arc<Container>, ServiceError> {
-        self.containers.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned().ok_or_else(|| {
-            ServiceError::NoContainer(id.to_string())
-        })
+        self.containers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ServiceError::NoContainer(id.to_string()))
     }
 
     fn process(&self, id: &str, exec_id: &str) -> Result<(Arc<Container>, Arc<Process>), ServiceError> {
@@ -282,7 +283,11 @@ impl Task for TaskService {
     async fn wait(&self, _ctx: &TtrpcContext, req: api::WaitRequest) -> TtrpcResult<api::WaitResponse> {
         let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
         let exit = process.wait().await;
-        Ok(api::WaitResponse { exit_status: exit.code, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+        Ok(api::WaitResponse {
+            exit_status: exit.code,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
@@ -323,7 +328,12 @@ impl Task for TaskService {
             ..Default::default()
         };
         self.inner.publish(topics::TASK_DELETE_EVENT_TOPIC, Box::new(event)).await;
-        Ok(api::DeleteResponse { pid, exit_status: exit.code, exited_at: Some(timestamp(exit.at)).into(), ..Default::default() })
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.code,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {

@@ -1,0 +1,101 @@
+//! containerd-shim-alcove-v2 under a real containerd (Debian's, installed
+//! when missing) of the test's own: `ctr run --rm --runtime
+//! io.containerd.alcove.v2` of a local busybox image prints what the command
+//! prints, exit codes propagate, a bundle alcove cannot honour fails with a
+//! clear message, and nothing is left behind (no sandbox record, process,
+//! mount or shim socket).
+
+mod support;
+
+use std::collections::BTreeSet;
+use support::Containerd;
+
+const IMAGE: &str = "docker.io/library/busybox:alcove-test";
+const RUNTIME: &str = "io.containerd.alcove.v2";
+
+fn shim_sockets() -> BTreeSet<String> {
+    std::fs::read_dir("/run/containerd/s")
+        .map(|d| d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned())).collect())
+        .unwrap_or_default()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
+    support::require_root();
+    support::ensure_containerd();
+    support::ensure_alcove_binary();
+    let rootfs = alcove_rootfs::RootfsStore::new("/tmp/alcv-test-rootfs")
+        .ensure_default(&mut |_| {})
+        .expect("build the busybox rootfs")
+        .root;
+    // Short: containerd's and the sandboxes' socket paths live under it.
+    let dir = tempfile::Builder::new().prefix("alcv-ctrd-").tempdir_in("/tmp").expect("temp dir");
+    let archive = dir.path().join("busybox.tar");
+    support::oci::write_archive(&rootfs, IMAGE, &archive);
+    let sockets_before = shim_sockets();
+
+    let containerd = Containerd::start(dir.path());
+    let import = containerd.ctr(&["image", "import", archive.to_str().expect("utf-8")]);
+    assert!(import.status.success(), "import: {}", text(&import.stderr));
+
+    // The command's output, and success.
+    let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "echo-hi", "echo", "hi"]);
+    assert_eq!(text(&run.stdout), "hi\n", "stderr: {}\nlog: {}", text(&run.stderr), containerd.log());
+    assert_eq!(run.status.code(), Some(0));
+
+    // stderr apart from stdout, and the exit code back through ctr.
+    let run = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "exit-3",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 3",
+    ]);
+    assert_eq!(text(&run.stdout), "out\n");
+    assert!(text(&run.stderr).contains("err\n"), "{}", text(&run.stderr));
+    assert_eq!(run.status.code(), Some(3), "{}", text(&run.stderr));
+
+    // The bundle's environment and working directory reach the command.
+    let run = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--env",
+        "GREETING=hello",
+        "--cwd",
+        "/tmp",
+        IMAGE,
+        "env-cwd",
+        "sh",
+        "-c",
+        "echo $GREETING; pwd",
+    ]);
+    assert_eq!(text(&run.stdout), "hello\n/tmp\n", "{}", text(&run.stderr));
+
+    // A bundle alcove cannot honour: one clear line from containerd, nothing kept.
+    let run = containerd.ctr(&["run", "--rm", "--privileged", "--runtime", RUNTIME, IMAGE, "privileged", "true"]);
+    assert_ne!(run.status.code(), Some(0));
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("process.capabilities is not supported by alcove"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let _ = containerd.ctr(&["container", "rm", "privileged"]);
+
+    // Nothing left: no container, no sandbox record, no shim, no mount, no socket.
+    let containers = containerd.ctr(&["container", "ls", "-q"]);
+    assert_eq!(text(&containers.stdout), "", "containers left");
+    let ps = containerd.alcove(&["ps", "--all", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json");
+    assert_eq!(list, serde_json::json!([]), "sandboxes left");
+    assert_eq!(Containerd::shim_processes(), Vec::<u32>::new(), "shim processes left");
+    assert_eq!(Containerd::mounts_under(dir.path()), Vec::<String>::new(), "mounts left");
+    assert_eq!(shim_sockets(), sockets_before, "shim sockets left");
+}
