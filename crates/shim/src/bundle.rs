@@ -375,6 +375,17 @@ pub fn parse(config_json: &[u8]) -> Result<TaskSpec, BundleError> {
     Ok(task)
 }
 
+/// Reads the OCI `process` object of an exec (containerd's
+/// `ExecProcessRequest.spec`) into the process fields of a [`TaskSpec`],
+/// with the same rules as the bundle's process.
+pub fn parse_process(process_json: &[u8]) -> Result<TaskSpec, BundleError> {
+    let process: Process =
+        serde_json::from_slice(process_json).map_err(|e| BundleError::Malformed(format!("exec process: {e}")))?;
+    let mut task = TaskSpec::default();
+    read_process(process, &mut task)?;
+    Ok(task)
+}
+
 fn read_process(p: Process, task: &mut TaskSpec) -> Result<(), BundleError> {
     if p.terminal || p.console_size.is_some() {
         return Err(unsupported("process.terminal", "terminals are not supported yet"));

@@ -74,7 +74,8 @@ fn alcove_annotations_select_options_and_bad_ones_are_refused() {
 
 #[test]
 fn what_alcove_cannot_honour_is_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("process.terminal", Box::new(|v| v["process"]["terminal"] = true.into())),
         ("process.args", Box::new(|v| v["process"]["args"] = serde_json::json!([]))),
         ("process.cwd", Box::new(|v| v["process"]["cwd"] = "relative".into())),
@@ -127,4 +128,19 @@ fn unknown_fields_and_bad_json_are_refused_not_ignored() {
     assert!(matches!(e, BundleError::Malformed(_)), "{e:?}");
     let e = refused(|v| v.as_object_mut().expect("object").remove("process").map(drop).unwrap_or(()));
     assert!(e.contains("process is not supported by alcove: a task needs a process"), "{e}");
+}
+
+#[test]
+fn an_execs_process_is_read_with_the_same_rules() {
+    let v: serde_json::Value = serde_json::from_str(CTR_RUN).expect("fixture is JSON");
+    let mut process = v["process"].clone();
+    process["args"] = serde_json::json!(["cat", "/etc/hostname"]);
+    let task = parse_process(&serde_json::to_vec(&process).expect("json")).expect("accepted");
+    assert_eq!(task.args, ["cat", "/etc/hostname"]);
+    assert_eq!(task.user, "0:0");
+    process["terminal"] = true.into();
+    let e = parse_process(&serde_json::to_vec(&process).expect("json")).expect_err("refused");
+    assert!(e.to_string().contains("process.terminal is not supported by alcove"), "{e}");
+    let e = parse_process(b"[]").expect_err("refused");
+    assert!(e.to_string().starts_with("config.json: exec process:"), "{e}");
 }

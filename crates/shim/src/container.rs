@@ -146,6 +146,21 @@ impl Container {
         Ok(())
     }
 
+    /// Adds exec `process`; false when its id is taken.
+    pub fn add_exec(&self, process: Arc<Process>) -> bool {
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if process.id == self.id || execs.contains_key(&process.id) {
+            return false;
+        }
+        execs.insert(process.id.clone(), process);
+        true
+    }
+
+    /// Forgets exec `exec_id`.
+    pub fn remove_exec(&self, exec_id: &str) {
+        self.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec_id);
+    }
+
     /// The process `exec_id` ("" or the container id: the main one).
     pub fn process(&self, exec_id: &str) -> Option<Arc<Process>> {
         if exec_id.is_empty() || exec_id == self.id {

@@ -15,12 +15,15 @@
 //! - The pid containerd sees for a task is the host pid of its sandbox
 //!   process (the command's own pid is a pid in the sandbox's namespace).
 
+use crate::bundle::{self, BundleError};
 use crate::container::{self, Container, ContainerError, CreateRequest};
 use crate::mount::RootfsMount;
 use crate::process::{Exit, Phase, Process, ProcessError, Stdio};
 use async_trait::async_trait;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
-use containerd_shim::protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskStart};
+use containerd_shim::protos::events::task::{
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+};
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
 use containerd_shim::protos::shim_async::Task;
@@ -122,6 +125,8 @@ enum ServiceError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Process(#[from] ProcessError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
     #[error("container {0} not found")]
     NoContainer(String),
     #[error("process {0} not found")]
@@ -232,8 +237,8 @@ impl Task for TaskService {
 
     async fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> TtrpcResult<api::StartResponse> {
         let (container, process) = self.inner.process(&req.id, &req.exec_id)?;
-        if !req.exec_id.is_empty() {
-            return Err(ServiceError::Precondition("exec is not supported by the alcove shim yet".into()).into());
+        if !req.exec_id.is_empty() && !matches!(container.init.phase(), Phase::Running { .. }) {
+            return Err(ServiceError::Precondition(format!("task {} is not running", req.id)).into());
         }
         let pid = container.sandbox.pid();
         let inner = self.inner.clone();
@@ -250,8 +255,14 @@ impl Task for TaskService {
             tokio::spawn(async move { inner.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await });
         };
         process.start(container.sandbox.client(), on_exit).await.map_err(ServiceError::from)?;
-        let event = TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
-        self.inner.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event)).await;
+        if req.exec_id.is_empty() {
+            let event = TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
+            self.inner.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event)).await;
+        } else {
+            let event =
+                TaskExecStarted { container_id: req.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };
+            self.inner.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event)).await;
+        }
         Ok(api::StartResponse { pid, ..Default::default() })
     }
 
@@ -305,9 +316,6 @@ impl Task for TaskService {
 
     async fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> TtrpcResult<api::DeleteResponse> {
         let (container, process) = self.inner.process(&req.id, &req.exec_id)?;
-        if !req.exec_id.is_empty() {
-            return Err(ServiceError::NoProcess(req.exec_id.clone()).into());
-        }
         let exit = match process.phase() {
             Phase::Running { .. } => {
                 return Err(ServiceError::Precondition(format!("task {} is running: kill it first", req.id)).into())
@@ -316,6 +324,18 @@ impl Task for TaskService {
             // Deleting a created task ends it unstarted.
             Phase::Created => Exit { code: 128 + libc::SIGKILL as u32, at: SystemTime::now() },
         };
+        if !req.exec_id.is_empty() {
+            // An exec's end is its own; the sandbox stays.
+            process.finish(exit);
+            container.remove_exec(&req.exec_id);
+            let pid = container.sandbox.pid();
+            return Ok(api::DeleteResponse {
+                pid,
+                exit_status: exit.code,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            });
+        }
         container.destroy().await.map_err(ServiceError::from)?;
         process.finish(exit);
         self.inner.containers.lock().unwrap_or_else(|p| p.into_inner()).remove(&req.id);
@@ -334,6 +354,29 @@ impl Task for TaskService {
             exited_at: Some(timestamp(exit.at)).into(),
             ..Default::default()
         })
+    }
+
+    async fn exec(&self, _ctx: &TtrpcContext, req: api::ExecProcessRequest) -> TtrpcResult<api::Empty> {
+        let container = self.inner.container(&req.id)?;
+        if !matches!(container.init.phase(), Phase::Running { .. }) {
+            return Err(ServiceError::Precondition(format!("task {} is not running", req.id)).into());
+        }
+        if req.terminal {
+            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                "terminals (-t) are not supported by the alcove shim yet",
+            )));
+        }
+        let spec = req.spec.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
+        let spec = bundle::parse_process(spec).map_err(ServiceError::from)?;
+        let stdio = Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
+        let process = Arc::new(Process::new(req.exec_id.clone(), container::main_command(&spec), stdio));
+        if !container.add_exec(process) {
+            return Err(ServiceError::Precondition(format!("exec {} already exists", req.exec_id)).into());
+        }
+        let event = TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
+        self.inner.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::Empty::default())
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {

@@ -8,6 +8,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
 use support::Containerd;
 
 const IMAGE: &str = "docker.io/library/busybox:alcove-test";
@@ -80,6 +81,26 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
         "echo $GREETING; pwd",
     ]);
     assert_eq!(text(&run.stdout), "hello\n/tmp\n", "{}", text(&run.stderr));
+
+    // An exec in a running task, with its own output and exit code; a kill
+    // ends the task with the signal's status.
+    let mut long = containerd.spawn_ctr(&[
+        "run", "--rm", "--runtime", RUNTIME, IMAGE, "long", "sh", "-c", "echo ready; exec sleep 600",
+    ]);
+    let mut first_line = String::new();
+    let mut long_out = BufReader::new(long.stdout.take().expect("stdout"));
+    long_out.read_line(&mut first_line).expect("read the task's first line");
+    assert_eq!(first_line, "ready\n", "log: {}", containerd.log());
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "e1", "long", "sh", "-c", "echo from-exec; exit 4"]);
+    assert_eq!(text(&exec.stdout), "from-exec\n", "{}", text(&exec.stderr));
+    assert_eq!(exec.status.code(), Some(4), "{}", text(&exec.stderr));
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "e2", "long", "cat", "/nonexistent"]);
+    assert_eq!(exec.status.code(), Some(1), "{}", text(&exec.stderr));
+    assert!(text(&exec.stderr).contains("/nonexistent"), "{}", text(&exec.stderr));
+    let kill = containerd.ctr(&["task", "kill", "long"]);
+    assert!(kill.status.success(), "{}", text(&kill.stderr));
+    let ended = long.wait().expect("the task's ctr ends");
+    assert_eq!(ended.code(), Some(128 + libc::SIGTERM), "log: {}", containerd.log());
 
     // A bundle alcove cannot honour: one clear line from containerd, nothing kept.
     let run = containerd.ctr(&["run", "--rm", "--privileged", "--runtime", RUNTIME, IMAGE, "privileged", "true"]);

@@ -124,6 +124,19 @@ impl Containerd {
             .expect("run ctr")
     }
 
+    /// Starts `ctr` against this containerd with its stdout piped.
+    pub fn spawn_ctr(&self, args: &[&str]) -> Child {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(args)
+            .current_dir("/")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start ctr")
+    }
+
     /// Runs the `alcove` CLI on the sandboxes' home.
     pub fn alcove(&self, args: &[&str]) -> Output {
         Command::new(shim_binary().with_file_name("alcove"))
