@@ -161,6 +161,17 @@ impl Container {
         self.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec_id);
     }
 
+    /// Host pids of every process in the sandbox's jail (its init, the
+    /// commands and their children), from the jail's cgroups.
+    pub fn host_pids(&self) -> Vec<u32> {
+        let mut pids = std::collections::BTreeSet::new();
+        for dir in alcove_jail::cgroup::leftovers(self.sandbox.name(), self.sandbox.pid(), None) {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        pids.into_iter().collect()
+    }
+
     /// The process `exec_id` ("" or the container id: the main one).
     pub fn process(&self, exec_id: &str) -> Option<Arc<Process>> {
         if exec_id.is_empty() || exec_id == self.id {

@@ -30,7 +30,7 @@ use containerd_shim::protos::shim_async::Task;
 use containerd_shim::protos::topics;
 use containerd_shim::protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim::protos::ttrpc::{self, context::Context, Code};
-use containerd_shim::protos::types::task::Status;
+use containerd_shim::protos::types::task::{ProcessInfo, Status};
 use containerd_shim::publisher::RemotePublisher;
 use containerd_shim::{api, Config, Flags, StartOpts, TtrpcResult};
 use std::collections::HashMap;
@@ -259,8 +259,12 @@ impl Task for TaskService {
             let event = TaskStart { container_id: req.id.clone(), pid, ..Default::default() };
             self.inner.publish(topics::TASK_START_EVENT_TOPIC, Box::new(event)).await;
         } else {
-            let event =
-                TaskExecStarted { container_id: req.id.clone(), exec_id: req.exec_id.clone(), pid, ..Default::default() };
+            let event = TaskExecStarted {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                ..Default::default()
+            };
             self.inner.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event)).await;
         }
         Ok(api::StartResponse { pid, ..Default::default() })
@@ -377,6 +381,13 @@ impl Task for TaskService {
         let event = TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
         self.inner.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event)).await;
         Ok(api::Empty::default())
+    }
+
+    async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
+        let container = self.inner.container(&req.id)?;
+        let processes =
+            container.host_pids().into_iter().map(|pid| ProcessInfo { pid, ..Default::default() }).collect();
+        Ok(api::PidsResponse { processes, ..Default::default() })
     }
 
     async fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> TtrpcResult<api::ConnectResponse> {

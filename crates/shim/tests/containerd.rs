@@ -85,7 +85,15 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     // An exec in a running task, with its own output and exit code; a kill
     // ends the task with the signal's status.
     let mut long = containerd.spawn_ctr(&[
-        "run", "--rm", "--runtime", RUNTIME, IMAGE, "long", "sh", "-c", "echo ready; exec sleep 600",
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "long",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 600",
     ]);
     let mut first_line = String::new();
     let mut long_out = BufReader::new(long.stdout.take().expect("stdout"));
@@ -97,6 +105,14 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     let exec = containerd.ctr(&["task", "exec", "--exec-id", "e2", "long", "cat", "/nonexistent"]);
     assert_eq!(exec.status.code(), Some(1), "{}", text(&exec.stderr));
     assert!(text(&exec.stderr).contains("/nonexistent"), "{}", text(&exec.stderr));
+    // Pids: host pids of the sandbox's processes, the command among them.
+    let ps = containerd.ctr(&["task", "ps", "long"]);
+    assert!(ps.status.success(), "{}", text(&ps.stderr));
+    let pids: Vec<u32> =
+        text(&ps.stdout).lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
+    let sleeping =
+        pids.iter().any(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\0600\0"));
+    assert!(sleeping, "ctr task ps lists the command: {}", text(&ps.stdout));
     let kill = containerd.ctr(&["task", "kill", "long"]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let ended = long.wait().expect("the task's ctr ends");
