@@ -1,9 +1,10 @@
 //! containerd-shim-alcove-v2 under a real containerd (Debian's, installed
 //! when missing) of the test's own: `ctr run --rm --runtime
 //! io.containerd.alcove.v2` of a local busybox image prints what the command
-//! prints, exit codes propagate, a bundle alcove cannot honour fails with a
-//! clear message, and nothing is left behind (no sandbox record, process,
-//! mount or shim socket).
+//! prints, exit codes propagate, the bundle's env, cwd and memory limit are
+//! honoured, execs and `ctr task ps` work, a bundle alcove cannot honour
+//! fails with a clear message, and nothing is left behind (no sandbox
+//! record, process, mount or shim socket).
 
 mod support;
 
@@ -82,6 +83,27 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     ]);
     assert_eq!(text(&run.stdout), "hello\n/tmp\n", "{}", text(&run.stderr));
 
+    // The image spec's memory limit is the sandbox's: 200 MiB held in a
+    // 64 MiB sandbox ends in the OOM killer (the same command without the
+    // limit succeeds).
+    let hog = "head -c 200m /dev/zero | tail > /dev/null";
+    let run = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        "--memory-limit",
+        "67108864",
+        IMAGE,
+        "mem-64",
+        "sh",
+        "-c",
+        hog,
+    ]);
+    assert_eq!(run.status.code(), Some(128 + libc::SIGKILL), "{}", text(&run.stderr));
+    let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "mem-free", "sh", "-c", hog]);
+    assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
+
     // An exec in a running task, with its own output and exit code; a kill
     // ends the task with the signal's status.
     let mut long = containerd.spawn_ctr(&[
@@ -125,6 +147,21 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     assert!(stderr.contains("process.capabilities is not supported by alcove"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     let _ = containerd.ctr(&["container", "rm", "privileged"]);
+    let run = containerd.ctr(&[
+        "run",
+        "--rm",
+        "--annotation",
+        "io.alcove.network=everything",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "bad-net",
+        "true",
+    ]);
+    assert_ne!(run.status.code(), Some(0));
+    let stderr = text(&run.stderr);
+    assert!(stderr.contains("annotation io.alcove.network: unknown network profile \"everything\""), "{stderr}");
+    let _ = containerd.ctr(&["container", "rm", "bad-net"]);
 
     // Nothing left: no container, no sandbox record, no shim, no mount, no socket.
     let containers = containerd.ctr(&["container", "ls", "-q"]);
