@@ -133,7 +133,7 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     let pids: Vec<u32> =
         text(&ps.stdout).lines().skip(1).filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect();
     let sleeping =
-        pids.iter().any(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\0600\0"));
+        pids.iter().any(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00"));
     assert!(sleeping, "ctr task ps lists the command: {}", text(&ps.stdout));
     let kill = containerd.ctr(&["task", "kill", "long"]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
