@@ -73,6 +73,8 @@ pub struct TaskSpec {
     pub cwd: String,
     /// `uid:gid` of the main command.
     pub user: String,
+    /// Its terminal's size, when it runs on one (`process.terminal`).
+    pub terminal: Option<alcove_protocol::TtySize>,
     /// Resource limits of the main command (alcove's names: `nofile`, …).
     pub rlimits: Vec<alcove_protocol::Rlimit>,
     /// Memory limit in MiB.
@@ -113,7 +115,7 @@ struct Spec {
 struct Process {
     #[serde(default)]
     terminal: bool,
-    console_size: Option<serde_json::Value>,
+    console_size: Option<ConsoleSize>,
     user: User,
     #[serde(default)]
     args: Vec<String>,
@@ -132,6 +134,16 @@ struct Process {
     #[serde(default)]
     selinux_label: String,
 }
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConsoleSize {
+    height: u16,
+    width: u16,
+}
+
+/// The terminal size of a process whose spec gives none.
+pub const DEFAULT_TERMINAL: alcove_protocol::TtySize = alcove_protocol::TtySize { rows: 24, cols: 80 };
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -387,8 +399,12 @@ pub fn parse_process(process_json: &[u8]) -> Result<TaskSpec, BundleError> {
 }
 
 fn read_process(p: Process, task: &mut TaskSpec) -> Result<(), BundleError> {
-    if p.terminal || p.console_size.is_some() {
-        return Err(unsupported("process.terminal", "terminals are not supported yet"));
+    if p.terminal {
+        task.terminal = Some(
+            p.console_size
+                .map(|c| alcove_protocol::TtySize { rows: c.height, cols: c.width })
+                .unwrap_or(DEFAULT_TERMINAL),
+        );
     }
     if p.args.is_empty() {
         return Err(unsupported("process.args", "it is empty"));

@@ -76,7 +76,6 @@ fn alcove_annotations_select_options_and_bad_ones_are_refused() {
 fn what_alcove_cannot_honour_is_refused_by_name() {
     type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
     let cases: Vec<(&str, Edit)> = vec![
-        ("process.terminal", Box::new(|v| v["process"]["terminal"] = true.into())),
         ("process.args", Box::new(|v| v["process"]["args"] = serde_json::json!([]))),
         ("process.cwd", Box::new(|v| v["process"]["cwd"] = "relative".into())),
         ("process.capabilities", Box::new(|v| v["process"]["capabilities"]["bounding"][0] = "CAP_SYS_ADMIN".into())),
@@ -138,9 +137,16 @@ fn an_execs_process_is_read_with_the_same_rules() {
     let task = parse_process(&serde_json::to_vec(&process).expect("json")).expect("accepted");
     assert_eq!(task.args, ["cat", "/etc/hostname"]);
     assert_eq!(task.user, "0:0");
+    assert_eq!(task.terminal, None);
     process["terminal"] = true.into();
+    let task = parse_process(&serde_json::to_vec(&process).expect("json")).expect("accepted");
+    assert_eq!(task.terminal, Some(DEFAULT_TERMINAL));
+    process["consoleSize"] = serde_json::json!({"height": 50, "width": 132});
+    let task = parse_process(&serde_json::to_vec(&process).expect("json")).expect("accepted");
+    assert_eq!(task.terminal, Some(alcove_protocol::TtySize { rows: 50, cols: 132 }));
+    process["rlimits"][0]["type"] = "RLIMIT_RTPRIO".into();
     let e = parse_process(&serde_json::to_vec(&process).expect("json")).expect_err("refused");
-    assert!(e.to_string().contains("process.terminal is not supported by alcove"), "{e}");
+    assert!(e.to_string().contains("process.rlimits is not supported by alcove"), "{e}");
     let e = parse_process(b"[]").expect_err("refused");
     assert!(e.to_string().starts_with("config.json: exec process:"), "{e}");
 }

@@ -209,6 +209,7 @@ pub fn main_command(spec: &TaskSpec) -> ExecOptions {
         cwd: Some(spec.cwd.clone()),
         user: Some(spec.user.clone()),
         rlimits: spec.rlimits.clone(),
+        tty: spec.terminal,
         ..ExecOptions::default()
     }
 }

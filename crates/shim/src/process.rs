@@ -171,6 +171,16 @@ impl Process {
         }
     }
 
+    /// Resizes its terminal.
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), ProcessError> {
+        match self.phase() {
+            Phase::Running { input } => {
+                input.resize(rows, cols).map_err(|source| ProcessError::Client { id: self.id.clone(), source })
+            }
+            _ => Err(ProcessError::NotRunning(self.id.clone())),
+        }
+    }
+
     /// Waits until it has ended.
     pub async fn wait(&self) -> Exit {
         let mut rx = self.exited.subscribe();

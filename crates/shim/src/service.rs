@@ -191,12 +191,6 @@ impl Task for TaskService {
         if !req.checkpoint.is_empty() || !req.parent_checkpoint.is_empty() {
             return Err(ServiceError::Precondition("checkpoint/restore is not supported by alcove".into()).into());
         }
-        if req.terminal {
-            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
-                Code::INVALID_ARGUMENT,
-                "terminals (-t) are not supported by the alcove shim yet",
-            )));
-        }
         if self.inner.container(&req.id).is_ok() {
             return Err(ServiceError::Precondition(format!("container {} already exists", req.id)).into());
         }
@@ -365,12 +359,6 @@ impl Task for TaskService {
         if !matches!(container.init.phase(), Phase::Running { .. }) {
             return Err(ServiceError::Precondition(format!("task {} is not running", req.id)).into());
         }
-        if req.terminal {
-            return Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
-                Code::INVALID_ARGUMENT,
-                "terminals (-t) are not supported by the alcove shim yet",
-            )));
-        }
         let spec = req.spec.as_ref().map(|any| any.value.as_slice()).unwrap_or_default();
         let spec = bundle::parse_process(spec).map_err(ServiceError::from)?;
         let stdio = Stdio { stdin: req.stdin.clone(), stdout: req.stdout.clone(), stderr: req.stderr.clone() };
@@ -380,6 +368,14 @@ impl Task for TaskService {
         }
         let event = TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
         self.inner.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::Empty::default())
+    }
+
+    async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
+        let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
+        let rows = u16::try_from(req.height).unwrap_or(u16::MAX);
+        let cols = u16::try_from(req.width).unwrap_or(u16::MAX);
+        process.resize(rows, cols).map_err(ServiceError::from)?;
         Ok(api::Empty::default())
     }
 

@@ -9,7 +9,7 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use support::Containerd;
 
 const IMAGE: &str = "docker.io/library/busybox:alcove-test";
@@ -82,6 +82,37 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
         "echo $GREETING; pwd",
     ]);
     assert_eq!(text(&run.stdout), "hello\n/tmp\n", "{}", text(&run.stderr));
+
+    // Stdin reaches the command, and its EOF ends it.
+    let mut cat = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "stdin-cat", "cat"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start ctr");
+    cat.stdin.take().expect("stdin").write_all(b"through stdin\n").expect("write stdin");
+    let run = cat.wait_with_output().expect("ctr ends");
+    assert_eq!(text(&run.stdout), "through stdin\n");
+    assert_eq!(run.status.code(), Some(0));
+
+    // A terminal (-t): the command runs on a pty; ctr itself needs one,
+    // which `script` gives it.
+    let ctr_tty = format!(
+        "ctr --address {} run --rm -t --runtime {RUNTIME} {IMAGE} on-tty sh -c 'tty; echo done'",
+        containerd.socket.display()
+    );
+    let run = std::process::Command::new("script")
+        .args(["-qec", &ctr_tty, "/dev/null"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run script");
+    let out = text(&run.stdout);
+    assert!(out.contains("/dev/pts/") && out.contains("done"), "{out:?} {}", text(&run.stderr));
+    assert_eq!(run.status.code(), Some(0), "{out:?}");
 
     // The image spec's memory limit is the sandbox's: 200 MiB held in a
     // 64 MiB sandbox ends in the OOM killer (the same command without the
