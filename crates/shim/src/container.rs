@@ -161,11 +161,17 @@ impl Container {
         self.execs.lock().unwrap_or_else(|p| p.into_inner()).remove(exec_id);
     }
 
+    /// The sandbox's jail cgroup directories (one per hierarchy on v1).
+    /// `leftovers` finds a live jail's cgroups as well as a dead one's.
+    pub fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        alcove_jail::cgroup::leftovers(self.sandbox.name(), self.sandbox.pid(), None)
+    }
+
     /// Host pids of every process in the sandbox's jail (its init, the
     /// commands and their children), from the jail's cgroups.
     pub fn host_pids(&self) -> Vec<u32> {
         let mut pids = std::collections::BTreeSet::new();
-        for dir in alcove_jail::cgroup::leftovers(self.sandbox.name(), self.sandbox.pid(), None) {
+        for dir in self.cgroup_dirs() {
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
             pids.extend(procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
         }

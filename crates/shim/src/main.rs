@@ -7,7 +7,8 @@
 //! crate handles the command line, the socket and the logging; this crate
 //! supplies the service (`service.rs`), the bundle reader (`bundle.rs`), the
 //! rootfs mounts (`mount.rs`), the containers and their processes
-//! (`container.rs`, `process.rs`) and their stdio (`io.rs`).
+//! (`container.rs`, `process.rs`), their stdio (`io.rs`) and their
+//! metrics (`stats.rs`).
 //!
 //! The sandbox processes are the `alcove` executable beside this one (or
 //! `$ALCOVE_BIN`); their records live in `$ALCOVE_HOME` of containerd's
@@ -19,6 +20,7 @@ mod io;
 mod mount;
 mod process;
 mod service;
+mod stats;
 
 #[tokio::main]
 async fn main() {

@@ -379,6 +379,14 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
+    async fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> TtrpcResult<api::StatsResponse> {
+        let container = self.inner.container(&req.id)?;
+        let metrics = crate::stats::read(&container.cgroup_dirs());
+        let any = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| ttrpc::Error::RpcStatus(ttrpc::get_status(Code::INTERNAL, e.to_string())))?;
+        Ok(api::StatsResponse { stats: Some(any).into(), ..Default::default() })
+    }
+
     async fn pids(&self, _ctx: &TtrpcContext, req: api::PidsRequest) -> TtrpcResult<api::PidsResponse> {
         let container = self.inner.container(&req.id)?;
         let processes =

@@ -166,6 +166,17 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     let sleeping =
         pids.iter().any(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00"));
     assert!(sleeping, "ctr task ps lists the command: {}", text(&ps.stdout));
+    // Metrics: the sandbox's cgroup figures in containerd's format.
+    let metrics = containerd.ctr(&["task", "metrics", "long"]);
+    assert!(metrics.status.success(), "{}", text(&metrics.stderr));
+    let figure = |name: &str| -> u64 {
+        let out = text(&metrics.stdout);
+        let line = out.lines().find(|l| l.trim_start().starts_with(name));
+        line.and_then(|l| l.split_whitespace().last()?.parse().ok()).unwrap_or_else(|| panic!("{name} in {out}"))
+    };
+    assert!(figure("memory.usage_in_bytes") > 0);
+    assert!(figure("pids.current") >= 2, "the agent and the command");
+
     let kill = containerd.ctr(&["task", "kill", "long"]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let ended = long.wait().expect("the task's ctr ends");
