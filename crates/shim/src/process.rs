@@ -21,6 +21,8 @@ use tokio::sync::watch;
 pub struct Exit {
     /// containerd's exit status.
     pub code: u32,
+    /// Whether the kernel's OOM killer ended it.
+    pub oom_killed: bool,
     /// When it was observed.
     pub at: SystemTime,
 }
@@ -131,12 +133,14 @@ impl Process {
             // A session that ends without an exit status (the sandbox went
             // away) counts as killed.
             let mut code = 128 + libc::SIGKILL as u32;
+            let mut oom_killed = false;
             while let Some(event) = output.next_event().await {
                 match event {
                     Ok(ExecEvent::Stdout(b)) => fifos.stdout(&b).await,
                     Ok(ExecEvent::Stderr(b)) => fifos.stderr(&b).await,
                     Ok(ExecEvent::Exited(status)) => {
                         code = exit_code(status.code, status.signal);
+                        oom_killed = status.oom_killed;
                         break;
                     }
                     Ok(ExecEvent::Started { .. }) => {}
@@ -144,7 +148,7 @@ impl Process {
                 }
             }
             drop(fifos);
-            let exit = Exit { code, at: SystemTime::now() };
+            let exit = Exit { code, oom_killed, at: SystemTime::now() };
             this.finish(exit);
             on_exit(exit);
         });
@@ -225,9 +229,9 @@ mod tests {
             let p = p.clone();
             async move { p.wait().await }
         });
-        let first = Exit { code: 137, at: SystemTime::UNIX_EPOCH };
+        let first = Exit { code: 137, oom_killed: false, at: SystemTime::UNIX_EPOCH };
         p.finish(first);
-        p.finish(Exit { code: 0, at: SystemTime::now() });
+        p.finish(Exit { code: 0, oom_killed: false, at: SystemTime::now() });
         assert_eq!(waiter.await.expect("joins"), first);
         assert!(matches!(p.phase(), Phase::Exited(e) if e == first));
         assert!(matches!(p.signal(9), Err(ProcessError::NotRunning(_))));

@@ -10,8 +10,8 @@
 //!   InvalidArgument for a bundle alcove refuses, NotFound for an unknown
 //!   id, FailedPrecondition for a call out of order, Internal otherwise.
 //! - Events follow containerd's order: TaskCreate after Create, TaskStart
-//!   after Start, TaskExit once per process after its output is written,
-//!   TaskDelete after Delete.
+//!   after Start, TaskOOM (when the OOM killer ended it) then TaskExit once
+//!   per process after its output is written, TaskDelete after Delete.
 //! - The pid containerd sees for a task is the host pid of its sandbox
 //!   process (the command's own pid is a pid in the sandbox's namespace).
 
@@ -22,7 +22,7 @@ use crate::process::{Exit, Phase, Process, ProcessError, Stdio};
 use async_trait::async_trait;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -246,7 +246,13 @@ impl Task for TaskService {
                 exited_at: Some(timestamp(exit.at)).into(),
                 ..Default::default()
             };
-            tokio::spawn(async move { inner.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await });
+            tokio::spawn(async move {
+                if exit.oom_killed {
+                    let oom = TaskOOM { container_id: event.container_id.clone(), ..Default::default() };
+                    inner.publish(topics::TASK_OOM_EVENT_TOPIC, Box::new(oom)).await;
+                }
+                inner.publish(topics::TASK_EXIT_EVENT_TOPIC, Box::new(event)).await
+            });
         };
         process.start(container.sandbox.client(), on_exit).await.map_err(ServiceError::from)?;
         if req.exec_id.is_empty() {
@@ -303,7 +309,7 @@ impl Task for TaskService {
         let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
         match process.phase() {
             // Killing a task that never started ends it, as runc's does.
-            Phase::Created => process.finish(Exit { code: 128 + req.signal, at: SystemTime::now() }),
+            Phase::Created => process.finish(Exit { code: 128 + req.signal, oom_killed: false, at: SystemTime::now() }),
             Phase::Running { .. } => process.signal(req.signal).map_err(ServiceError::from)?,
             Phase::Exited(_) => {
                 return Err(ServiceError::Process(ProcessError::NotRunning(process.id.clone())).into());
@@ -320,7 +326,7 @@ impl Task for TaskService {
             }
             Phase::Exited(exit) => exit,
             // Deleting a created task ends it unstarted.
-            Phase::Created => Exit { code: 128 + libc::SIGKILL as u32, at: SystemTime::now() },
+            Phase::Created => Exit { code: 128 + libc::SIGKILL as u32, oom_killed: false, at: SystemTime::now() },
         };
         if !req.exec_id.is_empty() {
             // An exec's end is its own; the sandbox stays.

@@ -21,6 +21,69 @@ fn shim_sockets() -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
+/// `ctr events`, read line by line on a thread.
+struct EventStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl EventStream {
+    /// Starts `ctr events` and returns once it is subscribed: it has shown
+    /// an event made after it started (a namespace created as a marker).
+    fn subscribe(containerd: &Containerd) -> EventStream {
+        let mut child = containerd.spawn_ctr(&["events"]);
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let stream = EventStream { child, lines };
+        // A marker made before the subscription is never shown: make
+        // another until one is (each wait bounds one attempt, not the test).
+        for attempt in 0..60 {
+            let marker = format!("events-ready-{attempt}");
+            let made = containerd.ctr(&["namespaces", "create", &marker]);
+            assert!(made.status.success(), "{}", text(&made.stderr));
+            let seen = std::iter::from_fn(|| stream.lines.recv_timeout(std::time::Duration::from_millis(500)).ok())
+                .any(|l| l.contains(&marker));
+            let _ = containerd.ctr(&["namespaces", "remove", &marker]);
+            if seen {
+                return stream;
+            }
+        }
+        panic!("ctr events never subscribed");
+    }
+
+    /// The topics of the events whose line holds `needle`, up to and
+    /// including the first of topic `last`.
+    fn topics_until(&mut self, needle: &str, last: &str) -> Vec<String> {
+        let mut topics = Vec::new();
+        while let Ok(line) = self.lines.recv_timeout(std::time::Duration::from_secs(60)) {
+            if !line.contains(needle) {
+                continue;
+            }
+            if let Some(topic) = line.split_whitespace().find(|w| w.starts_with("/tasks/")) {
+                topics.push(topic.to_string());
+                if topic == last {
+                    return topics;
+                }
+            }
+        }
+        panic!("no {last} event for {needle}; saw {topics:?}");
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -114,9 +177,11 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     assert!(out.contains("/dev/pts/") && out.contains("done"), "{out:?} {}", text(&run.stderr));
     assert_eq!(run.status.code(), Some(0), "{out:?}");
 
-    // The image spec's memory limit is the sandbox's: 200 MiB held in a
-    // 64 MiB sandbox ends in the OOM killer (the same command without the
-    // limit succeeds).
+    // The image spec's memory limit is the sandbox's: `tail /dev/zero`
+    // (which holds everything it reads) in a 64 MiB sandbox ends in the OOM
+    // killer, while 200 MiB held without the limit is fine.
+    // containerd's event stream shows the task's life, the OOM kill included.
+    let mut events = EventStream::subscribe(&containerd);
     let hog = "head -c 200m /dev/zero | tail > /dev/null";
     let run = containerd.ctr(&[
         "run",
@@ -127,11 +192,13 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
         "67108864",
         IMAGE,
         "mem-64",
-        "sh",
-        "-c",
-        hog,
+        "tail",
+        "/dev/zero",
     ]);
     assert_eq!(run.status.code(), Some(128 + libc::SIGKILL), "{}", text(&run.stderr));
+    let topics = events.topics_until("\"mem-64\"", "/tasks/delete");
+    assert_eq!(topics, ["/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit", "/tasks/delete"]);
+    drop(events);
     let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "mem-free", "sh", "-c", hog]);
     assert_eq!(run.status.code(), Some(0), "{}", text(&run.stderr));
 
