@@ -2,7 +2,9 @@
 //! when missing) of the test's own: `ctr run --rm --runtime
 //! io.containerd.alcove.v2` of a local busybox image prints what the command
 //! prints, exit codes propagate, the bundle's env, cwd and memory limit are
-//! honoured, execs and `ctr task ps` work, a bundle alcove cannot honour
+//! honoured, stdin and a terminal work, execs, `ctr task ps` and
+//! `ctr task metrics` work, containerd's events follow a task's life,
+//! 16 tasks run at once, a bundle alcove cannot honour
 //! fails with a clear message, and nothing is left behind (no sandbox
 //! record, process, mount or shim socket).
 
@@ -248,6 +250,20 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let ended = long.wait().expect("the task's ctr ends");
     assert_eq!(ended.code(), Some(128 + libc::SIGTERM), "log: {}", containerd.log());
+
+    // 16 tasks at once, each with its own sandbox and output.
+    let runs: Vec<_> = (0..16)
+        .map(|i| {
+            let id = format!("many-{i}");
+            let word = format!("task-{i}");
+            containerd.spawn_ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, &id, "echo", &word])
+        })
+        .collect();
+    for (i, run) in runs.into_iter().enumerate() {
+        let out = run.wait_with_output().expect("ctr ends");
+        assert_eq!(text(&out.stdout), format!("task-{i}\n"), "task {i}; log: {}", containerd.log());
+        assert_eq!(out.status.code(), Some(0), "task {i}");
+    }
 
     // A bundle alcove cannot honour: one clear line from containerd, nothing kept.
     let run = containerd.ctr(&["run", "--rm", "--privileged", "--runtime", RUNTIME, IMAGE, "privileged", "true"]);
