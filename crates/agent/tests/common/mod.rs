@@ -242,6 +242,24 @@ impl Agent {
     }
 
     /// Collects an exec session to its end, crediting everything received.
+    /// Reads session `id` (crediting its output) until its stdout holds
+    /// `text`: the command has got that far. Returns the stdout so far.
+    pub fn wait_stdout(&mut self, id: u32, text: &str) -> String {
+        let mut out = Vec::new();
+        while !String::from_utf8_lossy(&out).contains(text) {
+            let (f, m) = self.recv_msg(id);
+            match m {
+                Message::ExecStarted { .. } => {}
+                Message::ExecStdout { data } => {
+                    out.extend_from_slice(&data);
+                    self.send(id, Flags::NONE, &Message::Credit { bytes: f.wire_len() as u32 });
+                }
+                other => panic!("waiting for {text:?} on session {id}: {other:?}"),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     pub fn finish_exec(&mut self, id: u32) -> ExecResult {
         let mut r = ExecResult::default();
         loop {
