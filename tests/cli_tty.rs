@@ -45,21 +45,29 @@ fn an_interactive_session_through_a_pty() {
     s.send_line("stty size").expect("send");
     s.expect(Regex(r"\d+ \d+")).expect("initial size");
     s.get_process_mut().set_window_size(100, 40).expect("resize");
-    std::thread::sleep(Duration::from_millis(300));
-    s.send_line("stty size").expect("send");
-    s.expect("40 100").expect("the new size reached the guest");
+    // The resize travels CLI → relay → agent on its own; ask until it shows.
+    let mut seen = String::new();
+    for _ in 0..50 {
+        s.send_line("stty size").expect("send");
+        let m = s.expect(Regex(r"\r?\n(\d+ \d+)\r?\n")).expect("a size");
+        seen = String::from_utf8_lossy(m.get(1).expect("the size")).into_owned();
+        if seen == "40 100" {
+            break;
+        }
+    }
+    assert_eq!(seen, "40 100", "the new size never reached the guest");
 
     // Ctrl-C interrupts the sandboxed command, not alcove.
-    s.send_line("sleep 30; echo after-sleep").expect("send");
-    std::thread::sleep(Duration::from_millis(500));
+    s.send_line("echo arm$((1 + 1)); sleep 30; echo after-sleep").expect("send");
+    s.expect("arm2").expect("the command line runs");
     s.send("\x03").expect("send ^C");
     s.expect(Regex(r"# ")).expect("prompt after ^C");
     s.send_line("echo still-here").expect("send");
     s.expect("still-here").expect("the session survived ^C");
     s.expect(Regex(r"# ")).expect("prompt again");
     // Ctrl-\ too.
-    s.send_line("sleep 30; echo after-sleep").expect("send");
-    std::thread::sleep(Duration::from_millis(500));
+    s.send_line("echo arm$((2 + 1)); sleep 30; echo after-sleep").expect("send");
+    s.expect("arm3").expect("the command line runs");
     s.send("\x1c").expect("send ^\\");
     s.expect(Regex(r"# ")).expect("prompt after ^\\");
     s.send_line("echo survived-quit").expect("send");

@@ -17,9 +17,7 @@ pub fn bin() -> &'static str {
 
 /// Fails loudly when not root: jail sandboxes need it (CI runs as root).
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "the CLI tests start jail sandboxes and must run as root");
+    alcove_testkit::require_root("the CLI tests start jail sandboxes");
 }
 
 /// A rootfs directory built once and shared by the tests that pass

@@ -6,9 +6,9 @@ use alcove::clock::ManualClock;
 use alcove::store::{RunRecord, RunStatus, SandboxRecord, Store};
 use alcove::{Policy, PolicySpec, SandboxHandle, SandboxOptions};
 use alcove_backend::mock::{MockBackend, MockGate, MockLog, MockScript};
-use alcove_protocol::{fdpass, ExecRequest, Flags, Frame, Handshake, Message, HANDSHAKE_LEN};
+use alcove_protocol::{ExecRequest, Flags, Frame, Handshake, Message, HANDSHAKE_LEN};
 use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -132,18 +132,12 @@ impl RawClient {
     /// The next frame and the descriptor that came with it, if any (read
     /// with `recvmsg`, as the client library does).
     pub fn recv_with_fd(&mut self) -> Option<(u32, Flags, Message, Option<OwnedFd>)> {
-        struct Capture<'a>(&'a UnixStream, Vec<OwnedFd>);
-        impl Read for Capture<'_> {
-            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-                let (n, fds) = fdpass::recv_with_fds(self.0.as_raw_fd(), buf)?;
-                self.1.extend(fds);
-                Ok(n)
-            }
-        }
-        let mut capture = Capture(&self.stream, Vec::new());
+        let fds = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let mut capture = alcove_testkit::FdCapture::new(self.stream.try_clone().expect("clone"), fds.clone());
         let f = Frame::read_from(&mut capture).ok()??;
-        let fd = capture.1.pop();
-        assert!(capture.1.is_empty(), "more than one descriptor came with one frame");
+        let mut fds = fds.lock().expect("fd queue");
+        let fd = fds.pop_front();
+        assert!(fds.is_empty(), "more than one descriptor came with one frame");
         let m = f.decode_body().expect("decodes");
         Some((f.id, f.flags, m, fd))
     }

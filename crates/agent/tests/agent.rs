@@ -145,12 +145,10 @@ fn signals_reach_the_process_group() {
     assert!(t.elapsed() < Duration::from_secs(5));
     // A shell's children are in its group too.
     let id = a.start_exec(ExecRequest {
-        argv: argv(&["/bin/sh", "-c", "sleep 30; echo survived"]),
+        argv: argv(&["/bin/sh", "-c", "sleep 30 & echo started; wait; echo survived"]),
         ..ExecRequest::default()
     });
-    let (_, m) = a.recv_msg(id);
-    assert!(matches!(m, Message::ExecStarted { .. }));
-    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(a.wait_stdout(id, "started\n"), "started\n");
     a.send(id, Flags::NONE, &Message::ExecSignal { signal: libc::SIGKILL });
     let r = a.finish_exec(id);
     assert_eq!(r.status.and_then(|s| s.signal), Some(libc::SIGKILL));
@@ -612,11 +610,12 @@ fn shutdown_terminates_sessions_within_the_grace_and_exits_zero() {
     let (_, m) = a.recv_msg(id);
     let Message::ExecStarted { pid } = m else { panic!("{m:?}") };
     // A process that ignores SIGTERM is killed when the grace ends.
-    let stubborn = a
-        .start_exec(ExecRequest { argv: argv(&["/bin/sh", "-c", "trap '' TERM; sleep 30"]), ..ExecRequest::default() });
-    let (_, m) = a.recv_msg(stubborn);
-    assert!(matches!(m, Message::ExecStarted { .. }));
-    std::thread::sleep(Duration::from_millis(100));
+    let stubborn = a.start_exec(ExecRequest {
+        argv: argv(&["/bin/sh", "-c", "trap '' TERM; echo ready; sleep 30"]),
+        ..ExecRequest::default()
+    });
+    // The trap is set once it says so.
+    a.wait_stdout(stubborn, "ready\n");
     let t = Instant::now();
     a.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms: 500 });
     let r = a.finish_exec(id);
@@ -777,8 +776,11 @@ fn pid1_mode_in_fresh_namespaces() {
     // Orphans re-parent to PID 1 and are reaped.
     let r = a.sh("sleep 0.2 >/dev/null 2>&1 & echo bg");
     assert_eq!(r.out(), "bg\n");
-    std::thread::sleep(Duration::from_millis(600));
-    assert!(a.log_text().contains("reaped orphan"), "{}", a.log_text());
+    let end = Instant::now() + Duration::from_secs(10);
+    while !a.log_text().contains("reaped orphan") {
+        assert!(Instant::now() < end, "the orphan was never reaped: {}", a.log_text());
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A daemon outside any session is terminated at shutdown too.
     let r = a.sh("setsid sleep 60 >/dev/null 2>&1 < /dev/null & echo $!");
     assert_eq!(r.code(), Some(0));

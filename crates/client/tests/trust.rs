@@ -17,8 +17,7 @@ use std::time::Duration;
 const OTHER_UID: u32 = 65534;
 
 fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests create another user's files and must run as root");
+    alcove_testkit::require_root("these tests create another user's files");
 }
 
 fn chown(p: &Path, uid: u32) {

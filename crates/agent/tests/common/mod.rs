@@ -25,8 +25,7 @@ pub fn agent_binary() -> String {
 }
 
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "these tests must run as root (they switch users and spawn as root)");
+    alcove_testkit::require_root("the agent tests switch users and spawn as root");
 }
 
 pub struct Agent {
@@ -44,19 +43,6 @@ pub struct Agent {
 
 /// The host end of the channel read with `recvmsg`, keeping the descriptors
 /// frames carry (as the relay does).
-struct FdCapture {
-    sock: UnixStream,
-    fds: Arc<Mutex<VecDeque<OwnedFd>>>,
-}
-
-impl std::io::Read for FdCapture {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let (n, fds) = alcove_protocol::fdpass::recv_with_fds(self.sock.as_raw_fd(), buf)?;
-        self.fds.lock().expect("fd queue").extend(fds);
-        Ok(n)
-    }
-}
-
 fn pipe_with(bytes: &[u8]) -> OwnedFd {
     let mut fds = [0; 2];
     // SAFETY: valid array.
@@ -131,7 +117,7 @@ impl Agent {
         drop(cfg);
         let (tx, rx) = mpsc::channel();
         let fds = Arc::new(Mutex::new(VecDeque::new()));
-        let mut reader = FdCapture { sock: host.try_clone().expect("clone"), fds: fds.clone() };
+        let mut reader = alcove_testkit::FdCapture::new(host.try_clone().expect("clone"), fds.clone());
         std::thread::spawn(move || loop {
             match Frame::read_from(&mut reader) {
                 Ok(Some(f)) => {
@@ -256,6 +242,24 @@ impl Agent {
     }
 
     /// Collects an exec session to its end, crediting everything received.
+    /// Reads session `id` (crediting its output) until its stdout holds
+    /// `text`: the command has got that far. Returns the stdout so far.
+    pub fn wait_stdout(&mut self, id: u32, text: &str) -> String {
+        let mut out = Vec::new();
+        while !String::from_utf8_lossy(&out).contains(text) {
+            let (f, m) = self.recv_msg(id);
+            match m {
+                Message::ExecStarted { .. } => {}
+                Message::ExecStdout { data } => {
+                    out.extend_from_slice(&data);
+                    self.send(id, Flags::NONE, &Message::Credit { bytes: f.wire_len() as u32 });
+                }
+                other => panic!("waiting for {text:?} on session {id}: {other:?}"),
+            }
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     pub fn finish_exec(&mut self, id: u32) -> ExecResult {
         let mut r = ExecResult::default();
         loop {

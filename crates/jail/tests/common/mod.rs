@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 pub const BUSYBOX: &str = "/bin/busybox";
 
 pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the jail tests must run as root");
+    alcove_testkit::require_root("the jail tests create namespaces, mounts and cgroups");
     assert!(
         Path::new(BUSYBOX).exists(),
         "{BUSYBOX} is missing: install the static busybox (apt-get install busybox-static)"
