@@ -20,8 +20,11 @@
 pub mod agent;
 pub mod codec;
 pub mod config;
+mod frames;
+pub mod net;
 pub mod relay;
 pub mod rootfs;
+pub mod route;
 
 /// A fuzz target: a name and the function that runs one input.
 #[derive(Clone, Copy)]
@@ -43,8 +46,10 @@ pub const TARGETS: &[Target] = &[
     Target { name: "codec", run: codec::fuzz, prepare: nothing_to_prepare, max_len: 4096 },
     Target { name: "config", run: config::fuzz, prepare: nothing_to_prepare, max_len: 2048 },
     Target { name: "relay", run: relay::fuzz, prepare: relay::prepare_process, max_len: 4096 },
+    Target { name: "route", run: route::fuzz, prepare: nothing_to_prepare, max_len: 4096 },
     Target { name: "agent", run: agent::fuzz, prepare: agent::prepare_process, max_len: 4096 },
     Target { name: "rootfs", run: rootfs::fuzz, prepare: nothing_to_prepare, max_len: 8192 },
+    Target { name: "net", run: net::fuzz, prepare: nothing_to_prepare, max_len: 8192 },
 ];
 
 /// The target called `name`.

@@ -23,14 +23,14 @@
 //! channel and [`alcove::SandboxHandle`]; a change of the relay's inside
 //! (a pure routing table) needs no change here.
 
+use crate::frames::{ready, FrameSpec};
 use alcove::store::TerminationReason;
 use alcove::{Policy, PolicySpec, SandboxOptions};
 use alcove_backend::{
     BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched,
 };
 use alcove_protocol::{
-    fdpass, BootTimings, ExecRequest, Flags, Frame, FrameDecoder, FsRequest, Handshake, Message, Ready, CONTROL_ID,
-    HANDSHAKE_LEN, PROTOCOL_VERSION,
+    fdpass, ExecRequest, Flags, Frame, FrameDecoder, Handshake, Message, CONTROL_ID, HANDSHAKE_LEN, PROTOCOL_VERSION,
 };
 use arbitrary::Arbitrary;
 use std::io::{ErrorKind, Read, Write};
@@ -80,90 +80,10 @@ enum Action {
 }
 
 #[derive(Arbitrary, Debug)]
-struct FrameSpec {
-    id: IdSpec,
-    flags: u8,
-    body: BodySpec,
-}
-
-#[derive(Arbitrary, Debug)]
-enum IdSpec {
-    Control,
-    /// An id in the range of the `client`-th client ever connected.
-    InRange {
-        client: u8,
-        offset: u16,
-    },
-    Raw(u32),
-}
-
-#[derive(Arbitrary, Debug)]
 enum FdSpec {
     None,
     PipeReadEnd,
     PipeWriteEnd,
-}
-
-#[derive(Arbitrary, Debug)]
-enum BodySpec {
-    Msg(MsgSpec),
-    Raw(Vec<u8>),
-}
-
-#[derive(Arbitrary, Debug)]
-enum MsgSpec {
-    Exec { stdin: bool, stdout_pipe: bool },
-    Stdin(Vec<u8>),
-    StdinEof,
-    Stdout(Vec<u8>),
-    Exited(i32),
-    Credit(u32),
-    Touch,
-    Shutdown(u32),
-    Heartbeat(u64, u32),
-    Ready(u32),
-    FsWrite(String),
-    FsData(Vec<u8>),
-    FsEnd,
-    Aborted(String),
-    Signal(i32),
-    StdoutPipe,
-}
-
-impl MsgSpec {
-    fn message(&self) -> Message {
-        match self {
-            MsgSpec::Exec { stdin, stdout_pipe } => Message::ExecRequest(ExecRequest {
-                argv: vec!["true".into()],
-                stdin: *stdin,
-                stdout_pipe: *stdout_pipe,
-                ..ExecRequest::default()
-            }),
-            MsgSpec::Stdin(d) => Message::ExecStdin { data: d.clone() },
-            MsgSpec::StdinEof => Message::ExecStdinEof,
-            MsgSpec::Stdout(d) => Message::ExecStdout { data: d.clone() },
-            MsgSpec::Exited(code) => {
-                Message::ExecExited(alcove_protocol::ExitStatus { code: Some(*code), signal: None, oom_killed: false })
-            }
-            MsgSpec::Credit(bytes) => Message::Credit { bytes: *bytes },
-            MsgSpec::Touch => Message::Touch,
-            MsgSpec::Shutdown(grace_ms) => Message::Shutdown { grace_ms: *grace_ms },
-            MsgSpec::Heartbeat(seq, active_sessions) => {
-                Message::Heartbeat { seq: *seq, active_sessions: *active_sessions }
-            }
-            MsgSpec::Ready(v) => Message::Ready(ready(*v)),
-            MsgSpec::FsWrite(path) => Message::FsRequest(FsRequest::Write { path: path.clone(), mode: 0o644 }),
-            MsgSpec::FsData(d) => Message::FsData { data: d.clone() },
-            MsgSpec::FsEnd => Message::FsEnd,
-            MsgSpec::Aborted(reason) => Message::SessionAborted { reason: reason.clone() },
-            MsgSpec::Signal(signal) => Message::ExecSignal { signal: *signal },
-            MsgSpec::StdoutPipe => Message::ExecStdoutPipe,
-        }
-    }
-}
-
-fn ready(protocol_version: u32) -> Ready {
-    Ready { protocol_version, agent_version: "fuzz".into(), boot: BootTimings::default() }
 }
 
 /// Nothing to set up for this target.
@@ -337,26 +257,8 @@ impl World {
         Some(Client { peer: Peer::new(sock), range, received: 0 })
     }
 
-    fn id(&self, spec: &IdSpec) -> u32 {
-        match spec {
-            IdSpec::Control => CONTROL_ID,
-            IdSpec::Raw(id) => *id,
-            IdSpec::InRange { client, offset } => {
-                match self.ranges.get(usize::from(*client) % self.ranges.len().max(1)) {
-                    Some(r) => r.id_start + u32::from(*offset) % (r.id_end - r.id_start + 1),
-                    None => u32::from(*offset),
-                }
-            }
-        }
-    }
-
     fn encode(&self, spec: &FrameSpec) -> Vec<u8> {
-        let flags = Flags::from_bits(spec.flags & 0b1111).expect("masked to known bits");
-        let body = match &spec.body {
-            BodySpec::Msg(m) => alcove_protocol::encode_message(&m.message()).expect("small messages encode"),
-            BodySpec::Raw(b) => b.clone(),
-        };
-        Frame::new(self.id(&spec.id), flags, body).encode().expect("small frames encode")
+        spec.build(&self.ranges).encode().expect("small frames encode")
     }
 
     fn client_index(&self, n: u8) -> Option<usize> {
@@ -542,6 +444,7 @@ fn probe(world: &mut World, handle: &alcove::SandboxHandle) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frames::{BodySpec, IdSpec, MsgSpec};
 
     fn frame(id: IdSpec, flags: Flags, msg: MsgSpec) -> FrameSpec {
         FrameSpec { id, flags: flags.bits(), body: BodySpec::Msg(msg) }

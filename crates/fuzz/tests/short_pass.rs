@@ -7,8 +7,15 @@
 use std::process::Command;
 
 /// Inputs per target in the short pass.
-const PASS: [(&str, u32); 5] =
-    [("codec", 20_000), ("config", 2_000), ("relay", 100), ("agent", 1_500), ("rootfs", 1_500)];
+const PASS: [(&str, u32); 7] = [
+    ("codec", 20_000),
+    ("config", 2_000),
+    ("relay", 100),
+    ("route", 20_000),
+    ("agent", 1_500),
+    ("rootfs", 1_500),
+    ("net", 5_000),
+];
 
 #[test]
 fn every_target_passes_a_short_seeded_run() {

@@ -152,6 +152,11 @@ impl ToGuest {
         counters.peak_guest_queue.fetch_max(total, Ordering::Relaxed);
         ToGuest { frame, charge: Some(budget.clone()) }
     }
+
+    /// Whether the relay made this frame (no client is charged for it).
+    pub(crate) fn is_own(&self) -> bool {
+        self.charge.is_none()
+    }
 }
 
 impl std::fmt::Debug for ToGuest {

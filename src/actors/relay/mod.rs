@@ -17,7 +17,9 @@
 //! - [`guest_io`]: the agent channel's reader and writer;
 //! - [`flow`]: the budgets and the credit ledger the tasks share, and the
 //!   counters behind [`RelayStats`](flow::RelayStats);
-//! - [`socket`]: binding agent.sock.
+//! - [`socket`]: binding agent.sock;
+//! - `route_probe` (feature `fuzzing` only): the table behind a public
+//!   handle, for the `route` fuzz target.
 //!
 //! A frame from a client: its reader charges it to the client's budget →
 //! [`RelayEvent::ClientFrame`] → [`RouteTable::client_frame`] (range check,
@@ -35,6 +37,8 @@
 mod client_io;
 pub mod flow;
 mod guest_io;
+#[cfg(feature = "fuzzing")]
+pub mod route_probe;
 mod route_table;
 mod socket;
 #[cfg(test)]
