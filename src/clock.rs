@@ -51,8 +51,88 @@ impl Clock for MonotonicClock {
     }
 
     fn sleep_until(&self, at: Duration) -> Sleep {
-        let deadline = tokio::time::Instant::from_std(self.origin + at);
-        Box::pin(tokio::time::sleep_until(deadline))
+        sleep_exact((self.origin + at).saturating_duration_since(Instant::now()))
+    }
+}
+
+/// A sleep of `duration` on a timerfd of its own, so the thread wakes once,
+/// at the deadline. A tokio timer would also do, but its wheel wakes the
+/// runtime at each level's slot boundary on the way down to a long
+/// deadline (three wakeups for a 30 s sleep), and for an idle sandbox those
+/// wakeups were most of what it cost. Falls back to a tokio sleep if a
+/// timerfd cannot be had. Needs a tokio runtime with I/O enabled.
+pub fn sleep_exact(duration: Duration) -> Sleep {
+    Box::pin(async move {
+        if duration.is_zero() {
+            return;
+        }
+        let registered = timerfd::Timer::armed(duration).and_then(|timer| {
+            // SAFETY: the AsyncFd owns the timer, whose descriptor stays open
+            // and the same for the AsyncFd's whole life.
+            unsafe { tokio::io::unix::AsyncFd::register_with_interest(timer, tokio::io::Interest::READABLE) }
+                .map_err(std::io::Error::from)
+        });
+        match registered {
+            Ok(timer) => {
+                while let Ok(mut ready) = timer.readable().await {
+                    if timer.get_ref().expired() {
+                        return;
+                    }
+                    ready.clear_ready();
+                }
+                // The reactor is gone: nothing will ever wake this sleep.
+                std::future::pending::<()>().await;
+            }
+            Err(_) => tokio::time::sleep(duration).await,
+        }
+    })
+}
+
+mod timerfd {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::time::Duration;
+
+    /// A one-shot CLOCK_MONOTONIC timerfd.
+    pub(super) struct Timer(OwnedFd);
+
+    impl Timer {
+        /// A timer that expires `after` from now (`after` > 0).
+        pub(super) fn armed(after: Duration) -> io::Result<Timer> {
+            // SAFETY: plain syscall; the descriptor is checked below.
+            let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh descriptor we own.
+            let timer = Timer(unsafe { OwnedFd::from_raw_fd(fd) });
+            let value = libc::itimerspec {
+                it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+                it_value: libc::timespec {
+                    tv_sec: after.as_secs().min(i64::MAX as u64) as libc::time_t,
+                    tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
+                },
+            };
+            // SAFETY: a valid timerfd and a valid itimerspec.
+            if unsafe { libc::timerfd_settime(fd, 0, &value, std::ptr::null_mut()) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(timer)
+        }
+
+        /// Whether the timer has expired (consumes the expiry count).
+        pub(super) fn expired(&self) -> bool {
+            let mut count = 0u64;
+            // SAFETY: reads 8 bytes into a u64.
+            let n = unsafe { libc::read(self.0.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+            n == 8 && count > 0
+        }
+    }
+
+    impl AsRawFd for Timer {
+        fn as_raw_fd(&self) -> RawFd {
+            self.0.as_raw_fd()
+        }
     }
 }
 
@@ -104,6 +184,7 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsRawFd;
 
     #[tokio::test]
     async fn a_manual_sleeper_wakes_when_time_reaches_its_deadline() {
@@ -128,5 +209,23 @@ mod tests {
         let at = clock.now() + Duration::from_millis(2);
         clock.sleep_until(at).await;
         assert!(clock.now() >= at);
+        // A deadline already passed completes at once.
+        clock.sleep_until(Duration::ZERO).await;
+    }
+
+    #[tokio::test]
+    async fn an_exact_sleep_is_one_kernel_deadline_for_its_whole_length() {
+        let timer = timerfd::Timer::armed(Duration::from_secs(3600)).expect("timerfd");
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", timer.as_raw_fd())).expect("fdinfo");
+        // "it_value: (SECONDS, NANOS)": the kernel holds the whole deadline,
+        // no wheel wakes the thread on the way to it.
+        let seconds: u64 = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("it_value:"))
+            .and_then(|v| v.trim().trim_start_matches('(').split(',').next()?.trim().parse().ok())
+            .expect("it_value in fdinfo");
+        assert!((3590..=3600).contains(&seconds), "{fdinfo}");
+        let mut short = sleep_exact(Duration::from_millis(1));
+        short.as_mut().await;
     }
 }

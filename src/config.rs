@@ -73,7 +73,7 @@ pub struct PolicySpec {
     pub ready_timeout: Duration,
     /// After ready, this long without a heartbeat or any other frame from
     /// the agent is a lost agent. 30 s by default: the agent beats every
-    /// quarter of it, so an idle sandbox wakes every 7.5 s for it (see
+    /// third of it, so an idle sandbox wakes every 10 s for it (see
     /// docs/ARCHITECTURE.md, "Idle means idle").
     #[serde(with = "ms")]
     pub heartbeat_timeout: Duration,

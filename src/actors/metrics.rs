@@ -9,9 +9,12 @@
 //! show the guest busy, one is taken every `metrics_interval`; while they
 //! show it quiet, the gap doubles up to [`IDLE_STRETCH`] intervals. Samples
 //! are written in one transaction per batch: the first sample of the run at
-//! once (so `alcove metrics` shows something), then whenever the oldest
-//! unwritten one is [`FLUSH_AFTER`] intervals old, so a thousand idle
-//! sandboxes do not mean a thousand write transactions a second. Samples
+//! once (so `alcove metrics` shows something); while the guest is busy,
+//! whenever the oldest unwritten sample is [`FLUSH_AFTER`] intervals old
+//! (so the first busy sample after a quiet stretch is written at once);
+//! while it is quiet, every [`IDLE_BATCH`] samples (about 8.5 minutes). A
+//! write costs the database thread far more than a sample, so a thousand
+//! idle sandboxes must not write one every 64 s each. Samples
 //! still unwritten when the run starts to end are dropped with the queue
 //! (see the Db actor): a sample is worth less than the run's final write.
 
@@ -25,8 +28,11 @@ use std::time::Duration;
 
 /// The longest gap between two samples of a quiet guest, in intervals.
 pub const IDLE_STRETCH: u32 = 64;
-/// A batch is written once its oldest sample is this many intervals old.
+/// A busy guest's batch is written once its oldest sample is this many
+/// intervals old.
 pub const FLUSH_AFTER: u32 = 5;
+/// A quiet guest's batch is written once it holds this many samples.
+pub const IDLE_BATCH: usize = 8;
 
 /// When to sample and when to write: a pure function of the samples.
 #[derive(Debug)]
@@ -47,15 +53,13 @@ impl Schedule {
     /// Takes a sample; returns the batch to write now (if any) and the gap
     /// until the next sample.
     pub fn on_sample(&mut self, sample: MetricSample) -> (Option<Vec<MetricSample>>, Duration) {
-        self.gap = match &self.last {
-            Some(prev) if is_quiet(prev, &sample) => (self.gap * 2).min(self.base * IDLE_STRETCH),
-            _ => self.base,
-        };
+        let quiet = self.last.as_ref().is_some_and(|prev| is_quiet(prev, &sample));
+        self.gap = if quiet { (self.gap * 2).min(self.base * IDLE_STRETCH) } else { self.base };
         self.last = Some(sample);
         self.batch.push(sample);
         let oldest = self.batch[0].at_ms;
-        let age = Duration::from_millis(self.batch.last().map_or(0, |s| s.at_ms.saturating_sub(oldest)) as u64);
-        let due = !self.written_any || age >= self.base * FLUSH_AFTER;
+        let age = Duration::from_millis(sample.at_ms.saturating_sub(oldest) as u64);
+        let due = !self.written_any || self.batch.len() >= IDLE_BATCH || (!quiet && age >= self.base * FLUSH_AFTER);
         if due {
             self.written_any = true;
             (Some(std::mem::take(&mut self.batch)), self.gap)
@@ -122,14 +126,15 @@ impl Metrics {
     }
 
     fn next_sample_in(&mut self, gap: Duration, ctx: &mut Context<Self>) {
-        ctx.run_later(gap, |this, ctx| {
+        // An exact sleep: an idle sandbox's long gaps wake it once each.
+        ctx.spawn(crate::clock::sleep_exact(gap).into_actor(self).map(|(), this, ctx| {
             let sample = this.sample();
             let (batch, gap) = this.schedule.on_sample(sample);
             if let Some(batch) = batch {
                 this.write(batch);
             }
             this.next_sample_in(gap, ctx);
-        });
+        }));
     }
 }
 
@@ -266,7 +271,11 @@ mod tests {
             writes += usize::from(batch.is_some());
             t += gap.as_millis() as i64;
         }
-        // 3600 samples and writes before; now one a minute once settled.
-        assert!(samples <= 64 && writes <= 64, "{samples} samples, {writes} writes");
+        // 3600 samples and writes before; now a sample a minute and a
+        // write every eight samples once settled.
+        assert!(samples <= 64 && writes <= 9, "{samples} samples, {writes} writes");
+        // Work starts: the quiet samples and the busy one are written at once.
+        let (batch, _) = s.on_sample(at(t, 7 + 5_000_000));
+        assert!(batch.is_some_and(|b| b.len() >= 2), "the first busy sample after a quiet stretch waited");
     }
 }

@@ -154,6 +154,7 @@ impl ToGuest {
     }
 
     /// Whether the relay made this frame (no client is charged for it).
+    #[cfg(feature = "fuzzing")]
     pub(crate) fn is_own(&self) -> bool {
         self.charge.is_none()
     }
