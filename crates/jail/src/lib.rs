@@ -107,6 +107,7 @@
 pub mod cgroup;
 mod child;
 pub mod disk;
+pub mod freezer;
 pub mod idmap;
 mod launch;
 pub mod limits;
@@ -567,6 +568,27 @@ impl GuestControl for JailControl {
             return None;
         }
         self.shared.cgroup.as_ref()?.usage()
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        let (dir, interface) = self.freezer()?;
+        freezer::freeze(&dir, interface, freezer::FREEZE_BUDGET).map_err(|e| e.to_string())
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        let (dir, interface) = self.freezer()?;
+        freezer::thaw(&dir, interface).map_err(|e| e.to_string())
+    }
+}
+
+impl JailControl {
+    /// The jail's freezer, while PID 1 lives.
+    fn freezer(&self) -> Result<(PathBuf, freezer::Interface), String> {
+        if self.shared.done.load(Ordering::SeqCst) {
+            return Err("the sandbox has ended".into());
+        }
+        let cgroup = self.shared.cgroup.as_ref();
+        cgroup.and_then(Cgroup::freezer).ok_or_else(|| freezer::FreezeError::NoFreezer.to_string())
     }
 }
 
