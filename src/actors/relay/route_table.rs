@@ -23,13 +23,17 @@
 //!   returned in batches of [`CREDIT_BATCH`]; credit is owed only for
 //!   sessions the table knows (a guest cannot grow the ledger with made-up
 //!   ids).
+//!
+//! Over 600 lines on purpose: one table whose every rule reads and writes
+//! the same slots and routes; split, each half would need the other's
+//! state.
 
 use super::flow::{RelayCounters, ToGuest, CLIENT_QUEUE_SLACK, MAX_SESSIONS_PER_CLIENT};
 use crate::actors::peer_log::PeerWarnings;
 use crate::clock::Clock;
 use crate::messages::{Activity, Terminate};
 use crate::store::TerminationReason;
-use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, INITIAL_WINDOW};
+use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, SandboxRequest, CONTROL_ID, INITIAL_WINDOW};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -118,6 +122,9 @@ pub(crate) enum Action {
     AgentReady(Ready),
     /// Give Lifecycle a cause to end the sandbox.
     Terminate(Terminate),
+    /// Ask Lifecycle for `request`; its answer goes back through
+    /// [`RouteTable::sandbox_reply`] on session `id` of `client`.
+    SandboxRequest { client: ClientKey, id: u32, request: SandboxRequest },
 }
 
 /// What a session is, for ending it when its client leaves.
@@ -167,6 +174,8 @@ pub(crate) struct RouteTable {
     ready_at: Option<Duration>,
     last_heartbeat: Option<Duration>,
     last_activity: Duration,
+    /// Lifecycle's paused state, mirrored for the watchdog's rules.
+    paused: bool,
     discarded_frames: u64,
     closed: bool,
 }
@@ -186,6 +195,7 @@ impl RouteTable {
             pending_ready: None,
             ready_at: None,
             last_heartbeat: None,
+            paused: false,
             discarded_frames: 0,
             closed: false,
         }
@@ -203,7 +213,34 @@ impl RouteTable {
             last_heartbeat: self.last_heartbeat,
             last_activity: self.last_activity,
             open_sessions: self.sessions.values().filter(|r| r.owner.is_some()).count(),
+            paused: self.paused,
         }
+    }
+
+    /// Lifecycle paused or resumed the guest. A resume restarts the idle
+    /// and heartbeat clocks: a frozen agent could not beat, and a paused
+    /// sandbox was not idle by its own choice.
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        if !paused {
+            self.touch();
+            if self.ready_at.is_some() {
+                self.last_heartbeat = Some(self.clock.now());
+            }
+        }
+    }
+
+    /// Lifecycle's answer to `client`'s request on session `id`: one
+    /// terminal `SandboxReply`, counted like any item queued for it.
+    pub(crate) fn sandbox_reply(&mut self, client: ClientKey, id: u32, result: Result<(), String>) -> Vec<Action> {
+        let Ok(frame) = Frame::message(id, Flags::TERMINAL, &Message::SandboxReply(result)) else {
+            return Vec::new();
+        };
+        let Some(state) = self.state_of(client) else {
+            return Vec::new();
+        };
+        state.queued_bytes += frame.wire_len();
+        vec![Action::ToClient(client, ToClient { frame, fd: None })]
     }
 
     /// The agent channel is attached (client frames may go to the guest).
@@ -289,11 +326,26 @@ impl RouteTable {
             );
             return self.disconnect(client, &why);
         }
+        // A request is decoded once, here; the guest's frames never are.
+        let request = frame.flags.contains(Flags::SESSION_START).then(|| frame.decode_body());
+        if let Some(Ok(Message::SandboxRequest(request))) = request {
+            // For the sandbox process, never the guest: open until its reply
+            // is written, and bounded like any session.
+            let id = frame.id;
+            let Some(state) = self.state_of(client) else {
+                return Vec::new();
+            };
+            if state.open_sessions >= MAX_SESSIONS_PER_CLIENT {
+                return self.refuse_session(client, id);
+            }
+            state.open_sessions += 1;
+            return vec![Action::SandboxRequest { client, id, request }];
+        }
         if !self.guest_attached {
             return self.disconnect(client, "dropped: the guest is not attached");
         }
-        if frame.flags.contains(Flags::SESSION_START) {
-            let kind = match frame.decode_body() {
+        if let Some(request) = request {
+            let kind = match request {
                 Ok(Message::ExecRequest(_)) => SessionKind::Exec,
                 Ok(Message::FsRequest(_)) => SessionKind::Fs,
                 _ => {
