@@ -36,6 +36,17 @@ pub enum Command {
     Rm(RmArgs),
     /// Mark sandboxes as active (resets their idle timeout).
     Touch(NamesArgs),
+    /// Pause running sandboxes: freeze every process in them.
+    ///
+    /// The guest's processes make no progress until `alcove resume` (the
+    /// cgroup freezer; jail backend). While paused, a sandbox is neither
+    /// idle nor unresponsive: its idle timeout and heartbeat deadline do not
+    /// fire, and both restart at resume. Its max duration keeps counting
+    /// (a wall-clock bound). `stop`, `kill` and `rm -f` work on a paused
+    /// sandbox. `ps` shows it as Paused.
+    Pause(NamesArgs),
+    /// Resume paused sandboxes (see `alcove pause`).
+    Resume(NamesArgs),
     /// List sandboxes.
     Ps(PsArgs),
     /// Show a sandbox's configuration, status and runs.
