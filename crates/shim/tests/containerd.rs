@@ -3,7 +3,10 @@
 //! io.containerd.alcove.v2` of a local busybox image prints what the command
 //! prints, exit codes propagate, the bundle's env, cwd and memory limit are
 //! honoured, stdin and a terminal work, execs, `ctr task ps` and
-//! `ctr task metrics` work, containerd's events follow a task's life,
+//! `ctr task metrics` work, `ctr task pause`/`resume` freeze and thaw the
+//! task (PAUSED in `ctr task ls`, Paused in `alcove ps`, the kernel's
+//! freezer holding its processes; a SIGKILL ends a paused task),
+//! containerd's events follow a task's life,
 //! 16 tasks run at once, a bundle alcove cannot honour
 //! fails with a clear message, and nothing is left behind (no sandbox
 //! record, process, mount or shim socket).
@@ -88,6 +91,41 @@ impl Drop for EventStream {
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// The STATUS column of `ctr task ls` for task `id`.
+fn task_status(containerd: &Containerd, id: &str) -> String {
+    let ls = containerd.ctr(&["task", "ls"]);
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    let out = text(&ls.stdout);
+    let line = out.lines().find(|l| l.split_whitespace().next() == Some(id));
+    line.and_then(|l| l.split_whitespace().nth(2)).unwrap_or_else(|| panic!("task {id} in {out}")).to_string()
+}
+
+/// The status `alcove ps` shows for the sandbox of task `id`.
+fn sandbox_status(containerd: &Containerd, id: &str) -> String {
+    let ps = containerd.alcove(&["ps", "--all", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json");
+    let suffix = format!("-{id}");
+    let entry = list.as_array().and_then(|l| l.iter().find(|s| s["name"].as_str().is_some_and(|n| n.ends_with(&suffix))));
+    entry.and_then(|e| e["status"].as_str()).unwrap_or_else(|| panic!("no sandbox for {id}: {list}")).to_string()
+}
+
+/// The state letter of host process `pid` (`/proc/PID/stat`): a frozen
+/// task shows as D, whether the freezer parked it in `__refrigerator` or
+/// froze it in its sleep.
+fn task_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process exists");
+    let after_name = &stat[stat.rfind(')').expect("stat has a name") + 1..];
+    after_name.trim_start().chars().next().expect("a state")
+}
+
+/// `freezer.state` of host process `pid`'s v1 freezer cgroup.
+fn freezer_state(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the process exists");
+    let path = cgroups.lines().find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string())).expect("a freezer");
+    let state = std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state")).expect("freezer.state");
+    state.trim().to_string()
 }
 
 #[test]
@@ -246,10 +284,60 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     assert!(figure("memory.usage_in_bytes") > 0);
     assert!(figure("pids.current") >= 2, "the agent and the command");
 
+    // Pause and resume: the task's processes are frozen by the kernel, ctr
+    // and alcove say so, and events mark both changes.
+    let sleep_pid = *pids
+        .iter()
+        .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00"))
+        .expect("the command's pid");
+    let mut events = EventStream::subscribe(&containerd);
+    let pause = containerd.ctr(&["task", "pause", "long"]);
+    assert!(pause.status.success(), "{}", text(&pause.stderr));
+    assert_eq!(task_status(&containerd, "long"), "PAUSED");
+    assert_eq!(task_state(sleep_pid), 'D', "the paused task's command is frozen (the kernel shows it as D)");
+    assert_eq!(freezer_state(sleep_pid), "FROZEN");
+    assert_eq!(sandbox_status(&containerd, "long"), "Paused");
+    let again = containerd.ctr(&["task", "pause", "long"]);
+    assert!(!again.status.success(), "pausing a paused task is refused");
+    assert!(text(&again.stderr).contains("already paused"), "{}", text(&again.stderr));
+    let resume = containerd.ctr(&["task", "resume", "long"]);
+    assert!(resume.status.success(), "{}", text(&resume.stderr));
+    assert_eq!(task_status(&containerd, "long"), "RUNNING");
+    assert_eq!(task_state(sleep_pid), 'S', "the resumed command sleeps again");
+    assert_eq!(freezer_state(sleep_pid), "THAWED");
+    assert_eq!(sandbox_status(&containerd, "long"), "Running");
+    assert_eq!(events.topics_until("\"long\"", "/tasks/resumed"), ["/tasks/paused", "/tasks/resumed"]);
+    drop(events);
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "e3", "long", "echo", "after-resume"]);
+    assert_eq!(text(&exec.stdout), "after-resume\n", "{}", text(&exec.stderr));
+
     let kill = containerd.ctr(&["task", "kill", "long"]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let ended = long.wait().expect("the task's ctr ends");
     assert_eq!(ended.code(), Some(128 + libc::SIGTERM), "log: {}", containerd.log());
+
+    // A paused task ends by SIGKILL (thawed to die, as runc does).
+    let mut frozen = containerd.spawn_ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "frozen",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 600",
+    ]);
+    let mut line = String::new();
+    BufReader::new(frozen.stdout.take().expect("stdout")).read_line(&mut line).expect("read the first line");
+    assert_eq!(line, "ready\n", "log: {}", containerd.log());
+    let pause = containerd.ctr(&["task", "pause", "frozen"]);
+    assert!(pause.status.success(), "{}", text(&pause.stderr));
+    assert_eq!(task_status(&containerd, "frozen"), "PAUSED");
+    let kill = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "frozen"]);
+    assert!(kill.status.success(), "{}", text(&kill.stderr));
+    let ended = frozen.wait().expect("the paused task's ctr ends");
+    assert_eq!(ended.code(), Some(128 + libc::SIGKILL), "log: {}", containerd.log());
 
     // 16 tasks at once, each with its own sandbox and output.
     let runs: Vec<_> = (0..16)
