@@ -413,6 +413,15 @@ impl Task for TaskService {
         Ok(api::Empty::default())
     }
 
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
+        // Only stdin can be closed: the outputs end with the process.
+        if req.stdin {
+            process.close_stdin().map_err(ServiceError::from)?;
+        }
+        Ok(api::Empty::default())
+    }
+
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: api::ResizePtyRequest) -> TtrpcResult<api::Empty> {
         let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
         let rows = u16::try_from(req.height).unwrap_or(u16::MAX);

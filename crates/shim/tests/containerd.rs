@@ -93,6 +93,17 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Sends CloseIO (stdin) for task `id` straight to its shim, at the
+/// socket address the shim crate derives from containerd's address, the
+/// namespace and the task id.
+fn close_stdin(containerd: &Containerd, id: &str) {
+    use containerd_shim::protos::{api::CloseIORequest, shim_sync::TaskClient, ttrpc};
+    let address = containerd_shim::socket_address(&containerd.socket.display().to_string(), "default", id);
+    let client = ttrpc::Client::connect(&address).expect("connect to the shim");
+    let request = CloseIORequest { id: id.to_string(), stdin: true, ..Default::default() };
+    TaskClient::new(client).close_io(ttrpc::context::with_timeout(10_000_000_000), &request).expect("CloseIO");
+}
+
 /// The STATUS column of `ctr task ls` for task `id`.
 fn task_status(containerd: &Containerd, id: &str) -> String {
     let ls = containerd.ctr(&["task", "ls"]);
@@ -338,6 +349,31 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let ended = frozen.wait().expect("the paused task's ctr ends");
     assert_eq!(ended.code(), Some(128 + libc::SIGKILL), "log: {}", containerd.log());
+
+    // CloseIO (what the CRI sends when an attached stdin ends; ctr has no
+    // command for it): the command reads EOF although ctr keeps the stdin
+    // FIFO open.
+    let mut reader = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "reader", "sh", "-c", "cat; echo stdin-closed"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr run reader");
+    let mut reader_in = reader.stdin.take().expect("stdin");
+    reader_in.write_all(b"before-close\n").expect("write stdin");
+    let mut reader_out = BufReader::new(reader.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader_out.read_line(&mut line).expect("the command echoes its stdin");
+    assert_eq!(line, "before-close\n", "log: {}", containerd.log());
+    close_stdin(&containerd, "reader");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader_out, &mut rest).expect("the rest of the output");
+    assert_eq!(rest, "stdin-closed\n", "cat saw EOF after CloseIO");
+    assert_eq!(reader.wait().expect("ctr ends").code(), Some(0), "log: {}", containerd.log());
+    drop(reader_in);
 
     // 16 tasks at once, each with its own sandbox and output.
     let runs: Vec<_> = (0..16)
