@@ -135,6 +135,8 @@ fn a_paused_sandbox_makes_no_progress_until_resumed() {
     assert_eq!(counter.progress(), before, "the paused counter moved while the host's made 20000 steps");
     assert_frozen(&freezer_of("frz", pid));
 
+    // A paused sandbox takes no new command: one line, not a hang.
+    a.run(&["exec", "frz", "--", "true"]).assert_error("the sandbox is paused");
     // Pausing twice is refused in one line and changes nothing.
     a.run(&["pause", "frz"]).assert_error("cannot pause sandbox frz: the sandbox is already paused");
     assert_eq!(a.status("frz"), "Paused");

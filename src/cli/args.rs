@@ -42,8 +42,9 @@ pub enum Command {
     /// cgroup freezer; jail backend). While paused, a sandbox is neither
     /// idle nor unresponsive: its idle timeout and heartbeat deadline do not
     /// fire, and both restart at resume. Its max duration keeps counting
-    /// (a wall-clock bound). `stop`, `kill` and `rm -f` work on a paused
-    /// sandbox. `ps` shows it as Paused.
+    /// (a wall-clock bound). A paused sandbox takes no new `exec` or `cp`
+    /// (refused at once); `stop`, `kill` and `rm -f` work on it. `ps` shows
+    /// it as Paused.
     Pause(NamesArgs),
     /// Resume paused sandboxes (see `alcove pause`).
     Resume(NamesArgs),

@@ -57,6 +57,10 @@ fn slot_range(k: usize, generation: u64) -> Handshake {
     Handshake { id_start: start, id_end: start + (IDS_PER_CLIENT - 1) }
 }
 
+fn too_many_sessions() -> String {
+    format!("too many sessions: a client may have {MAX_SESSIONS_PER_CLIENT} open at once")
+}
+
 /// One connected client: its slot and the generation of that slot it holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct ClientKey {
@@ -336,7 +340,7 @@ impl RouteTable {
                 return Vec::new();
             };
             if state.open_sessions >= MAX_SESSIONS_PER_CLIENT {
-                return self.refuse_session(client, id);
+                return self.refuse_session(client, id, too_many_sessions());
             }
             state.open_sessions += 1;
             return vec![Action::SandboxRequest { client, id, request }];
@@ -357,11 +361,15 @@ impl RouteTable {
                 return self.disconnect(client, &format!("dropped: session id {} is already in use", frame.id));
             }
             let id = frame.id;
+            if self.paused {
+                // Its frozen agent would leave the client waiting until a resume.
+                return self.refuse_session(client, id, "the sandbox is paused; resume it first".into());
+            }
             let Some(state) = self.state_of(client) else {
                 return Vec::new();
             };
             if state.open_sessions >= MAX_SESSIONS_PER_CLIENT {
-                return self.refuse_session(client, id);
+                return self.refuse_session(client, id, too_many_sessions());
             }
             state.open_sessions += 1;
             self.sessions.insert(id, Route { owner: Some(client), kind, uncredited: 0 });
@@ -373,11 +381,10 @@ impl RouteTable {
     }
 
     /// Answers a session the client may not open (it has
-    /// [`MAX_SESSIONS_PER_CLIENT`] open) with a terminal `SessionAborted`;
-    /// the request never reaches the guest.
-    fn refuse_session(&mut self, client: ClientKey, id: u32) -> Vec<Action> {
+    /// [`MAX_SESSIONS_PER_CLIENT`] open, or the sandbox is paused) with a
+    /// terminal `SessionAborted`; the request never reaches the guest.
+    fn refuse_session(&mut self, client: ClientKey, id: u32, reason: String) -> Vec<Action> {
         self.counters.session_refused();
-        let reason = format!("too many sessions: a client may have {MAX_SESSIONS_PER_CLIENT} open at once");
         let Ok(frame) = Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }) else {
             return Vec::new();
         };

@@ -466,3 +466,24 @@ fn a_sandbox_request_is_for_the_relay_and_counts_as_a_session_until_answered() {
     f.table.disconnect(c, "test");
     assert!(f.table.sandbox_reply(c, id, Ok(())).is_empty());
 }
+
+#[test]
+fn a_paused_sandbox_refuses_new_sessions_until_resumed() {
+    let mut f = fixture();
+    let c = f.table.admit().expect("a slot");
+    let id = c.range().id_start;
+    f.table.set_paused(true);
+    let actions = f.table.client_frame(c, exec_start(id));
+    assert!(to_guest(&actions).is_empty(), "the frozen agent is not asked");
+    let refused = to_client(&actions, c);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].flags, Flags::TERMINAL);
+    assert!(
+        matches!(refused[0].decode_body(), Ok(Message::SessionAborted { reason }) if reason.contains("paused")),
+        "{:?}",
+        refused[0].decode_body()
+    );
+    f.table.set_paused(false);
+    let actions = f.table.client_frame(c, fs_start(id + 1));
+    assert_eq!(to_guest(&actions).len(), 1, "resumed: sessions reach the guest again");
+}
