@@ -126,7 +126,8 @@ fn next_check(policy: &Policy, started_at: Duration, a: &Activity, now: Duration
             next.push(now + policy.watchdog_tick);
         }
         Some(_) if a.paused => {
-            let resumed_soonest = policy.idle_timeout.map_or(policy.heartbeat_timeout, |i| i.min(policy.heartbeat_timeout));
+            let resumed_soonest =
+                policy.idle_timeout.map_or(policy.heartbeat_timeout, |i| i.min(policy.heartbeat_timeout));
             next.push(now + resumed_soonest);
         }
         Some(ready_at) => {

@@ -821,7 +821,8 @@ mod tests {
 
     #[test]
     fn the_freezer_is_v1s_when_mounted_else_the_cgroup2_mount() {
-        let with_v1 = format!("{MOUNTINFO}37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n");
+        let with_v1 =
+            format!("{MOUNTINFO}37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n");
         let hs = parse_hierarchies(&with_v1, OWN, |_| "hugetlb\n".to_string());
         let freezer = hierarchy_for(&hs, Controller::Freezer).expect("a freezer");
         assert_eq!(freezer.mount, PathBuf::from("/sys/fs/cgroup/freezer"));
@@ -829,7 +830,8 @@ mod tests {
         let hs = parse_hierarchies(MOUNTINFO, OWN, |_| "hugetlb\n".to_string());
         let freezer = hierarchy_for(&hs, Controller::Freezer).expect("a freezer");
         assert!(freezer.v2);
-        let hs = parse_hierarchies("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", OWN, |_| String::new());
+        let hs =
+            parse_hierarchies("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", OWN, |_| String::new());
         assert_eq!(hierarchy_for(&hs, Controller::Freezer), None);
     }
 

@@ -256,8 +256,10 @@ mod tests {
             arb_string().prop_map(|reason| Message::SessionAborted { reason }),
             Just(Message::SandboxRequest(SandboxRequest::Pause)),
             Just(Message::SandboxRequest(SandboxRequest::Resume)),
-            proptest::option::of(arb_string())
-                .prop_map(|e| Message::SandboxReply(match e { Some(e) => Err(e), None => Ok(()) })),
+            proptest::option::of(arb_string()).prop_map(|e| Message::SandboxReply(match e {
+                Some(e) => Err(e),
+                None => Ok(()),
+            })),
         ]
     }
 

@@ -118,7 +118,8 @@ fn sandbox_status(containerd: &Containerd, id: &str) -> String {
     let ps = containerd.alcove(&["ps", "--all", "--json"]);
     let list: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json");
     let suffix = format!("-{id}");
-    let entry = list.as_array().and_then(|l| l.iter().find(|s| s["name"].as_str().is_some_and(|n| n.ends_with(&suffix))));
+    let entry =
+        list.as_array().and_then(|l| l.iter().find(|s| s["name"].as_str().is_some_and(|n| n.ends_with(&suffix))));
     entry.and_then(|e| e["status"].as_str()).unwrap_or_else(|| panic!("no sandbox for {id}: {list}")).to_string()
 }
 

@@ -165,7 +165,9 @@ fn a_sandbox_request_is_answered_by_the_relay_and_never_reaches_the_guest() {
 
         // The guest saw none of it: the next thing it reads is an exec.
         let exec = ExecRequest { argv: vec!["true".into()], ..ExecRequest::default() };
-        write_frame(&mut client, &frame(id + 3, Flags::SESSION_START, &Message::ExecRequest(exec))).await.expect("exec");
+        write_frame(&mut client, &frame(id + 3, Flags::SESSION_START, &Message::ExecRequest(exec)))
+            .await
+            .expect("exec");
         let first = read_frame(&mut guest).await.expect("reads").expect("a frame");
         assert_eq!(first.id, id + 3, "no request to the sandbox process was forwarded");
     });
