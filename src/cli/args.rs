@@ -146,6 +146,10 @@ pub struct SandboxOpts {
     /// User for commands (name or uid, optionally `:group`).
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
+    /// The guest's hostname (UTS, /etc/hostname, /etc/hosts, $HOSTNAME;
+    /// jail backend). Default: the sandbox name.
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    pub hostname: Option<String>,
     /// Network options.
     #[command(flatten)]
     pub net: super::net::NetOpts,
@@ -410,6 +414,11 @@ pub fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} seconds is too long"));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// Checks a `--hostname` value.
+pub fn parse_hostname(s: &str) -> Result<String, String> {
+    crate::backends::check_hostname(s).map(|()| s.to_string())
 }
 
 /// Parses `K=V`; a bare `K` takes its value from this process's environment.

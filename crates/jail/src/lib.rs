@@ -129,6 +129,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use child::AGENT_PATH;
+pub use validate::check_hostname;
 pub use limits::{check, DEFAULT_PIDS_LIMIT, MIN_MEMORY_MIB, MIN_PIDS_LIMIT};
 pub use validate::MAX_VOLUMES;
 
@@ -176,6 +177,10 @@ pub struct JailOptions {
     pub init_argv: Option<Vec<String>>,
     /// Keep `CAP_SYS_ADMIN` (and allow the mount system calls) in the jail.
     pub keep_sys_admin: bool,
+    /// The jail's hostname (UTS namespace, `/etc/hostname`, `/etc/hosts`,
+    /// `$HOSTNAME`); `None`: the sandbox name. Checked by
+    /// [`check_hostname`].
+    pub hostname: Option<String>,
 }
 
 impl JailOptions {
@@ -334,7 +339,9 @@ impl JailBackend {
     pub fn spawn(&self, spec: &GuestSpec) -> Result<Jail, BackendError> {
         JailBackend::check_host(&self.options)?;
         let mut checked = validate::validate(spec)?;
-        let name_files = names::prepare(spec, &checked.volumes)?;
+        let hostname = self.options.hostname.as_deref().unwrap_or(&spec.name);
+        check_hostname(hostname).map_err(BackendError::InvalidConfig)?;
+        let name_files = names::prepare(spec, hostname, &checked.volumes)?;
         checked.volumes.extend(name_files);
         let isolation = launch::decide(&self.options, spec)?;
         let started = match launch::start(&self.options, spec, &checked, &isolation) {

@@ -226,6 +226,9 @@ fn builder(name: &str, rootfs: &Path, spec: &TaskSpec) -> alcove::SandboxBuilder
     if let Some(t) = spec.idle_timeout {
         b = b.idle_timeout(t);
     }
+    if let Some(h) = &spec.hostname {
+        b = b.hostname(h.clone());
+    }
     b
 }
 
