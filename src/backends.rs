@@ -34,7 +34,10 @@ pub fn hostname_allowed(kind: BackendKind, hostname: Option<&str>) -> Result<(),
     let Some(hostname) = hostname else { return Ok(()) };
     check_hostname(hostname)?;
     if kind != BackendKind::Jail {
-        return Err(format!("--hostname needs the jail backend (a {} guest's hostname is its sandbox name)", kind.as_str()));
+        return Err(format!(
+            "--hostname needs the jail backend (a {} guest's hostname is its sandbox name)",
+            kind.as_str()
+        ));
     }
     Ok(())
 }

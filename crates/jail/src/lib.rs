@@ -129,8 +129,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use child::AGENT_PATH;
-pub use validate::check_hostname;
 pub use limits::{check, DEFAULT_PIDS_LIMIT, MIN_MEMORY_MIB, MIN_PIDS_LIMIT};
+pub use validate::check_hostname;
 pub use validate::MAX_VOLUMES;
 
 /// How long clean-up waits for the guest log's last bytes once the jail has

@@ -1,11 +1,12 @@
 //! containerd-shim-alcove-v2 under a real containerd (Debian's, installed
 //! when missing) of the test's own: `ctr run --rm --runtime
 //! io.containerd.alcove.v2` of a local busybox image prints what the command
-//! prints, exit codes propagate, the bundle's env, cwd and memory limit are
-//! honoured, stdin and a terminal work, execs, `ctr task ps` and
+//! prints, exit codes propagate, the bundle's env, cwd, hostname and
+//! memory limit are honoured, stdin and a terminal work, execs, `ctr task ps` and
 //! `ctr task metrics` work, `ctr task pause`/`resume` freeze and thaw the
 //! task (PAUSED in `ctr task ls`, Paused in `alcove ps`, the kernel's
-//! freezer holding its processes; a SIGKILL ends a paused task),
+//! freezer holding its processes; a SIGKILL ends a paused task), CloseIO
+//! gives the command EOF,
 //! containerd's events follow a task's life,
 //! 16 tasks run at once, a bundle alcove cannot honour
 //! fails with a clear message, and nothing is left behind (no sandbox
@@ -162,6 +163,20 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     // The command's output, and success.
     let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "echo-hi", "echo", "hi"]);
     assert_eq!(text(&run.stdout), "hi\n", "stderr: {}\nlog: {}", text(&run.stderr), containerd.log());
+    assert_eq!(run.status.code(), Some(0));
+
+    // The bundle's hostname is the sandbox's. ctr has no --hostname: a
+    // whole spec carrying one, over the busybox rootfs directory.
+    let mut spec: serde_json::Value =
+        serde_json::from_str(include_str!("../src/testdata/ctr-run-config.json")).expect("the spec fixture");
+    spec["hostname"] = "web.example".into();
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", "hostname; cat /etc/hostname; echo $HOSTNAME"]);
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    let spec_path = dir.path().join("hostname.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("JSON")).expect("write the spec");
+    let spec_arg = spec_path.display().to_string();
+    let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &spec_arg, "hn"]);
+    assert_eq!(text(&run.stdout), "web.example\nweb.example\nweb.example\n", "stderr: {}", text(&run.stderr));
     assert_eq!(run.status.code(), Some(0));
 
     // stderr apart from stdout, and the exit code back through ctr.
