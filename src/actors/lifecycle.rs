@@ -2,10 +2,10 @@
 //! the termination reason is decided.
 //!
 //! States: Starting → Ready → Draining → Exited; while Ready, the guest may
-//! be paused and resumed ([`Pause`]: the backend freezes every process of
-//! the guest, then the record says Paused; resume is the reverse order, so
-//! the record never says Running of a frozen guest). One pause or resume
-//! runs at a time. A cause to end a paused sandbox thaws it first (a frozen
+//! be paused and resumed ([`Pause`]: the backend freezes or thaws every
+//! process of the guest, then the record says Paused or Running, then the
+//! request is answered, so an answered request is both done and recorded).
+//! One pause or resume runs at a time. A cause to end a paused sandbox thaws it first (a frozen
 //! process cannot act on a shutdown, and on cgroup v1 not even die).
 //! The first [`Terminate`] to
 //! arrive fixes the reason (later ones are logged and ignored); only then is
