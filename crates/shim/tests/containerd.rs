@@ -330,7 +330,13 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     let resume = containerd.ctr(&["task", "resume", "long"]);
     assert!(resume.status.success(), "{}", text(&resume.stderr));
     assert_eq!(task_status(&containerd, "long"), "RUNNING");
-    assert_eq!(task_state(sleep_pid), 'S', "the resumed command sleeps again");
+    // Thawed tasks are woken, not run on the spot: bounded wait for the
+    // command to be an ordinary sleeper again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while task_state(sleep_pid) != 'S' {
+        assert!(std::time::Instant::now() < deadline, "the resumed command stays {}", task_state(sleep_pid));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     assert_eq!(freezer_state(sleep_pid), "THAWED");
     assert_eq!(sandbox_status(&containerd, "long"), "Running");
     assert_eq!(events.topics_until("\"long\"", "/tasks/resumed"), ["/tasks/paused", "/tasks/resumed"]);
