@@ -183,3 +183,27 @@ fn kill_and_rm_f_end_a_paused_sandbox_and_leave_no_cgroup() {
     assert!(a.ps_entry("frzr").is_none());
     assert_eq!(cgroups_of("frzr", rpid), Vec::<PathBuf>::new());
 }
+
+#[test]
+fn a_paused_sandbox_whose_process_is_killed_is_reaped_and_its_frozen_jail_removed() {
+    let a = Alcove::new();
+    let rootfs = a.rootfs_arg();
+    a.ok(&["create", "frzc", "--rootfs", &rootfs]);
+    let pid = sandbox_pid(&a, "frzc");
+    a.ok(&["pause", "frzc"]);
+    let freezer = freezer_of("frzc", pid);
+    assert_frozen(&freezer);
+    // SAFETY: kills the sandbox process this test created.
+    assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")) {
+        assert!(Instant::now() < deadline, "the sandbox process did not die");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The jail's processes stay frozen (a frozen task cannot die) until the
+    // reaper's clean-up kills and thaws them.
+    assert_frozen(&freezer);
+    let e = a.ps_entry("frzc").expect("listed");
+    assert_eq!((e["status"].as_str(), e["last_run"]["reason"].as_str()), (Some("Crashed"), Some("Crashed")), "{e}");
+    assert_eq!(cgroups_of("frzc", pid), Vec::<PathBuf>::new(), "the frozen jail's cgroups were left behind");
+}
