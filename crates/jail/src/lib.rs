@@ -2,13 +2,17 @@
 //! namespaces, in an overlay of the sandbox's root filesystem, under cgroup
 //! limits, a seccomp filter and a reduced capability set.
 //!
+//! Over 600 lines on purpose: the backend, its options, the runner and the
+//! control handle all act on one `JailProcess`; the launch's own steps
+//! live in `launch.rs` and `child/`.
+//!
 //! # API
 //!
 //! [`JailBackend::new`] with [`JailOptions`]; [`GuestBackend::launch`] (type
 //! erased) or [`JailBackend::spawn`] (concrete [`Jail`]: the agent channel,
 //! a [`JailRunner`] whose [`JailRunner::wait`] reaps PID 1 and cleans up,
-//! and a [`JailControl`] with `force_stop`, `usage`, `pid`, `cgroup_paths`
-//! and `isolation`). [`JailOptions::init_argv`] runs any init program in
+//! and a [`JailControl`] with `force_stop`, `usage`, `pause`, `resume`,
+//! `pid`, `cgroup_paths` and `isolation`). [`JailOptions::init_argv`] runs any init program in
 //! place of the agent (tests use busybox). [`check`] is the pre-flight of a
 //! spec's limits, [`limits::fill_defaults`] the limits that hold by
 //! default, [`probe_isolation`] what `alcove doctor` reports.
