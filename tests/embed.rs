@@ -86,7 +86,7 @@ fn the_example_starts_a_sandbox_the_cli_sees_and_removes_it() {
     // Pause and resume, as the CLI's: the record follows, repeats are refused.
     rt.block_on(sandbox.pause()).expect("pauses");
     assert_eq!(sandbox.info().expect("info").status, alcove::store::SandboxStatus::Paused);
-    let twice = rt.block_on(sandbox.pause()).err().expect("refused");
+    let twice = rt.block_on(sandbox.pause()).expect_err("refused");
     assert_eq!(twice.to_string(), "the sandbox is already paused");
     rt.block_on(sandbox.resume()).expect("resumes");
     assert_eq!(sandbox.info().expect("info").status, alcove::store::SandboxStatus::Running);
