@@ -16,7 +16,7 @@
 //! | [`SendShutdown`] | Guest → Relay |
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
-//! | [`Pause`] | Relay (a client's `SandboxRequest`) → Lifecycle |
+//! | [`SetPaused`] | Relay (a client's `SandboxRequest`) → Lifecycle |
 //! | [`CloseRelay`] | Lifecycle → Relay |
 //! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetrics`] | Lifecycle, Metrics → Db |
 
@@ -136,7 +136,7 @@ pub struct Activity {
 /// the sandbox is not in a state that allows it or the backend fails.
 #[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
 #[rtype(result = "Result<(), String>")]
-pub struct Pause {
+pub struct SetPaused {
     /// Pause, or resume.
     pub paused: bool,
 }

@@ -393,7 +393,7 @@ fn run_actor_system(
                 RelayPeers {
                     agent_ready: lifecycle.clone().recipient(),
                     terminate: lifecycle.clone().recipient(),
-                    pause: lifecycle.clone().recipient(),
+                    set_paused: lifecycle.clone().recipient(),
                 },
                 relay_counters,
             )

@@ -2,7 +2,7 @@
 //! the termination reason is decided.
 //!
 //! States: Starting → Ready → Draining → Exited; while Ready, the guest may
-//! be paused and resumed ([`Pause`]: the backend freezes or thaws every
+//! be paused and resumed ([`SetPaused`]: the backend freezes or thaws every
 //! process of the guest, then the record says Paused or Running, then the
 //! request is answered, so an answered request is both done and recorded).
 //! One pause or resume runs at a time. A cause to end a paused sandbox thaws it first (a frozen
@@ -27,7 +27,7 @@ use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestExited,
-    GuestLaunched, LaunchFailed, OpenToClients, Pause, StopGuest, Terminate,
+    GuestLaunched, LaunchFailed, OpenToClients, SetPaused, StopGuest, Terminate,
 };
 use crate::run_end::{Cleanup, RunEnd};
 use crate::sandbox::SocketRemoval;
@@ -375,10 +375,10 @@ impl Lifecycle {
     }
 }
 
-impl Handler<Pause> for Lifecycle {
+impl Handler<SetPaused> for Lifecycle {
     type Result = ResponseActFuture<Self, Result<(), String>>;
 
-    fn handle(&mut self, msg: Pause, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SetPaused, _: &mut Self::Context) -> Self::Result {
         if let Some(why) = self.refuse_pause(msg.paused) {
             return Box::pin(fut::ready(Err(why)));
         }

@@ -45,7 +45,7 @@ pub use socket::{bind_socket, RelayError};
 
 use crate::clock::Clock;
 use crate::messages::{
-    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, Pause, SendShutdown, Terminate, Touch,
+    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, SetPaused, Terminate, Touch,
 };
 use crate::store::TerminationReason;
 use actix::prelude::*;
@@ -104,7 +104,7 @@ pub struct RelayPeers {
     /// broken agent channel, an unusable socket).
     pub terminate: Recipient<Terminate>,
     /// Lifecycle: a client's pause or resume.
-    pub pause: Recipient<Pause>,
+    pub set_paused: Recipient<SetPaused>,
 }
 
 /// The senders of the items queued for each client the table holds: one
@@ -223,8 +223,8 @@ impl Relay {
                 Action::Terminate(cause) => self.peers.terminate.do_send(cause),
                 Action::SandboxRequest { client, id, request } => {
                     let paused = request == SandboxRequest::Pause;
-                    let lifecycle = self.peers.pause.clone();
-                    let asked = async move { lifecycle.send(Pause { paused }).await };
+                    let lifecycle = self.peers.set_paused.clone();
+                    let asked = async move { lifecycle.send(SetPaused { paused }).await };
                     ctx.spawn(asked.into_actor(self).map(move |answer, this, ctx| {
                         let result = answer.unwrap_or_else(|_| Err("the sandbox is stopping".into()));
                         if result.is_ok() {

@@ -29,10 +29,10 @@ impl Handler<AgentReady> for Peer {
 }
 
 /// Lifecycle's part of a pause: refuses to pause twice, like Lifecycle.
-impl Handler<Pause> for Peer {
+impl Handler<SetPaused> for Peer {
     type Result = Result<(), String>;
 
-    fn handle(&mut self, msg: Pause, _: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: SetPaused, _: &mut Self::Context) -> Self::Result {
         if msg.paused == self.paused {
             return Err(format!("already {}", if msg.paused { "paused" } else { "running" }));
         }
@@ -63,7 +63,7 @@ async fn relay_with_client(dir: &std::path::Path) -> (Addr<Relay>, UnixStream, U
     let peers = RelayPeers {
         agent_ready: peer.clone().recipient(),
         terminate: peer.clone().recipient(),
-        pause: peer.recipient(),
+        set_paused: peer.recipient(),
     };
     let relay = Relay::new(listener, path.clone(), Arc::new(MonotonicClock::new()), peers, Arc::default()).start();
     let (host_end, guest_end) = std::os::unix::net::UnixStream::pair().expect("socketpair");
