@@ -2,12 +2,12 @@
 //! [`BackendConfig`] in one place ([`make`]), with the settings it was
 //! created with; and the backend-level operations the CLI needs without
 //! knowing any backend crate: the settings of a new sandbox
-//! ([`jail_from_env`], [`krun_with`]), the pre-flight check before it is
+//! ([`jail_from_env`], [`krun_with`], [`with_hostname`]), the pre-flight check before it is
 //! recorded ([`preflight`]), what `doctor` and `inspect` show of the jail's
 //! isolation ([`probe_jail_isolation`], [`recorded_isolation`]) and the
 //! clean-up after a sandbox process that died ([`remove_leftovers`]).
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, BackendKind};
 use alcove_backend::mock::MockBackend;
 use alcove_backend::{GuestBackend, GuestSpec};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,38 @@ pub fn make(config: &BackendConfig) -> Box<dyn GuestBackend> {
 /// `ALCOVE_JAIL_USERNS`), kept with a new sandbox for all its starts.
 pub fn jail_from_env() -> Result<BackendConfig, String> {
     alcove_jail::JailOptions::from_env().map(BackendConfig::Jail).map_err(|e| e.to_string())
+}
+
+/// Whether a sandbox of backend `kind` may have the hostname `hostname`
+/// (`--hostname`): a valid name, and a jail (a krun guest's hostname is its
+/// sandbox name). One-line error.
+pub fn hostname_allowed(kind: BackendKind, hostname: Option<&str>) -> Result<(), String> {
+    let Some(hostname) = hostname else { return Ok(()) };
+    check_hostname(hostname)?;
+    if kind != BackendKind::Jail {
+        return Err(format!(
+            "--hostname needs the jail backend (a {} guest's hostname is its sandbox name)",
+            kind.as_str()
+        ));
+    }
+    Ok(())
+}
+
+/// `backend` with the guest hostname `hostname` (checked by
+/// [`hostname_allowed`]): a setting of the jail's; other backends are left
+/// as they are.
+pub fn with_hostname(backend: BackendConfig, hostname: Option<&str>) -> BackendConfig {
+    match (backend, hostname) {
+        (BackendConfig::Jail(options), Some(hostname)) => {
+            BackendConfig::Jail(alcove_jail::JailOptions { hostname: Some(hostname.to_string()), ..options })
+        }
+        (other, _) => other,
+    }
+}
+
+/// Whether `hostname` may be a guest's hostname (one-line error).
+pub fn check_hostname(hostname: &str) -> Result<(), String> {
+    alcove_jail::check_hostname(hostname)
 }
 
 /// krun settings with the guest kernel library `libkrunfw`.

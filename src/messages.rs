@@ -16,6 +16,7 @@
 //! | [`SendShutdown`] | Guest → Relay |
 //! | [`GetActivity`] | Watchdog → Relay |
 //! | [`Touch`] | embedding handle → Relay |
+//! | [`SetPaused`] | Relay (a client's `SandboxRequest`) → Lifecycle |
 //! | [`CloseRelay`] | Lifecycle → Relay |
 //! | [`DbStartRun`], [`DbSetStatus`], [`DbFinishRun`], [`DbInsertMetrics`] | Lifecycle, Metrics → Db |
 
@@ -126,6 +127,18 @@ pub struct Activity {
     pub last_activity: Duration,
     /// Sessions open now.
     pub open_sessions: usize,
+    /// The guest is paused (Lifecycle's state, mirrored by the relay).
+    pub paused: bool,
+}
+
+/// Relay → Lifecycle: pause (`true`) or resume (`false`) the guest, for a
+/// client's `SandboxRequest`. Answers `Err` with one line for the user when
+/// the sandbox is not in a state that allows it or the backend fails.
+#[derive(Message, Clone, Copy, Debug, PartialEq, Eq)]
+#[rtype(result = "Result<(), String>")]
+pub struct SetPaused {
+    /// Pause, or resume.
+    pub paused: bool,
 }
 
 /// Counts as activity for the idle timeout.

@@ -390,7 +390,11 @@ fn run_actor_system(
                 listener,
                 opts.socket_path.clone(),
                 opts.clock.clone(),
-                RelayPeers { agent_ready: lifecycle.clone().recipient(), terminate: lifecycle.clone().recipient() },
+                RelayPeers {
+                    agent_ready: lifecycle.clone().recipient(),
+                    terminate: lifecycle.clone().recipient(),
+                    set_paused: lifecycle.clone().recipient(),
+                },
                 relay_counters,
             )
             .start();

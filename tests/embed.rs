@@ -1,7 +1,8 @@
 //! The embedding API (`alcove::Sandbox::builder`) through the example
 //! program `examples/embed.rs`, whose code this test runs: the sandbox it
 //! starts is the CLI's (listed by `alcove ps`, reachable by `alcove exec`),
-//! bad settings and names fail with one line before anything starts, and
+//! it pauses and resumes, bad settings and names fail with one line before
+//! anything starts, and
 //! removing it leaves no process and no record.
 
 mod cli_support;
@@ -82,6 +83,14 @@ fn the_example_starts_a_sandbox_the_cli_sees_and_removes_it() {
     let info = sandbox.info().expect("info");
     assert_eq!(info.pid, Some(sandbox.pid()));
 
+    // Pause and resume, as the CLI's: the record follows, repeats are refused.
+    rt.block_on(sandbox.pause()).expect("pauses");
+    assert_eq!(sandbox.info().expect("info").status, alcove::store::SandboxStatus::Paused);
+    let twice = rt.block_on(sandbox.pause()).expect_err("refused");
+    assert_eq!(twice.to_string(), "the sandbox is already paused");
+    rt.block_on(sandbox.resume()).expect("resumes");
+    assert_eq!(sandbox.info().expect("info").status, alcove::store::SandboxStatus::Running);
+
     // Removal: no process, no record, and the name is unknown afterwards.
     rt.block_on(sandbox.remove()).expect("removes");
     assert!(!process_alive(sandbox.pid()), "the sandbox process is gone");
@@ -94,6 +103,8 @@ fn the_example_starts_a_sandbox_the_cli_sees_and_removes_it() {
     // Bad input: one line, nothing recorded.
     let bad = rt.block_on(Sandbox::builder("bad name").home(&home).start()).err().expect("refused");
     assert!(bad.to_string().contains("invalid") || bad.to_string().contains("name"), "{bad}");
+    let bad = rt.block_on(Sandbox::builder("badhost").home(&home).hostname("a_b").start()).err().expect("refused");
+    assert_eq!(bad.to_string(), "hostname \"a_b\" may contain only letters, digits, '-' and '.'");
     let bad = rt.block_on(Sandbox::builder("small").home(&home).memory_mib(1).start()).err().expect("refused");
     assert_eq!(bad.to_string(), "memory must be between 16 and 16777216 MiB, not 1");
     let missing = rt

@@ -281,3 +281,44 @@ fn metrics_are_sampled_into_the_database() {
     assert!(samples.len() >= 2, "{} samples", samples.len());
     assert!(samples.iter().all(|s| s.memory_bytes > 0));
 }
+
+/// Pause and resume through Lifecycle: each answered once the backend has
+/// acted and the record says so; refusals in one line; a stop of a paused
+/// sandbox thaws it before the agent is asked to shut down.
+#[test]
+fn pause_and_resume_are_recorded_refused_when_repeated_and_a_stop_thaws_first() {
+    use alcove_protocol::SandboxRequest;
+    let env = start(script(), policy());
+    assert!(env.handle.wait_ready(WAIT));
+    let mut client = RawClient::connect(&env.socket());
+    let mut id = client.range.id_start;
+    let mut ask = |request: SandboxRequest| {
+        id += 1;
+        client.send(id, Flags::SESSION_START, &Message::SandboxRequest(request));
+        let (reply_id, flags, reply) = client.recv().expect("a reply");
+        assert_eq!((reply_id, flags), (id, Flags::TERMINAL));
+        reply
+    };
+    assert_eq!(ask(SandboxRequest::Resume), Message::SandboxReply(Err("the sandbox is not paused".into())));
+    assert!(!env.log.contains(&MockEvent::Resumed), "a refused resume does not reach the backend");
+
+    assert_eq!(ask(SandboxRequest::Pause), Message::SandboxReply(Ok(())));
+    assert!(env.log.contains(&MockEvent::Paused));
+    assert_eq!(env.sandbox().status, SandboxStatus::Paused);
+    assert_eq!(ask(SandboxRequest::Pause), Message::SandboxReply(Err("the sandbox is already paused".into())));
+
+    assert_eq!(ask(SandboxRequest::Resume), Message::SandboxReply(Ok(())));
+    assert_eq!(env.sandbox().status, SandboxStatus::Running);
+    assert_eq!(ask(SandboxRequest::Pause), Message::SandboxReply(Ok(())));
+
+    env.handle.stop();
+    let outcome = env.handle.wait_timeout(WAIT).expect("ends");
+    assert_eq!(outcome.reason, TerminationReason::ShutdownRequested);
+    env.assert_final(&outcome);
+    assert_eq!(env.sandbox().status, SandboxStatus::Stopped);
+    let events = env.log.events();
+    let thawed = events.iter().rposition(|e| *e == MockEvent::Resumed).expect("thawed for the stop");
+    let paused = events.iter().rposition(|e| *e == MockEvent::Paused).expect("paused");
+    let shutdown = events.iter().position(|e| *e == MockEvent::ShutdownReceived).expect("a graceful stop");
+    assert!(paused < thawed && thawed < shutdown, "{events:?}");
+}

@@ -1,7 +1,13 @@
 //! The Lifecycle actor: the sandbox's state machine and the one place where
 //! the termination reason is decided.
 //!
-//! States: Starting → Ready → Draining → Exited. The first [`Terminate`] to
+//! States: Starting → Ready → Draining → Exited; while Ready, the guest may
+//! be paused and resumed ([`SetPaused`]: the backend freezes or thaws every
+//! process of the guest, then the record says Paused or Running, then the
+//! request is answered, so an answered request is both done and recorded).
+//! One pause or resume runs at a time. A cause to end a paused sandbox thaws it first (a frozen
+//! process cannot act on a shutdown, and on cgroup v1 not even die).
+//! The first [`Terminate`] to
 //! arrive fixes the reason (later ones are logged and ignored); only then is
 //! Guest told to stop. When the guest ends ([`GuestExited`]) without an earlier
 //! cause, its exit decides ([`RunEnd::decide`]): code 0 is Completed, any
@@ -21,7 +27,7 @@ use crate::actors::db::SampleGate;
 use crate::config::Outcome;
 use crate::messages::{
     AgentReady, AttachControl, AttachGuest, CloseRelay, DbFinishRun, DbSetStatus, DbStartRun, GuestExited,
-    GuestLaunched, LaunchFailed, OpenToClients, StopGuest, Terminate,
+    GuestLaunched, LaunchFailed, OpenToClients, SetPaused, StopGuest, Terminate,
 };
 use crate::run_end::{Cleanup, RunEnd};
 use crate::sandbox::SocketRemoval;
@@ -155,6 +161,10 @@ pub struct Lifecycle {
     /// agent.sock, when Lifecycle removes it at the end.
     socket_after_end: Option<PathBuf>,
     finalising: bool,
+    /// The guest is frozen (only while Ready).
+    paused: bool,
+    /// A pause or resume is under way.
+    pausing: bool,
 }
 
 impl Lifecycle {
@@ -179,6 +189,8 @@ impl Lifecycle {
             samples,
             socket_after_end: None,
             finalising: false,
+            paused: false,
+            pausing: false,
         }
     }
 
@@ -327,6 +339,105 @@ impl Handler<AgentReady> for Lifecycle {
     }
 }
 
+impl Lifecycle {
+    /// Why the guest cannot be paused (`paused`) or resumed now, if it cannot.
+    fn refuse_pause(&self, paused: bool) -> Option<String> {
+        let not_running = match self.state {
+            State::Starting => Some("the sandbox is still starting"),
+            State::Draining | State::Exited => Some("the sandbox is stopping"),
+            State::Ready if self.finalising => Some("the sandbox is stopping"),
+            State::Ready => None,
+        };
+        if let Some(why) = not_running {
+            return Some(why.to_string());
+        }
+        if self.pausing {
+            return Some("a pause or resume of this sandbox is already under way".into());
+        }
+        match (paused, self.paused) {
+            (true, true) => Some("the sandbox is already paused".into()),
+            (false, false) => Some("the sandbox is not paused".into()),
+            _ => None,
+        }
+    }
+
+    /// Thaws a paused guest (before it is stopped).
+    fn thaw_for_stop(&mut self) {
+        if !(self.paused || self.pausing) {
+            return;
+        }
+        if let Some(control) = self.shared.control() {
+            if let Err(e) = control.resume() {
+                tracing::warn!(error = %e, "could not thaw the paused guest before stopping it");
+            }
+        }
+        self.paused = false;
+    }
+}
+
+impl Handler<SetPaused> for Lifecycle {
+    type Result = ResponseActFuture<Self, Result<(), String>>;
+
+    fn handle(&mut self, msg: SetPaused, _: &mut Self::Context) -> Self::Result {
+        if let Some(why) = self.refuse_pause(msg.paused) {
+            return Box::pin(fut::ready(Err(why)));
+        }
+        let Some(control) = self.shared.control() else {
+            return Box::pin(fut::ready(Err("the sandbox has no guest to pause".to_string())));
+        };
+        self.pausing = true;
+        let paused = msg.paused;
+        tracing::info!(paused, "pause requested");
+        // Freezing waits for the kernel (up to freezer::FREEZE_BUDGET): off
+        // the actor thread.
+        let frozen = tokio::task::spawn_blocking(move || if paused { control.pause() } else { control.resume() });
+        let record = self.peers.set_status.clone();
+        let sandbox = self.name.clone();
+        Box::pin(
+            async move {
+                let changed = frozen.await.unwrap_or_else(|e| Err(format!("the pause task failed: {e}")));
+                if let Err(e) = changed {
+                    return (false, Err(e));
+                }
+                let status = if paused { SandboxStatus::Paused } else { SandboxStatus::Running };
+                match flatten(record.send(DbSetStatus { sandbox, status }).await) {
+                    None => (true, Ok(())),
+                    Some(e) => (true, Err(format!("cannot write the database: {e}"))),
+                }
+            }
+            .into_actor(self)
+            .map(move |(changed, result), this, ctx| {
+                this.pausing = false;
+                if changed {
+                    this.paused = paused;
+                }
+                let stopping = this.state != State::Ready || this.finalising;
+                if stopping {
+                    // A stop came meanwhile and thawed the guest; a freeze
+                    // that finished after that thaw is undone here.
+                    if let Some(control) = this.shared.control() {
+                        let _ = control.resume();
+                    }
+                    this.paused = false;
+                    if changed && this.state == State::Draining && !this.finalising {
+                        // Our Paused may have landed after the stop's Draining.
+                        this.set_status(SandboxStatus::Draining, ctx, |_| {});
+                    }
+                    return Err("the sandbox is stopping".to_string());
+                }
+                match &result {
+                    Ok(()) => tracing::info!(paused, "pause state changed"),
+                    // The guest changed but its record did not: end it rather
+                    // than leave the record false.
+                    Err(e) if changed => ctx.notify(Terminate::new(TerminationReason::InternalError, e.clone())),
+                    Err(e) => tracing::warn!(paused, error = %e, "pause request failed"),
+                }
+                result
+            }),
+        )
+    }
+}
+
 impl Handler<Terminate> for Lifecycle {
     type Result = ();
 
@@ -335,6 +446,7 @@ impl Handler<Terminate> for Lifecycle {
             tracing::debug!(reason = %msg.reason, "later termination cause ignored");
             return;
         }
+        self.thaw_for_stop();
         let graceful = self.state == State::Ready && msg.reason != TerminationReason::AgentUnresponsive && !msg.force;
         tracing::info!(reason = %msg.reason, detail = ?msg.detail, graceful, "terminating");
         self.cause = Some(msg);

@@ -18,10 +18,18 @@
 //! 4. ready and no heartbeat (nor any other frame from the agent, which
 //!    the relay counts as one) for `heartbeat_timeout` → AgentUnresponsive.
 //!
+//! While the sandbox is paused ([`Activity::paused`]) rules 3 and 4 do not
+//! fire: a frozen agent cannot beat, and a paused sandbox is not idle by
+//! its own doing. A resume restarts both clocks (the relay counts it as
+//! activity and as a heartbeat). `max_duration` keeps counting: it is a
+//! bound on wall-clock time, paused or not.
+//!
 //! Invariant: no rule can fire between two looks. Every input of the rules
 //! only moves their deadlines later (activity, heartbeats), except a session
 //! ending, and while sessions are open the next look is at most
-//! `idle_timeout` away — the soonest an idle timeout can follow their end.
+//! `idle_timeout` away — the soonest an idle timeout can follow their end;
+//! while paused the next look is at most the shorter of `idle_timeout` and
+//! `heartbeat_timeout` away — the soonest either can fire after a resume.
 
 use crate::clock::Clock;
 use crate::config::Policy;
@@ -76,6 +84,9 @@ fn rules_for(policy: &Policy, started_at: Duration, a: &Activity, now: Duration)
         }
     }
     let ready_at = a.ready_at?;
+    if a.paused {
+        return None;
+    }
     if let Some(idle) = policy.idle_timeout {
         let last = a.last_activity.max(ready_at);
         if a.open_sessions == 0 && now.saturating_sub(last) >= idle {
@@ -114,6 +125,11 @@ fn next_check(policy: &Policy, started_at: Duration, a: &Activity, now: Duration
         None => {
             next.push(started_at + policy.ready_timeout);
             next.push(now + policy.watchdog_tick);
+        }
+        Some(_) if a.paused => {
+            let resumed_soonest =
+                policy.idle_timeout.map_or(policy.heartbeat_timeout, |i| i.min(policy.heartbeat_timeout));
+            next.push(now + resumed_soonest);
         }
         Some(ready_at) => {
             if let Some(idle) = policy.idle_timeout {
@@ -329,6 +345,44 @@ mod tests {
         assert_eq!(with(864_000_000), Duration::from_secs(30));
     }
 
+    fn paused(mut a: Activity) -> Activity {
+        a.paused = true;
+        a
+    }
+
+    #[test]
+    fn a_paused_sandbox_is_neither_idle_nor_unresponsive_but_its_max_duration_counts() {
+        let check = rules(valid(PolicySpec {
+            idle_timeout: Some(secs(5)),
+            heartbeat_timeout: secs(10),
+            max_duration: Some(secs(100)),
+            ..PolicySpec::default()
+        }));
+        // Paused at 1: no heartbeat and no activity since, far past both timeouts.
+        assert_eq!(check(&paused(ready(1)), 99), None);
+        assert_eq!(check(&paused(ready(1)), 100), Some(TerminationReason::MaxDurationExceeded));
+        // The same activity unpaused would have fired long before.
+        assert_eq!(check(&ready(1), 6), Some(TerminationReason::IdleTimeout));
+    }
+
+    #[test]
+    fn while_paused_the_next_look_is_the_soonest_a_rule_could_fire_after_a_resume() {
+        let p = valid(PolicySpec {
+            idle_timeout: Some(secs(60)),
+            heartbeat_timeout: secs(30),
+            max_duration: Some(secs(10_000)),
+            ..PolicySpec::default()
+        });
+        // Resumed right after this look, heartbeat loss could fire 30 s later.
+        assert_eq!(next_check(&p, secs(0), &paused(ready(1)), secs(500)), secs(530));
+        // The max duration still comes first when it is nearer.
+        assert_eq!(next_check(&p, secs(0), &paused(ready(1)), secs(9_990)), secs(10_000));
+        let no_idle = valid(PolicySpec { idle_timeout: None, ..p.spec() });
+        assert_eq!(next_check(&no_idle, secs(0), &paused(ready(1)), secs(500)), secs(530));
+        let short_idle = valid(PolicySpec { idle_timeout: Some(secs(5)), ..p.spec() });
+        assert_eq!(next_check(&short_idle, secs(0), &paused(ready(1)), secs(500)), secs(505));
+    }
+
     /// The relay's part: a fixed activity; says when it was asked.
     struct FixedActivity {
         activity: Activity,
@@ -397,6 +451,72 @@ mod tests {
             assert_eq!(ended.await.expect("a cause"), (TerminationReason::IdleTimeout, secs(3600)));
             assert_eq!(asked.try_recv().ok(), Some(secs(3600)), "one look, at the deadline");
             assert!(asked.try_recv().is_err());
+        });
+    }
+
+    /// The relay's part, for a sandbox paused and then resumed: its
+    /// activity is what the test last set.
+    struct ChangingActivity {
+        activity: Arc<std::sync::Mutex<Activity>>,
+    }
+
+    impl Actor for ChangingActivity {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<GetActivity> for ChangingActivity {
+        type Result = MessageResult<GetActivity>;
+
+        fn handle(&mut self, _: GetActivity, _: &mut Self::Context) -> Self::Result {
+            MessageResult(*self.activity.lock().expect("activity"))
+        }
+    }
+
+    #[test]
+    fn a_sandbox_paused_for_an_hour_survives_and_its_idle_clock_restarts_at_resume() {
+        actix::System::new().block_on(async {
+            let clock = ManualClock::new();
+            let policy = valid(PolicySpec {
+                idle_timeout: Some(secs(60)),
+                heartbeat_timeout: secs(120),
+                watchdog_tick: Duration::from_millis(100),
+                ..PolicySpec::default()
+            });
+            // Ready at 0 and paused at once: no heartbeat, no activity after.
+            let activity = Arc::new(std::sync::Mutex::new(paused(ready(0))));
+            let relay = ChangingActivity { activity: activity.clone() }.start();
+            let (tx, mut ended) = tokio::sync::oneshot::channel();
+            let lifecycle = Causes { clock: clock.clone(), tx: Some(tx) }.start();
+            Watchdog::new(policy, Arc::new(clock.clone()), relay.recipient(), lifecycle.recipient()).start();
+            let settle = || async {
+                for _ in 0..20 {
+                    tokio::task::yield_now().await;
+                }
+            };
+            settle().await;
+            // An hour and a half paused, ten seconds at a time: nothing fires.
+            for _ in 0..363 {
+                clock.advance(secs(10));
+                settle().await;
+                assert!(ended.try_recv().is_err(), "fired while paused, at {:?}", clock.now());
+            }
+            // Resumed at 3630 s: the relay counts it as activity and a heartbeat.
+            let resumed_at = clock.now();
+            assert_eq!(resumed_at, secs(3630));
+            *activity.lock().expect("activity") = Activity {
+                ready_at: Some(secs(0)),
+                last_heartbeat: Some(resumed_at),
+                last_activity: resumed_at,
+                open_sessions: 0,
+                paused: false,
+            };
+            for _ in 0..5 {
+                clock.advance(secs(10));
+                settle().await;
+                assert!(ended.try_recv().is_err(), "fired before the idle timeout after resume");
+            }
+            clock.advance(secs(10));
+            assert_eq!(ended.await.expect("a cause"), (TerminationReason::IdleTimeout, resumed_at + secs(60)));
         });
     }
 }

@@ -36,6 +36,18 @@ pub enum Command {
     Rm(RmArgs),
     /// Mark sandboxes as active (resets their idle timeout).
     Touch(NamesArgs),
+    /// Pause running sandboxes: freeze every process in them.
+    ///
+    /// The guest's processes make no progress until `alcove resume` (the
+    /// cgroup freezer; jail backend). While paused, a sandbox is neither
+    /// idle nor unresponsive: its idle timeout and heartbeat deadline do not
+    /// fire, and both restart at resume. Its max duration keeps counting
+    /// (a wall-clock bound). A paused sandbox takes no new `exec` or `cp`
+    /// (refused at once); `stop`, `kill` and `rm -f` work on it. `ps` shows
+    /// it as Paused.
+    Pause(NamesArgs),
+    /// Resume paused sandboxes (see `alcove pause`).
+    Resume(NamesArgs),
     /// List sandboxes.
     Ps(PsArgs),
     /// Show a sandbox's configuration, status and runs.
@@ -134,6 +146,10 @@ pub struct SandboxOpts {
     /// User for commands (name or uid, optionally `:group`).
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
+    /// The guest's hostname (UTS, /etc/hostname, /etc/hosts, $HOSTNAME;
+    /// jail backend). Default: the sandbox name.
+    #[arg(long, value_name = "NAME", value_parser = parse_hostname)]
+    pub hostname: Option<String>,
     /// Network options.
     #[command(flatten)]
     pub net: super::net::NetOpts,
@@ -398,6 +414,11 @@ pub fn parse_secs_or_zero(s: &str) -> Result<Duration, String> {
         return Err(format!("{s:?} seconds is too long"));
     }
     Ok(Duration::from_secs_f64(v))
+}
+
+/// Checks a `--hostname` value.
+pub fn parse_hostname(s: &str) -> Result<String, String> {
+    crate::backends::check_hostname(s).map(|()| s.to_string())
 }
 
 /// Parses `K=V`; a bare `K` takes its value from this process's environment.

@@ -8,7 +8,7 @@ use super::output::Progress;
 use super::session::{run_attached, Attach};
 use super::state::{CliMeta, Ctx};
 use alcove_client::{Client, ExecOptions};
-use alcove_store::TerminationReason;
+use alcove_store::{SandboxStatus, TerminationReason};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -403,6 +403,26 @@ pub async fn rm(args: RmArgs) -> CliResult<i32> {
             launch::kill(ctx, &name).await?;
         }
         ctx.remove(&name)
+    })
+    .await
+}
+
+/// `alcove pause` (`paused`) and `alcove resume`: the sandbox process
+/// freezes or thaws its guest and records it (Lifecycle decides; a
+/// refusal comes back as its one line).
+pub async fn pause(args: NamesArgs, paused: bool) -> CliResult<i32> {
+    let ctx = Ctx::open_for(&args.names)?;
+    let ctx = &ctx;
+    let verb = if paused { "pause" } else { "resume" };
+    for_each(&args.names, |name| async move {
+        let sb = ctx.sandbox(&name)?;
+        if !matches!(sb.status, SandboxStatus::Running | SandboxStatus::Paused) {
+            let status = sb.status.as_str().to_lowercase();
+            return Err(CliError::msg(format!("cannot {verb} sandbox {name}: it is {status}, not running")));
+        }
+        let client = launch::connect(ctx, &name).await?;
+        let done = if paused { client.pause().await } else { client.resume().await };
+        done.map_err(|e| CliError::msg(format!("cannot {verb} sandbox {name}: {e}")))
     })
     .await
 }

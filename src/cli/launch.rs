@@ -72,6 +72,8 @@ pub fn build_config(
     parent_pid: Option<u32>,
 ) -> CliResult<(SandboxConfig, crate::secrets::SecretValues)> {
     let backend = resolve_backend(opts.backend);
+    // Before anything is fetched for another backend (libkrunfw).
+    crate::backends::hostname_allowed(backend, opts.hostname.as_deref()).map_err(CliError::msg)?;
     let mut mounts = Vec::new();
     for v in &opts.volume {
         let mut m = MountSpec::parse(v).map_err(CliError::msg)?;
@@ -122,6 +124,7 @@ pub fn build_config(
         BackendKind::Jail => crate::backends::jail_from_env().map_err(CliError::msg)?,
         BackendKind::Mock => BackendConfig::Mock(Default::default()),
     };
+    let backend = crate::backends::with_hostname(backend, opts.hostname.as_deref());
     let policy =
         PolicySpec { idle_timeout: opts.idle_timeout, max_duration: opts.max_duration, ..PolicySpec::default() };
     let policy = Policy::try_from(policy).map_err(|e| CliError::msg(e.to_string()))?;

@@ -89,6 +89,8 @@ async fn dispatch(cmd: Command) -> Result<i32, CliError> {
         Command::Kill(a) => commands::kill(a).await,
         Command::Rm(a) => commands::rm(a).await,
         Command::Touch(a) => commands::touch(a).await,
+        Command::Pause(a) => commands::pause(a, true).await,
+        Command::Resume(a) => commands::pause(a, false).await,
         Command::Ps(a) => show::ps(a),
         Command::Inspect(a) => show::inspect(a),
         Command::Logs(a) => show::logs(a).await,

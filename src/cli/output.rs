@@ -29,7 +29,7 @@ pub fn paint(text: &str, sgr: &str, on: bool) -> String {
 pub fn status_sgr(status: &str) -> &'static str {
     match status {
         "Running" => "32",
-        "Starting" | "Draining" => "33",
+        "Starting" | "Draining" | "Paused" => "33",
         "Crashed" => "31",
         _ => "2",
     }

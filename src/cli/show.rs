@@ -23,7 +23,7 @@ fn run_json(r: &RunRecord) -> Value {
 }
 
 fn is_active(status: SandboxStatus) -> bool {
-    matches!(status, SandboxStatus::Starting | SandboxStatus::Running | SandboxStatus::Draining)
+    matches!(status, SandboxStatus::Starting | SandboxStatus::Running | SandboxStatus::Paused | SandboxStatus::Draining)
 }
 
 fn print_json(v: &Value) -> CliResult<()> {

@@ -59,6 +59,7 @@ pub struct SandboxBuilder {
     volumes: Vec<String>,
     workdir: Option<String>,
     user: Option<String>,
+    hostname: Option<String>,
     auto_remove: bool,
 }
 
@@ -83,6 +84,7 @@ impl SandboxBuilder {
             volumes: Vec::new(),
             workdir: None,
             user: None,
+            hostname: None,
             auto_remove: false,
         }
     }
@@ -99,6 +101,12 @@ impl SandboxBuilder {
         self.executable = Some(path.into());
         self
     }
+    /// The guest's hostname (default: the sandbox name; jail backend only).
+    pub fn hostname(mut self, hostname: impl Into<String>) -> Self {
+        self.hostname = Some(hostname.into());
+        self
+    }
+
     /// The guest backend (default [`Backend::Auto`]).
     pub fn backend(mut self, backend: Backend) -> Self {
         self.backend = backend;
@@ -204,6 +212,9 @@ impl SandboxBuilder {
                 return bad(format!("{what} must be more than zero"));
             }
         }
+        if let Some(h) = &self.hostname {
+            crate::backends::check_hostname(h).map_err(EmbedError::InvalidArgument)?;
+        }
         if let Some((k, _)) = self.env.iter().find(|(k, _)| k.is_empty() || k.contains('=') || k.contains('\0')) {
             return bad(format!("invalid environment variable name {k:?}"));
         }
@@ -228,6 +239,7 @@ impl SandboxBuilder {
             volume: self.volumes.clone(),
             workdir: self.workdir.clone(),
             user: self.user.clone(),
+            hostname: self.hostname.clone(),
             net: NetOpts { net: self.network.clone(), net_rule: self.net_rules.clone(), ..NetOpts::default() },
         })
     }

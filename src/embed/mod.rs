@@ -232,6 +232,18 @@ impl Sandbox {
         Ok(stopped)
     }
 
+    /// Pauses it as `alcove pause` does: every process in it is frozen once
+    /// this returns. Refusals (not running, already paused, no freezer)
+    /// are [`ClientError::Refused`] with alcove's line.
+    pub async fn pause(&self) -> Result<(), EmbedError> {
+        Ok(self.client.pause().await?)
+    }
+
+    /// Resumes it as `alcove resume` does.
+    pub async fn resume(&self) -> Result<(), EmbedError> {
+        Ok(self.client.resume().await?)
+    }
+
     /// Forces it off as `alcove kill` does. Returns whether it was running.
     pub async fn kill(&self) -> Result<bool, EmbedError> {
         let this = self.clone();

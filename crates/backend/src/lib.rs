@@ -126,6 +126,18 @@ pub trait GuestControl: Send + Sync {
     fn usage(&self) -> Option<GuestUsage> {
         None
     }
+
+    /// Freezes every process of the guest and returns once they are all
+    /// stopped (may block up to a couple of seconds); on failure the guest
+    /// is left running. The error is one line for the user.
+    fn pause(&self) -> Result<(), String> {
+        Err("this sandbox's backend cannot pause it".into())
+    }
+
+    /// Lets a paused guest run again. Idempotent.
+    fn resume(&self) -> Result<(), String> {
+        Err("this sandbox's backend cannot resume it".into())
+    }
 }
 
 /// Resource usage of a guest.

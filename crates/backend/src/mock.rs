@@ -117,6 +117,11 @@ pub enum MockEvent {
         /// Session id.
         id: u32,
     },
+    /// The host paused the guest (the mock's processes keep running: only
+    /// the call is recorded).
+    Paused,
+    /// The host resumed the guest.
+    Resumed,
     /// The host forced the stop.
     ForceStopped,
     /// The guest ended with this code.
@@ -258,6 +263,16 @@ impl GuestControl for MockControl {
         self.log.push(MockEvent::ForceStopped);
         self.guest.halt();
         let _ = lock(&self.exit_tx).send(137);
+    }
+
+    fn pause(&self) -> Result<(), String> {
+        self.log.push(MockEvent::Paused);
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), String> {
+        self.log.push(MockEvent::Resumed);
+        Ok(())
     }
 }
 

@@ -29,7 +29,9 @@ use alcove_protocol::codec::DataKind;
 use alcove_protocol::fdpass::{self, FdReadHalf};
 use alcove_protocol::frame::Header;
 use alcove_protocol::handshake::check_ready;
-use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, HANDSHAKE_LEN, HEADER_LEN, INITIAL_WINDOW};
+use alcove_protocol::{
+    Flags, Frame, Handshake, Message, Ready, SandboxRequest, CONTROL_ID, HANDSHAKE_LEN, HEADER_LEN, INITIAL_WINDOW,
+};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::io;
@@ -392,6 +394,30 @@ impl Client {
         self.conn.send(CONTROL_ID, Flags::SHUTDOWN, &Message::Shutdown { grace_ms })?;
         self.closed().await;
         Ok(())
+    }
+
+    /// Pauses the sandbox: every process of its guest is frozen once this
+    /// returns `Ok` (see the sandbox's clock rules in docs/ARCHITECTURE.md).
+    pub async fn pause(&self) -> Result<(), ClientError> {
+        self.sandbox_request(SandboxRequest::Pause).await
+    }
+
+    /// Resumes a paused sandbox.
+    pub async fn resume(&self) -> Result<(), ClientError> {
+        self.sandbox_request(SandboxRequest::Resume).await
+    }
+
+    /// One request to the sandbox process (not the guest), answered by one
+    /// `SandboxReply` that closes its session.
+    async fn sandbox_request(&self, request: SandboxRequest) -> Result<(), ClientError> {
+        let (_link, mut rx) = self.open_session(&Message::SandboxRequest(request), None)?;
+        match rx.recv().await {
+            Some(Message::SandboxReply(Ok(()))) => Ok(()),
+            Some(Message::SandboxReply(Err(why))) => Err(ClientError::Refused(why)),
+            Some(Message::SessionAborted { reason }) => Err(ClientError::Aborted(reason)),
+            Some(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            None => Err(ClientError::Disconnected),
+        }
     }
 
     /// Runs a command; see [`ExecSession`].

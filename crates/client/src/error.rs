@@ -71,6 +71,10 @@ pub enum ClientError {
     /// The relay ended the session without a reply from the guest.
     #[error("the sandbox aborted the session: {0}")]
     Aborted(String),
+    /// The sandbox process refused a request made of it (pause, resume);
+    /// the text is its one-line reason.
+    #[error("{0}")]
+    Refused(String),
     /// The command could not be started.
     #[error("could not start the command ({}): {}", .0.kind.as_str(), .0.message)]
     Spawn(SpawnError),

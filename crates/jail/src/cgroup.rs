@@ -9,8 +9,11 @@
 //! super options name its controllers, a v2 mount's root `cgroup.controllers`
 //! lists the controllers it owns (a controller bound to a v1 hierarchy is
 //! never listed there). Each controller the jail uses (`memory`, `cpu`,
-//! `cpuacct`, `pids`, `blkio`/`io`, `devices`) is taken from the hierarchy
-//! that has it; a hierarchy with no wanted controller is not touched.
+//! `cpuacct`, `pids`, `blkio`/`io`, `devices`, `freezer`) is taken from the
+//! hierarchy that has it; a hierarchy with no wanted controller is not
+//! touched. The freezer is v1's `freezer` hierarchy, else the cgroup2 mount
+//! (where freezing is a core file of every cgroup, `cgroup.freeze`, listed
+//! in no `cgroup.controllers`).
 //!
 //! Placement: the jail's cgroup is `<mount>/<parent>/<leaf>` in every
 //! hierarchy used, where `<parent>` is by default the sandbox process's own
@@ -28,6 +31,9 @@
 //! - [`Cgroup::destroy`] kills whatever is still inside, removes the leaf
 //!   directories and then the `alcove` parent when it has become empty; it
 //!   is idempotent.
+//! - Every kill ([`Cgroup::kill_all`], [`remove_leftovers`]) signals first,
+//!   then thaws the freezer: a frozen v1 task dies only once thawed, and
+//!   thawing after the SIGKILL lets no paused code run again.
 
 use std::fs;
 use std::io;
@@ -79,6 +85,8 @@ pub enum Controller {
     Io,
     /// Device access allow-list (v1 only).
     Devices,
+    /// Pause and resume (v1 `freezer`; v2 `cgroup.freeze`, in every cgroup).
+    Freezer,
 }
 
 impl Controller {
@@ -90,6 +98,7 @@ impl Controller {
             Controller::Pids => "pids",
             Controller::Io => "blkio",
             Controller::Devices => "devices",
+            Controller::Freezer => "freezer",
         }
     }
 
@@ -99,17 +108,18 @@ impl Controller {
             Controller::Cpu | Controller::Cpuacct => Some("cpu"),
             Controller::Pids => Some("pids"),
             Controller::Io => Some("io"),
-            Controller::Devices => None,
+            Controller::Devices | Controller::Freezer => None,
         }
     }
 
-    const ALL: [Controller; 6] = [
+    const ALL: [Controller; 7] = [
         Controller::Memory,
         Controller::Cpu,
         Controller::Cpuacct,
         Controller::Pids,
         Controller::Io,
         Controller::Devices,
+        Controller::Freezer,
     ];
 }
 
@@ -163,6 +173,10 @@ fn plan_hierarchies(hierarchies: &[Hierarchy]) -> Vec<(&Hierarchy, Vec<Controlle
             .iter()
             .find(|h| !h.v2 && h.controllers.iter().any(|c| c == controller.v1_name()))
             .or_else(|| {
+                if controller == Controller::Freezer {
+                    // A core interface of cgroup2, not a controller.
+                    return hierarchies.iter().find(|h| h.v2);
+                }
                 let v2 = controller.v2_name()?;
                 hierarchies.iter().find(|h| h.v2 && h.controllers.iter().any(|c| c == v2))
             });
@@ -218,6 +232,8 @@ pub fn remove_leftovers(name: &str, pid: u32, configured_parent: Option<&str>) -
                     unsafe { libc::kill(p, libc::SIGKILL) };
                 }
             }
+            // A paused jail's tasks die only once thawed.
+            crate::freezer::thaw_if_any(&dir);
             if std::fs::remove_dir(&dir).is_ok() {
                 removed += 1;
                 break;
@@ -477,6 +493,14 @@ impl Cgroup {
         Some((dir.path.clone(), dir.v2))
     }
 
+    /// The host directory of the freezer and its interface, when the jail
+    /// has one.
+    pub fn freezer(&self) -> Option<(PathBuf, crate::freezer::Interface)> {
+        let dir = self.dir_for(Controller::Freezer)?;
+        let interface = if dir.v2 { crate::freezer::Interface::V2 } else { crate::freezer::Interface::V1 };
+        Some((dir.path.clone(), interface))
+    }
+
     /// The directories of this cgroup, one per hierarchy used.
     pub fn paths(&self) -> Vec<PathBuf> {
         self.dirs.iter().map(|d| d.path.clone()).collect()
@@ -559,7 +583,8 @@ impl Cgroup {
         all
     }
 
-    /// SIGKILLs every process in the cgroup (v2: `cgroup.kill` where present).
+    /// SIGKILLs every process in the cgroup (v2: `cgroup.kill` where
+    /// present), then thaws it: a paused jail dies too.
     pub fn kill_all(&self) {
         for dir in &self.dirs {
             if dir.v2 {
@@ -573,6 +598,9 @@ impl Cgroup {
             // SAFETY: kill(2) with a pid read from the cgroup; a stale pid
             // at worst gets ESRCH.
             unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        if let Some((dir, interface)) = self.freezer() {
+            let _ = crate::freezer::thaw(&dir, interface);
         }
     }
 
@@ -789,6 +817,22 @@ mod tests {
         assert!(hs[0].v2);
         assert_eq!(hs[0].own_path, "/user.slice/x");
         assert_eq!(hs[0].controllers, ["cpu", "io", "memory", "pids"]);
+    }
+
+    #[test]
+    fn the_freezer_is_v1s_when_mounted_else_the_cgroup2_mount() {
+        let with_v1 =
+            format!("{MOUNTINFO}37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n");
+        let hs = parse_hierarchies(&with_v1, OWN, |_| "hugetlb\n".to_string());
+        let freezer = hierarchy_for(&hs, Controller::Freezer).expect("a freezer");
+        assert_eq!(freezer.mount, PathBuf::from("/sys/fs/cgroup/freezer"));
+        // No v1 freezer: cgroup2's core cgroup.freeze, listed in no controllers file.
+        let hs = parse_hierarchies(MOUNTINFO, OWN, |_| "hugetlb\n".to_string());
+        let freezer = hierarchy_for(&hs, Controller::Freezer).expect("a freezer");
+        assert!(freezer.v2);
+        let hs =
+            parse_hierarchies("32 31 0:29 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", OWN, |_| String::new());
+        assert_eq!(hierarchy_for(&hs, Controller::Freezer), None);
     }
 
     #[test]

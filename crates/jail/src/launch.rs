@@ -153,8 +153,9 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
         tri!(idmap::own_upper(&upper_path, *base).map_err(|e| BackendError::Setup(e.to_string())));
     }
 
+    let hostname = options.hostname.as_deref().unwrap_or(&spec.name);
     let config = AgentConfig {
-        hostname: spec.name.clone(),
+        hostname: hostname.to_string(),
         mode: AgentMode::Jail,
         env: spec.env.clone(),
         workdir: spec.workdir.clone(),
@@ -216,7 +217,7 @@ pub(crate) fn start(options: &JailOptions, spec: &GuestSpec, checked: &Checked, 
     envp.push(std::ptr::null());
     let tmpfs = |mib: u64| CString::new(format!("mode=1777,size={}k", mib * 1024)).expect("no NUL");
     let mut plan = ChildPlan {
-        hostname: tri!(cstring("sandbox name", spec.name.as_bytes())),
+        hostname: tri!(cstring("hostname", hostname.as_bytes())),
         merged: tri!(cstring("sandbox directory", merged.as_os_str().as_bytes())),
         source,
         volumes,

@@ -23,17 +23,18 @@
 //!   inside the guest (`sed -i`, `rm`: EBUSY); writing it in place works.
 
 use crate::validate::Volume;
-use alcove_backend::names::render;
+use alcove_backend::names::render_as;
 use alcove_backend::{BackendError, GuestSpec};
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-/// Writes the name files under `sandbox_dir/etc/` (see the module docs for
-/// when a file is left alone) and returns them as file volumes, skipping
-/// any path a user volume already covers.
-pub(crate) fn prepare(spec: &GuestSpec, user_volumes: &[Volume]) -> Result<Vec<Volume>, BackendError> {
+/// Writes the name files of a jail named `hostname` under
+/// `sandbox_dir/etc/` (see the module docs for when a file is left alone)
+/// and returns them as file volumes, skipping any path a user volume
+/// already covers.
+pub(crate) fn prepare(spec: &GuestSpec, hostname: &str, user_volumes: &[Volume]) -> Result<Vec<Volume>, BackendError> {
     let dir = spec.sandbox_dir.join("etc");
     fs::DirBuilder::new()
         .recursive(true)
@@ -41,7 +42,7 @@ pub(crate) fn prepare(spec: &GuestSpec, user_volumes: &[Volume]) -> Result<Vec<V
         .create(&dir)
         .map_err(|e| BackendError::io(format!("creating {}", dir.display()), e))?;
     let mut volumes = Vec::new();
-    for (guest, content) in render(spec) {
+    for (guest, content) in render_as(spec, hostname) {
         let covered = user_volumes.iter().any(|v| guest == v.guest || guest.starts_with(&format!("{}/", v.guest)));
         if covered {
             continue;

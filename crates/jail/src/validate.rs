@@ -64,6 +64,28 @@ pub(crate) fn overlay_safe(what: &str, p: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Whether `name` may be a jail's hostname (`--hostname`): 1 to 64 bytes
+/// (the kernel's limit), dot-separated labels of letters, digits and `-`
+/// that neither start nor end with `-` (RFC 1123). The error is one line.
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("hostname {name:?} {why}"));
+    if name.is_empty() || name.len() > 64 {
+        return bad("must be 1 to 64 bytes long");
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return bad("has an empty label");
+        }
+        if !label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            return bad("may contain only letters, digits, '-' and '.'");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return bad("has a label that starts or ends with '-'");
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn validate(spec: &GuestSpec) -> Result<Checked, BackendError> {
     let name = &spec.name;
     if name.is_empty() || name.len() > 64 {
@@ -183,6 +205,26 @@ pub(crate) fn parents(guest: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostnames_follow_rfc_1123() {
+        for good in ["web", "web-1", "a.b.c", "X9", &"a".repeat(63)] {
+            assert_eq!(check_hostname(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("", "1 to 64 bytes"),
+            (&"a".repeat(65), "1 to 64 bytes"),
+            ("a..b", "empty label"),
+            (".a", "empty label"),
+            ("-a", "starts or ends"),
+            ("a-", "starts or ends"),
+            ("a_b", "only letters"),
+            ("a b", "only letters"),
+        ] {
+            let err = check_hostname(bad).expect_err(bad);
+            assert!(err.contains(why) && !err.contains('\n'), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn parents_of_guest_paths() {

@@ -254,6 +254,12 @@ mod tests {
             arb_string().prop_map(|message| Message::FsResponse(Err(FsError { kind: FsErrorKind::NotFound, message }))),
             any::<u32>().prop_map(|bytes| Message::Credit { bytes }),
             arb_string().prop_map(|reason| Message::SessionAborted { reason }),
+            Just(Message::SandboxRequest(SandboxRequest::Pause)),
+            Just(Message::SandboxRequest(SandboxRequest::Resume)),
+            proptest::option::of(arb_string()).prop_map(|e| Message::SandboxReply(match e {
+                Some(e) => Err(e),
+                None => Ok(()),
+            })),
         ]
     }
 

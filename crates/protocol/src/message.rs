@@ -15,6 +15,8 @@
 //! | `Credit` | both | session | — |
 //! | `SessionAborted` | relay → client | session | TERMINAL |
 //! | `SessionAborted` | relay → guest (the session's client is gone) | session | — |
+//! | `SandboxRequest` | client → relay (not forwarded) | session | SESSION_START |
+//! | `SandboxReply` | relay → client | session | TERMINAL |
 //!
 //! Flow control: the guest sends at most [`INITIAL_WINDOW`] bytes of frames
 //! (header included) on a session before it receives `Credit` for them; the
@@ -122,6 +124,23 @@ pub enum Message {
     /// by a background process is given up as the agent would (see
     /// [`OUTPUT_DRAIN_GRACE`]).
     ExecStdoutPipe,
+    /// Client → relay, never forwarded to the guest: a request to the
+    /// sandbox process itself. It opens a session of the client's range
+    /// (flag SESSION_START) that the relay closes with one
+    /// [`Message::SandboxReply`].
+    SandboxRequest(SandboxRequest),
+    /// Relay → client: how a [`Message::SandboxRequest`] went; closes its
+    /// session. `Err` is one line for the user.
+    SandboxReply(Result<(), String>),
+}
+
+/// What a client may ask of the sandbox process (not of the guest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SandboxRequest {
+    /// Freeze every process of the guest (the cgroup freezer).
+    Pause,
+    /// Let a paused guest run again.
+    Resume,
 }
 
 /// How long output is still collected after a command exits while its pipe

@@ -87,6 +87,8 @@ pub struct TaskSpec {
     pub network: Option<String>,
     /// `io.alcove.idle-timeout`: seconds without activity before a stop.
     pub idle_timeout: Option<Duration>,
+    /// `hostname`: the sandbox's hostname (default: its name).
+    pub hostname: Option<String>,
 }
 
 // Only the parts of the runtime spec this shim reads. Unknown keys are
@@ -362,7 +364,7 @@ pub fn parse(config_json: &[u8]) -> Result<TaskSpec, BundleError> {
         return Err(unsupported("root.readonly", "the root filesystem is always writable (an overlay)"));
     }
     if !spec.hostname.is_empty() {
-        return Err(unsupported("hostname", "the sandbox's hostname is its own"));
+        alcove_jail::check_hostname(&spec.hostname).map_err(BundleError::Malformed)?;
     }
     if !spec.domainname.is_empty() {
         return Err(unsupported("domainname", "the sandbox's domain name is its own"));
@@ -378,7 +380,8 @@ pub fn parse(config_json: &[u8]) -> Result<TaskSpec, BundleError> {
             ));
         }
     }
-    let mut task = TaskSpec { root_path: root.path, ..TaskSpec::default() };
+    let hostname = Some(spec.hostname).filter(|h| !h.is_empty());
+    let mut task = TaskSpec { root_path: root.path, hostname, ..TaskSpec::default() };
     read_process(process, &mut task)?;
     if let Some(linux) = spec.linux {
         read_linux(linux, &mut task)?;

@@ -1,5 +1,5 @@
 //! Unit tests of `bundle`: the spec `ctr run` writes is read, every field
-//! alcove cannot honour is refused by name.
+//! alcove cannot honour is refused by name, the hostname is honoured.
 
 use super::*;
 
@@ -31,6 +31,15 @@ fn the_spec_ctr_run_writes_is_read() {
     assert_eq!(task.rlimits, [alcove_protocol::Rlimit { resource: "nofile".into(), soft: 1024, hard: 1024 }]);
     assert_eq!((task.memory_mib, task.cpus, task.pids), (None, None, None));
     assert_eq!((task.network.as_deref(), task.idle_timeout), (None, None));
+}
+
+#[test]
+fn the_hostname_becomes_the_sandboxs_and_a_bad_one_is_refused() {
+    assert_eq!(parse(CTR_RUN.as_bytes()).expect("read").hostname, None, "none given: the sandbox name");
+    let task = parse(&with(|v| v["hostname"] = "web.example".into())).expect("a hostname is honoured");
+    assert_eq!(task.hostname.as_deref(), Some("web.example"));
+    let err = refused(|v| v["hostname"] = "web_1".into());
+    assert_eq!(err, "config.json: hostname \"web_1\" may contain only letters, digits, '-' and '.'");
 }
 
 #[test]
@@ -82,7 +91,6 @@ fn what_alcove_cannot_honour_is_refused_by_name() {
         ("process.rlimits", Box::new(|v| v["process"]["rlimits"][0]["type"] = "RLIMIT_RTPRIO".into())),
         ("process.user.additionalGids", Box::new(|v| v["process"]["user"]["additionalGids"] = serde_json::json!([27]))),
         ("root.readonly", Box::new(|v| v["root"]["readonly"] = true.into())),
-        ("hostname", Box::new(|v| v["hostname"] = "box".into())),
         ("hooks", Box::new(|v| v["hooks"] = serde_json::json!({"prestart": []}))),
         (
             "mounts[/data]",

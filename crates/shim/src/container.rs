@@ -23,6 +23,7 @@ use alcove_client::ExecOptions;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The file in the bundle naming the task's sandbox.
@@ -51,6 +52,9 @@ pub enum ContainerError {
     /// alcove refused or failed the sandbox.
     #[error("alcove: {0}")]
     Sandbox(#[from] alcove::EmbedError),
+    /// The sandbox refused or failed a pause or resume.
+    #[error("alcove: {0}")]
+    Pause(#[source] alcove_client::ClientError),
 }
 
 /// A container and its sandbox.
@@ -67,6 +71,8 @@ pub struct Container {
     pub init: Arc<Process>,
     /// Its execs, by exec id.
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    /// The sandbox is paused: its running processes show as PAUSED.
+    paused: AtomicBool,
 }
 
 /// The alcove sandbox name of container `id` in containerd namespace
@@ -133,6 +139,7 @@ impl Container {
             sandbox,
             init,
             execs: Mutex::new(HashMap::new()),
+            paused: AtomicBool::new(false),
         })
     }
 
@@ -154,6 +161,21 @@ impl Container {
         }
         execs.insert(process.id.clone(), process);
         true
+    }
+
+    /// Pauses (`true`) or resumes the sandbox: every process in it, init
+    /// and execs (the sandbox's freezer; the record says Paused).
+    pub async fn set_paused(&self, paused: bool) -> Result<(), ContainerError> {
+        let client = self.sandbox.client();
+        let done = if paused { client.pause().await } else { client.resume().await };
+        done.map_err(ContainerError::Pause)?;
+        self.paused.store(paused, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether the sandbox is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
 
     /// Forgets exec `exec_id`.
@@ -203,6 +225,9 @@ fn builder(name: &str, rootfs: &Path, spec: &TaskSpec) -> alcove::SandboxBuilder
     }
     if let Some(t) = spec.idle_timeout {
         b = b.idle_timeout(t);
+    }
+    if let Some(h) = &spec.hostname {
+        b = b.hostname(h.clone());
     }
     b
 }

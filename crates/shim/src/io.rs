@@ -9,10 +9,14 @@
 //! - An empty path means "not wanted": output is discarded, and the
 //!   command's stdin is /dev/null.
 //! - Stdin is read on a thread of its own (a FIFO opened read-only blocks
-//!   until a writer comes); its EOF closes the command's stdin.
+//!   until a writer comes); its EOF closes the command's stdin, and so
+//!   does containerd's CloseIO: once `closed` is set, nothing more read
+//!   from the FIFO reaches the command.
 
 use alcove_client::ExecInput;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 
@@ -55,10 +59,16 @@ async fn write_or_drop(fifo: &mut Option<pipe::Sender>, bytes: &[u8]) {
     }
 }
 
-/// Feeds the FIFO at `path` to `input` until the FIFO's EOF, then closes
-/// the command's stdin. Runs on a thread of its own; `runtime` drives the
-/// writes.
-pub fn feed_stdin(path: String, input: ExecInput, runtime: tokio::runtime::Handle) -> std::io::Result<()> {
+/// Feeds the FIFO at `path` to `input` until the FIFO's EOF or until
+/// `closed` is set (CloseIO, which closes the command's stdin itself),
+/// then closes the command's stdin. Runs on a thread of its own; `runtime`
+/// drives the writes.
+pub fn feed_stdin(
+    path: String,
+    input: ExecInput,
+    closed: Arc<AtomicBool>,
+    runtime: tokio::runtime::Handle,
+) -> std::io::Result<()> {
     std::thread::Builder::new().name("alcove-shim-stdin".into()).spawn(move || {
         use std::io::Read;
         let Ok(mut fifo) = std::fs::File::open(&path) else {
@@ -69,6 +79,7 @@ pub fn feed_stdin(path: String, input: ExecInput, runtime: tokio::runtime::Handl
         loop {
             match fifo.read(&mut buf) {
                 Ok(0) | Err(_) => break,
+                Ok(_) if closed.load(Ordering::SeqCst) => return,
                 Ok(n) => {
                     if runtime.block_on(input.write_stdin(&buf[..n])).is_err() {
                         return;

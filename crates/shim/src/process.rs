@@ -12,7 +12,8 @@
 
 use crate::io::{feed_stdin, OutputFifos};
 use alcove_client::{Client, ExecEvent, ExecInput, ExecOptions};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 use tokio::sync::watch;
 
@@ -89,12 +90,21 @@ pub struct Process {
     pub stdio: Stdio,
     phase: Mutex<Phase>,
     exited: watch::Sender<Option<Exit>>,
+    /// Set by CloseIO: the stdin FIFO's feeder stops.
+    stdin_closed: Arc<AtomicBool>,
 }
 
 impl Process {
     /// A process not yet started.
     pub fn new(id: String, options: ExecOptions, stdio: Stdio) -> Process {
-        Process { id, options, stdio, phase: Mutex::new(Phase::Created), exited: watch::channel(None).0 }
+        Process {
+            id,
+            options,
+            stdio,
+            phase: Mutex::new(Phase::Created),
+            exited: watch::channel(None).0,
+            stdin_closed: Arc::default(),
+        }
     }
 
     /// Where it is now.
@@ -126,7 +136,8 @@ impl Process {
             *phase = Phase::Running { input: input.clone() };
         }
         if !self.stdio.stdin.is_empty() {
-            feed_stdin(self.stdio.stdin.clone(), input, tokio::runtime::Handle::current()).map_err(stdio_err)?;
+            let (path, closed) = (self.stdio.stdin.clone(), self.stdin_closed.clone());
+            feed_stdin(path, input, closed, tokio::runtime::Handle::current()).map_err(stdio_err)?;
         }
         let this = self.clone();
         tokio::spawn(async move {
@@ -170,6 +181,20 @@ impl Process {
         match self.phase() {
             Phase::Running { input, .. } => {
                 input.signal(signal as i32).map_err(|source| ProcessError::Client { id: self.id.clone(), source })
+            }
+            _ => Err(ProcessError::NotRunning(self.id.clone())),
+        }
+    }
+
+    /// Closes its stdin (containerd's CloseIO): the command reads EOF,
+    /// whatever the stdin FIFO still holds open. Idempotent.
+    pub fn close_stdin(&self) -> Result<(), ProcessError> {
+        match self.phase() {
+            // Its stdin is /dev/null already.
+            Phase::Running { .. } if self.stdio.stdin.is_empty() => Ok(()),
+            Phase::Running { input } => {
+                self.stdin_closed.store(true, Ordering::SeqCst);
+                input.close_stdin().map_err(|source| ProcessError::Client { id: self.id.clone(), source })
             }
             _ => Err(ProcessError::NotRunning(self.id.clone())),
         }

@@ -11,7 +11,12 @@
 //!   id, FailedPrecondition for a call out of order, Internal otherwise.
 //! - Events follow containerd's order: TaskCreate after Create, TaskStart
 //!   after Start, TaskOOM (when the OOM killer ended it) then TaskExit once
-//!   per process after its output is written, TaskDelete after Delete.
+//!   per process after its output is written, TaskPaused/TaskResumed after
+//!   the sandbox's guest is frozen/thawed, TaskDelete after Delete.
+//! - Pause and Resume act on the whole sandbox (init and execs), like
+//!   runc's on a container; a running process of a paused container is
+//!   PAUSED. SIGKILL to a paused task resumes it first (TaskResumed), as
+//!   runc's kill thaws: a frozen process cannot die.
 //! - The pid containerd sees for a task is the host pid of its sandbox
 //!   process (the command's own pid is a pid in the sandbox's namespace).
 
@@ -22,7 +27,8 @@ use crate::process::{Exit, Phase, Process, ProcessError, Stdio};
 use async_trait::async_trait;
 use containerd_shim::asynchronous::{spawn, ExitSignal, Shim};
 use containerd_shim::protos::events::task::{
-    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskStart,
+    TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskOOM, TaskPaused, TaskResumed,
+    TaskStart,
 };
 use containerd_shim::protos::protobuf::well_known_types::timestamp::Timestamp;
 use containerd_shim::protos::protobuf::MessageDyn;
@@ -144,6 +150,9 @@ impl From<ServiceError> for ttrpc::Error {
             }
             ServiceError::Container(ContainerError::Mount(crate::mount::MountError::UnsupportedType(_))) => {
                 Code::INVALID_ARGUMENT
+            }
+            ServiceError::Container(ContainerError::Pause(alcove_client::ClientError::Refused(_))) => {
+                Code::FAILED_PRECONDITION
             }
             ServiceError::NoContainer(_) | ServiceError::NoProcess(_) => Code::NOT_FOUND,
             ServiceError::Process(ProcessError::AlreadyStarted(_)) | ServiceError::Precondition(_) => {
@@ -284,6 +293,7 @@ impl Task for TaskService {
         };
         resp.status = match process.phase() {
             Phase::Created => Status::CREATED,
+            Phase::Running { .. } if container.is_paused() => Status::PAUSED,
             Phase::Running { .. } => Status::RUNNING,
             Phase::Exited(exit) => {
                 resp.exit_status = exit.code;
@@ -306,7 +316,14 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
+        let (container, process) = self.inner.process(&req.id, &req.exec_id)?;
+        if req.signal == libc::SIGKILL as u32 && container.is_paused() {
+            // A frozen agent cannot deliver it, and a frozen process cannot
+            // die: SIGKILL resumes the task first, as runc's kill thaws.
+            container.set_paused(false).await.map_err(ServiceError::from)?;
+            let event = TaskResumed { container_id: req.id.clone(), ..Default::default() };
+            self.inner.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event)).await;
+        }
         match process.phase() {
             // Killing a task that never started ends it, as runc's does.
             Phase::Created => process.finish(Exit { code: 128 + req.signal, oom_killed: false, at: SystemTime::now() }),
@@ -374,6 +391,34 @@ impl Task for TaskService {
         }
         let event = TaskExecAdded { container_id: req.id.clone(), exec_id: req.exec_id.clone(), ..Default::default() };
         self.inner.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::Empty::default())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        let container = self.inner.container(&req.id)?;
+        if !matches!(container.init.phase(), Phase::Running { .. }) {
+            return Err(ServiceError::Precondition(format!("task {} is not running", req.id)).into());
+        }
+        container.set_paused(true).await.map_err(ServiceError::from)?;
+        let event = TaskPaused { container_id: req.id.clone(), ..Default::default() };
+        self.inner.publish(topics::TASK_PAUSED_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::Empty::default())
+    }
+
+    async fn resume(&self, _ctx: &TtrpcContext, req: api::ResumeRequest) -> TtrpcResult<api::Empty> {
+        let container = self.inner.container(&req.id)?;
+        container.set_paused(false).await.map_err(ServiceError::from)?;
+        let event = TaskResumed { container_id: req.id.clone(), ..Default::default() };
+        self.inner.publish(topics::TASK_RESUMED_EVENT_TOPIC, Box::new(event)).await;
+        Ok(api::Empty::default())
+    }
+
+    async fn close_io(&self, _ctx: &TtrpcContext, req: api::CloseIORequest) -> TtrpcResult<api::Empty> {
+        let (_, process) = self.inner.process(&req.id, &req.exec_id)?;
+        // Only stdin can be closed: the outputs end with the process.
+        if req.stdin {
+            process.close_stdin().map_err(ServiceError::from)?;
+        }
         Ok(api::Empty::default())
     }
 

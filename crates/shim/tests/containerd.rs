@@ -1,9 +1,13 @@
 //! containerd-shim-alcove-v2 under a real containerd (Debian's, installed
 //! when missing) of the test's own: `ctr run --rm --runtime
 //! io.containerd.alcove.v2` of a local busybox image prints what the command
-//! prints, exit codes propagate, the bundle's env, cwd and memory limit are
-//! honoured, stdin and a terminal work, execs, `ctr task ps` and
-//! `ctr task metrics` work, containerd's events follow a task's life,
+//! prints, exit codes propagate, the bundle's env, cwd, hostname and
+//! memory limit are honoured, stdin and a terminal work, execs, `ctr task ps` and
+//! `ctr task metrics` work, `ctr task pause`/`resume` freeze and thaw the
+//! task (PAUSED in `ctr task ls`, Paused in `alcove ps`, the kernel's
+//! freezer holding its processes; a SIGKILL ends a paused task), CloseIO
+//! gives the command EOF,
+//! containerd's events follow a task's life,
 //! 16 tasks run at once, a bundle alcove cannot honour
 //! fails with a clear message, and nothing is left behind (no sandbox
 //! record, process, mount or shim socket).
@@ -90,6 +94,53 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Sends CloseIO (stdin) for task `id` straight to its shim, at the
+/// socket address the shim crate derives from containerd's address, the
+/// namespace and the task id.
+fn close_stdin(containerd: &Containerd, id: &str) {
+    use containerd_shim::protos::{api::CloseIORequest, shim_sync::TaskClient, ttrpc};
+    let address = containerd_shim::socket_address(&containerd.socket.display().to_string(), "default", id);
+    let client = ttrpc::Client::connect(&address).expect("connect to the shim");
+    let request = CloseIORequest { id: id.to_string(), stdin: true, ..Default::default() };
+    TaskClient::new(client).close_io(ttrpc::context::with_timeout(10_000_000_000), &request).expect("CloseIO");
+}
+
+/// The STATUS column of `ctr task ls` for task `id`.
+fn task_status(containerd: &Containerd, id: &str) -> String {
+    let ls = containerd.ctr(&["task", "ls"]);
+    assert!(ls.status.success(), "{}", text(&ls.stderr));
+    let out = text(&ls.stdout);
+    let line = out.lines().find(|l| l.split_whitespace().next() == Some(id));
+    line.and_then(|l| l.split_whitespace().nth(2)).unwrap_or_else(|| panic!("task {id} in {out}")).to_string()
+}
+
+/// The status `alcove ps` shows for the sandbox of task `id`.
+fn sandbox_status(containerd: &Containerd, id: &str) -> String {
+    let ps = containerd.alcove(&["ps", "--all", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&ps.stdout).expect("ps --json");
+    let suffix = format!("-{id}");
+    let entry =
+        list.as_array().and_then(|l| l.iter().find(|s| s["name"].as_str().is_some_and(|n| n.ends_with(&suffix))));
+    entry.and_then(|e| e["status"].as_str()).unwrap_or_else(|| panic!("no sandbox for {id}: {list}")).to_string()
+}
+
+/// The state letter of host process `pid` (`/proc/PID/stat`): a frozen
+/// task shows as D, whether the freezer parked it in `__refrigerator` or
+/// froze it in its sleep.
+fn task_state(pid: u32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("the process exists");
+    let after_name = &stat[stat.rfind(')').expect("stat has a name") + 1..];
+    after_name.trim_start().chars().next().expect("a state")
+}
+
+/// `freezer.state` of host process `pid`'s v1 freezer cgroup.
+fn freezer_state(pid: u32) -> String {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("the process exists");
+    let path = cgroups.lines().find_map(|l| l.split_once(":freezer:").map(|(_, p)| p.to_string())).expect("a freezer");
+    let state = std::fs::read_to_string(format!("/sys/fs/cgroup/freezer{path}/freezer.state")).expect("freezer.state");
+    state.trim().to_string()
+}
+
 #[test]
 fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     support::require_root();
@@ -112,6 +163,20 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     // The command's output, and success.
     let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, IMAGE, "echo-hi", "echo", "hi"]);
     assert_eq!(text(&run.stdout), "hi\n", "stderr: {}\nlog: {}", text(&run.stderr), containerd.log());
+    assert_eq!(run.status.code(), Some(0));
+
+    // The bundle's hostname is the sandbox's. ctr has no --hostname: a
+    // whole spec carrying one, over the busybox rootfs directory.
+    let mut spec: serde_json::Value =
+        serde_json::from_str(include_str!("../src/testdata/ctr-run-config.json")).expect("the spec fixture");
+    spec["hostname"] = "web.example".into();
+    spec["process"]["args"] = serde_json::json!(["sh", "-c", "hostname; cat /etc/hostname; echo $HOSTNAME"]);
+    spec["root"]["path"] = rootfs.display().to_string().into();
+    let spec_path = dir.path().join("hostname.json");
+    std::fs::write(&spec_path, serde_json::to_vec(&spec).expect("JSON")).expect("write the spec");
+    let spec_arg = spec_path.display().to_string();
+    let run = containerd.ctr(&["run", "--rm", "--runtime", RUNTIME, "--config", &spec_arg, "hn"]);
+    assert_eq!(text(&run.stdout), "web.example\nweb.example\nweb.example\n", "stderr: {}", text(&run.stderr));
     assert_eq!(run.status.code(), Some(0));
 
     // stderr apart from stdout, and the exit code back through ctr.
@@ -246,10 +311,91 @@ fn ctr_runs_tasks_in_alcove_sandboxes_and_leaves_nothing_behind() {
     assert!(figure("memory.usage_in_bytes") > 0);
     assert!(figure("pids.current") >= 2, "the agent and the command");
 
+    // Pause and resume: the task's processes are frozen by the kernel, ctr
+    // and alcove say so, and events mark both changes.
+    let sleep_pid = *pids
+        .iter()
+        .find(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == b"sleep\x00600\x00"))
+        .expect("the command's pid");
+    let mut events = EventStream::subscribe(&containerd);
+    let pause = containerd.ctr(&["task", "pause", "long"]);
+    assert!(pause.status.success(), "{}", text(&pause.stderr));
+    assert_eq!(task_status(&containerd, "long"), "PAUSED");
+    assert_eq!(task_state(sleep_pid), 'D', "the paused task's command is frozen (the kernel shows it as D)");
+    assert_eq!(freezer_state(sleep_pid), "FROZEN");
+    assert_eq!(sandbox_status(&containerd, "long"), "Paused");
+    let again = containerd.ctr(&["task", "pause", "long"]);
+    assert!(!again.status.success(), "pausing a paused task is refused");
+    assert!(text(&again.stderr).contains("already paused"), "{}", text(&again.stderr));
+    let resume = containerd.ctr(&["task", "resume", "long"]);
+    assert!(resume.status.success(), "{}", text(&resume.stderr));
+    assert_eq!(task_status(&containerd, "long"), "RUNNING");
+    // Thawed tasks are woken, not run on the spot: bounded wait for the
+    // command to be an ordinary sleeper again.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while task_state(sleep_pid) != 'S' {
+        assert!(std::time::Instant::now() < deadline, "the resumed command stays {}", task_state(sleep_pid));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert_eq!(freezer_state(sleep_pid), "THAWED");
+    assert_eq!(sandbox_status(&containerd, "long"), "Running");
+    assert_eq!(events.topics_until("\"long\"", "/tasks/resumed"), ["/tasks/paused", "/tasks/resumed"]);
+    drop(events);
+    let exec = containerd.ctr(&["task", "exec", "--exec-id", "e3", "long", "echo", "after-resume"]);
+    assert_eq!(text(&exec.stdout), "after-resume\n", "{}", text(&exec.stderr));
+
     let kill = containerd.ctr(&["task", "kill", "long"]);
     assert!(kill.status.success(), "{}", text(&kill.stderr));
     let ended = long.wait().expect("the task's ctr ends");
     assert_eq!(ended.code(), Some(128 + libc::SIGTERM), "log: {}", containerd.log());
+
+    // A paused task ends by SIGKILL (thawed to die, as runc does).
+    let mut frozen = containerd.spawn_ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNTIME,
+        IMAGE,
+        "frozen",
+        "sh",
+        "-c",
+        "echo ready; exec sleep 600",
+    ]);
+    let mut line = String::new();
+    BufReader::new(frozen.stdout.take().expect("stdout")).read_line(&mut line).expect("read the first line");
+    assert_eq!(line, "ready\n", "log: {}", containerd.log());
+    let pause = containerd.ctr(&["task", "pause", "frozen"]);
+    assert!(pause.status.success(), "{}", text(&pause.stderr));
+    assert_eq!(task_status(&containerd, "frozen"), "PAUSED");
+    let kill = containerd.ctr(&["task", "kill", "--signal", "SIGKILL", "frozen"]);
+    assert!(kill.status.success(), "{}", text(&kill.stderr));
+    let ended = frozen.wait().expect("the paused task's ctr ends");
+    assert_eq!(ended.code(), Some(128 + libc::SIGKILL), "log: {}", containerd.log());
+
+    // CloseIO (what the CRI sends when an attached stdin ends; ctr has no
+    // command for it): the command reads EOF although ctr keeps the stdin
+    // FIFO open.
+    let mut reader = std::process::Command::new("ctr")
+        .arg("--address")
+        .arg(&containerd.socket)
+        .args(["run", "--rm", "--runtime", RUNTIME, IMAGE, "reader", "sh", "-c", "cat; echo stdin-closed"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("ctr run reader");
+    let mut reader_in = reader.stdin.take().expect("stdin");
+    reader_in.write_all(b"before-close\n").expect("write stdin");
+    let mut reader_out = BufReader::new(reader.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    reader_out.read_line(&mut line).expect("the command echoes its stdin");
+    assert_eq!(line, "before-close\n", "log: {}", containerd.log());
+    close_stdin(&containerd, "reader");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut reader_out, &mut rest).expect("the rest of the output");
+    assert_eq!(rest, "stdin-closed\n", "cat saw EOF after CloseIO");
+    assert_eq!(reader.wait().expect("ctr ends").code(), Some(0), "log: {}", containerd.log());
+    drop(reader_in);
 
     // 16 tasks at once, each with its own sandbox and output.
     let runs: Vec<_> = (0..16)

@@ -91,6 +91,8 @@ stored_enum! {
         Starting,
         /// The sandbox is up.
         Running,
+        /// The sandbox is up, its guest's processes frozen (`alcove pause`).
+        Paused,
         /// The sandbox is shutting down.
         Draining,
         /// No run is active (also the state of a newly created sandbox).
@@ -250,7 +252,7 @@ mod tests {
         round_trip(SandboxStatus::ALL);
         round_trip(RunStatus::ALL);
         round_trip(TerminationReason::ALL);
-        assert_eq!(SandboxStatus::ALL.len(), 5);
+        assert_eq!(SandboxStatus::ALL.len(), 6);
         assert_eq!(RunStatus::ALL.len(), 2);
         assert_eq!(TerminationReason::ALL.len(), 10);
         assert_eq!(TerminationReason::MaxDurationExceeded.as_str(), "MaxDurationExceeded");

@@ -39,6 +39,16 @@
 //! process in clock ticks since boot (`/proc/PID/stat` field 22), so the
 //! process is told from a later one with the same pid without looking at the
 //! wall clock; NULL for runs recorded before it.
+//!
+//! Schema v3 adds `network_flow`.
+//!
+//! Schema v4 adds the sandbox status `Paused` to the CHECK of
+//! `sandbox.status`. SQLite cannot alter a CHECK, so the table is rebuilt
+//! (new table, copy, drop, rename), which needs foreign keys off: with them
+//! on, dropping `sandbox` would cascade to every run and metric.
+//! [`migrate`] therefore runs with foreign keys off (the caller turns them
+//! off outside its transaction, where SQLite honours it) and checks them
+//! itself before it commits.
 
 use std::path::Path;
 
@@ -51,7 +61,7 @@ pub const APPLICATION_ID: i32 = 0x414C_4356;
 
 /// Migration steps: `MIGRATIONS[i]` takes the schema from version `i` to `i + 1`.
 /// Append new steps; never edit a released one.
-const MIGRATIONS: &[&str] = &[V1, V2, V3];
+pub(crate) const MIGRATIONS: &[&str] = &[V1, V2, V3, V4];
 
 /// The newest schema version this build knows (and creates).
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -130,6 +140,22 @@ CREATE TABLE network_flow (
 CREATE INDEX network_flow_newest ON network_flow(sandbox_id, id DESC);
 "#;
 
+const V4: &str = r#"
+CREATE TABLE sandbox_v4 (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT    NOT NULL UNIQUE CHECK (name <> ''),
+    config_json   TEXT    NOT NULL CHECK (json_valid(config_json)),
+    status        TEXT    NOT NULL CHECK (status IN
+                      ('Starting', 'Running', 'Paused', 'Draining', 'Stopped', 'Crashed')),
+    created_at_ms INTEGER NOT NULL,
+    updated_at_ms INTEGER NOT NULL
+) STRICT;
+INSERT INTO sandbox_v4 (id, name, config_json, status, created_at_ms, updated_at_ms)
+    SELECT id, name, config_json, status, created_at_ms, updated_at_ms FROM sandbox;
+DROP TABLE sandbox;
+ALTER TABLE sandbox_v4 RENAME TO sandbox;
+"#;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Identity {
     /// No schema yet: ours to initialise.
@@ -167,13 +193,22 @@ pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Identity, StoreE
 }
 
 /// Brings a database from `from` to [`SCHEMA_VERSION`]. Runs inside the
-/// caller's `BEGIN IMMEDIATE` transaction.
+/// caller's `BEGIN IMMEDIATE` transaction, on a connection whose foreign
+/// keys are off (see v4); the references are checked here before the
+/// caller commits.
 pub(crate) fn migrate(conn: &Connection, from: u32) -> Result<(), StoreError> {
     let start = usize::try_from(from).unwrap_or(usize::MAX);
     for (i, step) in MIGRATIONS.iter().enumerate().skip(start) {
         conn.execute_batch(step)?;
         // PRAGMA values cannot be bound parameters; these are integers we own.
         conn.execute_batch(&format!("PRAGMA user_version = {}; PRAGMA application_id = {APPLICATION_ID};", i + 1))?;
+    }
+    let broken: i64 = conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+    if broken > 0 {
+        return Err(StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY),
+            Some(format!("the schema migration would leave {broken} broken reference(s)")),
+        )));
     }
     Ok(())
 }

@@ -148,13 +148,19 @@ impl Store {
         self.conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
         self.conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         if identity != Identity::Alcove(SCHEMA_VERSION) {
-            self.write("migrate the database schema", |tx| {
+            // A migration may rebuild a referenced table (schema.rs, v4):
+            // foreign keys off, which SQLite honours only outside a
+            // transaction; `migrate` checks the references itself.
+            self.conn.pragma_update(None, "foreign_keys", false)?;
+            let migrated = self.write("migrate the database schema", |tx| {
                 // Re-read under the write lock: another process may have migrated.
                 match check_version(schema::inspect(tx, &self.path)?)? {
                     Identity::Fresh => schema::migrate(tx, 0),
                     Identity::Alcove(v) => schema::migrate(tx, v),
                 }
-            })?;
+            });
+            self.conn.pragma_update(None, "foreign_keys", true)?;
+            migrated?;
         }
         Ok(())
     }
@@ -679,6 +685,46 @@ mod tests {
 
     fn synchronous(store: &Store) -> i64 {
         store.conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).expect("pragma")
+    }
+
+    /// Schema v4 rebuilds the sandbox table that runs and metrics
+    /// reference: an older database keeps every row, and takes Paused.
+    #[test]
+    fn migrating_to_v4_keeps_every_run_and_metric_and_takes_paused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alcove.db");
+        {
+            let conn = Connection::open(&path).expect("open v3");
+            conn.pragma_update(None, "foreign_keys", true).expect("fk on, as alcove's connections have them");
+            for step in &schema::MIGRATIONS[..3] {
+                conn.execute_batch(step).expect("v1..v3");
+            }
+            conn.execute_batch(&format!(
+                "PRAGMA user_version = 3; PRAGMA application_id = {};",
+                schema::APPLICATION_ID
+            ))
+            .expect("identity");
+            conn.execute_batch(
+                "INSERT INTO sandbox (name, config_json, status, created_at_ms, updated_at_ms) \
+                     VALUES ('old', '{}', 'Stopped', 1, 2);
+                 INSERT INTO run (sandbox_id, pid, status, reason, started_at_ms, terminated_at_ms) \
+                     VALUES (1, 7, 'Terminated', 'Completed', 1, 2);
+                 INSERT INTO sandbox_metric (sandbox_id, at_ms, cpu_usec, memory_bytes, io_read_bytes, \
+                     io_write_bytes, net_rx_bytes, net_tx_bytes) VALUES (1, 1, 1, 1, 1, 1, 1, 1);",
+            )
+            .expect("v3 rows");
+        }
+        let store = Store::open(&path).expect("migrate to the current schema");
+        assert_eq!(store.runs("old").expect("runs").len(), 1, "the run survived the rebuild");
+        let metrics: i64 =
+            store.conn.query_row("SELECT count(*) FROM sandbox_metric", [], |r| r.get(0)).expect("count");
+        assert_eq!(metrics, 1, "the metric survived the rebuild");
+        store.set_sandbox_status("old", SandboxStatus::Paused).expect("Paused is a valid status");
+        assert_eq!(store.sandbox("old").expect("query").expect("row").status, SandboxStatus::Paused);
+        // References still hold: deleting the sandbox cascades as before.
+        assert!(store.delete_sandbox("old").expect("delete"));
+        let runs: i64 = store.conn.query_row("SELECT count(*) FROM run", [], |r| r.get(0)).expect("count");
+        assert_eq!(runs, 0, "foreign keys are back on after the migration");
     }
 
     #[test]

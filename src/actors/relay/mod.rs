@@ -49,13 +49,13 @@ pub use socket::{bind_socket, RelayError};
 
 use crate::clock::Clock;
 use crate::messages::{
-    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, Terminate, Touch,
+    AgentReady, AttachGuest, CloseRelay, GetActivity, OpenToClients, SendShutdown, SetPaused, Terminate, Touch,
 };
 use crate::store::TerminationReason;
 use actix::prelude::*;
 use alcove_protocol::async_io::FrameReader;
 use alcove_protocol::fdpass::FdReadHalf;
-use alcove_protocol::{Flags, Frame, Message, CONTROL_ID};
+use alcove_protocol::{Flags, Frame, Message, SandboxRequest, CONTROL_ID};
 use client_io::ClientTask;
 use flow::{CreditLedger, RelayCounters, ToGuest};
 use route_table::{Action, ClientKey, Descriptor, RouteTable, ToClient, Written};
@@ -107,6 +107,8 @@ pub struct RelayPeers {
     /// Lifecycle: a cause to end the sandbox (a client's SHUTDOWN flag, a
     /// broken agent channel, an unusable socket).
     pub terminate: Recipient<Terminate>,
+    /// Lifecycle: a client's pause or resume.
+    pub set_paused: Recipient<SetPaused>,
 }
 
 /// The senders of the items queued for each client the table holds: one
@@ -204,13 +206,13 @@ impl Relay {
     }
 
     /// Carries out the table's actions, in order.
-    fn carry_out(&mut self, actions: Vec<Action>) {
+    fn carry_out(&mut self, actions: Vec<Action>, ctx: &mut Context<Self>) {
         for action in actions {
             match action {
                 Action::ToClient(key, item) => {
                     if let Err(item) = self.clients.send(key, item) {
                         let more = self.table.undeliverable(key, &item.frame);
-                        self.carry_out(more);
+                        self.carry_out(more, ctx);
                     }
                 }
                 Action::ToGuest(item) => {
@@ -223,6 +225,19 @@ impl Relay {
                 Action::CloseClient(key) => self.clients.remove(key),
                 Action::AgentReady(ready) => self.peers.agent_ready.do_send(AgentReady { ready }),
                 Action::Terminate(cause) => self.peers.terminate.do_send(cause),
+                Action::SandboxRequest { client, id, request } => {
+                    let paused = request == SandboxRequest::Pause;
+                    let lifecycle = self.peers.set_paused.clone();
+                    let asked = async move { lifecycle.send(SetPaused { paused }).await };
+                    ctx.spawn(asked.into_actor(self).map(move |answer, this, ctx| {
+                        let result = answer.unwrap_or_else(|_| Err("the sandbox is stopping".into()));
+                        if result.is_ok() {
+                            this.table.set_paused(paused);
+                        }
+                        let actions = this.table.sandbox_reply(client, id, result);
+                        this.carry_out(actions, ctx);
+                    }));
+                }
             }
         }
     }
@@ -297,7 +312,7 @@ impl Actor for Relay {
 }
 
 impl StreamHandler<RelayEvent> for Relay {
-    fn handle(&mut self, event: RelayEvent, _: &mut Self::Context) {
+    fn handle(&mut self, event: RelayEvent, ctx: &mut Self::Context) {
         let actions = match event {
             RelayEvent::Accepted(stream) => {
                 self.admit(stream);
@@ -328,7 +343,7 @@ impl StreamHandler<RelayEvent> for Relay {
                 return;
             }
         };
-        self.carry_out(actions);
+        self.carry_out(actions, ctx);
     }
 
     /// The actor keeps a sender of its host channel, and the guest's ends
@@ -400,9 +415,9 @@ impl Handler<CloseRelay> for Relay {
         let drained = async move {
             let _ = tokio::time::timeout(GUEST_DRAIN, reading.wait_for(|reading| !reading)).await;
         };
-        Box::pin(drained.into_actor(self).map(|(), this, _| {
+        Box::pin(drained.into_actor(self).map(|(), this, ctx| {
             let actions = this.table.close();
-            this.carry_out(actions);
+            this.carry_out(actions, ctx);
         }))
     }
 }

@@ -23,13 +23,17 @@
 //!   returned in batches of [`CREDIT_BATCH`]; credit is owed only for
 //!   sessions the table knows (a guest cannot grow the ledger with made-up
 //!   ids).
+//!
+//! Over 600 lines on purpose: one table whose every rule reads and writes
+//! the same slots and routes; split, each half would need the other's
+//! state.
 
 use super::flow::{RelayCounters, ToGuest, CLIENT_QUEUE_SLACK, MAX_SESSIONS_PER_CLIENT};
 use crate::actors::peer_log::PeerWarnings;
 use crate::clock::Clock;
 use crate::messages::{Activity, Terminate};
 use crate::store::TerminationReason;
-use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, CONTROL_ID, INITIAL_WINDOW};
+use alcove_protocol::{Flags, Frame, Handshake, Message, Ready, SandboxRequest, CONTROL_ID, INITIAL_WINDOW};
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -51,6 +55,10 @@ fn slot_range(k: usize, generation: u64) -> Handshake {
     let block = ((k as u32) + 1) << 24;
     let start = block + (generation % SLOT_GENERATIONS) as u32 * IDS_PER_CLIENT;
     Handshake { id_start: start, id_end: start + (IDS_PER_CLIENT - 1) }
+}
+
+fn too_many_sessions() -> String {
+    format!("too many sessions: a client may have {MAX_SESSIONS_PER_CLIENT} open at once")
 }
 
 /// One connected client: its slot and the generation of that slot it holds.
@@ -118,6 +126,9 @@ pub(crate) enum Action {
     AgentReady(Ready),
     /// Give Lifecycle a cause to end the sandbox.
     Terminate(Terminate),
+    /// Ask Lifecycle for `request`; its answer goes back through
+    /// [`RouteTable::sandbox_reply`] on session `id` of `client`.
+    SandboxRequest { client: ClientKey, id: u32, request: SandboxRequest },
 }
 
 /// What a session is, for ending it when its client leaves.
@@ -167,6 +178,8 @@ pub(crate) struct RouteTable {
     ready_at: Option<Duration>,
     last_heartbeat: Option<Duration>,
     last_activity: Duration,
+    /// Lifecycle's paused state, mirrored for the watchdog's rules.
+    paused: bool,
     discarded_frames: u64,
     closed: bool,
 }
@@ -186,6 +199,7 @@ impl RouteTable {
             pending_ready: None,
             ready_at: None,
             last_heartbeat: None,
+            paused: false,
             discarded_frames: 0,
             closed: false,
         }
@@ -203,7 +217,34 @@ impl RouteTable {
             last_heartbeat: self.last_heartbeat,
             last_activity: self.last_activity,
             open_sessions: self.sessions.values().filter(|r| r.owner.is_some()).count(),
+            paused: self.paused,
         }
+    }
+
+    /// Lifecycle paused or resumed the guest. A resume restarts the idle
+    /// and heartbeat clocks: a frozen agent could not beat, and a paused
+    /// sandbox was not idle by its own choice.
+    pub(crate) fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+        if !paused {
+            self.touch();
+            if self.ready_at.is_some() {
+                self.last_heartbeat = Some(self.clock.now());
+            }
+        }
+    }
+
+    /// Lifecycle's answer to `client`'s request on session `id`: one
+    /// terminal `SandboxReply`, counted like any item queued for it.
+    pub(crate) fn sandbox_reply(&mut self, client: ClientKey, id: u32, result: Result<(), String>) -> Vec<Action> {
+        let Ok(frame) = Frame::message(id, Flags::TERMINAL, &Message::SandboxReply(result)) else {
+            return Vec::new();
+        };
+        let Some(state) = self.state_of(client) else {
+            return Vec::new();
+        };
+        state.queued_bytes += frame.wire_len();
+        vec![Action::ToClient(client, ToClient { frame, fd: None })]
     }
 
     /// The agent channel is attached (client frames may go to the guest).
@@ -289,11 +330,26 @@ impl RouteTable {
             );
             return self.disconnect(client, &why);
         }
+        // A request is decoded once, here; the guest's frames never are.
+        let request = frame.flags.contains(Flags::SESSION_START).then(|| frame.decode_body());
+        if let Some(Ok(Message::SandboxRequest(request))) = request {
+            // For the sandbox process, never the guest: open until its reply
+            // is written, and bounded like any session.
+            let id = frame.id;
+            let Some(state) = self.state_of(client) else {
+                return Vec::new();
+            };
+            if state.open_sessions >= MAX_SESSIONS_PER_CLIENT {
+                return self.refuse_session(client, id, too_many_sessions());
+            }
+            state.open_sessions += 1;
+            return vec![Action::SandboxRequest { client, id, request }];
+        }
         if !self.guest_attached {
             return self.disconnect(client, "dropped: the guest is not attached");
         }
-        if frame.flags.contains(Flags::SESSION_START) {
-            let kind = match frame.decode_body() {
+        if let Some(request) = request {
+            let kind = match request {
                 Ok(Message::ExecRequest(_)) => SessionKind::Exec,
                 Ok(Message::FsRequest(_)) => SessionKind::Fs,
                 _ => {
@@ -305,11 +361,15 @@ impl RouteTable {
                 return self.disconnect(client, &format!("dropped: session id {} is already in use", frame.id));
             }
             let id = frame.id;
+            if self.paused {
+                // Its frozen agent would leave the client waiting until a resume.
+                return self.refuse_session(client, id, "the sandbox is paused; resume it first".into());
+            }
             let Some(state) = self.state_of(client) else {
                 return Vec::new();
             };
             if state.open_sessions >= MAX_SESSIONS_PER_CLIENT {
-                return self.refuse_session(client, id);
+                return self.refuse_session(client, id, too_many_sessions());
             }
             state.open_sessions += 1;
             self.sessions.insert(id, Route { owner: Some(client), kind, uncredited: 0 });
@@ -321,11 +381,10 @@ impl RouteTable {
     }
 
     /// Answers a session the client may not open (it has
-    /// [`MAX_SESSIONS_PER_CLIENT`] open) with a terminal `SessionAborted`;
-    /// the request never reaches the guest.
-    fn refuse_session(&mut self, client: ClientKey, id: u32) -> Vec<Action> {
+    /// [`MAX_SESSIONS_PER_CLIENT`] open, or the sandbox is paused) with a
+    /// terminal `SessionAborted`; the request never reaches the guest.
+    fn refuse_session(&mut self, client: ClientKey, id: u32, reason: String) -> Vec<Action> {
         self.counters.session_refused();
-        let reason = format!("too many sessions: a client may have {MAX_SESSIONS_PER_CLIENT} open at once");
         let Ok(frame) = Frame::message(id, Flags::TERMINAL, &Message::SessionAborted { reason }) else {
             return Vec::new();
         };

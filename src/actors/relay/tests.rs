@@ -1,5 +1,6 @@
 //! The Relay actor alone, between a raw client and a scripted agent channel:
-//! how it closes when the guest has just ended.
+//! how it closes when the guest has just ended, and how it answers a
+//! client's request to the sandbox process.
 
 use super::*;
 use crate::clock::MonotonicClock;
@@ -10,6 +11,7 @@ use tokio::io::AsyncReadExt;
 /// Stands in for Lifecycle: passes `AgentReady` on, keeps causes.
 struct Peer {
     ready: Option<tokio::sync::oneshot::Sender<()>>,
+    paused: bool,
 }
 
 impl Actor for Peer {
@@ -23,6 +25,19 @@ impl Handler<AgentReady> for Peer {
         if let Some(tx) = self.ready.take() {
             let _ = tx.send(());
         }
+    }
+}
+
+/// Lifecycle's part of a pause: refuses to pause twice, like Lifecycle.
+impl Handler<SetPaused> for Peer {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, msg: SetPaused, _: &mut Self::Context) -> Self::Result {
+        if msg.paused == self.paused {
+            return Err(format!("already {}", if msg.paused { "paused" } else { "running" }));
+        }
+        self.paused = msg.paused;
+        Ok(())
     }
 }
 
@@ -44,8 +59,12 @@ async fn relay_with_client(dir: &std::path::Path) -> (Addr<Relay>, UnixStream, U
     let path = dir.join("agent.sock");
     let listener = bind_socket(&path).expect("binds");
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    let peer = Peer { ready: Some(ready_tx) }.start();
-    let peers = RelayPeers { agent_ready: peer.clone().recipient(), terminate: peer.recipient() };
+    let peer = Peer { ready: Some(ready_tx), paused: false }.start();
+    let peers = RelayPeers {
+        agent_ready: peer.clone().recipient(),
+        terminate: peer.clone().recipient(),
+        set_paused: peer.recipient(),
+    };
     let relay = Relay::new(listener, path.clone(), Arc::new(MonotonicClock::new()), peers, Arc::default()).start();
     let (host_end, guest_end) = std::os::unix::net::UnixStream::pair().expect("socketpair");
     relay.send(AttachGuest { channel: host_end }).await.expect("attached");
@@ -118,5 +137,38 @@ fn a_channel_the_guest_side_keeps_open_is_read_to_its_last_frame_and_closed() {
         assert_eq!(last.get(&ended), Some(&Message::ExecExited(status)));
         assert!(matches!(last.get(&open), Some(Message::SessionAborted { .. })), "{last:?}");
         drop(guest);
+    });
+}
+
+#[test]
+fn a_sandbox_request_is_answered_by_the_relay_and_never_reaches_the_guest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    System::new().block_on(async {
+        let (relay, mut guest, mut client, range) = relay_with_client(dir.path()).await;
+        let ask = |id: u32, request: SandboxRequest| frame(id, Flags::SESSION_START, &Message::SandboxRequest(request));
+        let id = range.id_start;
+        write_frame(&mut client, &ask(id, SandboxRequest::Pause)).await.expect("pause");
+        let reply = read_frame(&mut client).await.expect("reads").expect("a reply");
+        assert_eq!((reply.id, reply.flags), (id, Flags::TERMINAL));
+        assert_eq!(reply.decode_body().expect("decodes"), Message::SandboxReply(Ok(())));
+        assert!(relay.send(GetActivity).await.expect("activity").paused, "the watchdog sees it paused");
+
+        // Lifecycle's refusal reaches the client as it was worded.
+        write_frame(&mut client, &ask(id + 1, SandboxRequest::Pause)).await.expect("pause again");
+        let reply = read_frame(&mut client).await.expect("reads").expect("a reply");
+        assert_eq!(reply.decode_body().expect("decodes"), Message::SandboxReply(Err("already paused".into())));
+
+        write_frame(&mut client, &ask(id + 2, SandboxRequest::Resume)).await.expect("resume");
+        let reply = read_frame(&mut client).await.expect("reads").expect("a reply");
+        assert_eq!(reply.decode_body().expect("decodes"), Message::SandboxReply(Ok(())));
+        assert!(!relay.send(GetActivity).await.expect("activity").paused);
+
+        // The guest saw none of it: the next thing it reads is an exec.
+        let exec = ExecRequest { argv: vec!["true".into()], ..ExecRequest::default() };
+        write_frame(&mut client, &frame(id + 3, Flags::SESSION_START, &Message::ExecRequest(exec)))
+            .await
+            .expect("exec");
+        let first = read_frame(&mut guest).await.expect("reads").expect("a frame");
+        assert_eq!(first.id, id + 3, "no request to the sandbox process was forwarded");
     });
 }

@@ -193,5 +193,7 @@ fn msg_name(m: &Message) -> &'static str {
         Message::Credit { .. } => "Credit",
         Message::SessionAborted { .. } => "SessionAborted",
         Message::ExecStdoutPipe => "ExecStdoutPipe",
+        Message::SandboxRequest(_) => "SandboxRequest",
+        Message::SandboxReply(_) => "SandboxReply",
     }
 }

@@ -98,7 +98,7 @@ class SandboxInfo:
 
     name: str
     status: str
-    """``Created``, ``Starting``, ``Running``, ``Draining``, ``Stopped``, ``Failed``, ``Crashed``, ..."""
+    """``Created``, ``Starting``, ``Running``, ``Paused``, ``Draining``, ``Stopped``, ``Failed``, ``Crashed``, ..."""
     backend: str
     pid: Optional[int]
     """The sandbox process's pid while it runs."""

@@ -429,3 +429,61 @@ fn an_undeliverable_frame_drops_its_client_and_is_credited() {
     assert!(closes(&actions, c));
     assert_eq!(credits(&actions), [(id, chunk.wire_len() as u32)]);
 }
+
+#[test]
+fn a_resume_restarts_the_idle_and_heartbeat_clocks() {
+    let mut f = fixture();
+    f.table.guest_frame(ready_frame(PROTOCOL_VERSION), Descriptor::None);
+    f.table.set_paused(true);
+    f.clock.advance(Duration::from_secs(3600));
+    let a = f.table.activity();
+    assert!(a.paused);
+    assert_eq!((a.last_heartbeat, a.last_activity), (Some(Duration::ZERO), Duration::ZERO), "pausing moves nothing");
+    f.table.set_paused(false);
+    let a = f.table.activity();
+    assert!(!a.paused);
+    assert_eq!((a.last_heartbeat, a.last_activity), (Some(Duration::from_secs(3600)), Duration::from_secs(3600)));
+}
+
+#[test]
+fn a_sandbox_request_is_for_the_relay_and_counts_as_a_session_until_answered() {
+    let mut f = fixture();
+    let c = f.table.admit().expect("a slot");
+    let id = c.range().id_start;
+    let ask = ToGuest::own(frame(id, Flags::SESSION_START, &Message::SandboxRequest(SandboxRequest::Pause)));
+    let actions = f.table.client_frame(c, ask);
+    assert!(
+        matches!(actions.as_slice(), [Action::SandboxRequest { client, id: i, request: SandboxRequest::Pause }] if *client == c && *i == id),
+        "{actions:?}"
+    );
+    assert!(to_guest(&actions).is_empty());
+    let actions = f.table.sandbox_reply(c, id, Err("no".into()));
+    let reply = to_client(&actions, c);
+    assert_eq!(reply.len(), 1);
+    assert_eq!(reply[0].flags, Flags::TERMINAL);
+    assert_eq!(reply[0].decode_body().expect("decodes"), Message::SandboxReply(Err("no".into())));
+    // A client gone before its answer gets nothing queued.
+    f.table.disconnect(c, "test");
+    assert!(f.table.sandbox_reply(c, id, Ok(())).is_empty());
+}
+
+#[test]
+fn a_paused_sandbox_refuses_new_sessions_until_resumed() {
+    let mut f = fixture();
+    let c = f.table.admit().expect("a slot");
+    let id = c.range().id_start;
+    f.table.set_paused(true);
+    let actions = f.table.client_frame(c, exec_start(id));
+    assert!(to_guest(&actions).is_empty(), "the frozen agent is not asked");
+    let refused = to_client(&actions, c);
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].flags, Flags::TERMINAL);
+    assert!(
+        matches!(refused[0].decode_body(), Ok(Message::SessionAborted { reason }) if reason.contains("paused")),
+        "{:?}",
+        refused[0].decode_body()
+    );
+    f.table.set_paused(false);
+    let actions = f.table.client_frame(c, fs_start(id + 1));
+    assert_eq!(to_guest(&actions).len(), 1, "resumed: sessions reach the guest again");
+}
