@@ -24,29 +24,8 @@ pub const LOOPBACK: &str = "lo";
 pub fn check(net: &VmNetwork) -> Result<(), LinkError> {
     alcove_link::check_name(&net.interface)?;
     alcove_link::check_mtu(net.mtu)?;
-    alcove_link::check_prefix_v4(net.prefix_v4)?;
-    if net.address_v4.is_unspecified() || net.address_v4.is_broadcast() || net.address_v4.is_multicast() {
-        return Err(LinkError::Invalid(format!("{} is not a usable IPv4 address", net.address_v4)));
-    }
-    if !same_prefix_v4(net.address_v4, net.gateway_v4, net.prefix_v4) || net.gateway_v4 == net.address_v4 {
-        return Err(LinkError::Invalid(format!(
-            "the gateway {} is not another address of {}/{}",
-            net.gateway_v4, net.address_v4, net.prefix_v4
-        )));
-    }
-    match (net.address_v6, net.gateway_v6) {
-        (Some(_), _) => alcove_link::check_prefix_v6(net.prefix_v6)?,
-        (None, Some(gw)) => {
-            return Err(LinkError::Invalid(format!("an IPv6 gateway {gw} without an IPv6 address")));
-        }
-        (None, None) => {}
-    }
-    Ok(())
-}
-
-fn same_prefix_v4(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, prefix: u8) -> bool {
-    let mask = u32::from(alcove_link::netmask(prefix));
-    u32::from(a) & mask == u32::from(b) & mask
+    alcove_link::check_ipv4(net.address_v4, net.prefix_v4, net.gateway_v4)?;
+    alcove_link::check_ipv6(net.address_v6, net.prefix_v6, net.gateway_v6)
 }
 
 /// Configures loopback and `net.interface` in this thread's namespace.

@@ -132,6 +132,31 @@ pub fn check_prefix_v6(prefix: u8) -> Result<(), LinkError> {
     Ok(())
 }
 
+/// Checks an IPv4 address, its prefix length and the default gateway: a
+/// usable unicast address, a prefix of at most 32 and a gateway that is
+/// another address inside the prefix (the route needs it on-link).
+pub fn check_ipv4(address: Ipv4Addr, prefix: u8, gateway: Ipv4Addr) -> Result<(), LinkError> {
+    check_prefix_v4(prefix)?;
+    if address.is_unspecified() || address.is_broadcast() || address.is_multicast() {
+        return Err(LinkError::Invalid(format!("{address} is not a usable IPv4 address")));
+    }
+    let mask = u32::from(netmask(prefix));
+    if u32::from(address) & mask != u32::from(gateway) & mask || gateway == address {
+        return Err(LinkError::Invalid(format!("the gateway {gateway} is not another address of {address}/{prefix}")));
+    }
+    Ok(())
+}
+
+/// Checks the optional IPv6 side: a prefix of at most 128 with an
+/// address, and no gateway without an address.
+pub fn check_ipv6(address: Option<Ipv6Addr>, prefix: u8, gateway: Option<Ipv6Addr>) -> Result<(), LinkError> {
+    match (address, gateway) {
+        (Some(_), _) => check_prefix_v6(prefix),
+        (None, Some(gw)) => Err(LinkError::Invalid(format!("an IPv6 gateway {gw} without an IPv6 address"))),
+        (None, None) => Ok(()),
+    }
+}
+
 /// `struct ifreq`: the name and a 24-byte union.
 #[repr(C)]
 struct IfReq {
@@ -257,7 +282,13 @@ pub fn set_mac(interface: &str, mac: [u8; 6]) -> Result<(), LinkError> {
     for (dst, src) in hw.sa_data.iter_mut().zip(mac) {
         *dst = src as libc::c_char;
     }
-    step(libc::AF_INET, "set the MAC address of", n, libc::SIOCSIFHWADDR as libc::Ioctl, &mut IfReq::with_sockaddr(n, hw))
+    step(
+        libc::AF_INET,
+        "set the MAC address of",
+        n,
+        libc::SIOCSIFHWADDR as libc::Ioctl,
+        &mut IfReq::with_sockaddr(n, hw),
+    )
 }
 
 /// Sets the IPv4 address and prefix of `interface` (the kernel adds the
@@ -327,7 +358,8 @@ fn in6(addr: Ipv6Addr) -> libc::in6_addr {
 pub fn add_ipv6(interface: &str, address: Ipv6Addr, prefix: u8) -> Result<(), LinkError> {
     let n = name(interface)?;
     check_prefix_v6(prefix)?;
-    let mut req = libc::in6_ifreq { ifr6_addr: in6(address), ifr6_prefixlen: u32::from(prefix), ifr6_ifindex: index_of(n)? };
+    let mut req =
+        libc::in6_ifreq { ifr6_addr: in6(address), ifr6_prefixlen: u32::from(prefix), ifr6_ifindex: index_of(n)? };
     step(libc::AF_INET6, "add the IPv6 address to", n, libc::SIOCSIFADDR as libc::Ioctl, &mut req)
 }
 
