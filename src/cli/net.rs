@@ -211,14 +211,8 @@ pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<(NetworkSetti
         intercept_ports: opts.tls_intercept_port.clone(),
         secret_violation_ends: opts.on_secret_violation == SecretViolationArg::Terminate,
     };
-    let plan = settings.check().map_err(|e| CliError::msg(e.to_string()))?;
+    let plan = settings.check_for(backend).map_err(|e| CliError::msg(e.to_string()))?;
     if let Some(plan) = &plan {
-        if backend != BackendKind::Jail {
-            return Err(CliError::msg(format!(
-                "--net is available with the jail backend only (use --backend jail; this sandbox would use {})",
-                format!("{backend:?}").to_lowercase()
-            )));
-        }
         for mapping in &plan.ports {
             // Bound and released at once: a taken port fails here, before
             // anything is recorded or started.
