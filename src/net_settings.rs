@@ -132,6 +132,9 @@ pub struct NetworkPlan {
     /// Interception for secrets; set by the sandbox process once it has
     /// read the values and made the CA.
     pub secrets: Option<SecretsPlan>,
+    /// Where accepted live changes are written back
+    /// ([`crate::net_persist`]); set by the sandbox process.
+    pub config_writer: Option<std::sync::Arc<crate::net_persist::ConfigWriter>>,
 }
 
 /// The secrets' part of a running network.
@@ -220,6 +223,7 @@ impl NetworkSettings {
             deny_ends_sandbox: self.deny_ends_sandbox,
             control_socket: None,
             secrets: None,
+            config_writer: None,
         }))
     }
 

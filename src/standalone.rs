@@ -106,6 +106,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let _log_guard = redirect_logs(&log_dir)?;
     if let Some(plan) = network.as_mut() {
         plan.control_socket = Some(crate::net_control::socket_path(&socket_path));
+        plan.config_writer = Some(Arc::new(crate::net_persist::ConfigWriter::new(&cfg, store.options().clone())));
     }
 
     let opts = SandboxOptions {

@@ -227,14 +227,11 @@ fn a_denied_name_is_nxdomain_and_never_asked_upstream() {
     a.ok(&["rm", "-f", "names"]);
 }
 
-#[test]
-fn a_published_port_reaches_a_guest_listener() {
-    let a = Alcove::new();
-    let host_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let mapping = format!("127.0.0.1:{host_port}:8080");
-    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "-p", &mapping, "served"]);
+/// What a guest listener on port 8080 of `name` says to a client of the
+/// host's `host_port`.
+fn through_published_port(a: &Alcove, name: &str, host_port: u16) -> String {
     let mut listener = a
-        .cmd(&["exec", "served", "sh", "-c", "echo from-the-guest | nc -l -p 8080"])
+        .cmd(&["exec", name, "sh", "-c", "echo from-the-guest | nc -l -p 8080"])
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -250,8 +247,17 @@ fn a_published_port_reaches_a_guest_listener() {
         assert!(Instant::now() < end, "the published port never reached the guest's listener");
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(got, "from-the-guest\n");
     let _ = listener.wait();
+    got
+}
+
+#[test]
+fn a_published_port_reaches_a_guest_listener() {
+    let a = Alcove::new();
+    let host_port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mapping = format!("127.0.0.1:{host_port}:8080");
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "-p", &mapping, "served"]);
+    assert_eq!(through_published_port(&a, "served", host_port), "from-the-guest\n");
     // Attempts made before nc listened were reset with nothing moved; the
     // one that reached it carried the guest's line.
     let row = wait_flow(&a, "served", false, |r| r["direction"] == "inbound" && r["bytes_from_guest"] != 0);
@@ -491,4 +497,74 @@ fn a_stopped_networked_sandbox_starts_again_with_its_network() {
     assert_eq!(a.ok(&["exec", "again", "sh", "-c", &nc]), "hello again\n");
     assert_eq!(a.ok(&["port", "ls", "again"]), format!("{mapping}/tcp\n"));
     a.ok(&["rm", "-f", "again"]);
+}
+
+/// The `network` section of `config.json`, what `alcove start` reads.
+fn saved_network(a: &Alcove, name: &str) -> Value {
+    let path = a.home.join("sandboxes").join(name).join("config.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600, "config.json stays 0600");
+    serde_json::from_slice::<Value>(&std::fs::read(path).unwrap()).unwrap()["network"].clone()
+}
+
+#[test]
+fn a_live_policy_change_is_kept_across_a_restart() {
+    let a = Alcove::new();
+    let port = line_server("hello\n");
+    let dns = TestDns::start(&[]);
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "--dns", &dns.addr(), "kept"]);
+    let nc = format!("nc -w 20 10.0.2.2 {port} </dev/null; echo rc=$?");
+    assert_eq!(a.ok(&["exec", "kept", "sh", "-c", &nc]), "hello\nrc=0\n");
+
+    a.ok(&["net", "policy", "kept", "--net", "public", "--net-rule", "deny:*.example.com"]);
+    for network in [a.inspect("kept")["network"].clone(), saved_network(&a, "kept")] {
+        assert_eq!(network["profile"], "public", "{network}");
+        assert_eq!(network["rules"], serde_json::json!(["deny:*.example.com"]), "{network}");
+        assert_eq!(network["dns"], serde_json::json!([dns.addr()]), "the rest is kept: {network}");
+    }
+    // A change that could not start the sandbox again (--dns without a
+    // link) is refused whole: the engine and the configuration keep public.
+    a.run(&["net", "policy", "kept", "--net", "none"]).assert_error("--dns needs a network");
+    assert_eq!(a.inspect("kept")["network"]["profile"], "public");
+    assert!(a.ok(&["exec", "kept", "sh", "-c", &nc]).ends_with("rc=1\n"), "public still runs");
+
+    a.ok(&["stop", "kept"]);
+    a.ok(&["start", "kept"]);
+    // The kept policy holds: public denies the host's loopback.
+    let out = a.ok(&["exec", "kept", "sh", "-c", &nc]);
+    assert!(out.ends_with("rc=1\n"), "{out}");
+    let row = wait_flow(&a, "kept", true, |r| r["remote"] == format!("10.0.2.2:{port}").as_str());
+    assert_eq!(row["decided_by"], "profile public", "{row}");
+    a.ok(&["rm", "-f", "kept"]);
+}
+
+#[test]
+fn a_port_added_at_run_time_is_kept_across_a_restart() {
+    let a = Alcove::new();
+    a.ok(&["create", "--rootfs", &a.rootfs_arg(), "--net", "host", "ported"]);
+    let mapping = a.ok(&["port", "add", "ported", "127.0.0.1:0:8080"]).trim().to_string();
+    let host_port: u16 = mapping.split(':').nth(1).unwrap().parse().unwrap();
+    for network in [a.inspect("ported")["network"].clone(), saved_network(&a, "ported")] {
+        assert_eq!(network["publish"], serde_json::json!([mapping]), "kept as bound: {network}");
+    }
+    // A port the engine cannot publish changes nothing.
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_port = taken.local_addr().unwrap().port();
+    a.run(&["port", "add", "ported", &format!("127.0.0.1:{taken_port}:9090")]).assert_error("cannot publish");
+    assert_eq!(a.inspect("ported")["network"]["publish"], serde_json::json!([mapping]));
+    assert_eq!(saved_network(&a, "ported")["publish"], serde_json::json!([mapping]));
+
+    a.ok(&["stop", "ported"]);
+    a.ok(&["start", "ported"]);
+    assert_eq!(a.ok(&["port", "ls", "ported"]), format!("{mapping}\n"));
+    assert_eq!(through_published_port(&a, "ported", host_port), "from-the-guest\n");
+
+    // A removed port stays removed.
+    a.ok(&["port", "rm", "ported", &mapping]);
+    assert_eq!(a.inspect("ported")["network"]["publish"], serde_json::json!([]));
+    a.ok(&["stop", "ported"]);
+    a.ok(&["start", "ported"]);
+    assert_eq!(a.ok(&["port", "ls", "ported"]), "");
+    assert!(TcpStream::connect(("127.0.0.1", host_port)).is_err(), "a removed port listens after a restart");
+    a.ok(&["rm", "-f", "ported"]);
 }

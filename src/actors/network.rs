@@ -146,7 +146,7 @@ impl NetworkActor {
         let engine = Arc::new(engine);
         if let Some(path) = plan.control_socket {
             // Live changes are a convenience: the network runs without them.
-            match ControlServer::start(path.clone(), Arc::downgrade(&engine), secrets) {
+            match ControlServer::start(path.clone(), Arc::downgrade(&engine), secrets, plan.config_writer.clone()) {
                 Ok(server) => self.control = Some(server),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "no live network control"),
             }
