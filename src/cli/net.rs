@@ -79,8 +79,7 @@ pub enum NetCommand {
     /// Show a sandbox's recorded network flows, oldest first.
     Flows(FlowsArgs),
     /// Replace a running sandbox's network policy at once; flows it no
-    /// longer allows are reset. (The sandbox's next start uses the policy
-    /// it was created with.)
+    /// longer allows are reset. The sandbox's next start keeps it.
     Policy(PolicyArgs),
 }
 
@@ -90,7 +89,7 @@ pub struct PolicyArgs {
     /// The sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// The profile (default: the one the sandbox was created with).
+    /// The profile (default: the sandbox's current one).
     #[arg(long = "net", value_name = "PROFILE")]
     pub net: Option<String>,
     /// The new ordered rules (none given: no rules).
@@ -142,9 +141,10 @@ pub fn secret(cmd: SecretCommand) -> CliResult<i32> {
 /// `alcove port …`: published ports of a running sandbox.
 #[derive(Debug, Subcommand)]
 pub enum PortCommand {
-    /// Publish a guest port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]`.
+    /// Publish a guest port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]`; the
+    /// sandbox's next start publishes it too.
     Add(PortArgs),
-    /// Stop publishing a port.
+    /// Stop publishing a port, now and at the sandbox's next start.
     Rm(PortArgs),
     /// List the published ports.
     Ls(PortLsArgs),
