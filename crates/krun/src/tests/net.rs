@@ -84,15 +84,13 @@ fn without_a_network_there_is_no_device_and_the_backend_must_match_the_plan() {
     let (backend, _engine_end) = krun_backend().expect("frame pair");
     let mut rec = Recorder::default();
     let err = apply(&plan, Box::new(port::AgentPort::new(g)), Some(Box::new(backend)), Box::new(|_| {}), &mut rec)
-        .err()
-        .expect("a backend for a plan without a network");
+        .expect_err("a backend for a plan without a network");
     assert!(err.to_string().contains("without one"), "{err}");
 
     let with_net = plan_of(&f, &f.config(), &networked(&f)).expect("plan");
     let (_h, g) = alcove_backend::console::channel().expect("pair");
     let err = apply(&with_net, Box::new(port::AgentPort::new(g)), None, Box::new(|_| {}), &mut Recorder::default())
-        .err()
-        .expect("a networked plan without a backend");
+        .expect_err("a networked plan without a backend");
     assert!(err.to_string().contains("no backend"), "{err}");
 }
 
@@ -111,7 +109,7 @@ fn bad_network_settings_are_refused_before_anything_is_created() {
     assert_eq!(MAX_VM_MTU, 1500);
     for (net, want) in cases {
         let spec = GuestSpec { network: Some(net), ..f.spec() };
-        let err = plan_of(&f, &f.config(), &spec).err().expect(want);
+        let err = plan_of(&f, &f.config(), &spec).expect_err(want);
         assert!(matches!(err, BackendError::InvalidConfig(_)), "{err}");
         let msg = err.to_string();
         assert!(msg.contains(want) && !msg.contains('\n'), "{want}: {msg}");
