@@ -21,6 +21,7 @@ pub mod failpoint;
 pub mod liveness;
 pub mod messages;
 pub mod net_control;
+pub mod net_persist;
 pub mod net_settings;
 pub mod run_end;
 pub mod sandbox;

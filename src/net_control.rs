@@ -15,7 +15,12 @@
 //! - A request is applied whole or not at all: a malformed policy or
 //!   mapping is refused with one line before the engine sees it; a policy
 //!   replaces the running one atomically (the engine's `set_policy`).
+//! - With a [`ConfigWriter`], a change the engine accepted is then written
+//!   into the sandbox's configuration ([`crate::net_persist`]), one request
+//!   at a time on this thread; a policy whose settings could not start the
+//!   sandbox again is refused before the engine sees it.
 
+use crate::net_persist::{Change, ConfigWriter};
 use alcove_net::policy::{Policy, Profile, Rule};
 use alcove_net::secrets::Secrets;
 use alcove_net::{Network, PortMapping};
@@ -25,7 +30,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 /// One request.
@@ -117,7 +122,16 @@ pub fn parse_policy(profile: &str, rules: &[String]) -> Result<Policy, alcove_ne
     Ok(Policy { profile, rules })
 }
 
-fn apply(net: &Network, secrets: Option<&Secrets>, request: Request) -> Response {
+/// Writes an accepted change back; the engine already runs it, which the
+/// error says.
+fn saved(writer: Option<&ConfigWriter>, change: Change<'_>, answer: Response) -> Response {
+    match writer.map(|w| w.save(change)) {
+        Some(Err(e)) => Response::error(format!("the change runs but was not saved for the next start: {e}")),
+        _ => answer,
+    }
+}
+
+fn apply(net: &Network, secrets: Option<&Secrets>, writer: Option<&ConfigWriter>, request: Request) -> Response {
     match request {
         Request::SetSecret { name, value } => match secrets {
             None => Response::error("this sandbox has no secrets"),
@@ -126,24 +140,34 @@ fn apply(net: &Network, secrets: Option<&Secrets>, request: Request) -> Response
                 Err(e) => Response::error(e),
             },
         },
-        Request::SetPolicy { profile, rules } => match parse_policy(&profile, &rules) {
-            Err(e) => Response::error(e),
-            Ok(policy) => match net.set_policy(policy) {
-                Ok(n) => Response { revoked: Some(n), ..Response::default() },
+        Request::SetPolicy { profile, rules } => {
+            let change = Change::Policy { profile: &profile, rules: &rules };
+            let checked = parse_policy(&profile, &rules)
+                .map_err(|e| e.to_string())
+                .and_then(|policy| writer.map_or(Ok(()), |w| w.preview(change)).map(|()| policy));
+            match checked {
                 Err(e) => Response::error(e),
-            },
-        },
+                Ok(policy) => match net.set_policy(policy) {
+                    Ok(n) => saved(writer, change, Response { revoked: Some(n), ..Response::default() }),
+                    Err(e) => Response::error(e),
+                },
+            }
+        }
         Request::AddPort { mapping } => match mapping.parse::<PortMapping>() {
             Err(e) => Response::error(e),
             Ok(m) => match net.add_port(m) {
-                Ok(bound) => Response { ports: vec![mapping_text(&bound)], ..Response::default() },
+                Ok(bound) => saved(
+                    writer,
+                    Change::PortAdded(bound),
+                    Response { ports: vec![mapping_text(&bound)], ..Response::default() },
+                ),
                 Err(e) => Response::error(e),
             },
         },
         Request::RemovePort { mapping } => match mapping.parse::<PortMapping>() {
             Err(e) => Response::error(e),
             Ok(m) => match net.remove_port(&m) {
-                Ok(true) => Response::default(),
+                Ok(true) => saved(writer, Change::PortRemoved(m), Response::default()),
                 Ok(false) => Response::error(format!("{} is not published", mapping_text(&m))),
                 Err(e) => Response::error(e),
             },
@@ -163,8 +187,14 @@ pub struct ControlServer {
 
 impl ControlServer {
     /// Binds `path` (0600) and serves requests on the `alcove-net-control`
-    /// thread while `engine` lives.
-    pub fn start(path: PathBuf, engine: Weak<Network>, secrets: Option<Secrets>) -> std::io::Result<ControlServer> {
+    /// thread while `engine` lives; accepted changes are written back
+    /// through `writer` when there is one.
+    pub fn start(
+        path: PathBuf,
+        engine: Weak<Network>,
+        secrets: Option<Secrets>,
+        writer: Option<Arc<ConfigWriter>>,
+    ) -> std::io::Result<ControlServer> {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -172,7 +202,9 @@ impl ControlServer {
         let listener = UnixListener::bind(&path)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         let serving = listener.try_clone()?;
-        std::thread::Builder::new().name("alcove-net-control".into()).spawn(move || serve(serving, engine, secrets))?;
+        std::thread::Builder::new()
+            .name("alcove-net-control".into())
+            .spawn(move || serve(serving, engine, secrets, writer))?;
         Ok(ControlServer { listener, path })
     }
 }
@@ -202,7 +234,12 @@ fn peer_uid(stream: &UnixStream) -> Option<u32> {
     (rc == 0).then_some(cred.uid)
 }
 
-fn serve(listener: UnixListener, engine: Weak<Network>, secrets: Option<Secrets>) {
+fn serve(
+    listener: UnixListener,
+    engine: Weak<Network>,
+    secrets: Option<Secrets>,
+    config_writer: Option<Arc<ConfigWriter>>,
+) {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     for stream in listener.incoming() {
@@ -219,7 +256,7 @@ fn serve(listener: UnixListener, engine: Weak<Network>, secrets: Option<Secrets>
             continue;
         }
         let answer = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => apply(&net, secrets.as_ref(), request),
+            Ok(request) => apply(&net, secrets.as_ref(), config_writer.as_deref(), request),
             Err(e) => Response::error(format!("malformed request: {e}")),
         };
         drop(net);
@@ -260,7 +297,8 @@ mod tests {
             hosts: vec!["a.test".parse().unwrap()],
             value: Arc::new(b"old".to_vec()),
         }]);
-        let server = ControlServer::start(socket_path(&agent), Arc::downgrade(&net), Some(secrets.clone())).unwrap();
+        let server =
+            ControlServer::start(socket_path(&agent), Arc::downgrade(&net), Some(secrets.clone()), None).unwrap();
         let set = |name: &str| Request::SetSecret { name: name.into(), value: RedactedValue("new".into()) };
         assert_eq!(call(&agent, &set("KEY")).unwrap(), Response::default());
         assert_eq!(secrets.snapshot()[0].value.as_slice(), b"new");

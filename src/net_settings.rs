@@ -10,6 +10,7 @@
 //!   `--net` other than `none`, or any rule or published port. Without one
 //!   it keeps loopback only and no engine starts.
 
+use crate::config::BackendKind;
 use alcove_backend::GuestNetwork;
 use alcove_net::policy::{Policy, Profile, Rule};
 use alcove_net::{AddressPlan, NetConfig, PortMapping};
@@ -20,9 +21,23 @@ use std::net::{IpAddr, SocketAddr};
 /// TAP carries, as slirp4netns uses. Each frame costs the engine a read or
 /// write and a pass through smoltcp, so bulk TCP runs several times faster
 /// than at 1500 (BENCHMARKS.md, "The network against slirp4netns and
-/// pasta"). A
-/// microVM's virtio-net without mergeable buffers will need 1500.
+/// pasta").
 pub const TAP_LINK_MTU: usize = 65520;
+
+/// The MTU of a microVM's link (its virtio-net and the engine): msb_krun's
+/// device negotiates no mergeable receive buffers, so the guest's driver
+/// drops any frame longer than 1518 bytes.
+pub const VM_LINK_MTU: usize = alcove_krun::plan::MAX_VM_MTU as usize;
+
+/// The link MTU of a backend's guest; `None`: the backend has no link
+/// (the mock's scripted guest).
+pub fn link_mtu(backend: BackendKind) -> Option<usize> {
+    match backend {
+        BackendKind::Jail => Some(TAP_LINK_MTU),
+        BackendKind::Krun => Some(VM_LINK_MTU),
+        BackendKind::Mock => None,
+    }
+}
 
 /// The `network` section of a sandbox's configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -97,6 +112,9 @@ pub enum NetworkSettingsError {
     /// An intercepted port of 0.
     #[error("--tls-intercept-port 0 is not a port")]
     InterceptPort,
+    /// A network asked of a backend whose guest has no link.
+    #[error("--net is not available with the {0} backend (use the jail or krun backend)")]
+    NoLink(&'static str),
 }
 
 /// Settings checked into what the engine takes.
@@ -114,6 +132,9 @@ pub struct NetworkPlan {
     /// Interception for secrets; set by the sandbox process once it has
     /// read the values and made the CA.
     pub secrets: Option<SecretsPlan>,
+    /// Where accepted live changes are written back
+    /// ([`crate::net_persist`]); set by the sandbox process.
+    pub config_writer: Option<std::sync::Arc<crate::net_persist::ConfigWriter>>,
 }
 
 /// The secrets' part of a running network.
@@ -141,7 +162,22 @@ impl NetworkSettings {
             || !self.secrets.is_empty()
     }
 
-    /// Parses everything; `Ok(None)` for a sandbox without a link.
+    /// [`NetworkSettings::check`] for a guest of `backend`: the link's MTU
+    /// is that backend's ([`link_mtu`]), and a backend without a link
+    /// refuses a network.
+    pub fn check_for(&self, backend: BackendKind) -> Result<Option<NetworkPlan>, NetworkSettingsError> {
+        let Some(mut plan) = self.check()? else { return Ok(None) };
+        plan.config.mtu = link_mtu(backend).ok_or(NetworkSettingsError::NoLink(match backend {
+            BackendKind::Jail => "jail",
+            BackendKind::Krun => "krun",
+            BackendKind::Mock => "mock",
+        }))?;
+        Ok(Some(plan))
+    }
+
+    /// Parses everything; `Ok(None)` for a sandbox without a link. The
+    /// link's MTU is a jail's ([`NetworkSettings::check_for`] sets the
+    /// backend's).
     pub fn check(&self) -> Result<Option<NetworkPlan>, NetworkSettingsError> {
         let profile = match &self.profile {
             Some(p) => p.parse::<Profile>()?,
@@ -187,6 +223,7 @@ impl NetworkSettings {
             deny_ends_sandbox: self.deny_ends_sandbox,
             control_socket: None,
             secrets: None,
+            config_writer: None,
         }))
     }
 
@@ -266,6 +303,18 @@ mod tests {
         // Rules alone ask for a link with the default profile.
         let rules_only = NetworkSettings { rules: vec!["allow:10.0.0.0/8".into()], ..NetworkSettings::default() };
         assert_eq!(rules_only.check().unwrap().unwrap().config.policy.profile, Profile::Public);
+    }
+
+    #[test]
+    fn each_backend_gets_its_link_mtu_and_the_mock_none() {
+        let s = settings(Some("public"));
+        let jail = s.check_for(BackendKind::Jail).unwrap().expect("a link");
+        assert_eq!((jail.config.mtu, jail.guest_link().mtu as usize), (TAP_LINK_MTU, TAP_LINK_MTU));
+        let krun = s.check_for(BackendKind::Krun).unwrap().expect("a link");
+        assert_eq!((krun.config.mtu, krun.guest_link().mtu as usize), (1500, 1500));
+        let e = s.check_for(BackendKind::Mock).expect_err("the mock has no link").to_string();
+        assert_eq!(e, "--net is not available with the mock backend (use the jail or krun backend)");
+        assert!(settings(None).check_for(BackendKind::Mock).unwrap().is_none(), "no network asked: fine");
     }
 
     #[test]

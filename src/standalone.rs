@@ -106,6 +106,7 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     let _log_guard = redirect_logs(&log_dir)?;
     if let Some(plan) = network.as_mut() {
         plan.control_socket = Some(crate::net_control::socket_path(&socket_path));
+        plan.config_writer = Some(Arc::new(crate::net_persist::ConfigWriter::new(&cfg, store.options().clone())));
     }
 
     let opts = SandboxOptions {
@@ -151,17 +152,10 @@ fn run_inner(config_path: &Path) -> Result<i32, String> {
     })
 }
 
-/// The network engine's settings, checked again from the stored config;
-/// only the jail backend has a link today.
+/// The network engine's settings, checked again from the stored config,
+/// with the link MTU of the sandbox's backend.
 fn network_plan(cfg: &SandboxConfig) -> Result<Option<crate::net_settings::NetworkPlan>, String> {
-    let plan = cfg.network.check().map_err(|e| e.to_string())?;
-    if plan.is_some() && cfg.backend.kind() != BackendKind::Jail {
-        return Err(format!(
-            "--net is available with the jail backend only (this sandbox uses {:?})",
-            cfg.backend.kind()
-        ));
-    }
-    Ok(plan)
+    cfg.network.check_for(cfg.backend.kind()).map_err(|e| e.to_string())
 }
 
 /// Fills in what a real guest needs and the config may leave out: the static

@@ -47,6 +47,8 @@ fn main() {
     println!("cargo:rerun-if-changed={}", workspace.join("crates/agent/Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", workspace.join("crates/protocol/src").display());
     println!("cargo:rerun-if-changed={}", workspace.join("crates/protocol/Cargo.toml").display());
+    println!("cargo:rerun-if-changed={}", workspace.join("crates/link/src").display());
+    println!("cargo:rerun-if-changed={}", workspace.join("crates/link/Cargo.toml").display());
     println!("cargo:rerun-if-changed={}", workspace.join("Cargo.lock").display());
     println!("cargo:rerun-if-env-changed=ALCOVE_AGENT_PREBUILT");
 

@@ -2,7 +2,8 @@
 //! ([`alcove_net::Network`]) when the sandbox has a link.
 //!
 //! - It starts the engine when the backend hands over the guest's link
-//!   ([`StartNetwork`]), publishing the configured ports (bound then: a
+//!   ([`StartNetwork`]: a jail's TAP or a microVM's frame pair; the same
+//!   engine, policy, DNS and records either way), publishing the configured ports (bound then: a
 //!   port taken since `create` checked it ends the sandbox with
 //!   InternalError rather than running without it).
 //! - A forwarding thread (`alcove-net-events`) turns the engine's event
@@ -33,7 +34,7 @@ use crate::net_settings::NetworkPlan;
 use crate::store::{FlowRow, TerminationReason};
 use actix::prelude::*;
 use alcove_backend::NetworkDevice;
-use alcove_net::device::TapDevice;
+use alcove_net::device::{FrameDevice, PairDevice, TapDevice};
 use alcove_net::policy::DecidedBy;
 use alcove_net::ports::BoundPort;
 use alcove_net::{CloseReason, Counters, Direction, FlowRecord, NetEvent, Network};
@@ -117,8 +118,9 @@ impl NetworkActor {
 
     fn start_engine(&mut self, device: NetworkDevice, ctx: &mut Context<Self>) -> Result<(), String> {
         let plan = self.plan.take().ok_or("the guest has a link but the sandbox has no network settings")?;
-        let device = match device {
-            NetworkDevice::Tap { fd, name } => TapDevice::from_fd(fd, name),
+        let device: Box<dyn FrameDevice> = match device {
+            NetworkDevice::Tap { fd, name } => Box::new(TapDevice::from_fd(fd, name)),
+            NetworkDevice::FramePair { fd } => Box::new(PairDevice::from_fd(fd)),
         };
         let ports = plan.ports.iter().map(|m| BoundPort::bind(*m)).collect::<Result<Vec<_>, _>>();
         let ports = ports.map_err(|e| e.to_string())?;
@@ -127,8 +129,8 @@ impl NetworkActor {
             Box::new(alcove_net::secrets::SecretsInterceptor::new(s.config))
                 as Box<dyn alcove_net::intercept::Interceptor>
         });
-        let (engine, events) = Network::start_with_interceptor(plan.config, Box::new(device), ports, interceptor)
-            .map_err(|e| e.to_string())?;
+        let (engine, events) =
+            Network::start_with_interceptor(plan.config, device, ports, interceptor).map_err(|e| e.to_string())?;
         let addr = ctx.address();
         std::thread::Builder::new()
             .name("alcove-net-events".into())
@@ -144,7 +146,7 @@ impl NetworkActor {
         let engine = Arc::new(engine);
         if let Some(path) = plan.control_socket {
             // Live changes are a convenience: the network runs without them.
-            match ControlServer::start(path.clone(), Arc::downgrade(&engine), secrets) {
+            match ControlServer::start(path.clone(), Arc::downgrade(&engine), secrets, plan.config_writer.clone()) {
                 Ok(server) => self.control = Some(server),
                 Err(e) => tracing::warn!(path = %path.display(), error = %e, "no live network control"),
             }

@@ -79,8 +79,7 @@ pub enum NetCommand {
     /// Show a sandbox's recorded network flows, oldest first.
     Flows(FlowsArgs),
     /// Replace a running sandbox's network policy at once; flows it no
-    /// longer allows are reset. (The sandbox's next start uses the policy
-    /// it was created with.)
+    /// longer allows are reset. The sandbox's next start keeps it.
     Policy(PolicyArgs),
 }
 
@@ -90,7 +89,7 @@ pub struct PolicyArgs {
     /// The sandbox.
     #[arg(value_name = "NAME")]
     pub name: String,
-    /// The profile (default: the one the sandbox was created with).
+    /// The profile (default: the sandbox's current one).
     #[arg(long = "net", value_name = "PROFILE")]
     pub net: Option<String>,
     /// The new ordered rules (none given: no rules).
@@ -142,9 +141,10 @@ pub fn secret(cmd: SecretCommand) -> CliResult<i32> {
 /// `alcove port …`: published ports of a running sandbox.
 #[derive(Debug, Subcommand)]
 pub enum PortCommand {
-    /// Publish a guest port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]`.
+    /// Publish a guest port: `[HOST_IP:]HOST_PORT:GUEST_PORT[/udp]`; the
+    /// sandbox's next start publishes it too.
     Add(PortArgs),
-    /// Stop publishing a port.
+    /// Stop publishing a port, now and at the sandbox's next start.
     Rm(PortArgs),
     /// List the published ports.
     Ls(PortLsArgs),
@@ -211,14 +211,8 @@ pub fn settings(opts: &NetOpts, backend: BackendKind) -> CliResult<(NetworkSetti
         intercept_ports: opts.tls_intercept_port.clone(),
         secret_violation_ends: opts.on_secret_violation == SecretViolationArg::Terminate,
     };
-    let plan = settings.check().map_err(|e| CliError::msg(e.to_string()))?;
+    let plan = settings.check_for(backend).map_err(|e| CliError::msg(e.to_string()))?;
     if let Some(plan) = &plan {
-        if backend != BackendKind::Jail {
-            return Err(CliError::msg(format!(
-                "--net is available with the jail backend only (use --backend jail; this sandbox would use {})",
-                format!("{backend:?}").to_lowercase()
-            )));
-        }
         for mapping in &plan.ports {
             // Bound and released at once: a taken port fails here, before
             // anything is recorded or started.

@@ -247,6 +247,11 @@ fn vm_setup(config: &AgentConfig) -> Result<Fd, String> {
     let root = vm::open_boot_root().map_err(|e| format!("cannot open the boot root: {e}"))?;
     vm::assemble_root(boot).map_err(|e| format!("cannot assemble the root filesystem: {e}"))?;
     mounts::run_best_effort(&mounts::base_plan(&mounts::mounted_points(), true));
+    // Before the channel opens: no command can run on a half-made link.
+    if let Some(net) = &boot.network {
+        crate::net::configure(net).map_err(|e| format!("cannot configure the network: {e}"))?;
+        log!("network: {} {}/{} via {}, MTU {}", net.interface, net.address_v4, net.prefix_v4, net.gateway_v4, net.mtu);
+    }
     vm::console_stdio();
     mounts::setup_ptmx();
     mounts::set_hostname(&config.hostname);

@@ -13,6 +13,7 @@ pub mod fsops;
 pub mod logging;
 pub mod mounts;
 pub mod names;
+pub mod net;
 pub mod oom;
 pub mod server;
 pub mod spawn;

@@ -446,6 +446,7 @@ mod tests {
             mounts: vec![VmMount { tag: "data".into(), guest_path: "/data".into(), readonly: true }],
             volumes: vec![VmVolume { device_id: "vol1".into(), guest_path: "/var/lib/db".into(), readonly: false }],
             name_files: vec![],
+            network: None,
         };
         let st = Stage::new("/.alcove/stage");
         let plan = vm_root_plan(&boot, &st).expect("plan");
@@ -489,6 +490,7 @@ mod tests {
             mounts: vec![],
             volumes: vec![],
             name_files: vec![],
+            network: None,
         };
         let plan = vm_root_plan(&boot, &Stage::new("/s")).expect("plan");
         assert!(plan.contains(&mount("rootfs", "/s/lower", "virtiofs", flags::RDONLY, None)));
@@ -505,6 +507,7 @@ mod tests {
             mounts: vec![VmMount { tag: "x".into(), guest_path: "/a/../../etc".into(), readonly: false }],
             volumes: vec![],
             name_files: vec![],
+            network: None,
         };
         assert!(matches!(vm_root_plan(&boot, &Stage::new("/s")), Err(MountError::BadGuestPath(_))));
         assert_eq!(under("/s/root", "/"), "/s/root");

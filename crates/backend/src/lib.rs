@@ -89,7 +89,8 @@ pub struct Launched {
     /// Ends the guest and reads its usage; shared with the Vm actor.
     pub control: Arc<dyn GuestControl>,
     /// The host end of the guest's network link when the spec asked for
-    /// one: a TAP device's descriptor (a jail). `None` otherwise.
+    /// one: a TAP device's descriptor (a jail) or the engine's end of a
+    /// frame pair (a microVM). `None` otherwise.
     pub network_device: Option<NetworkDevice>,
 }
 
@@ -103,6 +104,13 @@ pub enum NetworkDevice {
         fd: std::os::fd::OwnedFd,
         /// The interface's name inside the guest.
         name: String,
+    },
+    /// One end of an `AF_UNIX` `SOCK_SEQPACKET` pair (non-blocking, one
+    /// message per Ethernet frame, no virtio header) whose other end the
+    /// microVM's virtio-net device reads and writes.
+    FramePair {
+        /// The engine's end.
+        fd: std::os::fd::OwnedFd,
     },
 }
 

@@ -123,6 +123,6 @@ fn a_networked_jail_has_eth0_configured_before_pid1_runs() {
     assert!(out.contains("mtu=1500"), "{out}");
     match device {
         Some(NetworkDevice::Tap { name, .. }) => assert_eq!(name, "eth0"),
-        None => panic!("no TAP descriptor handed to the host"),
+        other => panic!("no TAP descriptor handed to the host: {other:?}"),
     }
 }

@@ -31,6 +31,14 @@
 //!   mutating request refused with `EROFS`), so guest root cannot remount
 //!   them read-write and change the host directory; the root disk and
 //!   read-only volumes are attached read-only by msb_krun's virtio-blk;
+//! - with a network (`GuestSpec::network`), one virtio-net device with the
+//!   guest's MAC whose backend is the engine's msb_krun adapter
+//!   (`alcove_net::device::krun`): the virtio-net worker reads and writes
+//!   one end of a frame pair, and the other end goes back to the sandbox
+//!   process as `Launched::network_device` (`NetworkDevice::FramePair`),
+//!   where the Network actor runs the same engine a jail's TAP gets; the
+//!   agent configures `eth0` (MTU at most 1500, address, routes) before any
+//!   command runs;
 //! - the guest console (hvc0: kernel log, agent stderr) goes to a pipe that
 //!   a host thread copies into the bounded, rotating `GuestSpec::guest_log`
 //!   ([`alcove_backend::guest_log`]); msb_krun opens the pipe by its
@@ -63,7 +71,7 @@ pub use plan::{HostLimits, VmPlan};
 
 use alcove_backend::guest_log::{log_pipe, LogPump, GUEST_LOG_LIMITS};
 use alcove_backend::{
-    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched,
+    BackendError, ExitObserver, GuestBackend, GuestControl, GuestExit, GuestRunner, GuestSpec, Launched, NetworkDevice,
 };
 use msb_krun::{ExitHandle, Vm};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -159,8 +167,19 @@ impl GuestBackend for KrunBackend {
             tracing::info!(code, reported = exit.code, detail = ?exit.detail, "microVM exited");
             hook_state.report(exit);
         });
+        // The guest's link: msb_krun's virtio-net worker drives one end of a
+        // frame pair, the sandbox process's engine the other.
+        let (net_backend, network_device) = match &plan.net {
+            Some(_) => {
+                let (backend, engine_end) = alcove_net::device::krun::krun_backend()
+                    .map_err(|e| BackendError::io("cannot create the network link", e))?;
+                let backend: Box<dyn msb_krun::backends::net::NetBackend + Send> = Box::new(backend);
+                (Some(backend), Some(NetworkDevice::FramePair { fd: engine_end.into_fd() }))
+            }
+            None => (None, None),
+        };
         let mut builder = seam::KrunBuilder::new();
-        seam::apply(&plan, Box::new(port::AgentPort::new(guest_end)), hook, &mut builder)?;
+        seam::apply(&plan, Box::new(port::AgentPort::new(guest_end)), net_backend, hook, &mut builder)?;
         let vm = builder.build().map_err(|e| BackendError::Setup(format!("cannot build the microVM: {e}")))?;
         let _ = state.guest_code.set(vm.exit_code());
         let control = Arc::new(KrunControl { exit: vm.exit_handle(), state: Arc::clone(&state) });
@@ -168,7 +187,7 @@ impl GuestBackend for KrunBackend {
             agent_channel: host_end,
             runner: Box::new(KrunRunner { vm, state, _console: console }),
             control,
-            network_device: None,
+            network_device,
         })
     }
 }

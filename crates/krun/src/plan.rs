@@ -22,13 +22,19 @@
 //! - The agent is copied, never hard-linked: guest root can write to the
 //!   trampoline through virtio-fs, and a hard link would let it alter the
 //!   shared host binary other sandboxes run.
+//! - A guest with a network gets one virtio-net device (the guest's MAC,
+//!   [`NetPlan`]) and the agent configures its `eth0` from
+//!   `VmBoot::network` before any command runs. Its MTU is at most
+//!   [`MAX_VM_MTU`]: msb_krun's virtio-net negotiates neither offloads nor
+//!   mergeable receive buffers, so the guest's driver posts 1518-byte
+//!   buffers and drops any longer frame.
 //! - Command environment travels in the agent's JSON config (mode 0600), not
 //!   on the kernel command line, which the guest can read in /proc/cmdline,
 //!   is length-limited and cannot carry quotes or control bytes.
 
 use crate::config::{DiskFormat, KrunConfig, KrunRoot, KrunVolume};
-use alcove_backend::{BackendError, GuestSpec};
-use alcove_protocol::agent_config::{AgentConfig, AgentMode, NameFile, VmBoot, VmMount, VmRoot, VmVolume};
+use alcove_backend::{BackendError, GuestNetwork, GuestSpec};
+use alcove_protocol::agent_config::{AgentConfig, AgentMode, NameFile, VmBoot, VmMount, VmNetwork, VmRoot, VmVolume};
 use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -56,6 +62,9 @@ pub const DEFAULT_CPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 512;
 /// Longest block id the guest can see (virtio-blk serial).
 pub const MAX_DISK_ID: usize = 20;
+
+/// Largest link MTU of a microVM (see the module docs).
+pub const MAX_VM_MTU: u32 = 1500;
 
 /// The host limits the plan is checked against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,6 +122,14 @@ pub struct ExecPlan {
     pub workdir: String,
 }
 
+/// The guest's virtio-net device; its backend is the network engine's
+/// adapter, made at launch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetPlan {
+    /// The guest's MAC address (the device's config space).
+    pub mac: [u8; 6],
+}
+
 /// Everything the VM is built from, checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmPlan {
@@ -142,6 +159,8 @@ pub struct VmPlan {
     pub agent_config: AgentConfig,
     /// The writable layer directory (created at launch).
     pub upper_dir: PathBuf,
+    /// The network device; `None`: no network (loopback only).
+    pub net: Option<NetPlan>,
 }
 
 fn invalid(msg: String) -> BackendError {
@@ -261,6 +280,8 @@ pub fn plan_with_krunfw(
         }
     }
 
+    let network = spec.network.as_ref().map(check_network).transpose()?;
+
     let agent_config = AgentConfig {
         hostname: spec.name.clone(),
         mode: AgentMode::Vm,
@@ -276,6 +297,7 @@ pub fn plan_with_krunfw(
                 .into_iter()
                 .map(|(path, content)| NameFile { path: path.into(), content })
                 .collect(),
+            network,
         }),
         heartbeat_ms: spec.heartbeat.map(|d| d.as_millis().clamp(1, u32::MAX as u128) as u32),
     };
@@ -297,6 +319,36 @@ pub fn plan_with_krunfw(
         agent_source,
         agent_config,
         upper_dir,
+        net: spec.network.as_ref().map(|n| NetPlan { mac: n.mac }),
+    })
+}
+
+/// Checks the guest's link as the agent will ([`alcove_link`]) and against
+/// the VM's MTU limit; returns what the agent configures.
+fn check_network(net: &GuestNetwork) -> Result<VmNetwork, BackendError> {
+    let bad = |e: alcove_link::LinkError| invalid(format!("network: {e}"));
+    alcove_link::check_name(&net.interface).map_err(bad)?;
+    alcove_link::check_mtu(net.mtu).map_err(bad)?;
+    if net.mtu > MAX_VM_MTU {
+        return Err(invalid(format!(
+            "network: MTU {} is larger than a microVM's link carries ({MAX_VM_MTU})",
+            net.mtu
+        )));
+    }
+    alcove_link::check_ipv4(net.address_v4, net.prefix_v4, net.gateway_v4).map_err(bad)?;
+    alcove_link::check_ipv6(net.address_v6, net.prefix_v6, net.gateway_v6).map_err(bad)?;
+    if net.mac[0] & 1 == 1 || net.mac == [0; 6] {
+        return Err(invalid(format!("network: MAC address {:02x?} is not a unicast address", net.mac)));
+    }
+    Ok(VmNetwork {
+        interface: net.interface.clone(),
+        mtu: net.mtu,
+        address_v4: net.address_v4,
+        prefix_v4: net.prefix_v4,
+        gateway_v4: net.gateway_v4,
+        address_v6: net.address_v6,
+        prefix_v6: net.prefix_v6,
+        gateway_v6: net.gateway_v6,
     })
 }
 

@@ -15,11 +15,17 @@
 //! tag `/dev/root` that `fs.root` would give it (the kernel mounts its root
 //! by that tag) and its `ioctl` reaches the passthrough unchanged, so the
 //! guest's exit-code report still lands in the VM's exit-code cell.
+//!
+//! A plan with a network ([`VmPlan::net`]) gets exactly one virtio-net
+//! device with the plan's MAC and the backend the caller made (the
+//! engine's adapter); a plan without one gets none, and [`apply`] refuses
+//! a backend that does not match the plan either way.
 
 use crate::config::DiskFormat;
 use crate::plan::{DiskPlan, ExecPlan, VmPlan};
 use crate::sharefs::{ShareFs, ShareMode};
 use alcove_backend::BackendError;
+use msb_krun::backends::net::NetBackend;
 use msb_krun::{ConsolePortBackend, DiskImageFormat, Vm, VmBuilder};
 use std::path::Path;
 
@@ -41,6 +47,8 @@ pub trait VmConfigurator {
     fn console_output(&mut self, path: &Path);
     /// A named virtio-console port.
     fn console_port(&mut self, name: &str, backend: Box<dyn ConsolePortBackend>);
+    /// A virtio-net device with this MAC, served by `backend`.
+    fn net(&mut self, mac: [u8; 6], backend: Box<dyn NetBackend + Send>);
     /// What init runs.
     fn exec(&mut self, exec: &ExecPlan);
     /// The exit hook, called with the VMM's exit code.
@@ -55,14 +63,22 @@ fn share_fs(dir: &Path, mode: ShareMode) -> Result<ShareFs, BackendError> {
     ShareFs::new(dir, mode).map_err(|e| BackendError::Setup(e.to_string()))
 }
 
-/// Applies a plan: every field becomes a builder call. Fails only if a
-/// share's backend cannot be created.
+/// Applies a plan: every field becomes a builder call. `net` is the
+/// virtio-net backend, given exactly when the plan has a network. Fails if
+/// it is not, or if a share's backend cannot be created.
 pub fn apply(
     plan: &VmPlan,
     agent_port: Box<dyn ConsolePortBackend>,
+    net: Option<Box<dyn NetBackend + Send>>,
     on_exit: Box<dyn Fn(i32) + Send + 'static>,
     c: &mut dyn VmConfigurator,
 ) -> Result<(), BackendError> {
+    let net = match (&plan.net, net) {
+        (Some(device), Some(backend)) => Some((device.mac, backend)),
+        (None, None) => None,
+        (Some(_), None) => return Err(BackendError::Setup("the plan has a network but no backend was given".into())),
+        (None, Some(_)) => return Err(BackendError::Setup("a network backend was given to a plan without one".into())),
+    };
     c.machine(plan.vcpus, plan.memory_mib);
     c.krunfw(&plan.krunfw);
     c.init_path(&plan.init_path);
@@ -76,6 +92,9 @@ pub fn apply(
     }
     c.console_output(&plan.console_output);
     c.console_port(&plan.agent_port, agent_port);
+    if let Some((mac, backend)) = net {
+        c.net(mac, backend);
+    }
     c.exec(&plan.exec);
     c.on_exit(on_exit);
     Ok(())
@@ -137,6 +156,9 @@ impl VmConfigurator for KrunBuilder {
     }
     fn console_port(&mut self, name: &str, backend: Box<dyn ConsolePortBackend>) {
         self.with(|b| b.console(|c| c.custom(name, backend)));
+    }
+    fn net(&mut self, mac: [u8; 6], backend: Box<dyn NetBackend + Send>) {
+        self.with(|b| b.net(|n| n.mac(mac).custom(backend)));
     }
     fn exec(&mut self, e: &ExecPlan) {
         self.with(|b| b.exec(|x| x.path(&e.path).args(&e.args).workdir(&e.workdir)));

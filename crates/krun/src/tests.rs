@@ -31,6 +31,7 @@ enum Call {
     Disk(DiskPlan),
     ConsoleOutput(PathBuf),
     ConsolePort(String),
+    Net([u8; 6]),
     Exec(ExecPlan),
     OnExit,
 }
@@ -43,6 +44,7 @@ struct Recorder {
     /// Every share's backend with its tag, the root share's included.
     shares: Vec<(String, ShareFs)>,
     hooks: Vec<Box<dyn Fn(i32) + Send>>,
+    nets: Vec<Box<dyn msb_krun::backends::net::NetBackend + Send>>,
 }
 
 impl VmConfigurator for Recorder {
@@ -72,6 +74,10 @@ impl VmConfigurator for Recorder {
     fn console_port(&mut self, name: &str, backend: Box<dyn ConsolePortBackend>) {
         self.calls.push(Call::ConsolePort(name.into()));
         self.ports.push(backend);
+    }
+    fn net(&mut self, mac: [u8; 6], backend: Box<dyn msb_krun::backends::net::NetBackend + Send>) {
+        self.calls.push(Call::Net(mac));
+        self.nets.push(backend);
     }
     fn exec(&mut self, exec: &ExecPlan) {
         self.calls.push(Call::Exec(exec.clone()));
@@ -196,6 +202,7 @@ fn every_field_reaches_the_builder() {
     apply(
         &plan,
         Box::new(port::AgentPort::new(guest_end)),
+        None,
         Box::new(move |code| {
             hc.store(code as usize, Ordering::SeqCst);
         }),
@@ -273,6 +280,7 @@ fn every_field_reaches_the_builder() {
                     .into_iter()
                     .map(|(path, content)| alcove_protocol::agent_config::NameFile { path: path.into(), content })
                     .collect(),
+                network: None,
             }),
             heartbeat_ms: Some(2500),
         }
@@ -300,7 +308,7 @@ fn every_share_goes_through_the_wrapper_in_its_mode() {
 
     let mut rec = Recorder::default();
     let (_h, g) = alcove_backend::console::channel().expect("pair");
-    apply(&plan, Box::new(port::AgentPort::new(g)), Box::new(|_| {}), &mut rec).expect("apply");
+    apply(&plan, Box::new(port::AgentPort::new(g)), None, Box::new(|_| {}), &mut rec).expect("apply");
     let served: Vec<(&str, &Path, ShareMode)> =
         rec.shares.iter().map(|(t, fs)| (t.as_str(), fs.root(), fs.mode())).collect();
     let sandbox = f.p("sandboxes/box1");
@@ -397,7 +405,7 @@ fn a_disk_root_is_attached_read_only_and_named_in_the_agent_config() {
     let plan = plan_of(&f, &config, &spec).expect("plan");
     let mut rec = Recorder::default();
     let (_h, g) = alcove_backend::console::channel().expect("pair");
-    apply(&plan, Box::new(port::AgentPort::new(g)), Box::new(|_| {}), &mut rec).expect("apply");
+    apply(&plan, Box::new(port::AgentPort::new(g)), None, Box::new(|_| {}), &mut rec).expect("apply");
     assert!(rec.calls.contains(&Call::Disk(DiskPlan {
         id: "root".into(),
         path: f.p("root.img"),
@@ -728,3 +736,5 @@ fn the_console_reaches_a_bounded_guest_log_through_a_pipe() {
     assert!(fs::read(&spec.guest_log).expect("log").ends_with(b"login:\n"));
     assert_eq!(fs::metadata(&spec.sandbox_dir).expect("sandbox dir").permissions().mode() & 0o777, 0o700);
 }
+
+mod net;

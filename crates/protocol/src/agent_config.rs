@@ -60,6 +60,39 @@ pub struct VmBoot {
     /// root's writable layer unless the guest has edited its own copy.
     #[serde(default)]
     pub name_files: Vec<NameFile>,
+    /// The network link to configure before any command runs; `None`:
+    /// loopback only. Only a VM's agent configures its link: a jail's is
+    /// configured by the host, which is why this lives in [`VmBoot`].
+    #[serde(default)]
+    pub network: Option<VmNetwork>,
+}
+
+/// A microVM's network interface, as the agent configures it: loopback
+/// and `interface` up, the MTU, the IPv4 address with a default route and,
+/// when given, the IPv6 address with its default route. The MAC address
+/// is the VMM's (virtio-net's config space), not set here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmNetwork {
+    /// The interface's name (`eth0`).
+    pub interface: String,
+    /// The link MTU.
+    pub mtu: u32,
+    /// The guest's IPv4 address.
+    pub address_v4: std::net::Ipv4Addr,
+    /// Its prefix length.
+    pub prefix_v4: u8,
+    /// The IPv4 default gateway.
+    pub gateway_v4: std::net::Ipv4Addr,
+    /// The guest's IPv6 address (`None`: IPv4 only).
+    #[serde(default)]
+    pub address_v6: Option<std::net::Ipv6Addr>,
+    /// Prefix length of [`VmNetwork::address_v6`].
+    #[serde(default)]
+    pub prefix_v6: u8,
+    /// The IPv6 default gateway.
+    #[serde(default)]
+    pub gateway_v6: Option<std::net::Ipv6Addr>,
 }
 
 /// A file the agent puts in the guest's root at boot.

@@ -66,6 +66,17 @@ fn set_int(fd: &OwnedFd, opt: libc::c_int, value: libc::c_int) -> io::Result<()>
 }
 
 impl PairDevice {
+    /// Wraps one end of a pair made by [`frame_pair`] and handed over as a
+    /// descriptor (by a backend, with the guest).
+    pub fn from_fd(fd: OwnedFd) -> PairDevice {
+        PairDevice { fd }
+    }
+
+    /// The descriptor, to hand over.
+    pub fn into_fd(self) -> OwnedFd {
+        self.fd
+    }
+
     /// Waits up to `timeout` for a frame (for tests and tools driving the
     /// guest side). `Ok(None)` when none came.
     pub fn recv_frame_timeout(&mut self, buf: &mut [u8], timeout: Duration) -> io::Result<Option<usize>> {
