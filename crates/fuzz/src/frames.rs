@@ -32,7 +32,10 @@ pub(crate) enum BodySpec {
 
 #[derive(Arbitrary, Clone, Debug)]
 pub(crate) enum MsgSpec {
-    Exec { stdin: bool, stdout_pipe: bool },
+    Exec {
+        stdin: bool,
+        stdout_pipe: bool,
+    },
     Stdin(Vec<u8>),
     StdinEof,
     Stdout(Vec<u8>),
@@ -48,6 +51,8 @@ pub(crate) enum MsgSpec {
     Aborted(String),
     Signal(i32),
     StdoutPipe,
+    /// Pause (true) or resume the sandbox.
+    Sandbox(bool),
 }
 
 impl MsgSpec {
@@ -78,6 +83,11 @@ impl MsgSpec {
             MsgSpec::Aborted(reason) => Message::SessionAborted { reason: reason.clone() },
             MsgSpec::Signal(signal) => Message::ExecSignal { signal: *signal },
             MsgSpec::StdoutPipe => Message::ExecStdoutPipe,
+            MsgSpec::Sandbox(pause) => Message::SandboxRequest(if *pause {
+                alcove_protocol::SandboxRequest::Pause
+            } else {
+                alcove_protocol::SandboxRequest::Resume
+            }),
         }
     }
 }

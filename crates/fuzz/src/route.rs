@@ -71,6 +71,11 @@ enum Step {
         millis: u16,
     },
     Close,
+    /// Lifecycle answers the `which`-th pending pause or resume request.
+    SandboxReply {
+        which: u8,
+        ok: bool,
+    },
 }
 
 #[derive(Arbitrary, Debug)]
@@ -96,6 +101,7 @@ struct Tally {
     credits: usize,
     kills: usize,
     closes: usize,
+    requests: usize,
 }
 
 fn run(script: &RouteScript) -> Tally {
@@ -126,6 +132,10 @@ struct Model {
     /// Sessions open in the guest, with their client while it is connected.
     sessions: HashMap<u32, Option<ProbeClient>>,
     guest_attached: bool,
+    /// Pause and resume requests waiting for Lifecycle's answer.
+    pending_requests: Vec<(ProbeClient, u32, bool)>,
+    /// Lifecycle's state as the relay mirrors it.
+    paused: bool,
     tally: Tally,
     ready_seen: bool,
     ready_taken: bool,
@@ -221,6 +231,23 @@ impl Model {
                     self.ready_taken = true;
                 }
             }
+            Step::SandboxReply { which, ok } => {
+                if !self.pending_requests.is_empty() {
+                    let (client, id, pause) =
+                        self.pending_requests.remove(usize::from(*which) % self.pending_requests.len());
+                    let effects = self.probe.sandbox_reply(client, id, pause, *ok);
+                    if *ok {
+                        self.paused = pause;
+                    }
+                    let live = self.live.contains(&client);
+                    let replied = effects.iter().any(|e| {
+                        matches!(e, Effect::ToClient { client: c, frame, .. }
+                            if *c == client && frame.id == id && frame.flags.contains(Flags::TERMINAL))
+                    });
+                    assert_eq!(replied, live, "a reply must reach its client exactly when it is still connected");
+                    self.apply(effects, Origin::Wrote);
+                }
+            }
             Step::Advance { millis } => self.probe.advance(Duration::from_millis(u64::from(*millis))),
             Step::Close => {
                 let effects = self.probe.close();
@@ -281,6 +308,10 @@ impl Model {
                         panic!("a client frame reached the guest outside a client event");
                     };
                     assert!(self.guest_attached, "a client frame reached a detached guest");
+                    assert!(
+                        !matches!(frame.decode_body(), Ok(Message::SandboxRequest(_))),
+                        "a pause or resume request reached the guest"
+                    );
                     assert_eq!(&frame, sent, "a client frame changed on its way to the guest");
                     let range = client.range();
                     assert!((range.id_start..=range.id_end).contains(&frame.id), "out-of-range frame forwarded");
@@ -292,6 +323,7 @@ impl Model {
                             "a session started without a request"
                         );
                         assert!(!self.sessions.contains_key(&frame.id), "session {} started twice", frame.id);
+                        assert!(!self.paused, "a session reached a paused guest");
                         self.sessions.insert(frame.id, Some(client));
                     }
                 }
@@ -333,6 +365,21 @@ impl Model {
                     assert!(matches!(origin, Origin::Guest(f, _) if f.id == CONTROL_ID), "AgentReady without Ready");
                     assert!(!self.ready_seen, "AgentReady twice");
                     self.ready_seen = true;
+                }
+                Effect::SandboxRequest { client, id, pause } => {
+                    let Origin::Client(sender, sent) = origin else {
+                        panic!("a sandbox request outside a client frame");
+                    };
+                    assert_eq!(client, sender, "a sandbox request credited to another client");
+                    assert!(
+                        sent.id == id && sent.flags.contains(Flags::SESSION_START),
+                        "a request without its session"
+                    );
+                    let asked = matches!(sent.decode_body(),
+                        Ok(Message::SandboxRequest(r)) if (r == alcove_protocol::SandboxRequest::Pause) == pause);
+                    assert!(asked, "a sandbox request the client did not make");
+                    self.pending_requests.push((client, id, pause));
+                    self.tally.requests += 1;
                 }
                 Effect::Terminate => match origin {
                     Origin::Client(_, f) => {
@@ -445,6 +492,26 @@ mod tests {
         let tally = run(&RouteScript { steps });
         assert_eq!(tally.forwarded, 0, "{tally:?}");
         assert_eq!(tally.closes, 2, "{tally:?}");
+    }
+
+    #[test]
+    fn a_pause_is_asked_of_lifecycle_and_a_paused_guest_gets_no_new_session() {
+        let exec = MsgSpec::Exec { stdin: false, stdout_pipe: false };
+        let steps = vec![
+            Step::AttachGuest,
+            Step::Connect,
+            Step::ClientFrame { client: 0, frame: frame(own(0), Flags::SESSION_START, MsgSpec::Sandbox(true)) },
+            Step::SandboxReply { which: 0, ok: true },
+            Step::ClientFrame {
+                client: 0,
+                frame: frame(IdSpec::InRange { client: 0, offset: 9 }, Flags::SESSION_START, exec),
+            },
+        ];
+        let tally = run(&RouteScript { steps });
+        assert_eq!(tally.requests, 1, "{tally:?}");
+        assert_eq!(tally.forwarded, 0, "{tally:?}");
+        // The reply and the refusal of the exec.
+        assert_eq!(tally.to_clients, 2, "{tally:?}");
     }
 
     /// The model is not vacuous: an effect that breaks a rule fails it.

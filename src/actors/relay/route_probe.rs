@@ -77,6 +77,16 @@ pub enum Effect {
     AgentReady,
     /// Lifecycle is given a cause to end the sandbox.
     Terminate,
+    /// Lifecycle is asked to pause (or resume) the guest; the answer goes
+    /// back through [`RouteProbe::sandbox_reply`].
+    SandboxRequest {
+        /// Who asked.
+        client: ProbeClient,
+        /// The request's session.
+        id: u32,
+        /// Pause rather than resume.
+        pause: bool,
+    },
 }
 
 /// The table, a manual clock, and nothing else.
@@ -152,6 +162,16 @@ impl RouteProbe {
         effects(self.table.guest_frame(frame, descriptor))
     }
 
+    /// Lifecycle answered a [`Effect::SandboxRequest`]; on success the
+    /// relay mirrors the new state first, as the actor does.
+    pub fn sandbox_reply(&mut self, client: ProbeClient, id: u32, pause: bool, ok: bool) -> Vec<Effect> {
+        if ok {
+            self.table.set_paused(pause);
+        }
+        let result = if ok { Ok(()) } else { Err("refused by the fuzzer".to_string()) };
+        effects(self.table.sandbox_reply(client.0, id, result))
+    }
+
     /// Lifecycle recorded Running: the agent's `Ready` for handshakes.
     pub fn open_to_clients(&mut self) -> Option<Frame> {
         self.table.open_to_clients()
@@ -180,6 +200,11 @@ fn effects(actions: Vec<Action>) -> Vec<Effect> {
             Action::CloseClient(client) => Effect::CloseClient(ProbeClient(client)),
             Action::AgentReady(_) => Effect::AgentReady,
             Action::Terminate(_) => Effect::Terminate,
+            Action::SandboxRequest { client, id, request } => Effect::SandboxRequest {
+                client: ProbeClient(client),
+                id,
+                pause: request == alcove_protocol::SandboxRequest::Pause,
+            },
         })
         .collect()
 }
